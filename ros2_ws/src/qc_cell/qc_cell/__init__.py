@@ -1,0 +1,1 @@
+"""Quality-inspection cell: ROS-free core modules (one subpackage per capability) and thin ROS 2 nodes."""

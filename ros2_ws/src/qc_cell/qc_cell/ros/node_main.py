@@ -1,0 +1,43 @@
+"""The main() every node uses: init, spin, clean shutdown. Runs on Humble's rclpy as well as Kilted's."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+
+from qc_cell.ros.params import ParameterError
+
+
+def run(node_factory: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
+    """Create the node and spin it until Ctrl-C or an external shutdown. Returns the process exit code.
+
+    threads > 1 uses a MultiThreadedExecutor, so long work in its own callback group does not block
+    the other callbacks.
+    """
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = node_factory()
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+        return 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    except ParameterError as exc:
+        # Fail fast with one clear line; the runner/launch shows it and does not respawn in a loop silently.
+        rclpy.logging.get_logger("qc_cell").fatal(f"bad parameters: {exc}")
+        return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A callback that raced the shutdown (e.g. publishing after SIGTERM): shutting down anyway.
+        return 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()

@@ -1,0 +1,1 @@
+"""Test support shared by the unit, node and system tests (not used by the nodes)."""

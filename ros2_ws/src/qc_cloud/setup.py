@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+package_name = "qc_cloud"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+    ],
+    install_requires=["setuptools"],
+    # Training/export needs these (requirements/cloud.txt pins them); the edge never installs them.
+    extras_require={"train": ["torch", "onnx", "efficientnet-pytorch", "efficientnet-lite-pytorch", "tqdm"]},
+    zip_safe=True,
+    maintainer="QC cell developers",
+    maintainer_email="dev@example.com",
+    description="Cloud-side tools: training, export, model signing/publishing, cell monitoring.",
+    license="Apache-2.0",
+    entry_points={"console_scripts": ["qc_cloud = qc_cloud.cli:main"]},
+)

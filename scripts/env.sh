@@ -1,0 +1,21 @@
+# Source this for interactive use: `source scripts/env.sh`. Sets up the venv, ROS 2 and the built workspace.
+_qc_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
+for _d in /opt/ros/*/setup.bash; do [ -f "$_d" ] && _qc_sys_ros="$_d"; done
+if [ -n "${_qc_sys_ros:-}" ]; then
+  # shellcheck disable=SC1090
+  . "$_qc_sys_ros"
+else
+  export AMENT_PREFIX_PATH="$_qc_root/.venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+  export CMAKE_PREFIX_PATH="$_qc_root/.venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+fi
+export VIRTUAL_ENV="$_qc_root/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+if [ -f "$_qc_root/ros2_ws/install/local_setup.bash" ]; then
+  # shellcheck disable=SC1091
+  . "$_qc_root/ros2_ws/install/local_setup.bash"
+fi
+# The Python sources come first, so edits take effect without a rebuild.
+export PYTHONPATH="$_qc_root/ros2_ws/src/qc_cell:$_qc_root/ros2_ws/src/qc_cloud${PYTHONPATH:+:$PYTHONPATH}"
+export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+export PYTHONUNBUFFERED=1
+unset _qc_root _qc_sys_ros _d
