@@ -20,7 +20,7 @@ test: lint
 	@$(ENV) bash scripts/run_tests.sh $(PYTEST_ARGS)
 
 demo: setup
-	@$(ENV) python -m qc_cell.demo $(DEMO_ARGS)
+	@$(ENV) python -m qc_cell.bringup.demo $(DEMO_ARGS)
 
 bench: setup
 	@$(ENV) for b in bench/bench_*.py; do echo "=== $$b"; python "$$b" || exit 1; done

@@ -21,6 +21,10 @@ class NodeSpec:
         return f"qc_cell.nodes.{self.executable}"
 
 
+# Environment every node process of the cell gets (launch file and runner alike), e.g. the DDS transport
+# settings chosen by the image-transport benchmark (see docs/graph-contract.md).
+ENVIRONMENT: dict[str, str] = {}
+
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("camera_driver", "camera_driver", lifecycle=True, respawn=True),
     NodeSpec("inference", "inference", lifecycle=False, respawn=True),

@@ -1,20 +1,20 @@
-"""`qc_cloud` command line: one entry point, one subcommand per tool (each tool registers itself)."""
+"""`qc_cloud` command line: one entry point; every module in qc_cloud.commands adds its subcommand(s)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-# Subcommand modules; each exposes register(subparsers). Added by the tools as they land.
-_TOOLS: tuple[str, ...] = ()
+from qc_cloud import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qc_cloud", description=__doc__)
+    parser = argparse.ArgumentParser(prog="qc_cloud", description="Cloud-side tools of the inspection cell.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in _TOOLS:
-        importlib.import_module(f"qc_cloud.{name}").register(sub)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").register(sub)
     return parser
 
 

@@ -108,7 +108,8 @@ class Manifest:
             raise ManifestError(f"unsupported manifest schema_version {data.get('schema_version')!r}")
         try:
             pre = dict(data.get("preprocessing", {}))
-            norm = Normalization(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.pop("normalization", {}).items()})
+            norm_values = pre.pop("normalization", {})
+            norm = Normalization(**{k: tuple(v) if isinstance(v, list) else v for k, v in norm_values.items()})
             if pre.get("roi") is not None:
                 pre["roi"] = tuple(int(v) for v in pre["roi"])
             out = dict(data.get("output", {}))

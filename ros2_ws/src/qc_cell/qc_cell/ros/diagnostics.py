@@ -15,7 +15,9 @@ ERROR = DiagnosticStatus.ERROR
 STALE = DiagnosticStatus.STALE
 
 
-def status(name: str, level: int, message: str, values: Mapping[str, object], hardware_id: str = "") -> DiagnosticStatus:
+def status(
+    name: str, level: int, message: str, values: Mapping[str, object], hardware_id: str = ""
+) -> DiagnosticStatus:
     # DiagnosticStatus.level is a byte field in ROS 2.
     return DiagnosticStatus(
         level=bytes([level]),

@@ -20,7 +20,7 @@ def declare(
     description: str,
     *,
     read_only: bool = False,
-    range: tuple[float, float] | None = None,  # noqa: A002 - mirrors the descriptor field name
+    range: tuple[float, float] | None = None,
     choices: Sequence[str] | None = None,
 ) -> Any:
     """Declare a parameter with a full descriptor and return its value, validated against range/choices.

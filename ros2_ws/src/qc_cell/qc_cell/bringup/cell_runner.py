@@ -1,0 +1,220 @@
+"""Run a whole cell without `ros2 launch`: the same nodes (qc_cell.cell_graph) from the same params file
+as launch/inspection_cell.launch.py, each as its own process, supervised and restarted, lifecycle nodes
+driven to ACTIVE, live progress on the terminal, clean shutdown on Ctrl-C.
+
+    python -m qc_cell.bringup.cell_runner --params-file params/demo.yaml --namespace cell1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import rclpy
+import yaml
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+
+from qc_cell.bringup import params_file
+from qc_cell.bringup.lifecycle_driver import LifecycleError, bring_to_active
+from qc_cell.bringup.progress import CellProgress
+from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
+from qc_cell.cell_graph import ENVIRONMENT, NODES, NodeSpec
+from qc_cell.ros import qos
+from qc_interfaces.msg import QualityDecision
+
+FLAGS = sorted({spec.enabled_by for spec in NODES if spec.enabled_by})
+
+
+def enabled_nodes(params: Mapping[str, dict], flags: Mapping[str, bool | None]) -> list[NodeSpec]:
+    """Nodes to run: always-on nodes, plus optional ones whose flag is set; an unset flag defaults to
+    whether the params file configures that node (a non-empty section)."""
+    chosen = []
+    for spec in NODES:
+        if spec.enabled_by is None:
+            chosen.append(spec)
+            continue
+        flag = flags.get(spec.enabled_by)
+        if flag if flag is not None else bool(params.get(spec.name)):
+            chosen.append(spec)
+    return chosen
+
+
+class CellRunner:
+    def __init__(
+        self,
+        params_path: str | Path,
+        namespace: str = "",
+        arguments: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        flags: Mapping[str, bool | None] | None = None,
+        run_dir: str | Path | None = None,
+        log_level: str = "info",
+        on_event: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        params = params_file.apply_arguments(params_file.load(params_path), arguments or {})
+        for node, values in (overrides or {}).items():
+            params.setdefault(node, {}).update(values)
+        self.namespace = namespace.strip("/")
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="qc-cell-"))
+        self.nodes = enabled_nodes(params, flags or {})
+        self.params = params
+        self.progress = CellProgress()
+        self.lifecycle_errors: list[str] = []
+        self._on_event = on_event or (lambda name, event, detail: print(f"[runner] {name}: {event} ({detail})"))
+        specs = []
+        for spec in self.nodes:
+            path = self.run_dir / "params" / f"{spec.name}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(params_file.node_params_yaml(self.namespace, spec.name, params.get(spec.name, {})))
+            argv = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
+            argv += ["-r", f"__ns:=/{self.namespace}", "--params-file", str(path), "--log-level", log_level]
+            env = {**ENVIRONMENT, "PYTHONUNBUFFERED": "1"}
+            specs.append(ProcessSpec(spec.name, argv, env=env, respawn=spec.respawn))
+        self.supervisor = Supervisor(specs, self.run_dir / "logs", on_event=self._on_event)
+        self.context = Context()
+        self.observer = None
+        self._executor: SingleThreadedExecutor | None = None
+        self._spin_thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        rclpy.init(context=self.context)
+        self.observer = rclpy.create_node("cell_runner", namespace=f"/{self.namespace}", context=self.context)
+        self.observer.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
+        self._executor = SingleThreadedExecutor(context=self.context)
+        self._executor.add_node(self.observer)
+        self._spin_thread = threading.Thread(target=self._spin, name="runner-spin", daemon=True)
+        self._spin_thread.start()
+        self.supervisor.start()
+        for spec in self.nodes:
+            if spec.lifecycle:
+                self._activate_later(spec.name)
+
+    def _spin(self) -> None:
+        try:
+            while self.context.ok():
+                self._executor.spin_once(timeout_sec=0.1)
+        except Exception:  # a shutdown race ends the spin thread quietly
+            if self.context.ok():
+                raise
+
+    def _activate_later(self, name: str) -> None:
+        def work() -> None:
+            fqn = params_file.fully_qualified(self.namespace, name)
+            try:
+                bring_to_active(self.observer, fqn)
+                self._on_event(name, "active", fqn)
+            except LifecycleError as exc:
+                self.lifecycle_errors.append(str(exc))
+                self._on_event(name, "lifecycle_error", str(exc))
+
+        threading.Thread(target=work, name=f"activate-{name}", daemon=True).start()
+
+    def tick(self) -> None:
+        """Reap/restart children; re-activate lifecycle nodes that came back."""
+        lifecycle = {spec.name for spec in self.nodes if spec.lifecycle}
+        for name in self.supervisor.poll():
+            if name in lifecycle:
+                self._activate_later(name)
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+        if self.observer is not None:
+            rclpy.try_shutdown(context=self.context)
+            if self._spin_thread is not None:
+                self._spin_thread.join(timeout=5)
+            self.observer.destroy_node()
+            self.observer = None
+
+    def _on_decision(self, msg: QualityDecision) -> None:
+        self.progress.add(msg.part_id, msg.verdict, msg.capture_to_decision_ms)
+
+    def run(self, parts: int = 0, duration_s: float = 0.0, progress_every_s: float = 1.0) -> int:
+        """Run until Ctrl-C, `parts` verdicts, or `duration_s`; print progress. Returns an exit code."""
+        self.start()
+        started, last_print = time.monotonic(), 0.0
+        try:
+            while True:
+                self.tick()
+                now = time.monotonic()
+                if progress_every_s and now - last_print >= progress_every_s:
+                    print(f"[cell] {self.progress.line()}", flush=True)
+                    last_print = now
+                if (parts and self.progress.parts >= parts) or (duration_s and now - started >= duration_s):
+                    break
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            print("[runner] Ctrl-C: shutting the cell down", flush=True)
+        finally:
+            self.stop()
+        print(f"[cell] final: {self.progress.line()}; logs in {self.supervisor.log_dir}", flush=True)
+        return 0
+
+
+def _parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        node, dot, parameter = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set expects node.parameter=value, got {item!r}")
+        overrides.setdefault(node, {})[parameter] = yaml.safe_load(value)
+    return overrides
+
+
+def _bool_or_none(value: str) -> bool | None:
+    return None if value == "auto" else value.lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params-file", required=True, help="cell params YAML (params/cell.yaml, demo.yaml, ...)")
+    parser.add_argument("--namespace", default="", help="cell namespace (one namespace per cell)")
+    parser.add_argument("--backend", default="", help="inference backend override: auto, onnxruntime, tensorrt")
+    parser.add_argument(
+        "--source", default="", help="camera source override: v4l2, gstreamer, video, folder, synthetic"
+    )
+    for flag in FLAGS:
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}",
+            default="auto",
+            type=_bool_or_none,
+            dest=flag,
+            help=f"{flag}: true/false; auto = when the params file configures the node",
+        )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "fatal"])
+    parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="parameter override")
+    parser.add_argument("--run-dir", default=None, help="where per-node params and logs go (default: a temp dir)")
+    parser.add_argument("--parts", type=int, default=0, help="stop after this many verdicts (0 = run until Ctrl-C)")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = no limit)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        runner = CellRunner(
+            args.params_file,
+            namespace=args.namespace,
+            arguments={"backend": args.backend, "source": args.source},
+            overrides=_parse_set(args.set),
+            flags={flag: getattr(args, flag) for flag in FLAGS},
+            run_dir=args.run_dir,
+            log_level=args.log_level,
+        )
+    except params_file.ParamsFileError as exc:
+        print(f"[runner] {exc}", file=sys.stderr)
+        return 2
+    print(f"[runner] nodes: {', '.join(s.name for s in runner.nodes)}; logs in {runner.supervisor.log_dir}")
+    return runner.run(parts=args.parts, duration_s=args.duration)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Start, watch and restart the cell's node processes (ROS-free). Used by the cell runner.
+
+Each child gets its own process group, so Ctrl-C in the terminal reaches the runner only and the
+runner shuts the children down in order: SIGINT (clean rclpy shutdown), then SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ProcessSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    respawn: bool = True
+    respawn_delay_s: float = 1.0
+
+
+@dataclass
+class _Child:
+    spec: ProcessSpec
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0  # monotonic time of the next (re)start, when not running
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Keeps a set of processes running. on_event(name, event, detail) reports started/exited/gave_up."""
+
+    # A child that dies within this many seconds of its start counts as a crash loop: back off exponentially.
+    QUICK_EXIT_S = 5.0
+    MAX_BACKOFF_S = 30.0
+
+    def __init__(
+        self,
+        specs: list[ProcessSpec],
+        log_dir: Path,
+        on_event: Callable[[str, str, str], None] = lambda *_: None,
+        max_restarts: int = 100,
+    ) -> None:
+        self._children = {spec.name: _Child(spec) for spec in specs}
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._on_event = on_event
+        self._max_restarts = max_restarts
+        self._stopping = False
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def start(self) -> None:
+        for child in self._children.values():
+            self._spawn(child)
+
+    def _spawn(self, child: _Child) -> None:
+        log = open(self.log_path(child.spec.name), "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            child.process = subprocess.Popen(
+                child.spec.argv,
+                env={**os.environ, **child.spec.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        child.started_at = time.monotonic()
+        self._on_event(child.spec.name, "started", f"pid {child.process.pid}")
+
+    def poll(self) -> list[str]:
+        """Reap exited children and restart those due; returns the names (re)started in this call."""
+        started = []
+        now = time.monotonic()
+        for child in self._children.values():
+            if child.process is not None:
+                code = child.process.poll()
+                if code is None:
+                    continue
+                child.exit_codes.append(code)
+                child.process = None
+                self._on_event(child.spec.name, "exited", f"code {code}; log {self.log_path(child.spec.name)}")
+                if self._stopping or not child.spec.respawn:
+                    continue
+                if child.restarts >= self._max_restarts:
+                    self._on_event(child.spec.name, "gave_up", f"after {child.restarts} restarts")
+                    continue
+                quick = now - child.started_at < self.QUICK_EXIT_S
+                delay = child.spec.respawn_delay_s * (2 ** min(child.restarts, 5) if quick else 1)
+                child.next_start = now + min(delay, self.MAX_BACKOFF_S)
+            elif (
+                not self._stopping
+                and child.spec.respawn
+                and child.next_start
+                and now >= child.next_start
+                and child.restarts < self._max_restarts
+            ):
+                child.restarts += 1
+                child.next_start = 0.0
+                self._spawn(child)
+                started.append(child.spec.name)
+        return started
+
+    def pid(self, name: str) -> int | None:
+        child = self._children[name]
+        return child.process.pid if child.process is not None else None
+
+    def restarts(self, name: str) -> int:
+        return self._children[name].restarts
+
+    def running(self, name: str) -> bool:
+        child = self._children[name]
+        return child.process is not None and child.process.poll() is None
+
+    def exit_codes(self, name: str) -> list[int]:
+        return list(self._children[name].exit_codes)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGINT every child, then SIGTERM, then SIGKILL whatever is left."""
+        self._stopping = True
+        for sig, wait in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            alive = [c for c in self._children.values() if c.process is not None and c.process.poll() is None]
+            if not alive:
+                break
+            for child in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, sig)
+            end = time.monotonic() + wait
+            while time.monotonic() < end and any(c.process.poll() is None for c in alive):
+                time.sleep(0.05)
+        for child in self._children.values():
+            if child.process is not None:
+                child.exit_codes.append(child.process.wait())
+                child.process = None

@@ -1,0 +1,68 @@
+"""The runner's process supervisor: restarts what dies, backs off crash loops, stops cleanly."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+# Exits 0 on SIGINT like an rclpy node does (KeyboardInterrupt -> clean shutdown).
+POLITE = [sys.executable, "-c", "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass"]
+
+
+def _wait(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_killed_process_is_restarted_and_logged(tmp_path):
+    events = []
+    sup = Supervisor(
+        [ProcessSpec("node_a", SLEEPER, respawn_delay_s=0.1)], tmp_path, on_event=lambda *e: events.append(e)
+    )
+    sup.start()
+    try:
+        first = sup.pid("node_a")
+        import os
+        import signal
+
+        os.kill(first, signal.SIGKILL)
+        assert _wait(lambda: (sup.poll(), sup.pid("node_a") not in (None, first))[1]), "not restarted"
+        assert sup.restarts("node_a") == 1
+        assert sup.exit_codes("node_a") == [-9]
+        assert [e[1] for e in events] == ["started", "exited", "started"]
+    finally:
+        sup.stop()
+    assert not sup.running("node_a")
+
+
+def test_no_respawn_and_crash_loop_backoff(tmp_path):
+    crash = [sys.executable, "-c", "raise SystemExit(3)"]
+    sup = Supervisor(
+        [ProcessSpec("once", crash, respawn=False), ProcessSpec("loop", crash, respawn_delay_s=0.2)], tmp_path
+    )
+    sup.start()
+    try:
+        assert _wait(lambda: (sup.poll(), sup.restarts("loop") >= 2)[1], timeout=15), "crash loop not restarted"
+        assert sup.exit_codes("once") == [3] and sup.restarts("once") == 0
+        # Quick exits back off exponentially: 0.2 s, 0.4 s, 0.8 s ... so within 2 s only a few restarts happen.
+        time.sleep(1.0)
+        sup.poll()
+        assert sup.restarts("loop") <= 4, f"no backoff: {sup.restarts('loop')} restarts"
+    finally:
+        sup.stop()
+
+
+def test_stop_sends_sigint_first(tmp_path):
+    sup = Supervisor([ProcessSpec("polite", POLITE)], tmp_path)
+    sup.start()
+    time.sleep(0.5)  # let the interpreter install its SIGINT handler
+    sup.stop(timeout_s=5)
+    assert sup.exit_codes("polite") == [0], "the child should have exited cleanly on SIGINT"
+    assert (tmp_path / "polite.log").exists()
