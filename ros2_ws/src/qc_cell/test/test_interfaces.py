@@ -60,7 +60,7 @@ def _filled(cls: type, seed: int):
 
 
 def test_all_interfaces_are_generated():
-    assert EXPECTED_TYPES <= set(message_types()), f"missing: {EXPECTED_TYPES - set(message_types())}"
+    assert set(message_types()) >= EXPECTED_TYPES, f"missing: {EXPECTED_TYPES - set(message_types())}"
     assert QualityDecision.NOT_INSPECTED == 3 and PartFrame.LABEL_DEFECT == 2
 
 

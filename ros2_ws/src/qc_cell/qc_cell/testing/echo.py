@@ -3,7 +3,6 @@ arrives on echo_in/T to echo_out/T. Run as a separate process: `python -m qc_cel
 
 from __future__ import annotations
 
-import rclpy
 from rclpy.node import Node
 
 import qc_interfaces.msg as qc_msg
