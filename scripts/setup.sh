@@ -42,12 +42,21 @@ if [[ -z "$SYSTEM_ROS" ]]; then
   fi
 fi
 
-h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt)
+h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt docker/pip-constraints.txt)
 if ! stamp_ok py "$h"; then
   log "installing Python dependencies"
-  "${PIP[@]}" -r requirements/edge.txt -r requirements/dev.txt -r requirements/cloud.txt
-  # numpy may have moved: keep the CMake include paths pointing at it.
-  [[ -z "$SYSTEM_ROS" ]] && "$VENV/bin/python" scripts/fix_ros_cmake_paths.py "$VENV"
+  if [[ -n "$SYSTEM_ROS" ]]; then
+    # The apt-built rclpy, cv_bridge and python3-opencv need NumPy 1.x and the system OpenCV (GStreamer):
+    # no OpenCV wheel, NumPy constrained, and no cloud tools (torch) on the edge (QC_WITH_CLOUD=1 adds them).
+    grep -v '^opencv-python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
+    reqs=(-r "$VENV/edge-system-ros.txt" -r requirements/dev.txt -c docker/pip-constraints.txt)
+    [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt)
+    "${PIP[@]}" "${reqs[@]}"
+  else
+    "${PIP[@]}" -r requirements/edge.txt -r requirements/dev.txt -r requirements/cloud.txt
+    # numpy may have moved: keep the CMake include paths pointing at it.
+    "$VENV/bin/python" scripts/fix_ros_cmake_paths.py "$VENV"
+  fi
   stamp_set py "$h"
 fi
 

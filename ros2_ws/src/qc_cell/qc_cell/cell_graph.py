@@ -1,10 +1,12 @@
 """The nodes of one inspection cell: the single list read by launch/inspection_cell.launch.py and by
-the cell runner (qc_cell.runner) for machines without `ros2 launch`. Node names are also the keys of
+the cell runner (qc_cell.bringup.cell_runner) for machines without `ros2 launch`. Node names are also the keys of
 the params files (params/*.yaml)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,24 @@ class NodeSpec:
 
 # Environment every node process of the cell gets (launch file and runner alike), e.g. the DDS transport
 # settings chosen by the image-transport benchmark (see docs/graph-contract.md).
-ENVIRONMENT: dict[str, str] = {}
+_FASTDDS_PROFILE = str(Path(__file__).resolve().parent / "camera" / "fastdds_large_images.xml")
+# Fast DDS 2 (Humble, Iron, Jazzy) reads FASTRTPS_DEFAULT_PROFILES_FILE; Fast DDS 3 (Kilted on) FASTDDS_..., and
+# warns about the old name in every process.
+_PROFILE_VARIABLE = (
+    "FASTRTPS_DEFAULT_PROFILES_FILE"
+    if os.environ.get("ROS_DISTRO") in ("humble", "iron", "jazzy")
+    else "FASTDDS_DEFAULT_PROFILES_FILE"
+)
+# Big image buffers from the reused heap instead of fresh (page-faulting) mmaps for every message; merged with any
+# GLIBC_TUNABLES already set (e.g. the Jetson's glibc.rtld.optional_static_tls for libgomp).
+_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
+ENVIRONMENT: dict[str, str] = {
+    # Image transport, chosen with bench/bench_image_transport.py (docs/camera.md): UDPv4 + shared memory with a
+    # 32 MB segment, so camera frames cross between processes in one piece, and the malloc thresholds above.
+    # 1280x720 hop on a loaded 2-core machine: ~2.5 ms, against ~36 ms with the defaults and ~8-45 ms LARGE_DATA.
+    _PROFILE_VARIABLE: _FASTDDS_PROFILE,
+    "GLIBC_TUNABLES": ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), _MALLOC_TUNABLES))),
+}
 
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("camera_driver", "camera_driver", lifecycle=True, respawn=True),

@@ -14,10 +14,9 @@ from pathlib import Path
 
 from qc_cell.bringup import report as run_report
 from qc_cell.bringup.cell_runner import CellRunner
-from qc_cell.bringup.mqtt_recorder import MqttRecorder
 from qc_cell.bringup.recorder import CellRecorder
 from qc_cell.inference.manifest import Manifest, ManifestError
-from qc_cell.testing.mosquitto import Mosquitto
+from qc_cell.testing.mosquitto import Mosquitto, Subscriber
 
 REPO = Path(__file__).resolve().parents[5]
 
@@ -44,8 +43,10 @@ def run_demo(
     """Run the cell until every part has a verdict and an MQTT record (or timeout); write the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     image_bytes = 0
-    with Mosquitto() as broker:
-        recorder_mqtt = MqttRecorder(broker.url)
+    # The broker keeps sessions across a restart, and the 'cloud' subscriber holds a persistent session, as a
+    # real cloud consumer would: what the bridge replays after an outage reaches it even before it reconnects.
+    with Mosquitto(persistence=True) as broker:
+        cloud = Subscriber("127.0.0.1", broker.port, session_id=f"qc-demo-cloud-{namespace}")
         overrides = demo_overrides(parts, broker.url, out_dir)
         for node, values in (extra_overrides or {}).items():
             overrides.setdefault(node, {}).update(values)
@@ -69,18 +70,21 @@ def run_demo(
                 if decided >= parts:
                     all_decided_at = all_decided_at or time.monotonic()
                     # Give the bridge time to deliver the last records (it may be replaying an outbox).
-                    if len(recorder_mqtt.part_ids()) >= parts or time.monotonic() - all_decided_at > 60:
+                    if len(run_report.part_ids(cloud.snapshot())) >= parts or time.monotonic() - all_decided_at > 60:
                         break
                 if time.monotonic() - last_print >= 2.0:
-                    print(f"[demo] {runner.progress.line()} mqtt_parts={len(recorder_mqtt.part_ids())}", flush=True)
+                    print(
+                        f"[demo] {runner.progress.line()} mqtt_parts={len(run_report.part_ids(cloud.snapshot()))}",
+                        flush=True,
+                    )
                     last_print = time.monotonic()
                 time.sleep(0.1)
             time.sleep(1.0)  # trailing reject events
         finally:
             runner.stop()
-            recorder_mqtt.close()
+            cloud.close()
         record = recorder.snapshot()
-        result = run_report.build(record, recorder_mqtt.snapshot(), image_bytes, time.monotonic() - started)
+        result = run_report.build(record, cloud.snapshot(), image_bytes, time.monotonic() - started)
         result["restarts"] = {spec.name: runner.supervisor.restarts(spec.name) for spec in runner.nodes}
         result["report_path"] = str(run_report.write(result, record, out_dir))
         return result

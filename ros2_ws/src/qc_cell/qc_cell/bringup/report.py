@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from qc_cell.bringup.mqtt_recorder import MqttMessage
 from qc_cell.bringup.progress import VERDICT_NAMES
 from qc_cell.bringup.recorder import CellRecord
+from qc_cell.testing.mosquitto import Received
 
 LABELS = {0: "unknown", 1: "good", 2: "defect"}
 EJECTED = (2, 3)  # DEFECTIVE, NOT_INSPECTED: ejected by the demo's reject configuration
@@ -25,7 +25,20 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
 
-def build(record: CellRecord, mqtt: list[MqttMessage], image_bytes_per_part: int, wall_s: float) -> dict[str, Any]:
+def _json(message: Received) -> dict:
+    try:
+        data = message.json()
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def part_ids(mqtt: list[Received]) -> set[str]:
+    """Distinct part ids of the per-part summaries that reached the broker."""
+    return {str(_json(m).get("part_id")) for m in mqtt if m.topic.endswith("/part") and "part_id" in _json(m)}
+
+
+def build(record: CellRecord, mqtt: list[Received], image_bytes_per_part: int, wall_s: float) -> dict[str, Any]:
     decisions = list(record.decisions.values())
     registered = set(record.parts) | set(record.decisions)
     verdicts = Counter(VERDICT_NAMES[d.verdict] for d in decisions)
@@ -38,7 +51,7 @@ def build(record: CellRecord, mqtt: list[MqttMessage], image_bytes_per_part: int
     scored = [d for d in labelled if math.isfinite(d.defect_probability)]
     model_correct = sum((d.defect_probability >= 0.5) == (d.ground_truth == 2) for d in scored)
     times = sorted(d.received_monotonic for d in decisions)
-    mqtt_parts = {m.json().get("part_id") for m in mqtt if m.topic.endswith("/part") and m.json()}
+    mqtt_parts = part_ids(mqtt)
     mqtt_bytes = sum(len(m.payload) + len(m.topic) for m in mqtt)
     due = {d.part_id for d in decisions if d.verdict in EJECTED}
     return {

@@ -16,11 +16,11 @@ STALE = DiagnosticStatus.STALE
 
 
 def status(
-    name: str, level: int, message: str, values: Mapping[str, object], hardware_id: str = ""
+    name: str, level: int | bytes, message: str, values: Mapping[str, object], hardware_id: str = ""
 ) -> DiagnosticStatus:
-    # DiagnosticStatus.level is a byte field in ROS 2.
+    """level: one of OK/WARN/ERROR/STALE (bytes, as the message constants are) or the plain int 0..3."""
     return DiagnosticStatus(
-        level=bytes([level]),
+        level=level if isinstance(level, bytes) else bytes([level]),
         name=name,
         message=message,
         hardware_id=hardware_id,

@@ -1,0 +1,243 @@
+"""Image transport between two processes: capture-to-receive latency of camera/frames (PartFrame with a bgr8
+image, the cell's PART_FRAMES QoS) at 30 fps, for 640x480, 1280x720 and 1920x1080, under several Fast DDS
+transport settings, each against the serialize + deserialize floor measured in the same run.
+Prints figures; asserts nothing (the goal is read off the table: at 1280x720 the median hop within 3x the floor).
+
+    source scripts/env.sh && python bench/bench_image_transport.py [--seconds 5] [--fps 30]
+        [--sizes 32x24,640x480,1280x720,1920x1080] [--configs default,LARGE_DATA,cell]
+
+What one sample measures: the publisher process takes a frame (the "capture", stamped with the wall clock),
+converts it with qc_cell.ros.images.array_to_image (the camera driver's one copy) and publishes; the subscriber
+process stamps the wall clock on entry to its callback and decodes the image (zero-copy view). Latency = receive
+- capture. Both processes run on this machine, so they share the clock.
+The floor is serialize_message + deserialize_message of the same PartFrame in one process (rclpy's CDR path,
+no transport); the conversion cost (array_to_image) is printed separately. The 32x24 row (2 KB) is the
+size-independent part of a hop in the same run: wake-ups, executors and scheduling on this machine.
+
+Configs (environment of both processes; the caller's own Fast DDS variables are removed first):
+- default: Fast DDS built-in transports (UDPv4 + SHM with its 512 KB default segment: big frames are fragmented).
+- LARGE_DATA: FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (UDP for discovery only; data over SHM or TCP).
+- LARGE_DATA_16MB: LARGE_DATA?max_msg_size=16MB&sockets_size=16MB.
+- SHM: FASTDDS_BUILTIN_TRANSPORTS=SHM (shared memory only; same-host peers only).
+- LARGE_DATA_sync: LARGE_DATA with RMW_FASTRTPS_PUBLICATION_MODE=SYNCHRONOUS.
+- cell: what the cell ships (qc_cell.cell_graph.ENVIRONMENT): the participant profile
+  qc_cell/camera/fastdds_large_images.xml (UDPv4 + SHM with a 32 MB segment) and GLIBC_TUNABLES malloc thresholds
+  (image-sized buffers reused from the heap instead of page-faulting fresh mmaps for every message).
+- cell_no_malloc: the cell's profile without the malloc thresholds (what each of the two contributes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qc_cell.cell_graph import ENVIRONMENT
+
+CONFIGS: dict[str, dict[str, str]] = {
+    "default": {},
+    "LARGE_DATA": {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"},
+    "LARGE_DATA_16MB": {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA?max_msg_size=16MB&sockets_size=16MB"},
+    "SHM": {"FASTDDS_BUILTIN_TRANSPORTS": "SHM"},
+    "LARGE_DATA_sync": {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "RMW_FASTRTPS_PUBLICATION_MODE": "SYNCHRONOUS"},
+    "cell": dict(ENVIRONMENT),
+    "cell_no_malloc": {k: v for k, v in ENVIRONMENT.items() if k != "GLIBC_TUNABLES"},
+}
+_VARIABLES = (
+    "FASTDDS_BUILTIN_TRANSPORTS",
+    "RMW_FASTRTPS_PUBLICATION_MODE",
+    "FASTDDS_DEFAULT_PROFILES_FILE",
+    "FASTRTPS_DEFAULT_PROFILES_FILE",
+    "GLIBC_TUNABLES",
+)
+TOPIC = "bench/frames"
+WARMUP = 10  # first samples dropped: discovery, first-time allocations
+
+
+def _frames(width: int, height: int) -> list[np.ndarray]:
+    """Two different camera-like frames, alternated (so no layer can cache a constant payload)."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(2)]
+
+
+# ------------------------------------------------------------------------------------------ child processes
+
+
+def run_publisher(width: int, height: int, fps: float, count: int, wait_s: float) -> int:
+    import rclpy
+
+    from qc_cell.ros import qos
+    from qc_cell.ros.images import array_to_image
+    from qc_cell.ros.time import from_ns
+    from qc_interfaces.msg import PartFrame
+
+    rclpy.init()
+    node = rclpy.create_node("bench_image_pub")
+    pub = node.create_publisher(PartFrame, TOPIC, qos.PART_FRAMES)
+    end = time.monotonic() + wait_s
+    while pub.get_subscription_count() == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    if pub.get_subscription_count() == 0:
+        print("publisher: no subscriber matched", file=sys.stderr)
+        return 1
+    time.sleep(0.5)  # let the reader's side of the match settle too
+    frames = _frames(width, height)
+    period = 1.0 / fps
+    next_tick = time.monotonic()
+    for seq in range(count):
+        delay = next_tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        next_tick += period
+        pixels = frames[seq % 2]  # "capture"
+        capture_ns = time.time_ns()
+        msg = PartFrame(part_id=f"bench-{seq}", sequence=seq, capture_ok=True, source="bench")
+        msg.header.stamp = from_ns(capture_ns)
+        msg.image = array_to_image(pixels, "bgr8", msg.header)
+        pub.publish(msg)
+    time.sleep(1.0)  # reliable QoS: give the last samples time to be acknowledged
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+def run_subscriber(count: int, timeout_s: float) -> int:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from qc_cell.ros import qos
+    from qc_cell.ros.images import image_to_array
+    from qc_cell.ros.time import to_ns
+    from qc_interfaces.msg import PartFrame
+
+    rclpy.init()
+    node = rclpy.create_node("bench_image_sub")
+    samples: list[tuple[int, int, int]] = []  # (sequence, capture ns, receive ns)
+
+    def on_frame(msg: PartFrame) -> None:
+        received = time.time_ns()
+        image_to_array(msg.image)
+        samples.append((msg.sequence, to_ns(msg.header.stamp), received))
+
+    node.create_subscription(PartFrame, TOPIC, on_frame, qos.PART_FRAMES)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    end = time.monotonic() + timeout_s
+    while len(samples) < count and time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.1)
+    print("RESULT " + json.dumps(samples))
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ orchestration
+
+
+def measure_floor(width: int, height: int, repeats: int = 30) -> tuple[float, float]:
+    """(median ms of serialize+deserialize, median ms of array_to_image) for one PartFrame of this size."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from qc_cell.ros.images import array_to_image
+    from qc_interfaces.msg import PartFrame
+
+    pixels = _frames(width, height)[0]
+    msg = PartFrame(part_id="bench", capture_ok=True)
+    convert, serdes = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        msg.image = array_to_image(pixels, "bgr8")
+        t1 = time.perf_counter()
+        data = serialize_message(msg)
+        deserialize_message(data, PartFrame)
+        t2 = time.perf_counter()
+        convert.append((t1 - t0) * 1e3)
+        serdes.append((t2 - t1) * 1e3)
+    return statistics.median(serdes), statistics.median(convert)
+
+
+def measure_hop(config: dict[str, str], width: int, height: int, fps: float, seconds: float) -> dict[str, float]:
+    count = WARMUP + int(seconds * fps)
+    env = {**os.environ, **config, "PYTHONUNBUFFERED": "1"}
+    for variable in _VARIABLES:
+        if variable not in config:
+            env.pop(variable, None)  # each config is measured on its own settings, not the caller's
+    me = [sys.executable, str(Path(__file__).resolve())]
+    timeout = seconds + 30.0
+    sub = subprocess.Popen(
+        [*me, "--role", "sub", "--count", str(count), "--timeout", str(timeout)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pub = subprocess.Popen(
+        [*me, "--role", "pub", "--size", f"{width}x{height}", "--fps", str(fps), "--count", str(count)], env=env
+    )
+    out, _ = sub.communicate(timeout=timeout + 15)
+    pub.wait(timeout=30)
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    samples = json.loads(lines[-1][7:]) if lines else []
+    kept = [s for s in samples if s[0] >= WARMUP]
+    latencies = [(r - c) / 1e6 for _, c, r in kept]
+    received = [r for _, _, r in kept]
+    rate = (len(received) - 1) / ((received[-1] - received[0]) / 1e9) if len(received) > 1 else 0.0
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if latencies else (float("nan"),) * 3
+    return {"p50": p50, "p95": p95, "p99": p99, "rate": rate, "received": len(kept), "sent": count - WARMUP}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=("bench", "pub", "sub"), default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--size", default="1280x720", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=60.0, help=argparse.SUPPRESS)
+    parser.add_argument("--fps", type=float, default=30.0, help="publish rate (default 30)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per size and config")
+    parser.add_argument("--sizes", default="32x24,640x480,1280x720,1920x1080", help="comma-separated WxH")
+    parser.add_argument("--configs", default="default,LARGE_DATA,cell", help=f"comma-separated of {list(CONFIGS)}")
+    args = parser.parse_args(argv)
+    if args.role == "pub":
+        width, height = (int(v) for v in args.size.split("x"))
+        return run_publisher(width, height, args.fps, args.count, wait_s=20.0)
+    if args.role == "sub":
+        return run_subscriber(args.count, args.timeout)
+
+    # A private domain on loopback for this run (both children inherit it).
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(100, 200)))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    configs = [c.strip() for c in args.configs.split(",")]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
+    print(
+        f"image transport, two processes, PartFrame bgr8 at {args.fps:g} fps, {args.seconds:g} s per point, "
+        f"RMW {os.environ.get('RMW_IMPLEMENTATION', 'default')}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'size':>10} {'config':>15} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'rate/s':>7} {'recv':>9} "
+          f"{'floor ms':>9} {'p50/floor':>9} {'convert ms':>10}")  # fmt: skip
+    for width, height in sizes:
+        floor, convert = measure_floor(width, height)
+        for name in configs:
+            r = measure_hop(CONFIGS[name], width, height, args.fps, args.seconds)
+            ratio = r["p50"] / floor if floor > 0 else float("nan")
+            print(
+                f"{width}x{height:<5} {name:>15} {r['p50']:8.2f} {r['p95']:8.2f} {r['p99']:8.2f} {r['rate']:7.1f} "
+                f"{r['received']:>4}/{r['sent']:<4} {floor:9.2f} {ratio:9.1f} {convert:10.2f}",
+                flush=True,
+            )
+    print("goal: at 1280x720 the median hop within 3x the serialize+deserialize floor")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

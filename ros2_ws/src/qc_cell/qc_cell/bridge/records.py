@@ -1,0 +1,273 @@
+"""JSON records the cell sends to the cloud (schema in qc_cell/schemas/<type>.schema.json, see docs/mqtt.md).
+
+Builders take plain Python values (the node converts ROS messages), return the record body; envelope()
+adds what every record carries: schema_version, type, cell, epoch, seq, id. Encoded compactly: records
+are most of the cell's traffic and the budget is a small fraction of one image per part.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+SCHEMA_VERSION = 1
+VERDICTS = ("NORMAL", "REINSPECT", "DEFECTIVE", "NOT_INSPECTED")  # QualityDecision constants, by value
+SEVERITIES = ("INFO", "WARN", "ERROR", "CRITICAL")  # Alert constants, by value
+REJECT_OUTCOMES = ("DONE", "LATE", "FAILED", "SKIPPED")  # RejectEvent constants, by value
+MODEL_STATES = ("NONE", "LOADING", "ACTIVE", "FAILED")  # ModelInfo constants, by value
+
+
+def iso_time(ns: int) -> str | None:
+    """Nanoseconds since the epoch -> RFC 3339 UTC with microseconds; None for 0 (unset ROS stamp)."""
+    if ns <= 0:
+        return None
+    seconds, rest = divmod(int(ns), 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{rest // 1000:06d}Z"
+
+
+def number(value: float, digits: int = 4) -> float | None:
+    """JSON has no NaN/inf: those become null. Rounded, since float32 sources carry no more precision."""
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def name_of(names: Sequence[str], value: int) -> str:
+    return names[value] if 0 <= value < len(names) else f"UNKNOWN_{value}"
+
+
+def envelope(cell: str, epoch: str, stream: str, seq: int, body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "type": stream,
+        "cell": cell,
+        "epoch": epoch,
+        "seq": seq,
+        "id": record_id(epoch, stream, seq),
+        **body,
+    }
+
+
+def record_id(epoch: str, stream: str, seq: int) -> str:
+    """Unique per cell: the outbox epoch (new only when the outbox file is recreated), stream and sequence."""
+    return f"{epoch}-{stream}-{seq}"
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def part(
+    *,
+    part_id: str,
+    verdict: int,
+    reasons: Iterable[str],
+    defect_probability: float,
+    process_anomaly_score: float,
+    process_flags: int,
+    model_version: str,
+    encoder_count: int,
+    capture_ns: int,
+    decision_ns: int,
+    capture_to_decision_ms: float,
+) -> dict[str, Any]:
+    return {
+        "part_id": part_id,
+        "verdict": name_of(VERDICTS, verdict),
+        "reasons": list(reasons),
+        "defect_probability": number(defect_probability),
+        "process_anomaly_score": number(process_anomaly_score),
+        "process_flags": int(process_flags),
+        "model_version": model_version,
+        "encoder_count": int(encoder_count),
+        "capture_time": iso_time(capture_ns),
+        "decision_time": iso_time(decision_ns),
+        "capture_to_decision_ms": number(capture_to_decision_ms, 2),
+    }
+
+
+def kpi(
+    *,
+    stamp_ns: int,
+    window_s: float,
+    parts: int,
+    counts: Mapping[str, int],
+    yield_ratio: float,
+    throughput_pps: float,
+    latency_ms: Mapping[str, float],
+    reasons: Mapping[str, int],
+    total_parts: int,
+) -> dict[str, Any]:
+    return {
+        "time": iso_time(stamp_ns),
+        "window_s": number(window_s, 3),
+        "parts": int(parts),
+        "verdicts": {name: int(counts.get(name, 0)) for name in VERDICTS},
+        "yield_ratio": number(yield_ratio),
+        "throughput_pps": number(throughput_pps, 3),
+        "latency_ms": {key: number(value, 2) for key, value in latency_ms.items()},
+        "reasons": {str(k): int(v) for k, v in reasons.items()},
+        "total_parts": int(total_parts),
+    }
+
+
+def alert(*, stamp_ns: int, severity: int, source: str, code: str, message: str, part_id: str) -> dict[str, Any]:
+    return {
+        "time": iso_time(stamp_ns),
+        "severity": name_of(SEVERITIES, severity),
+        "source": source,
+        "code": code,
+        "message": message,
+        "part_id": part_id,
+    }
+
+
+def reject(
+    *,
+    part_id: str,
+    verdict: int,
+    outcome: int,
+    method: str,
+    lane: str,
+    capture_ns: int,
+    planned_ns: int,
+    actual_ns: int,
+    lateness_ms: float,
+    message: str,
+) -> dict[str, Any]:
+    return {
+        "part_id": part_id,
+        "verdict": name_of(VERDICTS, verdict),
+        "outcome": name_of(REJECT_OUTCOMES, outcome),
+        "method": method,
+        "lane": lane,
+        "capture_time": iso_time(capture_ns),
+        "planned_time": iso_time(planned_ns),
+        "actual_time": iso_time(actual_ns),
+        "lateness_ms": number(lateness_ms, 2),
+        "message": message,
+    }
+
+
+def process(
+    *,
+    stamp_ns: int,
+    temperature_c: float,
+    pressure_pa: float,
+    vibration_rms: float,
+    anomaly_score: float,
+    flags: int,
+    out_of_spec: bool,
+    stale: bool,
+) -> dict[str, Any]:
+    return {
+        "time": iso_time(stamp_ns),
+        "temperature_c": number(temperature_c, 3),
+        "pressure_pa": number(pressure_pa, 1),
+        "vibration_rms": number(vibration_rms, 4),
+        "anomaly_score": number(anomaly_score),
+        "flags": int(flags),
+        "out_of_spec": bool(out_of_spec),
+        "stale": bool(stale),
+    }
+
+
+def model_state(
+    *, stamp_ns: int, version: str, sha256: str, backend: str, precision: str, state: int, message: str
+) -> dict[str, Any]:
+    """The inference node's model (model/active) as the cloud sees it on model/status."""
+    return {
+        "time": iso_time(stamp_ns),
+        "event": "model_state",
+        "state": name_of(MODEL_STATES, state),
+        "active_version": version,
+        "sha256": sha256,
+        "backend": backend,
+        "precision": precision,
+        "message": message,
+    }
+
+
+def update_outcome(
+    *, stamp_ns: int, accepted: bool, version: str, reason: str, detail: str, active_version: str
+) -> dict[str, Any]:
+    """The outcome of one model update manifest, on model/status."""
+    return {
+        "time": iso_time(stamp_ns),
+        "event": "update_accepted" if accepted else "update_rejected",
+        "version": version,
+        "reason": reason,
+        "message": detail,
+        "active_version": active_version,
+    }
+
+
+def image_record(
+    *,
+    part_id: str,
+    verdict: int,
+    defect_probability: float,
+    reasons: Iterable[str],
+    model_version: str,
+    capture_ns: int,
+    width: int,
+    height: int,
+    jpeg_b64: str,
+    deadline_ns: int | None = None,
+) -> dict[str, Any]:
+    """A JPEG of one part with its metadata: the sample channel (retraining) and verify requests."""
+    body: dict[str, Any] = {
+        "part_id": part_id,
+        "verdict": name_of(VERDICTS, verdict),
+        "defect_probability": number(defect_probability),
+        "reasons": list(reasons),
+        "model_version": model_version,
+        "capture_time": iso_time(capture_ns),
+        "encoding": "jpeg",
+        "width": int(width),
+        "height": int(height),
+        "image_b64": jpeg_b64,
+    }
+    if deadline_ns is not None:
+        body["deadline"] = iso_time(deadline_ns)
+    return body
+
+
+def verify_result(
+    *,
+    part_id: str,
+    request_id: str,
+    local_verdict: int,
+    cloud_verdict: str | None,
+    outcome: str,
+    rtt_ms: float | None,
+) -> dict[str, Any]:
+    """What became of one re-inspection offload: used (cloud verdict in time), late, no_response, not_sent."""
+    return {
+        "part_id": part_id,
+        "request_id": request_id,
+        "local_verdict": name_of(VERDICTS, local_verdict),
+        "cloud_verdict": cloud_verdict,
+        "outcome": outcome,
+        "rtt_ms": None if rtt_ms is None else number(rtt_ms, 2),
+    }
+
+
+def status(*, cell: str, state: str, stamp_ns: int, reason: str = "", details: Mapping[str, Any] | None = None) -> dict:
+    """Presence on .../status (retained): online birth, offline will, periodic health. Not an outbox record:
+    it is the current state, not history, and the will cannot be queued by the cell anyway."""
+    body: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "type": "status",
+        "cell": cell,
+        "state": state,
+        "time": iso_time(stamp_ns),
+    }
+    if reason:
+        body["reason"] = reason
+    if details:
+        body["details"] = dict(details)
+    return body

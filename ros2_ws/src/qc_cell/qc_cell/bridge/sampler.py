@@ -1,0 +1,51 @@
+"""The image sample channel's budget: JPEGs of re-inspect/defective parts for retraining, within a byte
+budget per sliding hour (and a minimum interval, so one bad batch does not use the whole hour)."""
+
+from __future__ import annotations
+
+import base64
+from collections import deque
+
+import cv2
+import numpy as np
+
+HOUR_NS = 3_600_000_000_000
+
+
+class ByteBudget:
+    def __init__(self, bytes_per_hour: int, min_interval_s: float = 0.0) -> None:
+        self.bytes_per_hour = bytes_per_hour
+        self.min_interval_ns = int(min_interval_s * 1e9)
+        self._sent: deque[tuple[int, int]] = deque()  # (time ns, bytes)
+        self._total = 0
+
+    def _trim(self, now_ns: int) -> None:
+        while self._sent and self._sent[0][0] <= now_ns - HOUR_NS:
+            self._total -= self._sent.popleft()[1]
+
+    def allows(self, size: int, now_ns: int) -> bool:
+        self._trim(now_ns)
+        if self._sent and now_ns - self._sent[-1][0] < self.min_interval_ns:
+            return False
+        return self._total + size <= self.bytes_per_hour
+
+    def spend(self, size: int, now_ns: int) -> None:
+        self._sent.append((now_ns, size))
+        self._total += size
+
+    def used(self, now_ns: int) -> int:
+        self._trim(now_ns)
+        return self._total
+
+
+def encode_jpeg(image: np.ndarray, quality: int, max_side: int = 0) -> tuple[str, int, int]:
+    """(base64 JPEG, width, height); downscaled so the longer side is at most max_side (0 = keep)."""
+    height, width = image.shape[:2]
+    if max_side and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), cv2.INTER_AREA)
+        height, width = image.shape[:2]
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return base64.b64encode(data.tobytes()).decode(), width, height

@@ -1,0 +1,85 @@
+"""MQTT topic names of one cell: everything lives under qc/<site>/<line>/<cell>/."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from qc_cell.bridge.config import BridgeConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# Outbound record streams (each has its own sequence numbers) -> topic below the cell prefix.
+STREAM_TOPICS: dict[str, str] = {
+    "part": "part",
+    "kpi": "kpi",
+    "alert": "alert",
+    "reject": "reject",
+    "process": "process",
+    "model_status": "model/status",
+    "sample": "sample",
+    "verify_request": "verify/request",
+    "verify": "verify/result",
+}
+
+
+@dataclass(frozen=True)
+class CellId:
+    site: str
+    line: str
+    cell: str
+
+    def __post_init__(self) -> None:
+        for key in ("site", "line", "cell"):
+            value = getattr(self, key)
+            if not _NAME.match(value):
+                raise BridgeConfigError(
+                    f"{key} {value!r}: use 1-64 letters, digits, '_', '.', '-' (no MQTT wildcards or '/')"
+                )
+
+    @property
+    def path(self) -> str:
+        """'site/line/cell', as records carry it."""
+        return f"{self.site}/{self.line}/{self.cell}"
+
+    @property
+    def prefix(self) -> str:
+        return f"qc/{self.path}/"
+
+    def topic(self, suffix: str) -> str:
+        return self.prefix + suffix
+
+    def stream_topic(self, stream: str) -> str:
+        return self.prefix + STREAM_TOPICS[stream]
+
+    # Presence (retained birth / last will), not an outbox record.
+    @property
+    def status(self) -> str:
+        return self.topic("status")
+
+    # Inbound.
+    @property
+    def model_update(self) -> str:
+        return self.topic("model/update")
+
+    @property
+    def model_chunks(self) -> str:
+        """Subscription filter for artifact chunks: model/chunk/<version>/<index>."""
+        return self.topic("model/chunk/#")
+
+    @property
+    def verify_response(self) -> str:
+        return self.topic("verify/response")
+
+    def chunk_topic(self, version: str, index: int) -> str:
+        return self.topic(f"model/chunk/{version}/{index}")
+
+    def parse_chunk_topic(self, topic: str) -> tuple[str, int] | None:
+        """model/chunk/<version>/<index> -> (version, index); None when the topic is not one."""
+        head = self.topic("model/chunk/")
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 2 or not parts[1].isdigit():
+            return None
+        return parts[0], int(parts[1])

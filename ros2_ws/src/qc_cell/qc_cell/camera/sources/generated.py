@@ -1,0 +1,47 @@
+"""Synthetic parts from qc_cell.camera.synthetic, with ground truth (the demo's and the system tests' camera)."""
+
+from __future__ import annotations
+
+from qc_cell.camera.sources.base import Frame, FrameSource, SourceConfigError
+from qc_cell.camera.synthetic import SyntheticPartGenerator
+
+
+class SyntheticSource(FrameSource):
+    """Part 0, 1, 2, ... of a SyntheticPartGenerator; the origin names seed and index, so any image can be
+    re-rendered later (`SyntheticPartGenerator(seed).part(index)`)."""
+
+    kind = "synthetic"
+
+    def __init__(
+        self, seed: int = 0, width: int = 512, height: int = 512, defect_rate: float = 0.2, start_index: int = 0
+    ) -> None:
+        try:
+            self._generator = SyntheticPartGenerator(seed=seed, width=width, height=height, defect_rate=defect_rate)
+        except ValueError as exc:
+            raise SourceConfigError(f"synthetic source: {exc}") from exc
+        self._next = start_index
+        self._open = False
+
+    @property
+    def description(self) -> str:
+        g = self._generator
+        return f"synthetic:seed={g.seed} {g.width}x{g.height} defect_rate={g.defect_rate:g}"
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def open(self) -> None:
+        self._open = True
+
+    def close(self) -> None:
+        self._open = False
+
+    def read(self) -> Frame:
+        index = self._next
+        self._next += 1
+        part = self._generator.part(index)
+        return Frame(part.image, "bgr8", f"synthetic:{self._generator.seed}:{index}", part.label, part.defect_type)
+
+    def stats(self) -> dict[str, object]:
+        return {"next_index": self._next}

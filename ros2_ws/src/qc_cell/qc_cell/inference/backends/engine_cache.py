@@ -1,0 +1,95 @@
+"""TensorRT engine cache: an engine is only valid for the model, TensorRT version, GPU and build settings
+it was built with, so all of them are in its key. Files are written atomically (temp file, fsync, rename),
+so a power cut during a multi-minute build on the Jetson never leaves a half-written engine behind that
+would be loaded at the next start. Pure Python: testable without a GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    model_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    precision: str
+    max_batch: int
+    input_chw: tuple[int, int, int]
+    compute_capability: str = ""
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def file_name(self) -> str:
+        """Readable and unique: <model sha prefix>_trt<version>_<gpu>_<precision>_b<max batch>_<key digest>."""
+        gpu = re.sub(r"[^A-Za-z0-9]+", "-", self.gpu_name).strip("-").lower() or "gpu"
+        trt_version = re.sub(r"[^0-9.]+", "", self.tensorrt_version) or "unknown"
+        return (
+            f"{self.model_sha256[:12]}_trt{trt_version}_{gpu}_{self.precision}_b{self.max_batch}_{self.digest()}.engine"
+        )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable (the directory entry), where the OS allows opening directories."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class EngineCache:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory).expanduser()
+
+    def path(self, key: EngineKey) -> Path:
+        return self.directory / key.file_name()
+
+    def load(self, key: EngineKey) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def store(self, key: EngineKey, engine: bytes) -> Path:
+        path = self.path(key)
+        atomic_write_bytes(path, engine)
+        atomic_write_bytes(path.with_suffix(".json"), (json.dumps(asdict(key), indent=2) + "\n").encode())
+        return path
+
+    def discard(self, key: EngineKey) -> None:
+        """Drop an engine that the runtime refused (corrupt, or from another TensorRT build)."""
+        for p in (self.path(key), self.path(key).with_suffix(".json")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()

@@ -1,0 +1,187 @@
+"""Loading a model package and swapping it in while parts keep flowing.
+
+load(): read the manifest, check the requested version/sha256, verify the model file's sha256, load it on
+the configured backend, warm it up, run the golden-set self-test, copy it into the model store, swap it
+into the pipeline between two batches, and only then move the store's active pointer. Any failure keeps
+the serving model and reports why; the new model's resources are released. One load at a time.
+The caller runs load() in a thread of its own (the node: the service's callback group).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from qc_cell.inference.backends import BackendChoice, BackendError, BackendOptions, create_backend
+from qc_cell.inference.manifest import MANIFEST_NAME, Manifest, ManifestError
+from qc_cell.inference.model import LoadedModel, SelfTestError
+from qc_cell.inference.model_store import ModelStore, StoreError
+from qc_cell.inference.pipeline import InferencePipeline
+
+_log = logging.getLogger(__name__)
+
+# ModelInfo.state values (see msg/ModelInfo.msg).
+NONE, LOADING, ACTIVE, FAILED = "none", "loading", "active", "failed"
+
+
+@dataclass(frozen=True)
+class ModelState:
+    state: str  # NONE | LOADING | ACTIVE | FAILED
+    version: str = ""  # the version serving parts ("" = none)
+    sha256: str = ""
+    backend: str = ""
+    precision: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    success: bool
+    message: str
+    active_version: str
+
+
+class LoadError(RuntimeError):
+    """A stage of loading failed; the message names the stage and the cause."""
+
+
+class ModelManager:
+    def __init__(
+        self,
+        pipeline: InferencePipeline,
+        choice: BackendChoice,
+        options: BackendOptions,
+        store: ModelStore | None = None,
+        require_golden_set: bool = False,
+        on_state: Callable[[ModelState], None] = lambda state: None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.choice = choice
+        self.options = options
+        self.store = store
+        self.require_golden_set = require_golden_set
+        self._on_state = on_state
+        self._load_lock = threading.Lock()
+        self.state = ModelState(NONE, message="no model loaded yet")
+
+    # ---- public -----------------------------------------------------------------------------------
+    def load(self, path: str, expected_version: str = "", expected_sha256: str = "") -> LoadResult:
+        if not self._load_lock.acquire(blocking=False):
+            return LoadResult(False, "another model load is in progress; try again when it finishes", self._active())
+        try:
+            return self._load_locked(path, expected_version, expected_sha256)
+        finally:
+            self._load_lock.release()
+
+    def load_initial(self, model_path: str) -> LoadResult:
+        """Start-up: the store's active model (the last one that passed its self-test), then its earlier good
+        ones, then the configured `model_path`. Nothing usable: no model, every part NOT_INSPECTED."""
+        tried = []
+        with self._load_lock:
+            for candidate in self.store.candidates() if self.store is not None else []:
+                result = self._load_locked(str(candidate), "", "")
+                if result.success:
+                    return result
+                tried.append(f"store {candidate.name}: {result.message}")
+            if model_path:
+                result = self._load_locked(model_path, "", "")
+                if result.success:
+                    return result
+                tried.append(f"{model_path}: {result.message}")
+        message = "no model: " + ("; ".join(tried) if tried else "model_path is empty and the store holds none")
+        message += " - every part is NOT_INSPECTED until inference/load_model succeeds"
+        self._set_state(ModelState(FAILED if tried else NONE, message=message))
+        return LoadResult(False, message, "")
+
+    # ---- stages -----------------------------------------------------------------------------------
+    def _load_locked(self, path: str, expected_version: str, expected_sha256: str) -> LoadResult:
+        current = self.pipeline.model
+        self._set_state(self._serving_state(LOADING, f"loading {path}"))
+        model = None
+        try:
+            package_dir, manifest = self._read(path, expected_version, expected_sha256)
+            model, summary = self._bring_up(package_dir, manifest)
+            if self.store is not None and not self.store.contains(package_dir):
+                try:
+                    model.package_dir = self.store.install(package_dir, manifest)
+                except (StoreError, ManifestError, OSError) as exc:
+                    raise LoadError(f"cannot copy the package into the model store: {exc}") from exc
+        except (LoadError, ManifestError, BackendError, SelfTestError, StoreError) as exc:
+            if model is not None:
+                model.close()
+            message = f"load of {path} failed: {exc}"
+            if current is not None:
+                message += f"; model {current.version} keeps serving"
+            _log.error(message)
+            self._set_state(self._serving_state(FAILED, message))
+            return LoadResult(False, message, self._active())
+        previous = self.pipeline.swap(model)  # between two batches; see InferencePipeline.swap
+        if previous is not None:
+            previous.close()
+        message = f"{model.describe()}; {summary}; {self.choice.message}"
+        if self.store is not None:
+            try:
+                self.store.activate(manifest)
+            except (StoreError, OSError) as exc:
+                message += f"; WARNING: active pointer not updated ({exc}), a restart would load the previous model"
+                _log.error("model store: %s", exc)
+        self._set_state(self._serving_state(ACTIVE, message))
+        _log.info("model %s active: %s", model.version, message)
+        return LoadResult(True, message, model.version)
+
+    def _read(self, path: str, expected_version: str, expected_sha256: str) -> tuple[Path, Manifest]:
+        if not path:
+            raise LoadError("no package path given")
+        package_dir = Path(path).expanduser()
+        if package_dir.name == MANIFEST_NAME or package_dir.suffix == ".json":
+            package_dir = package_dir.parent
+        if not package_dir.is_dir():
+            raise LoadError(f"package directory {package_dir} does not exist")
+        manifest = Manifest.load(package_dir)
+        if expected_version and manifest.version != expected_version:
+            raise LoadError(f"package holds version {manifest.version}, {expected_version} was requested")
+        if expected_sha256 and manifest.sha256 != expected_sha256.lower():
+            raise LoadError(f"package model sha256 {manifest.sha256} is not the requested {expected_sha256}")
+        manifest.verify_model_file(package_dir)
+        return package_dir, manifest
+
+    def _bring_up(self, package_dir: Path, manifest: Manifest) -> tuple[LoadedModel, str]:
+        """Backend load, warm-up and golden-set self-test; returns the model and the self-test summary."""
+        backend = create_backend(self.choice.name, package_dir / manifest.model_file, manifest, self.options)
+        try:
+            model = LoadedModel(package_dir, manifest, backend, self.choice.message)
+            model.warm_up()
+            if self.require_golden_set and not manifest.golden:
+                raise SelfTestError("the package has no golden set and require_golden_set is on")
+            return model, model.self_test()
+        except BaseException:
+            backend.close()
+            raise
+
+    # ---- state ------------------------------------------------------------------------------------
+    def _active(self) -> str:
+        model = self.pipeline.model
+        return model.version if model is not None else ""
+
+    def _serving_state(self, state: str, message: str) -> ModelState:
+        model = self.pipeline.model
+        if model is None:
+            return ModelState(state, message=message)
+        return ModelState(
+            state,
+            version=model.version,
+            sha256=model.manifest.sha256,
+            backend=model.backend.name,
+            precision=model.backend.precision,
+            message=message,
+        )
+
+    def _set_state(self, state: ModelState) -> None:
+        self.state = state
+        try:
+            self._on_state(state)
+        except Exception:
+            _log.exception("model state callback failed")

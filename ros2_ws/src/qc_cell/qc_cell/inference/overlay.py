@@ -1,0 +1,84 @@
+"""The operator's picture of a part (inspection/overlay): the image with a border in the verdict colour,
+the score, and where the model exports its last feature map, a class-activation heatmap showing where it
+sees the defect. The thresholds here only colour the picture; the verdict itself is the decision node's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from qc_cell.inference.manifest import Preprocessing
+
+GREEN, AMBER, RED, GREY = (60, 180, 75), (0, 165, 255), (40, 40, 220), (150, 150, 150)  # BGR
+
+
+@dataclass(frozen=True)
+class OverlayStyle:
+    reinspect_threshold: float = 0.5
+    defective_threshold: float = 0.8
+    max_side: int = 640  # overlays are for viewers: larger frames are scaled down before drawing
+    heatmap_alpha: float = 0.45
+
+
+def _to_bgr8(image: np.ndarray, channel_order: str) -> np.ndarray:
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[0], image.shape[1]), cv2.COLOR_GRAY2BGR)
+    image = image[:, :, :3]
+    return np.ascontiguousarray(image[:, :, ::-1] if channel_order == "RGB" else image)
+
+
+def _heatmap_on_image(cam: np.ndarray, image_hw: tuple[int, int], spec: Preprocessing) -> np.ndarray:
+    """Map a CAM over the model input back onto the full image (undoing letterbox and ROI); 0 outside."""
+    full = np.zeros(image_hw, dtype=np.float32)
+    x, y, w, h = spec.roi if spec.roi is not None else (0, 0, image_hw[1], image_hw[0])
+    canvas = cv2.resize(cam, (spec.input_width, spec.input_height), interpolation=cv2.INTER_LINEAR)
+    if spec.letterbox:
+        scale = min(spec.input_width / w, spec.input_height / h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        top, left = (spec.input_height - nh) // 2, (spec.input_width - nw) // 2
+        canvas = canvas[top : top + nh, left : left + nw]
+    full[y : y + h, x : x + w] = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_LINEAR)
+    return full
+
+
+def render(
+    image: np.ndarray,
+    channel_order: str,
+    ok: bool,
+    probability: float,
+    label: str,
+    spec: Preprocessing | None = None,
+    heatmap: np.ndarray | None = None,
+    style: OverlayStyle = OverlayStyle(),
+) -> np.ndarray:
+    """BGR8 overlay image. label: e.g. the model version, or the NOT_INSPECTED reason."""
+    bgr = _to_bgr8(image, channel_order)
+    if heatmap is not None and spec is not None and ok:
+        cam = _heatmap_on_image(heatmap, bgr.shape[:2], spec)
+        colour = cv2.applyColorMap((cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        weight = (style.heatmap_alpha * cam)[:, :, np.newaxis]
+        bgr = (bgr * (1.0 - weight) + colour * weight).astype(np.uint8)
+    scale = style.max_side / max(bgr.shape[:2])
+    if scale < 1.0:
+        bgr = cv2.resize(bgr, (max(1, round(bgr.shape[1] * scale)), max(1, round(bgr.shape[0] * scale))))
+    elif bgr.base is not None or not bgr.flags.writeable:
+        bgr = bgr.copy()  # never draw on the caller's frame
+    if not ok:
+        colour, text = GREY, f"NOT INSPECTED: {label}"
+    elif probability >= style.defective_threshold:
+        colour, text = RED, f"DEFECTIVE p={probability:.2f}  {label}"
+    elif probability >= style.reinspect_threshold:
+        colour, text = AMBER, f"RE-INSPECT p={probability:.2f}  {label}"
+    else:
+        colour, text = GREEN, f"NORMAL p={probability:.2f}  {label}"
+    thickness = max(2, min(bgr.shape[:2]) // 40)
+    cv2.rectangle(bgr, (0, 0), (bgr.shape[1] - 1, bgr.shape[0] - 1), colour, thickness)
+    font_scale = max(0.35, min(bgr.shape[:2]) / 600)
+    org = (thickness + 4, thickness + int(22 * font_scale / 0.6))
+    cv2.putText(bgr, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(bgr, text, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, colour, 1, cv2.LINE_AA)
+    return bgr

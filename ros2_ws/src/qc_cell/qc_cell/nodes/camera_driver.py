@@ -1,0 +1,406 @@
+"""camera_driver: lifecycle node where every part enters the cell (the work is done in qc_cell.camera).
+
+configure: build the part-id allocator and acquire the source (a missing device is reported and retried with
+backoff once active); activate: start capturing (free-run at rate_hz, or one frame per camera/trigger);
+deactivate: stop capturing; cleanup/shutdown: release the source.
+
+Publishes, for every part: camera/parts (PartTrigger, stamp = capture time) then camera/frames (PartFrame; without
+image and with capture_ok false when no frame could be had, so downstream decides NOT_INSPECTED). camera/image_raw
+and camera/camera_info only while someone subscribes. Also alerts and /diagnostics.
+Triggers are answered in every state: a trigger the driver cannot serve still yields a PartFrame saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from qc_cell.camera.capture import (
+    DONE,
+    FINISHED,
+    MODES,
+    RETRYING,
+    STREAMING,
+    CaptureLoop,
+    CaptureRequest,
+    CaptureResult,
+    CaptureSettings,
+)
+from qc_cell.camera.framing import Framing
+from qc_cell.camera.part_ids import PartIdAllocator, PartIdError, default_state_file
+from qc_cell.camera.sources import SOURCE_KINDS, SourceConfigError, SourceSettings, build_source
+from qc_cell.camera.sources.folder import ORDERS
+from qc_cell.ros import diagnostics, qos
+from qc_cell.ros.images import ImageConversionError, array_to_image
+from qc_cell.ros.node_main import run
+from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.time import from_ns, to_ns
+from qc_interfaces.msg import Alert, PartFrame, PartTrigger
+
+OK, WARN, ERROR = diagnostics.OK[0], diagnostics.WARN[0], diagnostics.ERROR[0]
+GROUND_TRUTH = {"good": PartFrame.LABEL_GOOD, "defect": PartFrame.LABEL_DEFECT, None: PartFrame.LABEL_UNKNOWN}
+SEVERITY = {"info": Alert.INFO, "warn": Alert.WARN, "error": Alert.ERROR}
+# Events that are also raised as alerts (the others are only logged): state changes an operator must see.
+ALERT_CODES = {"CAMERA_UNAVAILABLE", "CAMERA_RECOVERED", "SOURCE_FINISHED", "MAX_PARTS", "PART_ID_FAILED"}
+
+
+class CameraDriver(LifecycleNode):
+    def __init__(self, **kwargs) -> None:
+        self.loop: CaptureLoop | None = None  # set before anything can fail: destroy_node() may run regardless
+        super().__init__("camera_driver", **kwargs)
+        self._declare_parameters()
+        self._lifecycle_state = "unconfigured"
+        self._sequence = 0
+        self._sequence_lock = threading.Lock()
+        self._info_size: tuple[int, int] | None = None
+        self._info_msg = CameraInfo()
+        self._last_failed = 0
+
+        self.parts_pub = self.create_publisher(PartTrigger, "camera/parts", qos.EVENTS)
+        self.frames_pub = self.create_publisher(PartFrame, "camera/frames", qos.PART_FRAMES)
+        self.image_pub = self.create_publisher(Image, "camera/image_raw", qos.IMAGE_VIEW)
+        self.info_pub = self.create_publisher(CameraInfo, "camera/camera_info", qos.IMAGE_VIEW)
+        self.alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self._diag_pub = diagnostics.create_publisher(self)
+        if self.capture.mode == "triggered":
+            # Subscribed in every lifecycle state, so a trigger is answered even when the camera is not capturing.
+            self.create_subscription(
+                PartTrigger,
+                "camera/trigger",
+                self._on_trigger,
+                qos.EVENTS,
+                callback_group=MutuallyExclusiveCallbackGroup(),
+            )
+        self.create_timer(self._diag_period, self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ------------------------------------------------------------ parameters
+
+    def _declare_parameters(self) -> None:
+        ro = {"read_only": True}
+        kind = declare(self, "source", "v4l2", "image source", choices=SOURCE_KINDS, **ro)
+        mode = declare(
+            self,
+            "mode",
+            "free_run",
+            "free_run: capture at rate_hz; triggered: one capture per camera/trigger",
+            choices=MODES,
+            **ro,
+        )
+        rate = declare(
+            self, "rate_hz", 10.0, "free-run capture rate (parts/s); changeable at runtime", range=(0.1, 240.0)
+        )
+        max_parts = declare(
+            self, "max_parts", 0, "stop capturing after this many parts (0 = unlimited)", range=(0, 2**31 - 1), **ro
+        )
+        self.frame_id: str = declare(self, "frame_id", "camera", "header.frame_id of every part message", **ro)
+        prefix = declare(
+            self, "part_id_prefix", "", "part id prefix, unique per cell ('' = the node namespace, or 'cell')", **ro
+        )
+        state_dir = declare(
+            self,
+            "state_dir",
+            "",
+            "directory of the persistent state (part id counter part_ids_<prefix>.json; '' = $XDG_STATE_HOME/qc_cell)",
+            **ro,
+        )
+        roi = declare(
+            self,
+            "roi",
+            [0, 0, 0, 0],
+            "published region [x, y, width, height] in source pixels; all 0 = whole frame",
+            **ro,
+        )
+        scale = declare(
+            self, "scale", 1.0, "downscale factor applied after the ROI (1.0 = none)", range=(0.05, 1.0), **ro
+        )
+        settings = SourceSettings(
+            kind=kind,
+            device=declare(
+                self, "device", "/dev/video0", "v4l2: device path (/dev/video0, /dev/v4l/by-id/...) or index", **ro
+            ),
+            width=declare(
+                self,
+                "width",
+                0,
+                "v4l2: requested width; synthetic: image width (0 = driver default / 512)",
+                range=(0, 16384),
+                **ro,
+            ),
+            height=declare(
+                self,
+                "height",
+                0,
+                "v4l2: requested height; synthetic: image height (0 = driver default / 512)",
+                range=(0, 16384),
+                **ro,
+            ),
+            fps=declare(
+                self, "fps", 0.0, "v4l2: requested camera frame rate (0 = driver default)", range=(0.0, 1000.0), **ro
+            ),
+            pixel_format=declare(
+                self, "pixel_format", "", "v4l2: FourCC such as MJPG or YUYV ('' = driver default)", **ro
+            ),
+            read_timeout_s=declare(
+                self,
+                "read_timeout_s",
+                2.0,
+                "v4l2: a read blocking longer counts as a disconnect",
+                range=(0.1, 60.0),
+                **ro,
+            ),
+            pipeline=declare(self, "pipeline", "", "gstreamer: pipeline ending in appsink (see docs/camera.md)", **ro),
+            path=declare(self, "path", "", "video: file; folder: image directory (MVTec AD layout aware)", **ro),
+            loop=declare(self, "loop", False, "video/folder: start again at the end instead of stopping", **ro),
+            folder_order=declare(self, "folder_order", "sorted", "folder: image order", choices=ORDERS, **ro),
+            seed=declare(
+                self, "seed", 0, "synthetic: generator seed; folder: shuffle seed", range=(0, 2**31 - 1), **ro
+            ),
+            defect_rate=declare(
+                self, "defect_rate", 0.2, "synthetic: share of defective parts", range=(0.0, 1.0), **ro
+            ),
+        )
+        capture = {
+            "queue_depth": declare(
+                self, "trigger_queue_depth", 8, "triggered: parts waiting for a capture", range=(1, 1000), **ro
+            ),
+            "max_trigger_age_s": declare(
+                self,
+                "max_trigger_age_s",
+                0.5,
+                "triggered: a trigger not served within this time gets no frame (the part has moved on)",
+                range=(0.01, 60.0),
+                **ro,
+            ),
+            "backoff_initial_s": declare(
+                self,
+                "reconnect_initial_s",
+                0.5,
+                "first retry delay when the source is missing/lost",
+                range=(0.01, 60.0),
+                **ro,
+            ),
+            "backoff_max_s": declare(
+                self, "reconnect_max_s", 10.0, "longest retry delay (doubles up to this)", range=(0.01, 600.0), **ro
+            ),
+        }
+        self._diag_period: float = declare(
+            self, "diagnostics_period_s", 1.0, "/diagnostics period (s)", range=(0.1, 60.0), **ro
+        )
+        try:
+            self.capture = CaptureSettings(mode=mode, rate_hz=rate, max_parts=max_parts, **capture)
+            self.framing = Framing.from_parameters(list(roi), scale)
+            self.source = build_source(settings, warn=self._warn_source)
+        except (ValueError, SourceConfigError) as exc:
+            raise ParameterError(str(exc)) from exc
+        if settings.kind == "gstreamer" and not settings.pipeline.strip():
+            raise ParameterError("source gstreamer needs the pipeline parameter (see docs/camera.md)")
+        prefix = prefix or self.get_namespace().strip("/").replace("/", "_") or "cell"
+        try:
+            state_file = Path(state_dir).expanduser() / f"part_ids_{prefix}.json" if state_dir else None
+            self.part_ids = PartIdAllocator(prefix, state_file or default_state_file(prefix))
+        except (ValueError, PartIdError) as exc:
+            raise ParameterError(str(exc)) from exc
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            if param.name == "rate_hz":
+                loop = self.loop
+                if loop is not None:
+                    loop.set_rate(float(param.value))  # range already checked by the descriptor
+                self.capture = dataclasses.replace(self.capture, rate_hz=float(param.value))
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.part_ids.check_writable()
+        except PartIdError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        loop = CaptureLoop(
+            self.source,
+            self.framing,
+            self.capture,
+            self._publish_result,
+            lambda: self.get_clock().now().nanoseconds,
+            self.part_ids.next_id,
+            self._on_event,
+        )
+        try:
+            opened = loop.open()
+        except SourceConfigError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.loop = loop
+        self._lifecycle_state = "inactive"
+        if opened:
+            self.get_logger().info(f"configured: {self.source.description}, mode {self.capture.mode}")
+        else:
+            self.get_logger().error(
+                f"configured without a camera: {loop.snapshot().get('last_error')}; retrying once active"
+            )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        assert self.loop is not None
+        self.loop.start()
+        self._lifecycle_state = "active"
+        rate = f" at {self.capture.rate_hz:g} parts/s" if self.capture.mode == "free_run" else " on camera/trigger"
+        self.get_logger().info(f"capturing{rate}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.loop is not None:
+            self.loop.stop("camera driver deactivated")
+        self._lifecycle_state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._lifecycle_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._lifecycle_state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._lifecycle_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self) -> None:
+        self._release()  # also when the process is stopped without a shutdown transition
+        super().destroy_node()
+
+    def _release(self) -> None:
+        loop, self.loop = self.loop, None
+        if loop is not None:
+            loop.close()
+
+    # ------------------------------------------------------------ parts
+
+    def _on_trigger(self, msg: PartTrigger) -> None:
+        now_ns = self.get_clock().now().nanoseconds
+        trigger_ns = to_ns(msg.header.stamp) or now_ns
+        part_id = msg.part_id
+        if not part_id:
+            try:
+                part_id = self.part_ids.next_id()
+            except PartIdError as exc:
+                # Still answer the part: without a unique id it is reported under a one-off one.
+                part_id = f"{self.part_ids.prefix}-unnumbered-{now_ns}"
+                self._on_event("error", "PART_ID_FAILED", str(exc))
+        request = CaptureRequest(part_id, trigger_ns, msg.encoder_count)
+        loop = self.loop
+        if loop is None or not loop.running:
+            error = f"camera driver is {self._lifecycle_state}: not capturing"
+            self._publish_result(CaptureResult(part_id, trigger_ns, msg.encoder_count, None, None, error))
+        else:
+            loop.request(request)
+
+    def _publish_result(self, result: CaptureResult) -> None:
+        """camera/parts then camera/frames for one part (called from the capture thread and the trigger callback)."""
+        with self._sequence_lock:
+            sequence = self._sequence
+            self._sequence += 1
+        header = Header(stamp=from_ns(result.stamp_ns), frame_id=self.frame_id)
+        self.parts_pub.publish(PartTrigger(header=header, part_id=result.part_id, encoder_count=result.encoder_count))
+        frame = result.frame
+        msg = PartFrame(
+            header=header,
+            part_id=result.part_id,
+            sequence=sequence,
+            source=frame.origin if frame is not None else self.source.description,
+            encoder_count=result.encoder_count,
+            capture_ok=False,
+            capture_error=result.error,
+        )
+        if frame is not None and result.image is not None:
+            try:
+                msg.image = array_to_image(result.image, frame.encoding, header)
+                msg.capture_ok = True
+            except ImageConversionError as exc:
+                msg.capture_error = f"{frame.origin}: {exc}"
+            msg.ground_truth = GROUND_TRUTH.get(frame.label, PartFrame.LABEL_UNKNOWN)
+            msg.defect_type = frame.defect_type or ""
+        self.frames_pub.publish(msg)
+        if msg.capture_ok:
+            if self.image_pub.get_subscription_count() > 0:
+                self.image_pub.publish(msg.image)  # the same message object: no second conversion
+            if self.info_pub.get_subscription_count() > 0:
+                self.info_pub.publish(self._camera_info(header, msg.image))
+        else:
+            self.get_logger().warning(
+                f"part {result.part_id}: no frame: {msg.capture_error}", throttle_duration_sec=1.0
+            )
+
+    def _camera_info(self, header: Header, image: Image) -> CameraInfo:
+        """Size and frame of the published image (the driver does not carry a calibration)."""
+        if self._info_size != (image.width, image.height):
+            self._info_size = (image.width, image.height)
+            self._info_msg = CameraInfo(width=image.width, height=image.height)
+        self._info_msg.header = header
+        return self._info_msg
+
+    # ------------------------------------------------------------ events, diagnostics
+
+    def _warn_source(self, message: str) -> None:
+        self.get_logger().warning(message)
+
+    def _on_event(self, level: str, code: str, message: str) -> None:
+        text = f"[{code}] {message}"
+        logger = self.get_logger()
+        if level == "error":
+            logger.error(text, throttle_duration_sec=1.0)
+        elif level == "warn":
+            logger.warning(text, throttle_duration_sec=5.0)
+        else:
+            logger.info(text)
+        if code in ALERT_CODES and level != "warn":
+            alert = Alert(severity=SEVERITY[level], source=self.get_name(), code=code, message=message)
+            alert.header.stamp = self.get_clock().now().to_msg()
+            self.alert_pub.publish(alert)
+
+    def _publish_diagnostics(self) -> None:
+        loop = self.loop
+        values: dict[str, object] = {"lifecycle_state": self._lifecycle_state, "source_kind": self.source.kind}
+        if loop is None:
+            level, message = WARN, f"{self._lifecycle_state}: not capturing"
+        else:
+            values.update(loop.snapshot())
+            failed = loop.failed_parts
+            if loop.state == RETRYING:
+                level, message = ERROR, f"camera unavailable, retrying: {values.get('last_error', '')}"
+            elif self._lifecycle_state != "active":
+                level, message = WARN, f"{self._lifecycle_state}: not capturing"
+            elif loop.state in (FINISHED, DONE):
+                level, message = OK, f"capture ended: {values.get('end_reason', '')}"
+            elif failed > self._last_failed:
+                level, message = WARN, f"{failed - self._last_failed} part(s) without a frame since the last report"
+            elif loop.state == STREAMING:
+                level, message = OK, f"capturing at {values['achieved_fps']} fps"
+            else:
+                level, message = WARN, str(loop.state)
+            self._last_failed = failed
+        status = diagnostics.status(f"{self.get_name()}: camera", level, message, values, self.source.description)
+        diagnostics.publish(self, self._diag_pub, [status])
+
+
+def main() -> int:
+    return run(CameraDriver, threads=2)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,385 @@
+"""decision node: exactly one verdict per part (quality/decision), rolling KPIs (quality/kpi), /diagnostics.
+
+Parts come from camera/parts (and camera/trigger when it carries the part id) and from inspection/result;
+the process state in force at each part's capture time comes from the node's own history of process/state
+(latched), so the verdict never waits for fusion.
+A real timer gives parts without a result their fail-safe verdict at `capture + result_deadline_ms`.
+The rule itself lives in qc_cell.decision; this node declares parameters and converts messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from typing import Any
+
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from std_msgs.msg import Header
+
+from qc_cell.decision.engine import Counters, DecisionConfig, DecisionEngine, DecisionRecord, ResultInput
+from qc_cell.decision.kpi import RollingKpi
+from qc_cell.decision.part_ledger import Claim, Registration
+from qc_cell.decision.verdict_rule import EscalationPolicy, ProcessContext, Reason, Thresholds, Verdict
+from qc_cell.ros import diagnostics, qos
+from qc_cell.ros.node_main import run
+from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.time import from_ns, to_ns
+from qc_interfaces.msg import CellKpi, InspectionResult, PartTrigger, ProcessState, QualityDecision
+
+ESCALATE_TO = {"reinspect": Verdict.REINSPECT, "defective": Verdict.DEFECTIVE}
+NOT_INSPECTED_AS = {
+    "not_inspected": Verdict.NOT_INSPECTED,
+    "defective": Verdict.DEFECTIVE,
+    "reinspect": Verdict.REINSPECT,
+}
+
+# Parameters that may change at run time (validated together in _on_set_parameters); the rest are read-only.
+RUNTIME_PARAMETERS = (
+    "reinspect_threshold",
+    "defective_threshold",
+    "escalate_on_stale",
+    "escalate_on_out_of_spec",
+    "escalate_on_anomaly",
+    "escalate_to",
+    "not_inspected_as",
+    "result_deadline_ms",
+    "process_max_age_ms",
+    "registration_wait_ms",
+)
+
+
+def build_config(values: dict[str, Any], process_keep_s: float, remembered_parts: int) -> DecisionConfig:
+    """DecisionConfig from parameter values; ValueError with a clear message when they do not fit together."""
+    for name, choices in (("escalate_to", ESCALATE_TO), ("not_inspected_as", NOT_INSPECTED_AS)):
+        if values[name] not in choices:
+            raise ValueError(f"{name} = {values[name]!r} must be one of {list(choices)}")
+    return DecisionConfig(
+        thresholds=Thresholds(values["reinspect_threshold"], values["defective_threshold"]),
+        policy=EscalationPolicy(
+            on_stale=values["escalate_on_stale"],
+            on_out_of_spec=values["escalate_on_out_of_spec"],
+            on_anomaly=values["escalate_on_anomaly"],
+            escalate_to=ESCALATE_TO[values["escalate_to"]],
+        ),
+        not_inspected_as=NOT_INSPECTED_AS[values["not_inspected_as"]],
+        result_deadline_ms=values["result_deadline_ms"],
+        process_max_age_ms=values["process_max_age_ms"],
+        registration_wait_ms=values["registration_wait_ms"],
+        process_keep_s=process_keep_s,
+        remembered_parts=remembered_parts,
+    )
+
+
+class DecisionNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("decision", **kwargs)
+        values = {
+            "reinspect_threshold": declare(
+                self, "reinspect_threshold", 0.5, "p at and above which a part is re-inspected", range=(0.0, 1.0)
+            ),
+            "defective_threshold": declare(
+                self, "defective_threshold", 0.8, "p at and above which a part is defective", range=(0.0, 1.0)
+            ),
+            "escalate_on_stale": declare(
+                self, "escalate_on_stale", True, "stale or missing process state at capture raises the verdict"
+            ),
+            "escalate_on_out_of_spec": declare(
+                self, "escalate_on_out_of_spec", True, "out-of-spec process at capture raises the verdict"
+            ),
+            "escalate_on_anomaly": declare(
+                self, "escalate_on_anomaly", False, "anomalous (within spec) process at capture raises the verdict"
+            ),
+            "escalate_to": declare(
+                self, "escalate_to", "reinspect", "lowest verdict after a process escalation", choices=list(ESCALATE_TO)
+            ),
+            "not_inspected_as": declare(
+                self,
+                "not_inspected_as",
+                "not_inspected",
+                "verdict published for fail-safe parts (the reject actuator ejects not_inspected by default)",
+                choices=list(NOT_INSPECTED_AS),
+            ),
+            "result_deadline_ms": declare(
+                self,
+                "result_deadline_ms",
+                500.0,
+                "capture stamp -> latest result; later the part is NOT_INSPECTED (keep below camera-to-ejector time)",
+                range=(1.0, 60000.0),
+            ),
+            "process_max_age_ms": declare(
+                self,
+                "process_max_age_ms",
+                1000.0,
+                "a process state further than this from the capture time does not count (process_unknown)",
+                range=(1.0, 60000.0),
+            ),
+            "registration_wait_ms": declare(
+                self,
+                "registration_wait_ms",
+                20.0,
+                "a result that overtook its camera/parts registration waits this long for it (for the encoder "
+                "count); only while camera/parts has publishers, never past the deadline; 0 = decide at once",
+                range=(0.0, 1000.0),
+            ),
+        }
+        process_keep_s = declare(
+            self, "process_keep_s", 30.0, "process-state history kept for the join", range=(1.0, 3600.0), read_only=True
+        )
+        remembered_parts = declare(
+            self,
+            "remembered_parts",
+            20000,
+            "decided part ids remembered to recognise late and duplicate results",
+            range=(100, 10_000_000),
+            read_only=True,
+        )
+        deadline_check_ms = declare(
+            self,
+            "deadline_check_period_ms",
+            10.0,
+            "deadline timer period while parts are pending (adds at most this to a fail-safe verdict)",
+            range=(1.0, 1000.0),
+            read_only=True,
+        )
+        kpi_window_s = declare(self, "kpi_window_s", 60.0, "KPI rolling window", range=(1.0, 86400.0), read_only=True)
+        kpi_period_s = declare(
+            self, "kpi_period_s", 5.0, "quality/kpi publish period", range=(0.1, 3600.0), read_only=True
+        )
+        diag_period_s = declare(
+            self, "diagnostics_period_s", 1.0, "/diagnostics publish period", range=(0.1, 60.0), read_only=True
+        )
+        self._process_keep_s = process_keep_s
+        self._remembered_parts = remembered_parts
+        try:
+            config = build_config(values, process_keep_s, remembered_parts)
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from exc
+
+        now_ns = self._now_ns()
+        self._engine = DecisionEngine(config)
+        self._kpi = RollingKpi(kpi_window_s, now_ns)
+        self._verdict_totals: Counter[Verdict] = Counter()
+        self._counters_at_last_diag = Counters()
+        # Whether anyone publishes camera/parts (only then may a result wait for its registration): set by every
+        # registration, asked of the graph (5 us) while false, re-checked by the diagnostics timer.
+        self._parts_published = False
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        # EVENTS out: reject_actuator and cloud_bridge subscribe reliable.
+        self._decision_pub = self.create_publisher(QualityDecision, "quality/decision", qos.EVENTS)
+        self._kpi_pub = self.create_publisher(CellKpi, "quality/kpi", qos.EVENTS)
+        self._diag_pub = diagnostics.create_publisher(self)
+        self.create_subscription(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
+        # A trigger that carries the part's id (PLC-assigned) registers the part already, so it gets its verdict
+        # (fail-safe) even when the camera driver is down and never registers it. Empty ids: the camera assigns.
+        self.create_subscription(PartTrigger, "camera/trigger", self._on_trigger, qos.EVENTS)
+        self.create_subscription(InspectionResult, "inspection/result", self._on_result, qos.EVENTS)
+        # LATCHED matches sensor_fusion's publisher, so a (re)started decision node gets the current state at once.
+        self.create_subscription(ProcessState, "process/state", self._on_process_state, qos.LATCHED)
+        # Runs only while parts are pending (cancelled when idle, reset on the next registration).
+        self._deadline_timer = self.create_timer(deadline_check_ms / 1000.0, self._on_deadline_tick)
+        self._deadline_timer.cancel()
+        self.create_timer(kpi_period_s, self._publish_kpi)
+        self.create_timer(diag_period_s, self._publish_diagnostics)
+        self.get_logger().info(
+            f"decision ready: normal < {config.thresholds.reinspect} <= reinspect < {config.thresholds.defective} "
+            f"<= defective; deadline {config.result_deadline_ms:g} ms; fail-safe parts published as "
+            f"{config.not_inspected_as.name}"
+        )
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    # ---- parameters ---------------------------------------------------------------------------------------
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate a (possibly atomic) set of changes against the current values, then apply it.
+
+        Humble's rclpy has no post-set callback; this is the node's only on-set callback, so success here
+        means the change is accepted, and the new config is applied as a whole (never half of a pair)."""
+        changed = {p.name: p.value for p in params if p.name in RUNTIME_PARAMETERS}
+        if not changed:
+            return SetParametersResult(successful=True)
+        values = {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS} | changed
+        try:
+            config = build_config(values, self._process_keep_s, self._remembered_parts)
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected parameter change {changed}: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        self._engine.reconfigure(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+        self.get_logger().info(f"parameters changed: {changed}")
+        return SetParametersResult(successful=True)
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+    def _on_part(self, msg: PartTrigger) -> None:
+        self._parts_published = True
+        self._register(msg, from_camera=True)
+
+    def _on_trigger(self, msg: PartTrigger) -> None:
+        if msg.part_id:
+            self._register(msg, from_camera=False)
+
+    def _register(self, msg: PartTrigger, from_camera: bool) -> None:
+        topic = "camera/parts" if from_camera else "camera/trigger"
+        try:
+            registration, record = self._engine.on_part(
+                msg.part_id,
+                to_ns(msg.header.stamp),
+                msg.encoder_count,
+                msg.header.frame_id,
+                self._now_ns(),
+                from_camera=from_camera,
+            )
+        except ValueError as exc:
+            self.get_logger().error(f"{topic}: {exc}", throttle_duration_sec=1.0)
+            return
+        if record is not None:  # its result was waiting for this registration
+            self._publish(record)
+        elif registration in (Registration.NEW, Registration.CONFIRMED):
+            self._arm_deadline_timer()
+        elif from_camera and registration is Registration.ALREADY_DECIDED:
+            self.get_logger().warning(
+                f"camera/parts for part {msg.part_id} came after its verdict (decided from a result that did not "
+                "wait for it, or a fail-safe verdict from its trigger)",
+                throttle_duration_sec=1.0,
+            )
+
+    def _arm_deadline_timer(self) -> None:
+        if self._deadline_timer.is_canceled():
+            self._deadline_timer.reset()
+
+    def _on_result(self, msg: InspectionResult) -> None:
+        result = ResultInput(
+            part_id=msg.part_id,
+            capture_ns=to_ns(msg.header.stamp),
+            frame_id=msg.header.frame_id,
+            inspected=msg.status == InspectionResult.STATUS_OK,
+            reason=msg.reason,
+            defect_probability=msg.defect_probability,
+            model_version=msg.model_version,
+            ground_truth=msg.ground_truth,
+            defect_type=msg.defect_type,
+        )
+        try:
+            if not self._parts_published:
+                self._parts_published = self.count_publishers("camera/parts") > 0
+            claim, record = self._engine.on_result(result, self._now_ns(), registration_expected=self._parts_published)
+        except ValueError as exc:
+            self.get_logger().error(f"inspection/result: {exc}", throttle_duration_sec=1.0)
+            return
+        if record is not None:
+            self._publish(record)
+        if claim is Claim.HELD:
+            self._arm_deadline_timer()
+        elif claim is Claim.DUPLICATE:
+            self.get_logger().warning(f"duplicate result for part {msg.part_id} ignored", throttle_duration_sec=1.0)
+        elif claim in (Claim.LATE, Claim.EXPIRED):
+            deadline = self._engine.config.result_deadline_ms
+            self.get_logger().warning(
+                f"late result for part {msg.part_id} (after its {deadline:g} ms deadline): the part has its "
+                "fail-safe verdict, the result is not used",
+                throttle_duration_sec=1.0,
+            )
+
+    def _on_process_state(self, msg: ProcessState) -> None:
+        ctx = ProcessContext(
+            anomaly_score=msg.anomaly_score, flags=msg.flags, out_of_spec=msg.out_of_spec, stale=msg.stale
+        )
+        self._engine.on_process_state(to_ns(msg.header.stamp), ctx)
+
+    def _on_deadline_tick(self) -> None:
+        for record in self._engine.expire(self._now_ns()):
+            self._publish(record)
+            if record.reasons[0] != Reason.NO_RESULT:
+                continue  # a held result whose registration never came: decided from the result
+            self.get_logger().warning(
+                f"part {record.part_id}: no inspection result within "
+                f"{self._engine.config.result_deadline_ms:g} ms -> {record.verdict.name} ({', '.join(record.reasons)})",
+                throttle_duration_sec=1.0,
+            )
+        if self._engine.pending_count == 0:
+            self._deadline_timer.cancel()
+
+    # ---- outputs ------------------------------------------------------------------------------------------
+    def _publish(self, record: DecisionRecord) -> None:
+        now_ns = self._now_ns()
+        latency_ms = (now_ns - record.capture_ns) / 1e6
+        # One constructor call: rosidl would otherwise build every default field first and then replace it.
+        msg = QualityDecision(
+            header=Header(stamp=from_ns(record.capture_ns), frame_id=record.frame_id),
+            part_id=record.part_id,
+            verdict=int(record.verdict),
+            reasons=record.reasons,
+            defect_probability=record.defect_probability,
+            process_anomaly_score=record.process.anomaly_score,
+            process_flags=record.process.flags,
+            model_version=record.model_version,
+            encoder_count=record.encoder_count,
+            capture_to_decision_ms=latency_ms,
+            decision_stamp=from_ns(now_ns),
+            ground_truth=record.ground_truth,
+            defect_type=record.defect_type,
+        )
+        self._decision_pub.publish(msg)
+        # Bookkeeping after the verdict is out: off the critical path.
+        self._kpi.add(now_ns, record.verdict, record.reasons, latency_ms)
+        self._verdict_totals[record.verdict] += 1
+
+    def _publish_kpi(self) -> None:
+        snap = self._kpi.snapshot(self._now_ns())
+        msg = CellKpi()
+        msg.header.stamp = from_ns(snap.stamp_ns)
+        msg.window_s = snap.window_s
+        msg.parts = snap.parts
+        msg.normal = snap.counts[Verdict.NORMAL]
+        msg.reinspect = snap.counts[Verdict.REINSPECT]
+        msg.defective = snap.counts[Verdict.DEFECTIVE]
+        msg.not_inspected = snap.counts[Verdict.NOT_INSPECTED]
+        msg.yield_ratio = snap.yield_ratio
+        msg.throughput_pps = snap.throughput_pps
+        msg.latency_p50_ms = snap.latency_p50_ms
+        msg.latency_p95_ms = snap.latency_p95_ms
+        msg.latency_p99_ms = snap.latency_p99_ms
+        msg.reason_names = list(snap.reasons)
+        msg.reason_counts = list(snap.reasons.values())
+        msg.total_parts = snap.total_parts
+        self._kpi_pub.publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        self._parts_published = self.count_publishers("camera/parts") > 0
+        now_ns = self._now_ns()
+        cfg, counters = self._engine.config, self._engine.counters
+        last, self._counters_at_last_diag = self._counters_at_last_diag, dataclasses.replace(counters)
+        latest = self._engine.latest_process_stamp_ns()
+        process_age_s = math.inf if latest is None else (now_ns - latest) / 1e9
+        problems = []
+        if counters.deadline_expired > last.deadline_expired:
+            problems.append(f"{counters.deadline_expired - last.deadline_expired} part(s) without a result in time")
+        if counters.late_results > last.late_results:
+            problems.append(f"{counters.late_results - last.late_results} late result(s)")
+        if counters.unregistered_verdicts > last.unregistered_verdicts:
+            problems.append("verdicts for parts not registered on camera/parts in time: no encoder count")
+        if process_age_s * 1000.0 > cfg.process_max_age_ms:
+            problems.append("no recent process/state: parts are escalated as process_unknown")
+        values = {
+            "pending_parts": self._engine.pending_count,
+            "process_state_age_s": f"{process_age_s:.3f}",
+            "reinspect_threshold": cfg.thresholds.reinspect,
+            "defective_threshold": cfg.thresholds.defective,
+            "result_deadline_ms": cfg.result_deadline_ms,
+            **{f"total_{v.name.lower()}": self._verdict_totals[v] for v in Verdict},
+            **vars(counters),
+        }
+        level = diagnostics.WARN if problems else diagnostics.OK
+        status = diagnostics.status(f"{self.get_name()}: verdicts", level, "; ".join(problems) or "deciding", values)
+        diagnostics.publish(self, self._diag_pub, [status])
+
+
+def main() -> int:
+    return run(DecisionNode)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,450 @@
+"""inference node: one InspectionResult per PartFrame (inspection/result), the operator's overlay
+(inspection/overlay, only while subscribed), the active model (model/active, latched), hot model swap
+(inference/load_model) and /diagnostics.
+
+The work happens in qc_cell.inference: frames are enqueued by the subscription callback and scored by the
+pipeline's worker thread (bounded queue, explicit NOT_INSPECTED backpressure); model loads run in the
+service's own callback group (the node spins a MultiThreadedExecutor), so a load never stalls the frames.
+This module declares parameters and converts messages.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+
+from qc_cell.inference import overlay
+from qc_cell.inference.backends import (
+    BACKEND_CHOICES,
+    PRECISIONS,
+    BackendError,
+    BackendOptions,
+    resolve_backend,
+)
+from qc_cell.inference.hot_swap import ACTIVE, FAILED, LOADING, NONE, ModelManager, ModelState
+from qc_cell.inference.model_store import ModelStore, StoreError
+from qc_cell.inference.pipeline import FrameJob, ImageError, InferencePipeline, Outcome, SequenceGaps
+from qc_cell.ros import diagnostics, qos
+from qc_cell.ros.images import ImageConversionError, array_to_image, image_to_array, to_bgr8
+from qc_cell.ros.node_main import run
+from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.time import to_ns
+from qc_interfaces.msg import Alert, InspectionResult, ModelInfo, PartFrame
+from qc_interfaces.srv import LoadModel
+
+# Encodings the node scores, with the channel order of their pixels (grey images have one channel; the
+# generic OpenCV types follow OpenCV's BGR convention). Bayer mosaics are demosaiced to BGR first.
+ENCODING_ORDER = {
+    "bgr8": "BGR",
+    "rgb8": "RGB",
+    "bgra8": "BGR",
+    "rgba8": "RGB",
+    "mono8": "BGR",
+    "mono16": "BGR",
+    "bgr16": "BGR",
+    "rgb16": "RGB",
+    "8UC1": "BGR",
+    "8UC3": "BGR",
+    "8UC4": "BGR",
+    "16UC1": "BGR",
+}
+STATE_CODES = {
+    NONE: ModelInfo.STATE_NONE,
+    LOADING: ModelInfo.STATE_LOADING,
+    ACTIVE: ModelInfo.STATE_ACTIVE,
+    FAILED: ModelInfo.STATE_FAILED,
+}
+RUNTIME_PARAMETERS = ("deadline_ms", "overlay_reinspect_threshold", "overlay_defective_threshold")
+EXECUTOR_THREADS = 3  # frames + service (model loads) + timers never wait for each other
+
+
+def decode_image(image: Image) -> tuple[np.ndarray, str]:
+    """PartFrame.image -> (pixels, channel order), a view on the message where possible. ImageError for
+    anything the model cannot score (encoding, empty, data size not matching width/height/step)."""
+    try:
+        pixels = image_to_array(image)
+        if image.encoding.startswith("bayer_"):
+            return to_bgr8(pixels, image.encoding), "BGR"
+    except ImageConversionError as exc:
+        raise ImageError(str(exc)) from exc
+    if image.encoding not in ENCODING_ORDER:
+        raise ImageError(
+            f"encoding {image.encoding!r} cannot be scored (supported: {', '.join(ENCODING_ORDER)}, bayer_*)"
+        )
+    return pixels, ENCODING_ORDER[image.encoding]
+
+
+class InferenceNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("inference", **kwargs)
+        model_path = declare(
+            self,
+            "model_path",
+            "",
+            "model package (directory with manifest.json) loaded at start when the store has no active model",
+            read_only=True,
+        )
+        store_dir = declare(
+            self,
+            "model_store_dir",
+            "",
+            "model store: verified copies of loaded packages + active pointer, so a restart comes back on the "
+            "last good model ('' = no store, model_path is loaded at every start)",
+            read_only=True,
+        )
+        store_keep = declare(
+            self,
+            "model_store_keep",
+            5,
+            "model versions kept in the store (active + rollbacks)",
+            range=(1, 100),
+            read_only=True,
+        )
+        backend = declare(
+            self,
+            "backend",
+            "auto",
+            "auto (TensorRT if usable, else ONNX Runtime), onnxruntime or tensorrt",
+            choices=BACKEND_CHOICES,
+            read_only=True,
+        )
+        precision = declare(
+            self,
+            "precision",
+            "fp32",
+            "fp32, fp16 or int8 (fp16/int8: TensorRT only)",
+            choices=PRECISIONS,
+            read_only=True,
+        )
+        threads = declare(self, "threads", 2, "ONNX Runtime intra-op threads", range=(1, 64), read_only=True)
+        max_batch = declare(
+            self,
+            "max_batch",
+            1,
+            "largest batch scored at once when frames queue up (1 = always one frame; a lone frame is never "
+            "held back to fill a batch)",
+            range=(1, 64),
+            read_only=True,
+        )
+        queue_size = declare(
+            self,
+            "queue_size",
+            8,
+            "frames waiting to be scored; a frame arriving at a full queue is NOT_INSPECTED (queue_full)",
+            range=(1, 10000),
+            read_only=True,
+        )
+        deadline_ms = declare(
+            self,
+            "deadline_ms",
+            450.0,
+            "capture stamp -> latest useful result; older parts are NOT_INSPECTED (deadline). Keep at or below "
+            "decision.result_deadline_ms; camera and inference clocks must agree. 0 = no deadline",
+            range=(0.0, 600000.0),
+        )
+        require_golden = declare(
+            self,
+            "require_golden_set",
+            False,
+            "refuse model packages without a golden set (the self-test before a swap)",
+            read_only=True,
+        )
+        engine_cache_dir = declare(
+            self,
+            "engine_cache_dir",
+            "",
+            "TensorRT engine cache ('' = <model_store_dir>/engines, or ~/.cache/qc_cell/engines without a store)",
+            read_only=True,
+        )
+        workspace_mb = declare(
+            self, "tensorrt_workspace_mb", 1024, "TensorRT builder workspace", range=(16, 65536), read_only=True
+        )
+        calibration_dir = declare(
+            self,
+            "int8_calibration_dir",
+            "",
+            "images for TensorRT INT8 calibration (precision int8), preprocessed like the parts",
+            read_only=True,
+        )
+        calibration_images = declare(
+            self,
+            "int8_calibration_images",
+            256,
+            "at most this many calibration images",
+            range=(1, 100000),
+            read_only=True,
+        )
+        cuda_device = declare(self, "cuda_device", 0, "CUDA device index (TensorRT)", range=(0, 16), read_only=True)
+        self._style = overlay.OverlayStyle(
+            reinspect_threshold=declare(
+                self, "overlay_reinspect_threshold", 0.5, "overlay colour only: amber from this p", range=(0.0, 1.0)
+            ),
+            defective_threshold=declare(
+                self, "overlay_defective_threshold", 0.8, "overlay colour only: red from this p", range=(0.0, 1.0)
+            ),
+        )
+        diag_period_s = declare(
+            self, "diagnostics_period_s", 1.0, "/diagnostics publish period", range=(0.1, 60.0), read_only=True
+        )
+        if self._style.reinspect_threshold > self._style.defective_threshold:
+            raise ParameterError("overlay_reinspect_threshold must not exceed overlay_defective_threshold")
+        self._deadline_ns = int(deadline_ms * 1e6)
+
+        try:
+            choice = resolve_backend(backend, precision, cuda_device)
+        except (BackendError, ValueError) as exc:
+            raise ParameterError(str(exc)) from exc
+        store = None
+        if store_dir:
+            try:
+                store = ModelStore(Path(store_dir), keep=store_keep)
+            except (OSError, StoreError) as exc:
+                raise ParameterError(f"model_store_dir {store_dir!r} unusable: {exc}") from exc
+        if not engine_cache_dir:
+            engine_cache_dir = str(store.engines_dir if store else Path("~/.cache/qc_cell/engines").expanduser())
+        options = BackendOptions(
+            threads=threads,
+            precision=choice.precision,
+            max_batch=max_batch,
+            engine_cache_dir=engine_cache_dir,
+            workspace_mb=workspace_mb,
+            int8_calibration_dir=calibration_dir,
+            int8_calibration_images=calibration_images,
+            device=cuda_device,
+        )
+        self.get_logger().info(f"backend: {choice.message}")
+
+        # inspection/result is EVENTS (reliable), matched by decision's subscription; overlay is IMAGE_VIEW for
+        # viewers; model/active is LATCHED so a late cloud_bridge/operator sees the serving model at once.
+        self._result_pub = self.create_publisher(InspectionResult, "inspection/result", qos.EVENTS)
+        self._overlay_pub = self.create_publisher(Image, "inspection/overlay", qos.IMAGE_VIEW)
+        self._model_pub = self.create_publisher(ModelInfo, "model/active", qos.LATCHED)
+        self._alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self._diag_pub = diagnostics.create_publisher(self)
+
+        self._pipeline = InferencePipeline(
+            self._publish_result,
+            queue_size=queue_size,
+            max_batch=max_batch,
+            overlay_wanted=lambda: self._overlay_pub.get_subscription_count() > 0,
+            on_overlay=self._publish_overlay,
+        )
+        self._manager = ModelManager(
+            self._pipeline, choice, options, store, require_golden, on_state=self._publish_model_state
+        )
+        self._sequence = SequenceGaps()
+        self._last_stats, self._last_lost = self._pipeline.stats(), 0
+        self._publish_model_state(self._manager.state)
+        self._pipeline.start()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        # PART_FRAMES (reliable) matches camera_driver's publisher: backpressure is ours to report (NOT_INSPECTED),
+        # not the middleware's to hide; frames the middleware still loses show up as sequence gaps.
+        self.create_subscription(
+            PartFrame,
+            "camera/frames",
+            self._on_frame,
+            qos.PART_FRAMES,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        self.create_service(
+            LoadModel, "inference/load_model", self._on_load_model, callback_group=MutuallyExclusiveCallbackGroup()
+        )
+        self.create_timer(diag_period_s, self._publish_diagnostics)
+        self._initial_load = threading.Thread(
+            target=self._load_initial_model, args=(model_path,), name="inference-initial-load", daemon=True
+        )
+        self._initial_load.start()
+
+    # ---- model --------------------------------------------------------------------------------------
+    def _load_initial_model(self, model_path: str) -> None:
+        result = self._manager.load_initial(model_path)
+        if result.success:
+            self.get_logger().info(f"serving {result.message}")
+        else:
+            self.get_logger().error(result.message)
+            self._alert(Alert.ERROR, "MODEL_LOAD_FAILED", result.message)
+
+    def _on_load_model(self, request: LoadModel.Request, response: LoadModel.Response) -> LoadModel.Response:
+        self.get_logger().info(f"inference/load_model: {request.path} (version {request.version or 'any'})")
+        result = self._manager.load(request.path, request.version, request.sha256)
+        response.success, response.message, response.active_version = (
+            result.success,
+            result.message,
+            result.active_version,
+        )
+        if result.success:
+            self._alert(Alert.INFO, "MODEL_SWAPPED", f"now serving {result.active_version}: {result.message}")
+        else:
+            self.get_logger().error(result.message)
+            self._alert(Alert.WARN, "MODEL_LOAD_FAILED", result.message)
+        return response
+
+    def _publish_model_state(self, state: ModelState) -> None:
+        msg = ModelInfo()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.version, msg.sha256, msg.backend, msg.precision = (
+            state.version,
+            state.sha256,
+            state.backend,
+            state.precision,
+        )
+        msg.state = STATE_CODES[state.state]
+        msg.message = state.message
+        self._model_pub.publish(msg)
+
+    # ---- frames -------------------------------------------------------------------------------------
+    def _on_frame(self, msg: PartFrame) -> None:
+        received = time.monotonic_ns()
+        lost = self._sequence.observe(msg.sequence)
+        if lost:
+            self.get_logger().error(
+                f"{lost} frame(s) before part {msg.part_id} never arrived (sequence gap; "
+                f"{self._sequence.lost} lost in total): the middleware dropped them, the decision fails them safe",
+                throttle_duration_sec=2.0,
+            )
+        expires = None
+        if self._deadline_ns > 0:
+            capture_ns = to_ns(msg.header.stamp)
+            age = max(0, self.get_clock().now().nanoseconds - capture_ns) if capture_ns > 0 else 0
+            expires = received + self._deadline_ns - age
+        self._pipeline.submit(
+            FrameJob(
+                part_id=msg.part_id,
+                received_ns=received,
+                decode=partial(decode_image, msg.image),
+                expires_ns=expires,
+                context=msg,
+                capture_ok=msg.capture_ok,
+                capture_error=msg.capture_error,
+            )
+        )
+
+    def _publish_result(self, outcome: Outcome) -> None:
+        """Called from the pipeline's worker (and for immediate NOT_INSPECTED answers, the frame callback)."""
+        frame: PartFrame = outcome.job.context
+        msg = InspectionResult()
+        msg.header = frame.header
+        msg.part_id = frame.part_id
+        msg.status = InspectionResult.STATUS_OK if outcome.ok else InspectionResult.STATUS_NOT_INSPECTED
+        msg.reason = outcome.reason
+        msg.defect_probability = outcome.probability if outcome.ok else math.nan
+        msg.model_version = outcome.model_version
+        msg.backend = outcome.backend
+        msg.queue_ms = outcome.queue_ms
+        msg.preprocess_ms = outcome.preprocess_ms
+        msg.inference_ms = outcome.inference_ms
+        msg.ground_truth = frame.ground_truth
+        msg.defect_type = frame.defect_type
+        self._result_pub.publish(msg)
+        if not outcome.ok:
+            self.get_logger().warning(
+                f"part {frame.part_id} NOT_INSPECTED ({outcome.reason}): {outcome.detail}", throttle_duration_sec=2.0
+            )
+
+    def _publish_overlay(self, outcome: Outcome) -> None:
+        label = outcome.model_version if outcome.ok else outcome.reason
+        picture = overlay.render(
+            outcome.image,
+            outcome.channel_order,
+            outcome.ok,
+            outcome.probability,
+            label,
+            outcome.preprocessing,
+            outcome.heatmap,
+            self._style,
+        )
+        self._overlay_pub.publish(array_to_image(picture, "bgr8", header=outcome.job.context.header))
+
+    # ---- parameters, health ---------------------------------------------------------------------------
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate runtime changes together, then apply them (Humble has no post-set callback)."""
+        changed = {p.name: p.value for p in params if p.name in RUNTIME_PARAMETERS}
+        if not changed:
+            return SetParametersResult(successful=True)
+        values = {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS} | changed
+        if values["overlay_reinspect_threshold"] > values["overlay_defective_threshold"]:
+            reason = "overlay_reinspect_threshold must not exceed overlay_defective_threshold"
+            return SetParametersResult(successful=False, reason=reason)
+        self._deadline_ns = int(values["deadline_ms"] * 1e6)
+        self._style = overlay.OverlayStyle(
+            reinspect_threshold=values["overlay_reinspect_threshold"],
+            defective_threshold=values["overlay_defective_threshold"],
+        )
+        self.get_logger().info(f"parameters changed: {changed}")
+        return SetParametersResult(successful=True)
+
+    def _alert(self, severity: int, code: str, message: str) -> None:
+        msg = Alert(severity=severity, source=self.get_name(), code=code, message=message[:1000])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._alert_pub.publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        stats, previous = self._pipeline.stats(), self._last_stats
+        lost, lost_before = self._sequence.lost, self._last_lost
+        self._last_stats, self._last_lost = stats, lost
+        state = self._manager.state
+        shed = sum(stats.not_inspected.values()) - sum(previous.not_inspected.values())
+        latency = np.percentile(stats.latency_ms, [50, 99]) if stats.latency_ms else (math.nan, math.nan)
+        problems = []
+        if self._pipeline.model is None:
+            level, problems = diagnostics.ERROR, ["no model: every part is NOT_INSPECTED"]
+        else:
+            level = diagnostics.OK
+        if state.state == FAILED:
+            problems.append(f"last model load failed: {state.message}")
+            level = max(level, diagnostics.WARN)
+        if lost > lost_before:
+            message = f"{lost - lost_before} frame(s) lost before reaching inference (camera/frames sequence gaps)"
+            problems.append(message)
+            level = max(level, diagnostics.WARN)
+            self._alert(Alert.WARN, "FRAMES_LOST", message)
+        if shed:
+            new = stats.not_inspected - previous.not_inspected
+            problems.append(f"{shed} part(s) NOT_INSPECTED since the last report ({dict(new)})")
+            level = max(level, diagnostics.WARN)
+        values = {
+            "model_version": state.version,
+            "model_state": state.state,
+            "backend": state.backend,
+            "precision": state.precision,
+            "frames_received": stats.received,
+            "results_published": stats.published,
+            "inspected": stats.ok,
+            **{f"not_inspected_{reason}": count for reason, count in sorted(stats.not_inspected.items())},
+            "frames_lost_in_transport": lost,
+            "queue_depth": stats.queue_depth,
+            "queue_high_water": stats.queue_high_water,
+            "batches": stats.batches,
+            "largest_batch": stats.largest_batch,
+            "model_swaps": stats.swaps,
+            "latency_p50_ms": f"{latency[0]:.2f}",
+            "latency_p99_ms": f"{latency[1]:.2f}",
+        }
+        message = "; ".join(problems) or f"serving {state.version} on {state.backend}"
+        status = diagnostics.status(f"{self.get_name()}: model", level, message, values)
+        diagnostics.publish(self, self._diag_pub, [status])
+
+    def destroy_node(self) -> None:
+        left = self._pipeline.stop()
+        if left:
+            self.get_logger().warning(f"{left} queued frame(s) answered NOT_INSPECTED (shutdown)")
+        super().destroy_node()
+
+
+def main() -> int:
+    return run(InferenceNode, threads=EXECUTOR_THREADS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,641 @@
+"""The reject controller: verdicts in, timed actuations and one record per acted-on part out.
+
+- Every verdict is handled once (duplicates: SKIPPED record); verdicts not in eject/divert lists pass.
+- Pulse drivers: the part's command time comes from the conveyor model; the deadline scheduler switches
+  the output on and off. Each lane counts its active pulses and the output is physically on while the
+  count is > 0, so close parts merge into one continuous pulse (overlap_policy "merge"; pulses closer
+  than min_pulse_gap_ms are bridged) or the later part is reported FAILED (overlap_policy "flag").
+- Arm drivers: the part is dispatched at once with its deadline; the arm reports back.
+- A part that must go out but will not (LATE, FAILED) gets a record, a CRITICAL alert and the
+  configured missed_response (stop-line pulse, or the divert lane downstream).
+- The watchdog treats a part without a verdict in time as NOT_INSPECTED (watchdog_action reject_all or
+  stop_line) and raises the stop-line output while the decision stream is down (stop_line).
+
+Thread model: on_part/on_decision/tick come from the node's executor, edges from the scheduler thread,
+arm results from the action client's callbacks. One re-entrant lock guards the bookkeeping; driver
+writes happen outside it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qc_cell.reject.config import RejectConfig
+from qc_cell.reject.drivers.base import ArmDriver, ArmJob, ArmOutcome, DriverError, PulseDriver, RejectDriver
+from qc_cell.reject.records import (
+    CRITICAL,
+    DIVERT,
+    DONE,
+    ERROR,
+    FAILED,
+    INFO,
+    LATE,
+    NOT_INSPECTED,
+    OUTCOME_NAMES,
+    REJECT,
+    SKIPPED,
+    STOP_LINE,
+    VERDICT_NAMES,
+    WARN,
+    AlertRecord,
+    Decision,
+    Part,
+    RejectRecord,
+)
+from qc_cell.reject.scheduler import DeadlineScheduler, Job
+from qc_cell.reject.seen import RecentIds
+from qc_cell.reject.timing import (
+    NS_PER_MS,
+    ActuatorTiming,
+    ConveyorModel,
+    EncoderSpeedEstimator,
+    Speed,
+    SpeedUnknownError,
+)
+from qc_cell.reject.watchdog import DecisionWatchdog
+
+MISSED_CODES = {LATE: "REJECT_LATE", FAILED: "REJECT_FAILED", SKIPPED: "REJECT_SKIPPED"}
+
+
+class Sink(Protocol):
+    """Where records go (the node publishes them). Called from any of the controller's threads."""
+
+    def event(self, record: RejectRecord) -> None: ...
+
+    def alert(self, alert: AlertRecord) -> None: ...
+
+
+@dataclass(eq=False)
+class _Pulse:
+    lane: str
+    part: Part
+    verdict: int
+    planned_ns: int  # this part's own command time
+    start_ns: int  # when the output goes on for it (earlier than planned when bridged to a previous pulse)
+    end_ns: int
+    note: str = ""
+    on_ns: int = 0  # when it went on (0: not yet)
+    counted: bool = False  # holds the lane's output on
+    jobs: list[Job] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))]
+
+
+def build_model(config: RejectConfig, previous: ConveyorModel | None = None) -> ConveyorModel:
+    encoder = None
+    if config.speed_source == "encoder":
+        old = previous.encoder if previous is not None else None
+        window_ns = int(config.encoder_window_s * 1e9)
+        if old is not None and old.ticks_per_mm == config.encoder_ticks_per_mm and old.window_ns == window_ns:
+            encoder = old  # keep the samples collected so far
+        else:
+            encoder = EncoderSpeedEstimator(config.encoder_ticks_per_mm, window_ns)
+    return ConveyorModel(config.belt_speed_mm_s, encoder)
+
+
+def build_timing(config: RejectConfig, pulses: bool) -> ActuatorTiming:
+    tolerance = int(config.late_tolerance_ms * NS_PER_MS)
+    if not pulses:  # an arm gets the arrival time itself as its deadline
+        return ActuatorTiming(late_tolerance_ns=tolerance)
+    return ActuatorTiming(
+        int(config.actuator_latency_ms * NS_PER_MS), int(config.pulse_width_ms * NS_PER_MS), tolerance
+    )
+
+
+class RejectController:
+    def __init__(
+        self,
+        config: RejectConfig,
+        driver: RejectDriver,
+        sink: Sink,
+        clock_ns: Callable[[], int] = time.time_ns,
+        spin_ns: int = 2_000_000,
+        rt_priority: int = 0,
+    ) -> None:
+        self._check(config, driver)
+        self.config = config
+        self.driver = driver
+        self.sink = sink
+        self._clock_ns = clock_ns
+        self._pulses = isinstance(driver, PulseDriver)
+        self.model = build_model(config)
+        self.timing = build_timing(config, self._pulses)
+        self._scheduler = DeadlineScheduler(clock_ns, spin_ns, on_error=self._job_failed, rt_priority=rt_priority)
+        self._watchdog = (
+            DecisionWatchdog(int(config.watchdog_timeout_s * 1e9)) if config.watchdog_timeout_s > 0 else None
+        )
+        self._handled = RecentIds(50_000)
+        self._lock = threading.RLock()
+        self._live: set[_Pulse] = set()
+        self._active: Counter[str] = Counter()  # lane -> pulses holding its output on
+        self._stop_hold = False
+        self._stop_until_ns = 0
+        self._stop_on = False
+        self._driver_ok: bool | None = None
+        self._speed: Speed | None = None
+        self._lateness_ms: deque[float] = deque(maxlen=2000)
+        self.counts: Counter[str] = Counter()
+        self.opened = False
+        self.armed = False
+
+    @staticmethod
+    def _check(config: RejectConfig, driver: RejectDriver) -> None:
+        config.validate()
+        missing = config.required_channels() - driver.channels
+        if missing:
+            raise ValueError(
+                f"driver '{driver.method}' has no output for {sorted(missing)}, which the configuration needs "
+                "(divert_verdicts / missed_response / watchdog_action): configure that output or change those"
+            )
+
+    def reconfigure(self, config: RejectConfig) -> None:
+        """Apply new geometry/timing (runtime parameter change); parts already planned keep their times."""
+        self._check(config, self.driver)
+        with self._lock:
+            self.config = config
+            self.model = build_model(config, self.model)
+            self.timing = build_timing(config, self._pulses)
+
+    @property
+    def realtime(self) -> str:
+        """Scheduling of the actuation thread (SCHED_FIFO granted, or why not)."""
+        return self._scheduler.realtime
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def open(self) -> None:
+        """Acquire the hardware (lifecycle configure). DriverError when it cannot be."""
+        self.driver.open()
+        self.opened = True
+
+    def arm(self) -> None:
+        """Start acting on verdicts (lifecycle activate)."""
+        if not self.opened:
+            raise RuntimeError("open() the controller before arming it")
+        self._scheduler.start()
+        with self._lock:
+            self.armed = True
+
+    def disarm(self) -> None:
+        """Stop acting (lifecycle deactivate): parts planned but not yet actuated are reported SKIPPED,
+        every output is switched off."""
+        with self._lock:
+            self.armed = False
+        self._scheduler.stop()
+        with self._lock:
+            for pulse in sorted(self._live, key=lambda p: p.start_ns):
+                if not pulse.on_ns:
+                    self._missed(
+                        pulse.part,
+                        pulse.verdict,
+                        pulse.lane,
+                        SKIPPED,
+                        pulse.planned_ns,
+                        0,
+                        0.0,
+                        "the actuator was deactivated before the part reached it: not ejected",
+                        self._clock_ns(),
+                        respond=False,
+                    )
+            self._live.clear()
+            lanes_on = [lane for lane, n in self._active.items() if n > 0]
+            self._active.clear()
+            if self._stop_on:
+                lanes_on.append(STOP_LINE)
+            self._stop_on = self._stop_hold = False
+            self._stop_until_ns = 0
+        if self._pulses:
+            for lane in lanes_on:
+                self._switch(lane, False, "switching the output off on deactivation")
+
+    def close(self) -> None:
+        """Release the hardware (lifecycle cleanup/shutdown). Safe to call in any state."""
+        if self.armed:
+            self.disarm()
+        if self.opened:
+            self.driver.close()
+            self.opened = False
+
+    # ---------------------------------------------------------------- inputs
+
+    def on_part(self, part: Part) -> None:
+        """A part registered at the camera: encoder sample, and the watchdog expects its verdict."""
+        now = self._clock_ns()
+        with self._lock:
+            self.model.add_encoder_sample(part.capture_ns, part.encoder_count)
+            if self.armed and self._watchdog is not None and part.part_id not in self._handled:
+                self._watchdog.part_seen(part, now)
+
+    def on_decision(self, decision: Decision) -> None:
+        now = self._clock_ns()
+        with self._lock:
+            self.counts["decisions"] += 1
+            if self._watchdog is not None and self._watchdog.decision_seen(decision.part_id, now):
+                self._alert(INFO, "DECISION_STREAM_RESTORED", "verdicts are arriving again", "")
+                if self.config.watchdog_action == "stop_line":
+                    self._set_stop_hold(False, now)
+            verdict_name = VERDICT_NAMES.get(decision.verdict, str(decision.verdict))
+            if not self._handled.add(decision.part_id, f"verdict {verdict_name}"):
+                self.counts["duplicates"] += 1
+                self._record(
+                    decision.part,
+                    decision.verdict,
+                    SKIPPED,
+                    "",
+                    0,
+                    0,
+                    0.0,
+                    f"duplicate verdict ignored: the part was already handled ({self._handled.note(decision.part_id)})",
+                )
+                return
+            lane = self.config.lane_for(decision.verdict)
+            if lane is None:
+                self.counts["passed"] += 1
+                return
+            if not self.armed:
+                self._missed(
+                    decision.part,
+                    decision.verdict,
+                    lane,
+                    SKIPPED,
+                    0,
+                    0,
+                    0.0,
+                    "the actuator is not active: not ejected",
+                    now,
+                    respond=False,
+                )
+                return
+            self._act(decision.part, decision.verdict, lane, now)
+
+    def tick(self) -> None:
+        """Periodic: driver housekeeping and health alerts, watchdog (call at ~10 Hz)."""
+        now = self._clock_ns()
+        if self.opened:
+            self.driver.poll(now)
+            health = self.driver.health()
+            with self._lock:
+                if health.ok != self._driver_ok:
+                    if not health.ok:
+                        self._alert(CRITICAL, "REJECT_DRIVER_FAULT", f"{self.driver.method}: {health.message}", "")
+                    elif self._driver_ok is not None:
+                        self._alert(INFO, "REJECT_DRIVER_RECOVERED", f"{self.driver.method}: {health.message}", "")
+                    self._driver_ok = health.ok
+        with self._lock:
+            if not self.armed or self._watchdog is None:
+                return
+            poll = self._watchdog.poll(now)
+            action = self.config.watchdog_action
+            timeout = self.config.watchdog_timeout_s
+            if poll.tripped:
+                self.counts["watchdog_trips"] += 1
+                self._alert(
+                    CRITICAL,
+                    "DECISION_STREAM_DOWN",
+                    f"no verdict for {timeout:.2f} s while parts are being captured: watchdog_action {action}",
+                    "",
+                )
+                if action == "stop_line":
+                    self._set_stop_hold(True, now)
+            for part in poll.expired:
+                self._handled.add(part.part_id, "watchdog fail-safe")
+                self.counts["no_verdict"] += 1
+                text = f"no verdict within watchdog_timeout_s {timeout:.2f}"
+                if action == "alert_only":
+                    self._missed(
+                        part, NOT_INSPECTED, REJECT, SKIPPED, 0, 0, 0.0, f"{text}; watchdog_action alert_only", now
+                    )
+                    continue
+                if not self._watchdog.tripped:  # a single lost verdict; a stream outage was alerted above
+                    message = f"part {part.part_id}: {text}: rejected as NOT_INSPECTED"
+                    self._alert(WARN, "NO_VERDICT", message, part.part_id)
+                self._act(part, NOT_INSPECTED, REJECT, now, note=f"fail-safe: {text}")
+
+    # ---------------------------------------------------------------- planning
+
+    def _act(self, part: Part, verdict: int, lane: str, now: int, note: str = "") -> None:
+        try:
+            arrival = self.model.arrival(part, self.config.lane_distance_mm(lane), now)
+        except SpeedUnknownError as exc:
+            self._missed(part, verdict, lane, FAILED, 0, 0, 0.0, f"cannot time the part: {exc}", now, note)
+            return
+        self._note_speed(arrival.speed)
+        if self._pulses:
+            self._plan_pulse(part, verdict, lane, self.timing.command_ns(arrival.ns), now, note)
+        else:
+            self._dispatch_arm(part, verdict, lane, arrival.ns, now, note)
+
+    def _note_speed(self, speed: Speed) -> None:
+        previous, self._speed = self._speed, speed
+        if speed.source == "fallback" and (previous is None or previous.source != "fallback"):
+            self.counts["speed_fallbacks"] += 1
+            self._alert(
+                WARN,
+                "ENCODER_SPEED_UNAVAILABLE",
+                f"no fresh encoder samples: timing parts with belt_speed_mm_s {speed.mm_s:.0f}",
+                "",
+            )
+        elif speed.source == "encoder" and previous is not None and previous.source == "fallback":
+            self._alert(INFO, "ENCODER_SPEED_RESTORED", f"belt speed from the encoder: {speed.mm_s:.0f} mm/s", "")
+
+    def _plan_pulse(self, part: Part, verdict: int, lane: str, planned: int, now: int, note: str) -> None:
+        timing, config = self.timing, self.config
+        if timing.is_late(planned, now):
+            late_ms = (now - planned) / NS_PER_MS
+            self._missed(
+                part,
+                verdict,
+                lane,
+                LATE,
+                planned,
+                0,
+                late_ms,
+                f"verdict came {late_ms:.1f} ms after the planned actuation (tolerance {config.late_tolerance_ms} ms):"
+                f" the part has passed the {lane} actuator",
+                now,
+                note,
+            )
+            return
+        start = max(planned, now)
+        end = start + timing.pulse_width_ns
+        gap = int(config.min_pulse_gap_ms * NS_PER_MS)
+        neighbour = next(
+            (p for p in self._live if p.lane == lane and start < p.end_ns + gap and p.start_ns < end + gap), None
+        )
+        if neighbour is not None:
+            if config.overlap_policy == "flag":
+                self.counts["overlaps_flagged"] += 1
+                self._missed(
+                    part,
+                    verdict,
+                    lane,
+                    FAILED,
+                    planned,
+                    0,
+                    0.0,
+                    f"its pulse overlaps the pulse of part {neighbour.part.part_id} (closer than min_pulse_gap_ms "
+                    f"{config.min_pulse_gap_ms}): not ejected separately (overlap_policy flag)",
+                    now,
+                    note,
+                )
+                return
+            self.counts["merged"] += 1
+            note = ", ".join(filter(None, [note, f"merged with the pulse of part {neighbour.part.part_id}"]))
+            # Bridge a short gap so the output does not drop between the two pulses.
+            if neighbour.end_ns <= start:
+                start = max(now, neighbour.end_ns - 1)
+            elif end <= neighbour.start_ns:
+                end = neighbour.start_ns + 1
+        pulse = _Pulse(lane, part, verdict, planned, start, end, note)
+        pulse.jobs = [
+            self._scheduler.schedule(start, lambda fired: self._on_edge(pulse, fired), f"on {part.part_id}"),
+            self._scheduler.schedule(end, lambda fired: self._off_edge(pulse, fired), f"off {part.part_id}"),
+        ]
+        self._live.add(pulse)
+
+    def _dispatch_arm(self, part: Part, verdict: int, lane: str, deadline: int, now: int, note: str) -> None:
+        if self.timing.is_late(deadline, now):
+            late_ms = (now - deadline) / NS_PER_MS
+            self._missed(
+                part,
+                verdict,
+                lane,
+                LATE,
+                deadline,
+                0,
+                late_ms,
+                f"verdict came {late_ms:.1f} ms after the part reached the arm's pick point",
+                now,
+                note,
+            )
+            return
+        assert isinstance(self.driver, ArmDriver)
+        position_m = self.config.lane_distance_mm(lane) / 1000.0
+        self.driver.dispatch(
+            ArmJob(part.part_id, deadline, position_m),
+            lambda outcome: self._arm_done(part, verdict, lane, deadline, note, outcome),
+        )
+
+    def _arm_done(self, part: Part, verdict: int, lane: str, deadline: int, note: str, outcome: ArmOutcome) -> None:
+        with self._lock:
+            if outcome.success:
+                lateness = (outcome.actual_ns - deadline) / NS_PER_MS
+                self._lateness_ms.append(lateness)
+                message = ", ".join(filter(None, [note, outcome.message or "picked by the arm"]))
+                self._record(part, verdict, DONE, lane, deadline, outcome.actual_ns, lateness, message)
+            else:
+                self._missed(
+                    part, verdict, lane, FAILED, deadline, 0, 0.0, f"arm: {outcome.message}", self._clock_ns(), note
+                )
+
+    # ---------------------------------------------------------------- edges (scheduler thread)
+
+    def _on_edge(self, pulse: _Pulse, fired: int) -> None:
+        with self._lock:
+            if pulse not in self._live:  # disarmed meanwhile
+                return
+            already_on = self._active[pulse.lane] > 0
+            self._active[pulse.lane] += 1
+            pulse.counted = True
+        error = None if already_on else self._write(pulse.lane, True)
+        actual = self._clock_ns() if not already_on else fired
+        with self._lock:
+            pulse.on_ns = actual
+            lateness = (actual - pulse.planned_ns) / NS_PER_MS
+            if error is not None:
+                self._active[pulse.lane] -= 1
+                pulse.counted = False
+                self._missed(
+                    pulse.part,
+                    pulse.verdict,
+                    pulse.lane,
+                    FAILED,
+                    pulse.planned_ns,
+                    0,
+                    lateness,
+                    f"actuator fault: {error}",
+                    actual,
+                    pulse.note,
+                )
+            elif lateness > self.config.late_tolerance_ms:
+                self._missed(
+                    pulse.part,
+                    pulse.verdict,
+                    pulse.lane,
+                    FAILED,
+                    pulse.planned_ns,
+                    actual,
+                    lateness,
+                    f"actuated {lateness:.1f} ms late (tolerance {self.config.late_tolerance_ms} ms):"
+                    " the part may not have been ejected",
+                    actual,
+                    pulse.note,
+                )
+            else:
+                self._lateness_ms.append(lateness)
+                self._record(
+                    pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, actual, lateness, pulse.note
+                )
+
+    def _off_edge(self, pulse: _Pulse, fired: int) -> None:
+        with self._lock:
+            if pulse not in self._live:
+                return
+            self._live.discard(pulse)
+            if pulse.counted:
+                self._active[pulse.lane] -= 1
+            last = self._active[pulse.lane] == 0
+        if last:  # also after a failed on-edge: the output may have switched although the write failed
+            self._switch(pulse.lane, False, "switching the output off")
+
+    def _write(self, channel: str, on: bool) -> str | None:
+        assert isinstance(self.driver, PulseDriver)
+        try:
+            self.driver.set_output(channel, on)
+        except DriverError as exc:
+            return str(exc)
+        return None
+
+    def _switch(self, channel: str, on: bool, what: str) -> None:
+        error = self._write(channel, on)
+        if error is not None:
+            with self._lock:
+                self.counts["output_faults"] += 1
+                code = "REJECT_OUTPUT_STUCK" if not on else "REJECT_OUTPUT_FAULT"
+                self._alert(CRITICAL, code, f"{what} ({channel}) failed: {error}", "")
+
+    def _job_failed(self, job: Job, exc: Exception) -> None:
+        with self._lock:
+            self.counts["internal_errors"] += 1
+            self._alert(ERROR, "REJECT_INTERNAL_ERROR", f"scheduled action {job.name!r} raised {exc!r}", "")
+
+    # ---------------------------------------------------------------- stop line
+
+    def _stop_pulse(self, now: int) -> None:
+        self.counts["stop_line_requests"] += 1
+        self._stop_until_ns = max(self._stop_until_ns, now + int(self.config.stop_line_pulse_ms * NS_PER_MS))
+        self._schedule_stop(now)
+        self._schedule_stop(self._stop_until_ns)
+
+    def _set_stop_hold(self, hold: bool, now: int) -> None:
+        self._stop_hold = hold
+        self._schedule_stop(now)
+
+    def _schedule_stop(self, at_ns: int) -> None:
+        if self._scheduler.running and STOP_LINE in self.driver.channels and self._pulses:
+            self._scheduler.schedule(at_ns, self._apply_stop_line, "stop_line")
+
+    def _apply_stop_line(self, fired: int) -> None:
+        with self._lock:
+            want = self._stop_hold or fired < self._stop_until_ns
+            if want == self._stop_on:
+                return
+            self._stop_on = want
+        self._switch(STOP_LINE, want, "stop-line output" + (" on" if want else " off"))
+
+    # ---------------------------------------------------------------- records
+
+    def _missed(
+        self,
+        part: Part,
+        verdict: int,
+        lane: str,
+        outcome: int,
+        planned: int,
+        actual: int,
+        lateness_ms: float,
+        message: str,
+        now: int,
+        note: str = "",
+        respond: bool = True,
+    ) -> None:
+        """A part that had to go out and (probably) did not: record, alert, missed_response."""
+        text = ", ".join(filter(None, [note, message]))
+        self._record(part, verdict, outcome, lane, planned, actual, lateness_ms, text)
+        verdict_name = VERDICT_NAMES.get(verdict, str(verdict))
+        self._alert(
+            CRITICAL,
+            MISSED_CODES[outcome],
+            f"part {part.part_id} ({verdict_name}) not removed on the {lane} lane: {text}",
+            part.part_id,
+        )
+        if not respond:
+            return
+        response = self.config.missed_response
+        if response == "stop_line":
+            self._stop_pulse(now)
+        elif response == "divert" and lane == REJECT:
+            self._act(part, verdict, DIVERT, now, note=f"divert after {OUTCOME_NAMES[outcome]} on the reject lane")
+
+    def _record(
+        self,
+        part: Part,
+        verdict: int,
+        outcome: int,
+        lane: str,
+        planned: int,
+        actual: int,
+        lateness_ms: float,
+        message: str,
+    ) -> None:
+        self.counts[OUTCOME_NAMES[outcome].lower()] += 1
+        distance = self.config.lane_distance_mm(lane) if lane else 0.0
+        self.sink.event(
+            RejectRecord(
+                part_id=part.part_id,
+                verdict=verdict,
+                outcome=outcome,
+                method=self.driver.method,
+                lane=lane,
+                capture_ns=part.capture_ns,
+                planned_ns=planned,
+                actual_ns=actual,
+                lateness_ms=lateness_ms,
+                message=message,
+                frame_id=part.frame_id,
+                position_m=distance / 1000.0,
+            )
+        )
+
+    def _alert(self, severity: int, code: str, message: str, part_id: str) -> None:
+        self.sink.alert(AlertRecord(severity, code, message, part_id))
+
+    # ---------------------------------------------------------------- status
+
+    def snapshot(self) -> dict[str, object]:
+        """Counters and timing figures for diagnostics."""
+        with self._lock:
+            lateness = list(self._lateness_ms)
+            values: dict[str, object] = dict(sorted(self.counts.items()))
+            values.update(
+                {
+                    "armed": self.armed,
+                    "pending_actuations": len(self._live),
+                    "lateness_p50_ms": round(percentile(lateness, 50), 3),
+                    "lateness_p99_ms": round(percentile(lateness, 99), 3),
+                    "lateness_max_ms": round(max(lateness), 3) if lateness else float("nan"),
+                    "belt_speed_mm_s": round(self._speed.mm_s, 1) if self._speed else float("nan"),
+                    "speed_source": self._speed.source if self._speed else "",
+                    "stop_line_on": self._stop_on,
+                    "scheduler_realtime": self._scheduler.realtime,
+                }
+            )
+            if self._watchdog is not None:
+                values["decision_stream_down"] = self._watchdog.tripped
+                values["awaiting_verdict"] = self._watchdog.outstanding()
+                values["watchdog_overflowed"] = self._watchdog.overflowed
+            if self.model.encoder is not None:
+                values["encoder_resets"] = self.model.encoder.resets
+        return values

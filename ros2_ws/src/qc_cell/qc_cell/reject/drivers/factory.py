@@ -1,0 +1,62 @@
+"""Driver selection: the node's driver parameters in one record, and the driver built from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qc_cell.reject.drivers.base import RejectDriver
+from qc_cell.reject.drivers.gpio import GpioDriver
+from qc_cell.reject.drivers.modbus import ModbusDriver, ModbusOutput
+from qc_cell.reject.drivers.robot_arm import ArmTransport, RobotArmDriver
+from qc_cell.reject.drivers.sim import SimDriver
+from qc_cell.reject.records import REJECT
+
+DRIVERS = ("sim", "gpio", "modbus", "robot_arm")
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    driver: str = "sim"
+    gpio_pins: dict[str, int] = field(default_factory=lambda: {REJECT: 12})  # channel -> header pin
+    gpio_pin_mode: str = "BOARD"
+    gpio_active_high: bool = True
+    modbus_host: str = "127.0.0.1"
+    modbus_port: int = 502
+    modbus_device_id: int = 1
+    modbus_timeout_s: float = 0.2
+    modbus_heartbeat_s: float = 1.0
+    modbus_outputs: dict[str, ModbusOutput] = field(default_factory=lambda: {REJECT: ModbusOutput("coil", 0)})
+    arm_result_timeout_s: float = 5.0
+
+    def validate(self) -> None:
+        """ValueError with the reason when the settings cannot make a working driver."""
+        if self.driver not in DRIVERS:
+            raise ValueError(f"driver {self.driver!r} must be one of {DRIVERS}")
+        if self.driver == "robot_arm":
+            if self.arm_result_timeout_s <= 0:
+                raise ValueError(f"arm_result_timeout_s must be > 0, got {self.arm_result_timeout_s}")
+            return
+        driver = build_driver(self)  # the constructors check their settings and touch no hardware
+        if REJECT not in driver.channels:
+            raise ValueError(f"driver '{self.driver}' has no reject output configured")
+
+
+def build_driver(settings: DriverSettings, arm_transport: ArmTransport | None = None) -> RejectDriver:
+    if settings.driver == "sim":
+        return SimDriver()
+    if settings.driver == "gpio":
+        return GpioDriver(settings.gpio_pins, settings.gpio_pin_mode, settings.gpio_active_high)
+    if settings.driver == "modbus":
+        return ModbusDriver(
+            settings.modbus_host,
+            settings.modbus_port,
+            settings.modbus_outputs,
+            device_id=settings.modbus_device_id,
+            timeout_s=settings.modbus_timeout_s,
+            heartbeat_s=settings.modbus_heartbeat_s,
+        )
+    if settings.driver == "robot_arm":
+        if arm_transport is None:
+            raise ValueError("the robot_arm driver needs an action-client transport")
+        return RobotArmDriver(arm_transport, int(settings.arm_result_timeout_s * 1e9))
+    raise ValueError(f"driver {settings.driver!r} must be one of {DRIVERS}")

@@ -1,0 +1,232 @@
+"""PLC output over Modbus/TCP (pymodbus sync client): each channel is a coil, or a holding register
+written with an on/off value. The PLC wires the coil to the valve (or latches the stop request).
+
+Connection handling: a write on a broken connection (PLC restarted, cable pulled) closes the socket and
+retries once on a fresh connection, so the first pulse after a PLC restart is not lost; while the PLC is
+unreachable, poll() reconnects with exponential back-off and a heartbeat read detects a dead link between
+pulses. Every request is bounded by `timeout_s`; the scheduler thread is never blocked longer than that.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pymodbus.client import ModbusTcpClient
+
+from qc_cell.reject.drivers.base import DriverError, DriverHealth, PulseDriver
+from qc_cell.reject.records import CHANNELS
+
+KINDS = ("coil", "register")
+
+
+class _LinkLostError(DriverError):
+    """The request did not get through (connection broken or timed out)."""
+
+
+@dataclass(frozen=True)
+class ModbusOutput:
+    kind: str  # "coil" or "register"
+    address: int  # 0-based protocol address
+    on_value: int = 1  # register value for on (coils: True)
+    off_value: int = 0  # register value for off (coils: False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Modbus output kind {self.kind!r} must be one of {KINDS}")
+        if not 0 <= self.address <= 65535:
+            raise ValueError(f"Modbus address {self.address} outside 0..65535")
+        if self.kind == "register" and not (0 <= self.on_value <= 65535 and 0 <= self.off_value <= 65535):
+            raise ValueError(f"register values must be 0..65535: on={self.on_value} off={self.off_value}")
+
+
+class ModbusDriver(PulseDriver):
+    method = "modbus"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        outputs: dict[str, ModbusOutput],
+        device_id: int = 1,
+        timeout_s: float = 0.2,
+        heartbeat_s: float = 1.0,
+        reconnect_max_s: float = 5.0,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        unknown = set(outputs) - set(CHANNELS)
+        if unknown:
+            raise ValueError(f"unknown Modbus channels {sorted(unknown)}; known: {list(CHANNELS)}")
+        if not host:
+            raise ValueError("Modbus host is empty")
+        if not 0 < port < 65536:
+            raise ValueError(f"Modbus port {port} outside 1..65535")
+        if timeout_s <= 0:
+            raise ValueError(f"Modbus timeout must be > 0 s, got {timeout_s}")
+        self.host, self.port = host, port
+        self._outputs = dict(outputs)
+        self._device_id = device_id
+        self._timeout_s = timeout_s
+        self._heartbeat_ns = int(heartbeat_s * 1e9)
+        self._reconnect_max_ns = int(reconnect_max_s * 1e9)
+        self._clock_ns = clock_ns
+        self._client: ModbusTcpClient | None = None
+        self._lock = threading.Lock()  # the scheduler thread writes, the node timer polls
+        self._connected = False
+        self._error = ""
+        self._next_attempt_ns = 0
+        self._backoff_ns = 100_000_000
+        self._last_ok_ns = 0
+        self.writes = 0
+        self.failures = 0
+        self.reconnects = 0
+        if logging.getLogger("pymodbus").level == logging.NOTSET:
+            # This driver reports link problems itself (diagnostics, alerts); pymodbus would log each retry.
+            logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(self._outputs)
+
+    def open(self) -> None:
+        with self._lock:
+            self._client = ModbusTcpClient(self.host, port=self.port, timeout=self._timeout_s, retries=0)
+            # An unreachable PLC at start-up is not fatal: poll() keeps reconnecting and health() reports it.
+            if self._connect():
+                for channel in self._outputs:
+                    try:
+                        self._write(channel, False)
+                    except DriverError:
+                        break
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is None:
+                return
+            if self._connected:
+                for channel in self._outputs:
+                    try:
+                        self._write(channel, False)
+                    except DriverError:
+                        break
+            self._client.close()
+            self._client = None
+            self._connected = False
+
+    def set_output(self, channel: str, on: bool) -> None:
+        if channel not in self._outputs:
+            raise DriverError(f"no Modbus output configured for channel {channel!r}")
+        with self._lock:
+            if self._client is None:
+                raise DriverError("Modbus driver is not open")
+            for attempt in (1, 2):
+                if not self._connected and not self._connect():
+                    self.failures += 1
+                    raise DriverError(f"PLC {self.host}:{self.port} unreachable: {self._error}")
+                try:
+                    self._write(channel, on)
+                    return
+                except _LinkLostError:
+                    if attempt == 2:
+                        self.failures += 1
+                        raise
+                    # A stale connection (PLC restarted) fails once; retry on a fresh one.
+                except DriverError:
+                    self.failures += 1
+                    raise
+
+    def poll(self, now_ns: int) -> None:
+        with self._lock:
+            if self._client is None:
+                return
+            now = self._clock_ns()
+            if not self._connected:
+                if now >= self._next_attempt_ns:
+                    self._connect()
+                return
+            if now - self._last_ok_ns >= self._heartbeat_ns:
+                self._heartbeat()
+
+    def health(self) -> DriverHealth:
+        values = {
+            "plc": f"{self.host}:{self.port}",
+            "connected": self._connected,
+            "writes": self.writes,
+            "failures": self.failures,
+            "reconnects": self.reconnects,
+        }
+        if self._client is None:
+            return DriverHealth(False, "closed", values)
+        if not self._connected:
+            return DriverHealth(False, f"PLC {self.host}:{self.port} not connected: {self._error}", values)
+        return DriverHealth(True, f"connected to PLC {self.host}:{self.port}", values)
+
+    # --- below: called with self._lock held ---
+
+    def _connect(self) -> bool:
+        assert self._client is not None
+        self._client.close()
+        try:
+            ok = bool(self._client.connect())
+        except Exception as exc:
+            ok = False
+            self._error = f"connect: {exc}"
+        now = self._clock_ns()
+        if ok:
+            if self._last_ok_ns:  # had been connected before
+                self.reconnects += 1
+            self._connected = True
+            self._error = ""
+            self._backoff_ns = 100_000_000
+            self._last_ok_ns = now
+            return True
+        self._connected = False
+        if not self._error.startswith("connect"):
+            self._error = "connection refused or timed out"
+        self._next_attempt_ns = now + self._backoff_ns
+        self._backoff_ns = min(self._backoff_ns * 2, self._reconnect_max_ns)
+        return False
+
+    def _write(self, channel: str, on: bool) -> None:
+        assert self._client is not None
+        out = self._outputs[channel]
+        try:
+            if out.kind == "coil":
+                response = self._client.write_coil(out.address, on, device_id=self._device_id)
+            else:
+                value = out.on_value if on else out.off_value
+                response = self._client.write_register(out.address, value, device_id=self._device_id)
+        except Exception as exc:
+            self._lost(f"writing {out.kind} {out.address}: {exc}")
+            raise _LinkLostError(f"PLC {self.host}:{self.port}: {self._error}") from exc
+        if response.isError():
+            # The PLC answered: the link is fine, the request is not (wrong address, device id, ...).
+            self._error = f"PLC refused writing {out.kind} {out.address}: {response}"
+            raise DriverError(self._error)
+        self.writes += 1
+        self._last_ok_ns = self._clock_ns()
+
+    def _heartbeat(self) -> None:
+        assert self._client is not None
+        channel = next(iter(self._outputs))
+        out = self._outputs[channel]
+        try:
+            if out.kind == "coil":
+                response = self._client.read_coils(out.address, count=1, device_id=self._device_id)
+            else:
+                response = self._client.read_holding_registers(out.address, count=1, device_id=self._device_id)
+        except Exception as exc:
+            self._lost(f"heartbeat read: {exc}")
+            return
+        if not response.isError():
+            self._last_ok_ns = self._clock_ns()
+
+    def _lost(self, error: str) -> None:
+        assert self._client is not None
+        self._client.close()
+        self._connected = False
+        self._error = error
+        self._next_attempt_ns = self._clock_ns()

@@ -1,0 +1,245 @@
+"""Loading model packages (ModelManager, no ROS): verification, self-test, store, restart on the last good
+model, and every way a package can be bad - each refused with a clear reason while the old model serves."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import replace
+
+import cv2
+import pytest
+
+from qc_cell.inference.backends import BackendOptions, resolve_backend
+from qc_cell.inference.hot_swap import ACTIVE, FAILED, LOADING, NONE, ModelManager, ModelState
+from qc_cell.inference.manifest import GoldenItem, sha256_file
+from qc_cell.inference.model_store import ModelStore
+from qc_cell.inference.pipeline import InferencePipeline
+from qc_cell.inference.synthetic_models import uniform_image, write_package
+
+
+class Harness:
+    def __init__(self, store_dir=None, require_golden_set=False) -> None:
+        self.states: list[ModelState] = []
+        self.pipeline = InferencePipeline(lambda outcome: None)
+        self.store = ModelStore(store_dir) if store_dir else None
+        self.manager = ModelManager(
+            self.pipeline,
+            resolve_backend("onnxruntime", "fp32"),
+            BackendOptions(max_batch=2),
+            self.store,
+            require_golden_set,
+            on_state=self.states.append,
+        )
+
+    @property
+    def serving(self) -> str:
+        return self.pipeline.model.version if self.pipeline.model else ""
+
+
+@pytest.fixture
+def harness(tmp_path):
+    made = []
+
+    def make(**kw) -> Harness:
+        h = Harness(**kw)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.pipeline.stop()
+
+
+def test_load_verifies_self_tests_swaps_and_activates(tmp_path, harness):
+    h = harness(store_dir=tmp_path / "store")
+    manifest = write_package(tmp_path / "pkg", "1.0.0")
+    result = h.manager.load(str(tmp_path / "pkg"), "1.0.0", manifest.sha256)
+    assert result.success, result.message
+    assert result.active_version == h.serving == "1.0.0"
+    assert "golden set 2/2 within 0.02" in result.message and "onnxruntime" in result.message
+    assert [s.state for s in h.states] == [LOADING, ACTIVE]
+    active = h.states[-1]
+    assert (active.version, active.sha256, active.backend, active.precision) == (
+        "1.0.0",
+        manifest.sha256,
+        "onnxruntime",
+        "fp32",
+    )
+    assert h.store.active().version == "1.0.0"
+    assert h.pipeline.model.package_dir == h.store.path("1.0.0")  # serves from the verified copy
+
+
+def test_manifest_file_path_is_accepted_too(tmp_path, harness):
+    h = harness()
+    write_package(tmp_path / "pkg", "1.0.0")
+    assert h.manager.load(str(tmp_path / "pkg" / "manifest.json")).success
+
+
+def _damage(package, how: str) -> None:
+    model = package / "model.onnx"
+    manifest = json.loads((package / "manifest.json").read_text())
+    if how == "truncated_model":
+        model.write_bytes(model.read_bytes()[:100])
+    elif how == "corrupt_model_with_matching_manifest":  # exporter wrote garbage and hashed it
+        model.write_bytes(b"\x08\x07garbage" * 40)
+        manifest.update(sha256=sha256_file(model), size_bytes=model.stat().st_size)
+    elif how == "golden_mismatch":
+        manifest["golden"][1]["score"] = 0.2
+    elif how == "missing_golden_image":
+        (package / manifest["golden"][0]["file"]).unlink()
+    elif how == "golden_outside_package":
+        manifest["golden"][0]["file"] = "../../etc/passwd"
+    elif how == "wrong_input_shape":
+        manifest["preprocessing"]["input_height"] = 64
+    elif how == "unknown_output":
+        manifest["output"]["name"] = "prob"
+    elif how == "softmax_on_single_logit":
+        manifest["output"]["semantics"] = "softmax"
+    elif how == "bad_manifest_json":
+        (package / "manifest.json").write_text("{not json")
+        return
+    elif how == "no_manifest":
+        (package / "manifest.json").unlink()
+        return
+    (package / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("truncated_model", "bytes, manifest says"),
+        ("corrupt_model_with_matching_manifest", "onnxruntime cannot load model.onnx"),
+        ("golden_mismatch", "golden-set self-test failed on 1/2"),
+        ("missing_golden_image", "golden image golden/level_040.png missing"),
+        ("golden_outside_package", "points outside the package"),
+        ("wrong_input_shape", r"manifest says \(N, 3, 64, 32\)"),
+        ("unknown_output", "no output 'prob'"),
+        ("softmax_on_single_logit", "softmax semantics need >= 2"),
+        ("bad_manifest_json", "unreadable manifest"),
+        ("no_manifest", "no manifest at"),
+    ],
+)
+def test_a_bad_package_is_refused_and_the_old_model_keeps_serving(tmp_path, harness, how, message):
+    h = harness(store_dir=tmp_path / "store")
+    write_package(tmp_path / "good", "1.0.0")
+    assert h.manager.load(str(tmp_path / "good")).success
+    write_package(tmp_path / "bad", "2.0.0", gain=3.0)
+    _damage(tmp_path / "bad", how)
+    result = h.manager.load(str(tmp_path / "bad"))
+    assert not result.success
+    assert result.message.startswith(f"load of {tmp_path / 'bad'} failed: ")
+    assert re.search(message, result.message), result.message
+    assert "model 1.0.0 keeps serving" in result.message
+    assert result.active_version == h.serving == "1.0.0"
+    assert h.states[-1].state == FAILED and h.states[-1].version == "1.0.0"
+    assert h.store.active().version == "1.0.0" and h.store.versions() == ["1.0.0"]  # nothing half-installed
+
+
+def test_requested_version_and_sha256_must_match(tmp_path, harness):
+    h = harness()
+    manifest = write_package(tmp_path / "pkg", "1.0.0")
+    wrong_version = h.manager.load(str(tmp_path / "pkg"), "1.0.1", "")
+    assert not wrong_version.success and "holds version 1.0.0, 1.0.1 was requested" in wrong_version.message
+    wrong_sha = h.manager.load(str(tmp_path / "pkg"), "", "f" * 64)
+    assert not wrong_sha.success and "is not the requested" in wrong_sha.message
+    assert h.manager.load(str(tmp_path / "pkg"), "1.0.0", manifest.sha256.upper()).success
+
+
+def test_missing_directory_and_empty_path(tmp_path, harness):
+    h = harness()
+    assert "does not exist" in h.manager.load(str(tmp_path / "nowhere")).message
+    assert "no package path" in h.manager.load("").message
+    assert h.states[-1].state == FAILED and h.states[-1].version == ""
+
+
+def test_nan_on_the_golden_set_fails_the_self_test(tmp_path, harness):
+    h = harness()
+    manifest = write_package(tmp_path / "pkg", "nan.1", kind="nan_when_dark", golden_levels=(200,))
+    cv2.imwrite(str(tmp_path / "pkg" / "golden" / "dark.png"), uniform_image(0))  # the model gives NaN here
+    dark = GoldenItem(file="golden/dark.png", score=0.1)
+    replace(manifest, golden=(*manifest.golden, dark)).write(tmp_path / "pkg")
+    result = h.manager.load(str(tmp_path / "pkg"))
+    assert not result.success and "golden/dark.png: nan_output" in result.message
+
+
+def test_require_golden_set(tmp_path, harness):
+    write_package(tmp_path / "pkg", "1.0.0", golden_levels=())
+    assert harness(require_golden_set=False).manager.load(str(tmp_path / "pkg")).success
+    result = harness(require_golden_set=True).manager.load(str(tmp_path / "pkg"))
+    assert not result.success and "no golden set and require_golden_set is on" in result.message
+
+
+def test_restart_comes_back_on_the_last_good_model(tmp_path, harness):
+    store_dir = tmp_path / "store"
+    first = harness(store_dir=store_dir)
+    write_package(tmp_path / "v1", "1.0.0")
+    write_package(tmp_path / "v2", "2.0.0", gain=3.0)
+    write_package(tmp_path / "v3", "3.0.0", gain=4.0)
+    _damage(tmp_path / "v3", "golden_mismatch")
+    assert first.manager.load(str(tmp_path / "v1")).success
+    assert first.manager.load(str(tmp_path / "v2")).success
+    assert not first.manager.load(str(tmp_path / "v3")).success
+    first.pipeline.stop()
+    # Restart with model_path still pointing at the original v1: the store's v2 wins.
+    restarted = harness(store_dir=store_dir)
+    result = restarted.manager.load_initial(str(tmp_path / "v1"))
+    assert result.success and restarted.serving == "2.0.0"
+
+
+def test_restart_falls_back_when_the_active_copy_is_damaged(tmp_path, harness):
+    store_dir = tmp_path / "store"
+    first = harness(store_dir=store_dir)
+    for version, gain in (("1.0.0", 2.0), ("2.0.0", 3.0)):
+        write_package(tmp_path / version, version, gain=gain)
+        assert first.manager.load(str(tmp_path / version)).success
+    first.pipeline.stop()
+    (store_dir / "versions" / "2.0.0" / "model.onnx").write_bytes(b"disk error")
+    restarted = harness(store_dir=store_dir)
+    result = restarted.manager.load_initial("")
+    assert result.success and restarted.serving == "1.0.0"
+
+
+def test_initial_load_without_anything_leaves_no_model_with_a_reason(tmp_path, harness):
+    h = harness(store_dir=tmp_path / "store")
+    result = h.manager.load_initial("")
+    assert not result.success and h.states[-1].state == NONE
+    assert "model_path is empty and the store holds none" in result.message
+    failed = harness().manager.load_initial(str(tmp_path / "missing"))
+    assert not failed.success and "does not exist" in failed.message and "NOT_INSPECTED" in failed.message
+
+
+def test_one_load_at_a_time(tmp_path, harness, monkeypatch):
+    h = harness()
+    write_package(tmp_path / "pkg", "1.0.0")
+    gate, entered = threading.Event(), threading.Event()
+    original = h.manager._bring_up
+
+    def slow_bring_up(*args):
+        entered.set()
+        gate.wait(10)
+        return original(*args)
+
+    monkeypatch.setattr(h.manager, "_bring_up", slow_bring_up)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(h.manager.load(str(tmp_path / "pkg"))))
+    worker.start()
+    assert entered.wait(10)
+    busy = h.manager.load(str(tmp_path / "pkg"))
+    gate.set()
+    worker.join(10)
+    assert not busy.success and "another model load is in progress" in busy.message
+    assert results[0].success
+
+
+def test_loading_does_not_block_scoring(tmp_path, harness):
+    """While a load (and its self-test) runs, the serving model keeps scoring."""
+    h = harness()
+    write_package(tmp_path / "v1", "1.0.0")
+    write_package(tmp_path / "v2", "2.0.0", gain=3.0)
+    assert h.manager.load(str(tmp_path / "v1")).success
+    start = time.monotonic()
+    assert h.manager.load(str(tmp_path / "v2")).success
+    assert h.serving == "2.0.0" and time.monotonic() - start < 30

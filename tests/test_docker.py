@@ -1,0 +1,728 @@
+"""The container images, checked without a Docker engine (none on these machines): hadolint on every
+Dockerfile, every COPY source present and inside the build context (.dockerignore), the entrypoint under
+bash -n, shellcheck and in dry-run mode, the compose file against the compose-spec JSON schema and against
+the images it builds, and the broker's authentication and ACL on a real mosquitto."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+
+from qc_cell.bringup import params_file
+from qc_cell.testing.mosquitto import free_port, mosquitto_binary
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
+ENTRYPOINT = DOCKER / "entrypoint.sh"
+COMPOSE = DOCKER / "compose.yaml"
+LAUNCH = ["ros2", "launch", "qc_bringup", "inspection_cell.launch.py"]
+VOLUMES = {  # named volume -> mount point in the cell containers
+    "qc_models": "/var/lib/qc/models",
+    "qc_outbox": "/var/lib/qc/outbox",
+    "qc_engine_cache": "/var/lib/qc/engine_cache",
+}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} not found: `make setup` installs it (requirements/dev.txt)"
+    return path
+
+
+def load_module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- .dockerignore ------------------------------------------------------------------------------------------
+class DockerIgnore:
+    """The build context's .dockerignore, matched like Docker does: patterns in order, the last match wins,
+    a pattern also matches everything below a directory it matches, `**` spans directories, `!` re-includes."""
+
+    def __init__(self, path: Path) -> None:
+        self.rules: list[tuple[bool, re.Pattern]] = []
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            pattern = line[1:].strip() if negate else line
+            self.rules.append((negate, re.compile(self._regex(os.path.normpath(pattern).lstrip("/")))))
+
+    @staticmethod
+    def _regex(pattern: str) -> str:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            elif pattern[i] == "*":
+                out, i = out + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                out, i = out + "[^/]", i + 1
+            else:
+                out, i = out + re.escape(pattern[i]), i + 1
+        return out + "(?:/.*)?"  # the path itself, or anything below it
+
+    def included(self, path: str) -> bool:
+        included = True
+        for negate, regex in self.rules:
+            if regex.fullmatch(path):
+                included = negate
+        return included
+
+
+def test_dockerignore_matcher_follows_docker_semantics(tmp_path):
+    ignore_file = tmp_path / ".dockerignore"
+    ignore_file.write_text("*\n!src/\nsrc/**/cache\n!keep.txt\n")
+    ignore = DockerIgnore(ignore_file)
+    assert ignore.included("src/a/b.py")
+    assert not ignore.included("src/a/cache/x")
+    assert not ignore.included("src/cache")
+    assert ignore.included("keep.txt")
+    assert not ignore.included("other/keep.txt")
+    assert not ignore.included("README.md")
+
+
+# ---- Dockerfiles --------------------------------------------------------------------------------------------
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comment lines dropped, as docker does."""
+    result, current = [], ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not current):
+            continue
+        current += " " + line[:-1] if line.endswith("\\") else " " + line
+        if not line.endswith("\\"):
+            keyword, _, args = current.strip().partition(" ")
+            result.append((keyword.upper(), args.strip()))
+            current = ""
+    return result
+
+
+def copy_sources(dockerfile: Path) -> list[str]:
+    """Sources of COPY/ADD from the build context (not --from=<stage>)."""
+    sources = []
+    for keyword, args in instructions(dockerfile):
+        if keyword not in ("COPY", "ADD"):
+            continue
+        words = json.loads(args) if args.startswith("[") else shlex.split(args)
+        flags = [w for w in words if w.startswith("--")]
+        if any(flag.startswith("--from=") for flag in flags):
+            continue
+        paths = [w for w in words if not w.startswith("--")]
+        assert len(paths) >= 2, f"{dockerfile.name}: COPY needs a source and a destination: {args}"
+        sources += paths[:-1]
+    return sources
+
+
+def test_there_are_two_dockerfiles():
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile", "Dockerfile.jetson"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_finds_nothing(dockerfile):
+    result = subprocess.run(
+        [tool("hadolint"), "--config", str(DOCKER / ".hadolint.yaml"), "--format", "json", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    findings = json.loads(result.stdout or "[]")
+    assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings)
+    assert result.returncode == 0, result.stderr
+
+
+def test_hadolint_config_still_catches_problems(tmp_path):
+    """The config must not silence hadolint: a sloppy Dockerfile still fails (untagged base, root user...)."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu\nRUN apt-get update && apt-get install -y curl\nRUN pip install requests\n")
+    result = subprocess.run(
+        [tool("hadolint"), "--config", str(DOCKER / ".hadolint.yaml"), "--format", "json", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    codes = {f["code"] for f in json.loads(result.stdout)}
+    assert {"DL3006", "DL3009", "DL3013", "DL3015"} <= codes, codes
+    assert result.returncode != 0
+
+
+def test_every_hadolint_ignore_is_explained():
+    config = DOCKER / ".hadolint.yaml"
+    ignored = yaml.safe_load(config.read_text()).get("ignored", [])
+    lines = config.read_text().splitlines()
+    for rule in ignored:
+        index = next(i for i, line in enumerate(lines) if line.strip() == f"- {rule}")
+        assert lines[index - 1].strip().startswith("#"), f"{rule} is ignored without a comment saying why"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_copy_source_exists_and_is_in_the_build_context(dockerfile):
+    ignore = DockerIgnore(REPO / ".dockerignore")
+    sources = copy_sources(dockerfile)
+    assert sources, f"{dockerfile.name} copies nothing?"
+    for source in sources:
+        path = REPO / source
+        assert path.exists(), f"{dockerfile.name}: COPY {source}: no such path in the repository"
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        sent = [f for f in files if ignore.included(f.relative_to(REPO).as_posix())]
+        assert sent, f"{dockerfile.name}: COPY {source}: excluded from the build context by .dockerignore"
+
+
+def test_workspace_symlinks_resolve_inside_the_copied_tree():
+    """ros2_ws/src/qc_interfaces/msg -> ../../../msg etc.: the target must be copied beside ros2_ws too."""
+    ignore = DockerIgnore(REPO / ".dockerignore")
+    links = [p for p in (REPO / "ros2_ws" / "src").rglob("*") if p.is_symlink()]
+    assert {p.relative_to(REPO).as_posix() for p in links} >= {
+        "ros2_ws/src/qc_interfaces/msg",
+        "ros2_ws/src/qc_bringup/launch",
+        "ros2_ws/src/qc_bringup/params",
+    }
+    copied = set()
+    for dockerfile in DOCKERFILES:
+        copied |= {s.rstrip("/") for s in copy_sources(dockerfile)}
+    for link in links:
+        target = link.resolve().relative_to(REPO).as_posix()
+        assert target in copied, f"{link.relative_to(REPO)} -> {target}, which the Dockerfiles do not COPY"
+        assert ignore.included(target + "/x"), f"{target} is excluded by .dockerignore"
+
+
+def test_build_stage_installs_the_launch_file_and_the_params_files(tmp_path):
+    """The images' build stage, for qc_bringup: the COPY layout (msg/, launch/, params/ beside ros2_ws/src) and
+    colcon build on the interpreter that runs colcon. `ros2 launch qc_bringup inspection_cell.launch.py` and the
+    images' default QC_PARAMS_FILE need real files in share/qc_bringup, not the source tree's symlinks (which
+    dangle once installed)."""
+    context = tmp_path / "src"
+    for folder in ("msg", "launch", "params"):
+        shutil.copytree(REPO / folder, context / folder, symlinks=True)
+    package = Path("ros2_ws/src/qc_bringup")
+    shutil.copytree(REPO / package, context / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    install = tmp_path / "install"
+    result = subprocess.run(
+        [sys.executable, tool("colcon"), "--log-base", str(tmp_path / "log"), "build", "--base-paths", "src",
+         "--build-base", str(tmp_path / "build"), "--install-base", str(install), "--packages-select", "qc_bringup",
+         "--cmake-args", "-DBUILD_TESTING=OFF"],
+        cwd=context / "ros2_ws", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    share = install / "qc_bringup" / "share" / "qc_bringup"
+    for relative in ("launch/inspection_cell.launch.py", "params/cell.yaml", "params/jetson.yaml", "params/demo.yaml"):
+        folder = share / relative.split("/")[0]
+        assert not folder.is_symlink() and (share / relative).is_file(), (
+            f"share/qc_bringup/{relative} is not installed as a file ({folder} -> "
+            f"{os.readlink(folder) if folder.is_symlink() else 'missing'}): install the directories the "
+            "symlinks point to, e.g. get_filename_component(REALPATH) in ros2_ws/src/qc_bringup/CMakeLists.txt"
+        )
+
+
+def test_secrets_and_local_state_stay_out_of_the_build_context():
+    ignore = DockerIgnore(REPO / ".dockerignore")
+    for path in (
+        "docker/mosquitto/passwd",
+        "docker/mosquitto/cell_password",
+        "docker/.env",
+        ".git/config",
+        ".venv/bin/python",
+        "ros2_ws/build/qc_cell/x",
+        "ros2_ws/install/setup.bash",
+        "ros2_ws/src/qc_cell/qc_cell/__pycache__/x.pyc",
+        "ros2_ws/src/qc_cell/test/test_healthcheck.py",
+        "reports/run/report.json",
+    ):
+        assert not ignore.included(path), f"{path} would be sent to the Docker daemon"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_edge_images_never_get_the_cloud_tools(dockerfile):
+    runs = " ".join(args for keyword, args in instructions(dockerfile) if keyword == "RUN")
+    builds = re.findall(r"colcon build[^&]*", runs)
+    assert builds and all("--packages-skip qc_cloud" in b for b in builds), builds
+    assert "cloud.txt" not in dockerfile.read_text() and "torch" not in runs
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_run_as_a_non_root_user_with_healthcheck_and_entrypoint(dockerfile):
+    stages = instructions(dockerfile)
+    final = stages[max(i for i, (keyword, _) in enumerate(stages) if keyword == "FROM") :]
+    last = {keyword: args for keyword, args in final}
+    assert last["USER"] not in ("root", "0", "0:0"), f"the image runs as {last['USER']}"
+    assert last["ENTRYPOINT"] == '["/opt/qc/bin/entrypoint.sh"]'
+    assert last["HEALTHCHECK"].endswith('CMD ["/opt/qc/bin/entrypoint.sh", "healthcheck"]')
+    assert last["STOPSIGNAL"] == "SIGINT"
+    runs = " ".join(args for keyword, args in final if keyword == "RUN")
+    for mount in VOLUMES.values():
+        assert mount in runs, f"{dockerfile.name} does not create {mount} for the cell's user"
+
+
+# ---- entrypoint ---------------------------------------------------------------------------------------------
+def test_entrypoint_is_executable_and_parses():
+    assert os.access(ENTRYPOINT, os.X_OK), "docker/entrypoint.sh must be executable (git mode 755)"
+    result = subprocess.run(["bash", "-n", str(ENTRYPOINT)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_entrypoint_passes_shellcheck():
+    result = subprocess.run([tool("shellcheck"), str(ENTRYPOINT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def fake_ros(tmp_path):
+    """Stand-ins for /opt/ros/<distro>/setup.bash and the workspace's setup.bash that record being sourced."""
+    log = tmp_path / "sourced.log"
+    ros = tmp_path / "ros_setup.bash"
+    ws = tmp_path / "ws_setup.bash"
+    ros.write_text(f'echo ros >> "{log}"\nexport QC_FAKE_ROS=sourced\n')
+    ws.write_text(f'echo workspace >> "{log}"\n')
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("QC_")  # a developer's QC_* settings must not leak into these expectations
+    }
+    env |= {"QC_ROS_SETUP": str(ros), "QC_WS_SETUP": str(ws), "QC_STATE_DIR": str(tmp_path / "state")}
+    return env, log, tmp_path / "state"
+
+
+def run_entrypoint(env: dict[str, str], *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ENTRYPOINT), *args], env={**env, **extra_env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def planned_command(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if "dry run, would run: " in line]
+    assert len(lines) == 1, result.stdout
+    return shlex.split(lines[0].split("dry run, would run: ", 1)[1])
+
+
+def test_dry_run_prints_the_launch_command_from_the_environment(fake_ros):
+    env, log, _ = fake_ros
+    jetson = str(REPO / "params" / "jetson.yaml")
+    result = run_entrypoint(
+        env,
+        QC_DRY_RUN="1",
+        QC_PARAMS_FILE=jetson,
+        QC_NAMESPACE="cell1",
+        QC_BACKEND="tensorrt",
+        QC_LOG_LEVEL="warn",
+        QC_USE_BRIDGE="true",
+    )
+    assert planned_command(result) == [
+        *LAUNCH,
+        "namespace:=cell1",
+        f"params_file:={jetson}",
+        "backend:=tensorrt",
+        "log_level:=warn",
+        "use_bridge:=true",
+    ]
+    assert log.read_text().split() == ["ros", "workspace"], "ROS first, then the workspace"
+
+
+def test_command_line_arguments_override_the_environment_and_parameters_are_merged(fake_ros):
+    env, _, state = fake_ros
+    jetson = REPO / "params" / "jetson.yaml"
+    result = run_entrypoint(
+        env,
+        "launch",
+        "namespace:=cell2",
+        "source:=synthetic",
+        "inference.threads=4",
+        "--dry-run",
+        QC_PARAMS_FILE=str(jetson),
+        QC_NAMESPACE="cell1",
+        QC_SET="# volumes\n  inference.model_store_dir=/var/lib/qc/models  \n\n",
+    )
+    merged = state / "params.yaml"
+    assert planned_command(result) == [*LAUNCH, "namespace:=cell2", f"params_file:={merged}", "source:=synthetic"]
+    expected = params_file.load(jetson)
+    expected.setdefault("inference", {}).update({"model_store_dir": "/var/lib/qc/models", "threads": 4})
+    assert params_file.load(merged) == expected
+    # The health check reuses exactly what was launched.
+    hc_args = (state / "healthcheck.args").read_text().split("\0")[:-1]
+    assert hc_args == ["--params-file", str(merged), "--namespace", "cell2"]
+
+
+CELL_PARAMS = str(REPO / "params" / "cell.yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_env", "message"),
+    [
+        ((), {"QC_PARAMS_FILE": "/no/such/params.yaml"}, "params file /no/such/params.yaml does not exist"),
+        ((), {}, "no params file"),
+        (("use_bridge:=sometimes",), {"QC_PARAMS_FILE": CELL_PARAMS}, "use_bridge 'sometimes' must be true, false"),
+        (("log_level:=loud",), {"QC_PARAMS_FILE": CELL_PARAMS}, "log_level 'loud' must be one of"),
+        (("launch", "nonsense"), {"QC_PARAMS_FILE": CELL_PARAMS}, "unexpected argument 'nonsense'"),
+        (("camera.fps=30",), {"QC_PARAMS_FILE": CELL_PARAMS}, "unknown node 'camera'"),
+        ((), {"QC_ROS_SETUP": "/opt/ros/nowhere/setup.bash"}, "/opt/ros/nowhere/setup.bash not found"),
+    ],
+)
+def test_bad_configuration_fails_before_launching(fake_ros, args, extra_env, message):
+    env, _, _ = fake_ros
+    result = run_entrypoint(env, *args, "--dry-run", **extra_env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr, result.stderr
+    assert "would run" not in result.stdout
+
+
+def test_healthcheck_that_cannot_run_is_unhealthy_not_docker_reserved_2(fake_ros):
+    env, _, _ = fake_ros
+    result = run_entrypoint(env, "healthcheck", QC_ROS_SETUP="/opt/ros/nowhere/setup.bash")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "/opt/ros/nowhere/setup.bash not found" in result.stderr
+
+
+def test_other_commands_run_in_the_sourced_environment(fake_ros):
+    env, _, _ = fake_ros
+    result = run_entrypoint(env, "bash", "-c", 'echo "ros is $QC_FAKE_ROS"')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ros is sourced"
+
+
+def test_healthcheck_mode_checks_the_cell_that_was_launched(fake_ros):
+    env, _, _ = fake_ros
+    launched = run_entrypoint(env, "namespace:=hc_cell", "--dry-run", QC_PARAMS_FILE=CELL_PARAMS)
+    assert launched.returncode == 0, launched.stderr
+    # Nothing publishes /diagnostics in this test's ROS domain: the check must say the cell's node is silent.
+    result = run_entrypoint(env, "healthcheck", "--window", "1", "--nodes", "decision")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "/hc_cell/decision: no status on /diagnostics" in result.stdout
+
+
+# ---- params overlay and image self-check (the helpers the images ship) -------------------------------------
+def test_params_overlay_parses_values_as_yaml_scalars():
+    overlay = load_module(DOCKER / "params_overlay.py")
+    assert overlay.parse_override("inference.threads=4") == ("inference", "threads", 4)
+    assert overlay.parse_override("decision.enabled=true") == ("decision", "enabled", True)
+    assert overlay.parse_override('cloud_bridge.cell="007"') == ("cloud_bridge", "cell", "007")
+    assert overlay.parse_override("camera_driver.roi=[0, 0, 640, 480]") == ("camera_driver", "roi", [0, 0, 640, 480])
+    assert overlay.parse_override("cloud_bridge.username=") == ("cloud_bridge", "username", "")
+    for bad, message in [
+        ("threads=4", "expected node.parameter=value"),
+        ("inference.threads", "expected node.parameter=value"),
+        ("camera.fps=30", "unknown node"),
+        ("inference.table={a: 1}", "scalar or a flat list"),
+        ("inference.x=[unclosed", "not valid YAML"),
+    ]:
+        with pytest.raises(overlay.OverrideError, match=message):
+            overlay.parse_override(bad)
+
+
+def test_image_self_check_rejects_the_pip_opencv_wheel():
+    """check_image.py runs at build time; here, in the dev venv, it must flag what an image must not have."""
+    result = subprocess.run(
+        [sys.executable, str(DOCKER / "check_image.py"), "--no-ros"], capture_output=True, text=True, timeout=120
+    )
+    lines = result.stdout.splitlines()
+    assert lines[-1].startswith("check_image: ")
+    failures = [line for line in lines if line.startswith("FAIL")]
+    assert result.returncode == (1 if failures else 0)
+    if importlib.util.find_spec("cv2") and _installed("opencv-python-headless"):
+        assert any(line.startswith("FAIL  opencv: ") for line in failures), result.stdout
+
+
+def _installed(distribution: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# ---- compose ------------------------------------------------------------------------------------------------
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default} and $$ with the given environment (default: none)."""
+    env = env or {}
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(3)
+        return env.get(name) or (default if default is not None else "")
+
+    return re.sub(r"\$\{(\w+)(:?-([^}]*))?\}", substitute, value).replace("$$", "$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_file_is_valid_against_the_compose_spec_schema(tmp_path):
+    checker = [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec"]
+    result = subprocess.run([*checker, str(COMPOSE)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "compose.yaml"  # the same check must reject a broken file
+    broken.write_text(COMPOSE.read_text().replace("    runtime: nvidia\n", "    runtime: [nvidia]\n"))
+    result = subprocess.run([*checker, str(broken)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0, "the schema check accepted a broken compose file"
+
+
+def test_compose_has_the_cells_and_the_broker(compose):
+    services = compose["services"]
+    assert set(services) == {"cell", "cell-x86", "mosquitto"}
+    assert services["cell"]["profiles"] == ["jetson"] and services["cell-x86"]["profiles"] == ["x86"]
+    assert services["cell"]["runtime"] == "nvidia"
+    for name in ("cell", "cell-x86"):
+        assert services[name]["network_mode"] == "host", "ROS 2 discovery needs the host network"
+        assert services[name]["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize("service", ["cell", "cell-x86"])
+def test_compose_builds_with_arguments_the_dockerfile_declares(compose, service):
+    build = compose["services"][service]["build"]
+    context = (COMPOSE.parent / build["context"]).resolve()
+    assert context == REPO, "the build context is the repository root (.dockerignore lives there)"
+    dockerfile = context / build["dockerfile"]
+    assert dockerfile.is_file()
+    declared = {}
+    for keyword, args in instructions(dockerfile):
+        if keyword == "ARG":
+            name, _, default = args.partition("=")
+            declared.setdefault(name, default)
+    for name, value in build["args"].items():
+        assert name in declared, f"compose passes build arg {name}, which {dockerfile.name} does not declare"
+        assert interpolate(value) == declared[name], f"{name}: compose default differs from {dockerfile.name}"
+    assert "ROS_DISTRO" in build["args"]
+    if service == "cell":
+        assert {"L4T_VERSION", "GPIO_GID"} <= set(build["args"])
+
+
+@pytest.mark.parametrize("service", ["cell", "cell-x86"])
+def test_cell_volumes_survive_restarts_and_the_params_point_into_them(compose, service):
+    assert set(VOLUMES) <= set(compose["volumes"]), "the volumes must be named (declared at the top level)"
+    spec = compose["services"][service]
+    mounts = {}
+    for volume in spec["volumes"]:
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+            mounts[source] = target
+    for name, target in VOLUMES.items():
+        assert mounts.get(name) == target, f"{service}: volume {name} not mounted at {target}"
+    overrides = dict(
+        line.split("=", 1) for line in interpolate(spec["environment"]["QC_SET"]).splitlines() if line.strip()
+    )
+    assert overrides["inference.model_store_dir"].startswith(VOLUMES["qc_models"])
+    assert overrides["inference.engine_cache_dir"].startswith(VOLUMES["qc_engine_cache"])
+    assert overrides["cloud_bridge.outbox_path"].startswith(VOLUMES["qc_outbox"] + "/")
+    assert overrides["cloud_bridge.update_dir"].startswith(VOLUMES["qc_models"] + "/"), "update state must persist"
+    assert overrides["cloud_bridge.password_file"] == "/run/secrets/mqtt_password"
+    assert spec["secrets"] == ["mqtt_password"]
+    assert overrides["cloud_bridge.username"] == overrides["cloud_bridge.cell"], "the ACL keys on username = cell id"
+
+
+@pytest.mark.parametrize("service", ["cell", "cell-x86"])
+def test_relative_model_paths_resolve_to_the_mounted_models(compose, service):
+    """params name the model package relative to the repository root; in the container the working directory
+    and the models mount must reproduce that layout."""
+    spec = compose["services"][service]
+    workdir = [args for keyword, args in instructions(REPO / spec["build"]["dockerfile"]) if keyword == "WORKDIR"][-1]
+    binds = {v["target"]: interpolate(v["source"]) for v in spec["volumes"] if isinstance(v, dict)}
+    params = params_file.load((COMPOSE.parent / binds["/etc/qc/cell.yaml"]).resolve())
+    model_path = params.get("inference", {}).get("model_path", "")
+    if not model_path or model_path.startswith(("/", "~")):
+        pytest.skip(f"inference.model_path is {model_path!r}: not relative to the working directory")
+    in_container = PurePosixPath(workdir) / model_path
+    assert in_container.is_relative_to("/opt/qc/models"), f"{in_container} is outside the models mount"
+    on_host = (COMPOSE.parent / binds["/opt/qc/models"]).resolve() / in_container.relative_to("/opt/qc/models")
+    assert on_host == (REPO / model_path).resolve()
+
+
+def test_compose_parameter_overrides_are_accepted_by_the_entrypoint(compose, fake_ros):
+    env, _, state = fake_ros
+    spec = compose["services"]["cell"]["environment"]
+    result = run_entrypoint(
+        env,
+        "--dry-run",
+        QC_PARAMS_FILE=str(REPO / "params" / "jetson.yaml"),
+        **{key: interpolate(str(value)) for key, value in spec.items() if key != "QC_PARAMS_FILE"},
+    )
+    command = planned_command(result)
+    assert "namespace:=cell1" in command and "use_bridge:=true" in command
+    merged = params_file.load(state / "params.yaml")
+    assert merged["cloud_bridge"]["broker_url"] == "mqtt://127.0.0.1:1883"
+    assert merged["inference"]["engine_cache_dir"] == "/var/lib/qc/engine_cache"
+
+
+def test_jetson_cell_gets_the_devices_it_needs(compose):
+    cell = compose["services"]["cell"]
+    devices = [interpolate(d) for d in cell["devices"]]
+    assert "/dev/video0:/dev/video0" in devices
+    assert any(d.startswith("/dev/gpiochip") for d in devices)
+    argus = [v for v in cell["volumes"] if isinstance(v, dict) and v["target"] == "/tmp/argus_socket"]
+    assert argus and argus[0]["bind"]["create_host_path"] is False
+    assert interpolate(cell["group_add"][0]) == "999"
+
+
+def test_compose_bind_mounts_exist_or_are_documented_credentials(compose):
+    credentials = set((DOCKER / "mosquitto" / ".gitignore").read_text().split())
+    guide = (REPO / "docs" / "jetson.md").read_text()
+    sources = [compose["secrets"]["mqtt_password"]["file"]]
+    for service in compose["services"].values():
+        sources += [v["source"] for v in service.get("volumes", []) if isinstance(v, dict) and v["type"] == "bind"]
+    for source in sources:
+        source = interpolate(source)
+        if source.startswith("/"):
+            continue  # a path on the Jetson (/tmp/argus_socket)
+        path = (COMPOSE.parent / source).resolve()
+        if path.name in credentials:
+            assert f"docker/mosquitto/{path.name}" in guide, f"docs/jetson.md must say how to create {path.name}"
+        else:
+            assert path.exists(), f"compose mounts {source}, which does not exist"
+
+
+def test_broker_config_requires_authentication(compose):
+    broker = compose["services"]["mosquitto"]
+    targets = {v["target"]: v for v in broker["volumes"] if isinstance(v, dict)}
+    conf = (COMPOSE.parent / targets["/mosquitto/config/mosquitto.conf"]["source"]).read_text()
+    settings = dict(line.split(None, 1) for line in conf.splitlines() if line.strip() and not line.startswith("#"))
+    assert settings["allow_anonymous"] == "false"
+    assert settings["password_file"] in targets and settings["acl_file"] in targets
+    assert "mosquitto_data:/mosquitto/data" in broker["volumes"]
+    assert settings["persistence_location"].rstrip("/") == "/mosquitto/data"
+
+
+# ---- the broker's authentication and ACL, on a real mosquitto ------------------------------------------------
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """mosquitto with docker/mosquitto/{mosquitto.conf,acl} and a password file with a cell and the cloud.
+
+    The only changes to the shipped config: paths into a temp dir, a free loopback port, `user root` (the
+    test runs as whatever user; the container runs mosquitto as its own user)."""
+    binary, passwd_tool = mosquitto_binary(), shutil.which("mosquitto_passwd")
+    if binary is None or passwd_tool is None:
+        pytest.fail("mosquitto and mosquitto_passwd are needed (make setup installs mosquitto)")
+    work = tmp_path_factory.mktemp("broker")
+    shutil.copy(DOCKER / "mosquitto" / "acl", work / "acl")
+    for user, password in (("cell1", "cell1-secret"), ("cloud", "cloud-secret")):
+        create = ["-c"] if user == "cell1" else []
+        subprocess.run([passwd_tool, *create, "-b", str(work / "passwd"), user, password], check=True, timeout=30)
+    port = free_port()
+    conf = (DOCKER / "mosquitto" / "mosquitto.conf").read_text()
+    conf = conf.replace("/mosquitto/config/", f"{work}/").replace("/mosquitto/data/", f"{work}/")
+    conf = re.sub(r"(?m)^listener 1883$", f"listener {port} 127.0.0.1", conf)
+    conf = conf.replace("log_dest stdout", f"log_dest file {work}/mosquitto.log")
+    (work / "mosquitto.conf").write_text(conf + "\nuser root\n")
+    process = subprocess.Popen([binary, "-c", str(work / "mosquitto.conf")], stderr=subprocess.PIPE)
+    try:
+        _wait_for_port(port, process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
+    import socket
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            pytest.fail(f"mosquitto exited: {process.stderr.read().decode()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"mosquitto did not listen on {port}")
+
+
+class Client:
+    """A paho client that records what it receives; connect() returns the broker's CONNACK reason."""
+
+    def __init__(self, port: int, username: str | None = None, password: str | None = None) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.port = port
+        self.connected = threading.Event()
+        self.suback = threading.Event()
+        self.reason: str | None = None
+        self.received: list[tuple[str, bytes]] = []
+        self.got = threading.Condition()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self.suback.set()
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.reason = str(reason_code)
+        self.connected.set()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self.got:
+            self.received.append((message.topic, message.payload))
+            self.got.notify_all()
+
+    def connect(self) -> str:
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        assert self.connected.wait(10), "no CONNACK"
+        return self.reason
+
+    def subscribe(self, topic: str) -> None:
+        self.client.subscribe(topic, qos=1)
+        assert self.suback.wait(10), "no SUBACK"
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def wait_for(self, payload: bytes, timeout: float = 10.0) -> list[tuple[str, bytes]]:
+        with self.got:
+            self.got.wait_for(lambda: any(p == payload for _, p in self.received), timeout)
+            return list(self.received)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.parametrize(("username", "password"), [(None, None), ("cell1", "wrong"), ("intruder", "x")])
+def test_broker_refuses_anonymous_and_bad_credentials(broker, username, password):
+    client = Client(broker, username, password)
+    try:
+        assert client.connect() in ("Not authorized", "Bad user name or password")
+    finally:
+        client.close()
+
+
+def test_acl_confines_a_cell_to_its_own_topics(broker):
+    cloud, cell = Client(broker, "cloud", "cloud-secret"), Client(broker, "cell1", "cell1-secret")
+    try:
+        assert cloud.connect() == "Success" and cell.connect() == "Success"
+        cloud.subscribe("qc/#")
+        cell.subscribe("qc/#")  # allowed to ask, but it must only ever receive its own subtree
+        # A cell writes its records, and cannot write as another cell (mosquitto drops the publish).
+        cell.publish("qc/site/line2/cell2/part", b"forged")
+        cell.publish("qc/site/line2/cell1/part", b"own record")
+        got = cloud.wait_for(b"own record")
+        assert ("qc/site/line2/cell1/part", b"own record") in got
+        assert all(payload != b"forged" for _, payload in got), got
+        # The cloud addresses model updates per cell; a cell sees only its own.
+        cloud.publish("qc/site/line2/cell2/model/update", b"for cell2")
+        cloud.publish("qc/site/line2/cell1/model/update", b"for cell1")
+        got = cell.wait_for(b"for cell1")
+        assert ("qc/site/line2/cell1/model/update", b"for cell1") in got
+        assert all(payload not in (b"for cell2", b"forged") for _, payload in got), got
+    finally:
+        cloud.close()
+        cell.close()
