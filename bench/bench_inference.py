@@ -42,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ros2_ws/src/qc_cell"))
 
+from qc_cell.cell_graph import ENVIRONMENT  # noqa: E402
 from qc_cell.inference.backends import BackendOptions, create_backend  # noqa: E402
 from qc_cell.inference.manifest import Manifest, Output, Preprocessing, sha256_file  # noqa: E402
 from qc_cell.inference.model import LoadedModel  # noqa: E402
@@ -397,6 +398,7 @@ def main() -> int:
         return bare_worker(args.bare_worker, args.threads, args.size)
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(100, 200)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.update(ENVIRONMENT)  # every process as in the cell (DDS transport profile, malloc tunables)
 
     import onnxruntime
 

@@ -21,7 +21,7 @@ CELL = {"camera_driver": {"rate_hz": 10.0, "defect_rate": 0.2}}
 
 
 def _model_accuracy() -> float:
-    return json.loads((REPO / "models" / "default" / "report.json").read_text())["metrics"]["accuracy"]
+    return json.loads((REPO / "models" / "default" / "report.json").read_text())["test"]["accuracy"]
 
 
 def _assert_every_part_accounted(result: dict, parts: int) -> None:

@@ -16,6 +16,7 @@ class NodeSpec:
     lifecycle: bool  # managed node: configured and activated by launch/runner
     respawn: bool  # restarted when it dies (the line keeps running)
     enabled_by: str | None = None  # launch argument / runner option that turns the node on; None = always
+    part_source: bool = False  # parts enter the cell here: activated last, once every other node is listening
 
     @property
     def module(self) -> str:
@@ -45,7 +46,7 @@ ENVIRONMENT: dict[str, str] = {
 }
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("camera_driver", "camera_driver", lifecycle=True, respawn=True),
+    NodeSpec("camera_driver", "camera_driver", lifecycle=True, respawn=True, part_source=True),
     NodeSpec("inference", "inference", lifecycle=False, respawn=True),
     NodeSpec("sensor_fusion", "sensor_fusion", lifecycle=False, respawn=True),
     NodeSpec("decision", "decision", lifecycle=False, respawn=True),

@@ -16,7 +16,7 @@ from qc_cell.inference.backends import BackendOptions, resolve_backend
 from qc_cell.inference.hot_swap import ACTIVE, FAILED, LOADING, NONE, ModelManager, ModelState
 from qc_cell.inference.manifest import GoldenItem, sha256_file
 from qc_cell.inference.model_store import ModelStore
-from qc_cell.inference.pipeline import InferencePipeline
+from qc_cell.inference.pipeline import FrameJob, InferencePipeline
 from qc_cell.inference.synthetic_models import uniform_image, write_package
 
 
@@ -234,12 +234,49 @@ def test_one_load_at_a_time(tmp_path, harness, monkeypatch):
     assert results[0].success
 
 
-def test_loading_does_not_block_scoring(tmp_path, harness):
-    """While a load (and its self-test) runs, the serving model keeps scoring."""
+def test_the_old_model_keeps_scoring_while_a_load_runs(tmp_path, harness, monkeypatch):
     h = harness()
+    outcomes = []
+    h.pipeline._publish = outcomes.append  # collect what the worker answers
+    h.pipeline.start()
     write_package(tmp_path / "v1", "1.0.0")
     write_package(tmp_path / "v2", "2.0.0", gain=3.0)
     assert h.manager.load(str(tmp_path / "v1")).success
-    start = time.monotonic()
-    assert h.manager.load(str(tmp_path / "v2")).success
-    assert h.serving == "2.0.0" and time.monotonic() - start < 30
+    gate, entered = threading.Event(), threading.Event()
+    original = h.manager._bring_up
+
+    def slow_bring_up(*args):
+        entered.set()
+        assert gate.wait(10)
+        return original(*args)
+
+    monkeypatch.setattr(h.manager, "_bring_up", slow_bring_up)
+    loader = threading.Thread(target=h.manager.load, args=(str(tmp_path / "v2"),))
+    loader.start()
+    assert entered.wait(10)
+    image = uniform_image(120)
+    for i in range(5):
+        h.pipeline.submit(FrameJob(f"during-{i}", time.monotonic_ns(), lambda: (image, "BGR")))
+    end = time.monotonic() + 10
+    while len(outcomes) < 5 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert [(o.ok, o.model_version) for o in outcomes] == [(True, "1.0.0")] * 5  # scored while loading
+    assert h.states[-1].state == LOADING
+    gate.set()
+    loader.join(10)
+    assert h.serving == "2.0.0" and h.states[-1].state == ACTIVE
+
+
+def test_an_unexpected_error_during_a_load_is_reported_not_raised(tmp_path, harness, monkeypatch):
+    h = harness()
+    write_package(tmp_path / "v1", "1.0.0")
+    write_package(tmp_path / "v2", "2.0.0")
+    assert h.manager.load(str(tmp_path / "v1")).success
+
+    def broken(*args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(h.manager, "_bring_up", broken)
+    result = h.manager.load(str(tmp_path / "v2"))
+    assert not result.success and "RuntimeError: disk on fire" in result.message
+    assert h.serving == "1.0.0" and h.states[-1].state == FAILED

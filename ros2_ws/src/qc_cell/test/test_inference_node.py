@@ -19,6 +19,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
+from qc_cell.inference import overlay
 from qc_cell.inference.manifest import Preprocessing
 from qc_cell.inference.synthetic_models import expected_probability, uniform_image, write_package
 from qc_cell.nodes.inference import InferenceNode
@@ -296,9 +297,11 @@ def test_overlay_only_while_subscribed(tmp_path):
         assert cell.graph.spin_until(lambda: bool(overlays), 10.0), "no overlay while subscribed"
         picture = image_to_array(overlays[-1])
         assert overlays[-1].encoding == "bgr8" and picture.shape == image.shape
-        inner = picture[8:-8, 8:-8].astype(int)
-        assert inner[:, 36:].std() > 0 or inner[:, 36:].mean() != inner[:, :20].mean()
-        assert not np.array_equal(picture, image)  # border, text and heatmap drawn
+        p = expected_probability(image, SPEC)
+        assert 0.5 <= p < 0.8 and tuple(picture[24, 0]) == overlay.AMBER  # border: re-inspect colour
+        below_text = picture[28:40].astype(int)
+        assert np.abs(below_text[:, 8:24] - 60).max() == 0  # dark side: no evidence, picture unchanged
+        assert np.abs(below_text[:, 44:56] - 250).max() > 30  # bright side: the class-activation heatmap
 
 
 def test_diagnostics_report_model_and_counts(tmp_path):

@@ -156,3 +156,14 @@ def test_parity_check_catches_a_model_that_differs(lite0, tmp_path):
     finally:
         with torch.no_grad():
             lite0.head.bias -= 1.0
+
+
+def test_class_weights_balance_the_classes_and_price_escapes():
+    from qc_cloud.training.datasets import Sample
+    from qc_cloud.training.trainer import class_weights
+
+    samples = [Sample(f"g{i}", 0, "good") for i in range(6)] + [Sample(f"d{i}", 1, "scratch") for i in range(2)]
+    good, defect = class_weights(samples)
+    assert (good, defect) == (pytest.approx(8 / 12), pytest.approx(8 / 4))
+    assert 6 * good == pytest.approx(2 * defect), "each class carries half of the loss"
+    assert class_weights(samples, escape_cost=2.0) == (pytest.approx(good), pytest.approx(2 * defect))

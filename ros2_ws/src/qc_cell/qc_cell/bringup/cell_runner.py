@@ -93,9 +93,33 @@ class CellRunner:
         self._spin_thread = threading.Thread(target=self._spin, name="runner-spin", daemon=True)
         self._spin_thread.start()
         self.supervisor.start()
-        for spec in self.nodes:
-            if spec.lifecycle:
-                self._activate_later(spec.name)
+        threading.Thread(target=self._first_bringup, name="bringup", daemon=True).start()
+
+    def _first_bringup(self) -> None:
+        """Activate the lifecycle nodes once every node of the cell is in the graph with its subscriptions,
+        and the part source last: parts that enter before the others listen would miss their records."""
+        self._wait_for_graph()
+        sources = [spec.name for spec in self.nodes if spec.lifecycle and spec.part_source]
+        others = [spec.name for spec in self.nodes if spec.lifecycle and not spec.part_source]
+        workers = [self._activate_later(name) for name in others]
+        for worker in workers:
+            worker.join()
+        for name in sources:
+            self._activate_later(name)
+
+    def _wait_for_graph(self, timeout_s: float = 60.0, settle_s: float = 1.0) -> None:
+        namespace = f"/{self.namespace}" if self.namespace else "/"
+        expected = {spec.name for spec in self.nodes}
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and self.context.ok():
+            present = {name for name, ns in self.observer.get_node_names_and_namespaces() if ns == namespace}
+            if expected <= present and all(
+                self.observer.get_subscriber_names_and_types_by_node(name, namespace) for name in expected
+            ):
+                time.sleep(settle_s)  # endpoint matching follows node discovery
+                return
+            time.sleep(0.1)
+        self._on_event("runner", "graph_incomplete", f"not all of {sorted(expected)} appeared in {timeout_s}s")
 
     def _spin(self) -> None:
         try:
@@ -105,7 +129,7 @@ class CellRunner:
             if self.context.ok():
                 raise
 
-    def _activate_later(self, name: str) -> None:
+    def _activate_later(self, name: str) -> threading.Thread:
         def work() -> None:
             fqn = params_file.fully_qualified(self.namespace, name)
             try:
@@ -115,7 +139,9 @@ class CellRunner:
                 self.lifecycle_errors.append(str(exc))
                 self._on_event(name, "lifecycle_error", str(exc))
 
-        threading.Thread(target=work, name=f"activate-{name}", daemon=True).start()
+        thread = threading.Thread(target=work, name=f"activate-{name}", daemon=True)
+        thread.start()
+        return thread
 
     def tick(self) -> None:
         """Reap/restart children; re-activate lifecycle nodes that came back."""

@@ -79,7 +79,11 @@ def run_demo(
                     )
                     last_print = time.monotonic()
                 time.sleep(0.1)
-            time.sleep(1.0)  # trailing reject events
+            # The last rejected parts are still travelling to the ejector: wait for their reject events.
+            end = time.monotonic() + 15.0
+            while time.monotonic() < end and not run_report.rejects_complete(recorder.snapshot()):
+                runner.tick()
+                time.sleep(0.1)
         finally:
             runner.stop()
             cloud.close()

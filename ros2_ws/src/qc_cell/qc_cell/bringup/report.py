@@ -38,6 +38,12 @@ def part_ids(mqtt: list[Received]) -> set[str]:
     return {str(_json(m).get("part_id")) for m in mqtt if m.topic.endswith("/part") and "part_id" in _json(m)}
 
 
+def rejects_complete(record: CellRecord) -> bool:
+    """Every part whose verdict is ejected has its reject event."""
+    due = {d.part_id for d in record.decisions.values() if d.verdict in EJECTED}
+    return due <= set(record.reject_events)
+
+
 def build(record: CellRecord, mqtt: list[Received], image_bytes_per_part: int, wall_s: float) -> dict[str, Any]:
     decisions = list(record.decisions.values())
     registered = set(record.parts) | set(record.decisions)

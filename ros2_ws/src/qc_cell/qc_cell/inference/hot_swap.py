@@ -109,13 +109,15 @@ class ModelManager:
                     model.package_dir = self.store.install(package_dir, manifest)
                 except (StoreError, ManifestError, OSError) as exc:
                     raise LoadError(f"cannot copy the package into the model store: {exc}") from exc
-        except (LoadError, ManifestError, BackendError, SelfTestError, StoreError) as exc:
+        except Exception as exc:  # whatever went wrong, the serving model stays and the caller learns why
             if model is not None:
                 model.close()
-            message = f"load of {path} failed: {exc}"
+            known = isinstance(exc, (LoadError, ManifestError, BackendError, SelfTestError, StoreError))
+            if not known:
+                _log.exception("unexpected error while loading %s", path)
+            message = f"load of {path} failed: {exc if known else f'{type(exc).__name__}: {exc}'}"
             if current is not None:
                 message += f"; model {current.version} keeps serving"
-            _log.error(message)
             self._set_state(self._serving_state(FAILED, message))
             return LoadResult(False, message, self._active())
         previous = self.pipeline.swap(model)  # between two batches; see InferencePipeline.swap
@@ -129,7 +131,6 @@ class ModelManager:
                 message += f"; WARNING: active pointer not updated ({exc}), a restart would load the previous model"
                 _log.error("model store: %s", exc)
         self._set_state(self._serving_state(ACTIVE, message))
-        _log.info("model %s active: %s", model.version, message)
         return LoadResult(True, message, model.version)
 
     def _read(self, path: str, expected_version: str, expected_sha256: str) -> tuple[Path, Manifest]:

@@ -83,7 +83,7 @@ class PipelineStats:
     queue_high_water: int = 0
     batches: int = 0
     largest_batch: int = 0
-    swaps: int = 0
+    swaps: int = 0  # models put into service, the first one included
     latency_ms: list[float] = field(default_factory=list)  # received -> published, most recent frames
 
 
@@ -158,15 +158,6 @@ class InferencePipeline:
             self._stats.swaps += 1
         return previous
 
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
-    def set_max_batch(self, value: int) -> None:
-        if value < 1:
-            raise ValueError("max_batch must be >= 1")
-        self._max_batch = value
-
     # ---- input ------------------------------------------------------------------------------
     def submit(self, job: FrameJob) -> bool:
         """Enqueue a frame; never blocks. A failed capture or a full queue is answered at once
@@ -176,21 +167,18 @@ class InferencePipeline:
         if not job.capture_ok:
             self._emit([_not_inspected(job, CAPTURE_FAILED, job.capture_error or "the camera could not capture")])
             return False
+        refusal = None
         with self._cond:
             if self._stopping:
-                full = None
+                refusal = _not_inspected(job, SHUTDOWN, "the inference node is stopping")
             elif len(self._queue) >= self._queue_size:
-                full = True
+                refusal = _not_inspected(job, QUEUE_FULL, f"{self._queue_size} frames already waiting")
             else:
                 self._queue.append(job)
                 depth = len(self._queue)
                 self._cond.notify()
-                full = False
-        if full is None:
-            self._emit([_not_inspected(job, SHUTDOWN, "the inference node is stopping")])
-            return False
-        if full:
-            self._emit([_not_inspected(job, QUEUE_FULL, f"{self._queue_size} frames already waiting")])
+        if refusal is not None:
+            self._emit([refusal])
             return False
         with self._stats_lock:
             self._stats.queue_high_water = max(self._stats.queue_high_water, depth)

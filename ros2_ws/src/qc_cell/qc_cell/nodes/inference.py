@@ -10,6 +10,7 @@ This module declares parameters and converts messages.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -66,6 +67,23 @@ STATE_CODES = {
 }
 RUNTIME_PARAMETERS = ("deadline_ms", "overlay_reinspect_threshold", "overlay_defective_threshold")
 EXECUTOR_THREADS = 3  # frames + service (model loads) + timers never wait for each other
+
+
+class _ToRosLogger(logging.Handler):
+    """Forwards the inference core's Python log records (engine builds, worker errors) to the node's logger."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(logging.INFO)
+        self._logger = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self._logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(text)
+        else:
+            self._logger.info(text)
 
 
 def decode_image(image: Image) -> tuple[np.ndarray, str]:
@@ -232,6 +250,11 @@ class InferenceNode(Node):
         self._alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
         self._diag_pub = diagnostics.create_publisher(self)
 
+        # From here on the node is valid: the core's log goes to the node's logger (removed in destroy_node).
+        self._core_log = logging.getLogger("qc_cell.inference")
+        self._log_handler = _ToRosLogger(self)
+        self._core_log.addHandler(self._log_handler)
+        self._core_log.setLevel(logging.INFO)
         self._pipeline = InferencePipeline(
             self._publish_result,
             queue_size=queue_size,
@@ -427,7 +450,7 @@ class InferenceNode(Node):
             "queue_high_water": stats.queue_high_water,
             "batches": stats.batches,
             "largest_batch": stats.largest_batch,
-            "model_swaps": stats.swaps,
+            "models_swapped_in": stats.swaps,
             "latency_p50_ms": f"{latency[0]:.2f}",
             "latency_p99_ms": f"{latency[1]:.2f}",
         }
@@ -439,6 +462,7 @@ class InferenceNode(Node):
         left = self._pipeline.stop()
         if left:
             self.get_logger().warning(f"{left} queued frame(s) answered NOT_INSPECTED (shutdown)")
+        self._core_log.removeHandler(self._log_handler)
         super().destroy_node()
 
 

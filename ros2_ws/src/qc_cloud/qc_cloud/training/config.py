@@ -49,6 +49,9 @@ class TrainConfig:
     unfreeze_fraction: float = 0.4
     train_batchnorm: bool = False
     dropout: float = 0.2
+    # Loss weight of a defective part on top of the balanced class weights: how much more an escape (a defect
+    # passed as good) costs than a false reject. 1 = balanced.
+    escape_cost: float = 1.0
     early_stopping_patience: int = 6  # epochs without a better validation loss before a phase stops
     plateau_patience: int = 2  # epochs without improvement before the learning rate drops
     plateau_factor: float = 0.3
@@ -80,6 +83,8 @@ class TrainConfig:
         for name in ("phase1_lr", "phase2_lr"):
             if not 0 < getattr(self, name) < 1:
                 problems.append(f"{name} must be within (0, 1)")
+        if not 0.1 <= self.escape_cost <= 100:
+            problems.append("escape_cost must be within 0.1..100")
         if not 0 <= self.unfreeze_fraction <= 1 or not 0 <= self.dropout < 1 or not 0 < self.plateau_factor < 1:
             problems.append("unfreeze_fraction must be in [0, 1], dropout in [0, 1), plateau_factor in (0, 1)")
         if not 0 < self.decision_low <= self.decision_high < 1:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from qc_cell.camera.synthetic import write_mvtec_dataset
 from qc_cell.inference.manifest import MANIFEST_NAME, Manifest, ManifestError, Preprocessing
 from qc_cell.inference.preprocess import preprocess
 from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER, input_batches
@@ -88,8 +89,6 @@ def resolved_data(config: TrainConfig, data: Path | None, keep_data: Path | None
         return
     if config.synthetic is None:
         raise ConfigError("no data set: pass --data DIR, or describe a synthetic one under 'synthetic' in the config")
-    from qc_cell.camera.synthetic import write_mvtec_dataset
-
     syn = config.synthetic
     with contextlib.ExitStack() as stack:
         root = (

@@ -4,9 +4,9 @@ Phase I   base frozen (inference mode), head trained with Adam at phase1_lr (1e-
           (features_cache.py) or, with feature_cache off, by running the base every epoch.
 Phase II  top `unfreeze_fraction` (40%) of the base's layers unfrozen, Adam at phase2_lr (1e-5), fresh
           augmentation every epoch.
-Both      binary cross-entropy weighted per class (n / (2 n_class) from the training split), reduce-LR-on-
-          plateau and early stopping on the validation loss, best checkpoint (lowest validation loss over both
-          phases) restored at the end.
+Both      binary cross-entropy weighted per class (n / (2 n_class) from the training split, the defective
+          class further x escape_cost), reduce-LR-on-plateau and early stopping on the validation loss, best
+          checkpoint (lowest validation loss over both phases) restored at the end.
 """
 
 from __future__ import annotations
@@ -72,14 +72,15 @@ class TrainResult:
         return [asdict(r) for r in self.history]
 
 
-def class_weights(samples: list[Sample]) -> tuple[float, float]:
-    """(good, defective) weights n / (2 n_class): both classes contribute equally to the loss."""
+def class_weights(samples: list[Sample], escape_cost: float = 1.0) -> tuple[float, float]:
+    """(good, defective) weights n / (2 n_class), so both classes contribute equally to the loss; the defective
+    weight is then multiplied by `escape_cost` (what missing a defect costs relative to rejecting a good part)."""
     n = len(samples)
     n_defect = sum(s.label for s in samples)
     n_good = n - n_defect
     if n_good == 0 or n_defect == 0:
         raise ValueError("class weights need both classes in the training split")
-    return n / (2.0 * n_good), n / (2.0 * n_defect)
+    return n / (2.0 * n_good), escape_cost * n / (2.0 * n_defect)
 
 
 class _PhaseControl:
@@ -125,7 +126,7 @@ class Trainer:
         self.progress = progress
         self.train_samples = split.samples(dataset, "train")
         self.val_samples = split.samples(dataset, "val")
-        w_good, w_defect = class_weights(self.train_samples)
+        w_good, w_defect = class_weights(self.train_samples, config.escape_cost)
         self.weights = torch.tensor([w_good, w_defect], dtype=torch.float32)
         self.history: list[EpochRecord] = []
         self.best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())

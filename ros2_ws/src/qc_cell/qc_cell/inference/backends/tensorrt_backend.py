@@ -161,6 +161,9 @@ def _make_calibrator(trt: Any, cuda: Any, manifest: Manifest, files: list[Path],
         def write_calibration_cache(self, cache: Any) -> None:
             atomic_write_bytes(cache_path, bytes(cache))
 
+        def release(self) -> None:
+            self._device.free()  # while the context is current (the build runs inside CudaContext.active)
+
     return _EntropyCalibrator()
 
 
@@ -268,10 +271,17 @@ class TensorRTBackend(Backend):
             calibration_profile = builder.create_optimization_profile()
             calibration_profile.set_shape(self._input_name, (1, c, h, w), (1, c, h, w), (1, c, h, w))
             config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = _make_calibrator(trt, cuda, manifest, files, calibration_cache)
+            calibrator = _make_calibrator(trt, cuda, manifest, files, calibration_cache)
+            config.int8_calibrator = calibrator
             config.set_calibration_profile(calibration_profile)
+        else:
+            calibrator = None
         _log.info("building TensorRT %s engine for %s (minutes on a Jetson)", options.precision, model_path)
-        serialized = builder.build_serialized_network(network, config)
+        try:
+            serialized = builder.build_serialized_network(network, config)
+        finally:
+            if calibrator is not None:
+                calibrator.release()
         if serialized is None:
             raise BackendError(f"TensorRT engine build failed for {Path(model_path).name} (see the TensorRT log)")
         return bytes(serialized)

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Whole-cell benchmark (issue 9): in one run on this machine,
+
+- bare preprocess + inference latency of the default model (the same functions the node calls);
+- capture-to-verdict latency p50/p95/p99 of the full cell, every node in its own process (cell runner,
+  params/demo.yaml, no cloud bridge), at 640x480 and 1280x720, 10 and 30 parts/s;
+- the ratio of the cell's median to the bare median, and p99 to the cell's median;
+- throughput at saturation (camera free-running far above what inference can score);
+- CPU use of the cell's processes.
+
+    source scripts/env.sh && python bench/bench_cell.py [--seconds 15]
+
+Goal: median capture-to-verdict within 2x the bare preprocess + inference time at 1280x720 and 30 parts/s,
+and p99 within 3x the median. Prints figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_inference import BareBackend  # noqa: E402
+
+from qc_cell.bringup.cell_runner import CellRunner  # noqa: E402
+from qc_cell.bringup.recorder import CellRecorder  # noqa: E402
+from qc_cell.camera.synthetic import SyntheticPartGenerator  # noqa: E402
+
+MODEL = REPO / "models" / "default"
+PARAMS = REPO / "params" / "demo.yaml"
+WARM_UP_PARTS = 10
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def bare_latency(width: int, height: int, frames: int = 150) -> tuple[float, float]:
+    generator = SyntheticPartGenerator(seed=1, width=width, height=height)
+    images = [generator.part(i).image for i in range(16)]
+    bare = BareBackend(MODEL, threads=2)
+    for image in images[:5]:
+        bare.one(image)
+    times = []
+    for i in range(frames):
+        times.append(bare.one(images[i % len(images)]))
+        time.sleep(0.01)  # the gap a node sees between parts
+    bare.model.close()
+    p50, p99 = np.percentile(times, [50, 99])
+    return float(p50), float(p99)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / TICKS
+
+
+def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> dict:
+    parts = int(rate * seconds) + WARM_UP_PARTS
+    with tempfile.TemporaryDirectory(prefix="qc-bench-cell-") as tmp:
+        runner = CellRunner(
+            PARAMS,
+            namespace=f"bench_{tag}_{os.getpid()}",
+            overrides={
+                "camera_driver": {
+                    "width": width,
+                    "height": height,
+                    "rate_hz": rate,
+                    "max_parts": parts,
+                    "state_dir": tmp,
+                },
+                "inference": {"model_store_dir": f"{tmp}/models"},
+            },
+            flags={"use_bridge": False},
+            run_dir=tmp,
+            on_event=lambda *_: None,
+        )
+        runner.start()
+        recorder = CellRecorder(runner.observer)
+        try:
+            deadline = time.monotonic() + seconds * 4 + 60
+            cpu_start = wall_start = None
+            while time.monotonic() < deadline:
+                runner.tick()
+                decided = len(recorder.snapshot().decisions)
+                if cpu_start is None and decided >= WARM_UP_PARTS:
+                    pids = [p for p in (runner.supervisor.pid(s.name) for s in runner.nodes) if p]
+                    cpu_start, wall_start = cpu_seconds(pids), time.monotonic()
+                if decided >= parts:
+                    break
+                time.sleep(0.05)
+            cpu = cpu_seconds(pids) - cpu_start if cpu_start is not None else float("nan")
+            wall = time.monotonic() - wall_start if wall_start is not None else float("nan")
+        finally:
+            runner.stop()
+    decisions = sorted(recorder.snapshot().decisions.values(), key=lambda d: d.capture_ns)[WARM_UP_PARTS:]
+    scored = [d for d in decisions if d.verdict != 3]
+    latencies = [d.latency_ms for d in scored]
+    span = (decisions[-1].received_monotonic - decisions[0].received_monotonic) if len(decisions) > 1 else 0
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if latencies else (float("nan"),) * 3
+    return {
+        "parts": len(decisions),
+        "not_inspected": len(decisions) - len(scored),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "rate": (len(decisions) - 1) / span if span else float("nan"),
+        "scored_rate": (len(scored) - 1) / span if span and scored else float("nan"),
+        "cpu_pct": 100.0 * cpu / wall if wall else float("nan"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per configuration")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; model {MODEL}")
+    header = f"{'size':>9} {'parts/s':>7} | {'bare p50':>8} {'p99':>6} | {'cell p50':>8} {'p95':>7} {'p99':>7} | "
+    header += f"{'p50/bare':>8} {'p99/p50':>7} | {'achieved':>8} {'not_insp':>8} {'cpu %':>6}"
+    print(header)
+    for width, height in ((640, 480), (1280, 720)):
+        bare_p50, bare_p99 = bare_latency(width, height)
+        for rate in (10.0, 30.0):
+            r = run_cell(width, height, rate, args.seconds, f"{width}_{int(rate)}")
+            print(
+                f"{width}x{height:<4} {rate:7.0f} | {bare_p50:8.2f} {bare_p99:6.2f} | "
+                f"{r['p50']:8.2f} {r['p95']:7.2f} {r['p99']:7.2f} | "
+                f"{r['p50'] / bare_p50:8.2f} {r['p99'] / r['p50']:7.2f} | {r['rate']:8.1f} {r['not_inspected']:8d} "
+                f"{r['cpu_pct']:6.0f}",
+                flush=True,
+            )
+    r = run_cell(1280, 720, 200.0, args.seconds / 2, "saturation")
+    print(
+        f"saturation 1280x720, camera at 200 parts/s: {r['rate']:.1f} verdicts/s, {r['scored_rate']:.1f} scored/s, "
+        f"{r['not_inspected']} of {r['parts']} NOT_INSPECTED (fail-safe), cell CPU {r['cpu_pct']:.0f} %"
+    )
+    print("goal: p50/bare <= 2.0 at 1280x720 and 30 parts/s; p99/p50 <= 3.0")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
