@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy
 
 _PY_INCLUDE = re.compile(r"/opt/python/cp3\d+-cp3\d+/include/python3\.\d+")
-_NUMPY_INCLUDE = re.compile(
-    r"/opt/python/cp3\d+-cp3\d+/lib/python3\.\d+/site-packages/numpy/(?:_core|core)/include"
-)
+_NUMPY_INCLUDE = re.compile(r"/opt/python/cp3\d+-cp3\d+/lib/python3\.\d+/site-packages/numpy/(?:_core|core)/include")
 
 
 def fix(prefix: Path) -> list[Path]:

@@ -31,6 +31,9 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [f"{name} = qc_cell.nodes.{name}:main" for name in executables]
-        + ["qc_cell_runner = qc_cell.bringup.cell_runner:main", "qc_synthetic_parts = qc_cell.camera.synthetic_cli:main"],
+        + [
+            "qc_cell_runner = qc_cell.bringup.cell_runner:main",
+            "qc_synthetic_parts = qc_cell.camera.synthetic_cli:main",
+        ],
     },
 )

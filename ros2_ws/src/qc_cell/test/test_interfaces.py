@@ -81,6 +81,7 @@ def test_every_message_type_between_two_processes():
                 probe.create_subscription(
                     cls, f"echo_out/{name}", lambda m, n=name: received.__setitem__(n, m), qos.EVENTS
                 )
+
             # Publish until every type came back (discovery across processes takes a moment).
             def all_back() -> bool:
                 for name, (pub, msg) in publishers.items():

@@ -190,6 +190,9 @@ def test_b0_from_scratch_on_the_generic_layout_without_cache(tmp_path):
     assert manifest.architecture == "efficientnet_b0"
     assert manifest.preprocessing.normalization.mean == (0.485, 0.456, 0.406), "ImageNet normalisation for B0"
     assert manifest.output.features is None and manifest.output.classifier_weights is None
+    assert all(g.file.endswith(".png") for g in manifest.golden), "JPEG golden images are stored as PNG"
+    backend = create_backend("onnxruntime", out / manifest.model_file, manifest, BackendOptions())
+    assert "6/6" in LoadedModel(out, manifest, backend).self_test()
     report = json.loads((out / "report.json").read_text())
     assert report["dataset"]["layout"] == "generic" and report["caveats"] == []
     assert report["training"]["config"]["feature_cache"] is False

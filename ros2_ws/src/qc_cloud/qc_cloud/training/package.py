@@ -1,6 +1,6 @@
 """The model package the edge loads: model.onnx + manifest.json (qc_cell.inference.manifest) + golden/.
 
-The golden set is a few held-out test images copied byte for byte, with the score the exported model
+The golden set is a few held-out test images (PNG files copied byte for byte), with the score the exported model
 gives them through ONNX Runtime and qc_cell.inference.preprocess: before the edge swaps in a new model it
 scores these files and compares (tolerance in the manifest), which catches a broken engine build or a
 preprocessing mismatch before a single part is judged by it.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from qc_cell.inference.manifest import GoldenItem, Manifest, Output, Preprocessing, sha256_file
@@ -64,10 +65,14 @@ def write_golden(
     folder.mkdir(parents=True)
     items = []
     for i, sample in enumerate(samples):
-        name = (
-            f"{i:02d}_{'good' if sample.defect_type == GOOD else sample.defect_type}{Path(sample.path).suffix.lower()}"
-        )
-        shutil.copyfile(dataset.root / sample.path, folder / name)
+        name = f"{i:02d}_{'good' if sample.defect_type == GOOD else sample.defect_type}.png"
+        source = dataset.root / sample.path
+        if source.suffix.lower() == ".png":
+            shutil.copyfile(source, folder / name)
+        # Lossy or exotic formats are stored as PNG of the decoded pixels: JPEG decoders differ slightly between
+        # libjpeg builds, and the golden test must compare the model, not the decoder.
+        elif not cv2.imwrite(str(folder / name), read_image(source)):
+            raise OSError(f"cannot write golden image {folder / name}")
         # Scored from the copied file, exactly as the edge will read it.
         score = float(scorer(preprocess(read_image(folder / name), spec, IMAGE_CHANNEL_ORDER))[0])
         items.append(GoldenItem(file=f"{GOLDEN_DIR}/{name}", score=round(score, 6)))
