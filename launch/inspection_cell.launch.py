@@ -12,14 +12,9 @@ import tempfile
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessStart
-from launch.events import matches_action
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
-from lifecycle_msgs.msg import Transition
 
 from qc_cell.bringup import params_file
 from qc_cell.bringup.cell_runner import FLAGS, enabled_nodes
@@ -42,32 +37,14 @@ def _flag(value: str) -> bool | None:
     return None if value == "auto" else value.lower() in ("1", "true", "yes", "on")
 
 
-def _lifecycle_bringup(node: LifecycleNode) -> list:
-    """Configure on every process start (also after a respawn), activate once inactive."""
-
-    def change(transition: int) -> EmitEvent:
-        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition))
-
-    return [
-        RegisterEventHandler(OnProcessStart(target_action=node, on_start=[change(Transition.TRANSITION_CONFIGURE)])),
-        RegisterEventHandler(
-            OnStateTransition(
-                target_lifecycle_node=node,
-                start_state="configuring",
-                goal_state="inactive",
-                entities=[change(Transition.TRANSITION_ACTIVATE)],
-            )
-        ),
-    ]
-
-
 def _cell(context):
     cfg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     namespace = cfg["namespace"].strip("/")
     params = params_file.apply_arguments(params_file.load(cfg["params_file"]), cfg)
     params_dir = tempfile.mkdtemp(prefix="qc_cell_params_")
     actions = []
-    for spec in enabled_nodes(params, {flag: _flag(cfg[flag]) for flag in FLAGS}):
+    specs = enabled_nodes(params, {flag: _flag(cfg[flag]) for flag in FLAGS})
+    for spec in specs:
         path = os.path.join(params_dir, f"{spec.name}.yaml")
         with open(path, "w") as f:
             f.write(params_file.node_params_yaml(namespace, spec.name, params.get(spec.name, {})))
@@ -84,11 +61,22 @@ def _cell(context):
             emulate_tty=True,
             additional_env={**ENVIRONMENT, "PYTHONUNBUFFERED": "1"},
         )
-        if spec.lifecycle:
-            node = LifecycleNode(**common)
-            actions += [node, *_lifecycle_bringup(node)]
-        else:
-            actions.append(Node(**common))
+        actions.append(LifecycleNode(**common) if spec.lifecycle else Node(**common))
+    # Activates the lifecycle nodes, the part source last once the model serves, and again after a respawn.
+    actions.append(
+        Node(
+            package="qc_cell",
+            executable="cell_manager",
+            name="cell_manager",
+            namespace=namespace,
+            parameters=[{"nodes": [spec.name for spec in specs]}],
+            arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            respawn=True,
+            respawn_delay=2.0,
+            output="screen",
+            emulate_tty=True,
+        )
+    )
     return actions
 
 

@@ -12,6 +12,7 @@ executables = [
     "cloud_bridge",
     "process_simulator",
     "arm_server",
+    "cell_manager",
 ]
 
 setup(

@@ -22,7 +22,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 
 from qc_cell.bringup import params_file
-from qc_cell.bringup.lifecycle_driver import LifecycleError, bring_to_active
+from qc_cell.bringup.activator import CellActivator
 from qc_cell.bringup.progress import CellProgress
 from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
 from qc_cell.cell_graph import ENVIRONMENT, NODES, NodeSpec
@@ -82,6 +82,7 @@ class CellRunner:
         self.observer = None
         self._executor: SingleThreadedExecutor | None = None
         self._spin_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,33 +94,13 @@ class CellRunner:
         self._spin_thread = threading.Thread(target=self._spin, name="runner-spin", daemon=True)
         self._spin_thread.start()
         self.supervisor.start()
-        threading.Thread(target=self._first_bringup, name="bringup", daemon=True).start()
+        activator = CellActivator(self.observer, self.namespace, self.nodes, self._on_activation)
+        threading.Thread(target=activator.run, args=(self._stopping,), name="activator", daemon=True).start()
 
-    def _first_bringup(self) -> None:
-        """Activate the lifecycle nodes once every node of the cell is in the graph with its subscriptions,
-        and the part source last: parts that enter before the others listen would miss their records."""
-        self._wait_for_graph()
-        sources = [spec.name for spec in self.nodes if spec.lifecycle and spec.part_source]
-        others = [spec.name for spec in self.nodes if spec.lifecycle and not spec.part_source]
-        workers = [self._activate_later(name) for name in others]
-        for worker in workers:
-            worker.join()
-        for name in sources:
-            self._activate_later(name)
-
-    def _wait_for_graph(self, timeout_s: float = 60.0, settle_s: float = 1.0) -> None:
-        namespace = f"/{self.namespace}" if self.namespace else "/"
-        expected = {spec.name for spec in self.nodes}
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end and self.context.ok():
-            present = {name for name, ns in self.observer.get_node_names_and_namespaces() if ns == namespace}
-            if expected <= present and all(
-                self.observer.get_subscriber_names_and_types_by_node(name, namespace) for name in expected
-            ):
-                time.sleep(settle_s)  # endpoint matching follows node discovery
-                return
-            time.sleep(0.1)
-        self._on_event("runner", "graph_incomplete", f"not all of {sorted(expected)} appeared in {timeout_s}s")
+    def _on_activation(self, name: str, event: str, detail: str) -> None:
+        if event == "lifecycle_error":
+            self.lifecycle_errors.append(detail)
+        self._on_event(name, event, detail)
 
     def _spin(self) -> None:
         try:
@@ -129,28 +110,12 @@ class CellRunner:
             if self.context.ok():
                 raise
 
-    def _activate_later(self, name: str) -> threading.Thread:
-        def work() -> None:
-            fqn = params_file.fully_qualified(self.namespace, name)
-            try:
-                bring_to_active(self.observer, fqn)
-                self._on_event(name, "active", fqn)
-            except LifecycleError as exc:
-                self.lifecycle_errors.append(str(exc))
-                self._on_event(name, "lifecycle_error", str(exc))
-
-        thread = threading.Thread(target=work, name=f"activate-{name}", daemon=True)
-        thread.start()
-        return thread
-
     def tick(self) -> None:
-        """Reap/restart children; re-activate lifecycle nodes that came back."""
-        lifecycle = {spec.name for spec in self.nodes if spec.lifecycle}
-        for name in self.supervisor.poll():
-            if name in lifecycle:
-                self._activate_later(name)
+        """Reap and restart children (the activator brings restarted lifecycle nodes back to ACTIVE)."""
+        self.supervisor.poll()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.supervisor.stop()
         if self.observer is not None:
             rclpy.try_shutdown(context=self.context)

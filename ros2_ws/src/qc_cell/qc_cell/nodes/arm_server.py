@@ -23,8 +23,6 @@ from qc_cell.ros.params import ParameterError, declare
 from qc_cell.ros.time import to_ns
 from qc_interfaces.action import RejectPart
 
-# diagnostics.OK/... are the message's byte constants; diagnostics.status() takes an int level.
-OK, WARN = diagnostics.OK[0], diagnostics.WARN[0]
 RUNTIME = ("approach_s", "pick_s", "place_s", "failure_probability", "force_failure")
 
 
@@ -160,7 +158,7 @@ class ArmServer(Node):
         spec = self._arm.spec
         values = dict(self._counts)
         values.update({"failure_probability": spec.failure_probability, "force_failure": spec.force_failure})
-        level = WARN if spec.force_failure else OK
+        level = diagnostics.WARN if spec.force_failure else diagnostics.OK
         message = "force_failure is set: every pick fails" if spec.force_failure else "reference arm ready"
         status = diagnostics.status(f"{self.get_name()}: arm", level, message, values, "reference_arm")
         diagnostics.publish(self, self._diag_pub, [status])

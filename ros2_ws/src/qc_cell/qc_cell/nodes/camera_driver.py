@@ -45,7 +45,6 @@ from qc_cell.ros.params import ParameterError, declare
 from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.msg import Alert, PartFrame, PartTrigger
 
-OK, WARN, ERROR = diagnostics.OK[0], diagnostics.WARN[0], diagnostics.ERROR[0]
 GROUND_TRUTH = {"good": PartFrame.LABEL_GOOD, "defect": PartFrame.LABEL_DEFECT, None: PartFrame.LABEL_UNKNOWN}
 SEVERITY = {"info": Alert.INFO, "warn": Alert.WARN, "error": Alert.ERROR}
 # Events that are also raised as alerts (the others are only logged): state changes an operator must see.
@@ -377,22 +376,25 @@ class CameraDriver(LifecycleNode):
         loop = self.loop
         values: dict[str, object] = {"lifecycle_state": self._lifecycle_state, "source_kind": self.source.kind}
         if loop is None:
-            level, message = WARN, f"{self._lifecycle_state}: not capturing"
+            level, message = diagnostics.WARN, f"{self._lifecycle_state}: not capturing"
         else:
             values.update(loop.snapshot())
             failed = loop.failed_parts
             if loop.state == RETRYING:
-                level, message = ERROR, f"camera unavailable, retrying: {values.get('last_error', '')}"
+                level, message = diagnostics.ERROR, f"camera unavailable, retrying: {values.get('last_error', '')}"
             elif self._lifecycle_state != "active":
-                level, message = WARN, f"{self._lifecycle_state}: not capturing"
+                level, message = diagnostics.WARN, f"{self._lifecycle_state}: not capturing"
             elif loop.state in (FINISHED, DONE):
-                level, message = OK, f"capture ended: {values.get('end_reason', '')}"
+                level, message = diagnostics.OK, f"capture ended: {values.get('end_reason', '')}"
             elif failed > self._last_failed:
-                level, message = WARN, f"{failed - self._last_failed} part(s) without a frame since the last report"
+                level, message = (
+                    diagnostics.WARN,
+                    f"{failed - self._last_failed} part(s) without a frame since the last report",
+                )
             elif loop.state == STREAMING:
-                level, message = OK, f"capturing at {values['achieved_fps']} fps"
+                level, message = diagnostics.OK, f"capturing at {values['achieved_fps']} fps"
             else:
-                level, message = WARN, str(loop.state)
+                level, message = diagnostics.WARN, str(loop.state)
             self._last_failed = failed
         status = diagnostics.status(f"{self.get_name()}: camera", level, message, values, self.source.description)
         diagnostics.publish(self, self._diag_pub, [status])

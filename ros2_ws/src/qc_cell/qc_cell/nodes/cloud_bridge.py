@@ -39,7 +39,6 @@ from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
 
-OK, WARN, ERROR = diagnostics.OK[0], diagnostics.WARN[0], diagnostics.ERROR[0]
 MB = 1024 * 1024
 IMAGE_VERDICTS = ("REINSPECT", "DEFECTIVE")
 REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
@@ -638,16 +637,16 @@ class CloudBridgeNode(Node):
         limits = self._bridge.settings.limits
         fill = max(values["outbox_depth"] / limits.max_records, values["outbox_bytes"] / limits.max_bytes)
         if values["lost_total"] or values["refused"] or fill > 0.9:
-            level = ERROR
+            level = diagnostics.ERROR
             message = (
                 f"{values['lost_total']} records lost, {values['refused']} refused, outbox {fill:.0%} full "
                 f"({limits.policy})"
             )
         elif not values["connected"]:
-            level = WARN
+            level = diagnostics.WARN
             message = f"not connected ({values['last_error'] or 'connecting'}); {values['outbox_depth']} stored"
         else:
-            level, message = OK, f"connected; {values['outbox_depth']} records pending"
+            level, message = diagnostics.OK, f"connected; {values['outbox_depth']} records pending"
         diagnostics.publish(
             self,
             self._diag_pub,

@@ -53,8 +53,6 @@ from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 # Parameters that may change while running (validated in the on-set callback, applied on the next tick).
-# diagnostics.OK/... are the message's byte constants; diagnostics.status() takes an int level.
-OK, WARN, ERROR = diagnostics.OK[0], diagnostics.WARN[0], diagnostics.ERROR[0]
 RUNTIME = (
     "reject_distance_mm",
     "divert_distance_mm",
@@ -155,23 +153,35 @@ class _Publisher:
         )
         msg.header.stamp = from_ns(record.capture_ns)
         msg.header.frame_id = record.frame_id
-        node.event_pub.publish(msg)
-        if node.marker_pub is not None and record.lane:
-            node.marker_pub.publish(self._markers(record))
+        published = self._publish(node.event_pub, msg, f"part {record.part_id}: {OUTCOME_NAMES[record.outcome]}")
+        if published and node.marker_pub is not None and record.lane:
+            self._publish(node.marker_pub, self._markers(record), "marker")
 
     def alert(self, alert: AlertRecord) -> None:
         node = self._node
         msg = Alert(severity=alert.severity, source=node.get_name(), code=alert.code, message=alert.message)
         msg.part_id = alert.part_id
         msg.header.stamp = node.get_clock().now().to_msg()
-        node.alert_pub.publish(msg)
         text = f"[{alert.code}] {alert.message}"
+        self._publish(node.alert_pub, msg, text)
         if alert.severity >= Alert.ERROR:
             node.get_logger().error(text, throttle_duration_sec=1.0)
         elif alert.severity == Alert.WARN:
             node.get_logger().warning(text, throttle_duration_sec=1.0)
         else:
             node.get_logger().info(text)
+
+    def _publish(self, publisher, msg, what: str) -> bool:
+        """Publish; after Ctrl-C the context is gone while the controller still reports its pending parts:
+        those go to the log instead of ending the process with a traceback."""
+        try:
+            publisher.publish(msg)
+            return True
+        except Exception:
+            if self._node.context.ok():
+                raise
+            self._node.get_logger().warning(f"shutting down, not published: {what}")
+            return False
 
     def _markers(self, record: RejectRecord) -> MarkerArray:
         """A sphere where the part was acted on (x along the belt, origin under the camera) and a label."""
@@ -631,19 +641,19 @@ class RejectActuator(LifecycleNode):
         controller = self.controller
         values: dict[str, object] = {"state": self._state, "driver": self.settings.driver}
         if controller is None:
-            level, message = WARN, f"{self._state}: parts are not ejected"
+            level, message = diagnostics.WARN, f"{self._state}: parts are not ejected"
         else:
             health = controller.driver.health()
             values.update(controller.snapshot())
             values.update({f"driver_{k}": v for k, v in health.values.items()})
             if not health.ok:
-                level, message = ERROR, f"actuator fault: {health.message}"
+                level, message = diagnostics.ERROR, f"actuator fault: {health.message}"
             elif values.get("decision_stream_down"):
-                level, message = ERROR, "no verdicts while parts are captured (watchdog tripped)"
+                level, message = diagnostics.ERROR, "no verdicts while parts are captured (watchdog tripped)"
             elif self._state != "active":
-                level, message = WARN, f"{self._state}: parts are not ejected"
+                level, message = diagnostics.WARN, f"{self._state}: parts are not ejected"
             else:
-                level, message = OK, health.message
+                level, message = diagnostics.OK, health.message
         status = diagnostics.status(f"{self.get_name()}: actuator", level, message, values, self.settings.driver)
         diagnostics.publish(self, self._diag_pub, [status])
 

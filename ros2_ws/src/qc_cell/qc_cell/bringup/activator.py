@@ -1,0 +1,152 @@
+"""Bring a cell's lifecycle nodes to ACTIVE and keep them there, in the order a line needs.
+
+1. Wait until every node of the cell is in the graph with its subscriptions (bounded).
+2. Activate the lifecycle nodes that are not part sources (the reject actuator); one that refuses is reported and
+   retried, and does not hold the cell back.
+3. Wait (bounded) until the model serves and the process signals are fresh, so that the first parts are judged like
+   every other: not NOT_INSPECTED for want of a model, nor escalated as process_unknown.
+4. Activate the part sources (the camera driver): parts that entered earlier would miss their records.
+
+Then poll every node's state: one that came back after a respawn (unconfigured) is activated again. Used in-process
+by the cell runner and, under `ros2 launch`, by the cell_manager node (qc_cell.nodes.cell_manager).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from lifecycle_msgs.msg import State
+from rclpy.node import Node
+
+from qc_cell.bringup import params_file
+from qc_cell.bringup.lifecycle_driver import LifecycleClient, LifecycleError
+from qc_cell.cell_graph import NodeSpec
+from qc_cell.ros import qos
+from qc_interfaces.msg import ModelInfo, ProcessState
+
+EventSink = Callable[[str, str, str], None]  # (node name, event, detail)
+
+
+class CellActivator:
+    def __init__(
+        self,
+        node: Node,
+        namespace: str,
+        specs: Sequence[NodeSpec],
+        on_event: EventSink,
+        graph_timeout_s: float = 60.0,
+        ready_timeout_s: float = 20.0,
+        poll_s: float = 1.0,
+        retry_s: float = 5.0,
+    ) -> None:
+        """`node` must be spun by an executor in another thread (service answers arrive through it)."""
+        self._node = node
+        self._namespace = namespace.strip("/")
+        self._specs = list(specs)
+        self._on_event = on_event
+        self._graph_timeout_s = graph_timeout_s
+        self._ready_timeout_s = ready_timeout_s
+        self._poll_s = poll_s
+        self._retry_s = retry_s
+        self._clients = {
+            spec.name: LifecycleClient(node, params_file.fully_qualified(self._namespace, spec.name))
+            for spec in self._specs
+            if spec.lifecycle
+        }
+        self._next_try: dict[str, float] = {}
+        self._last_error: dict[str, str] = {}
+        self._model_active = threading.Event()
+        self._process_fresh = threading.Event()
+        node.create_subscription(ModelInfo, "model/active", self._on_model, qos.LATCHED)
+        node.create_subscription(ProcessState, "process/state", self._on_process, qos.LATCHED)
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop` is set. Never raises for a node that misbehaves: that is reported through on_event."""
+        self._wait_for_graph(stop)
+        sources = [spec.name for spec in self._specs if spec.lifecycle and spec.part_source]
+        others = [spec.name for spec in self._specs if spec.lifecycle and not spec.part_source]
+        sources_released = False
+        while not stop.is_set():
+            try:
+                # Settled: active, or refused (reported). A cell whose ejector is down still inspects and records
+                # every part; the reject actuator reports each part it cannot eject (SKIPPED) while it is not active.
+                settled = all([self._keep_active(name) or name in self._last_error for name in others])
+                if settled and not sources_released:
+                    self._wait_until_ready(stop)
+                    sources_released = True
+                if sources_released:
+                    for name in sources:
+                        self._keep_active(name)
+            except Exception as exc:  # the line keeps running: report, try again on the next poll
+                if stop.is_set():
+                    return  # the node went away under a call at shutdown
+                self._on_event("activator", "error", repr(exc))
+            stop.wait(self._poll_s)
+
+    def _keep_active(self, name: str) -> bool:
+        """True when the node is ACTIVE; otherwise try to get it there (at most every retry_s after a failure)."""
+        client = self._clients[name]
+        now = time.monotonic()
+        if now < self._next_try.get(name, 0.0) or not client.ready():
+            return False
+        try:
+            state = client.state()
+            if state.id == State.PRIMARY_STATE_ACTIVE:
+                return True
+            if state.id not in (State.PRIMARY_STATE_UNCONFIGURED, State.PRIMARY_STATE_INACTIVE):
+                return False  # in a transition (or finalized: the supervisor/launch respawns the process)
+            client.activate()
+        except LifecycleError as exc:
+            self._next_try[name] = now + self._retry_s
+            if self._last_error.get(name) != str(exc):  # once per distinct reason, not every retry
+                self._last_error[name] = str(exc)
+                self._on_event(name, "lifecycle_error", str(exc))
+            return False
+        self._last_error.pop(name, None)
+        self._on_event(name, "active", client.fqn)
+        return True
+
+    def _wait_for_graph(self, stop: threading.Event, settle_s: float = 1.0) -> None:
+        namespace = f"/{self._namespace}" if self._namespace else "/"
+        expected = {spec.name for spec in self._specs}
+        end = time.monotonic() + self._graph_timeout_s
+        present: set[str] = set()
+        while time.monotonic() < end and not stop.is_set():
+            present = {name for name, ns in self._node.get_node_names_and_namespaces() if ns == namespace}
+            if expected <= present and all(
+                self._node.get_subscriber_names_and_types_by_node(name, namespace) for name in expected
+            ):
+                stop.wait(settle_s)  # endpoint matching follows node discovery
+                return
+            stop.wait(0.1)
+        if not stop.is_set():
+            missing = sorted(expected - present)
+            self._on_event(
+                "activator", "graph_incomplete", f"{missing} not in the graph after {self._graph_timeout_s:.0f}s"
+            )
+
+    def _wait_until_ready(self, stop: threading.Event) -> None:
+        names = {spec.name for spec in self._specs}
+        waits = {
+            "model active": ("inference", self._model_active),
+            "process fresh": ("sensor_fusion", self._process_fresh),
+        }
+        end = time.monotonic() + self._ready_timeout_s
+        for what, (node, event) in waits.items():
+            while node in names and not event.is_set() and time.monotonic() < end and not stop.is_set():
+                event.wait(0.1)
+            if node in names and not event.is_set() and not stop.is_set():
+                self._on_event(
+                    "activator", "not_ready", f"{what}: not within {self._ready_timeout_s:.0f}s; parts start"
+                )
+
+    def _on_model(self, msg: ModelInfo) -> None:
+        # A failed swap that names a version keeps the previous model serving.
+        if msg.state == ModelInfo.STATE_ACTIVE or (msg.state == ModelInfo.STATE_FAILED and msg.version):
+            self._model_active.set()
+
+    def _on_process(self, msg: ProcessState) -> None:
+        if not msg.stale:
+            self._process_fresh.set()

@@ -1,0 +1,60 @@
+"""cell_manager node: under `ros2 launch`, brings the cell's lifecycle nodes to ACTIVE in the order a line needs
+and keeps them there after respawns (qc_cell.bringup.activator; the cell runner does the same in-process).
+
+The launch file passes the names of the cell's nodes; which of them are lifecycle nodes and part sources comes from
+qc_cell.cell_graph.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rclpy.node import Node
+
+from qc_cell import cell_graph
+from qc_cell.bringup.activator import CellActivator
+from qc_cell.ros.node_main import run
+from qc_cell.ros.params import ParameterError, declare
+
+
+class CellManager(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("cell_manager", **kwargs)
+        names = declare(self, "nodes", [""], "names of the cell's nodes (from the launch file)", read_only=True)
+        try:
+            specs = [cell_graph.node(name) for name in names if name]
+        except KeyError as exc:
+            raise ParameterError(f"parameter 'nodes': unknown node {exc}") from exc
+        if not specs:
+            raise ParameterError("parameter 'nodes' is empty: nothing to manage")
+        ready_timeout_s = declare(
+            self,
+            "ready_timeout_s",
+            20.0,
+            "longest wait for the model and fresh process signals before the part source starts",
+            range=(0.0, 600.0),
+            read_only=True,
+        )
+        self._stop = threading.Event()
+        activator = CellActivator(self, self.get_namespace(), specs, self._on_event, ready_timeout_s=ready_timeout_s)
+        self._thread = threading.Thread(target=activator.run, args=(self._stop,), name="activator", daemon=True)
+        self._thread.start()
+
+    def _on_event(self, name: str, event: str, detail: str) -> None:
+        text = f"{name}: {event} ({detail})"
+        if event in ("lifecycle_error", "graph_incomplete", "not_ready", "error"):
+            self.get_logger().warning(text)
+        else:
+            self.get_logger().info(text)
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        super().destroy_node()
+
+
+def main() -> int:
+    return run(CellManager)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
