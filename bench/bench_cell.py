@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_inference import BareBackend  # noqa: E402
 
 from qc_cell.bringup.cell_runner import CellRunner  # noqa: E402
+from qc_cell.bringup.params_file import load as load_params  # noqa: E402
 from qc_cell.bringup.recorder import CellRecorder  # noqa: E402
 from qc_cell.camera.synthetic import SyntheticPartGenerator  # noqa: E402
 
@@ -38,12 +39,14 @@ MODEL = REPO / "models" / "default"
 PARAMS = REPO / "params" / "demo.yaml"
 WARM_UP_PARTS = 10
 TICKS = os.sysconf("SC_CLK_TCK")
+# The bare figure runs the backend as the cell's params file configures it: the ratio compares like with like.
+THREADS = int(load_params(PARAMS)["inference"]["threads"])
 
 
 def bare_latency(width: int, height: int, frames: int = 150) -> tuple[float, float]:
     generator = SyntheticPartGenerator(seed=1, width=width, height=height)
     images = [generator.part(i).image for i in range(16)]
-    bare = BareBackend(MODEL, threads=2)
+    bare = BareBackend(MODEL, threads=THREADS)
     for image in images[:5]:
         bare.one(image)
     times = []
@@ -55,15 +58,16 @@ def bare_latency(width: int, height: int, frames: int = 150) -> tuple[float, flo
     return float(p50), float(p99)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each node's process."""
+    used = {}
+    for name, pid in pids.items():
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / TICKS
+        used[name] = (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return used
 
 
 def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> dict:
@@ -95,13 +99,18 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> 
                 runner.tick()
                 decided = len(recorder.snapshot().decisions)
                 if cpu_start is None and decided >= WARM_UP_PARTS:
-                    pids = [p for p in (runner.supervisor.pid(s.name) for s in runner.nodes) if p]
+                    pids = {
+                        s.name: runner.supervisor.pid(s.name) for s in runner.nodes if runner.supervisor.pid(s.name)
+                    }
                     cpu_start, wall_start = cpu_seconds(pids), time.monotonic()
                 if decided >= parts:
                     break
                 time.sleep(0.05)
-            cpu = cpu_seconds(pids) - cpu_start if cpu_start is not None else float("nan")
             wall = time.monotonic() - wall_start if wall_start is not None else float("nan")
+            cpu_end = cpu_seconds(pids) if cpu_start is not None else {}
+            cpu_by_node = {
+                name: 100.0 * (cpu_end[name] - cpu_start[name]) / wall for name in cpu_end if name in cpu_start
+            }
         finally:
             runner.stop()
     decisions = sorted(recorder.snapshot().decisions.values(), key=lambda d: d.capture_ns)[WARM_UP_PARTS:]
@@ -117,15 +126,20 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> 
         "p99": float(p99),
         "rate": (len(decisions) - 1) / span if span else float("nan"),
         "scored_rate": (len(scored) - 1) / span if span and scored else float("nan"),
-        "cpu_pct": 100.0 * cpu / wall if wall else float("nan"),
+        "cpu_pct": sum(cpu_by_node.values()) if cpu_by_node else float("nan"),
+        "cpu_by_node": cpu_by_node,
     }
+
+
+def cpu_line(r: dict) -> str:
+    return "    cpu % by node: " + ", ".join(f"{name} {pct:.0f}" for name, pct in sorted(r["cpu_by_node"].items()))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per configuration")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; model {MODEL}")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; model {MODEL}, {THREADS} thread(s)")
     header = f"{'size':>9} {'parts/s':>7} | {'bare p50':>8} {'p99':>6} | {'cell p50':>8} {'p95':>7} {'p99':>7} | "
     header += f"{'p50/bare':>8} {'p99/p50':>7} | {'achieved':>8} {'not_insp':>8} {'cpu %':>6}"
     print(header)
@@ -140,11 +154,13 @@ def main() -> int:
                 f"{r['cpu_pct']:6.0f}",
                 flush=True,
             )
+            print(cpu_line(r), flush=True)
     r = run_cell(1280, 720, 200.0, args.seconds / 2, "saturation")
     print(
         f"saturation 1280x720, camera at 200 parts/s: {r['rate']:.1f} verdicts/s, {r['scored_rate']:.1f} scored/s, "
         f"{r['not_inspected']} of {r['parts']} NOT_INSPECTED (fail-safe), cell CPU {r['cpu_pct']:.0f} %"
     )
+    print(cpu_line(r))
     print("goal: p50/bare <= 2.0 at 1280x720 and 30 parts/s; p99/p50 <= 3.0")
     return 0
 
