@@ -93,11 +93,15 @@ class CellActivator:
             return False
         try:
             state = client.state()
-            if state.id == State.PRIMARY_STATE_ACTIVE:
-                return True
-            if state.id not in (State.PRIMARY_STATE_UNCONFIGURED, State.PRIMARY_STATE_INACTIVE):
+            if state.id not in (
+                State.PRIMARY_STATE_ACTIVE,
+                State.PRIMARY_STATE_UNCONFIGURED,
+                State.PRIMARY_STATE_INACTIVE,
+            ):
                 return False  # in a transition (or finalized: the supervisor/launch respawns the process)
-            client.activate()
+            if state.id != State.PRIMARY_STATE_ACTIVE:
+                client.activate()
+                self._on_event(name, "active", client.fqn)
         except LifecycleError as exc:
             self._next_try[name] = now + self._retry_s
             if self._last_error.get(name) != str(exc):  # once per distinct reason, not every retry
@@ -105,7 +109,6 @@ class CellActivator:
                 self._on_event(name, "lifecycle_error", str(exc))
             return False
         self._last_error.pop(name, None)
-        self._on_event(name, "active", client.fqn)
         return True
 
     def _wait_for_graph(self, stop: threading.Event, settle_s: float = 1.0) -> None:

@@ -66,7 +66,6 @@ class CellRunner:
         self.nodes = enabled_nodes(params, flags or {})
         self.params = params
         self.progress = CellProgress()
-        self.lifecycle_errors: list[str] = []
         self._on_event = on_event or (lambda name, event, detail: print(f"[runner] {name}: {event} ({detail})"))
         specs = []
         for spec in self.nodes:
@@ -94,13 +93,8 @@ class CellRunner:
         self._spin_thread = threading.Thread(target=self._spin, name="runner-spin", daemon=True)
         self._spin_thread.start()
         self.supervisor.start()
-        activator = CellActivator(self.observer, self.namespace, self.nodes, self._on_activation)
+        activator = CellActivator(self.observer, self.namespace, self.nodes, self._on_event)
         threading.Thread(target=activator.run, args=(self._stopping,), name="activator", daemon=True).start()
-
-    def _on_activation(self, name: str, event: str, detail: str) -> None:
-        if event == "lifecycle_error":
-            self.lifecycle_errors.append(detail)
-        self._on_event(name, event, detail)
 
     def _spin(self) -> None:
         try:
