@@ -147,10 +147,8 @@ def bare_worker(package: Path, threads: int, size: int) -> int:
 
 def echo_worker() -> int:
     """The echo node's process: the inference node's executor and QoS, but answers every frame at once."""
-    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.node import Node
 
-    from qc_cell.nodes.inference import EXECUTOR_THREADS
     from qc_cell.ros import qos
     from qc_cell.ros.node_main import run
     from qc_interfaces.msg import InspectionResult, ModelInfo, PartFrame
@@ -161,15 +159,14 @@ def echo_worker() -> int:
             self.results = self.create_publisher(InspectionResult, "inspection/result", qos.EVENTS)
             self.model = self.create_publisher(ModelInfo, "model/active", qos.LATCHED)
             self.model.publish(ModelInfo(state=ModelInfo.STATE_ACTIVE, version="echo"))
-            group = MutuallyExclusiveCallbackGroup()
-            self.create_subscription(PartFrame, "camera/frames", self.on_frame, qos.PART_FRAMES, callback_group=group)
+            self.create_subscription(PartFrame, "camera/frames", self.on_frame, qos.PART_FRAMES)
 
         def on_frame(self, msg: PartFrame) -> None:
             result = InspectionResult(part_id=msg.part_id, status=InspectionResult.STATUS_OK, defect_probability=0.0)
             result.header = msg.header
             self.results.publish(result)
 
-    return run(Echo, threads=EXECUTOR_THREADS)
+    return run(Echo)
 
 
 class BareSubject:

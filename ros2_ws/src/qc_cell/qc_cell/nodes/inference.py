@@ -3,8 +3,8 @@
 (inference/load_model) and /diagnostics.
 
 The work happens in qc_cell.inference: frames are enqueued by the subscription callback and scored by the
-pipeline's worker thread (bounded queue, explicit NOT_INSPECTED backpressure); model loads run in the
-service's own callback group (the node spins a MultiThreadedExecutor), so a load never stalls the frames.
+pipeline's worker thread (bounded queue, explicit NOT_INSPECTED backpressure); model loads are served from their
+own thread (qc_cell.ros.service_thread), so a load never stalls the frames and the node itself spins single-threaded.
 This module declares parameters and converts messages.
 """
 
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
@@ -39,6 +38,7 @@ from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.images import ImageConversionError, array_to_image, image_to_array, to_bgr8
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.service_thread import ServiceThread
 from qc_cell.ros.time import to_ns
 from qc_interfaces.msg import Alert, InspectionResult, ModelInfo, PartFrame
 from qc_interfaces.srv import LoadModel
@@ -66,7 +66,6 @@ STATE_CODES = {
     FAILED: ModelInfo.STATE_FAILED,
 }
 RUNTIME_PARAMETERS = ("deadline_ms", "overlay_reinspect_threshold", "overlay_defective_threshold")
-EXECUTOR_THREADS = 3  # frames + service (model loads) + timers never wait for each other
 
 
 class _ToRosLogger(logging.Handler):
@@ -273,16 +272,8 @@ class InferenceNode(Node):
 
         # PART_FRAMES (reliable) matches camera_driver's publisher: backpressure is ours to report (NOT_INSPECTED),
         # not the middleware's to hide; frames the middleware still loses show up as sequence gaps.
-        self.create_subscription(
-            PartFrame,
-            "camera/frames",
-            self._on_frame,
-            qos.PART_FRAMES,
-            callback_group=MutuallyExclusiveCallbackGroup(),
-        )
-        self.create_service(
-            LoadModel, "inference/load_model", self._on_load_model, callback_group=MutuallyExclusiveCallbackGroup()
-        )
+        self.create_subscription(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
+        self._load_service = ServiceThread(self, LoadModel, "inference/load_model", self._on_load_model, "model_loader")
         self.create_timer(diag_period_s, self._publish_diagnostics)
         self._initial_load = threading.Thread(
             target=self._load_initial_model, args=(model_path,), name="inference-initial-load", daemon=True
@@ -459,6 +450,7 @@ class InferenceNode(Node):
         diagnostics.publish(self, self._diag_pub, [status])
 
     def destroy_node(self) -> None:
+        self._load_service.close()
         left = self._pipeline.stop()
         if left:
             self.get_logger().warning(f"{left} queued frame(s) answered NOT_INSPECTED (shutdown)")
@@ -467,7 +459,7 @@ class InferenceNode(Node):
 
 
 def main() -> int:
-    return run(InferenceNode, threads=EXECUTOR_THREADS)
+    return run(InferenceNode)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""A service served from its own small node and thread, for callbacks that take long (a model load: seconds).
+
+The owning node can then spin on a SingleThreadedExecutor and still never wait for the slow callback. That matters:
+rclpy's MultiThreadedExecutor scans every callback it has submitted on each wake-up, and the inference node spent
+~60 % more CPU per part on it at 30 parts/s (bench/bench_cell.py, 1280x720: capture-to-verdict p50 37.6 -> 17.6 ms
+with the single-threaded executor).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+
+class ServiceThread:
+    def __init__(self, owner: Node, srv_type, srv_name: str, callback: Callable, node_suffix: str) -> None:
+        """Serves `srv_name` (resolved in the owner's namespace, as if the owner served it) from a node named
+        `<owner>_<node_suffix>` in the owner's context."""
+        self._node = rclpy.create_node(
+            f"{owner.get_name()}_{node_suffix}",
+            namespace=owner.get_namespace(),
+            context=owner.context,
+            start_parameter_services=False,
+        )
+        self._node.create_service(srv_type, srv_name, callback)
+        self._executor = SingleThreadedExecutor(context=owner.context)
+        self._executor.add_node(self._node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name=f"{node_suffix}-service", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            while not self._stop.is_set() and self._executor.context.ok():
+                self._executor.spin_once(timeout_sec=0.1)
+        except Exception:
+            if not self._stop.is_set() and self._executor.context.ok():
+                raise
+            # the context was shut down under the spin (Ctrl-C): ending anyway
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stops serving; a callback still running (a load) is given timeout_s to finish."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._executor.shutdown(timeout_sec=0.0)
+        self._node.destroy_node()
