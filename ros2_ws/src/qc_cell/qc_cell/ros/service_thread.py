@@ -1,9 +1,9 @@
 """A service served from its own small node and thread, for callbacks that take long (a model load: seconds).
 
 The owning node can then spin on a SingleThreadedExecutor and still never wait for the slow callback. That matters:
-rclpy's MultiThreadedExecutor scans every callback it has submitted on each wake-up, and the inference node spent
-~60 % more CPU per part on it at 30 parts/s (bench/bench_cell.py, 1280x720: capture-to-verdict p50 37.6 -> 17.6 ms
-with the single-threaded executor).
+rclpy's MultiThreadedExecutor scans every callback it has submitted on each wake-up: with it the inference node
+used 62 % of a core at 30 parts/s of 1280x720, with the single-threaded executor 37 %, and the cell's
+capture-to-verdict p50 went from 37.6 to 17.6 ms (bench/bench_cell.py, same run).
 """
 
 from __future__ import annotations
