@@ -75,11 +75,13 @@ def test_camera_is_activated_last_once_the_model_serves_and_again_after_a_restar
         reject = graph.add(_Managed("reject_actuator", graph.context))
         _plain(graph, "inference")
         _plain(graph, "sensor_fusion")
+        graph.node("process_simulator", namespace=NAMESPACE)  # subscribes to nothing, like a free-running camera
         probe = graph.node("probe", namespace=NAMESPACE)
         model_pub = probe.create_publisher(ModelInfo, "model/active", qos.LATCHED)
         process_pub = probe.create_publisher(ProcessState, "process/state", qos.LATCHED)
         events: list[tuple[str, str]] = []
-        specs = [node(name) for name in ("camera_driver", "inference", "sensor_fusion", "reject_actuator")]
+        names = ("camera_driver", "inference", "sensor_fusion", "reject_actuator", "process_simulator")
+        specs = [node(name) for name in names]
         activator = CellActivator(
             graph.node("manager", namespace=NAMESPACE),
             NAMESPACE,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
 
@@ -66,3 +68,33 @@ def test_stop_sends_sigint_first(tmp_path):
     sup.stop(timeout_s=5)
     assert sup.exit_codes("polite") == [0], "the child should have exited cleanly on SIGINT"
     assert (tmp_path / "polite.log").exists()
+
+
+def test_children_stop_when_the_runner_is_killed(tmp_path):
+    """SIGKILL of the runner (no clean stop) still ends its children: no orphan keeps driving the line."""
+    runner = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from qc_cell.bringup.supervisor import ProcessSpec, Supervisor\n"
+        f"sup = Supervisor([ProcessSpec('node_a', {POLITE!r})], Path({str(tmp_path)!r}))\n"
+        "sup.start()\n"
+        "print(sup.pid('node_a'), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", runner], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child), "the child did not start"
+        parent.kill()
+        parent.wait(5)
+        assert _wait(lambda: not _alive(child), timeout=10.0), f"child {child} outlived its runner"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited (its parent, init here, reaps it)

@@ -112,23 +112,31 @@ class CellActivator:
         return True
 
     def _wait_for_graph(self, stop: threading.Event, settle_s: float = 1.0) -> None:
+        """Until every node of the cell is in the graph and their subscriptions have stopped changing for settle_s
+        (endpoint discovery follows node discovery; some nodes, e.g. a free-running camera, subscribe to nothing)."""
         namespace = f"/{self._namespace}" if self._namespace else "/"
         expected = {spec.name for spec in self._specs}
         end = time.monotonic() + self._graph_timeout_s
         present: set[str] = set()
+        seen, stable_since = None, 0.0
         while time.monotonic() < end and not stop.is_set():
             present = {name for name, ns in self._node.get_node_names_and_namespaces() if ns == namespace}
-            if expected <= present and all(
-                self._node.get_subscriber_names_and_types_by_node(name, namespace) for name in expected
-            ):
-                stop.wait(settle_s)  # endpoint matching follows node discovery
-                return
+            if expected <= present:
+                subscriptions = {
+                    name: sorted(
+                        topic for topic, _ in self._node.get_subscriber_names_and_types_by_node(name, namespace)
+                    )
+                    for name in expected
+                }
+                if subscriptions != seen:
+                    seen, stable_since = subscriptions, time.monotonic()
+                elif time.monotonic() - stable_since >= settle_s:
+                    return
             stop.wait(0.1)
         if not stop.is_set():
             missing = sorted(expected - present)
-            self._on_event(
-                "activator", "graph_incomplete", f"{missing} not in the graph after {self._graph_timeout_s:.0f}s"
-            )
+            detail = f"{missing} not in the graph" if missing else "subscriptions still changing"
+            self._on_event("activator", "graph_incomplete", f"{detail} after {self._graph_timeout_s:.0f}s")
 
     def _wait_until_ready(self, stop: threading.Event) -> None:
         names = {spec.name for spec in self._specs}

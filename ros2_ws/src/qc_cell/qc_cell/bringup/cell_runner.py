@@ -8,6 +8,7 @@ driven to ACTIVE, live progress on the terminal, clean shutdown on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import threading
@@ -198,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[runner] {exc}", file=sys.stderr)
         return 2
     print(f"[runner] nodes: {', '.join(s.name for s in runner.nodes)}; logs in {runner.supervisor.log_dir}")
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)  # systemd, docker stop: the same clean shutdown as Ctrl-C
     return runner.run(parts=args.parts, duration_s=args.duration)
+
+
+def _stop_like_ctrl_c(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the shutdown itself
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

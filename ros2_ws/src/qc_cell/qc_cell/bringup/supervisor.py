@@ -1,7 +1,8 @@
 """Start, watch and restart the cell's node processes (ROS-free). Used by the cell runner.
 
 Each child gets its own process group, so Ctrl-C in the terminal reaches the runner only and the
-runner shuts the children down in order: SIGINT (clean rclpy shutdown), then SIGTERM, then SIGKILL.
+runner shuts the children down in order: SIGINT (clean rclpy shutdown), then SIGTERM, then SIGKILL. Each child
+also gets SIGINT if the runner dies without that (qc_cell.bringup.die_with_parent).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,7 +69,7 @@ class Supervisor:
         log = open(self.log_path(child.spec.name), "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             child.process = subprocess.Popen(
-                child.spec.argv,
+                [sys.executable, "-m", "qc_cell.bringup.die_with_parent", str(os.getpid()), *child.spec.argv],
                 env={**os.environ, **child.spec.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,

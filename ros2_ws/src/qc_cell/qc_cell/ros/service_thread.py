@@ -20,10 +20,12 @@ class ServiceThread:
     def __init__(self, owner: Node, srv_type, srv_name: str, callback: Callable, node_suffix: str) -> None:
         """Serves `srv_name` (resolved in the owner's namespace, as if the owner served it) from a node named
         `<owner>_<node_suffix>` in the owner's context."""
+        # Without the process's global arguments: `-r __node:=inference` (launch, runner) would rename this node too.
         self._node = rclpy.create_node(
             f"{owner.get_name()}_{node_suffix}",
             namespace=owner.get_namespace(),
             context=owner.context,
+            use_global_arguments=False,
             start_parameter_services=False,
         )
         self._node.create_service(srv_type, srv_name, callback)
