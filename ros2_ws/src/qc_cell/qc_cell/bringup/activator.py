@@ -1,6 +1,6 @@
 """Bring a cell's lifecycle nodes to ACTIVE and keep them there, in the order a line needs.
 
-1. Wait until every node of the cell is in the graph with its subscriptions (bounded).
+1. Wait until every node of the cell is in the graph and its subscriptions are discovered (bounded).
 2. Activate the lifecycle nodes that are not part sources (the reject actuator); one that refuses is reported and
    retried, and does not hold the cell back.
 3. Wait (bounded) until the model serves and the process signals are fresh, so that the first parts are judged like
