@@ -99,9 +99,7 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> 
                 runner.tick()
                 decided = len(recorder.snapshot().decisions)
                 if cpu_start is None and decided >= WARM_UP_PARTS:
-                    pids = {
-                        s.name: runner.supervisor.pid(s.name) for s in runner.nodes if runner.supervisor.pid(s.name)
-                    }
+                    pids = {s.name: pid for s in runner.nodes if (pid := runner.supervisor.pid(s.name))}
                     cpu_start, wall_start = cpu_seconds(pids), time.monotonic()
                 if decided >= parts:
                     break

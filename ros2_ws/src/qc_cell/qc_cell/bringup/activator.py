@@ -27,6 +27,8 @@ from qc_cell.ros import qos
 from qc_interfaces.msg import ModelInfo, ProcessState
 
 EventSink = Callable[[str, str, str], None]  # (node name, event, detail)
+# Events that need an operator's attention (the others: "active").
+WARNING_EVENTS = ("lifecycle_error", "graph_incomplete", "not_ready", "error")
 
 
 class CellActivator:
@@ -92,14 +94,10 @@ class CellActivator:
         if now < self._next_try.get(name, 0.0) or not client.ready():
             return False
         try:
-            state = client.state()
-            if state.id not in (
-                State.PRIMARY_STATE_ACTIVE,
-                State.PRIMARY_STATE_UNCONFIGURED,
-                State.PRIMARY_STATE_INACTIVE,
-            ):
-                return False  # in a transition (or finalized: the supervisor/launch respawns the process)
-            if state.id != State.PRIMARY_STATE_ACTIVE:
+            state = client.state().id
+            if state != State.PRIMARY_STATE_ACTIVE:
+                if state not in (State.PRIMARY_STATE_UNCONFIGURED, State.PRIMARY_STATE_INACTIVE):
+                    return False  # in a transition (or finalized: the supervisor/launch respawns the process)
                 client.activate()
                 self._on_event(name, "active", client.fqn)
         except LifecycleError as exc:

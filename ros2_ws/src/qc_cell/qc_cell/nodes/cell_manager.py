@@ -12,7 +12,7 @@ import threading
 from rclpy.node import Node
 
 from qc_cell import cell_graph
-from qc_cell.bringup.activator import CellActivator
+from qc_cell.bringup.activator import WARNING_EVENTS, CellActivator
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare
 
@@ -37,12 +37,11 @@ class CellManager(Node):
         )
         self._stop = threading.Event()
         activator = CellActivator(self, self.get_namespace(), specs, self._on_event, ready_timeout_s=ready_timeout_s)
-        self._thread = threading.Thread(target=activator.run, args=(self._stop,), name="activator", daemon=True)
-        self._thread.start()
+        threading.Thread(target=activator.run, args=(self._stop,), name="activator", daemon=True).start()
 
     def _on_event(self, name: str, event: str, detail: str) -> None:
         text = f"{name}: {event} ({detail})"
-        if event in ("lifecycle_error", "graph_incomplete", "not_ready", "error"):
+        if event in WARNING_EVENTS:
             self.get_logger().warning(text)
         else:
             self.get_logger().info(text)

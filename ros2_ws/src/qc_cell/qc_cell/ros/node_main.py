@@ -6,10 +6,19 @@ import sys
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.context import Context
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 from qc_cell.ros.params import ParameterError
+
+
+def make_executor(threads: int = 1, context: Context | None = None) -> Executor:
+    """SingleThreadedExecutor for threads=1, else a MultiThreadedExecutor. Prefer one thread: rclpy's
+    MultiThreadedExecutor scans every callback it has submitted on each wake-up, which costs CPU on busy topics."""
+    if threads > 1:
+        return MultiThreadedExecutor(num_threads=threads, context=context)
+    return SingleThreadedExecutor(context=context)
 
 
 def run(node_factory: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
@@ -22,7 +31,7 @@ def run(node_factory: Callable[[], Node], args: list[str] | None = None, threads
     node = None
     try:
         node = node_factory()
-        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor = make_executor(threads)
         executor.add_node(node)
         executor.spin()
         return 0

@@ -16,21 +16,17 @@ from contextlib import contextmanager
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+
+from qc_cell.ros.node_main import make_executor
 
 
 class Graph:
     def __init__(self, context: Context, threads: int) -> None:
         self.context = context
-        # threads=1: the SingleThreadedExecutor most nodes run on (qc_cell.ros.node_main.run); rclpy's
-        # MultiThreadedExecutor scans every callback it has submitted on each wake-up (measured: a burst of 2,000
-        # queued messages crawled at ~15 per second on 4 threads, against 1,000 in a few seconds on one).
-        self.executor = (
-            SingleThreadedExecutor(context=context)
-            if threads == 1
-            else MultiThreadedExecutor(num_threads=threads, context=context)
-        )
+        # The executor a node gets from qc_cell.ros.node_main.run with the same thread count: test a node on its own
+        # (a burst of 2,000 queued messages crawled at ~15 per second on 4 threads, 1,000 took seconds on one).
+        self.executor = make_executor(threads, context)
         self._nodes: list[Node] = []
 
     def add(self, node: Node) -> Node:
