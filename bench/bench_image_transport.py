@@ -7,15 +7,16 @@ Prints figures; asserts nothing (the goal is read off the table: at 1280x720 the
         [--sizes 32x24,640x480,1280x720,1920x1080] [--configs default,LARGE_DATA,cell]
 
 What one sample measures: the publisher process takes a frame (the "capture", stamped with the wall clock),
-converts it with qc_cell.ros.images.array_to_image (the camera driver's one copy) and publishes; the subscriber
-process stamps the wall clock on entry to its callback and decodes the image (zero-copy view). Latency = receive
-- capture. Both processes run on this machine, so they share the clock.
-The floor is serialize_message + deserialize_message of the same PartFrame in one process (rclpy's CDR path,
-no transport); the conversion cost (array_to_image) is printed separately. The 32x24 row (2 KB) is the
-size-independent part of a hop in the same run: wake-ups, executors and scheduling on this machine.
+builds the PartFrame with qc_cell.ros.images.array_to_image (as the camera driver does: no pixel copy) and
+publishes; the subscriber process stamps the wall clock on entry to its callback and decodes the image (zero-copy
+view). Latency = receive - capture. Both processes run on this machine, so they share the clock.
+The floor is serialize_message + deserialize_message of the same PartFrame, back to back in a process of its own
+(rclpy's CDR path, no transport, warm caches). The 32x24 row (2 KB) is the size-independent part of a hop in the
+same run: wake-ups, executors and scheduling on this machine.
 
 Configs (environment of both processes; the caller's own Fast DDS variables are removed first):
-- default: Fast DDS built-in transports (UDPv4 + SHM with its 512 KB default segment: big frames are fragmented).
+- default: Fast DDS built-in transports (UDPv4 + SHM with its 512 KB default segment, which cannot hold the
+  fragments of one big frame: they wait for each other).
 - LARGE_DATA: FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (UDP for discovery only; data over SHM or TCP).
 - LARGE_DATA_16MB: LARGE_DATA?max_msg_size=16MB&sockets_size=16MB.
 - SHM: FASTDDS_BUILTIN_TRANSPORTS=SHM (shared memory only; same-host peers only).
@@ -24,23 +25,29 @@ Configs (environment of both processes; the caller's own Fast DDS variables are 
   qc_cell/camera/fastdds_large_images.xml (UDPv4 + SHM with a 32 MB segment) and GLIBC_TUNABLES malloc thresholds
   (image-sized buffers reused from the heap instead of page-faulting fresh mmaps for every message).
 - cell_no_malloc: the cell's profile without the malloc thresholds (what each of the two contributes).
+- cell_shm_only: the cell's profile without its UDPv4 transport, under discovery range SUBNET (the LOCALHOST range
+  adds a UDP transport back). Not shippable (nothing off this machine would see the cell); it shows what the
+  fragmentation costs: a participant fragments every message larger than the smallest maximum message size of its
+  transports, UDP's 64 KB, so with UDP present a 1280x720 frame crosses shared memory as 43 fragments.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from qc_cell.cell_graph import ENVIRONMENT
+from qc_cell.cell_graph import ENVIRONMENT, PROFILE_VARIABLE
 
 CONFIGS: dict[str, dict[str, str]] = {
     "default": {},
@@ -50,6 +57,7 @@ CONFIGS: dict[str, dict[str, str]] = {
     "LARGE_DATA_sync": {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "RMW_FASTRTPS_PUBLICATION_MODE": "SYNCHRONOUS"},
     "cell": dict(ENVIRONMENT),
     "cell_no_malloc": {k: v for k, v in ENVIRONMENT.items() if k != "GLIBC_TUNABLES"},
+    "cell_shm_only": {**ENVIRONMENT, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"},  # profile: _shm_only_profile()
 }
 _VARIABLES = (
     "FASTDDS_BUILTIN_TRANSPORTS",
@@ -57,6 +65,7 @@ _VARIABLES = (
     "FASTDDS_DEFAULT_PROFILES_FILE",
     "FASTRTPS_DEFAULT_PROFILES_FILE",
     "GLIBC_TUNABLES",
+    "ROS_AUTOMATIC_DISCOVERY_RANGE",
 )
 TOPIC = "bench/frames"
 WARMUP = 10  # first samples dropped: discovery, first-time allocations
@@ -142,26 +151,46 @@ def run_subscriber(count: int, timeout_s: float) -> int:
 # ------------------------------------------------------------------------------------------ orchestration
 
 
-def measure_floor(width: int, height: int, repeats: int = 30) -> tuple[float, float]:
-    """(median ms of serialize+deserialize, median ms of array_to_image) for one PartFrame of this size."""
+def run_floor(width: int, height: int, repeats: int = 30) -> int:
+    """Prints the median ms of serialize_message + deserialize_message of one PartFrame of this size."""
     from rclpy.serialization import deserialize_message, serialize_message
 
     from qc_cell.ros.images import array_to_image
     from qc_interfaces.msg import PartFrame
 
-    pixels = _frames(width, height)[0]
     msg = PartFrame(part_id="bench", capture_ok=True)
-    convert, serdes = [], []
+    msg.image = array_to_image(_frames(width, height)[0], "bgr8")
+    samples = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        msg.image = array_to_image(pixels, "bgr8")
-        t1 = time.perf_counter()
-        data = serialize_message(msg)
-        deserialize_message(data, PartFrame)
-        t2 = time.perf_counter()
-        convert.append((t1 - t0) * 1e3)
-        serdes.append((t2 - t1) * 1e3)
-    return statistics.median(serdes), statistics.median(convert)
+        start = time.perf_counter()
+        deserialize_message(serialize_message(msg), PartFrame)
+        samples.append((time.perf_counter() - start) * 1e3)
+    print(f"RESULT {statistics.median(samples)}")
+    return 0
+
+
+def measure_floor(width: int, height: int) -> float:
+    """The floor in a process of its own with the cell's malloc settings: in a process without them glibc's
+    dynamic mmap threshold makes multi-MB buffers cost anything from 0.5 to 5 ms at 1280x720, depending on what
+    the process allocated before."""
+    env = {**os.environ, "GLIBC_TUNABLES": ENVIRONMENT["GLIBC_TUNABLES"]}
+    me = [sys.executable, str(Path(__file__).resolve())]
+    out = subprocess.run(
+        [*me, "--role", "floor", "--size", f"{width}x{height}"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return float(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def _shm_only_profile() -> str:
+    """The cell's Fast DDS profile without the UDPv4 transport, written to a temporary file."""
+    shipped = Path(ENVIRONMENT[PROFILE_VARIABLE]).read_text()
+    udp = "          <transport_id>qc_udpv4</transport_id>\n"
+    if udp not in shipped:
+        raise RuntimeError("the cell's Fast DDS profile changed: update _shm_only_profile()")
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="qc_shm_only_", delete=False) as out:
+        out.write(shipped.replace(udp, ""))
+    atexit.register(os.unlink, out.name)
+    return out.name
 
 
 def measure_hop(config: dict[str, str], width: int, height: int, fps: float, seconds: float) -> dict[str, float]:
@@ -170,6 +199,7 @@ def measure_hop(config: dict[str, str], width: int, height: int, fps: float, sec
     for variable in _VARIABLES:
         if variable not in config:
             env.pop(variable, None)  # each config is measured on its own settings, not the caller's
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     me = [sys.executable, str(Path(__file__).resolve())]
     timeout = seconds + 30.0
     sub = subprocess.Popen(
@@ -195,7 +225,7 @@ def measure_hop(config: dict[str, str], width: int, height: int, fps: float, sec
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--role", choices=("bench", "pub", "sub"), default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("bench", "pub", "sub", "floor"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="1280x720", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=60.0, help=argparse.SUPPRESS)
@@ -209,30 +239,34 @@ def main(argv: list[str] | None = None) -> int:
         return run_publisher(width, height, args.fps, args.count, wait_s=20.0)
     if args.role == "sub":
         return run_subscriber(args.count, args.timeout)
+    if args.role == "floor":
+        width, height = (int(v) for v in args.size.split("x"))
+        return run_floor(width, height)
 
     # A private domain on loopback for this run (both children inherit it).
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(100, 200)))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     configs = [c.strip() for c in args.configs.split(",")]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
+    if "cell_shm_only" in configs:
+        CONFIGS["cell_shm_only"][PROFILE_VARIABLE] = _shm_only_profile()
     print(
         f"image transport, two processes, PartFrame bgr8 at {args.fps:g} fps, {args.seconds:g} s per point, "
         f"RMW {os.environ.get('RMW_IMPLEMENTATION', 'default')}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'size':>10} {'config':>15} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'rate/s':>7} {'recv':>9} "
-          f"{'floor ms':>9} {'p50/floor':>9} {'convert ms':>10}")  # fmt: skip
+          f"{'floor ms':>9} {'p50/floor':>9}")  # fmt: skip
     for width, height in sizes:
-        floor, convert = measure_floor(width, height)
+        floor = measure_floor(width, height)
         for name in configs:
             r = measure_hop(CONFIGS[name], width, height, args.fps, args.seconds)
             ratio = r["p50"] / floor if floor > 0 else float("nan")
             print(
                 f"{width}x{height:<5} {name:>15} {r['p50']:8.2f} {r['p95']:8.2f} {r['p99']:8.2f} {r['rate']:7.1f} "
-                f"{r['received']:>4}/{r['sent']:<4} {floor:9.2f} {ratio:9.1f} {convert:10.2f}",
+                f"{r['received']:>4}/{r['sent']:<4} {floor:9.2f} {ratio:9.1f}",
                 flush=True,
             )
     print("goal: at 1280x720 the median hop within 3x the serialize+deserialize floor")

@@ -29,7 +29,7 @@ class NodeSpec:
 _FASTDDS_PROFILE = str(Path(__file__).resolve().parent / "camera" / "fastdds_large_images.xml")
 # Fast DDS 2 (Humble, Iron, Jazzy) reads FASTRTPS_DEFAULT_PROFILES_FILE; Fast DDS 3 (Kilted on) FASTDDS_..., and
 # warns about the old name in every process.
-_PROFILE_VARIABLE = (
+PROFILE_VARIABLE = (
     "FASTRTPS_DEFAULT_PROFILES_FILE"
     if os.environ.get("ROS_DISTRO") in ("humble", "iron", "jazzy")
     else "FASTDDS_DEFAULT_PROFILES_FILE"
@@ -39,9 +39,9 @@ _PROFILE_VARIABLE = (
 _MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
 ENVIRONMENT: dict[str, str] = {
     # Image transport, chosen with bench/bench_image_transport.py (docs/camera.md): UDPv4 + shared memory with a
-    # 32 MB segment, so camera frames cross between processes in one piece, and the malloc thresholds above.
-    # 1280x720 hop on a loaded 2-core machine: ~2.5 ms, against ~36 ms with the defaults and ~8-45 ms LARGE_DATA.
-    _PROFILE_VARIABLE: _FASTDDS_PROFILE,
+    # 32 MB segment, which holds the fragments of several camera frames, and the malloc thresholds above.
+    # 1280x720 hop on a 2-core machine: ~2.5 ms, against ~36 ms with the defaults or LARGE_DATA.
+    PROFILE_VARIABLE: _FASTDDS_PROFILE,
     "GLIBC_TUNABLES": ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), _MALLOC_TUNABLES))),
 }
 

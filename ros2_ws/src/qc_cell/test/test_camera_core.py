@@ -556,11 +556,10 @@ def test_the_cell_ships_its_image_transport_profile():
     """cell_graph.ENVIRONMENT points every node at the Fast DDS profile chosen by bench_image_transport.py."""
     import xml.etree.ElementTree as ET
 
-    from qc_cell.cell_graph import ENVIRONMENT
+    from qc_cell.cell_graph import ENVIRONMENT, PROFILE_VARIABLE
 
-    variable = next(k for k in ENVIRONMENT if k.endswith("_DEFAULT_PROFILES_FILE"))
-    profile = Path(ENVIRONMENT[variable])
-    assert profile.is_file(), f"{variable} points to a missing file: {profile}"
+    profile = Path(ENVIRONMENT[PROFILE_VARIABLE])
+    assert profile.is_file(), f"{PROFILE_VARIABLE} points to a missing file: {profile}"
     ns = {"dds": "http://www.eprosima.com"}
     root = ET.parse(profile).getroot()
     segments = [int(e.text) for e in root.iterfind(".//dds:transport_descriptor/dds:segment_size", ns)]

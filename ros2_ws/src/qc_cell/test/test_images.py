@@ -41,7 +41,6 @@ def test_round_trip(encoding, dtype, shape):
     msg = array_to_image(pixels, encoding, Header(frame_id="cam"))
     assert (msg.height, msg.width, msg.encoding, msg.header.frame_id) == (shape[0], shape[1], encoding, "cam")
     assert msg.step == pixels[0].nbytes and len(msg.data) == pixels.nbytes
-    assert isinstance(msg.data, array.array) and msg.data.typecode == "B"
     back = image_to_array(msg)
     assert back.dtype == np.dtype(dtype) and back.shape == shape
     np.testing.assert_array_equal(back, pixels)
@@ -54,6 +53,22 @@ def test_round_trip_through_serialization():
     pixels = _random(np.uint8, (30, 40, 3))
     received = deserialize_message(serialize_message(array_to_image(pixels, "bgr8")), Image)
     np.testing.assert_array_equal(image_to_array(received), pixels)
+
+
+@pytest.mark.parametrize(("encoding", "dtype", "shape"), CASES)
+def test_encode_does_not_copy_a_contiguous_array(encoding, dtype, shape):
+    """The message references the pixels (read-only); on the wire it is the same message as one whose data is an
+    array('B') filled through the generated setter."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    pixels = _random(dtype, shape)
+    msg = array_to_image(pixels, encoding)
+    assert np.shares_memory(np.frombuffer(msg.data, np.uint8), pixels) and msg.data.readonly
+    with pytest.raises(TypeError):
+        msg.data[0] = 1
+    reference = Image(height=msg.height, width=msg.width, encoding=encoding, step=msg.step)
+    reference.data = array.array("B", pixels.tobytes())
+    assert deserialize_message(serialize_message(msg), Image) == reference  # (CDR padding bytes are not zeroed)
 
 
 def _padded_message(pixels: np.ndarray, encoding: str, pad: int, big_endian: bool = False) -> Image:
@@ -88,7 +103,9 @@ def test_big_endian_mono16_is_decoded_to_native_values():
 
 
 def test_decode_is_a_view_on_the_message_buffer():
-    msg = array_to_image(_random(np.uint8, (20, 30, 3)), "bgr8")
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    msg = deserialize_message(serialize_message(array_to_image(_random(np.uint8, (20, 30, 3)), "bgr8")), Image)
     view = image_to_array(msg)
     msg.data[0] = (int(msg.data[0]) + 1) % 256
     assert view[0, 0, 0] == msg.data[0], "decode copied the pixels"
@@ -100,7 +117,9 @@ def test_decode_is_a_view_on_the_message_buffer():
 def test_non_contiguous_arrays_are_packed_correctly():
     big = _random(np.uint8, (100, 120, 3))
     roi = big[10:60, 20:100]  # a crop view, rows not contiguous
-    np.testing.assert_array_equal(image_to_array(array_to_image(roi, "bgr8")), roi)
+    packed = array_to_image(roi, "bgr8")
+    assert isinstance(packed.data, array.array) and not np.shares_memory(np.frombuffer(packed.data, np.uint8), big)
+    np.testing.assert_array_equal(image_to_array(packed), roi)
     flipped = big[:, :, ::-1]
     np.testing.assert_array_equal(image_to_array(array_to_image(flipped, "rgb8")), flipped)
 
