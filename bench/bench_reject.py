@@ -9,7 +9,7 @@ the controller plans its pulse from the conveyor model and the deadline schedule
   A PLC is a device of its own: the simulated PLC runs in its own process (python -m qc_cell.reject.plc_sim)
   at SCHED_FIFO (--plc-rt-priority), so that this machine's other load does not delay the PLC; the rows
   "rt+spin/PLC normal" show the PLC process at normal priority, competing for the CPUs too.
-- "node": the same through the reject_actuator node (sim driver, rclpy executor threads in the process,
+- "node": the same through the reject_actuator node (sim driver, its executor as in the node process,
   verdicts published on quality/decision): actual - planned as reported on reject/event.
 - Schedulers, all measured in the same run:
   "rt+spin": the node's configuration: SCHED_FIFO thread (scheduler_rt_priority), sleep then busy-wait the
@@ -168,7 +168,7 @@ def run_node(rate: int, seconds: float, rt_priority: int, spin_ms: float) -> tup
     """Verdicts -> reject_actuator node (sim) -> reject/event, all in this process on a real rclpy graph."""
     from rclpy.parameter import Parameter
 
-    from qc_cell.nodes.reject_actuator import GIL_SWITCH_INTERVAL_S, RejectActuator
+    from qc_cell.nodes.reject_actuator import EXECUTOR_THREADS, GIL_SWITCH_INTERVAL_S, RejectActuator
     from qc_cell.ros import qos
     from qc_cell.ros.time import from_ns
     from qc_cell.testing.ros import ros_graph
@@ -189,7 +189,7 @@ def run_node(rate: int, seconds: float, rt_priority: int, spin_ms: float) -> tup
     events: list[RejectEvent] = []
     previous_interval = sys.getswitchinterval()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as the node's main() does
-    with ros_graph(threads=3) as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = graph.add(RejectActuator(context=graph.context, parameter_overrides=overrides))
         node.trigger_configure()
         node.trigger_activate()

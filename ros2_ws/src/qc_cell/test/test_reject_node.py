@@ -17,7 +17,7 @@ from visualization_msgs.msg import MarkerArray
 from qc_cell.bringup import params_file
 from qc_cell.bringup.lifecycle_driver import bring_to_active
 from qc_cell.nodes.arm_server import ArmServer
-from qc_cell.nodes.reject_actuator import RejectActuator
+from qc_cell.nodes.reject_actuator import EXECUTOR_THREADS, RejectActuator
 from qc_cell.reject import records
 from qc_cell.ros import qos
 from qc_cell.ros.params import ParameterError
@@ -101,7 +101,7 @@ def test_core_constants_mirror_the_messages():
 
 
 def test_activated_through_lifecycle_services_it_ejects_and_shows_markers():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = _actuator(graph, namespace="services_test")  # no clash with nodes of other tests
         probe = Probe(graph, namespace="services_test")
         spinning = threading.Event()
@@ -149,7 +149,7 @@ def test_activated_through_lifecycle_services_it_ejects_and_shows_markers():
 
 
 def test_lifecycle_transitions_acquire_arm_disarm_and_release():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = _actuator(graph)
         probe = Probe(graph)
         _connected(graph, probe)
@@ -177,14 +177,14 @@ def test_lifecycle_transitions_acquire_arm_disarm_and_release():
 
 
 def test_gpio_driver_without_jetson_gpio_fails_configure_cleanly():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = _actuator(graph, Parameter("driver", value="gpio"))
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert node.controller is None
 
 
 def test_watchdog_fail_safe_and_diagnostics():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = _actuator(
             graph,
             Parameter("watchdog_timeout_s", value=0.15),
@@ -221,7 +221,7 @@ def test_watchdog_fail_safe_and_diagnostics():
 
 
 def test_runtime_parameter_changes_are_validated_and_applied():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = _actuator(graph)
         probe = Probe(graph)
         _connected(graph, probe)
@@ -257,7 +257,7 @@ def test_runtime_parameter_changes_are_validated_and_applied():
     ],
 )
 def test_bad_parameters_fail_fast_with_a_clear_message(overrides, message):
-    with ros_graph() as graph, pytest.raises(ParameterError, match=message):
+    with ros_graph(threads=EXECUTOR_THREADS) as graph, pytest.raises(ParameterError, match=message):
         RejectActuator(context=graph.context, parameter_overrides=[*GEOMETRY, *overrides])
 
 
@@ -269,7 +269,7 @@ def test_shipped_params_files_build_the_reject_nodes(name):
     def overrides(node_name: str) -> list[Parameter]:
         return [Parameter(key, value=value) for key, value in params[node_name].items()]
 
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         nodes = {
             "reject_actuator": graph.add(
                 RejectActuator(context=graph.context, parameter_overrides=overrides("reject_actuator"))

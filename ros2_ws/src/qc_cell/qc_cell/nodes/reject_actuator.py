@@ -18,7 +18,6 @@ from action_msgs.msg import GoalStatus
 from builtin_interfaces.msg import Duration
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionClient
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from visualization_msgs.msg import Marker, MarkerArray
@@ -52,6 +51,10 @@ from qc_interfaces.action import RejectPart
 from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
 
 GIL_SWITCH_INTERVAL_S = 0.0005
+# One executor thread: every callback is short (the ejections run on the controller's own thread), and a
+# MultiThreadedExecutor cost the node about twice the CPU (docs/reject.md). A Modbus heartbeat to a PLC that
+# stops answering (modbus_timeout_s, 0.2 s) on the tick may hold verdicts back that long.
+EXECUTOR_THREADS = 1
 # Parameters that may change while running (validated in the on-set callback, applied on the next tick).
 RUNTIME = (
     "reject_distance_mm",
@@ -74,8 +77,8 @@ class _ArmGoal:
 class ActionArmTransport:
     """The robot_arm driver's link to the arm: a `reject_part` action client."""
 
-    def __init__(self, node: LifecycleNode, callback_group) -> None:
-        self._client = ActionClient(node, RejectPart, "reject_part", callback_group=callback_group)
+    def __init__(self, node: LifecycleNode) -> None:
+        self._client = ActionClient(node, RejectPart, "reject_part")
         self._lock = threading.Lock()
 
     def ready(self) -> bool:
@@ -257,13 +260,9 @@ class RejectActuator(LifecycleNode):
         )
         self._diag_pub = diagnostics.create_publisher(self)
         # Verdicts and parts are handled in every state, so parts that cannot be ejected are still reported.
-        self._inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(
-            QualityDecision, "quality/decision", self._on_decision, qos.EVENTS, callback_group=self._inputs
-        )
-        self.create_subscription(PartTrigger, "camera/parts", self._on_part, qos.EVENTS, callback_group=self._inputs)
-        self._arm_group = ReentrantCallbackGroup()
-        self.create_timer(tick_s, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
+        self.create_subscription(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
+        self.create_timer(tick_s, self._tick)
         self.create_timer(diag_s, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -508,7 +507,7 @@ class RejectActuator(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             if self.settings.driver == "robot_arm":
-                self._transport = ActionArmTransport(self, self._arm_group)
+                self._transport = ActionArmTransport(self)
             driver = build_driver(self.settings, self._transport)
             controller = RejectController(
                 self.config,
@@ -659,11 +658,11 @@ class RejectActuator(LifecycleNode):
 
 
 def main() -> int:
-    # The actuation thread shares the GIL with the executor threads. Python's default switch interval (5 ms)
+    # The actuation thread shares the GIL with the executor thread. Python's default switch interval (5 ms)
     # lets a thread that was preempted while holding the GIL delay an edge by that much and more on a busy
     # machine; 0.5 ms cut the node's p99 timing error from ~20 ms to under 4 ms (bench/bench_reject.py).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    return run(RejectActuator, threads=3)
+    return run(RejectActuator, threads=EXECUTOR_THREADS)
 
 
 if __name__ == "__main__":
