@@ -81,6 +81,7 @@ def build(record: CellRecord, mqtt: list[Received], image_bytes_per_part: int, w
             "messages": len(mqtt),
             "part_records": len(mqtt_parts),
             "part_records_vs_parts": f"{len(mqtt_parts & set(record.decisions))}/{len(decisions)}",
+            "parts_without_record": sorted(set(record.decisions) - mqtt_parts)[:20],  # the first 20, for a look
             "bytes_total": mqtt_bytes,
             "bytes_per_part": round(mqtt_bytes / len(decisions), 1) if decisions else None,
             "fraction_of_raw_image_bytes": (
