@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pytest
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.context import Context
 from rclpy.parameter import Parameter
 
 from qc_cell.bridge import schemas
@@ -71,7 +73,7 @@ def bridge_cell(tmp_path, broker_url: str, **params) -> Iterator[Cell]:
         probe = graph.node("probe")
         cell = Cell(graph, node)
         for topic, kind, profile in [
-            ("quality/decision", QualityDecision, qos.EVENTS),
+            ("quality/decision", QualityDecision, qos.PART_RECORDS),
             ("quality/kpi", CellKpi, qos.EVENTS),
             ("alerts", Alert, qos.EVENTS),
             ("reject/event", RejectEvent, qos.EVENTS),
@@ -153,6 +155,58 @@ def test_every_input_becomes_a_valid_record_and_presence_is_announced(tmp_path):
             assert late.snapshot()[0].retain and late.snapshot()[0].json()["state"] == "offline"
         finally:
             late.close()
+
+
+@contextmanager
+def other_process_publisher() -> Iterator:
+    """A quality/decision publisher on a participant of its own, as the decision node has in the cell: its writer
+    matches the bridge's reader only after discovery, not at once as within one participant."""
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("decision_elsewhere", context=context)
+    try:
+        yield node.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def _part_ids(cloud: Subscriber) -> set[str]:
+    return {r["part_id"] for r in cloud.records("/part")}
+
+
+def test_a_verdict_published_before_the_writer_matched_the_bridge_still_reaches_the_cloud(tmp_path):
+    """The start-up race the system test caught (the first part's summary missing): the decision node publishes
+    the first verdicts before its writer has matched the bridge's reader."""
+    with Mosquitto() as broker:
+        cloud = Subscriber("127.0.0.1", broker.port)
+        try:
+            with bridge_cell(tmp_path, broker.url) as cell:
+                assert cell.wait_health(lambda h: h["connected"] == "True"), cell.health()
+                with other_process_publisher() as publisher:
+                    publisher.publish(decision("first"))
+                    assert publisher.get_subscription_count() == 0, "matched already: not the race"
+                    assert cell.graph.spin_until(lambda: "first" in _part_ids(cloud), 10), _part_ids(cloud)
+        finally:
+            cloud.close()
+
+
+def test_verdicts_decided_before_the_bridge_started_are_not_sent_again(tmp_path):
+    """A respawned bridge matches the decision node's history: what its predecessor handled is not sent twice."""
+    with Mosquitto() as broker:
+        cloud = Subscriber("127.0.0.1", broker.port)
+        try:
+            with other_process_publisher() as publisher:
+                publisher.publish(decision("before_start"))
+                with bridge_cell(tmp_path, broker.url) as cell:
+                    assert cell.wait_health(lambda h: h["connected"] == "True"), cell.health()
+                    assert cell.graph.spin_until(lambda: publisher.get_subscription_count() > 0, 10)
+                    publisher.publish(decision("after_start"))
+                    assert cell.graph.spin_until(lambda: "after_start" in _part_ids(cloud), 10), _part_ids(cloud)
+                    cell.graph.spin_until(lambda: False, 0.5)
+                    assert "before_start" not in _part_ids(cloud)
+        finally:
+            cloud.close()
 
 
 def test_process_state_is_rate_limited_but_flag_changes_go_through(tmp_path):

@@ -67,7 +67,7 @@ def test_outage_and_bridge_crash_lose_no_summary_and_keep_order(tmp_path):
     try:
         with ros_graph() as graph:
             probe = graph.node("probe", namespace=namespace)
-            decisions = probe.create_publisher(QualityDecision, "quality/decision", qos.EVENTS)
+            decisions = probe.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
 
             def on_diagnostics(msg: DiagnosticArray) -> None:
                 for status in msg.status:

@@ -133,7 +133,7 @@ def update_cell(tmp_path: Path, real_inference=None, **params) -> Iterator[Updat
                             cell.health = {kv.key: kv.value for kv in status.values}
 
                 probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DIAGNOSTICS)
-                cell.decisions = probe.create_publisher(QualityDecision, "quality/decision", qos.EVENTS)
+                cell.decisions = probe.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
                 assert graph.spin_until(lambda: cell.health.get("connected") == "True", 10.0), cell.health
                 yield cell
         finally:

@@ -54,6 +54,7 @@ RUNTIME_PARAMETERS = (
 class CloudBridgeNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("cloud_bridge", **kwargs)
+        self._started_ns = self.get_clock().now().nanoseconds
         p = self._declare_parameters()
         try:
             self._cell = CellId(p["site"], p["line"], p["cell"])
@@ -152,7 +153,9 @@ class CloudBridgeNode(Node):
         self._diag_pub = diagnostics.create_publisher(self)
         self._load_client = self.create_client(LoadModel, "inference/load_model")
         # Subscriptions: the QoS each topic's publisher uses (qc_cell.ros.qos), so the pairs match.
-        self.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
+        # With the publisher's history, so the first verdicts are not lost when the decision node's writer
+        # matches this reader only after them; verdicts decided before this bridge started are not sent again.
+        self.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
         self.create_subscription(CellKpi, "quality/kpi", self._on_kpi, qos.EVENTS)
         self.create_subscription(Alert, "alerts", self._on_alert, qos.EVENTS)
         self.create_subscription(RejectEvent, "reject/event", self._on_reject, qos.EVENTS)
@@ -264,6 +267,8 @@ class CloudBridgeNode(Node):
     # -- outbound --------------------------------------------------------------------------------------
 
     def _on_decision(self, msg: QualityDecision) -> None:
+        if 0 < to_ns(msg.decision_stamp) < self._started_ns:
+            return  # the publisher's history from before this bridge started: sent (or lost) by its predecessor
         capture_ns = to_ns(msg.header.stamp)
         self._bridge.send(
             "part",

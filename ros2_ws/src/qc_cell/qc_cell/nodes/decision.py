@@ -169,7 +169,7 @@ class DecisionNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         # EVENTS out: reject_actuator and cloud_bridge subscribe reliable.
-        self._decision_pub = self.create_publisher(QualityDecision, "quality/decision", qos.EVENTS)
+        self._decision_pub = self.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
         self._kpi_pub = self.create_publisher(CellKpi, "quality/kpi", qos.EVENTS)
         self._diag_pub = diagnostics.create_publisher(self)
         self.create_subscription(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)

@@ -5,8 +5,13 @@ Pairs meant to match:
   as rqt_image_view and RViz expect; nothing in the cell depends on them.
 - PART_FRAMES: camera/frames. Reliable, because every part must reach inference; inference does its
   own explicit backpressure (NOT_INSPECTED, counted) instead of losing frames in the middleware.
-- EVENTS: per-part records and events (camera/trigger, camera/parts, inspection/result, quality/decision,
-  reject/event, alerts, quality/kpi). Reliable with a deep history.
+- EVENTS: per-part records and events (camera/trigger, camera/parts, inspection/result, reject/event, alerts,
+  quality/kpi). Reliable with a deep history.
+- PART_RECORDS: quality/decision. As EVENTS, but the publisher keeps its last 1000 verdicts for late joiners:
+  a subscriber asking for them (the cloud bridge) also gets the verdicts published before its reader was
+  matched, which at start-up can happen after the first parts (discovery between two processes takes its
+  time). Subscribers that must not act on old verdicts (the reject actuator) subscribe with EVENTS: a volatile
+  reader matches and gets no history.
 - LATCHED: state that a late joiner must see (model/active, process/state). Reliable, transient local.
 - SENSOR_INPUT: subscriptions to process sensors. Best effort, so they match both best-effort and reliable
   sensor drivers; SENSOR_OUTPUT is what our simulator publishes with.
@@ -35,6 +40,13 @@ EVENTS = QoSProfile(
     depth=1000,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
+)
+
+PART_RECORDS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1000,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 
 LATCHED = QoSProfile(
