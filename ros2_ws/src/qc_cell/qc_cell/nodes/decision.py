@@ -168,7 +168,8 @@ class DecisionNode(Node):
         self._parts_published = False
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        # EVENTS out: reject_actuator and cloud_bridge subscribe reliable.
+        # Verdicts keep a history for late joiners (qos.PART_RECORDS: the cloud bridge); the reject actuator
+        # subscribes volatile. KPIs are EVENTS.
         self._decision_pub = self.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
         self._kpi_pub = self.create_publisher(CellKpi, "quality/kpi", qos.EVENTS)
         self._diag_pub = diagnostics.create_publisher(self)

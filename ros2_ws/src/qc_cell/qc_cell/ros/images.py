@@ -5,7 +5,7 @@
 - Encode (`array_to_image`) does not copy a C-contiguous array: the message's `data` is a read-only byte view on
   it, and rclpy copies the bytes once, when the message is published or serialized (rosidl's C conversion reads
   any buffer). The generated `data` setter would first copy them into an `array('B')`: 0.15 ms warm, ~0.4 ms
-  cold per 1280x720 frame (bench/bench_image_transport.py). A non-contiguous array (e.g. a ROI view) is packed
+  cold per 1280x720 frame (docs/camera.md). A non-contiguous array (e.g. a ROI view) is packed
   into an `array('B')` in one copy; never through a Python list (rclpy would check every byte in Python) or an
   intermediate `bytes`. The array must not change until the message is published.
 - Encodings handled natively: bgr8, rgb8, bgra8, rgba8, mono8, mono16, bayer_* (8 and 16 bit, passed through
