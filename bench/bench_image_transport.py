@@ -234,13 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="32x24,640x480,1280x720,1920x1080", help="comma-separated WxH")
     parser.add_argument("--configs", default="default,LARGE_DATA,cell", help=f"comma-separated of {list(CONFIGS)}")
     args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
     if args.role == "pub":
-        width, height = (int(v) for v in args.size.split("x"))
         return run_publisher(width, height, args.fps, args.count, wait_s=20.0)
     if args.role == "sub":
         return run_subscriber(args.count, args.timeout)
     if args.role == "floor":
-        width, height = (int(v) for v in args.size.split("x"))
         return run_floor(width, height)
 
     # A private domain on loopback for this run (both children inherit it).

@@ -43,9 +43,9 @@ EVENTS = QoSProfile(
 )
 
 PART_RECORDS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=1000,
-    reliability=ReliabilityPolicy.RELIABLE,
+    history=EVENTS.history,
+    depth=EVENTS.depth,
+    reliability=EVENTS.reliability,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
 
