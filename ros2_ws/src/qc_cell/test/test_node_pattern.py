@@ -1,7 +1,12 @@
 """The node-test pattern later node tests copy: an isolated Context per test, parameter_overrides,
-and start-up validation that fails fast with a clear message."""
+and start-up validation that fails fast with a clear message; and the clean stop every node main() gives."""
 
 from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+import time
 
 import pytest
 from rclpy.node import Node
@@ -47,3 +52,38 @@ def test_contexts_are_isolated():
         with ros_graph() as second:
             names = second.node("probe").get_node_names()
     assert "only_in_first" not in names
+
+
+IDLE_NODE = """
+from rclpy.node import Node
+from qc_cell.ros.node_main import run
+
+class Idle(Node):  # nothing that would wake its executor: only the SIGTERM can
+    def __init__(self):
+        super().__init__("idle")
+        self.get_logger().info("idle ready")
+
+raise SystemExit(run(Idle))
+"""
+
+
+def _sigterm_an_idle_node() -> tuple[int | None, str]:
+    node = subprocess.Popen([sys.executable, "-c", IDLE_NODE], stderr=subprocess.PIPE, text=True)
+    try:
+        assert "idle ready" in node.stderr.readline()
+        time.sleep(0.3)  # into its executor's wait
+        node.terminate()
+        _, err = node.communicate(timeout=10)
+        return node.returncode, err
+    except subprocess.TimeoutExpired:
+        node.kill()
+        node.communicate()
+        return None, "still running 10 s after SIGTERM"
+
+
+def test_a_node_stops_cleanly_on_sigterm():
+    # rclpy's own SIGTERM path loses a race now and then (the executor then waits forever); run()'s handler does
+    # not depend on it. Eight stops, so a regression shows: without the handler 3 of 10 runs of this test failed.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: _sigterm_an_idle_node(), range(8)))
+    assert all(code == 0 for code, _ in results), results

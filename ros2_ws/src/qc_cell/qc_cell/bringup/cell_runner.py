@@ -28,6 +28,7 @@ from qc_cell.bringup.progress import CellProgress
 from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
 from qc_cell.cell_graph import ENVIRONMENT, NODES, NodeSpec
 from qc_cell.ros import qos
+from qc_cell.ros.node_main import stop_like_ctrl_c
 from qc_interfaces.msg import QualityDecision
 
 FLAGS = sorted({spec.enabled_by for spec in NODES if spec.enabled_by})
@@ -199,13 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[runner] {exc}", file=sys.stderr)
         return 2
     print(f"[runner] nodes: {', '.join(s.name for s in runner.nodes)}; logs in {runner.supervisor.log_dir}")
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)  # systemd, docker stop: the same clean shutdown as Ctrl-C
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     return runner.run(parts=args.parts, duration_s=args.duration)
-
-
-def _stop_like_ctrl_c(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the shutdown itself
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
