@@ -81,3 +81,22 @@ def test_broker_outage_loses_no_summary(tmp_path):
     assert "end" in outage, "the broker outage did not happen during the run"
     _assert_every_part_accounted(result, 300)
     assert result["mqtt"]["part_records_vs_parts"] == "300/300", f"summaries lost in the outage: {result['mqtt']}"
+    assert result["mqtt"]["parts_sent_twice"] == 0, f"summaries sent twice: {result['mqtt']}"
+
+
+def test_a_bridge_crash_loses_no_summary_and_sends_none_twice(tmp_path):
+    killed = {}
+
+    def kill_bridge_once(runner, broker) -> None:
+        if not killed and runner.progress.parts >= 60:
+            os.kill(runner.supervisor.pid("cloud_bridge"), signal.SIGKILL)
+            killed["at"] = runner.progress.parts
+
+    result = run_demo(
+        250, PARAMS, tmp_path, namespace=f"bridge{os.getpid()}", extra_overrides=CELL, on_tick=kill_bridge_once
+    )
+    assert killed, "the cloud bridge was never killed"
+    _assert_every_part_accounted(result, 250)
+    assert result["restarts"]["cloud_bridge"] >= 1, f"the bridge was not respawned: {result['restarts']}"
+    assert result["mqtt"]["part_records_vs_parts"] == "250/250", f"summaries lost in the crash: {result['mqtt']}"
+    assert result["mqtt"]["parts_sent_twice"] == 0, f"summaries sent twice: {result['mqtt']}"

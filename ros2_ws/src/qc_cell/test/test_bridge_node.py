@@ -176,37 +176,46 @@ def _part_ids(cloud: Subscriber) -> set[str]:
 
 
 def test_a_verdict_published_before_the_writer_matched_the_bridge_still_reaches_the_cloud(tmp_path):
-    """The start-up race the system test caught (the first part's summary missing): the decision node publishes
-    the first verdicts before its writer has matched the bridge's reader."""
+    """The start-up race the system test caught (the first part's summary missing): the decision node's writer
+    can match the bridge's reader after the first verdicts. Here for certain: published before the bridge exists."""
     with Mosquitto() as broker:
         cloud = Subscriber("127.0.0.1", broker.port)
         try:
-            with bridge_cell(tmp_path, broker.url) as cell:
-                assert cell.wait_health(lambda h: h["connected"] == "True"), cell.health()
-                with other_process_publisher() as publisher:
-                    publisher.publish(decision("first"))
-                    assert publisher.get_subscription_count() == 0, "matched already: not the race"
+            with other_process_publisher() as publisher:
+                publisher.publish(decision("first"))
+                assert publisher.get_subscription_count() == 0
+                with bridge_cell(tmp_path, broker.url) as cell:
                     assert cell.graph.spin_until(lambda: "first" in _part_ids(cloud), 10), _part_ids(cloud)
         finally:
             cloud.close()
 
 
-def test_verdicts_decided_before_the_bridge_started_are_not_sent_again(tmp_path):
-    """A respawned bridge matches the decision node's history: what its predecessor handled is not sent twice."""
+def test_a_restarted_bridge_sends_the_verdicts_decided_while_it_was_down_and_nothing_twice(tmp_path):
+    """The decision node's history reaches a restarted bridge: what its predecessor stored is not sent again,
+    what was decided while no bridge ran is sent now."""
     with Mosquitto() as broker:
         cloud = Subscriber("127.0.0.1", broker.port)
         try:
             with other_process_publisher() as publisher:
-                publisher.publish(decision("before_start"))
                 with bridge_cell(tmp_path, broker.url) as cell:
-                    assert cell.wait_health(lambda h: h["connected"] == "True"), cell.health()
                     assert cell.graph.spin_until(lambda: publisher.get_subscription_count() > 0, 10)
-                    publisher.publish(decision("after_start"))
-                    assert cell.graph.spin_until(lambda: "after_start" in _part_ids(cloud), 10), _part_ids(cloud)
+                    for part in ("before_1", "before_2"):
+                        publisher.publish(decision(part))
+                    assert cell.graph.spin_until(lambda: {"before_1", "before_2"} <= _part_ids(cloud), 10)
+                for part in ("while_down_1", "while_down_2"):
+                    publisher.publish(decision(part))
+                with bridge_cell(tmp_path, broker.url) as cell:  # the same outbox file
+                    assert cell.graph.spin_until(lambda: publisher.get_subscription_count() > 0, 10)
+                    publisher.publish(decision("after_restart"))
+                    assert cell.graph.spin_until(lambda: len(_part_ids(cloud)) == 5, 10), _part_ids(cloud)
+                    assert cell.wait_health(lambda h: h.get("parts_recovered") == "2"), cell.health()
+                    assert cell.health()["parts_already_stored"] == "2"
                     cell.graph.spin_for(0.5)
-                    assert "before_start" not in _part_ids(cloud)
         finally:
             cloud.close()
+    parts = [r["part_id"] for r in cloud.records("/part")]
+    assert parts == ["before_1", "before_2", "while_down_1", "while_down_2", "after_restart"], parts
+    assert [r["seq"] for r in cloud.records("/part")] == [1, 2, 3, 4, 5]
 
 
 def test_process_state_is_rate_limited_but_flag_changes_go_through(tmp_path):

@@ -1,5 +1,5 @@
 """The durable outbox (plain pytest, real SQLite files): order, sequence numbers, durability across a
-reopen and a killed process, and the configured policy when full."""
+reopen and a killed process, the configured policy when full, and keys stored once."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from qc_cell.bridge import outbox
 from qc_cell.bridge.bridge import LossLedger
 from qc_cell.bridge.outbox import Outbox, OutboxLimits
 
@@ -106,6 +107,36 @@ def test_expired_records_are_discarded_and_counted(tmp_path):
     old = _put(box, "verify_request", expires_ns=time.time_ns() - 1).entry
     assert box.discard_expired([old.rowid]) == 1
     assert box.depth == 0 and box.counts["expired"] == 1
+
+
+def test_a_key_is_stored_once_across_acks_and_reopens_without_using_up_a_number(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    assert _put(box, "part", key="p1@100").entry.seq == 1
+    duplicate = _put(box, "part", key="p1@100")
+    assert not duplicate.accepted and duplicate.reason == "duplicate"
+    assert _put(box, "part", key="p1@200").entry.seq == 2, "the same part id decided again is another record"
+    box.ack([e.rowid for e in box.pending()])
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    assert _put(again, "part", key="p1@100").reason == "duplicate", "remembered after the ack and a restart"
+    assert _put(again, "part").entry.seq == 3, "a duplicate is no loss: no gap in the numbering"
+    assert again.counts["duplicate"] == 1 and again.counts["rejected"] == 0
+
+
+def test_a_refused_record_keeps_no_key_and_old_keys_are_forgotten(tmp_path, monkeypatch):
+    box = Outbox(tmp_path / "o.db", OutboxLimits(max_records=1, policy="reject_new"))
+    assert _put(box, "part", key="a").accepted
+    assert _put(box, "part", key="b").reason == "full"
+    box.ack([e.rowid for e in box.pending()])
+    assert _put(box, "part", key="b").accepted, "refused before, so it may be stored when it comes again"
+    monkeypatch.setattr(outbox, "KEYS_KEPT", 3)
+    for key in ("c", "d", "e"):
+        box.ack([e.rowid for e in box.pending()])
+        assert _put(box, "part", key=key).accepted
+    box.ack([e.rowid for e in box.pending()])
+    assert _put(box, "part", key="b").accepted, "only the last KEYS_KEPT keys are remembered"
+    box.ack([e.rowid for e in box.pending()])
+    assert _put(box, "part", key="e").reason == "duplicate"
 
 
 def test_bad_limits_are_refused(tmp_path):

@@ -96,9 +96,18 @@ class Bridge:
     def connected(self) -> bool:
         return self.session.connected
 
-    def send(self, stream: str, body: Mapping[str, Any], *, retain: bool = False, expires_ns: int = 0) -> PutResult:
+    def send(
+        self,
+        stream: str,
+        body: Mapping[str, Any],
+        *,
+        retain: bool = False,
+        expires_ns: int = 0,
+        key: str | None = None,
+    ) -> PutResult:
         """Store one record (envelope added here) for publishing. Never raises: a record that cannot be
-        kept is counted in `losses` with its sequence number and reason."""
+        kept is counted in `losses` with its sequence number and reason. A record whose key was stored before
+        is not stored again (reason "duplicate", not a loss)."""
         cell, epoch = self.cell.path, self.outbox.epoch
         try:
             result = self.outbox.put(
@@ -107,6 +116,7 @@ class Bridge:
                 lambda seq: records.encode(records.envelope(cell, epoch, stream, seq, body)),
                 retain=retain,
                 expires_ns=expires_ns,
+                key=key,
             )
         except OutboxError as exc:
             self.store_failures += 1
@@ -115,7 +125,7 @@ class Bridge:
             return PutResult(None, "store_failed")
         for old_stream, old_seq in result.evicted:
             self.losses.note(old_stream, old_seq, f"evicted: {self.settings.limits.policy}")
-        if not result.accepted:
+        if not result.accepted and result.reason != "duplicate":
             self.losses.note(stream, self.outbox.last_seq(stream), result.reason)
         self.forwarder.notify()
         return result

@@ -8,6 +8,11 @@ has its own sequence 1, 2, 3, ... so a consumer can find gaps; a record the outb
 (full policy, stream quota) still uses up its number, so every loss is visible as a gap in the cloud,
 as well as counted here and alerted by the caller.
 
+A record may carry a key (the part summary: part id and decision time). A key is stored once: putting it
+again is refused as a duplicate, without using up a sequence number. The last KEYS_KEPT keys are remembered,
+also after their records were acknowledged, so a restarted bridge can take the decision node's history of
+verdicts and send exactly those its predecessor never stored.
+
 Full policy (bounded by record count and bytes):
 - drop_oldest: evict the oldest records to make room (the newest state wins);
 - reject_new:  keep what is stored, refuse the new record.
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FULL_POLICIES = ("drop_oldest", "reject_new")
+KEYS_KEPT = 10_000  # ten times the decision node's verdict history (qos.PART_RECORDS)
 SYNCHRONOUS = ("FULL", "NORMAL")
 
 _SCHEMA = """
@@ -41,6 +47,7 @@ CREATE TABLE IF NOT EXISTS records (
     created_ns INTEGER NOT NULL,
     expires_ns INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS record_keys (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE);
 """
 
 
@@ -64,7 +71,7 @@ class Entry:
 @dataclass(frozen=True)
 class PutResult:
     entry: Entry | None  # None: not stored
-    reason: str = ""  # why not stored: full (reject_new), too_large, stream_quota
+    reason: str = ""  # why not stored: full (reject_new), too_large, stream_quota; duplicate (key stored before)
     evicted: tuple[tuple[str, int], ...] = ()  # (stream, seq) dropped to make room (drop_oldest)
 
     @property
@@ -97,7 +104,7 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._closed = False
-        self.counts: Counter[str] = Counter()  # put, acked, evicted, rejected, expired (since open)
+        self.counts: Counter[str] = Counter()  # put, acked, evicted, rejected, expired, duplicate (since open)
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -134,15 +141,17 @@ class Outbox:
         qos: int = 1,
         retain: bool = False,
         expires_ns: int = 0,
+        key: str | None = None,
     ) -> PutResult:
         """Allocate the stream's next sequence number, build the payload with it, store it (one transaction).
 
-        The sequence number is used up even when the record is refused, so the loss shows as a gap."""
+        The sequence number is used up even when the record is refused, so the loss shows as a gap; not when
+        the key was stored before (a duplicate is no loss)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    result, evicted_sizes = self._put_locked(stream, topic, build, qos, retain, expires_ns)
+                    result, evicted_sizes = self._put_locked(stream, topic, build, qos, retain, expires_ns, key)
                     self._db.execute("COMMIT")
                 except BaseException:  # also KeyboardInterrupt: never leave a transaction open
                     if self._db.in_transaction:
@@ -155,8 +164,17 @@ class Outbox:
             return result
 
     def _put_locked(
-        self, stream: str, topic: str, build: Callable[[int], bytes], qos: int, retain: bool, expires_ns: int
+        self,
+        stream: str,
+        topic: str,
+        build: Callable[[int], bytes],
+        qos: int,
+        retain: bool,
+        expires_ns: int,
+        key: str | None,
     ) -> tuple[PutResult, list[tuple[str, int]]]:
+        if key is not None and self._db.execute("SELECT 1 FROM record_keys WHERE key = ?", (key,)).fetchone():
+            return PutResult(None, "duplicate"), []
         row = self._db.execute("SELECT last_seq FROM sequences WHERE stream = ?", (stream,)).fetchone()
         seq = (row[0] if row else 0) + 1
         self._db.execute(
@@ -187,6 +205,9 @@ class Outbox:
                 records -= 1
                 nbytes -= old_size
             self._db.executemany("DELETE FROM records WHERE id = ?", [(e[0],) for e in evicted])
+        if key is not None:  # only for a stored record: a refused one may still come again and be kept then
+            key_id = self._db.execute("INSERT INTO record_keys (key) VALUES (?)", (key,)).lastrowid
+            self._db.execute("DELETE FROM record_keys WHERE id <= ?", (key_id - KEYS_KEPT,))
         now = time.time_ns()
         cursor = self._db.execute(
             "INSERT INTO records (stream, seq, topic, payload, qos, retain, created_ns, expires_ns) "
@@ -203,6 +224,9 @@ class Outbox:
             self._bytes -= size
             self._stream_bytes[stream] -= size
         self.counts["evicted"] += len(result.evicted)
+        if result.reason == "duplicate":
+            self.counts["duplicate"] += 1
+            return
         if result.entry is None:
             self.counts["rejected"] += 1
             self.counts[f"rejected_{result.reason}"] += 1

@@ -38,6 +38,16 @@ def part_ids(mqtt: list[Received]) -> set[str]:
     return {str(_json(m).get("part_id")) for m in mqtt if m.topic.endswith("/part") and "part_id" in _json(m)}
 
 
+def parts_sent_twice(mqtt: list[Received]) -> int:
+    """Parts with more than one distinct summary record (a QoS 1 redelivery repeats the record id: not counted)."""
+    ids: dict[str, set[str]] = {}
+    for message in mqtt:
+        data = _json(message) if message.topic.endswith("/part") else {}
+        if "part_id" in data:
+            ids.setdefault(str(data["part_id"]), set()).add(str(data.get("id")))
+    return sum(len(record_ids) > 1 for record_ids in ids.values())
+
+
 def rejects_complete(record: CellRecord) -> bool:
     """Every part whose verdict is ejected has its reject event."""
     due = {d.part_id for d in record.decisions.values() if d.verdict in EJECTED}
@@ -82,6 +92,7 @@ def build(record: CellRecord, mqtt: list[Received], image_bytes_per_part: int, w
             "part_records": len(mqtt_parts),
             "part_records_vs_parts": f"{len(mqtt_parts & set(record.decisions))}/{len(decisions)}",
             "parts_without_record": sorted(set(record.decisions) - mqtt_parts)[:20],  # the first 20, for a look
+            "parts_sent_twice": parts_sent_twice(mqtt),
             "bytes_total": mqtt_bytes,
             "bytes_per_part": round(mqtt_bytes / len(decisions), 1) if decisions else None,
             "fraction_of_raw_image_bytes": (

@@ -267,10 +267,8 @@ class CloudBridgeNode(Node):
     # -- outbound --------------------------------------------------------------------------------------
 
     def _on_decision(self, msg: QualityDecision) -> None:
-        if 0 < to_ns(msg.decision_stamp) < self._started_ns:
-            return  # the publisher's history from before this bridge started: sent (or lost) by its predecessor
-        capture_ns = to_ns(msg.header.stamp)
-        self._bridge.send(
+        capture_ns, decision_ns = to_ns(msg.header.stamp), to_ns(msg.decision_stamp)
+        result = self._bridge.send(
             "part",
             records.part(
                 part_id=msg.part_id,
@@ -282,10 +280,19 @@ class CloudBridgeNode(Node):
                 model_version=msg.model_version,
                 encoder_count=msg.encoder_count,
                 capture_ns=capture_ns,
-                decision_ns=to_ns(msg.decision_stamp),
+                decision_ns=decision_ns,
                 capture_to_decision_ms=msg.capture_to_decision_ms,
             ),
+            # quality/decision keeps a history for late joiners: after a restart this bridge gets the verdicts of
+            # the last minutes again. The key sends each exactly once, also those decided while it was down.
+            key=f"{msg.part_id}@{decision_ns}",
         )
+        if result.reason == "duplicate":
+            self._counts["parts_already_stored"] += 1
+            return
+        if 0 < decision_ns < self._started_ns:
+            self._counts["parts_recovered"] += 1  # decided while no bridge ran: its frame and deadline are gone
+            return
         verdict = records.name_of(records.VERDICTS, msg.verdict)
         frame = self._frames.pop(msg.part_id, None)
         if self._p["offload_enabled"] and msg.verdict == QualityDecision.REINSPECT:
