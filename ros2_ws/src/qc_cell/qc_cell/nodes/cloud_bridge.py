@@ -283,8 +283,8 @@ class CloudBridgeNode(Node):
                 decision_ns=decision_ns,
                 capture_to_decision_ms=msg.capture_to_decision_ms,
             ),
-            # quality/decision keeps a history for late joiners: after a restart this bridge gets the verdicts of
-            # the last minutes again. The key sends each exactly once, also those decided while it was down.
+            # quality/decision keeps its last 1000 verdicts for late joiners: a restarted bridge gets them again. The
+            # key stores each once, so those decided while no bridge ran are sent and the others are not resent.
             key=f"{msg.part_id}@{decision_ns}",
         )
         if result.reason == "duplicate":
