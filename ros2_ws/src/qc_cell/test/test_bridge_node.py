@@ -235,7 +235,11 @@ def test_process_state_is_rate_limited_but_flag_changes_go_through(tmp_path):
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_new"])
 def test_full_outbox_policy_every_loss_is_counted_alerted_and_visible_as_a_gap(tmp_path, policy):
-    broker = Mosquitto()  # not started yet: the cell is offline
+    # The cloud's session outlives its connection (persistence), so it also gets what the bridge sends as soon as
+    # the broker is back, before the test's subscriber has reconnected.
+    broker = Mosquitto(persistence=True).start()
+    Subscriber("127.0.0.1", broker.port, session_id="cloud").close()
+    broker.stop()  # the cell is offline
     limit, extra = 100, 30
     with bridge_cell(
         tmp_path, broker.url, outbox_max_records=limit, outbox_full_policy=policy, loss_alert_period_s=1.0
@@ -250,7 +254,7 @@ def test_full_outbox_policy_every_loss_is_counted_alerted_and_visible_as_a_gap(t
         expected = "part #1" if policy == "drop_oldest" else "part #101"
         assert expected in first.message, first.message
         broker.start()
-        cloud = Subscriber("127.0.0.1", broker.port)
+        cloud = Subscriber("127.0.0.1", broker.port, session_id="cloud")
         try:
             assert cell.wait_health(lambda h: h["connected"] == "True" and h["outbox_depth"] == "0", 20.0)
             cell.graph.spin_for(1.5)  # the loss alert about the alert record itself, if any

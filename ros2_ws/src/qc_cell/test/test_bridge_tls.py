@@ -119,8 +119,10 @@ def test_acl_refusal_keeps_the_record_until_the_broker_accepts_it(tmp_path):
     workdir = tmp_path / "broker"
     workdir.mkdir()
     log: list[str] = []
-    broker = Mosquitto(extra_config=acl_file(workdir / "acl", strict), workdir=workdir).start()
-    cloud = Subscriber("127.0.0.1", broker.port)
+    # persistence and a persistent cloud session: what the bridge sends right after the broker's restart is kept
+    # for the subscriber even if it reconnects after that.
+    broker = Mosquitto(extra_config=acl_file(workdir / "acl", strict), workdir=workdir, persistence=True).start()
+    cloud = Subscriber("127.0.0.1", broker.port, session_id="cloud")
     bridge = _bridge(tmp_path, broker.url, log)
     try:
         assert bridge.session.wait_connected(10)
@@ -139,7 +141,7 @@ def test_acl_refusal_keeps_the_record_until_the_broker_accepts_it(tmp_path):
         broker.stop()
         acl_file(workdir / "acl", strict + f"\ntopic write {prefix}alert")
         broker.start()
-        cloud = Subscriber("127.0.0.1", broker.port)
+        cloud = Subscriber("127.0.0.1", broker.port, session_id="cloud")
         assert _until(lambda: bridge.outbox.depth == 0, 20.0), bridge.health()
         assert cloud.wait_for(lambda: len(cloud.snapshot("/alert")) == 1)
         assert cloud.records("/alert")[0]["seq"] == 1
