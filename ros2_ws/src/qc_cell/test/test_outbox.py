@@ -76,6 +76,17 @@ def test_drop_oldest_evicts_the_oldest_and_reports_them(tmp_path):
     assert box.counts["evicted"] == 3
 
 
+def test_drop_oldest_evicts_records_handed_to_the_broker_last(tmp_path):
+    box = Outbox(tmp_path / "o.db", OutboxLimits(max_records=4, policy="drop_oldest"))
+    for _ in range(4):
+        _put(box, "part")
+    box.handed_over_through = box.pending()[1].rowid  # 1 and 2 are in flight (or acknowledged, not yet deleted)
+    assert _put(box, "part").evicted == (("part", 3),)
+    assert _put(box, "part").evicted == (("part", 4),)
+    box.handed_over_through = box.pending()[-1].rowid
+    assert _put(box, "part").evicted == (("part", 1),), "all handed over: the oldest goes"
+
+
 def test_reject_new_keeps_the_stored_records_and_uses_up_the_number(tmp_path):
     box = Outbox(tmp_path / "o.db", OutboxLimits(max_records=5, policy="reject_new"))
     results = [_put(box, "part") for _ in range(8)]

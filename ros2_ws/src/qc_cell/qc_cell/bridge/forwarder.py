@@ -116,7 +116,7 @@ class Forwarder:
         if len(entries) < room:
             fresh = self.outbox.pending(self._cursor, room - len(entries))
             if fresh:
-                self._cursor = fresh[-1].rowid
+                self._cursor = self.outbox.handed_over_through = fresh[-1].rowid
             entries += fresh
         now_ns = time.time_ns()
         expired = [e.rowid for e in entries if e.expires_ns and e.expires_ns < now_ns]

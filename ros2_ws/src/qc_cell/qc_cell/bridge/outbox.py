@@ -14,7 +14,9 @@ also after their records were acknowledged, so a restarted bridge can take the d
 verdicts and send exactly those its predecessor never stored.
 
 Full policy (bounded by record count and bytes):
-- drop_oldest: evict the oldest records to make room (the newest state wins);
+- drop_oldest: evict the oldest records to make room (the newest state wins). Records already handed to the
+  broker (`handed_over_through`, set by the forwarder) go last: they are on their way or acknowledged and about
+  to be deleted, and evicting one would report a loss of a record the cloud gets;
 - reject_new:  keep what is stored, refuse the new record.
 """
 
@@ -104,6 +106,7 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._closed = False
+        self.handed_over_through = 0  # highest row id the forwarder handed to the broker (this process)
         self.counts: Counter[str] = Counter()  # put, acked, evicted, rejected, expired, duplicate (since open)
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
@@ -197,7 +200,8 @@ class Outbox:
             if limits.policy == "reject_new" or quota is not None:
                 return PutResult(None, "full"), []
             for rowid, old_stream, old_seq, old_size in self._db.execute(
-                "SELECT id, stream, seq, LENGTH(payload) FROM records ORDER BY id"
+                "SELECT id, stream, seq, LENGTH(payload) FROM records ORDER BY id <= ?, id",
+                (self.handed_over_through,),
             ):
                 if records + 1 <= limits.max_records and nbytes + size <= limits.max_bytes:
                     break
