@@ -199,15 +199,17 @@ class Outbox:
             # A stream with a quota (images) is expendable: it never evicts the records of other streams.
             if limits.policy == "reject_new" or quota is not None:
                 return PutResult(None, "full"), []
-            for rowid, old_stream, old_seq, old_size in self._db.execute(
-                "SELECT id, stream, seq, LENGTH(payload) FROM records ORDER BY id <= ?, id",
-                (self.handed_over_through,),
-            ):
-                if records + 1 <= limits.max_records and nbytes + size <= limits.max_bytes:
-                    break
-                evicted.append((rowid, old_stream, old_seq, old_size))
-                records -= 1
-                nbytes -= old_size
+            # Two range scans on the primary key (a sort of a million-record outbox on every put would not do).
+            handed = self.handed_over_through
+            for where in ("id > ?", "id <= ?"):
+                for rowid, old_stream, old_seq, old_size in self._db.execute(
+                    f"SELECT id, stream, seq, LENGTH(payload) FROM records WHERE {where} ORDER BY id", (handed,)
+                ):
+                    if records + 1 <= limits.max_records and nbytes + size <= limits.max_bytes:
+                        break
+                    evicted.append((rowid, old_stream, old_seq, old_size))
+                    records -= 1
+                    nbytes -= old_size
             self._db.executemany("DELETE FROM records WHERE id = ?", [(e[0],) for e in evicted])
         if key is not None:  # only for a stored record: a refused one may still come again and be kept then
             key_id = self._db.execute("INSERT INTO record_keys (key) VALUES (?)", (key,)).lastrowid
