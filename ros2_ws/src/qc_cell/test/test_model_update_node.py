@@ -149,7 +149,7 @@ def test_signed_update_goes_live_through_load_model_and_is_reported(tmp_path):
         assert cell.graph.spin_until(
             lambda: any(s["active_version"] == "1.1.0" for s in cell.statuses("model_state")), 5
         )
-        assert any(a.code == "MODEL_UPDATE_ACCEPTED" for a in cell.alerts)
+        assert cell.graph.spin_until(lambda: any(a.code == "MODEL_UPDATE_ACCEPTED" for a in cell.alerts), 5)
         # The same update in chunks over MQTT (no HTTP/file access needed at the edge).
         assert cell.publish_model("1.2.0", "--chunks", "--chunk-size", "2048") == 0
         assert cell.loads == ["1.1.0", "1.2.0"]
