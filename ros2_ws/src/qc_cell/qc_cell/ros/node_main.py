@@ -14,6 +14,17 @@ from rclpy.node import Node
 
 from qc_cell.ros.params import ParameterError
 
+try:
+    from rclpy.signals import SignalHandlerOptions
+
+    WITHOUT_RCLPY_SIGNAL_HANDLERS: dict = {"signal_handler_options": SignalHandlerOptions.NO}
+except ImportError:  # an rclpy without the option: its handlers then chain to the Python ones installed first
+    WITHOUT_RCLPY_SIGNAL_HANDLERS = {}
+
+# How soon the main thread acts on Ctrl-C or SIGTERM when the executor has nothing to do (an executor wait is
+# not interrupted by a signal; Python runs its handlers between two waits).
+SIGNAL_CHECK_S = 0.2
+
 
 def make_executor(threads: int = 1, context: Context | None = None) -> Executor:
     """SingleThreadedExecutor for threads=1, else a MultiThreadedExecutor. Prefer one thread: rclpy's
@@ -30,24 +41,27 @@ def stop_like_ctrl_c(signum: int, frame: object) -> None:
 
 
 def run(node_factory: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> int:
-    """Create the node and spin it until Ctrl-C or an external shutdown. Returns the process exit code.
+    """Create the node and spin it until Ctrl-C, SIGTERM or an external shutdown. Returns the process exit code.
 
     threads > 1 uses a MultiThreadedExecutor, so long work in its own callback group does not block
     the other callbacks.
     """
+    options = {}
     if threading.current_thread() is threading.main_thread():
-        # Installed before rclpy.init, which chains its own handler to this one. rclpy's SIGTERM path alone can
-        # leave the node running: it wakes the executor first and shuts the context down afterwards, and an
-        # executor that checked the context in between waits again, forever (3 of 118 SIGTERMs here). This handler
-        # runs as soon as the woken main thread is back in Python, so the exit does not depend on that race.
+        # Ctrl-C and SIGTERM are handled by Python on this thread, not by rclpy: rclpy's handlers wake the executor
+        # and shut the context down from a thread of their own, which raced this thread (the executor woke first
+        # and waited again, forever: 3 of 118 SIGTERMs; with a Python handler chained to rclpy's, the clean-up here
+        # still raced that thread and hung under load).
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
-    rclpy.init(args=args if args is not None else sys.argv)
+        options = WITHOUT_RCLPY_SIGNAL_HANDLERS
+    rclpy.init(args=args if args is not None else sys.argv, **options)
     node = None
     try:
         node = node_factory()
         executor = make_executor(threads)
         executor.add_node(node)
-        executor.spin()
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
         return 0
     except (KeyboardInterrupt, ExternalShutdownException):
         return 0
