@@ -9,7 +9,7 @@ import time
 import pytest
 from rclpy.parameter import Parameter
 
-from qc_cell.nodes.arm_server import ArmServer
+from qc_cell.nodes.arm_server import EXECUTOR_THREADS, ArmServer
 from qc_cell.nodes.reject_actuator import RejectActuator
 from qc_cell.reject.arm_model import ArmPlan, ArmSpec, ReferenceArm
 from qc_cell.ros import qos
@@ -64,7 +64,7 @@ class Cell:
 
 
 def test_the_arm_picks_the_part_by_its_deadline_and_can_be_made_to_fail():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         cell = Cell(graph, FAST_ARM)
         capture = time.time_ns()
         cell.reject("p1", capture)
@@ -90,7 +90,7 @@ def test_the_arm_picks_the_part_by_its_deadline_and_can_be_made_to_fail():
 
 
 def test_a_pick_point_out_of_reach_fails_with_the_reason():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         cell = Cell(graph, [*FAST_ARM, Parameter("reach_max_m", value=0.25)])
         cell.reject("p1", time.time_ns())
         (event,) = cell.wait_events(1)
@@ -99,7 +99,7 @@ def test_a_pick_point_out_of_reach_fails_with_the_reason():
 
 
 def test_a_busy_arm_fails_the_part_it_cannot_reach_in_time():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         cell = Cell(graph, [*FAST_ARM, Parameter("place_s", value=1.0)])
         capture = time.time_ns()
         cell.reject("first", capture)
@@ -111,7 +111,7 @@ def test_a_busy_arm_fails_the_part_it_cannot_reach_in_time():
 
 
 def test_without_an_arm_server_parts_fail_and_the_fault_is_alerted():
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         # Its own namespace: an arm server of an earlier test may linger in discovery for a while.
         cell = Cell(graph, None, namespace="cell_without_arm")
         cell.reject("p1", time.time_ns())

@@ -16,7 +16,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from qc_cell.camera.sources.opencv_capture import opencv_has_gstreamer
 from qc_cell.camera.synthetic import SyntheticPartGenerator, write_mvtec_dataset
-from qc_cell.nodes.camera_driver import CameraDriver
+from qc_cell.nodes.camera_driver import EXECUTOR_THREADS, CameraDriver
 from qc_cell.ros import qos
 from qc_cell.ros.images import image_to_array
 from qc_cell.ros.params import ParameterError
@@ -88,7 +88,7 @@ def mvtec(tmp_path_factory) -> Path:
 
 
 def test_synthetic_free_run_with_ground_truth(tmp_path):
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph)
         driver = make_driver(
             graph, tmp_path, source="synthetic", rate_hz=50.0, max_parts=12, seed=2, defect_rate=0.5,
@@ -118,7 +118,7 @@ def test_folder_source_with_mvtec_ground_truth_and_a_corrupt_image(tmp_path, mvt
     folder = tmp_path / "bottle"
     shutil.copytree(mvtec, folder)
     (folder / "test" / "contamination" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph)
         driver = make_driver(graph, tmp_path, source="folder", path=str(folder), rate_hz=40.0)
         wait_for_subscriber(graph, driver)
@@ -140,7 +140,7 @@ def test_video_source_with_roi_and_downscale(tmp_path):
     for i in range(4):
         writer.write(np.full((240, 320, 3), 40 * (i + 1), np.uint8))
     writer.release()
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph, images=True)
         driver = make_driver(
             graph, tmp_path, source="video", path=str(video), rate_hz=30.0, roi=[40, 20, 200, 160], scale=0.5
@@ -163,7 +163,7 @@ def test_video_source_with_roi_and_downscale(tmp_path):
 @pytest.mark.hardware
 @pytest.mark.skipif(not Path("/dev/video0").exists(), reason="no V4L2 camera at /dev/video0 on this machine")
 def test_v4l2_camera(tmp_path):
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph)
         driver = make_driver(graph, tmp_path, source="v4l2", device="/dev/video0", rate_hz=5.0, max_parts=3)
         activate(driver)
@@ -175,7 +175,7 @@ def test_v4l2_camera(tmp_path):
 @pytest.mark.skipif(not opencv_has_gstreamer(), reason="OpenCV built without GStreamer (PyPI opencv-python wheels)")
 def test_gstreamer_test_pipeline(tmp_path):
     pipeline = "videotestsrc ! video/x-raw,width=64,height=48 ! videoconvert ! video/x-raw,format=BGR ! appsink"
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph)
         driver = make_driver(graph, tmp_path, source="gstreamer", pipeline=pipeline, rate_hz=20.0, max_parts=3)
         activate(driver)
@@ -185,7 +185,7 @@ def test_gstreamer_test_pipeline(tmp_path):
 
 @pytest.mark.skipif(opencv_has_gstreamer(), reason="this OpenCV has GStreamer; configure would not fail")
 def test_gstreamer_without_opencv_support_fails_configure_clearly(tmp_path):
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         driver = make_driver(graph, tmp_path, source="gstreamer", pipeline="videotestsrc ! appsink")
         assert driver.trigger_configure() == FAILURE
         assert driver.loop is None
@@ -195,7 +195,7 @@ def test_gstreamer_without_opencv_support_fails_configure_clearly(tmp_path):
 
 
 def test_triggered_mode_one_frame_per_trigger(tmp_path):
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph)
         driver = make_driver(graph, tmp_path, source="synthetic", mode="triggered", width=64,
                              height=64, part_id_prefix="c7")  # fmt: skip
@@ -217,7 +217,7 @@ def test_triggered_mode_one_frame_per_trigger(tmp_path):
 def test_trigger_without_a_frame_still_yields_a_part_frame(tmp_path):
     """A missing camera: configure succeeds with a clear error, the driver retries with backoff, and every
     trigger meanwhile gets capture_ok false with the reason (downstream: NOT_INSPECTED)."""
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph)
         driver = make_driver(
             graph, tmp_path, source="v4l2", device="/dev/video_qc_missing", mode="triggered",
@@ -249,7 +249,7 @@ def test_lost_source_reconnects(tmp_path, mvtec):
     """The folder disappears mid-run (unmounted share) and comes back: the driver reports it and resumes."""
     folder = tmp_path / "share"
     shutil.copytree(mvtec / "train", folder)
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph)
         driver = make_driver(graph, tmp_path, source="folder", path=str(folder), loop=True, rate_hz=50.0,
                              reconnect_initial_s=0.05, reconnect_max_s=0.1)  # fmt: skip
@@ -271,7 +271,7 @@ def test_lost_source_reconnects(tmp_path, mvtec):
 def test_part_ids_continue_after_a_restart(tmp_path):
     ids = []
     for _ in range(2):
-        with ros_graph() as graph:
+        with ros_graph(threads=EXECUTOR_THREADS) as graph:
             probe = Probe(graph)
             driver = make_driver(graph, tmp_path, source="synthetic", width=64, height=64,
                                  rate_hz=50.0, max_parts=3, part_id_prefix="r")  # fmt: skip
@@ -298,7 +298,7 @@ def test_part_ids_continue_after_a_restart(tmp_path):
     ],
 )
 def test_bad_parameters_fail_fast(tmp_path, params, expected):
-    with ros_graph() as graph, pytest.raises(ParameterError, match=expected):
+    with ros_graph(threads=EXECUTOR_THREADS) as graph, pytest.raises(ParameterError, match=expected):
         make_driver(graph, tmp_path, **params)
 
 
@@ -306,7 +306,7 @@ def test_bad_parameters_fail_fast(tmp_path, params, expected):
 
 
 def test_lifecycle_transitions(tmp_path):
-    with ros_graph() as graph:
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
         probe = Probe(graph)
         driver = make_driver(graph, tmp_path, source="synthetic", width=64, height=64, rate_hz=40.0)
         wait_for_subscriber(graph, driver)

@@ -73,7 +73,7 @@ class Cell:
 
 @contextmanager
 def decision_cell(**params) -> Iterator[Cell]:
-    with ros_graph(threads=1) as graph:  # the decision node's own executor (qc_cell.nodes.decision.main)
+    with ros_graph() as graph:
         overrides = [Parameter(name, value=value) for name, value in params.items()]
         node = graph.add(DecisionNode(context=graph.context, parameter_overrides=overrides))
         probe = graph.node("probe")

@@ -35,9 +35,9 @@ FAST_FUSION = {
     "vibration_window_s": 0.2,
     "vibration_rms_period_s": 0.05,
 }
-# Modest rates: one Python executor runs every node of a test, on a machine shared with other work. It is the
-# nodes' own one-thread executor (ros_graph(threads=1)): rclpy's 4-thread one delivered 24-38 of the 50 vibration
-# samples per second under load, and below 25 per second the 0.2 s RMS window never fills (no RMS, no trend).
+# Modest rates: one Python executor runs every node of a test, on a machine shared with other work (the nodes'
+# own one-thread executor: rclpy's 4-thread one delivered 24-38 of the 50 vibration samples per second under
+# load, and below 25 per second the 0.2 s RMS window never fills: no RMS, no trend alert).
 FAST_SIM = {"rate_hz": 10.0, "vibration_rate_hz": 50.0}
 
 
@@ -60,7 +60,7 @@ def _start(graph, fusion: dict | None = None, sim: dict | None = None):
 
 
 def test_simulated_sensors_give_a_fresh_in_spec_state_that_late_joiners_get_at_once():
-    with ros_graph(threads=1) as graph:
+    with ros_graph() as graph:
         _, _, states, alerts = _start(graph, sim={"scenario": "normal"})
 
         def fresh() -> bool:
@@ -84,7 +84,7 @@ def test_simulated_sensors_give_a_fresh_in_spec_state_that_late_joiners_get_at_o
 
 
 def test_silent_sensors_make_the_state_stale_with_an_alert_each():
-    with ros_graph(threads=1) as graph:
+    with ros_graph() as graph:
         _, _, states, alerts = _start(
             graph, fusion={"temperature_timeout_s": 0.3, "pressure_timeout_s": 0.3, "vibration_timeout_s": 0.3}
         )
@@ -98,7 +98,7 @@ def test_silent_sensors_make_the_state_stale_with_an_alert_each():
 
 
 def test_garbage_samples_do_not_keep_a_sensor_alive():
-    with ros_graph(threads=1) as graph:
+    with ros_graph() as graph:
         _, probe, states, _ = _start(graph, fusion={"temperature_timeout_s": 0.3})
         diagnostics: list[DiagnosticArray] = []
         probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, qos.DIAGNOSTICS)
@@ -127,7 +127,7 @@ def test_garbage_samples_do_not_keep_a_sensor_alive():
 
 def test_dropout_scenario_goes_stale_and_recovers_with_alerts():
     sim = {"scenario": "dropout", "dropout_signal": "pressure", "dropout_period_s": 1.2, "dropout_duration_s": 0.6}
-    with ros_graph(threads=1) as graph:
+    with ros_graph() as graph:
         _, _, states, alerts = _start(graph, fusion={"pressure_timeout_s": 0.25}, sim=sim)
 
         def cycle_seen() -> bool:
@@ -146,7 +146,7 @@ def test_vibration_drift_raises_the_maintenance_trend_alert():
         "vibration_drift_per_min": 30.0,
         "temperature_drift_c_per_min": 0.0,
     }
-    with ros_graph(threads=1) as graph:
+    with ros_graph() as graph:
         _, _, states, alerts = _start(graph, fusion=fusion, sim=sim)
         started = time.monotonic()
         assert graph.spin_until(lambda: any(a.code == "VIBRATION_TREND" for a in alerts), 15.0), [
@@ -163,7 +163,7 @@ def test_bad_spec_limits_are_refused_at_start_up_and_at_run_time():
         SensorFusionNode(context=graph.context, parameter_overrides=_overrides({"temperature_min_c": 60.0}))
     with ros_graph() as graph, pytest.raises(ParameterError, match="check_period_s"):
         SensorFusionNode(context=graph.context, parameter_overrides=_overrides({"check_period_s": 1.0}))
-    with ros_graph(threads=1) as graph:
+    with ros_graph() as graph:
         node, probe, _, _ = _start(graph)
         client = probe.create_client(SetParameters, "/sensor_fusion/set_parameters")
         assert client.wait_for_service(timeout_sec=5.0)
@@ -188,7 +188,7 @@ def test_bad_spec_limits_are_refused_at_start_up_and_at_run_time():
 )
 def test_the_params_files_sections_are_accepted_and_complete(params_file, section, node_type):
     values = load_params(Path(__file__).resolve().parents[4] / "params" / params_file)[section]
-    with ros_graph(threads=1) as graph:
+    with ros_graph() as graph:
         node = node_type(context=graph.context, parameter_overrides=_overrides(values))
         try:
             assert {k: node.get_parameter(k).value for k in values} == values  # every key declared, none ignored

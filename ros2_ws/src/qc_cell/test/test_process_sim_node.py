@@ -35,7 +35,7 @@ def _start(graph, **params):
 
 
 def test_publishes_all_three_sensors_at_their_rates_with_nominal_values():
-    with ros_graph(threads=1) as graph:  # the node's own executor
+    with ros_graph() as graph:
         _, _, received = _start(graph)
         assert graph.spin_until(lambda: all(received.values()), 5.0), {k: len(v) for k, v in received.items()}
         for values in received.values():
@@ -54,7 +54,7 @@ def test_publishes_all_three_sensors_at_their_rates_with_nominal_values():
 
 
 def test_dropout_scenario_leaves_a_gap_in_one_signal_only():
-    with ros_graph(threads=1) as graph:  # the node's own executor
+    with ros_graph() as graph:
         _, _, received = _start(
             graph, scenario="dropout", dropout_signal="temperature", dropout_period_s=1.0, dropout_duration_s=0.5
         )
@@ -67,7 +67,7 @@ def test_dropout_scenario_leaves_a_gap_in_one_signal_only():
 
 
 def test_scenario_switches_at_run_time_and_bad_values_are_refused():
-    with ros_graph(threads=1) as graph:  # the node's own executor
+    with ros_graph() as graph:
         node, probe, _ = _start(graph)
         client = probe.create_client(SetParameters, "/process_simulator/set_parameters")
         assert client.wait_for_service(timeout_sec=5.0)

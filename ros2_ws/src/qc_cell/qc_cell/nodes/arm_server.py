@@ -24,6 +24,8 @@ from qc_cell.ros.time import to_ns
 from qc_interfaces.action import RejectPart
 
 RUNTIME = ("approach_s", "pick_s", "place_s", "failure_probability", "force_failure")
+# Several threads: a pick runs in its action goal's execute callback while further goals and cancels arrive.
+EXECUTOR_THREADS = 4
 
 
 class ArmServer(Node):
@@ -165,7 +167,7 @@ class ArmServer(Node):
 
 
 def main() -> int:
-    return run(ArmServer, threads=4)
+    return run(ArmServer, threads=EXECUTOR_THREADS)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ GROUND_TRUTH = {"good": PartFrame.LABEL_GOOD, "defect": PartFrame.LABEL_DEFECT, 
 SEVERITY = {"info": Alert.INFO, "warn": Alert.WARN, "error": Alert.ERROR}
 # Events that are also raised as alerts (the others are only logged): state changes an operator must see.
 ALERT_CODES = {"CAMERA_UNAVAILABLE", "CAMERA_RECOVERED", "SOURCE_FINISHED", "MAX_PARTS", "PART_ID_FAILED"}
+# Two threads: captures publish from the capture thread, and the second executor thread answers triggers while a
+# lifecycle transition is stopping the capture loop.
+EXECUTOR_THREADS = 2
 
 
 class CameraDriver(LifecycleNode):
@@ -401,7 +404,7 @@ class CameraDriver(LifecycleNode):
 
 
 def main() -> int:
-    return run(CameraDriver, threads=2)
+    return run(CameraDriver, threads=EXECUTOR_THREADS)
 
 
 if __name__ == "__main__":

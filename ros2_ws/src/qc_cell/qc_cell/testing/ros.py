@@ -26,6 +26,7 @@ class Graph:
         self.context = context
         # The executor a node gets from qc_cell.ros.node_main.run with the same thread count: test a node on its own
         # (a burst of 2,000 queued messages crawled at ~15 per second on 4 threads, 1,000 took seconds on one).
+        # Default 1, as most nodes run; rclpy's 4-thread executor halved a 50 Hz stream under load.
         self.executor = make_executor(threads, context)
         self._nodes: list[Node] = []
 
@@ -60,7 +61,7 @@ class Graph:
 
 
 @contextmanager
-def ros_graph(threads: int = 4) -> Iterator[Graph]:
+def ros_graph(threads: int = 1) -> Iterator[Graph]:
     context = Context()
     rclpy.init(context=context)
     graph = Graph(context, threads)
