@@ -59,7 +59,7 @@ IDLE_NODE = """
 from rclpy.node import Node
 from qc_cell.ros.node_main import run
 
-class Idle(Node):  # nothing that would wake its executor: only the SIGTERM can
+class Idle(Node):  # nothing that would wake its executor: only the signal can
     def __init__(self):
         super().__init__("idle")
         self.get_logger().info("idle ready")
