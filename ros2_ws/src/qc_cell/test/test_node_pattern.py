@@ -47,12 +47,15 @@ def test_bad_parameters_fail_fast_with_a_clear_message(override, expected):
         _Example(context=graph.context, parameter_overrides=[override])
 
 
-def test_contexts_are_isolated():
+def test_a_closed_graph_leaves_nothing_behind():
+    # Two open contexts are two DDS participants on one domain and see each other's nodes (after discovery), so
+    # what isolates tests is closing: the next test's graph has neither the nodes nor the executor of the last.
     with ros_graph() as first:
         first.node("only_in_first")
-        with ros_graph() as second:
-            names = second.node("probe").get_node_names()
-    assert "only_in_first" not in names
+    with ros_graph() as second:
+        probe = second.node("probe")
+        assert second.spin_until(lambda: "only_in_first" not in probe.get_node_names(), 5.0)
+        assert second.executor.get_nodes() == [probe]
 
 
 IDLE_NODE = """
