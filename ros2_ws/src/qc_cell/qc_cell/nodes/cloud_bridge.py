@@ -154,7 +154,7 @@ class CloudBridgeNode(Node):
         self._load_client = self.create_client(LoadModel, "inference/load_model")
         # Subscriptions: the QoS each topic's publisher uses (qc_cell.ros.qos), so the pairs match.
         # With the publisher's history, so the first verdicts are not lost when the decision node's writer
-        # matches this reader only after them; verdicts decided before this bridge started are not sent again.
+        # matches this reader only after them, nor those decided while this bridge was down (see _on_decision).
         self.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
         self.create_subscription(CellKpi, "quality/kpi", self._on_kpi, qos.EVENTS)
         self.create_subscription(Alert, "alerts", self._on_alert, qos.EVENTS)
