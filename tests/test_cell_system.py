@@ -42,21 +42,26 @@ def test_full_run_every_part_one_verdict_one_reject_one_summary(tmp_path):
     )
 
 
-def test_inference_crash_parts_fail_safe_and_the_cell_recovers(tmp_path):
+def _run_with_a_crash(node_name: str, parts: int, tmp_path: Path, namespace: str) -> dict:
+    """The demo cell with `node_name` SIGKILLed once at part 60; the runner must respawn it."""
     killed = {}
 
-    def kill_inference_once(runner, broker) -> None:
+    def kill_once(runner, broker) -> None:
         if not killed and runner.progress.parts >= 60:
-            pid = runner.supervisor.pid("inference")
-            os.kill(pid, signal.SIGKILL)
+            os.kill(runner.supervisor.pid(node_name), signal.SIGKILL)
             killed["at"] = runner.progress.parts
 
     result = run_demo(
-        250, PARAMS, tmp_path, namespace=f"crash{os.getpid()}", extra_overrides=CELL, on_tick=kill_inference_once
+        parts, PARAMS, tmp_path, namespace=f"{namespace}{os.getpid()}", extra_overrides=CELL, on_tick=kill_once
     )
-    assert killed, "the inference process was never killed"
-    _assert_every_part_accounted(result, 250)
-    assert result["restarts"]["inference"] >= 1, f"inference was not respawned: {result['restarts']}"
+    assert killed, f"the {node_name} process was never killed"
+    _assert_every_part_accounted(result, parts)
+    assert result["restarts"][node_name] >= 1, f"{node_name} was not respawned: {result['restarts']}"
+    return result
+
+
+def test_inference_crash_parts_fail_safe_and_the_cell_recovers(tmp_path):
+    result = _run_with_a_crash("inference", 250, tmp_path, "crash")
     assert result["verdicts"]["NOT_INSPECTED"] >= 1, f"no fail-safe verdicts during the gap: {result['verdicts']}"
     ok = result["verdicts"]["NORMAL"] + result["verdicts"]["REINSPECT"] + result["verdicts"]["DEFECTIVE"]
     assert ok >= 150, f"the cell did not resume inspecting after the respawn: {result['verdicts']}"
@@ -85,18 +90,6 @@ def test_broker_outage_loses_no_summary(tmp_path):
 
 
 def test_a_bridge_crash_loses_no_summary_and_sends_none_twice(tmp_path):
-    killed = {}
-
-    def kill_bridge_once(runner, broker) -> None:
-        if not killed and runner.progress.parts >= 60:
-            os.kill(runner.supervisor.pid("cloud_bridge"), signal.SIGKILL)
-            killed["at"] = runner.progress.parts
-
-    result = run_demo(
-        250, PARAMS, tmp_path, namespace=f"bridge{os.getpid()}", extra_overrides=CELL, on_tick=kill_bridge_once
-    )
-    assert killed, "the cloud bridge was never killed"
-    _assert_every_part_accounted(result, 250)
-    assert result["restarts"]["cloud_bridge"] >= 1, f"the bridge was not respawned: {result['restarts']}"
+    result = _run_with_a_crash("cloud_bridge", 250, tmp_path, "bridge")
     assert result["mqtt"]["part_records_vs_parts"] == "250/250", f"summaries lost in the crash: {result['mqtt']}"
     assert result["mqtt"]["parts_sent_twice"] == 0, f"summaries sent twice: {result['mqtt']}"
