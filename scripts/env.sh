@@ -1,18 +1,28 @@
 # Source this for interactive use: `source scripts/env.sh`. Sets up the venv, ROS 2 and the built workspace.
+# `QC_ROS_DISTRO=jazzy source scripts/env.sh`: the Jazzy environment of `make test-jazzy` instead
+# (.venv-jazzy and ros2_ws/install-jazzy, made by `scripts/setup.sh --distro jazzy`; no system ROS 2).
 _qc_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
-for _d in /opt/ros/*/setup.bash; do [ -f "$_d" ] && _qc_sys_ros="$_d"; done
+if [ "${QC_ROS_DISTRO:-}" = jazzy ]; then
+  _qc_venv="$_qc_root/.venv-jazzy"
+  _qc_install="$_qc_root/ros2_ws/install-jazzy"
+  export ROS_DISTRO=jazzy
+else
+  _qc_venv="$_qc_root/.venv"
+  _qc_install="$_qc_root/ros2_ws/install"
+  for _d in /opt/ros/*/setup.bash; do [ -f "$_d" ] && _qc_sys_ros="$_d"; done
+fi
 if [ -n "${_qc_sys_ros:-}" ]; then
   # shellcheck disable=SC1090
   . "$_qc_sys_ros"
 else
-  export AMENT_PREFIX_PATH="$_qc_root/.venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
-  export CMAKE_PREFIX_PATH="$_qc_root/.venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  export AMENT_PREFIX_PATH="$_qc_venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+  export CMAKE_PREFIX_PATH="$_qc_venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 fi
-export VIRTUAL_ENV="$_qc_root/.venv"
+export VIRTUAL_ENV="$_qc_venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
-if [ -f "$_qc_root/ros2_ws/install/local_setup.bash" ]; then
+if [ -f "$_qc_install/local_setup.bash" ]; then
   # shellcheck disable=SC1091
-  . "$_qc_root/ros2_ws/install/local_setup.bash"
+  . "$_qc_install/local_setup.bash"
 fi
 # The Python sources come first, so edits take effect without a rebuild.
 export PYTHONPATH="$_qc_root/ros2_ws/src/qc_cell:$_qc_root/ros2_ws/src/qc_cloud${PYTHONPATH:+:$PYTHONPATH}"
@@ -26,4 +36,4 @@ if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}${FASTRTPS_DEFAULT_PROFILES_FILE:-}" 
     *) export FASTDDS_DEFAULT_PROFILES_FILE="$_qc_root/ros2_ws/src/qc_cell/qc_cell/camera/fastdds_large_images.xml" ;;
   esac
 fi
-unset _qc_root _qc_sys_ros _d
+unset _qc_root _qc_sys_ros _qc_venv _qc_install _d

@@ -3,64 +3,109 @@
 #  - With a system ROS 2 (/opt/ros/<distro>): a venv on top of it (--system-site-packages).
 #  - Without: a venv with ROS 2 Kilted from PyPI, with the wheels' baked CMake paths fixed.
 #  - Python dependencies (edge, dev, cloud tools), mosquitto for the tests and the demo,
-#    then colcon build of the workspace when its sources changed.
+#    then colcon build of the workspace when its sources changed (per-package settings: colcon.meta),
+#    and the ROS packages' console scripts (qc_cloud, qc_synthetic_parts, ...) in the venv's bin/.
+#
+# `scripts/setup.sh --distro jazzy` (make test-jazzy) sets up a second, independent environment with ROS 2
+# Jazzy from PyPI, the closest to Humble's rclpy that installs here: .venv-jazzy, ros2_ws/build-jazzy,
+# ros2_ws/install-jazzy; use it with `QC_ROS_DISTRO=jazzy source scripts/env.sh`. It ignores a system ROS 2.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 cd "$ROOT"
 
-log() { printf '[setup] %s\n' "$*"; }
+DISTRO="${QC_ROS_DISTRO:-}"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --distro) DISTRO="${2:?--distro needs a value}"; shift 2 ;;
+    --distro=*) DISTRO="${1#--distro=}"; shift ;;
+    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$1' (usage: setup.sh [--distro jazzy])" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[setup%s] %s\n' "${DISTRO:+ $DISTRO}" "$*"; }
 hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 # Run a step only when its inputs changed since the last successful run.
 stamp_ok() { [[ -f "$VENV/.stamp-$1" && "$(cat "$VENV/.stamp-$1")" == "$2" ]]; }
 stamp_set() { echo "$2" > "$VENV/.stamp-$1"; }
 
-SYSTEM_ROS=""
-for d in /opt/ros/*/setup.bash; do
-  [[ -f "$d" ]] && SYSTEM_ROS="$d"
-done
+# Where this set-up lives: the default one (system ROS 2 or Kilted wheels), or a second distribution's wheels.
+case "$DISTRO" in
+  "" | kilted)
+    DISTRO=""
+    VENV="$ROOT/.venv"
+    ROS_REQUIREMENTS=requirements/ros-kilted.txt
+    BUILD_BASE=ros2_ws/build
+    INSTALL_BASE=ros2_ws/install
+    SYSTEM_ROS=""
+    for d in /opt/ros/*/setup.bash; do
+      [[ -f "$d" ]] && SYSTEM_ROS="$d"
+    done
+    ;;
+  jazzy)
+    VENV="$ROOT/.venv-jazzy"
+    ROS_REQUIREMENTS=requirements/ros-jazzy.txt
+    BUILD_BASE=ros2_ws/build-jazzy
+    INSTALL_BASE=ros2_ws/install-jazzy
+    SYSTEM_ROS=""
+    ;;
+  *) echo "setup.sh: unknown distro '$DISTRO' (PyPI wheels exist for kilted and jazzy)" >&2; exit 2 ;;
+esac
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 
-if [[ ! -x "$VENV/bin/python" ]]; then
+make_venv() {
+  [[ -x "$VENV/bin/python" ]] && return
   if [[ -n "$SYSTEM_ROS" ]]; then
     log "system ROS 2 found ($SYSTEM_ROS): venv on top of it"
     "$PY" -m venv --system-site-packages "$VENV"
   else
-    log "no system ROS 2: venv with ROS 2 Kilted from PyPI"
+    log "no system ROS 2: venv with ROS 2 ${DISTRO:-kilted} from PyPI"
     "$PY" -m venv "$VENV"
   fi
-fi
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+}
 
-if [[ -z "$SYSTEM_ROS" ]]; then
-  h=$(hash_of requirements/ros-kilted.txt scripts/fix_ros_cmake_paths.py)
-  if ! stamp_ok ros "$h"; then
-    log "installing ROS 2 wheels"
-    "${PIP[@]}" -r requirements/ros-kilted.txt
-    "$VENV/bin/python" scripts/fix_ros_cmake_paths.py "$VENV"
-    stamp_set ros "$h"
-  fi
-fi
+install_ros_wheels() {
+  [[ -n "$SYSTEM_ROS" ]] && return
+  local h
+  h=$(hash_of "$ROS_REQUIREMENTS" scripts/fix_ros_cmake_paths.py)
+  stamp_ok ros "$h" && return
+  log "installing ROS 2 wheels ($ROS_REQUIREMENTS)"
+  "${PIP[@]}" -r "$ROS_REQUIREMENTS"
+  "$VENV/bin/python" scripts/fix_ros_cmake_paths.py "$VENV"
+  stamp_set ros "$h"
+}
 
-h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt docker/pip-constraints.txt)
-if ! stamp_ok py "$h"; then
+# The cloud tools (torch) are for the default PyPI set-up only: a system ROS 2 (the Jetson) gets them with
+# QC_WITH_CLOUD=1, and the Jazzy run (node and system tests) never needs them.
+install_python_dependencies() {
+  local h reqs
+  h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt docker/pip-constraints.txt \
+    docker/requirements-jetson.txt)
+  stamp_ok py "$h" && return
   log "installing Python dependencies"
   if [[ -n "$SYSTEM_ROS" ]]; then
     # The apt-built rclpy, cv_bridge and python3-opencv need NumPy 1.x and the system OpenCV (GStreamer):
     # no OpenCV wheel, NumPy constrained, and no cloud tools (torch) on the edge (QC_WITH_CLOUD=1 adds them).
-    grep -v '^opencv-python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
+    # On a Jetson also pycuda (built against /usr/local/cuda) and Jetson.GPIO, as in the Jetson image.
+    grep -viE '^[[:space:]]*opencv-(contrib-)?python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
     reqs=(-r "$VENV/edge-system-ros.txt" -r requirements/dev.txt -c docker/pip-constraints.txt)
+    [[ "$(uname -m)" == aarch64 ]] && reqs+=(-r docker/requirements-jetson.txt)
     [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt)
-    "${PIP[@]}" "${reqs[@]}"
+    PATH="/usr/local/cuda/bin:$PATH" "${PIP[@]}" "${reqs[@]}"
   else
-    "${PIP[@]}" -r requirements/edge.txt -r requirements/dev.txt -r requirements/cloud.txt
+    reqs=(-r requirements/edge.txt -r requirements/dev.txt)
+    [[ -z "$DISTRO" ]] && reqs+=(-r requirements/cloud.txt)
+    "${PIP[@]}" "${reqs[@]}"
     # numpy may have moved: keep the CMake include paths pointing at it.
     "$VENV/bin/python" scripts/fix_ros_cmake_paths.py "$VENV"
   fi
   stamp_set py "$h"
-fi
+}
 
-if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
+install_mosquitto() {
+  command -v mosquitto >/dev/null && return
+  [[ -x /usr/sbin/mosquitto ]] && return
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     log "installing mosquitto (Debian package)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
@@ -69,12 +114,24 @@ if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
   else
     log "WARNING: mosquitto missing and not root: install it (apt-get install mosquitto) for the broker tests"
   fi
-fi
+}
 
-h=$(find ros2_ws/src msg -type f \( -name '*.msg' -o -name '*.srv' -o -name '*.action' -o -name 'CMakeLists.txt' \
-      -o -name 'package.xml' -o -name 'setup.py' -o -name 'setup.cfg' \) -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)
-if ! stamp_ok colcon "$h" || [[ ! -f ros2_ws/install/local_setup.bash ]]; then
-  log "colcon build"
+# The interpreter the interface packages compile against: the venv's with the PyPI wheels (the only one with
+# their NumPy); with a system ROS 2 the system's, like the images (the NumPy headers apt's ROS 2 was built
+# with, which every newer 1.x loads). colcon itself runs on the venv's interpreter, so the nodes' entry points
+# do too. Everything else colcon needs is in colcon.meta.
+build_workspace() {
+  local h interpreter
+  h=$(find ros2_ws/src msg colcon.meta -type f \( -name '*.msg' -o -name '*.srv' -o -name '*.action' \
+    -o -name 'CMakeLists.txt' -o -name 'package.xml' -o -name 'setup.py' -o -name 'setup.cfg' \
+    -o -name colcon.meta \) -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)
+  stamp_ok colcon "$h" && [[ -f "$INSTALL_BASE/local_setup.bash" ]] && return
+  log "colcon build ($INSTALL_BASE)"
+  if [[ -n "$SYSTEM_ROS" ]]; then
+    interpreter=(-DPython3_EXECUTABLE=/usr/bin/python3 -DPYTHON_EXECUTABLE=/usr/bin/python3)
+  else
+    interpreter=(-DPython3_EXECUTABLE="$VENV/bin/python")
+  fi
   (
     # shellcheck disable=SC1090
     [[ -n "$SYSTEM_ROS" ]] && source "$SYSTEM_ROS"
@@ -84,10 +141,33 @@ if ! stamp_ok colcon "$h" || [[ ! -f ros2_ws/install/local_setup.bash ]]; then
       export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
     fi
     cd ros2_ws
-    colcon build --event-handlers console_cohesion- status- --cmake-args -DBUILD_TESTING=OFF \
-      -DPython3_EXECUTABLE="$VENV/bin/python" 2>&1 | grep -v "doesn't contain any 'local_setup" || true
-    test "${PIPESTATUS[0]}" -eq 0
+    "$VENV/bin/python" "$(command -v colcon)" build --metas ../colcon.meta \
+      --build-base "${BUILD_BASE#ros2_ws/}" --install-base "${INSTALL_BASE#ros2_ws/}" \
+      --event-handlers console_cohesion- status- --cmake-args "${interpreter[@]}" 2>&1 \
+      | { grep -v "doesn't contain any 'local_setup" || true; }  # pipefail: the status is colcon's
   )
   stamp_set colcon "$h"
-fi
-log "done. Interactive use: source scripts/env.sh"
+}
+
+# The packages' console scripts (qc_cloud, qc_synthetic_parts, qc_cell_runner, the node executables) into the
+# venv's bin/, so the documented commands are on PATH after `source scripts/env.sh`: an editable install without
+# dependencies (the sources stay where they are; colcon's install keeps its own copies under lib/<package>/).
+install_console_scripts() {
+  local h packages=()
+  h=$(hash_of ros2_ws/src/*/setup.py ros2_ws/src/*/setup.cfg)
+  stamp_ok scripts "$h" && return
+  for setup_py in ros2_ws/src/*/setup.py; do
+    packages+=(-e "$(dirname "$setup_py")")
+  done
+  log "console scripts into $VENV/bin"
+  "${PIP[@]}" --no-deps "${packages[@]}"
+  stamp_set scripts "$h"
+}
+
+make_venv
+install_ros_wheels
+install_python_dependencies
+install_mosquitto
+build_workspace
+install_console_scripts
+log "done. Interactive use: ${DISTRO:+QC_ROS_DISTRO=$DISTRO }source scripts/env.sh"
