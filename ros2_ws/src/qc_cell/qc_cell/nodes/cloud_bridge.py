@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 
 from qc_cell.bridge import records
 from qc_cell.bridge.bridge import Bridge, BridgeSettings
@@ -27,35 +25,27 @@ from qc_cell.bridge.config import BridgeConfigError, broker_config
 from qc_cell.bridge.inbound import InboundError, parse
 from qc_cell.bridge.model_updater import ModelUpdater, UpdateOutcome, UpdateSettings
 from qc_cell.bridge.offload import OffloadTracker
-from qc_cell.bridge.outbox import FULL_POLICIES, SYNCHRONOUS, OutboxLimits
+from qc_cell.bridge.outbox import OutboxLimits
+from qc_cell.bridge.params import CLOUD_BRIDGE, IMAGE_VERDICTS, MB
 from qc_cell.bridge.sampler import ByteBudget, encode_jpeg
 from qc_cell.bridge.topics import CellId
 from qc_cell.bridge.update_manifest import KeyFileError, trusted_keys
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.images import image_to_array, to_bgr8
 from qc_cell.ros.node_main import run
-from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
 
-MB = 1024 * 1024
-IMAGE_VERDICTS = ("REINSPECT", "DEFECTIVE")
 REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
-RUNTIME_PARAMETERS = (
-    "process_period_s",
-    "sample_bytes_per_hour",
-    "sample_min_interval_s",
-    "offload_slack_ms",
-    "offload_min_remaining_ms",
-)
 
 
 class CloudBridgeNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("cloud_bridge", **kwargs)
         self._started_ns = self.get_clock().now().nanoseconds
-        p = self._declare_parameters()
+        p = declare_parameters(self, CLOUD_BRIDGE)
         try:
             self._cell = CellId(p["site"], p["line"], p["cell"])
             broker = broker_config(
@@ -164,7 +154,7 @@ class CloudBridgeNode(Node):
         if p["sample_enabled"] or p["offload_enabled"]:
             # Only then: every frame is an image, and the bridge must not cost the cell a copy of each.
             self.create_subscription(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        handle_parameter_changes(self, CLOUD_BRIDGE, self._apply_parameters)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self.create_timer(p["status_period_s"], self._bridge.session.publish_status)
         self.create_timer(0.2, self._housekeeping)
@@ -180,77 +170,8 @@ class CloudBridgeNode(Node):
 
     # -- parameters ------------------------------------------------------------------------------------
 
-    def _declare_parameters(self) -> dict[str, Any]:
-        ro = {"read_only": True}
-        d: dict[str, Any] = {}
-
-        def param(name: str, default: Any, description: str, **kw: Any) -> None:
-            d[name] = declare(self, name, default, description, **kw)
-
-        param("broker_url", "mqtt://127.0.0.1:1883", "mqtt://host[:port] or mqtts://host[:port] (TLS)", **ro)
-        param("tls_ca_file", "", "mqtts: CA certificate file ('' = system trust store)", **ro)
-        param("tls_cert_file", "", "mqtts: client certificate for mutual TLS ('' = none)", **ro)
-        param("tls_key_file", "", "mqtts: private key of tls_cert_file", **ro)
-        param("username", "", "broker user name ('' = anonymous)", **ro)
-        param("password_file", "", "file whose first line is the broker password (never logged)", **ro)
-        param("password_env", "", "environment variable holding the broker password (never logged)", **ro)
-        param("client_id", "", "MQTT client id ('' = qc-<site>-<line>-<cell>)", **ro)
-        param("keepalive_s", 30, "MQTT keepalive (s)", range=(5, 3600), **ro)
-        param("reconnect_min_s", 1, "first reconnect delay (s); doubles per failure", range=(1, 600), **ro)
-        param("reconnect_max_s", 30, "longest reconnect delay (s)", range=(1, 3600), **ro)
-        param("site", "site", "site name: topics are qc/<site>/<line>/<cell>/...", **ro)
-        param("line", "line", "production line name", **ro)
-        param("cell", "cell", "cell name", **ro)
-        param("outbox_path", "~/.local/share/qc_cell/cloud_bridge/outbox.sqlite3", "durable outbox (SQLite, WAL)", **ro)
-        param("outbox_max_records", 1_000_000, "outbox bound: records", range=(100, 100_000_000), **ro)
-        param("outbox_max_mb", 512, "outbox bound: payload MiB", range=(1, 1_000_000), **ro)
-        param("outbox_full_policy", "drop_oldest", "when the outbox is full", choices=FULL_POLICIES, **ro)
-        param("outbox_synchronous", "FULL", "SQLite sync: FULL survives power loss", choices=SYNCHRONOUS, **ro)
-        param("inflight_window", 20, "QoS 1 records awaiting PUBACK at once", range=(1, 1000), **ro)
-        param("max_inbound_packet_bytes", MB + 64 * 1024, "largest inbound MQTT packet", range=(4096, 64 * MB), **ro)
-        param("process_period_s", 10.0, "process/state forwarded on a flag change or this often", range=(0.0, 3600.0))
-        param("status_period_s", 30.0, "retained online status refresh (s)", range=(1.0, 3600.0), **ro)
-        param("diagnostics_period_s", 1.0, "/diagnostics period (s)", range=(0.1, 60.0), **ro)
-        param("loss_alert_period_s", 10.0, "at most one OUTBOX_FULL alert per period (s)", range=(1.0, 3600.0), **ro)
-        param("updates_enabled", False, "accept signed model updates on .../model/update", **ro)
-        param("update_public_keys", "", "comma-separated Ed25519 public key PEM files trusted for updates", **ro)
-        param(
-            "update_dir",
-            "~/.local/share/qc_cell/cloud_bridge/updates",
-            "where verified update packages are extracted",
-            **ro,
-        )
-        param("update_keep_versions", 3, "extracted packages kept", range=(1, 100), **ro)
-        param("allow_downgrade", False, "accept a replayed or older model version (rollback)", **ro)
-        param("max_manifest_bytes", 16 * 1024, "largest update manifest", range=(1024, MB), **ro)
-        param("max_artifact_mb", 512, "largest update artifact (MiB)", range=(1, 100_000), **ro)
-        param("fetch_timeout_s", 60.0, "artifact download timeout (s)", range=(1.0, 3600.0), **ro)
-        param("chunk_timeout_s", 120.0, "time for all MQTT chunks of an artifact (s)", range=(1.0, 86400.0), **ro)
-        param("load_timeout_s", 120.0, "inference/load_model answer timeout (s)", range=(1.0, 3600.0), **ro)
-        param("https_ca_file", "", "CA file for https artifact URLs ('' = system trust store)", **ro)
-        param("sample_enabled", False, "send JPEG samples of re-inspect/defective parts", **ro)
-        param("sample_verdicts", list(IMAGE_VERDICTS), "verdicts whose images are sampled", **ro)
-        param("sample_bytes_per_hour", 20_000_000, "sample byte budget per sliding hour", range=(0, 10**12))
-        param("sample_min_interval_s", 10.0, "minimum time between two samples (s)", range=(0.0, 86400.0))
-        param("sample_jpeg_quality", 85, "sample JPEG quality", range=(10, 100), **ro)
-        param("sample_max_side", 0, "downscale samples to this longer side (0 = keep)", range=(0, 8192), **ro)
-        param("sample_outbox_max_mb", 50, "outbox quota for samples (MiB)", range=(1, 100_000), **ro)
-        param("offload_enabled", False, "send re-inspect parts to the cloud for a second opinion", **ro)
-        param("offload_slack_ms", 800.0, "capture -> latest useful cloud verdict (conveyor slack)", range=(1.0, 1e6))
-        param("offload_min_remaining_ms", 100.0, "skip offload when less slack remains", range=(0.0, 1e6))
-        param("offload_late_grace_s", 30.0, "late answers are still measured this long (s)", range=(0.0, 3600.0), **ro)
-        param("offload_jpeg_quality", 90, "offload JPEG quality", range=(10, 100), **ro)
-        param("offload_max_side", 0, "downscale offloaded images to this longer side (0 = keep)", range=(0, 8192), **ro)
-        param("max_verify_response_bytes", 4096, "largest verify response", range=(256, MB), **ro)
-        param("frame_buffer", 16, "recent frames kept for samples/offload", range=(1, 1000), **ro)
-        return d
-
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate and apply run-time changes (Humble has no post-set callback; ranges are checked by rclpy)."""
-        changed = {p.name: p.value for p in params if p.name in RUNTIME_PARAMETERS}
-        for name, value in changed.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return SetParametersResult(successful=False, reason=f"{name} must be a number")
+    def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
+        """Apply run-time changes (type and range already checked against the spec)."""
         with self._lock:
             if "process_period_s" in changed:
                 self._p["process_period_s"] = float(changed["process_period_s"])
@@ -262,7 +183,6 @@ class CloudBridgeNode(Node):
                 self._offload.slack_ns = int(changed["offload_slack_ms"] * 1e6)
             if "offload_min_remaining_ms" in changed:
                 self._offload.min_remaining_ns = int(changed["offload_min_remaining_ms"] * 1e6)
-        return SetParametersResult(successful=True)
 
     # -- outbound --------------------------------------------------------------------------------------
 
