@@ -3,7 +3,7 @@ process/vibration under a scenario (normal, drift, spikes, dropout), determinist
 
 The values come from qc_cell.fusion.process_model; sample n is taken at nominal time n / rate, so the
 sequence does not depend on timer jitter. The scenario and its levels may be switched at run time
-(`ros2 param set /process_simulator scenario drift`).
+(`ros2 param set /process_simulator scenario drift`, or `python -m qc_cell.tools.param set ...` without ros2cli).
 """
 
 from __future__ import annotations
