@@ -10,7 +10,7 @@ generate_parameter_library's (one definition, declaration, validation and docs d
 from __future__ import annotations
 
 import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,11 +147,3 @@ class NodeParams:
             except ValueError as exc:
                 problems.append(f"{self.node}: {exc}")
         return problems
-
-
-def params(*items: Param | Sequence[Param]) -> tuple[Param, ...]:
-    """Flatten parameters and groups of parameters (e.g. one per output channel) into a spec's tuple."""
-    flat: list[Param] = []
-    for item in items:
-        flat.extend([item] if isinstance(item, Param) else item)
-    return tuple(flat)
