@@ -114,11 +114,11 @@ def _overlay(tmp_path: Path, text: str, name: str = "site.yaml") -> Path:
 
 def test_an_overlay_may_only_set_parameters_of_its_base(tmp_path):
     path = _overlay(tmp_path, "decision:\n  ros__parameters:\n    reinspect_treshold: 0.4\n")
-    with pytest.raises(params_file.ParamsFileError, match="decision has no parameter 'reinspect_treshold'.*did you"):
+    with pytest.raises(params_file.ParamsFileError, match=r"decision has no parameter 'reinspect_treshold'.*did you"):
         params_file.load(path)
     missing = tmp_path / "orphan.yaml"
     missing.write_text("extends: nowhere.yaml\n")
-    with pytest.raises(params_file.ParamsFileError, match="nowhere.yaml does not exist"):
+    with pytest.raises(params_file.ParamsFileError, match=r"nowhere.yaml does not exist"):
         params_file.load(missing)
     loop = tmp_path / "loop.yaml"
     loop.write_text("extends: loop.yaml\n")
@@ -160,7 +160,7 @@ def test_the_visual_bands_are_configured_once_in_the_decision_node():
     params = params_file.load(REPO / "params" / "cell.yaml", {"decision": {"reinspect_threshold": 0.6}})
     assert params["inference"]["overlay_reinspect_threshold"] == 0.6
     assert params["inference"]["overlay_defective_threshold"] == params["decision"]["defective_threshold"]
-    with pytest.raises(params_file.OverrideError, match="derived from decision.reinspect_threshold"):
+    with pytest.raises(params_file.OverrideError, match=r"derived from decision.reinspect_threshold"):
         params_file.parse_override(
             "inference.overlay_reinspect_threshold=0.3", params_file.known_parameters(REPO / "params" / "cell.yaml")
         )

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from qc_cell.bringup import params_rules
-from qc_cell.bringup.params_rules import ParamsFileError
+from qc_cell.bringup.params_rules import ParamsFileError  # every error of a params file, rules included
 from qc_cell.cell_graph import NODES
 
 EXTENDS = "extends"
@@ -62,8 +62,6 @@ _PATH_LISTS = {("cloud_bridge", "update_public_keys")}
 UNSET_IN_BASE: dict[str, frozenset[str]] = {"reject_actuator": frozenset({"divert_verdicts"})}
 
 NODE_NAMES = tuple(spec.name for spec in NODES)
-
-__all__ = ["ParamsFileError", "OverrideError", "load", "known_parameters", "parse_override"]
 
 
 class OverrideError(ParamsFileError):
