@@ -9,7 +9,8 @@ editing the params file shipped in the image. Values are YAML scalars (`true`, `
 string). The params file and the overrides are read with qc_cell.bringup.params_file, as the launch file and
 the cell runner read them: an overlay is merged onto its base, relative paths are made absolute, and an
 unknown node or parameter, a malformed file or a broken rule between nodes fails here, before anything starts.
-Without --set it writes the merged file of an overlay (e.g. for `ros2 run ... --params-file`).
+Without --set it writes the merged file of an overlay; with --state-dir, `$(var state_dir)` becomes that folder
+(otherwise the launch file substitutes it), e.g. for `ros2 run ... --params-file`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params-file", required=True, help="the cell params file (node -> ros__parameters)")
     parser.add_argument("--out", required=True, help="where to write the merged params file")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="an override")
+    parser.add_argument("--state-dir", default="", help="substitute $(var state_dir) with this folder")
     args = parser.parse_args(argv)
     try:
         overrides = params_file.parse_overrides(args.set, params_file.known_parameters(args.params_file))
         merged = params_file.load(args.params_file, overrides)
+        if args.state_dir:
+            merged = params_file.with_state_dir(merged, Path(args.state_dir).resolve())
     except params_file.ParamsFileError as exc:
         print(f"params_overlay: {exc}", file=sys.stderr)
         return 2

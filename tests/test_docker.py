@@ -425,6 +425,18 @@ def test_params_overlay_parses_values_as_yaml_scalars():
             overlay.parse_override(bad)
 
 
+def test_params_overlay_writes_the_merged_overlay_and_refuses_unknown_parameters(tmp_path, capsys):
+    overlay = load_module(DOCKER / "params_overlay.py")
+    out = tmp_path / "merged.yaml"
+    demo = str(REPO / "params" / "demo.yaml")
+    assert overlay.main(["--params-file", demo, "--out", str(out), "--state-dir", str(tmp_path / "state")]) == 0
+    merged = params_file.load(out)
+    assert merged == params_file.with_state_dir(params_file.load(demo), tmp_path / "state")
+    assert merged["cloud_bridge"]["outbox_path"] == f"{tmp_path}/state/outbox.sqlite3"
+    assert overlay.main(["--params-file", demo, "--out", str(out), "--set", "decision.no_such_param=3"]) == 2
+    assert "decision has no parameter 'no_such_param'" in capsys.readouterr().err
+
+
 def test_image_self_check_rejects_the_pip_opencv_wheel():
     """check_image.py runs at build time; here, in the dev venv, it must flag what an image must not have."""
     result = subprocess.run(
