@@ -64,6 +64,10 @@ class CellRunner:
         for node, values in (overrides or {}).items():
             merged.setdefault(node, {}).update(values)
         params = params_file.load(params_path, merged)
+        if state_dir and not params_file.uses_state_dir(params):
+            raise params_file.ParamsFileError(
+                f"--state-dir: {params_path} puts no state under {params_file.STATE_DIR} (its paths say where)"
+            )
         self.namespace = namespace.strip("/")
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="qc-cell-"))
         # The run's state (model store, outbox, part counter) where the params file says $(var state_dir):
@@ -73,10 +77,6 @@ class CellRunner:
             self.state_dir = Path(state_dir or self.run_dir / "state").resolve()
             self.state_dir.mkdir(parents=True, exist_ok=True)
             params = params_file.with_state_dir(params, self.state_dir)
-        elif state_dir:
-            raise params_file.ParamsFileError(
-                f"--state-dir: {params_path} puts no state under {params_file.STATE_DIR} (its paths say where)"
-            )
         self.nodes = enabled_nodes(params, flags or {})
         self.params = params
         self.progress = CellProgress()
