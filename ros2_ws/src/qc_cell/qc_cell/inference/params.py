@@ -67,12 +67,16 @@ INFERENCE = NodeParams(
         Param(
             "overlay_reinspect_threshold",
             0.5,
-            "overlay colour only: amber from this p (at most overlay_defective_threshold)",
+            "overlay colour only: amber from this p; params files derive it from decision.reinspect_threshold",
             range=(0.0, 1.0),
             runtime=True,
         ),
         Param(
-            "overlay_defective_threshold", 0.8, "overlay colour only: red from this p", range=(0.0, 1.0), runtime=True
+            "overlay_defective_threshold",
+            0.8,
+            "overlay colour only: red from this p; params files derive it from decision.defective_threshold",
+            range=(0.0, 1.0),
+            runtime=True,
         ),
         Param("diagnostics_period_s", 1.0, "/diagnostics publish period", range=(0.1, 60.0)),
     ),
