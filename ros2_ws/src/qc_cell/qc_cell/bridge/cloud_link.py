@@ -142,7 +142,7 @@ class CloudLink:
         self._reported_refusals = 0
         self._rejection_reports: deque[int] = deque()
         self._frames: OrderedDict[str, PartImage] = OrderedDict()
-        self._stopped = False
+        self._started = self._stopped = False
         sample, offload = settings.sample, settings.offload
         self.budget = ByteBudget(sample.bytes_per_hour, sample.min_interval_s)
         self.offload = OffloadTracker(offload.slack_ms, offload.min_remaining_ms, offload.late_grace_s)
@@ -150,15 +150,20 @@ class CloudLink:
     # -- life ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._started = True
         self.bridge.start()
         if self.updater is not None:
             self.updater.start()
 
     def stop(self, reason: str = "shutdown") -> None:
-        """Stop the updater, publish the retained offline status, disconnect cleanly. Idempotent."""
+        """Stop the updater, publish the retained offline status, disconnect cleanly; only close the outbox when
+        the link never started. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
+        if not self._started:
+            self.bridge.outbox.close()
+            return
         if self.updater is not None:
             self.updater.stop()
         self.bridge.stop(reason)
