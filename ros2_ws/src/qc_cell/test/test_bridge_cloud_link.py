@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from qc_cell.bridge import records, schemas
-from qc_cell.bridge.cloud_link import Clock, CloudLink, CloudVerdict, HealthLevel, LinkAlert
+from qc_cell.bridge.cloud_link import CloudLink
 from qc_cell.bridge.config import BridgeConfigError, broker_config
-from qc_cell.bridge.inputs import ModelReport, PartImage, PartVerdict, ProcessReport
+from qc_cell.bridge.inputs import Clock, ModelReport, PartImage, PartVerdict, ProcessReport
 from qc_cell.bridge.outbox import OutboxLimits
+from qc_cell.bridge.outputs import CloudVerdict, HealthLevel, LinkAlert
 from qc_cell.bridge.settings import CloudLinkSettings, OffloadSettings, SampleSettings
 from qc_cell.bridge.topics import CellId
 from qc_cell.testing.mosquitto import Mosquitto
@@ -410,7 +411,7 @@ def test_health_is_ok_when_connected_with_nothing_lost(tmp_path):
 
 def test_the_link_imports_no_ros():
     code = (
-        "import sys, qc_cell.bridge.cloud_link, qc_cell.bridge.settings, qc_cell.bridge.inputs; "
+        "import sys, qc_cell.bridge.cloud_link; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'qc_interfaces', 'rosidl_runtime_py')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,14 +1,12 @@
 """The cloud link's policy, without ROS: what the cell tells the cloud, and what it does with the cloud's answers.
 
-CloudLink is the facade the cloud_bridge node wraps (settings in: qc_cell.bridge.settings; plain inputs in:
-qc_cell.bridge.inputs; plain outputs out: LinkAlert, CloudVerdict, Health). It decides
+CloudLink is the facade the cloud_bridge node wraps: settings in (qc_cell.bridge.settings), plain inputs in
+(qc_cell.bridge.inputs), records to the outbox, plain outputs out (qc_cell.bridge.outputs). It decides
 
 - which verdicts are records: each part summary is stored once (a key per part and decision time), so a restarted
   bridge sends the verdicts decided while none ran (`parts_recovered`) and skips those its predecessor stored
   (`parts_already_stored`); a recovered verdict gets no image and no offload (its frame and deadline are gone);
-- which images leave the cell: samples within the byte budget (sampler.ByteBudget), re-inspection requests while
-  enough slack is left (offload.OffloadTracker), and what became of each request (`verify` records);
-- which cloud verdicts count (verify responses before the part's deadline), emitted as a CloudVerdict;
+- which images leave the cell and which cloud verdicts count (qc_cell.bridge.part_images);
 - how loud it is: process state on a flag change or every process_period_s, model state on a change, at most
   REJECTION_REPORTS_PER_WINDOW update rejections reported per window (the rest counted), at most one outbox loss
   alert per loss_alert_period_s, one alert per new broker refusal;
@@ -22,20 +20,16 @@ the caller's thread (ROS callbacks), the MQTT thread (inbound) and the updater's
 from __future__ import annotations
 
 import threading
-import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
-
-import cv2
 
 from qc_cell.bridge import records
 from qc_cell.bridge.bridge import Bridge
-from qc_cell.bridge.inbound import InboundError, parse
+from qc_cell.bridge.inbound import InboundError
 from qc_cell.bridge.inputs import (
     AlertReport,
+    Clock,
     KpiReport,
     ModelReport,
     PartImage,
@@ -44,59 +38,18 @@ from qc_cell.bridge.inputs import (
     RejectReport,
 )
 from qc_cell.bridge.model_updater import LoadModel, ModelUpdater, UpdateOutcome
-from qc_cell.bridge.offload import OffloadTracker
-from qc_cell.bridge.sampler import ByteBudget, encode_jpeg
+from qc_cell.bridge.outputs import CloudVerdict, Health, HealthLevel, LinkAlert
+from qc_cell.bridge.part_images import PartImages
 from qc_cell.bridge.session import Log, python_log
 from qc_cell.bridge.settings import RUNTIME_SETTINGS, CloudLinkSettings
 
 REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
 MAX_TEXT = 4096  # longest free text (messages, details) in a record or alert
-REINSPECT = records.VERDICTS.index("REINSPECT")
 ACTIVE = records.MODEL_STATES.index("ACTIVE")
 
 
 class CloudLinkError(RuntimeError):
     """The link cannot start (unusable outbox or update directory); the message names the path."""
-
-
-class HealthLevel(IntEnum):  # the values of diagnostic_msgs/DiagnosticStatus levels
-    OK = 0
-    WARN = 1
-    ERROR = 2
-
-
-@dataclass(frozen=True)
-class LinkAlert:
-    severity: str  # a name of records.SEVERITIES
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class CloudVerdict:
-    """The cloud's re-inspection verdict, in time to be used for the part."""
-
-    part_id: str
-    capture_ns: int
-    verdict: int  # value, as records.VERDICTS orders them
-    defect_probability: float  # NaN when the cloud gave none
-    model_version: str
-    reason: str = "cloud_verify"
-
-
-@dataclass(frozen=True)
-class Health:
-    level: HealthLevel
-    message: str
-    values: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Clock:
-    """wall_ns: the time parts are stamped in (deadlines, recovered verdicts); monotonic_ns: rates and round trips."""
-
-    wall_ns: Callable[[], int] = time.time_ns
-    monotonic_ns: Callable[[], int] = time.monotonic_ns
 
 
 class CloudLink:
@@ -115,7 +68,6 @@ class CloudLink:
         self.settings = settings
         self.cell = settings.cell
         self._emit_alert = alert
-        self._emit_verdict = cloud_verdict or (lambda _verdict: None)
         self._log = log
         self._clock = clock = clock or Clock()
         self._started_ns = clock.wall_ns()
@@ -141,11 +93,17 @@ class CloudLink:
         self._last_loss_alert_ns: int | None = None
         self._reported_refusals = 0
         self._rejection_reports: deque[int] = deque()
-        self._frames: OrderedDict[str, PartImage] = OrderedDict()
         self._started = self._stopped = False
-        sample, offload = settings.sample, settings.offload
-        self.budget = ByteBudget(sample.bytes_per_hour, sample.min_interval_s)
-        self.offload = OffloadTracker(offload.slack_ms, offload.min_remaining_ms, offload.late_grace_s)
+        self.images = PartImages(
+            settings.sample,
+            settings.offload,
+            settings.frame_buffer,
+            send=self.bridge.send,
+            epoch=self.bridge.outbox.epoch,
+            cloud_verdict=cloud_verdict or (lambda _verdict: None),
+            clock=clock,
+            log=log,
+        )
 
     # -- life ------------------------------------------------------------------------------------------
 
@@ -181,13 +139,13 @@ class CloudLink:
             if "process_period_s" in changes:
                 self._process_period_ns = int(changes["process_period_s"] * 1e9)
             if "sample_bytes_per_hour" in changes:
-                self.budget.bytes_per_hour = int(changes["sample_bytes_per_hour"])
+                self.images.budget.bytes_per_hour = int(changes["sample_bytes_per_hour"])
             if "sample_min_interval_s" in changes:
-                self.budget.min_interval_ns = int(changes["sample_min_interval_s"] * 1e9)
+                self.images.budget.min_interval_ns = int(changes["sample_min_interval_s"] * 1e9)
             if "offload_slack_ms" in changes:
-                self.offload.slack_ns = int(changes["offload_slack_ms"] * 1e6)
+                self.images.offload.slack_ns = int(changes["offload_slack_ms"] * 1e6)
             if "offload_min_remaining_ms" in changes:
-                self.offload.min_remaining_ns = int(changes["offload_min_remaining_ms"] * 1e6)
+                self.images.offload.min_remaining_ns = int(changes["offload_min_remaining_ms"] * 1e6)
 
     # -- outbound --------------------------------------------------------------------------------------
 
@@ -217,18 +175,10 @@ class CloudLink:
         if 0 < part.decision_ns < self._started_ns:
             self.counts["parts_recovered"] += 1  # decided while no bridge ran: its frame and deadline are gone
             return
-        frame = self._frames.pop(part.part_id, None)
-        if self.settings.offload.enabled and part.verdict == REINSPECT:
-            self._offload_part(part, frame)
-        sample = self.settings.sample
-        if sample.enabled and records.name_of(records.VERDICTS, part.verdict) in sample.verdicts:
-            self._sample_part(part, frame)
+        self.images.on_part(part)
 
     def on_frame(self, frame: PartImage) -> None:
-        if frame.captured:
-            self._frames[frame.part_id] = frame
-            while len(self._frames) > self.settings.frame_buffer:
-                self._frames.popitem(last=False)
+        self.images.on_frame(frame)
 
     def on_kpi(self, kpi: KpiReport) -> None:
         self.bridge.send(
@@ -319,90 +269,16 @@ class CloudLink:
             retain=True,
         )
 
-    # -- part images -----------------------------------------------------------------------------------
-
-    def _jpeg(self, frame: PartImage | None, quality: int, max_side: int) -> tuple[str, int, int] | None:
-        if frame is None:
-            self.counts["image_missing"] += 1
-            return None
-        try:
-            return encode_jpeg(frame.decode(), quality, max_side)
-        except (ValueError, cv2.error) as exc:
-            self.counts["image_errors"] += 1
-            self._log("warn", f"cannot encode the image of {frame.part_id}: {exc}")
-            return None
-
-    @staticmethod
-    def _image_body(part: PartVerdict, jpeg: tuple[str, int, int], **extra: Any) -> dict[str, Any]:
-        data, width, height = jpeg
-        return records.image_record(
-            part_id=part.part_id,
-            verdict=part.verdict,
-            defect_probability=part.defect_probability,
-            reasons=part.reasons,
-            model_version=part.model_version,
-            capture_ns=part.capture_ns,
-            width=width,
-            height=height,
-            jpeg_b64=data,
-            **extra,
-        )
-
-    def _sample_part(self, part: PartVerdict, frame: PartImage | None) -> None:
-        now = self._clock.monotonic_ns()
-        if not self.budget.allows(0, now):  # check before spending CPU on the JPEG
-            self.counts["samples_over_budget"] += 1
-            return
-        sample = self.settings.sample
-        jpeg = self._jpeg(frame, sample.jpeg_quality, sample.max_side)
-        if jpeg is None:
-            return
-        body = self._image_body(part, jpeg)
-        size = len(records.encode(body)) + 120  # + envelope
-        if not self.budget.allows(size, now):
-            self.counts["samples_over_budget"] += 1
-            return
-        result = self.bridge.send("sample", body)
-        if result.accepted:
-            self.budget.spend(len(result.entry.payload), now)
-            self.counts["samples_sent"] += 1
-
-    def _offload_part(self, part: PartVerdict, frame: PartImage | None) -> None:
-        """A verify request while enough slack is left (it expires unsent at the deadline), else `not_sent`."""
-        jpeg = None
-        if self.offload.worth_sending(part.capture_ns, self._clock.wall_ns()):
-            jpeg = self._jpeg(frame, self.settings.offload.jpeg_quality, self.settings.offload.max_side)
-        result = None
-        if jpeg is not None:
-            deadline = self.offload.deadline(part.capture_ns)
-            body = self._image_body(part, jpeg, deadline_ns=deadline)
-            result = self.bridge.send("verify_request", body, expires_ns=deadline)
-        if result is not None and result.accepted:
-            request_id = records.record_id(self.bridge.outbox.epoch, "verify_request", result.entry.seq)
-            self.offload.sent(part.part_id, request_id, part.verdict, part.capture_ns, self._clock.monotonic_ns())
-            return
-        self._verify_result(part.part_id, "", part.verdict, None, "not_sent", None)
-
-    def _verify_result(
-        self, part_id: str, request_id: str, local: int, cloud: str | None, outcome: str, rtt_ms: float | None
-    ) -> None:
-        record = records.verify_result(
-            part_id=part_id,
-            request_id=request_id,
-            local_verdict=local,
-            cloud_verdict=cloud,
-            outcome=outcome,
-            rtt_ms=rtt_ms,
-        )
-        self.bridge.send("verify", record)
-
     # -- inbound (MQTT thread: keep it short) ----------------------------------------------------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Everything the cloud sends this cell."""
         cell = self.cell
         if topic == cell.verify_response:
-            self._on_verify_response(payload)
+            try:
+                self.images.on_verify_response(payload)
+            except InboundError as rejected:
+                self._reject_inbound("verify/response", rejected.reason, rejected.detail)
         elif topic == cell.model_update:
             if self.updater is not None:
                 self.updater.submit_manifest(payload)
@@ -419,34 +295,6 @@ class CloudLink:
     def _reject_inbound(self, where: str, reason: str, detail: str) -> None:
         self.inbound_rejected[reason] += 1
         self._log("warn", f"inbound {where} rejected: {reason}: {detail}")
-
-    def _on_verify_response(self, payload: bytes) -> None:
-        try:
-            data = parse(payload, "verify_response", self.settings.offload.max_response_bytes)
-        except InboundError as rejected:
-            self._reject_inbound("verify/response", rejected.reason, rejected.detail)
-            return
-        out = self.offload.response(
-            data["request_id"], data["part_id"], self._clock.wall_ns(), self._clock.monotonic_ns()
-        )
-        if out.pending is None:
-            self._reject_inbound("verify/response", "unknown_request", f"request {data['request_id']!r} not pending")
-            return
-        if out.outcome == "used":
-            probability = data.get("defect_probability")
-            self._emit_verdict(
-                CloudVerdict(
-                    part_id=out.pending.part_id,
-                    capture_ns=out.pending.capture_ns,
-                    verdict=records.VERDICTS.index(data["verdict"]),
-                    defect_probability=float("nan") if probability is None else float(probability),
-                    model_version=str(data.get("model_version", "")),
-                )
-            )
-        pending = out.pending
-        self._verify_result(
-            pending.part_id, pending.request_id, pending.local_verdict, data["verdict"], out.outcome, out.rtt_ms
-        )
 
     # -- model update outcomes (updater thread) --------------------------------------------------------
 
@@ -484,8 +332,7 @@ class CloudLink:
 
     def housekeeping(self) -> None:
         """Close unanswered offloads (`no_response`), alert outbox losses and broker refusals."""
-        for pending in self.offload.expire(self._clock.wall_ns()):
-            self._verify_result(pending.part_id, pending.request_id, pending.local_verdict, None, "no_response", None)
+        self.images.expire()
         now = self._clock.monotonic_ns()
         last = self._last_loss_alert_ns
         if last is not None and now - last < self.settings.loss_alert_period_s * 1e9:
@@ -513,16 +360,12 @@ class CloudLink:
     def health_values(self) -> dict[str, Any]:
         values: dict[str, Any] = dict(self.bridge.health())
         values.update({f"inbound_rejected_{k}": v for k, v in sorted(self.inbound_rejected.items())})
-        values.update(dict(sorted(self.counts.items())))
+        values.update(dict(sorted((self.counts + self.images.counts).items())))
         if self.updater is not None:
             values["model_installed"] = self.updater.installed_version
             values["model_active"] = self.updater.active_version
             values.update({f"update_{k}": v for k, v in sorted(self.updater.counts.items())})
-        if self.settings.offload.enabled:
-            values.update({f"offload_{k}": v for k, v in sorted(self.offload.counts.items())})
-            values.update(self.offload.rtt_stats())
-        if self.settings.sample.enabled:
-            values["sample_bytes_last_hour"] = self.budget.used(self._clock.monotonic_ns())
+        values.update(self.images.health_values())
         return values
 
     def health(self) -> Health:

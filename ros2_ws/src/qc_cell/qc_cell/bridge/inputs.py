@@ -1,14 +1,24 @@
-"""What the cell tells the cloud link, as plain values (the node converts its ROS messages into these).
+"""What the cell tells the cloud link, as plain values (the node converts its ROS messages into these), and the
+clocks the link reads.
 
 Times are wall-clock ns since the epoch (0 = unset stamp); verdicts, severities, outcomes and model states are
 the message constants' values (their names in qc_cell.bridge.records)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Clock:
+    """wall_ns: the time parts are stamped in (deadlines, recovered verdicts); monotonic_ns: rates and round trips."""
+
+    wall_ns: Callable[[], int] = time.time_ns
+    monotonic_ns: Callable[[], int] = time.monotonic_ns
 
 
 @dataclass(frozen=True, slots=True)

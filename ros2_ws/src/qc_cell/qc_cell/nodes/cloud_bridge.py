@@ -20,10 +20,10 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from qc_cell.bridge import records
-from qc_cell.bridge.cloud_link import Clock, CloudLink, CloudLinkError, CloudVerdict, LinkAlert
-from qc_cell.bridge.config import BridgeConfigError
+from qc_cell.bridge.cloud_link import CloudLink, CloudLinkError
 from qc_cell.bridge.inputs import (
     AlertReport,
+    Clock,
     KpiReport,
     ModelReport,
     PartImage,
@@ -32,8 +32,8 @@ from qc_cell.bridge.inputs import (
     RejectReport,
 )
 from qc_cell.bridge.outbox import FULL_POLICIES, SYNCHRONOUS
+from qc_cell.bridge.outputs import CloudVerdict, LinkAlert
 from qc_cell.bridge.settings import IMAGE_VERDICTS, MB, RUNTIME_SETTINGS, from_values
-from qc_cell.bridge.update_manifest import KeyFileError
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.images import image_to_array, to_bgr8
 from qc_cell.ros.node_main import run
@@ -42,8 +42,6 @@ from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
 
-RUNTIME_PARAMETERS = RUNTIME_SETTINGS  # the parameters that may change at run time; the rest are read-only
-
 
 class CloudBridgeNode(Node):
     def __init__(self, **kwargs) -> None:
@@ -51,7 +49,7 @@ class CloudBridgeNode(Node):
         p = self._declare_parameters()
         try:
             settings = from_values(p)
-        except (BridgeConfigError, KeyFileError, ValueError) as exc:
+        except ValueError as exc:  # BridgeConfigError, KeyFileError: the message names the parameter
             raise ParameterError(str(exc)) from exc
         self._load_timeout_s = p["load_timeout_s"]
         # Publishers. alerts / quality/cloud_verdict are EVENTS (reliable), like every per-part record.
@@ -167,7 +165,7 @@ class CloudBridgeNode(Node):
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Validate and apply run-time changes (Humble has no post-set callback; ranges are checked by rclpy)."""
-        changed = {p.name: p.value for p in params if p.name in RUNTIME_PARAMETERS}
+        changed = {p.name: p.value for p in params if p.name in RUNTIME_SETTINGS}
         for name, value in changed.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return SetParametersResult(successful=False, reason=f"{name} must be a number")
