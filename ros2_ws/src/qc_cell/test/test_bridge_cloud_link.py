@@ -22,6 +22,7 @@ from qc_cell.bridge import records, schemas
 from qc_cell.bridge.cloud_link import CloudLink
 from qc_cell.bridge.config import BridgeConfigError, broker_config
 from qc_cell.bridge.inputs import Clock, ModelReport, PartImage, PartVerdict, ProcessReport
+from qc_cell.bridge.model_updater import UpdateSettings
 from qc_cell.bridge.outbox import OutboxLimits
 from qc_cell.bridge.outputs import CloudVerdict, HealthLevel, LinkAlert
 from qc_cell.bridge.settings import CloudLinkSettings, OffloadSettings, SampleSettings
@@ -73,7 +74,7 @@ def settings(tmp_path: Path, broker_url: str = "mqtt://127.0.0.1:1", **changes) 
 
 
 @contextmanager
-def cloud_link(tmp_path: Path, clock: HandClock | None = None, **changes) -> Iterator[Link]:
+def cloud_link(tmp_path: Path, clock: HandClock | None = None, load_model=None, **changes) -> Iterator[Link]:
     clock = clock or HandClock()
     alerts: list[LinkAlert] = []
     verdicts: list[CloudVerdict] = []
@@ -82,6 +83,7 @@ def cloud_link(tmp_path: Path, clock: HandClock | None = None, **changes) -> Ite
         settings(tmp_path, **changes),
         alert=alerts.append,
         cloud_verdict=verdicts.append,
+        load_model=load_model,
         log=lambda level, message: logs.append((level, message)),
         clock=clock.clock(),
     )
@@ -346,6 +348,21 @@ def test_each_model_state_change_is_one_retained_record(tmp_path):
         stored = link.stored("model_status")
         assert [(r["active_version"], r["state"]) for r in stored] == [("1.0.0", "ACTIVE"), ("1.1.0", "ACTIVE")]
         assert all(e.retain for e in link.core.bridge.outbox.pending(0, 10))
+
+
+def test_the_active_model_is_what_updates_are_ordered_against(tmp_path):
+    updates = UpdateSettings(update_dir=tmp_path / "updates", keys={}, cell_path=CELL.path)
+
+    def refuse(path: str, version: str, sha256: str) -> tuple[bool, str, str]:
+        return False, "not in this test", ""
+
+    with cloud_link(tmp_path, updates=updates, load_model=refuse) as link:
+        loading = ModelReport(T0, "1.2.0", "a" * 64, "onnxruntime", "fp32", 1, "")
+        link.core.on_model(loading)
+        assert link.health()["model_active"] == "", "a model still loading is not the active one"
+        link.core.on_model(replace(loading, state=2))
+        assert (link.health()["model_active"], link.health()["model_installed"]) == ("1.2.0", "")
+        assert CELL.model_chunks in link.core.settings.bridge_settings().subscriptions, "chunks need updates on"
 
 
 # -- losses and health -----------------------------------------------------------------------------------------
