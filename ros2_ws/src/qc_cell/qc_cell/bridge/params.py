@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from qc_cell.bridge.outbox import FULL_POLICIES, SYNCHRONOUS
+from qc_cell.bridge.settings import IMAGE_VERDICTS, MB
 from qc_cell.params_spec import NodeParams, Param
-
-MB = 1024 * 1024
-IMAGE_VERDICTS = ("REINSPECT", "DEFECTIVE")
 
 CLOUD_BRIDGE = NodeParams(
     "cloud_bridge",
