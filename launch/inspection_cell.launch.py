@@ -1,18 +1,21 @@
 """Bring up one quality-inspection cell: `ros2 launch qc_bringup inspection_cell.launch.py`.
 
-The node list comes from qc_cell.cell_graph and the params file is interpreted by
+The node list comes from qc_cell.cell_graph and the params file (a base, or an overlay of one) is interpreted by
 qc_cell.bringup.params_file, exactly as the cell runner (python -m qc_cell.bringup.cell_runner) does on
 machines without `ros2 launch`. Two cells side by side: launch twice with namespace:=cell1 / cell2.
+
+The per-node params files, and the run's state folder when the params file puts state under $(var state_dir),
+go to this launch's log folder (~/.ros/log/<launch>/qc_cell/), beside its logs: nothing is left in the temp folder.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.logging import launch_config
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
@@ -29,21 +32,43 @@ ARGUMENTS = {
     "backend": ("", "inference backend override: auto, onnxruntime, tensorrt (empty = from the params file)"),
     "source": ("", "camera source override: v4l2, gstreamer, video, folder, synthetic (empty = from the params file)"),
     "log_level": ("info", "log level of every node: debug, info, warn, error, fatal"),
+    "state_dir": (
+        "",
+        "the run's state folder, $(var state_dir) in the params file (model store, outbox, part counter); "
+        "empty = a new folder in this launch's log folder",
+    ),
     **{flag: ("auto", f"{flag}: true/false; auto = run the node when the params file configures it") for flag in FLAGS},
 }
 
 
-def _flag(value: str) -> bool | None:
-    return None if value == "auto" else value.lower() in ("1", "true", "yes", "on")
+def _flags(cfg: dict[str, str]) -> dict[str, bool | None]:
+    flags = {}
+    for flag in FLAGS:
+        try:
+            flags[flag] = params_file.parse_flag(cfg[flag])
+        except ValueError as exc:
+            raise params_file.ParamsFileError(f"launch argument {flag}: {exc}") from None
+    return flags
 
 
 def _cell(context):
     cfg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     namespace = cfg["namespace"].strip("/")
-    params = params_file.apply_arguments(params_file.load(cfg["params_file"]), cfg)
-    params_dir = tempfile.mkdtemp(prefix="qc_cell_params_")
+    flags = _flags(cfg)
+    params = params_file.load(cfg["params_file"], params_file.argument_overrides(cfg))
+    run_dir = os.path.join(launch_config.log_dir, "qc_cell", namespace or "root")
+    if params_file.uses_state_dir(params):
+        state_dir = os.path.abspath(cfg["state_dir"] or os.path.join(run_dir, "state"))
+        os.makedirs(state_dir, exist_ok=True)
+        params = params_file.with_state_dir(params, state_dir)
+    elif cfg["state_dir"]:
+        raise params_file.ParamsFileError(
+            f"state_dir: {cfg['params_file']} puts no state under {params_file.STATE_DIR} (its paths say where)"
+        )
+    params_dir = os.path.join(run_dir, "params")
+    os.makedirs(params_dir, exist_ok=True)
     actions = []
-    specs = enabled_nodes(params, {flag: _flag(cfg[flag]) for flag in FLAGS})
+    specs = enabled_nodes(params, flags)
     for spec in specs:
         path = os.path.join(params_dir, f"{spec.name}.yaml")
         with open(path, "w") as f:

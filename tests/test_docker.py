@@ -408,7 +408,7 @@ def test_healthcheck_mode_checks_the_cell_that_was_launched(fake_ros):
 
 # ---- params overlay and image self-check (the helpers the images ship) -------------------------------------
 def test_params_overlay_parses_values_as_yaml_scalars():
-    overlay = load_module(DOCKER / "params_overlay.py")
+    overlay = params_file  # docker/params_overlay.py parses overrides with it, as the cell runner does
     assert overlay.parse_override("inference.threads=4") == ("inference", "threads", 4)
     assert overlay.parse_override("decision.enabled=true") == ("decision", "enabled", True)
     assert overlay.parse_override('cloud_bridge.cell="007"') == ("cloud_bridge", "cell", "007")
@@ -423,6 +423,18 @@ def test_params_overlay_parses_values_as_yaml_scalars():
     ]:
         with pytest.raises(overlay.OverrideError, match=message):
             overlay.parse_override(bad)
+
+
+def test_params_overlay_writes_the_merged_overlay_and_refuses_unknown_parameters(tmp_path, capsys):
+    overlay = load_module(DOCKER / "params_overlay.py")
+    out = tmp_path / "merged.yaml"
+    demo = str(REPO / "params" / "demo.yaml")
+    assert overlay.main(["--params-file", demo, "--out", str(out), "--state-dir", str(tmp_path / "state")]) == 0
+    merged = params_file.load(out)
+    assert merged == params_file.with_state_dir(params_file.load(demo), tmp_path / "state")
+    assert merged["cloud_bridge"]["outbox_path"] == f"{tmp_path}/state/outbox.sqlite3"
+    assert overlay.main(["--params-file", demo, "--out", str(out), "--set", "decision.no_such_param=3"]) == 2
+    assert "decision has no parameter 'no_such_param'" in capsys.readouterr().err
 
 
 def test_image_self_check_rejects_the_pip_opencv_wheel():
@@ -530,19 +542,21 @@ def test_cell_volumes_survive_restarts_and_the_params_point_into_them(compose, s
 
 @pytest.mark.parametrize("service", ["cell", "cell-x86"])
 def test_relative_model_paths_resolve_to_the_mounted_models(compose, service):
-    """params name the model package relative to the repository root; in the container the working directory
-    and the models mount must reproduce that layout."""
+    """params name the model package relative to their own folder (params/, ../models/default); in the container
+    the params mounts and the models mount must reproduce that layout, and the overlay must find its base."""
     spec = compose["services"][service]
-    workdir = [args for keyword, args in instructions(REPO / spec["build"]["dockerfile"]) if keyword == "WORKDIR"][-1]
     binds = {v["target"]: interpolate(v["source"]) for v in spec["volumes"] if isinstance(v, dict)}
-    params = params_file.load((COMPOSE.parent / binds["/etc/qc/cell.yaml"]).resolve())
-    model_path = params.get("inference", {}).get("model_path", "")
-    if not model_path or model_path.startswith(("/", "~")):
-        pytest.skip(f"inference.model_path is {model_path!r}: not relative to the working directory")
-    in_container = PurePosixPath(workdir) / model_path
+    container_file = PurePosixPath(interpolate(spec["environment"]["QC_PARAMS_FILE"]))
+    host_file = (COMPOSE.parent / binds[str(container_file)]).resolve()
+    base = yaml.safe_load(host_file.read_text()).get("extends")
+    if base:  # an overlay: its base is mounted beside it, under the name it extends
+        assert (COMPOSE.parent / binds[str(container_file.parent / base)]).resolve() == host_file.parent / base
+    model_path = params_file.load(host_file)["inference"]["model_path"]
+    relative = os.path.relpath(model_path, host_file.parent)  # as the params file names it (../models/default)
+    in_container = PurePosixPath(os.path.normpath(container_file.parent / relative))
     assert in_container.is_relative_to("/opt/qc/models"), f"{in_container} is outside the models mount"
-    on_host = (COMPOSE.parent / binds["/opt/qc/models"]).resolve() / in_container.relative_to("/opt/qc/models")
-    assert on_host == (REPO / model_path).resolve()
+    mounted = (COMPOSE.parent / binds["/opt/qc/models"]).resolve() / in_container.relative_to("/opt/qc/models")
+    assert mounted == Path(model_path) and (mounted / "manifest.json").is_file()
 
 
 def test_compose_parameter_overrides_are_accepted_by_the_entrypoint(compose, fake_ros):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -9,7 +11,7 @@ from qc_cell.bringup import params_file
 from qc_cell.bringup.cell_runner import enabled_nodes
 from qc_cell.cell_graph import NODES
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[4]
+REPO = Path(__file__).resolve().parents[4]
 
 
 @pytest.mark.parametrize("name", ["cell.yaml", "demo.yaml", "jetson.yaml"])
@@ -35,11 +37,11 @@ def test_unknown_node_and_bad_shapes_are_rejected(tmp_path):
 
 
 def test_arguments_override_their_node_parameter_only_when_set():
-    params = {"inference": {"backend": "auto", "threads": 2}, "camera_driver": {"source": "v4l2"}}
-    out = params_file.apply_arguments(params, {"backend": "onnxruntime", "source": "", "namespace": "cell1"})
-    assert out["inference"] == {"backend": "onnxruntime", "threads": 2}
-    assert out["camera_driver"] == {"source": "v4l2"}
-    assert params["inference"]["backend"] == "auto", "the input must not be modified"
+    out = params_file.argument_overrides({"backend": "onnxruntime", "source": "", "namespace": "cell1"})
+    assert out == {"inference": {"backend": "onnxruntime"}}
+    params = params_file.load(REPO / "params" / "cell.yaml", out)
+    assert params["inference"]["backend"] == "onnxruntime"
+    assert params["camera_driver"]["source"] == "v4l2"
 
 
 @pytest.mark.parametrize(
@@ -57,3 +59,199 @@ def test_optional_nodes_follow_flags_then_params_file():
     assert "cloud_bridge" in names({"use_bridge": True})
     assert "process_simulator" not in names({"use_process_sim": False})
     assert {"camera_driver", "inference", "sensor_fusion", "decision", "reject_actuator"} <= names({})
+
+
+# ---- base and overlays --------------------------------------------------------------------------------------------
+BEFORE = yaml.safe_load((Path(__file__).with_name("params_before_overlays.yaml")).read_text())
+
+
+def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], object]:
+    """What differs on purpose from the parameters the files gave before they became overlays."""
+    # Relative paths resolve against the params file's folder: the model the README's commands (run from the
+    # repository root) loaded, now from any folder.
+    changes: dict[tuple[str, str], object] = {("inference", "model_path"): str(REPO / "models" / "default")}
+    if deployment == "demo":  # the demo's state lives in the run's state folder, no longer in /tmp/qc_cell_demo
+        changes.update(
+            {
+                ("camera_driver", "state_dir"): f"{state}/camera",
+                ("inference", "model_store_dir"): f"{state}/model_store",
+                ("cloud_bridge", "outbox_path"): f"{state}/outbox.sqlite3",
+                ("cloud_bridge", "update_dir"): f"{state}/updates",
+            }
+        )
+    return changes
+
+
+@pytest.mark.parametrize("deployment", ["cell", "demo", "jetson"])
+def test_overlays_merged_onto_the_base_give_the_parameters_the_files_gave_before(deployment, tmp_path):
+    merged = params_file.with_state_dir(params_file.load(REPO / "params" / f"{deployment}.yaml"), tmp_path)
+    expected = {node: dict(values) for node, values in BEFORE[deployment].items()}
+    for (node, name), value in _intended_changes(deployment, tmp_path).items():
+        assert name in expected[node], f"{node}.{name} is not a parameter of the frozen {deployment}.yaml"
+        expected[node][name] = value
+    assert set(merged) == set(expected)
+    for node in expected:
+        assert merged[node] == expected[node], f"{deployment}.yaml: {node} differs from before the overlays"
+
+
+def test_the_overlays_hold_only_what_differs_from_the_base():
+    base = yaml.safe_load((REPO / "params" / "cell.yaml").read_text())
+    for name in ("demo.yaml", "jetson.yaml"):
+        overlay = yaml.safe_load((REPO / "params" / name).read_text())
+        assert overlay.pop("extends") == "cell.yaml"
+        for node, section in overlay.items():
+            same = [k for k, v in section["ros__parameters"].items() if base[node]["ros__parameters"].get(k) == v]
+            assert not same, f"{name}: {node} repeats the base's value of {same}"
+        lines = len((REPO / "params" / name).read_text().splitlines())
+        assert lines < len((REPO / "params" / "cell.yaml").read_text().splitlines()) / 4, f"{name}: {lines} lines"
+
+
+def _overlay(tmp_path: Path, text: str, name: str = "site.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(f"extends: {REPO / 'params' / 'cell.yaml'}\n{text}")
+    return path
+
+
+def test_an_overlay_may_only_set_parameters_of_its_base(tmp_path):
+    path = _overlay(tmp_path, "decision:\n  ros__parameters:\n    reinspect_treshold: 0.4\n")
+    with pytest.raises(params_file.ParamsFileError, match=r"decision has no parameter 'reinspect_treshold'.*did you"):
+        params_file.load(path)
+    missing = tmp_path / "orphan.yaml"
+    missing.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(params_file.ParamsFileError, match=r"nowhere.yaml does not exist"):
+        params_file.load(missing)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(params_file.ParamsFileError, match="loops back"):
+        params_file.load(loop)
+
+
+def test_an_overlay_of_an_overlay_applies_both_in_order(tmp_path):
+    (tmp_path / "line.yaml").write_text(
+        f"extends: {REPO / 'params' / 'demo.yaml'}\ncamera_driver:\n  ros__parameters:\n    rate_hz: 5.0\n"
+    )
+    (tmp_path / "cell7.yaml").write_text("extends: line.yaml\ncloud_bridge:\n  ros__parameters:\n    cell: cell7\n")
+    params = params_file.load(tmp_path / "cell7.yaml")
+    assert params["camera_driver"]["rate_hz"] == 5.0 and params["camera_driver"]["source"] == "synthetic"
+    assert params["cloud_bridge"]["cell"] == "cell7" and params["cloud_bridge"]["site"] == "demo"
+
+
+def test_relative_paths_resolve_against_the_file_that_sets_them_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = params_file.load(REPO / "params" / "demo.yaml")
+    assert Path(shipped["inference"]["model_path"]) == REPO / "models" / "default"
+    assert (Path(shipped["inference"]["model_path"]) / "manifest.json").is_file()
+    site = tmp_path / "site"
+    site.mkdir()
+    path = _overlay(
+        site,
+        "inference:\n  ros__parameters:\n    model_path: models/mine\n    model_store_dir: ~/store\n"
+        "cloud_bridge:\n  ros__parameters:\n    update_public_keys: keys/a.pub, /etc/b.pub\n",
+    )
+    params = params_file.load(path, {"camera_driver": {"path": "videos/line.mp4"}})
+    assert params["inference"]["model_path"] == str(site / "models" / "mine")
+    assert params["inference"]["model_store_dir"] == "~/store", "~ is left to the node"
+    assert params["cloud_bridge"]["update_public_keys"] == f"{site / 'keys' / 'a.pub'},/etc/b.pub"
+    assert params["camera_driver"]["path"] == str(tmp_path / "videos" / "line.mp4"), "overrides: the working dir"
+
+
+# ---- derived parameters and rules between nodes --------------------------------------------------------------------
+def test_the_visual_bands_are_configured_once_in_the_decision_node():
+    params = params_file.load(REPO / "params" / "cell.yaml", {"decision": {"reinspect_threshold": 0.6}})
+    assert params["inference"]["overlay_reinspect_threshold"] == 0.6
+    assert params["inference"]["overlay_defective_threshold"] == params["decision"]["defective_threshold"]
+    with pytest.raises(params_file.OverrideError, match=r"derived from decision.reinspect_threshold"):
+        params_file.parse_override(
+            "inference.overlay_reinspect_threshold=0.3", params_file.known_parameters(REPO / "params" / "cell.yaml")
+        )
+
+
+def test_a_derived_parameter_set_in_a_file_must_agree_with_its_source(tmp_path):
+    path = tmp_path / "full.yaml"  # a complete file of the old form, which still set the overlay bands
+    text = (REPO / "params" / "cell.yaml").read_text()
+    path.write_text(
+        text.replace(
+            "inference:\n  ros__parameters:\n",
+            "inference:\n  ros__parameters:\n    overlay_reinspect_threshold: 0.5\n",
+            1,
+        )
+    )
+    assert params_file.load(path)["inference"]["overlay_reinspect_threshold"] == 0.5
+    with pytest.raises(params_file.ParamsFileError, match=r"overlay_reinspect_threshold \(0.5\) differs from "):
+        params_file.load(path, {"decision": {"reinspect_threshold": 0.6}})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"inference": {"deadline_ms": 600.0}}, "inference.deadline_ms 600 must be above 0 and at most decision"),
+        ({"inference": {"deadline_ms": 0.0}}, r"inference.deadline_ms 0 \(none\) must be above 0"),
+        ({"decision": {"result_deadline_ms": 1700.0}}, "must stay below the camera-to-ejector travel time 1600 ms"),
+        ({"reject_actuator": {"belt_speed_mm_s": 1800.0}}, "travel time 444.444 ms"),
+        ({"reject_actuator": {"watchdog_timeout_s": 0.4}}, "watchdog_timeout_s 0.4 must exceed decision"),
+        (
+            {"cloud_bridge": {"offload_enabled": True, "offload_slack_ms": 1590.0}},
+            r"offload_slack_ms 1590 must leave the actuator its latency.*\(1580 ms\)",
+        ),
+    ],
+)
+def test_rules_between_nodes_are_checked_at_load_time(overrides, message):
+    with pytest.raises(params_file.ParamsFileError, match=message) as error:
+        params_file.load(REPO / "params" / "cell.yaml", overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_rules_hold_where_they_are_met_at_their_limits():
+    limits = {
+        "inference": {"deadline_ms": 500.0},
+        "reject_actuator": {"watchdog_timeout_s": 0.0},  # watchdog off: no rule
+        "cloud_bridge": {"offload_enabled": True, "offload_slack_ms": 1580.0},
+    }
+    params_file.load(REPO / "params" / "cell.yaml", limits)
+
+
+# ---- overrides -------------------------------------------------------------------------------------------------
+def test_overrides_name_a_node_and_a_parameter_of_the_base():
+    known = params_file.known_parameters(REPO / "params" / "demo.yaml")
+    assert known["reject_actuator"] >= {"modbus_host", "gpio_reject_pin", "divert_verdicts"}
+    assert params_file.parse_override("decision.result_deadline_ms=400", known) == (
+        "decision",
+        "result_deadline_ms",
+        400,
+    )
+    for item, message in [
+        ("foo.bar=1", "unknown node 'foo'"),
+        ("decision.no_such_param=3", "decision has no parameter 'no_such_param'"),
+        ("inference.treads=2", "did you mean 'threads'"),
+        ("decision=3", "expected node.parameter=value"),
+    ]:
+        with pytest.raises(params_file.OverrideError, match=message) as error:
+            params_file.parse_override(item, known)
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("value", "flag"), [("auto", None), ("true", True), ("On", True), ("0", False), ("no", False)])
+def test_flags_are_true_false_or_auto(value, flag):
+    assert params_file.parse_flag(value) is flag
+
+
+def test_a_flag_that_is_none_of_them_is_refused():
+    with pytest.raises(ValueError, match="'sometimes' is not true, false or auto"):
+        params_file.parse_flag("sometimes")
+
+
+def test_state_paths_follow_the_runs_state_folder():
+    params = params_file.load(REPO / "params" / "demo.yaml")
+    assert params_file.uses_state_dir(params)
+    assert not params_file.uses_state_dir(params_file.load(REPO / "params" / "cell.yaml"))
+    placed = params_file.with_state_dir(params, "/run/7")
+    assert placed["cloud_bridge"]["outbox_path"] == "/run/7/outbox.sqlite3"
+    assert not params_file.uses_state_dir(placed)
+
+
+def test_a_written_merged_file_loads_back_to_the_same_parameters(tmp_path):
+    merged = params_file.load(REPO / "params" / "jetson.yaml", {"decision": {"reinspect_threshold": 0.6}})
+    path = tmp_path / "merged.yaml"
+    path.write_text(params_file.to_yaml(merged))
+    assert "overlay_reinspect_threshold" not in path.read_text(), "derived parameters are not written"
+    assert params_file.load(path) == merged

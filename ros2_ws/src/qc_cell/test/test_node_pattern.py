@@ -13,15 +13,25 @@ import pytest
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from qc_cell.ros.params import ParameterError, declare
+from qc_cell.params_spec import NodeParams, Param
+from qc_cell.ros.params import ParameterError, declare_parameters
 from qc_cell.testing.ros import ros_graph
+
+EXAMPLE = NodeParams(
+    "example",
+    "a node with one ranged and one choice parameter",
+    (
+        Param("rate_hz", 10.0, "capture rate", range=(0.1, 120.0)),
+        Param("mode", "free_run", "capture mode", choices=("free_run", "triggered")),
+    ),
+)
 
 
 class _Example(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("example", **kwargs)
-        self.rate = declare(self, "rate_hz", 10.0, "capture rate", range=(0.1, 120.0))
-        self.mode = declare(self, "mode", "free_run", "capture mode", choices=("free_run", "triggered"))
+        p = declare_parameters(self, EXAMPLE)
+        self.rate, self.mode = p["rate_hz"], p["mode"]
 
 
 def test_parameter_overrides_reach_the_node():

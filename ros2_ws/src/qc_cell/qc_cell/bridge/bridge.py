@@ -1,5 +1,5 @@
-"""The bridge core the cloud_bridge node wraps: outbox + MQTT session + forwarder, record envelopes,
-and the accounting of records the outbox could not keep (for the OUTBOX_FULL alert)."""
+"""The bridge's transport, under the CloudLink facade (cloud_link.py): outbox + MQTT session + forwarder, record
+envelopes, and the accounting of records the outbox could not keep (for the OUTBOX_FULL alert)."""
 
 from __future__ import annotations
 

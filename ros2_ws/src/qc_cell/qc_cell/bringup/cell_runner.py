@@ -15,10 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import rclpy
-import yaml
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 
@@ -57,14 +56,27 @@ class CellRunner:
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         flags: Mapping[str, bool | None] | None = None,
         run_dir: str | Path | None = None,
+        state_dir: str | Path | None = None,
         log_level: str = "info",
         on_event: Callable[[str, str, str], None] | None = None,
     ) -> None:
-        params = params_file.apply_arguments(params_file.load(params_path), arguments or {})
+        merged = params_file.argument_overrides(arguments or {})
         for node, values in (overrides or {}).items():
-            params.setdefault(node, {}).update(values)
+            merged.setdefault(node, {}).update(values)
+        params = params_file.load(params_path, merged)
+        if state_dir and not params_file.uses_state_dir(params):
+            raise params_file.ParamsFileError(
+                f"--state-dir: {params_path} puts no state under {params_file.STATE_DIR} (its paths say where)"
+            )
         self.namespace = namespace.strip("/")
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="qc-cell-"))
+        # The run's state (model store, outbox, part counter) where the params file says $(var state_dir):
+        # a folder of this run unless one is given, so one run's records and model pointer never leak into the next.
+        self.state_dir: Path | None = None
+        if params_file.uses_state_dir(params):
+            self.state_dir = Path(state_dir or self.run_dir / "state").resolve()
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            params = params_file.with_state_dir(params, self.state_dir)
         self.nodes = enabled_nodes(params, flags or {})
         self.params = params
         self.progress = CellProgress()
@@ -145,23 +157,22 @@ class CellRunner:
         return 0
 
 
-def _parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
-    overrides: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        node, dot, parameter = key.partition(".")
-        if not sep or not dot:
-            raise SystemExit(f"--set expects node.parameter=value, got {item!r}")
-        overrides.setdefault(node, {})[parameter] = yaml.safe_load(value)
-    return overrides
+def _flag(value: str) -> bool | None:
+    try:
+        return params_file.parse_flag(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _bool_or_none(value: str) -> bool | None:
-    return None if value == "auto" else value.lower() in ("1", "true", "yes", "on")
+class _Parser(argparse.ArgumentParser):
+    """Bad command-line input is one line on stderr and exit status 2 (argparse would print the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"[runner] {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params-file", required=True, help="cell params YAML (params/cell.yaml, demo.yaml, ...)")
     parser.add_argument("--namespace", default="", help="cell namespace (one namespace per cell)")
     parser.add_argument("--backend", default="", help="inference backend override: auto, onnxruntime, tensorrt")
@@ -172,13 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             f"--{flag.replace('_', '-')}",
             default="auto",
-            type=_bool_or_none,
+            type=_flag,
             dest=flag,
             help=f"{flag}: true/false; auto = when the params file configures the node",
         )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "fatal"])
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="parameter override")
     parser.add_argument("--run-dir", default=None, help="where per-node params and logs go (default: a temp dir)")
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help="the run's state folder, $(var state_dir) in the params file: model store, outbox, part counter "
+        "(default: <run dir>/state, new for every run)",
+    )
     parser.add_argument("--parts", type=int, default=0, help="stop after this many verdicts (0 = run until Ctrl-C)")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = no limit)")
     return parser
@@ -187,19 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        overrides = params_file.parse_overrides(args.set, params_file.known_parameters(args.params_file))
         runner = CellRunner(
             args.params_file,
             namespace=args.namespace,
             arguments={"backend": args.backend, "source": args.source},
-            overrides=_parse_set(args.set),
+            overrides=overrides,
             flags={flag: getattr(args, flag) for flag in FLAGS},
             run_dir=args.run_dir,
+            state_dir=args.state_dir,
             log_level=args.log_level,
         )
     except params_file.ParamsFileError as exc:
         print(f"[runner] {exc}", file=sys.stderr)
         return 2
     print(f"[runner] nodes: {', '.join(s.name for s in runner.nodes)}; logs in {runner.supervisor.log_dir}")
+    if runner.state_dir is not None:
+        print(f"[runner] state (model store, outbox, part counter) in {runner.state_dir}")
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     return runner.run(parts=args.parts, duration_s=args.duration)
 

@@ -9,21 +9,20 @@ import dataclasses
 import threading
 import time
 from collections import Counter
+from typing import Any
 
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 
-from qc_cell.reject.arm_model import ArmPlan, ArmSpec, ReferenceArm
+from qc_cell.reject.arm_model import ArmPlan, ReferenceArm
+from qc_cell.reject.params import ARM_SERVER, arm_spec
 from qc_cell.ros import diagnostics
 from qc_cell.ros.node_main import run
-from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.time import to_ns
 from qc_interfaces.action import RejectPart
 
-RUNTIME = ("approach_s", "pick_s", "place_s", "failure_probability", "force_failure")
 # Several threads: a pick runs in its action goal's execute callback while further goals and cancels arrive.
 EXECUTOR_THREADS = 4
 
@@ -31,51 +30,17 @@ EXECUTOR_THREADS = 4
 class ArmServer(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("arm_server", **kwargs)
-        d = ArmSpec()
-        spec = ArmSpec(
-            approach_s=declare(
-                self, "approach_s", d.approach_s, "time to reach the pick point from home (s)", range=(0.0, 60.0)
-            ),
-            pick_s=declare(
-                self, "pick_s", d.pick_s, "grip time; the pick completes at the deadline (s)", range=(0.0, 60.0)
-            ),
-            place_s=declare(self, "place_s", d.place_s, "place in the bin and return home (s)", range=(0.0, 60.0)),
-            reach_min_m=declare(
-                self,
-                "reach_min_m",
-                d.reach_min_m,
-                "nearest pick point downstream of the camera (m)",
-                range=(0.0, 100.0),
-                read_only=True,
-            ),
-            reach_max_m=declare(
-                self,
-                "reach_max_m",
-                d.reach_max_m,
-                "farthest pick point downstream of the camera (m)",
-                range=(0.0, 100.0),
-                read_only=True,
-            ),
-            failure_probability=declare(
-                self, "failure_probability", d.failure_probability, "probability that a pick fails", range=(0.0, 1.0)
-            ),
-            force_failure=declare(self, "force_failure", d.force_failure, "every pick fails (fault drills, tests)"),
-        )
-        seed = declare(
-            self, "seed", -1, "random seed of the failures (-1 = random)", range=(-1, 2**31 - 1), read_only=True
-        )
-        self._feedback_period_s = declare(
-            self, "feedback_period_s", 0.05, "feedback period while moving (s)", range=(0.01, 1.0), read_only=True
-        )
+        p = declare_parameters(self, ARM_SERVER)
+        self._feedback_period_s = p["feedback_period_s"]
         try:
-            self._arm = ReferenceArm(spec, None if seed < 0 else seed)
+            self._arm = ReferenceArm(arm_spec(p), None if p["seed"] < 0 else p["seed"])
         except ValueError as exc:
             raise ParameterError(str(exc)) from exc
         self._busy = threading.Lock()  # one part at a time: further goals wait for the arm
         self._counts: Counter[str] = Counter()
         self._diag_pub = diagnostics.create_publisher(self)
         self.create_timer(1.0, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        handle_parameter_changes(self, ARM_SERVER, self._apply_parameters)
         self._server = ActionServer(
             self,
             RejectPart,
@@ -86,17 +51,10 @@ class ArmServer(Node):
             callback_group=ReentrantCallbackGroup(),
         )
 
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in params if p.name in RUNTIME}
-        if not changes:
-            return SetParametersResult(successful=True)
-        spec = dataclasses.replace(self._arm.spec, **changes)
-        try:
-            spec.validate()
-        except ValueError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
+    def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
+        spec = dataclasses.replace(self._arm.spec, **changed)
+        spec.validate()  # ValueError refuses the change
         self._arm.spec = spec  # a frozen value swapped atomically; a goal in progress keeps its plan
-        return SetParametersResult(successful=True)
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds

@@ -15,18 +15,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 from pathlib import Path
+from typing import Any
 
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from qc_cell.camera.capture import (
     DONE,
     FINISHED,
-    MODES,
     RETRYING,
     STREAMING,
     CaptureLoop,
@@ -35,13 +33,13 @@ from qc_cell.camera.capture import (
     CaptureSettings,
 )
 from qc_cell.camera.framing import Framing
+from qc_cell.camera.params import CAMERA_DRIVER, capture_fields, source_settings
 from qc_cell.camera.part_ids import PartIdAllocator, PartIdError, default_state_file
-from qc_cell.camera.sources import SOURCE_KINDS, SourceConfigError, SourceSettings, build_source
-from qc_cell.camera.sources.folder import ORDERS
+from qc_cell.camera.sources import SourceConfigError, build_source
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.images import ImageConversionError, array_to_image
 from qc_cell.ros.node_main import run
-from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.msg import Alert, PartFrame, PartTrigger
 
@@ -58,7 +56,23 @@ class CameraDriver(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         self.loop: CaptureLoop | None = None  # set before anything can fail: destroy_node() may run regardless
         super().__init__("camera_driver", **kwargs)
-        self._declare_parameters()
+        p = declare_parameters(self, CAMERA_DRIVER)
+        self.frame_id: str = p["frame_id"]
+        self._diag_period: float = p["diagnostics_period_s"]
+        try:
+            self.capture = CaptureSettings(**capture_fields(p))
+            self.framing = Framing.from_parameters(list(p["roi"]), p["scale"])
+            self.source = build_source(source_settings(p), warn=self._warn_source)
+        except (ValueError, SourceConfigError) as exc:
+            raise ParameterError(str(exc)) from exc
+        if p["source"] == "gstreamer" and not p["pipeline"].strip():
+            raise ParameterError("source gstreamer needs the pipeline parameter (see docs/camera.md)")
+        prefix = p["part_id_prefix"] or self.get_namespace().strip("/").replace("/", "_") or "cell"
+        try:
+            state_file = Path(p["state_dir"]).expanduser() / f"part_ids_{prefix}.json" if p["state_dir"] else None
+            self.part_ids = PartIdAllocator(prefix, state_file or default_state_file(prefix))
+        except (ValueError, PartIdError) as exc:
+            raise ParameterError(str(exc)) from exc
         self._lifecycle_state = "unconfigured"
         self._sequence = 0
         self._sequence_lock = threading.Lock()
@@ -82,144 +96,16 @@ class CameraDriver(LifecycleNode):
                 callback_group=MutuallyExclusiveCallbackGroup(),
             )
         self.create_timer(self._diag_period, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        handle_parameter_changes(self, CAMERA_DRIVER, self._apply_parameters)
 
     # ------------------------------------------------------------ parameters
 
-    def _declare_parameters(self) -> None:
-        ro = {"read_only": True}
-        kind = declare(self, "source", "v4l2", "image source", choices=SOURCE_KINDS, **ro)
-        mode = declare(
-            self,
-            "mode",
-            "free_run",
-            "free_run: capture at rate_hz; triggered: one capture per camera/trigger",
-            choices=MODES,
-            **ro,
-        )
-        rate = declare(
-            self, "rate_hz", 10.0, "free-run capture rate (parts/s); changeable at runtime", range=(0.1, 240.0)
-        )
-        max_parts = declare(
-            self, "max_parts", 0, "stop capturing after this many parts (0 = unlimited)", range=(0, 2**31 - 1), **ro
-        )
-        self.frame_id: str = declare(self, "frame_id", "camera", "header.frame_id of every part message", **ro)
-        prefix = declare(
-            self, "part_id_prefix", "", "part id prefix, unique per cell ('' = the node namespace, or 'cell')", **ro
-        )
-        state_dir = declare(
-            self,
-            "state_dir",
-            "",
-            "directory of the persistent state (part id counter part_ids_<prefix>.json; '' = $XDG_STATE_HOME/qc_cell)",
-            **ro,
-        )
-        roi = declare(
-            self,
-            "roi",
-            [0, 0, 0, 0],
-            "published region [x, y, width, height] in source pixels; all 0 = whole frame",
-            **ro,
-        )
-        scale = declare(
-            self, "scale", 1.0, "downscale factor applied after the ROI (1.0 = none)", range=(0.05, 1.0), **ro
-        )
-        settings = SourceSettings(
-            kind=kind,
-            device=declare(
-                self, "device", "/dev/video0", "v4l2: device path (/dev/video0, /dev/v4l/by-id/...) or index", **ro
-            ),
-            width=declare(
-                self,
-                "width",
-                0,
-                "v4l2: requested width; synthetic: image width (0 = driver default / 512)",
-                range=(0, 16384),
-                **ro,
-            ),
-            height=declare(
-                self,
-                "height",
-                0,
-                "v4l2: requested height; synthetic: image height (0 = driver default / 512)",
-                range=(0, 16384),
-                **ro,
-            ),
-            fps=declare(
-                self, "fps", 0.0, "v4l2: requested camera frame rate (0 = driver default)", range=(0.0, 1000.0), **ro
-            ),
-            pixel_format=declare(
-                self, "pixel_format", "", "v4l2: FourCC such as MJPG or YUYV ('' = driver default)", **ro
-            ),
-            read_timeout_s=declare(
-                self,
-                "read_timeout_s",
-                2.0,
-                "v4l2: a read blocking longer counts as a disconnect",
-                range=(0.1, 60.0),
-                **ro,
-            ),
-            pipeline=declare(self, "pipeline", "", "gstreamer: pipeline ending in appsink (see docs/camera.md)", **ro),
-            path=declare(self, "path", "", "video: file; folder: image directory (MVTec AD layout aware)", **ro),
-            loop=declare(self, "loop", False, "video/folder: start again at the end instead of stopping", **ro),
-            folder_order=declare(self, "folder_order", "sorted", "folder: image order", choices=ORDERS, **ro),
-            seed=declare(
-                self, "seed", 0, "synthetic: generator seed; folder: shuffle seed", range=(0, 2**31 - 1), **ro
-            ),
-            defect_rate=declare(
-                self, "defect_rate", 0.2, "synthetic: share of defective parts", range=(0.0, 1.0), **ro
-            ),
-        )
-        capture = {
-            "queue_depth": declare(
-                self, "trigger_queue_depth", 8, "triggered: parts waiting for a capture", range=(1, 1000), **ro
-            ),
-            "max_trigger_age_s": declare(
-                self,
-                "max_trigger_age_s",
-                0.5,
-                "triggered: a trigger not served within this time gets no frame (the part has moved on)",
-                range=(0.01, 60.0),
-                **ro,
-            ),
-            "backoff_initial_s": declare(
-                self,
-                "reconnect_initial_s",
-                0.5,
-                "first retry delay when the source is missing/lost",
-                range=(0.01, 60.0),
-                **ro,
-            ),
-            "backoff_max_s": declare(
-                self, "reconnect_max_s", 10.0, "longest retry delay (doubles up to this)", range=(0.01, 600.0), **ro
-            ),
-        }
-        self._diag_period: float = declare(
-            self, "diagnostics_period_s", 1.0, "/diagnostics period (s)", range=(0.1, 60.0), **ro
-        )
-        try:
-            self.capture = CaptureSettings(mode=mode, rate_hz=rate, max_parts=max_parts, **capture)
-            self.framing = Framing.from_parameters(list(roi), scale)
-            self.source = build_source(settings, warn=self._warn_source)
-        except (ValueError, SourceConfigError) as exc:
-            raise ParameterError(str(exc)) from exc
-        if settings.kind == "gstreamer" and not settings.pipeline.strip():
-            raise ParameterError("source gstreamer needs the pipeline parameter (see docs/camera.md)")
-        prefix = prefix or self.get_namespace().strip("/").replace("/", "_") or "cell"
-        try:
-            state_file = Path(state_dir).expanduser() / f"part_ids_{prefix}.json" if state_dir else None
-            self.part_ids = PartIdAllocator(prefix, state_file or default_state_file(prefix))
-        except (ValueError, PartIdError) as exc:
-            raise ParameterError(str(exc)) from exc
-
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        for param in params:
-            if param.name == "rate_hz":
-                loop = self.loop
-                if loop is not None:
-                    loop.set_rate(float(param.value))  # range already checked by the descriptor
-                self.capture = dataclasses.replace(self.capture, rate_hz=float(param.value))
-        return SetParametersResult(successful=True)
+    def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
+        if "rate_hz" in changed:  # the only runtime parameter; range checked against the spec
+            loop = self.loop
+            if loop is not None:
+                loop.set_rate(changed["rate_hz"])
+            self.capture = dataclasses.replace(self.capture, rate_hz=changed["rate_hz"])
 
     # ------------------------------------------------------------ lifecycle
 

@@ -13,28 +13,22 @@ from rclpy.node import Node
 
 from qc_cell import cell_graph
 from qc_cell.bringup.activator import WARNING_EVENTS, CellActivator
+from qc_cell.bringup.manager_params import CELL_MANAGER
 from qc_cell.ros.node_main import run
-from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.params import ParameterError, declare_parameters
 
 
 class CellManager(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("cell_manager", **kwargs)
-        names = declare(self, "nodes", [""], "names of the cell's nodes (from the launch file)", read_only=True)
+        p = declare_parameters(self, CELL_MANAGER)
         try:
-            specs = [cell_graph.node(name) for name in names if name]
+            specs = [cell_graph.node(name) for name in p["nodes"] if name]
         except KeyError as exc:
             raise ParameterError(f"parameter 'nodes': unknown node {exc}") from exc
         if not specs:
             raise ParameterError("parameter 'nodes' is empty: nothing to manage")
-        ready_timeout_s = declare(
-            self,
-            "ready_timeout_s",
-            20.0,
-            "longest wait for the model and fresh process signals before the part source starts",
-            range=(0.0, 600.0),
-            read_only=True,
-        )
+        ready_timeout_s = p["ready_timeout_s"]
         self._stop = threading.Event()
         activator = CellActivator(self, self.get_namespace(), specs, self._on_event, ready_timeout_s=ready_timeout_s)
         threading.Thread(target=activator.run, args=(self._stop,), name="activator", daemon=True).start()

@@ -14,159 +14,40 @@ import math
 from collections import Counter
 from typing import Any
 
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from std_msgs.msg import Header
 
-from qc_cell.decision.engine import Counters, DecisionConfig, DecisionEngine, DecisionRecord, ResultInput
+from qc_cell.decision.engine import Counters, DecisionEngine, DecisionRecord, ResultInput
 from qc_cell.decision.kpi import RollingKpi
+from qc_cell.decision.params import DECISION, build_config
 from qc_cell.decision.part_ledger import Claim, Registration
-from qc_cell.decision.verdict_rule import EscalationPolicy, ProcessContext, Reason, Thresholds, Verdict
+from qc_cell.decision.verdict_rule import ProcessContext, Reason, Verdict
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.node_main import run
-from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.msg import CellKpi, InspectionResult, PartTrigger, ProcessState, QualityDecision
-
-ESCALATE_TO = {"reinspect": Verdict.REINSPECT, "defective": Verdict.DEFECTIVE}
-NOT_INSPECTED_AS = {
-    "not_inspected": Verdict.NOT_INSPECTED,
-    "defective": Verdict.DEFECTIVE,
-    "reinspect": Verdict.REINSPECT,
-}
-
-# Parameters that may change at run time (validated together in _on_set_parameters); the rest are read-only.
-RUNTIME_PARAMETERS = (
-    "reinspect_threshold",
-    "defective_threshold",
-    "escalate_on_stale",
-    "escalate_on_out_of_spec",
-    "escalate_on_anomaly",
-    "escalate_to",
-    "not_inspected_as",
-    "result_deadline_ms",
-    "process_max_age_ms",
-    "registration_wait_ms",
-)
-
-
-def build_config(values: dict[str, Any], process_keep_s: float, remembered_parts: int) -> DecisionConfig:
-    """DecisionConfig from parameter values; ValueError with a clear message when they do not fit together."""
-    for name, choices in (("escalate_to", ESCALATE_TO), ("not_inspected_as", NOT_INSPECTED_AS)):
-        if values[name] not in choices:
-            raise ValueError(f"{name} = {values[name]!r} must be one of {list(choices)}")
-    return DecisionConfig(
-        thresholds=Thresholds(values["reinspect_threshold"], values["defective_threshold"]),
-        policy=EscalationPolicy(
-            on_stale=values["escalate_on_stale"],
-            on_out_of_spec=values["escalate_on_out_of_spec"],
-            on_anomaly=values["escalate_on_anomaly"],
-            escalate_to=ESCALATE_TO[values["escalate_to"]],
-        ),
-        not_inspected_as=NOT_INSPECTED_AS[values["not_inspected_as"]],
-        result_deadline_ms=values["result_deadline_ms"],
-        process_max_age_ms=values["process_max_age_ms"],
-        registration_wait_ms=values["registration_wait_ms"],
-        process_keep_s=process_keep_s,
-        remembered_parts=remembered_parts,
-    )
 
 
 class DecisionNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("decision", **kwargs)
-        values = {
-            "reinspect_threshold": declare(
-                self, "reinspect_threshold", 0.5, "p at and above which a part is re-inspected", range=(0.0, 1.0)
-            ),
-            "defective_threshold": declare(
-                self, "defective_threshold", 0.8, "p at and above which a part is defective", range=(0.0, 1.0)
-            ),
-            "escalate_on_stale": declare(
-                self, "escalate_on_stale", True, "stale or missing process state at capture raises the verdict"
-            ),
-            "escalate_on_out_of_spec": declare(
-                self, "escalate_on_out_of_spec", True, "out-of-spec process at capture raises the verdict"
-            ),
-            "escalate_on_anomaly": declare(
-                self, "escalate_on_anomaly", False, "anomalous (within spec) process at capture raises the verdict"
-            ),
-            "escalate_to": declare(
-                self, "escalate_to", "reinspect", "lowest verdict after a process escalation", choices=list(ESCALATE_TO)
-            ),
-            "not_inspected_as": declare(
-                self,
-                "not_inspected_as",
-                "not_inspected",
-                "verdict published for fail-safe parts (the reject actuator ejects not_inspected by default)",
-                choices=list(NOT_INSPECTED_AS),
-            ),
-            "result_deadline_ms": declare(
-                self,
-                "result_deadline_ms",
-                500.0,
-                "capture stamp -> latest result; later the part is NOT_INSPECTED (keep below camera-to-ejector time)",
-                range=(1.0, 60000.0),
-            ),
-            "process_max_age_ms": declare(
-                self,
-                "process_max_age_ms",
-                1000.0,
-                "a process state further than this from the capture time does not count (process_unknown)",
-                range=(1.0, 60000.0),
-            ),
-            "registration_wait_ms": declare(
-                self,
-                "registration_wait_ms",
-                20.0,
-                "a result that overtook its camera/parts registration waits this long for it (for the encoder "
-                "count); only while camera/parts has publishers, never past the deadline; 0 = decide at once",
-                range=(0.0, 1000.0),
-            ),
-        }
-        process_keep_s = declare(
-            self, "process_keep_s", 30.0, "process-state history kept for the join", range=(1.0, 3600.0), read_only=True
-        )
-        remembered_parts = declare(
-            self,
-            "remembered_parts",
-            20000,
-            "decided part ids remembered to recognise late and duplicate results",
-            range=(100, 10_000_000),
-            read_only=True,
-        )
-        deadline_check_ms = declare(
-            self,
-            "deadline_check_period_ms",
-            10.0,
-            "deadline timer period while parts are pending (adds at most this to a fail-safe verdict)",
-            range=(1.0, 1000.0),
-            read_only=True,
-        )
-        kpi_window_s = declare(self, "kpi_window_s", 60.0, "KPI rolling window", range=(1.0, 86400.0), read_only=True)
-        kpi_period_s = declare(
-            self, "kpi_period_s", 5.0, "quality/kpi publish period", range=(0.1, 3600.0), read_only=True
-        )
-        diag_period_s = declare(
-            self, "diagnostics_period_s", 1.0, "/diagnostics publish period", range=(0.1, 60.0), read_only=True
-        )
-        self._process_keep_s = process_keep_s
-        self._remembered_parts = remembered_parts
+        p = declare_parameters(self, DECISION)
+        self._process_keep_s, self._remembered_parts = p["process_keep_s"], p["remembered_parts"]
         try:
-            config = build_config(values, process_keep_s, remembered_parts)
+            config = build_config(p, self._process_keep_s, self._remembered_parts)
         except ValueError as exc:
             raise ParameterError(str(exc)) from exc
 
         now_ns = self._now_ns()
         self._engine = DecisionEngine(config)
-        self._kpi = RollingKpi(kpi_window_s, now_ns)
+        self._kpi = RollingKpi(p["kpi_window_s"], now_ns)
         self._verdict_totals: Counter[Verdict] = Counter()
         self._counters_at_last_diag = Counters()
         # Whether anyone publishes camera/parts (only then may a result wait for its registration): set by every
         # registration, asked of the graph (5 us) while false, re-checked by the diagnostics timer.
         self._parts_published = False
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        handle_parameter_changes(self, DECISION, self._apply_parameters)
 
         # Verdicts keep a history for late joiners (qos.PART_RECORDS: the cloud bridge); the reject actuator
         # subscribes volatile. KPIs are EVENTS.
@@ -181,10 +62,10 @@ class DecisionNode(Node):
         # LATCHED matches sensor_fusion's publisher, so a (re)started decision node gets the current state at once.
         self.create_subscription(ProcessState, "process/state", self._on_process_state, qos.LATCHED)
         # Runs only while parts are pending (cancelled when idle, reset on the next registration).
-        self._deadline_timer = self.create_timer(deadline_check_ms / 1000.0, self._on_deadline_tick)
+        self._deadline_timer = self.create_timer(p["deadline_check_period_ms"] / 1000.0, self._on_deadline_tick)
         self._deadline_timer.cancel()
-        self.create_timer(kpi_period_s, self._publish_kpi)
-        self.create_timer(diag_period_s, self._publish_diagnostics)
+        self.create_timer(p["kpi_period_s"], self._publish_kpi)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self.get_logger().info(
             f"decision ready: normal < {config.thresholds.reinspect} <= reinspect < {config.thresholds.defective} "
             f"<= defective; deadline {config.result_deadline_ms:g} ms; fail-safe parts published as "
@@ -195,23 +76,10 @@ class DecisionNode(Node):
         return self.get_clock().now().nanoseconds
 
     # ---- parameters ---------------------------------------------------------------------------------------
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate a (possibly atomic) set of changes against the current values, then apply it.
-
-        Humble's rclpy has no post-set callback; this is the node's only on-set callback, so success here
-        means the change is accepted, and the new config is applied as a whole (never half of a pair)."""
-        changed = {p.name: p.value for p in params if p.name in RUNTIME_PARAMETERS}
-        if not changed:
-            return SetParametersResult(successful=True)
-        values = {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS} | changed
-        try:
-            config = build_config(values, self._process_keep_s, self._remembered_parts)
-        except ValueError as exc:
-            self.get_logger().warning(f"rejected parameter change {changed}: {exc}")
-            return SetParametersResult(successful=False, reason=str(exc))
+    def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
+        """The new config as a whole (never half of a pair); ValueError refuses the change."""
+        config = build_config(values, self._process_keep_s, self._remembered_parts)
         self._engine.reconfigure(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
-        self.get_logger().info(f"parameters changed: {changed}")
-        return SetParametersResult(successful=True)
 
     # ---- inputs -------------------------------------------------------------------------------------------
     def _on_part(self, msg: PartTrigger) -> None:

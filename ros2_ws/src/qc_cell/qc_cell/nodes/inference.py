@@ -16,28 +16,22 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from qc_cell.inference import overlay
-from qc_cell.inference.backends import (
-    BACKEND_CHOICES,
-    PRECISIONS,
-    BackendError,
-    BackendOptions,
-    resolve_backend,
-)
+from qc_cell.inference.backends import BackendError, BackendOptions, resolve_backend
 from qc_cell.inference.hot_swap import ACTIVE, FAILED, LOADING, NONE, ModelManager, ModelState
 from qc_cell.inference.model_store import ModelStore, StoreError
+from qc_cell.inference.params import INFERENCE
 from qc_cell.inference.pipeline import FrameJob, ImageError, InferencePipeline, Outcome, SequenceGaps
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.images import ImageConversionError, array_to_image, image_to_array, to_bgr8
 from qc_cell.ros.node_main import run
-from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.service_thread import ServiceThread
 from qc_cell.ros.time import to_ns
 from qc_interfaces.msg import Alert, InspectionResult, ModelInfo, PartFrame
@@ -65,7 +59,6 @@ STATE_CODES = {
     ACTIVE: ModelInfo.STATE_ACTIVE,
     FAILED: ModelInfo.STATE_FAILED,
 }
-RUNTIME_PARAMETERS = ("deadline_ms", "overlay_reinspect_threshold", "overlay_defective_threshold")
 
 
 class _ToRosLogger(logging.Handler):
@@ -104,140 +97,35 @@ def decode_image(image: Image) -> tuple[np.ndarray, str]:
 class InferenceNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("inference", **kwargs)
-        model_path = declare(
-            self,
-            "model_path",
-            "",
-            "model package (directory with manifest.json) loaded at start when the store has no active model",
-            read_only=True,
-        )
-        store_dir = declare(
-            self,
-            "model_store_dir",
-            "",
-            "model store: verified copies of loaded packages + active pointer, so a restart comes back on the "
-            "last good model ('' = no store, model_path is loaded at every start)",
-            read_only=True,
-        )
-        store_keep = declare(
-            self,
-            "model_store_keep",
-            5,
-            "model versions kept in the store (active + rollbacks)",
-            range=(1, 100),
-            read_only=True,
-        )
-        backend = declare(
-            self,
-            "backend",
-            "auto",
-            "auto (TensorRT if usable, else ONNX Runtime), onnxruntime or tensorrt",
-            choices=BACKEND_CHOICES,
-            read_only=True,
-        )
-        precision = declare(
-            self,
-            "precision",
-            "fp32",
-            "fp32, fp16 or int8 (fp16/int8: TensorRT only)",
-            choices=PRECISIONS,
-            read_only=True,
-        )
-        threads = declare(self, "threads", 2, "ONNX Runtime intra-op threads", range=(1, 64), read_only=True)
-        max_batch = declare(
-            self,
-            "max_batch",
-            1,
-            "largest batch scored at once when frames queue up (1 = always one frame; a lone frame is never "
-            "held back to fill a batch)",
-            range=(1, 64),
-            read_only=True,
-        )
-        queue_size = declare(
-            self,
-            "queue_size",
-            8,
-            "frames waiting to be scored; a frame arriving at a full queue is NOT_INSPECTED (queue_full)",
-            range=(1, 10000),
-            read_only=True,
-        )
-        deadline_ms = declare(
-            self,
-            "deadline_ms",
-            450.0,
-            "capture stamp -> latest useful result; older parts are NOT_INSPECTED (deadline). Keep at or below "
-            "decision.result_deadline_ms; camera and inference clocks must agree. 0 = no deadline",
-            range=(0.0, 600000.0),
-        )
-        require_golden = declare(
-            self,
-            "require_golden_set",
-            False,
-            "refuse model packages without a golden set (the self-test before a swap)",
-            read_only=True,
-        )
-        engine_cache_dir = declare(
-            self,
-            "engine_cache_dir",
-            "",
-            "TensorRT engine cache ('' = <model_store_dir>/engines, or ~/.cache/qc_cell/engines without a store)",
-            read_only=True,
-        )
-        workspace_mb = declare(
-            self, "tensorrt_workspace_mb", 1024, "TensorRT builder workspace", range=(16, 65536), read_only=True
-        )
-        calibration_dir = declare(
-            self,
-            "int8_calibration_dir",
-            "",
-            "images for TensorRT INT8 calibration (precision int8), preprocessed like the parts",
-            read_only=True,
-        )
-        calibration_images = declare(
-            self,
-            "int8_calibration_images",
-            256,
-            "at most this many calibration images",
-            range=(1, 100000),
-            read_only=True,
-        )
-        cuda_device = declare(self, "cuda_device", 0, "CUDA device index (TensorRT)", range=(0, 16), read_only=True)
+        p = declare_parameters(self, INFERENCE)
         self._style = overlay.OverlayStyle(
-            reinspect_threshold=declare(
-                self, "overlay_reinspect_threshold", 0.5, "overlay colour only: amber from this p", range=(0.0, 1.0)
-            ),
-            defective_threshold=declare(
-                self, "overlay_defective_threshold", 0.8, "overlay colour only: red from this p", range=(0.0, 1.0)
-            ),
-        )
-        diag_period_s = declare(
-            self, "diagnostics_period_s", 1.0, "/diagnostics publish period", range=(0.1, 60.0), read_only=True
+            reinspect_threshold=p["overlay_reinspect_threshold"], defective_threshold=p["overlay_defective_threshold"]
         )
         if self._style.reinspect_threshold > self._style.defective_threshold:
             raise ParameterError("overlay_reinspect_threshold must not exceed overlay_defective_threshold")
-        self._deadline_ns = int(deadline_ms * 1e6)
+        self._deadline_ns = int(p["deadline_ms"] * 1e6)
 
         try:
-            choice = resolve_backend(backend, precision, cuda_device)
+            choice = resolve_backend(p["backend"], p["precision"], p["cuda_device"])
         except (BackendError, ValueError) as exc:
             raise ParameterError(str(exc)) from exc
-        store = None
+        store, store_dir, engine_cache_dir = None, p["model_store_dir"], p["engine_cache_dir"]
         if store_dir:
             try:
-                store = ModelStore(Path(store_dir), keep=store_keep)
+                store = ModelStore(Path(store_dir), keep=p["model_store_keep"])
             except (OSError, StoreError) as exc:
                 raise ParameterError(f"model_store_dir {store_dir!r} unusable: {exc}") from exc
         if not engine_cache_dir:
             engine_cache_dir = str(store.engines_dir if store else Path("~/.cache/qc_cell/engines").expanduser())
         options = BackendOptions(
-            threads=threads,
+            threads=p["threads"],
             precision=choice.precision,
-            max_batch=max_batch,
+            max_batch=p["max_batch"],
             engine_cache_dir=engine_cache_dir,
-            workspace_mb=workspace_mb,
-            int8_calibration_dir=calibration_dir,
-            int8_calibration_images=calibration_images,
-            device=cuda_device,
+            workspace_mb=p["tensorrt_workspace_mb"],
+            int8_calibration_dir=p["int8_calibration_dir"],
+            int8_calibration_images=p["int8_calibration_images"],
+            device=p["cuda_device"],
         )
         self.get_logger().info(f"backend: {choice.message}")
 
@@ -256,27 +144,27 @@ class InferenceNode(Node):
         self._core_log.setLevel(logging.INFO)
         self._pipeline = InferencePipeline(
             self._publish_result,
-            queue_size=queue_size,
-            max_batch=max_batch,
+            queue_size=p["queue_size"],
+            max_batch=p["max_batch"],
             overlay_wanted=lambda: self._overlay_pub.get_subscription_count() > 0,
             on_overlay=self._publish_overlay,
         )
         self._manager = ModelManager(
-            self._pipeline, choice, options, store, require_golden, on_state=self._publish_model_state
+            self._pipeline, choice, options, store, p["require_golden_set"], on_state=self._publish_model_state
         )
         self._sequence = SequenceGaps()
         self._last_stats, self._last_lost = self._pipeline.stats(), 0
         self._publish_model_state(self._manager.state)
         self._pipeline.start()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        handle_parameter_changes(self, INFERENCE, self._apply_parameters)
 
         # PART_FRAMES (reliable) matches camera_driver's publisher: backpressure is ours to report (NOT_INSPECTED),
         # not the middleware's to hide; frames the middleware still loses show up as sequence gaps.
         self.create_subscription(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
         self._load_service = ServiceThread(self, LoadModel, "inference/load_model", self._on_load_model, "model_loader")
-        self.create_timer(diag_period_s, self._publish_diagnostics)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self._initial_load = threading.Thread(
-            target=self._load_initial_model, args=(model_path,), name="inference-initial-load", daemon=True
+            target=self._load_initial_model, args=(p["model_path"],), name="inference-initial-load", daemon=True
         )
         self._initial_load.start()
 
@@ -381,22 +269,15 @@ class InferenceNode(Node):
         self._overlay_pub.publish(array_to_image(picture, "bgr8", header=outcome.job.context.header))
 
     # ---- parameters, health ---------------------------------------------------------------------------
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate runtime changes together, then apply them (Humble has no post-set callback)."""
-        changed = {p.name: p.value for p in params if p.name in RUNTIME_PARAMETERS}
-        if not changed:
-            return SetParametersResult(successful=True)
-        values = {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS} | changed
+    def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
+        """The deadline and overlay bands together; ValueError refuses the change."""
         if values["overlay_reinspect_threshold"] > values["overlay_defective_threshold"]:
-            reason = "overlay_reinspect_threshold must not exceed overlay_defective_threshold"
-            return SetParametersResult(successful=False, reason=reason)
+            raise ValueError("overlay_reinspect_threshold must not exceed overlay_defective_threshold")
         self._deadline_ns = int(values["deadline_ms"] * 1e6)
         self._style = overlay.OverlayStyle(
             reinspect_threshold=values["overlay_reinspect_threshold"],
             defective_threshold=values["overlay_defective_threshold"],
         )
-        self.get_logger().info(f"parameters changed: {changed}")
-        return SetParametersResult(successful=True)
 
     def _alert(self, severity: int, code: str, message: str) -> None:
         msg = Alert(severity=severity, source=self.get_name(), code=code, message=message[:1000])

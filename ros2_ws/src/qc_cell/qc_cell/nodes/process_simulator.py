@@ -3,7 +3,7 @@ process/vibration under a scenario (normal, drift, spikes, dropout), determinist
 
 The values come from qc_cell.fusion.process_model; sample n is taken at nominal time n / rate, so the
 sequence does not depend on timer jitter. The scenario and its levels may be switched at run time
-(`ros2 param set /process_simulator scenario drift`).
+(`ros2 param set /process_simulator scenario drift`, or `python -m qc_cell.tools.param set ...` without ros2cli).
 """
 
 from __future__ import annotations
@@ -12,69 +12,23 @@ import dataclasses
 from typing import Any
 
 from geometry_msgs.msg import Vector3Stamped
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import FluidPressure, Temperature
 
-from qc_cell.fusion.process_model import DROPOUT_SIGNALS, SCENARIOS, ProcessModel, SimulatorConfig
+from qc_cell.fusion.params import PROCESS_SIMULATOR, simulator_config
+from qc_cell.fusion.process_model import ProcessModel
 from qc_cell.ros import qos
 from qc_cell.ros.node_main import run
-from qc_cell.ros.params import ParameterError, declare
-
-# SimulatorConfig field -> (description, range); all may change at run time except the seed.
-MODEL_PARAMETERS: dict[str, tuple[str, tuple[float, float] | None]] = {
-    "temperature_c": ("nominal temperature, degC", (-273.0, 2000.0)),
-    "temperature_noise_c": ("temperature noise sigma, degC", (0.0, 100.0)),
-    "pressure_pa": ("nominal pressure, Pa", (0.0, 1e9)),
-    "pressure_noise_pa": ("pressure noise sigma, Pa", (0.0, 1e8)),
-    "vibration_rms": ("nominal vibration AC RMS, m/s^2 (gravity on z comes on top)", (0.0, 1e4)),
-    "drift_start_s": ("drift scenario: seconds after start before drifting", (0.0, 1e6)),
-    "temperature_drift_c_per_min": ("drift scenario: temperature rise, degC/min", (-1e3, 1e3)),
-    "vibration_drift_per_min": ("drift scenario: vibration RMS growth, m/s^2/min", (-1e3, 1e3)),
-    "spike_probability": ("spikes scenario: spike probability per sample and signal", (0.0, 1.0)),
-    "spike_temperature_c": ("spikes scenario: temperature spike, degC", (-1e3, 1e3)),
-    "spike_pressure_pa": ("spikes scenario: pressure spike, Pa", (-1e8, 1e8)),
-    "spike_vibration_factor": ("spikes scenario: vibration spike multiplier", (0.0, 1e4)),
-    "dropout_period_s": ("dropout scenario: cycle length, s", (0.01, 1e6)),
-    "dropout_duration_s": ("dropout scenario: silent time at the end of each cycle, s", (0.001, 1e6)),
-}
-CHOICE_PARAMETERS = {"scenario": SCENARIOS, "dropout_signal": DROPOUT_SIGNALS}
+from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 
 
 class ProcessSimulatorNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("process_simulator", **kwargs)
-        defaults = SimulatorConfig()
-        values: dict[str, Any] = {
-            "scenario": declare(self, "scenario", defaults.scenario, "operating scenario", choices=SCENARIOS),
-            "dropout_signal": declare(
-                self,
-                "dropout_signal",
-                defaults.dropout_signal,
-                "dropout scenario: silent signal",
-                choices=DROPOUT_SIGNALS,
-            ),
-            "seed": declare(
-                self,
-                "seed",
-                defaults.seed,
-                "random seed (same seed, same samples)",
-                range=(0, 2**31 - 1),
-                read_only=True,
-            ),
-        }
-        for name, (description, value_range) in MODEL_PARAMETERS.items():
-            values[name] = declare(self, name, float(getattr(defaults, name)), description, range=value_range)
-        rate_hz = declare(
-            self, "rate_hz", 10.0, "temperature and pressure sample rate", range=(0.1, 1000.0), read_only=True
-        )
-        vibration_rate_hz = declare(
-            self, "vibration_rate_hz", 100.0, "vibration sample rate", range=(1.0, 5000.0), read_only=True
-        )
-        self._frame_id = declare(self, "frame_id", "process_sensors", "header.frame_id of the samples", read_only=True)
+        p = declare_parameters(self, PROCESS_SIMULATOR)
+        rate_hz, vibration_rate_hz, self._frame_id = p["rate_hz"], p["vibration_rate_hz"], p["frame_id"]
         try:
-            config = SimulatorConfig(**values)
+            config = simulator_config(p)
         except ValueError as exc:
             raise ParameterError(str(exc)) from exc
         self._model = ProcessModel(config)
@@ -82,7 +36,7 @@ class ProcessSimulatorNode(Node):
         self._vibration_rate_hz = vibration_rate_hz
         self._slow_index = 0
         self._vibration_index = 0
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        handle_parameter_changes(self, PROCESS_SIMULATOR, self._apply_parameters)
 
         # SENSOR_OUTPUT (best effort, like most sensor drivers); sensor_fusion subscribes with SENSOR_INPUT.
         self._temperature_pub = self.create_publisher(Temperature, "process/temperature", qos.SENSOR_OUTPUT)
@@ -92,18 +46,9 @@ class ProcessSimulatorNode(Node):
         self.create_timer(1.0 / vibration_rate_hz, self._publish_vibration)
         self.get_logger().info(f"process simulator: scenario {config.scenario}, seed {config.seed}")
 
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in params if p.name in MODEL_PARAMETERS or p.name in CHOICE_PARAMETERS}
-        if not changes:
-            return SetParametersResult(successful=True)
-        try:
-            config = dataclasses.replace(self._model.config, **changes)  # validates choices and ranges together
-        except (ValueError, TypeError) as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        # The node's only on-set callback: success means accepted, so the new config applies as a whole.
-        self._model.reconfigure(config)
-        self.get_logger().info(f"simulator reconfigured: {changes}")
-        return SetParametersResult(successful=True)
+    def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
+        """The new model config as a whole; ValueError (e.g. a dropout longer than its period) refuses it."""
+        self._model.reconfigure(dataclasses.replace(self._model.config, **changed))
 
     def _header(self, msg) -> None:
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -16,27 +16,21 @@ from typing import Any
 
 from action_msgs.msg import GoalStatus
 from builtin_interfaces.msg import Duration
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionClient
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from visualization_msgs.msg import Marker, MarkerArray
 
-from qc_cell.reject.config import MISSED_RESPONSES, OVERLAP_POLICIES, SPEED_SOURCES, WATCHDOG_ACTIONS, RejectConfig
+from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.controller import RejectController
 from qc_cell.reject.drivers.base import ArmJob, DriverError
-from qc_cell.reject.drivers.factory import DRIVERS, DriverSettings, build_driver
-from qc_cell.reject.drivers.gpio import PIN_MODES
-from qc_cell.reject.drivers.modbus import KINDS, ModbusOutput
+from qc_cell.reject.drivers.factory import build_driver
+from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
 from qc_cell.reject.records import (
-    DIVERT,
     DONE,
     FAILED,
     LATE,
     OUTCOME_NAMES,
-    REJECT,
     SKIPPED,
-    STOP_LINE,
     VERDICT_NAMES,
     AlertRecord,
     Decision,
@@ -45,7 +39,7 @@ from qc_cell.reject.records import (
 )
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.node_main import run
-from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.action import RejectPart
 from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
@@ -55,16 +49,6 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # MultiThreadedExecutor cost the node about twice the CPU (docs/reject.md). A Modbus heartbeat to a PLC that
 # stops answering (modbus_timeout_s, 0.2 s) on the tick may hold verdicts back that long.
 EXECUTOR_THREADS = 1
-# Parameters that may change while running (validated in the on-set callback, applied on the next tick).
-RUNTIME = (
-    "reject_distance_mm",
-    "divert_distance_mm",
-    "belt_speed_mm_s",
-    "actuator_latency_ms",
-    "pulse_width_ms",
-    "late_tolerance_ms",
-    "min_pulse_gap_ms",
-)
 OUTCOME_COLOURS = {DONE: (0.1, 0.8, 0.1), LATE: (1.0, 0.55, 0.0), FAILED: (0.9, 0.1, 0.1), SKIPPED: (0.6, 0.6, 0.6)}
 
 
@@ -219,32 +203,16 @@ class RejectActuator(LifecycleNode):
         self.controller: RejectController | None = None
         self._transport: ActionArmTransport | None = None
         super().__init__("reject_actuator", **kwargs)
-        self.config, self.settings = self._declare_parameters()
-        self.marker_frame: str = declare(
-            self, "marker_frame", "conveyor", "RViz frame of reject/markers: x along the belt, origin under the camera"
-        )
-        self.marker_lifetime_s: float = declare(
-            self, "marker_lifetime_s", 5.0, "how long RViz shows each reject marker (s)", range=(0.1, 600.0)
-        )
-        self._spin_ms: float = declare(
-            self,
-            "scheduler_spin_ms",
-            2.0,
-            "the scheduler busy-waits this long before each deadline (precision vs. CPU)",
-            range=(0.0, 20.0),
-            read_only=True,
-        )
-        self._rt_priority: int = declare(
-            self,
-            "scheduler_rt_priority",
-            50,
-            "SCHED_FIFO priority of the actuation thread (0 = normal scheduling); needs CAP_SYS_NICE or an rtprio "
-            "limit, falls back to normal scheduling with a warning",
-            range=(0, 99),
-            read_only=True,
-        )
-        tick_s = declare(self, "tick_period_s", 0.05, "watchdog and driver-health period (s)", range=(0.01, 1.0))
-        diag_s = declare(self, "diagnostics_period_s", 1.0, "/diagnostics period (s)", range=(0.1, 60.0))
+        p = declare_parameters(self, REJECT_ACTUATOR)
+        try:
+            self.config, self.settings = checked_settings(p)
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from exc
+        self.marker_frame: str = p["marker_frame"]
+        self.marker_lifetime_s: float = p["marker_lifetime_s"]
+        self._spin_ms: float = p["scheduler_spin_ms"]
+        self._rt_priority: int = p["scheduler_rt_priority"]
+        tick_s, diag_s = p["tick_period_s"], p["diagnostics_period_s"]
         if self.get_parameter("use_sim_time").value:
             raise ParameterError(
                 "use_sim_time must be false: the actuator fires on the wall clock of the capture stamps"
@@ -264,243 +232,15 @@ class RejectActuator(LifecycleNode):
         self.create_subscription(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
         self.create_timer(tick_s, self._tick)
         self.create_timer(diag_s, self._publish_diagnostics)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        handle_parameter_changes(self, REJECT_ACTUATOR, self._apply_parameters)
 
     # ------------------------------------------------------------ parameters
 
-    def _declare_parameters(self) -> tuple[RejectConfig, DriverSettings]:
-        d = RejectConfig()
-        ro = {"read_only": True}
-        g = {
-            "reject_distance_mm": declare(
-                self,
-                "reject_distance_mm",
-                d.reject_distance_mm,
-                "camera optical axis -> reject actuator along the belt, mm (robot_arm: the pick point)",
-                range=(1.0, 100_000.0),
-            ),
-            "divert_distance_mm": declare(
-                self,
-                "divert_distance_mm",
-                d.divert_distance_mm,
-                "camera -> divert gate, mm; 0 = the cell has no divert lane",
-                range=(0.0, 100_000.0),
-            ),
-            "speed_source": declare(
-                self,
-                "speed_source",
-                d.speed_source,
-                "belt speed from 'parameter' (belt_speed_mm_s) or 'encoder' (encoder_count on camera/parts)",
-                choices=SPEED_SOURCES,
-                **ro,
-            ),
-            "belt_speed_mm_s": declare(
-                self,
-                "belt_speed_mm_s",
-                d.belt_speed_mm_s,
-                "belt speed, mm/s; with speed_source encoder the fallback while the encoder is stale (0 = none)",
-                range=(0.0, 20_000.0),
-            ),
-            "encoder_ticks_per_mm": declare(
-                self,
-                "encoder_ticks_per_mm",
-                d.encoder_ticks_per_mm,
-                "encoder ticks per mm of belt travel",
-                range=(1e-6, 1e6),
-                **ro,
-            ),
-            "encoder_window_s": declare(
-                self,
-                "encoder_window_s",
-                d.encoder_window_s,
-                "encoder samples used for the speed estimate (s)",
-                range=(0.05, 60.0),
-                **ro,
-            ),
-            "actuator_latency_ms": declare(
-                self,
-                "actuator_latency_ms",
-                d.actuator_latency_ms,
-                "command -> stroke of the ejector (valve, mechanics, bus, PLC scan), ms",
-                range=(0.0, 5000.0),
-            ),
-            "pulse_width_ms": declare(
-                self,
-                "pulse_width_ms",
-                d.pulse_width_ms,
-                "ejector pulse length, ms (centred on the part)",
-                range=(1.0, 10_000.0),
-            ),
-            "late_tolerance_ms": declare(
-                self,
-                "late_tolerance_ms",
-                d.late_tolerance_ms,
-                "a command this much after its planned time still hits the part, ms",
-                range=(0.0, 5000.0),
-            ),
-            "min_pulse_gap_ms": declare(
-                self,
-                "min_pulse_gap_ms",
-                d.min_pulse_gap_ms,
-                "pulses closer than this on one output overlap (merged or flagged), ms",
-                range=(0.0, 5000.0),
-            ),
-            "overlap_policy": declare(
-                self,
-                "overlap_policy",
-                d.overlap_policy,
-                "overlapping pulses: 'merge' (output held over both parts) or 'flag' (later part FAILED)",
-                choices=OVERLAP_POLICIES,
-                **ro,
-            ),
-            "eject_verdicts": list(
-                declare(self, "eject_verdicts", list(d.eject_verdicts), "verdicts sent to the reject lane", **ro) or []
-            ),
-            "divert_verdicts": list(
-                declare(
-                    self,
-                    "divert_verdicts",
-                    Parameter.Type.STRING_ARRAY,
-                    "verdicts sent to the divert lane (e.g. [REINSPECT]); unset = none",
-                    **ro,
-                )
-                or []
-            ),
-            "missed_response": declare(
-                self,
-                "missed_response",
-                d.missed_response,
-                "for a part that must go out but will not (late, fault): none, stop_line (pulse) or divert",
-                choices=MISSED_RESPONSES,
-                **ro,
-            ),
-            "stop_line_pulse_ms": declare(
-                self,
-                "stop_line_pulse_ms",
-                d.stop_line_pulse_ms,
-                "stop-line output pulse length, ms",
-                range=(1.0, 600_000.0),
-                **ro,
-            ),
-            "watchdog_timeout_s": declare(
-                self,
-                "watchdog_timeout_s",
-                d.watchdog_timeout_s,
-                "a part on camera/parts with no verdict this long is handled fail-safe (0 = off), s",
-                range=(0.0, 600.0),
-                **ro,
-            ),
-            "watchdog_action": declare(
-                self,
-                "watchdog_action",
-                d.watchdog_action,
-                "reject_all (eject parts without verdict), stop_line (also hold stop-line while no verdicts) "
-                "or alert_only",
-                choices=WATCHDOG_ACTIONS,
-                **ro,
-            ),
-        }
-        g["eject_verdicts"] = tuple(g["eject_verdicts"])
-        g["divert_verdicts"] = tuple(g["divert_verdicts"])
-        config = RejectConfig(**g)
-
-        s = DriverSettings()
-        driver = declare(self, "driver", s.driver, "actuator driver", choices=DRIVERS, **ro)
-        pins = {
-            channel: declare(
-                self,
-                f"gpio_{channel}_pin",
-                default,
-                f"GPIO header pin of the {channel} output (-1 = none)",
-                range=(-1, 1000),
-                **ro,
-            )
-            for channel, default in ((REJECT, 12), (DIVERT, -1), (STOP_LINE, -1))
-        }
-        kind = declare(
-            self, "modbus_output_kind", "coil", "PLC outputs are coils or holding registers", choices=KINDS, **ro
-        )
-        on_value = declare(self, "modbus_on_value", 1, "register value for on (registers only)", range=(0, 65535), **ro)
-        off_value = declare(
-            self, "modbus_off_value", 0, "register value for off (registers only)", range=(0, 65535), **ro
-        )
-        addresses = {
-            channel: declare(
-                self,
-                f"modbus_{channel}_address",
-                default,
-                f"0-based Modbus address of the {channel} output (-1 = none)",
-                range=(-1, 65535),
-                **ro,
-            )
-            for channel, default in ((REJECT, 0), (DIVERT, -1), (STOP_LINE, -1))
-        }
-        settings = DriverSettings(
-            driver=driver,
-            gpio_pins={channel: pin for channel, pin in pins.items() if pin >= 0},
-            gpio_pin_mode=declare(self, "gpio_pin_mode", "BOARD", "Jetson.GPIO pin numbering", choices=PIN_MODES, **ro),
-            gpio_active_high=declare(self, "gpio_active_high", True, "true: output high = on", **ro),
-            modbus_host=declare(self, "modbus_host", s.modbus_host, "PLC IP address or host name", **ro),
-            modbus_port=declare(self, "modbus_port", s.modbus_port, "PLC Modbus/TCP port", range=(1, 65535), **ro),
-            modbus_device_id=declare(
-                self, "modbus_device_id", s.modbus_device_id, "Modbus unit/device id", range=(0, 255), **ro
-            ),
-            modbus_timeout_s=declare(
-                self,
-                "modbus_timeout_s",
-                s.modbus_timeout_s,
-                "timeout of one Modbus request (s)",
-                range=(0.01, 10.0),
-                **ro,
-            ),
-            modbus_heartbeat_s=declare(
-                self,
-                "modbus_heartbeat_s",
-                s.modbus_heartbeat_s,
-                "link check period between pulses (s)",
-                range=(0.05, 60.0),
-                **ro,
-            ),
-            modbus_outputs={
-                channel: ModbusOutput(kind, address, on_value, off_value)
-                for channel, address in addresses.items()
-                if address >= 0
-            },
-            arm_result_timeout_s=declare(
-                self,
-                "arm_result_timeout_s",
-                s.arm_result_timeout_s,
-                "robot_arm: a goal without result this long after its deadline is cancelled and FAILED (s)",
-                range=(0.1, 600.0),
-                **ro,
-            ),
-        )
-        try:
-            config.validate()
-            settings.validate()
-            channels = frozenset({REJECT}) if driver == "robot_arm" else build_driver(settings).channels
-            missing = config.required_channels() - channels
-            if missing:
-                raise ValueError(
-                    f"driver '{driver}' has no output for {sorted(missing)}: set gpio_<channel>_pin / "
-                    "modbus_<channel>_address, or change divert_verdicts / missed_response / watchdog_action"
-                )
-        except ValueError as exc:
-            raise ParameterError(str(exc)) from exc
-        return config, settings
-
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in params if p.name in RUNTIME}
-        if not changes:
-            return SetParametersResult(successful=True)
-        base = self._pending_config or self.config
-        try:
-            candidate = dataclasses.replace(base, **{k: float(v) for k, v in changes.items()})
-            candidate.validate()
-        except (ValueError, TypeError) as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
+    def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
+        """Validated against the config in force (or the one waiting), applied on the next tick."""
+        candidate = dataclasses.replace(self._pending_config or self.config, **changed)
+        candidate.validate()
         self._pending_config = candidate
-        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -1,0 +1,387 @@
+"""The cloud link's policy, without ROS: what the cell tells the cloud, and what it does with the cloud's answers.
+
+CloudLink is the facade the cloud_bridge node wraps: settings in (qc_cell.bridge.settings), plain inputs in
+(qc_cell.bridge.inputs), records to the outbox, plain outputs out (qc_cell.bridge.outputs). It decides
+
+- which verdicts are records: each part summary is stored once (a key per part and decision time), so a restarted
+  bridge sends the verdicts decided while none ran (`parts_recovered`) and skips those its predecessor stored
+  (`parts_already_stored`); a recovered verdict gets no image and no offload (its frame and deadline are gone);
+- which images leave the cell and which cloud verdicts count (qc_cell.bridge.part_images);
+- how loud it is: process state on a flag change or every process_period_s, model state on a change, at most
+  REJECTION_REPORTS_PER_WINDOW update rejections reported per window (the rest counted), at most one outbox loss
+  alert per loss_alert_period_s, one alert per new broker refusal;
+- its health: the figures for /diagnostics and their level.
+
+The transport (outbox, MQTT session, forwarder) is qc_cell.bridge.bridge.Bridge. Callbacks of this class run on
+the caller's thread (ROS callbacks), the MQTT thread (inbound) and the updater's worker (update outcomes): the
+`alert` and `cloud_verdict` sinks must be callable from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from qc_cell.bridge import records
+from qc_cell.bridge.bridge import Bridge
+from qc_cell.bridge.inbound import InboundError
+from qc_cell.bridge.inputs import (
+    AlertReport,
+    Clock,
+    KpiReport,
+    ModelReport,
+    PartImage,
+    PartVerdict,
+    ProcessReport,
+    RejectReport,
+)
+from qc_cell.bridge.model_updater import LoadModel, ModelUpdater, UpdateOutcome
+from qc_cell.bridge.outputs import CloudVerdict, Health, HealthLevel, LinkAlert
+from qc_cell.bridge.part_images import PartImages
+from qc_cell.bridge.session import Log, python_log
+from qc_cell.bridge.settings import RUNTIME_SETTINGS, CloudLinkSettings
+
+REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
+MAX_TEXT = 4096  # longest free text (messages, details) in a record or alert
+ACTIVE = records.MODEL_STATES.index("ACTIVE")
+
+
+class CloudLinkError(RuntimeError):
+    """The link cannot start (unusable outbox or update directory); the message names the path."""
+
+
+class CloudLink:
+    def __init__(
+        self,
+        settings: CloudLinkSettings,
+        *,
+        alert: Callable[[LinkAlert], None],
+        cloud_verdict: Callable[[CloudVerdict], None] | None = None,
+        load_model: LoadModel | None = None,
+        log: Log = python_log,
+        clock: Clock | None = None,
+    ) -> None:
+        if settings.updates is not None and load_model is None:
+            raise ValueError("updates are enabled: a load_model function is needed")
+        self.settings = settings
+        self.cell = settings.cell
+        self._emit_alert = alert
+        self._log = log
+        self._clock = clock = clock or Clock()
+        self._started_ns = clock.wall_ns()
+        transport = settings.bridge_settings()
+        try:
+            self.bridge = Bridge(transport, on_message=self.on_message, log=log)
+        except Exception as exc:  # unusable outbox file: fail fast, clearly
+            raise CloudLinkError(f"outbox_path {transport.outbox_path}: {exc}") from exc
+        self.updater: ModelUpdater | None = None
+        if settings.updates is not None:
+            try:
+                self.updater = ModelUpdater(settings.updates, load_model, report=self._report_update, log=log)
+            except (OSError, RuntimeError) as exc:
+                self.bridge.outbox.close()
+                raise CloudLinkError(f"update_dir {settings.updates.update_dir}: {exc}") from exc
+        self.counts: Counter[str] = Counter()
+        self.inbound_rejected: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._process_period_ns = int(settings.process_period_s * 1e9)
+        self._last_process: tuple[int, bool, bool] | None = None
+        self._last_process_ns = 0
+        self._last_model: tuple | None = None
+        self._last_loss_alert_ns: int | None = None
+        self._reported_refusals = 0
+        self._rejection_reports: deque[int] = deque()
+        self._started = self._stopped = False
+        self.images = PartImages(
+            settings.sample,
+            settings.offload,
+            settings.frame_buffer,
+            send=self.bridge.send,
+            epoch=self.bridge.outbox.epoch,
+            cloud_verdict=cloud_verdict or (lambda _verdict: None),
+            clock=clock,
+            log=log,
+        )
+
+    # -- life ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._started = True
+        self.bridge.start()
+        if self.updater is not None:
+            self.updater.start()
+
+    def stop(self, reason: str = "shutdown") -> None:
+        """Stop the updater, publish the retained offline status, disconnect cleanly; only close the outbox when
+        the link never started. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not self._started:
+            self.bridge.outbox.close()
+            return
+        if self.updater is not None:
+            self.updater.stop()
+        self.bridge.stop(reason)
+
+    def publish_status(self) -> None:
+        """Refresh the retained online status (a period of the caller's choosing)."""
+        self.bridge.session.publish_status()
+
+    def retune(self, changes: Mapping[str, float]) -> None:
+        """Apply run-time changes of RUNTIME_SETTINGS (numbers, already range-checked by the caller)."""
+        unknown = set(changes) - set(RUNTIME_SETTINGS)
+        if unknown:
+            raise ValueError(f"{sorted(unknown)} cannot change at run time (only {RUNTIME_SETTINGS})")
+        with self._lock:
+            if "process_period_s" in changes:
+                self._process_period_ns = int(changes["process_period_s"] * 1e9)
+            if "sample_bytes_per_hour" in changes:
+                self.images.budget.bytes_per_hour = int(changes["sample_bytes_per_hour"])
+            if "sample_min_interval_s" in changes:
+                self.images.budget.min_interval_ns = int(changes["sample_min_interval_s"] * 1e9)
+            if "offload_slack_ms" in changes:
+                self.images.offload.slack_ns = int(changes["offload_slack_ms"] * 1e6)
+            if "offload_min_remaining_ms" in changes:
+                self.images.offload.min_remaining_ns = int(changes["offload_min_remaining_ms"] * 1e6)
+
+    # -- outbound --------------------------------------------------------------------------------------
+
+    def on_part(self, part: PartVerdict) -> None:
+        result = self.bridge.send(
+            "part",
+            records.part(
+                part_id=part.part_id,
+                verdict=part.verdict,
+                reasons=part.reasons,
+                defect_probability=part.defect_probability,
+                process_anomaly_score=part.process_anomaly_score,
+                process_flags=part.process_flags,
+                model_version=part.model_version,
+                encoder_count=part.encoder_count,
+                capture_ns=part.capture_ns,
+                decision_ns=part.decision_ns,
+                capture_to_decision_ms=part.capture_to_decision_ms,
+            ),
+            # The decision node keeps its last verdicts for late joiners: a restarted bridge gets them again. The
+            # key stores each once, so those decided while no bridge ran are sent and the others are not resent.
+            key=f"{part.part_id}@{part.decision_ns}",
+        )
+        if result.reason == "duplicate":
+            self.counts["parts_already_stored"] += 1
+            return
+        if 0 < part.decision_ns < self._started_ns:
+            self.counts["parts_recovered"] += 1  # decided while no bridge ran: its frame and deadline are gone
+            return
+        self.images.on_part(part)
+
+    def on_frame(self, frame: PartImage) -> None:
+        self.images.on_frame(frame)
+
+    def on_kpi(self, kpi: KpiReport) -> None:
+        self.bridge.send(
+            "kpi",
+            records.kpi(
+                stamp_ns=kpi.stamp_ns,
+                window_s=kpi.window_s,
+                parts=kpi.parts,
+                counts=kpi.counts,
+                yield_ratio=kpi.yield_ratio,
+                throughput_pps=kpi.throughput_pps,
+                latency_ms=kpi.latency_ms,
+                reasons=kpi.reasons,
+                total_parts=kpi.total_parts,
+            ),
+        )
+
+    def on_alert(self, alert: AlertReport) -> None:
+        self.bridge.send(
+            "alert",
+            records.alert(
+                stamp_ns=alert.stamp_ns,
+                severity=alert.severity,
+                source=alert.source,
+                code=alert.code,
+                message=alert.message[:MAX_TEXT],
+                part_id=alert.part_id,
+            ),
+        )
+
+    def on_reject(self, event: RejectReport) -> None:
+        self.bridge.send(
+            "reject",
+            records.reject(
+                part_id=event.part_id,
+                verdict=event.verdict,
+                outcome=event.outcome,
+                method=event.method,
+                lane=event.lane,
+                capture_ns=event.capture_ns,
+                planned_ns=event.planned_ns,
+                actual_ns=event.actual_ns,
+                lateness_ms=event.lateness_ms,
+                message=event.message[:MAX_TEXT],
+            ),
+        )
+
+    def on_process(self, state: ProcessReport) -> None:
+        """Forwarded on a change of flags, out_of_spec or stale, else at most once per process_period_s."""
+        key = (state.flags, state.out_of_spec, state.stale)
+        now = self._clock.monotonic_ns()
+        if key == self._last_process and now - self._last_process_ns < self._process_period_ns:
+            return
+        self._last_process, self._last_process_ns = key, now
+        self.bridge.send(
+            "process",
+            records.process(
+                stamp_ns=state.stamp_ns,
+                temperature_c=state.temperature_c,
+                pressure_pa=state.pressure_pa,
+                vibration_rms=state.vibration_rms,
+                anomaly_score=state.anomaly_score,
+                flags=state.flags,
+                out_of_spec=state.out_of_spec,
+                stale=state.stale,
+            ),
+        )
+
+    def on_model(self, model: ModelReport) -> None:
+        """The active model orders update versions; each change of the model state is one retained record."""
+        if model.state == ACTIVE and self.updater is not None:
+            self.updater.active_version = model.version
+        key = (model.version, model.sha256, model.state, model.message)
+        if key == self._last_model:
+            return
+        self._last_model = key
+        self.bridge.send(
+            "model_status",
+            records.model_state(
+                stamp_ns=model.stamp_ns,
+                version=model.version,
+                sha256=model.sha256,
+                backend=model.backend,
+                precision=model.precision,
+                state=model.state,
+                message=model.message[:MAX_TEXT],
+            ),
+            retain=True,
+        )
+
+    # -- inbound (MQTT thread: keep it short) ----------------------------------------------------------
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """Everything the cloud sends this cell."""
+        cell = self.cell
+        if topic == cell.verify_response:
+            try:
+                self.images.on_verify_response(payload)
+            except InboundError as rejected:
+                self._reject_inbound("verify/response", rejected.reason, rejected.detail)
+        elif topic == cell.model_update:
+            if self.updater is not None:
+                self.updater.submit_manifest(payload)
+            else:
+                self._reject_inbound("model/update", "updates_disabled", "updates_enabled is false on this cell")
+                self._report_update(
+                    UpdateOutcome(False, "", "updates_disabled", "updates_enabled is false on this cell", "")
+                )
+        elif self.updater is not None and (chunk := cell.parse_chunk_topic(topic)) is not None:
+            self.updater.submit_chunk(chunk[0], chunk[1], payload)
+        else:
+            self._reject_inbound(topic, "unexpected_topic", "no handler")
+
+    def _reject_inbound(self, where: str, reason: str, detail: str) -> None:
+        self.inbound_rejected[reason] += 1
+        self._log("warn", f"inbound {where} rejected: {reason}: {detail}")
+
+    # -- model update outcomes (updater thread) --------------------------------------------------------
+
+    def _report_update(self, outcome: UpdateOutcome) -> None:
+        if not outcome.accepted:
+            # A flood of bad manifests must not become a flood of records and alerts: counted either way.
+            now = self._clock.monotonic_ns()
+            with self._lock:
+                window_ns = REJECTION_REPORT_WINDOW_S * 1e9
+                while self._rejection_reports and now - self._rejection_reports[0] > window_ns:
+                    self._rejection_reports.popleft()
+                if len(self._rejection_reports) >= REJECTION_REPORTS_PER_WINDOW:
+                    self.counts["rejection_reports_suppressed"] += 1
+                    return
+                self._rejection_reports.append(now)
+        self.bridge.send(
+            "model_status",
+            records.update_outcome(
+                stamp_ns=self._clock.wall_ns(),
+                accepted=outcome.accepted,
+                version=outcome.version,
+                reason=outcome.reason,
+                detail=outcome.detail[:MAX_TEXT],
+                active_version=outcome.active_version,
+            ),
+            retain=True,
+        )
+        if outcome.accepted:
+            self._emit_alert(LinkAlert("INFO", "MODEL_UPDATE_ACCEPTED", f"model {outcome.version} is active"))
+        else:
+            text = f"model update {outcome.version or '(unreadable)'} rejected: {outcome.reason}: {outcome.detail}"
+            self._emit_alert(LinkAlert("WARN", "MODEL_UPDATE_REJECTED", text[:MAX_TEXT]))
+
+    # -- housekeeping (a short period of the caller's choosing) ----------------------------------------
+
+    def housekeeping(self) -> None:
+        """Close unanswered offloads (`no_response`), alert outbox losses and broker refusals."""
+        self.images.expire()
+        now = self._clock.monotonic_ns()
+        last = self._last_loss_alert_ns
+        if last is not None and now - last < self.settings.loss_alert_period_s * 1e9:
+            return
+        lost = self.bridge.losses.take()
+        if lost:
+            self._last_loss_alert_ns = now
+            text = f"outbox could not keep every record (policy {self.settings.outbox_limits.policy}): {lost}"
+            self._log("error", text)
+            code = "OUTBOX_FULL" if "store_failed" not in lost else "OUTBOX_ERROR"
+            self._emit_alert(LinkAlert("ERROR", code, text[:MAX_TEXT]))
+        forwarder = self.bridge.forwarder
+        refused = forwarder.counts["refused"]
+        if refused > self._reported_refusals:
+            self._last_loss_alert_ns = now
+            text = (
+                f"broker refused {refused - self._reported_refusals} publish(es): "
+                f"{forwarder.last_refusal}; records kept and retried"
+            )
+            self._reported_refusals = refused
+            self._emit_alert(LinkAlert("ERROR", "BROKER_REFUSED", text))
+
+    # -- health ----------------------------------------------------------------------------------------
+
+    def health_values(self) -> dict[str, Any]:
+        values: dict[str, Any] = dict(self.bridge.health())
+        values.update({f"inbound_rejected_{k}": v for k, v in sorted(self.inbound_rejected.items())})
+        values.update(dict(sorted((self.counts + self.images.counts).items())))
+        if self.updater is not None:
+            values["model_installed"] = self.updater.installed_version
+            values["model_active"] = self.updater.active_version
+            values.update({f"update_{k}": v for k, v in sorted(self.updater.counts.items())})
+        values.update(self.images.health_values())
+        return values
+
+    def health(self) -> Health:
+        """ERROR after a loss or a refusal or above 90 % outbox fill; WARN while disconnected; else OK."""
+        values = self.health_values()
+        limits = self.settings.outbox_limits
+        fill = max(values["outbox_depth"] / limits.max_records, values["outbox_bytes"] / limits.max_bytes)
+        if values["lost_total"] or values["refused"] or fill > 0.9:
+            level = HealthLevel.ERROR
+            message = (
+                f"{values['lost_total']} records lost, {values['refused']} refused, outbox {fill:.0%} full "
+                f"({limits.policy})"
+            )
+        elif not values["connected"]:
+            level = HealthLevel.WARN
+            message = f"not connected ({values['last_error'] or 'connecting'}); {values['outbox_depth']} stored"
+        else:
+            level, message = HealthLevel.OK, f"connected; {values['outbox_depth']} records pending"
+        return Health(level, message, values)

@@ -1,0 +1,174 @@
+"""What the cloud link is configured with: one typed settings object, built and validated from the flat named
+values of the params file (`cloud_bridge` section, docs/mqtt.md) by `from_values`. No ROS: the node passes the
+values its parameters yield, a service without ROS can pass the same names from its own configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qc_cell.bridge.bridge import BridgeSettings
+from qc_cell.bridge.config import BridgeConfigError, BrokerConfig, broker_config
+from qc_cell.bridge.model_updater import UpdateSettings
+from qc_cell.bridge.outbox import OutboxLimits
+from qc_cell.bridge.topics import CellId
+from qc_cell.bridge.update_manifest import trusted_keys
+
+MB = 1024 * 1024
+IMAGE_VERDICTS = ("REINSPECT", "DEFECTIVE")  # the verdicts whose images may leave the cell
+VERIFY_REQUEST_QUOTA_BYTES = 16 * MB  # outbox quota of the verify_request stream (images with a deadline)
+
+# Settings that may change while the link runs (CloudLink.retune); every other one is fixed at start-up.
+RUNTIME_SETTINGS = (
+    "process_period_s",
+    "sample_bytes_per_hour",
+    "sample_min_interval_s",
+    "offload_slack_ms",
+    "offload_min_remaining_ms",
+)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """JPEG samples of chosen verdicts for retraining, within a byte budget per sliding hour."""
+
+    enabled: bool = False
+    verdicts: tuple[str, ...] = IMAGE_VERDICTS
+    bytes_per_hour: int = 20_000_000
+    min_interval_s: float = 10.0
+    jpeg_quality: int = 85
+    max_side: int = 0  # downscale to this longer side (0 = keep)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.verdicts) - set(IMAGE_VERDICTS)
+        if unknown:
+            raise BridgeConfigError(f"sample_verdicts {sorted(unknown)}: only {IMAGE_VERDICTS} can be sampled")
+
+
+@dataclass(frozen=True)
+class OffloadSettings:
+    """Re-inspection offload: a REINSPECT part's image goes to the cloud, whose verdict counts until the deadline."""
+
+    enabled: bool = False
+    slack_ms: float = 800.0  # capture -> latest useful cloud verdict (the conveyor slack)
+    min_remaining_ms: float = 100.0  # skip the offload when less slack remains
+    late_grace_s: float = 30.0  # late answers are still measured this long
+    jpeg_quality: int = 90
+    max_side: int = 0
+    max_response_bytes: int = 4096
+
+
+@dataclass(frozen=True)
+class CloudLinkSettings:
+    cell: CellId
+    broker: BrokerConfig
+    outbox_path: str
+    outbox_limits: OutboxLimits = field(default_factory=OutboxLimits)
+    outbox_synchronous: str = "FULL"
+    inflight_window: int = 20
+    max_inbound_packet_bytes: int = 0  # 0 = no limit
+    process_period_s: float = 10.0  # process state forwarded on a flag change or this often
+    loss_alert_period_s: float = 10.0  # at most one OUTBOX_FULL alert per period
+    frame_buffer: int = 16  # recent frames kept for samples and offload
+    updates: UpdateSettings | None = None  # None: updates disabled, every manifest is answered with a rejection
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    offload: OffloadSettings = field(default_factory=OffloadSettings)
+
+    @property
+    def wants_frames(self) -> bool:
+        """Only samples and offload need the images: without them the link must not cost the cell a copy each."""
+        return self.sample.enabled or self.offload.enabled
+
+    def bridge_settings(self) -> BridgeSettings:
+        """The transport's settings; it subscribes to the inbound topics the enabled features answer."""
+        # model/update always: with updates disabled a manifest is answered with a clear rejection.
+        subscriptions = [self.cell.model_update]
+        if self.updates is not None:
+            subscriptions.append(self.cell.model_chunks)
+        if self.offload.enabled:
+            subscriptions.append(self.cell.verify_response)
+        return BridgeSettings(
+            cell=self.cell,
+            broker=self.broker,
+            outbox_path=self.outbox_path,
+            limits=self.outbox_limits,
+            synchronous=self.outbox_synchronous,
+            inflight_window=self.inflight_window,
+            max_packet_bytes=self.max_inbound_packet_bytes,
+            subscriptions=tuple(subscriptions),
+        )
+
+
+def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
+    """Settings from the named values of the params file. Raises BridgeConfigError, KeyFileError or ValueError
+    with a message that names the setting; reads the trusted public keys when updates are enabled."""
+    cell = CellId(v["site"], v["line"], v["cell"])
+    broker = broker_config(
+        v["broker_url"],
+        v["client_id"] or f"qc-{cell.site}-{cell.line}-{cell.cell}",
+        ca_file=v["tls_ca_file"],
+        cert_file=v["tls_cert_file"],
+        key_file=v["tls_key_file"],
+        username=v["username"],
+        password_file=v["password_file"],
+        password_env=v["password_env"],
+        keepalive_s=v["keepalive_s"],
+        reconnect_min_s=v["reconnect_min_s"],
+        reconnect_max_s=v["reconnect_max_s"],
+    )
+    key_files = [k.strip() for k in v["update_public_keys"].split(",") if k.strip()]
+    if v["updates_enabled"] and not key_files:
+        raise BridgeConfigError("updates_enabled needs at least one file in update_public_keys")
+    updates = None
+    if v["updates_enabled"]:
+        updates = UpdateSettings(
+            update_dir=Path(v["update_dir"]).expanduser(),
+            keys=trusted_keys(key_files),
+            cell_path=cell.path,
+            allow_downgrade=v["allow_downgrade"],
+            max_manifest_bytes=v["max_manifest_bytes"],
+            max_artifact_bytes=v["max_artifact_mb"] * MB,
+            fetch_timeout_s=v["fetch_timeout_s"],
+            chunk_timeout_s=v["chunk_timeout_s"],
+            keep_versions=v["update_keep_versions"],
+            https_ca_file=v["https_ca_file"],
+        )
+    sample = SampleSettings(
+        enabled=v["sample_enabled"],
+        verdicts=tuple(v["sample_verdicts"]),
+        bytes_per_hour=v["sample_bytes_per_hour"],
+        min_interval_s=v["sample_min_interval_s"],
+        jpeg_quality=v["sample_jpeg_quality"],
+        max_side=v["sample_max_side"],
+    )
+    limits = OutboxLimits(
+        max_records=v["outbox_max_records"],
+        max_bytes=v["outbox_max_mb"] * MB,
+        policy=v["outbox_full_policy"],
+        stream_max_bytes={"sample": v["sample_outbox_max_mb"] * MB, "verify_request": VERIFY_REQUEST_QUOTA_BYTES},
+    )
+    return CloudLinkSettings(
+        cell=cell,
+        broker=broker,
+        outbox_path=str(Path(v["outbox_path"]).expanduser()),
+        outbox_limits=limits,
+        outbox_synchronous=v["outbox_synchronous"],
+        inflight_window=v["inflight_window"],
+        max_inbound_packet_bytes=v["max_inbound_packet_bytes"],
+        process_period_s=v["process_period_s"],
+        loss_alert_period_s=v["loss_alert_period_s"],
+        frame_buffer=v["frame_buffer"],
+        updates=updates,
+        sample=sample,
+        offload=OffloadSettings(
+            enabled=v["offload_enabled"],
+            slack_ms=v["offload_slack_ms"],
+            min_remaining_ms=v["offload_min_remaining_ms"],
+            late_grace_s=v["offload_late_grace_s"],
+            jpeg_quality=v["offload_jpeg_quality"],
+            max_side=v["offload_max_side"],
+            max_response_bytes=v["max_verify_response_bytes"],
+        ),
+    )
