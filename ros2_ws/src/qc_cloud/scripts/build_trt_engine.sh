@@ -19,7 +19,8 @@
 # trtexec is looked up as $TRTEXEC, then on PATH, then /usr/src/tensorrt/bin/trtexec (JetPack's location).
 set -euo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+# The help is the comment block at the top (from line 2 up to the first line that is not a comment).
+usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 die() { echo "build_trt_engine: error: $*" >&2; exit 1; }
 
 [[ $# -ge 1 ]] || usage
