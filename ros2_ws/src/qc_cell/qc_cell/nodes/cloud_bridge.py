@@ -32,9 +32,11 @@ from qc_cell.bridge.sampler import ByteBudget, encode_jpeg
 from qc_cell.bridge.topics import CellId
 from qc_cell.bridge.update_manifest import KeyFileError, trusted_keys
 from qc_cell.ros import diagnostics, qos
-from qc_cell.ros.images import image_to_array, to_bgr8
+from qc_cell.ros.alerts import AlertPublisher
+from qc_cell.ros.images import decode_bgr8
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
@@ -146,7 +148,7 @@ class CloudBridgeNode(Node):
         self._offload = OffloadTracker(p["offload_slack_ms"], p["offload_min_remaining_ms"], p["offload_late_grace_s"])
 
         # Publishers. alerts / quality/cloud_verdict are EVENTS (reliable), like every per-part record.
-        self._alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self._alerts = AlertPublisher(self)
         self._verdict_pub = None
         if p["offload_enabled"]:
             self._verdict_pub = self.create_publisher(QualityDecision, "quality/cloud_verdict", qos.EVENTS)
@@ -155,15 +157,16 @@ class CloudBridgeNode(Node):
         # Subscriptions: the QoS each topic's publisher uses (qc_cell.ros.qos), so the pairs match.
         # With the publisher's history, so the first verdicts are not lost when the decision node's writer
         # matches this reader only after them, nor those decided while this bridge was down (see _on_decision).
-        self.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
-        self.create_subscription(CellKpi, "quality/kpi", self._on_kpi, qos.EVENTS)
-        self.create_subscription(Alert, "alerts", self._on_alert, qos.EVENTS)
-        self.create_subscription(RejectEvent, "reject/event", self._on_reject, qos.EVENTS)
-        self.create_subscription(ProcessState, "process/state", self._on_process, qos.LATCHED)
-        self.create_subscription(ModelInfo, "model/active", self._on_model, qos.LATCHED)
+        subscribe = Subscriptions(self, self._alerts, self._diag_pub).create
+        subscribe(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
+        subscribe(CellKpi, "quality/kpi", self._on_kpi, qos.EVENTS)
+        subscribe(Alert, "alerts", self._on_alert, qos.EVENTS)
+        subscribe(RejectEvent, "reject/event", self._on_reject, qos.EVENTS)
+        subscribe(ProcessState, "process/state", self._on_process, qos.LATCHED)
+        subscribe(ModelInfo, "model/active", self._on_model, qos.LATCHED)
         if p["sample_enabled"] or p["offload_enabled"]:
             # Only then: every frame is an image, and the bridge must not cost the cell a copy of each.
-            self.create_subscription(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
+            subscribe(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self.create_timer(p["status_period_s"], self._bridge.session.publish_status)
@@ -311,7 +314,7 @@ class CloudBridgeNode(Node):
             self._counts["image_missing"] += 1
             return None
         try:
-            return encode_jpeg(to_bgr8(image_to_array(frame.image), frame.image.encoding), quality, max_side)
+            return encode_jpeg(decode_bgr8(frame.image), quality, max_side)
         except (ValueError, cv2.error) as exc:
             self._counts["image_errors"] += 1
             self.get_logger().warning(f"cannot encode the image of {frame.part_id}: {exc}", throttle_duration_sec=10.0)
@@ -578,9 +581,7 @@ class CloudBridgeNode(Node):
     # -- health ----------------------------------------------------------------------------------------
 
     def _alert(self, severity: int, code: str, message: str) -> None:
-        msg = Alert(severity=severity, source=self.get_name(), code=code, message=message)
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._alert_pub.publish(msg)
+        self._alerts.send(severity, code, message)
 
     def _log(self, level: str, message: str) -> None:
         """Log sink of the bridge core's threads. Warnings (rejected input, connection trouble) are throttled:

@@ -20,10 +20,12 @@ from qc_cell.fusion.process_fusion import FusionConfig, FusionEvent, ProcessFusi
 from qc_cell.fusion.signal_monitor import SpecLimits
 from qc_cell.fusion.trend import TrendConfig
 from qc_cell.ros import diagnostics, qos
+from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare
+from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns
-from qc_interfaces.msg import Alert, ProcessState
+from qc_interfaces.msg import ProcessState
 
 # Spec-limit parameters may change at run time (validated in _on_set_parameters); everything else is read-only.
 SPEC_PARAMETERS = {
@@ -72,12 +74,13 @@ class SensorFusionNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._state_pub = self.create_publisher(ProcessState, "process/state", qos.LATCHED)
-        self._alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self._alerts = AlertPublisher(self)
         self._diag_pub = diagnostics.create_publisher(self)
+        subscriptions = Subscriptions(self, self._alerts, self._diag_pub)
         # SENSOR_INPUT (best effort) matches best-effort and reliable sensor drivers alike.
-        self.create_subscription(Temperature, "process/temperature", self._on_temperature, qos.SENSOR_INPUT)
-        self.create_subscription(FluidPressure, "process/pressure", self._on_pressure, qos.SENSOR_INPUT)
-        self.create_subscription(Vector3Stamped, "process/vibration", self._on_vibration, qos.SENSOR_INPUT)
+        subscriptions.create(Temperature, "process/temperature", self._on_temperature, qos.SENSOR_INPUT)
+        subscriptions.create(FluidPressure, "process/pressure", self._on_pressure, qos.SENSOR_INPUT)
+        subscriptions.create(Vector3Stamped, "process/vibration", self._on_vibration, qos.SENSOR_INPUT)
         self.create_timer(check_period_s, self._on_check)
         self.create_timer(diag_period_s, self._publish_diagnostics)
         self.get_logger().info("sensor fusion ready")
@@ -205,7 +208,7 @@ class SensorFusionNode(Node):
         snap = self._fusion.evaluate(now_ns)
         self._snapshot = snap
         for event in self._fusion.pop_events():
-            self._raise(event, now_ns)
+            self._raise(event)
         last = self._last_published
         if last is None or last[1] != int(snap.flags) or now_ns - last[0] >= self._publish_period_ns:
             self._publish_state(snap)
@@ -223,20 +226,9 @@ class SensorFusionNode(Node):
         self._state_pub.publish(msg)
         self._last_published = (snap.stamp_ns, int(snap.flags))
 
-    def _raise(self, event: FusionEvent, now_ns: int) -> None:
-        msg = Alert()
-        msg.header.stamp = from_ns(now_ns)
-        msg.severity = int(event.severity)
-        msg.source = self.get_fully_qualified_name()
-        msg.code = event.code
-        msg.message = event.message
-        self._alert_pub.publish(msg)
+    def _raise(self, event: FusionEvent) -> None:
+        self._alerts.send(int(event.severity), event.code, event.message, log=True)
         self._alerts_sent += 1
-        # Separate call sites: rclpy refuses two severities from one.
-        if event.severity >= Alert.WARN:
-            self.get_logger().warning(f"{event.code}: {event.message}")
-        else:
-            self.get_logger().info(f"{event.code}: {event.message}")
 
     def _publish_diagnostics(self) -> None:
         snap = self._snapshot
