@@ -22,6 +22,8 @@ class AlertPublisher:
     def __init__(self, node: Node, *, log_throttle_s: float | None = None) -> None:
         """log_throttle_s: with send(log=True), WARN and worse are logged at most this often (None: every one)."""
         self._node = node
+        self._source = node.get_name()
+        self._clock = node.get_clock()
         self._publisher = node.create_publisher(Alert, "alerts", qos.EVENTS)
         self._throttle = {} if log_throttle_s is None else {"throttle_duration_sec": log_throttle_s}
 
@@ -32,9 +34,9 @@ class AlertPublisher:
         the alert then goes to the log instead of ending the process with a traceback.
         """
         node = self._node
-        msg = Alert(severity=severity, source=node.get_name(), code=code, message=message[:MAX_MESSAGE_CHARS])
+        msg = Alert(severity=severity, source=self._source, code=code, message=message[:MAX_MESSAGE_CHARS])
         msg.part_id = part_id
-        msg.header.stamp = node.get_clock().now().to_msg()
+        msg.header.stamp = self._clock.now().to_msg()
         text = f"[{code}] {message}"
         if log:
             self._log(severity, text)
