@@ -65,9 +65,10 @@ class Incompatibility:
 
 
 def policy_name(kind: int) -> str:
+    """DURABILITY, RELIABILITY, ... of the event's last_policy_kind (an int or, on some rclpy, an int-like enum)."""
     try:
-        return qos_policy_name_from_kind(kind)
-    except ValueError:
+        return qos_policy_name_from_kind(int(kind))
+    except (TypeError, ValueError):
         return f"policy {kind}"
 
 
