@@ -59,7 +59,6 @@ class Incompatibility:
 
     topic: str  # resolved name
     policy: str  # the last incompatible policy the middleware reported, e.g. DURABILITY
-    events: int = 0  # incompatible publishers discovered so far
     publishers: list[str] = field(default_factory=list)  # as the graph last showed them: "<node> (<value>)"
     last_event_s: float = 0.0  # time.monotonic()
 
@@ -134,7 +133,6 @@ class Subscriptions:
         with self._lock:
             problem = self._problems.setdefault(topic, Incompatibility(topic, policy))
             problem.policy = policy
-            problem.events += max(int(info.total_count_change), 1)
             problem.last_event_s = time.monotonic()
             problem.publishers = publishers or problem.publishers
         wanted = policy_value(profile, policy)
@@ -145,7 +143,9 @@ class Subscriptions:
             + (f"; publisher(s): {', '.join(publishers)}" if publishers else "")
             + ". Each topic's QoS: docs/graph-contract.md"
         )
-        self._alerts.send(Alert.ERROR, ALERT_CODE, text, log=True)
+        # Logged here, not through the alert publisher: its log lines may be throttled, this one must show.
+        self._node.get_logger().error(f"[{ALERT_CODE}] {text}")
+        self._alerts.send(Alert.ERROR, ALERT_CODE, text)
         self._publish_status()
         self._recheck.reset()
 
