@@ -21,21 +21,21 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from qc_cell.bridge import records
 from qc_cell.bridge.bridge import Bridge, BridgeSettings
-from qc_cell.bridge.config import BridgeConfigError, broker_config
-from qc_cell.bridge.inbound import InboundError, parse
 from qc_cell.bridge.model_updater import ModelUpdater, UpdateOutcome, UpdateSettings
 from qc_cell.bridge.offload import OffloadTracker
 from qc_cell.bridge.outbox import FULL_POLICIES, SYNCHRONOUS, OutboxLimits
 from qc_cell.bridge.sampler import ByteBudget, encode_jpeg
-from qc_cell.bridge.topics import CellId
-from qc_cell.bridge.update_manifest import KeyFileError, trusted_keys
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.images import image_to_array, to_bgr8
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare
 from qc_cell.ros.time import from_ns, to_ns
+from qc_contract import records
+from qc_contract.broker import BridgeConfigError, broker_config
+from qc_contract.inbound import InboundError, parse
+from qc_contract.topics import CellId
+from qc_contract.update_manifest import KeyFileError, trusted_keys
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
 

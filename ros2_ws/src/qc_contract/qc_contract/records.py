@@ -1,4 +1,4 @@
-"""JSON records the cell sends to the cloud (schema in qc_cell/schemas/<type>.schema.json, see docs/mqtt.md).
+"""JSON records the cell sends to the cloud (schema in qc_contract/schemas/<type>.schema.json, see docs/mqtt.md).
 
 Builders take plain Python values (the node converts ROS messages), return the record body; envelope()
 adds what every record carries: schema_version, type, cell, epoch, seq, id. Encoded compactly: records
