@@ -36,6 +36,7 @@ from qc_contract.broker import BridgeConfigError, broker_config
 from qc_contract.inbound import InboundError, parse
 from qc_contract.topics import CellId
 from qc_contract.update_manifest import KeyFileError, trusted_keys
+from qc_contract.vocabulary import VERDICT_NAMES, Verdict, name_of
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
 
@@ -293,7 +294,7 @@ class CloudBridgeNode(Node):
         if 0 < decision_ns < self._started_ns:
             self._counts["parts_recovered"] += 1  # decided while no bridge ran: its frame and deadline are gone
             return
-        verdict = records.name_of(records.VERDICTS, msg.verdict)
+        verdict = name_of(VERDICT_NAMES, msg.verdict)
         frame = self._frames.pop(msg.part_id, None)
         if self._p["offload_enabled"] and msg.verdict == QualityDecision.REINSPECT:
             self._offload_part(msg, frame, capture_ns)
@@ -507,7 +508,7 @@ class CloudBridgeNode(Node):
             msg = QualityDecision()
             msg.header.stamp = from_ns(out.pending.capture_ns)
             msg.part_id = out.pending.part_id
-            msg.verdict = records.VERDICTS.index(data["verdict"])
+            msg.verdict = int(Verdict[data["verdict"]])
             msg.reasons = ["cloud_verify"]
             probability = data.get("defect_probability")
             msg.defect_probability = float("nan") if probability is None else float(probability)

@@ -22,11 +22,12 @@ from std_msgs.msg import Header
 from qc_cell.decision.engine import Counters, DecisionConfig, DecisionEngine, DecisionRecord, ResultInput
 from qc_cell.decision.kpi import RollingKpi
 from qc_cell.decision.part_ledger import Claim, Registration
-from qc_cell.decision.verdict_rule import EscalationPolicy, ProcessContext, Reason, Thresholds, Verdict
+from qc_cell.decision.verdict_rule import EscalationPolicy, ProcessContext, Reason, Thresholds
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare
 from qc_cell.ros.time import from_ns, to_ns
+from qc_contract.vocabulary import Verdict
 from qc_interfaces.msg import CellKpi, InspectionResult, PartTrigger, ProcessState, QualityDecision
 
 ESCALATE_TO = {"reinspect": Verdict.REINSPECT, "defective": Verdict.DEFECTIVE}

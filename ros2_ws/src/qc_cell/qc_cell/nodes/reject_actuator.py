@@ -33,11 +33,9 @@ from qc_cell.reject.records import (
     DONE,
     FAILED,
     LATE,
-    OUTCOME_NAMES,
     REJECT,
     SKIPPED,
     STOP_LINE,
-    VERDICT_NAMES,
     AlertRecord,
     Decision,
     Part,
@@ -47,6 +45,7 @@ from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare
 from qc_cell.ros.time import from_ns, to_ns
+from qc_contract.vocabulary import OUTCOME_NAMES, VERDICT_NAMES
 from qc_interfaces.action import RejectPart
 from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
 
