@@ -29,14 +29,8 @@ import paho.mqtt.client as mqtt  # noqa: E402
 
 from qc_cell.bridge.bridge import Bridge, BridgeSettings  # noqa: E402
 from qc_cell.bridge.outbox import OutboxLimits  # noqa: E402
-from qc_cell.testing.mosquitto import (  # noqa: E402
-    Mosquitto,
-    Subscriber,
-    TcpProxy,
-    free_port,
-    make_test_pki,
-    tls_listener,
-)
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber, free_port  # noqa: E402
+from qc_cell.testing.mosquitto import TcpProxy, make_test_pki, tls_listener  # noqa: E402
 from qc_contract import records  # noqa: E402
 from qc_contract.broker import broker_config  # noqa: E402
 from qc_contract.topics import CellId  # noqa: E402

@@ -8,15 +8,8 @@ import time
 from pathlib import Path
 
 from qc_cell.bridge.bridge import Bridge, BridgeSettings
-from qc_cell.testing.mosquitto import (
-    Mosquitto,
-    Subscriber,
-    acl_file,
-    free_port,
-    make_test_pki,
-    password_file,
-    tls_listener,
-)
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber, free_port
+from qc_cell.testing.mosquitto import acl_file, make_test_pki, password_file, tls_listener
 from qc_contract import records
 from qc_contract.broker import broker_config
 from qc_contract.topics import CellId

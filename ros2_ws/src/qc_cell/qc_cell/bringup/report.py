@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from qc_cell.bringup.local_broker import Received
 from qc_cell.bringup.recorder import CellRecord
-from qc_cell.testing.mosquitto import Received
 from qc_contract.vocabulary import VERDICT_NAMES, Verdict
 
 LABELS = {0: "unknown", 1: "good", 2: "defect"}
