@@ -44,7 +44,7 @@ def ros_entries() -> set[str]:
     """Top-level site-packages entries installed by ROS 2 distributions (the ros-* wheels)."""
     entries: set[str] = set()
     for dist in importlib.metadata.distributions():
-        if dist.metadata["Name"].lower().replace("_", "-").startswith("ros-"):
+        if (dist.metadata["Name"] or "").lower().replace("_", "-").startswith("ros-"):
             entries.update(f.parts[0] for f in dist.files or () if f.parts[0] != "..")
     return entries
 
