@@ -15,7 +15,7 @@ if [ -f "$_qc_root/ros2_ws/install/local_setup.bash" ]; then
   . "$_qc_root/ros2_ws/install/local_setup.bash"
 fi
 # The Python sources come first, so edits take effect without a rebuild.
-export PYTHONPATH="$_qc_root/ros2_ws/src/qc_cell:$_qc_root/ros2_ws/src/qc_cloud${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$_qc_root/ros2_ws/src/qc_contract:$_qc_root/ros2_ws/src/qc_cell:$_qc_root/ros2_ws/src/qc_cloud${PYTHONPATH:+:$PYTHONPATH}"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 export PYTHONUNBUFFERED=1
 # The cell's DDS transport (qc_cell.cell_graph.ENVIRONMENT, docs/camera.md): a 32 MB shared-memory segment, so

@@ -43,7 +43,7 @@ from qc_cell.camera.sources.opencv_capture import (
     VideoFileSource,
     opencv_has_gstreamer,
 )
-from qc_cell.camera.synthetic import SyntheticPartGenerator, write_mvtec_dataset
+from qc_contract.synthetic import SyntheticPartGenerator, write_mvtec_dataset
 
 
 def write_video(path: Path, frames: int, size: tuple[int, int] = (160, 120)) -> list[np.ndarray]:

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from qc_cell.inference.manifest import TFLITE, Preprocessing
-from qc_cell.inference.preprocess import preprocess
 from qc_cell.ros.images import array_to_image, decode_for_model
+from qc_contract.model_manifest import TFLITE, Preprocessing
+from qc_contract.preprocess import preprocess
 
 SPECS = {
     "effnet_b0": Preprocessing(),

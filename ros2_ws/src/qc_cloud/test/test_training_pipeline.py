@@ -15,7 +15,6 @@ import pytest
 from training_data import generic_dataset, mvtec_dataset
 
 from qc_cell.inference.backends import BackendOptions, create_backend
-from qc_cell.inference.manifest import TFLITE, Manifest, ManifestError
 from qc_cell.inference.model import LoadedModel
 from qc_cloud.cli import main
 from qc_cloud.training.config import TrainConfig
@@ -23,6 +22,7 @@ from qc_cloud.training.datasets import load_dataset
 from qc_cloud.training.errors import ConfigError
 from qc_cloud.training.evaluate import OnnxScorer
 from qc_cloud.training.splits import MVTEC_CAVEAT, Split
+from qc_contract.model_manifest import TFLITE, Manifest, ManifestError
 
 TINY = ["--input-size", "64", "--phase1-epochs", "2", "--phase2-epochs", "1", "--no-progress", "--threads", "2"]
 

@@ -24,9 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from qc_cell.bridge import records
 from qc_cell.bridge.bridge import Bridge
-from qc_cell.bridge.inbound import InboundError
 from qc_cell.bridge.inputs import (
     AlertReport,
     Clock,
@@ -42,10 +40,13 @@ from qc_cell.bridge.outputs import CloudVerdict, Health, HealthLevel, LinkAlert
 from qc_cell.bridge.part_images import PartImages
 from qc_cell.bridge.session import Log, python_log
 from qc_cell.bridge.settings import RUNTIME_SETTINGS, CloudLinkSettings
+from qc_contract import records
+from qc_contract.inbound import InboundError
+from qc_contract.vocabulary import ModelState
 
 REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
 MAX_TEXT = 4096  # longest free text (messages, details) in a record or alert
-ACTIVE = records.MODEL_STATES.index("ACTIVE")
+ACTIVE = ModelState.ACTIVE
 
 
 class CloudLinkError(RuntimeError):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from qc_cell.bringup import report as run_report
 from qc_cell.bringup.cell_runner import CellRunner
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber
 from qc_cell.bringup.recorder import CellRecorder
-from qc_cell.inference.manifest import Manifest, ManifestError
-from qc_cell.testing.mosquitto import Mosquitto, Subscriber
+from qc_contract.model_manifest import Manifest, ManifestError
 
 REPO = Path(__file__).resolve().parents[5]
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from rclpy.node import Node
 
-from qc_cell.bridge import records
 from qc_cell.bridge.cloud_link import CloudLink, CloudLinkError
 from qc_cell.bridge.inputs import (
     AlertReport,
@@ -39,6 +38,7 @@ from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
+from qc_contract.vocabulary import Severity
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
 
@@ -209,7 +209,7 @@ class CloudBridgeNode(Node):
             self._verdict_pub.publish(msg)
 
     def _publish_alert(self, alert: LinkAlert) -> None:
-        self._alerts.send(records.SEVERITIES.index(alert.severity), alert.code, alert.message)
+        self._alerts.send(Severity[alert.severity], alert.code, alert.message)
 
     def _log(self, level: str, message: str) -> None:
         """Log sink of the link's threads. Warnings (rejected input, connection trouble) are throttled:

@@ -21,13 +21,14 @@ from qc_cell.decision.engine import Counters, DecisionEngine, DecisionRecord, Re
 from qc_cell.decision.kpi import RollingKpi
 from qc_cell.decision.params import DECISION, build_config
 from qc_cell.decision.part_ledger import Claim, Registration
-from qc_cell.decision.verdict_rule import ProcessContext, Reason, Verdict
+from qc_cell.decision.verdict_rule import ProcessContext, Reason
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
+from qc_contract.vocabulary import Verdict
 from qc_interfaces.msg import CellKpi, InspectionResult, PartTrigger, ProcessState, QualityDecision
 
 

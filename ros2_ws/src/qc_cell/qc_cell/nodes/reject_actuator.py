@@ -22,9 +22,7 @@ from qc_cell.reject.drivers.base import DriverError
 from qc_cell.reject.drivers.factory import build_driver
 from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
 from qc_cell.reject.records import (
-    OUTCOME_NAMES,
     SKIPPED,
-    VERDICT_NAMES,
     AlertRecord,
     Decision,
     Part,
@@ -39,6 +37,7 @@ from qc_cell.ros.params import ParameterError, declare_parameters, handle_parame
 from qc_cell.ros.reject_markers import RejectMarkers
 from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
+from qc_contract.vocabulary import OUTCOME_NAMES, VERDICT_NAMES
 from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
 
 GIL_SWITCH_INTERVAL_S = 0.0005

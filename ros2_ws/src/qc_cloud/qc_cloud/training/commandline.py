@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from qc_cell.inference.manifest import ManifestError
-from qc_cell.inference.preprocess import PreprocessError
 from qc_cloud.training.errors import TrainingError
+from qc_contract.model_manifest import ManifestError
+from qc_contract.preprocess import PreprocessError
 
 EXIT_USER_ERROR = 2
 
