@@ -95,8 +95,8 @@ class CellStatus:
         with self._lock:
             fault = self._faults.get(name)
             if level == OK:
-                if fault is not None and fault.ok_since is None:
-                    fault.ok_since = now
+                if fault is not None:
+                    fault.ok_since = now if fault.ok_since is None else fault.ok_since
                     fault.message = message  # what the node says now; printed with the all-clear
                 return self._due(now)
             if fault is None:
@@ -128,7 +128,7 @@ class CellStatus:
                 del self._waits[key]
                 if not wait.reported:
                     return []
-                return [StatusLine(OK, f"no longer waiting for {wait.what} (after {now - wait.since:.0f} s)")]
+                return [StatusLine(OK, f"stopped waiting after {now - wait.since:.0f} s for {wait.what}")]
             if wait is None:
                 self._waits[key] = _Wait(what, why, now)
             elif (wait.what, wait.why) != (what, why):
