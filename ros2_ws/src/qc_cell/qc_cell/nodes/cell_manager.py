@@ -62,8 +62,13 @@ class CellManager(Node):
             self.get_logger().info(text)
 
     def _on_status(self, line: StatusLine) -> None:
-        log = {OK: self.get_logger().info, ERROR: self.get_logger().error}.get(line.level, self.get_logger().warning)
-        log(line.text)
+        # One call per severity: rclpy refuses a log call site whose severity changes between calls.
+        if line.level == OK:
+            self.get_logger().info(line.text)
+        elif line.level == ERROR:
+            self.get_logger().error(line.text)
+        else:
+            self.get_logger().warning(line.text)
 
     def destroy_node(self) -> None:
         self._stop.set()
