@@ -37,7 +37,7 @@ from qc_cell.bringup.status_listener import CellStatusListener
 from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
 from qc_cell.cell_graph import ENVIRONMENT, NODES, NodeSpec
 from qc_cell.ros import qos
-from qc_cell.ros.node_main import stop_like_ctrl_c
+from qc_cell.ros.node_main import WITHOUT_RCLPY_SIGNAL_HANDLERS, stop_like_ctrl_c
 from qc_interfaces.msg import QualityDecision
 
 FLAGS = sorted({spec.enabled_by for spec in NODES if spec.enabled_by})
@@ -103,7 +103,9 @@ class CellRunner:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
-        rclpy.init(context=self.context)
+        # Signals are the runner's (see run/stop), not rclpy's: its handlers would shut this context down from a
+        # thread of their own, under the activator and the status listener (as for the nodes: ros/node_main.py).
+        rclpy.init(context=self.context, **WITHOUT_RCLPY_SIGNAL_HANDLERS)
         self.observer = rclpy.create_node("cell_runner", namespace=f"/{self.namespace}", context=self.context)
         self.observer.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
         names = [spec.name for spec in self.nodes]
@@ -142,10 +144,10 @@ class CellRunner:
             self.supervisor.stop()
             if self._signals.forced:
                 print(f"[runner] {signal.Signals(self._signals.forced).name} again: the nodes were killed", flush=True)
+            rclpy.try_shutdown(context=self.context)  # also after a start that a signal cut short
+            if self._spin_thread is not None:
+                self._spin_thread.join(timeout=5)
             if self.observer is not None:
-                rclpy.try_shutdown(context=self.context)
-                if self._spin_thread is not None:
-                    self._spin_thread.join(timeout=5)
                 self.observer.destroy_node()
                 self.observer = None
         return 128 + self._signals.forced if self._signals.forced else 0
