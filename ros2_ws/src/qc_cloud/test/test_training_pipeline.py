@@ -132,7 +132,10 @@ def test_reexport_fp16_and_evaluate_the_package(lite0_run, tmp_path, capsys):
     trained = json.loads((out / "report.json").read_text())
     assert evaluated["test"]["roc_auc"] == pytest.approx(trained["test"]["roc_auc"])
     assert len(evaluated["golden_check"]) == 6
-    assert "test split: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test split: " in printed
+    assert f"model package: {out} (version" in printed, f"evaluate names the package it scored: {printed}"
+    assert f"report: {report_dir / 'report.md'}" in printed
 
 
 def test_evaluate_rejects_a_package_whose_manifest_does_not_match(lite0_run, tmp_path, capsys):

@@ -53,7 +53,8 @@ PARITY_IMAGES = 8  # test images run through PyTorch and ONNX Runtime for the pa
 
 @dataclass
 class RunResult:
-    out_dir: Path
+    out_dir: Path  # where the run wrote (the package for train/export, the report folder for evaluate)
+    package_dir: Path  # the model package the run made or scored
     manifest: Manifest
     evaluation: Evaluation
     report: dict[str, Any]
@@ -210,7 +211,7 @@ def package_model(
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
     paths.update({name: out_dir / rel for name, rel in report["plots"].items()})
     log.info(f"model package written to {out_dir}")
-    return RunResult(out_dir, manifest, evaluation, report, paths)
+    return RunResult(out_dir, out_dir, manifest, evaluation, report, paths)
 
 
 def _build_package(
@@ -415,4 +416,4 @@ def evaluate_package(
         "caveats": caveats,
     }
     paths = write_report(Path(out_dir), report, evaluation, None)
-    return RunResult(Path(out_dir), manifest, evaluation, report, paths)
+    return RunResult(Path(out_dir), Path(package_dir), manifest, evaluation, report, paths)
