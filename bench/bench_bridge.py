@@ -23,23 +23,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "ros2_ws/src/qc_cell"), str(REPO / "ros2_ws/src/qc_cloud")]
+sys.path[:0] = [str(REPO / "ros2_ws/src" / package) for package in ("qc_contract", "qc_cell", "qc_cloud")]
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from qc_cell.bridge import records  # noqa: E402
 from qc_cell.bridge.bridge import Bridge, BridgeSettings  # noqa: E402
-from qc_cell.bridge.config import broker_config  # noqa: E402
 from qc_cell.bridge.outbox import OutboxLimits  # noqa: E402
-from qc_cell.bridge.topics import CellId  # noqa: E402
-from qc_cell.testing.mosquitto import (  # noqa: E402
-    Mosquitto,
-    Subscriber,
-    TcpProxy,
-    free_port,
-    make_test_pki,
-    tls_listener,
-)
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber, free_port  # noqa: E402
+from qc_cell.testing.mosquitto import TcpProxy, make_test_pki, tls_listener  # noqa: E402
+from qc_contract import records  # noqa: E402
+from qc_contract.broker import broker_config  # noqa: E402
+from qc_contract.topics import CellId  # noqa: E402
 
 CELL = CellId("plant01", "line02", "cell03")
 IMAGES = {"1280x720x3": 1280 * 720 * 3, "640x480x3": 640 * 480 * 3}

@@ -33,7 +33,7 @@ from bench_inference import BareBackend  # noqa: E402
 from qc_cell.bringup.cell_runner import CellRunner  # noqa: E402
 from qc_cell.bringup.params_file import load as load_params  # noqa: E402
 from qc_cell.bringup.recorder import CellRecorder  # noqa: E402
-from qc_cell.camera.synthetic import SyntheticPartGenerator  # noqa: E402
+from qc_contract.synthetic import SyntheticPartGenerator  # noqa: E402
 
 MODEL = REPO / "models" / "default"
 PARAMS = REPO / "params" / "demo.yaml"

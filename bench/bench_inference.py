@@ -40,13 +40,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "ros2_ws/src/qc_cell"))
+sys.path[:0] = [str(REPO / "ros2_ws/src/qc_contract"), str(REPO / "ros2_ws/src/qc_cell")]
 
 from qc_cell.cell_graph import ENVIRONMENT  # noqa: E402
 from qc_cell.inference.backends import BackendOptions, create_backend  # noqa: E402
-from qc_cell.inference.manifest import Manifest, Output, Preprocessing, sha256_file  # noqa: E402
 from qc_cell.inference.model import LoadedModel  # noqa: E402
-from qc_cell.inference.preprocess import preprocess_into  # noqa: E402
+from qc_contract.model_manifest import Manifest, Output, Preprocessing, sha256_file  # noqa: E402
+from qc_contract.preprocess import preprocess_into  # noqa: E402
 
 
 def export_efficientnet_b0(directory: Path) -> Path:

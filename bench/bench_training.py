@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qc_cell.camera.synthetic import write_mvtec_dataset
 from qc_cloud.training.config import TrainConfig
 from qc_cloud.training.datasets import load_dataset
 from qc_cloud.training.evaluate import OnnxScorer
@@ -42,6 +41,7 @@ from qc_cloud.training.models import build_model
 from qc_cloud.training.pipeline import preprocessing_for
 from qc_cloud.training.splits import stratified_split
 from qc_cloud.training.trainer import Trainer
+from qc_contract.synthetic import write_mvtec_dataset
 
 MEASURED_EPOCHS = 2  # epochs timed for the per-epoch figures (after one warm-up epoch), best one reported
 

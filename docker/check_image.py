@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 
 EDGE_MODULES = ("onnxruntime", "paho.mqtt.client", "pymodbus", "cryptography", "yaml", "jsonschema")
-ROS_MODULES = ("rclpy", "qc_interfaces.msg", "qc_cell.healthcheck", "qc_cell.cell_graph")
+ROS_MODULES = ("rclpy", "qc_interfaces.msg", "qc_contract.records", "qc_cell.healthcheck", "qc_cell.cell_graph")
 JETSON_MODULES = ("tensorrt", "pycuda", "Jetson.GPIO")  # located only: importing needs the GPU / the board
 OPENCV_WHEELS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
 

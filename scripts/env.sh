@@ -25,11 +25,12 @@ if [ -f "$_qc_install/local_setup.bash" ]; then
   . "$_qc_install/local_setup.bash"
 fi
 # The Python sources come first, so edits take effect without a rebuild.
-export PYTHONPATH="$_qc_root/ros2_ws/src/qc_cell:$_qc_root/ros2_ws/src/qc_cloud${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$_qc_root/ros2_ws/src/qc_contract:$_qc_root/ros2_ws/src/qc_cell:$_qc_root/ros2_ws/src/qc_cloud${PYTHONPATH:+:$PYTHONPATH}"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 export PYTHONUNBUFFERED=1
-# The cell's DDS transport (qc_cell.cell_graph.ENVIRONMENT, docs/camera.md): a 32 MB shared-memory segment, so
-# images cross processes in one piece; also for nodes run by hand. An existing profile setting is kept.
+# The cell's DDS transport (qc_cell.cell_graph.ENVIRONMENT, docs/camera.md): a 32 MB shared-memory segment, which
+# holds the 64 KB fragments of several camera frames at once (frames are fragmented to UDP's 64 KB message size);
+# also for nodes run by hand. An existing profile setting is kept.
 if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}${FASTRTPS_DEFAULT_PROFILES_FILE:-}" ]; then
   case "${ROS_DISTRO:-}" in
     humble | iron | jazzy) export FASTRTPS_DEFAULT_PROFILES_FILE="$_qc_root/ros2_ws/src/qc_cell/qc_cell/camera/fastdds_large_images.xml" ;;

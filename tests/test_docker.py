@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from qc_cell.bringup import params_file
-from qc_cell.testing.mosquitto import free_port, mosquitto_binary
+from qc_cell.bringup.local_broker import free_port, mosquitto_binary
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"

@@ -19,7 +19,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test"]),
-    package_data={"qc_cell": ["schemas/*.json", "camera/*.xml"]},
+    package_data={"qc_cell": ["camera/*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

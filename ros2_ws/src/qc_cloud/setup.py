@@ -11,7 +11,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/scripts", ["scripts/build_trt_engine.sh"]),  # run on the Jetson
     ],
-    install_requires=["setuptools"],
+    install_requires=["qc_contract"],  # no ROS and no qc_cell: a plant server installs these two alone
     # Training/export needs these (requirements/cloud.txt pins them); the edge never installs them.
     extras_require={
         "train": [

@@ -80,6 +80,7 @@ def test_camera_is_activated_last_once_the_model_serves_and_again_after_a_restar
         model_pub = probe.create_publisher(ModelInfo, "model/active", qos.LATCHED)
         process_pub = probe.create_publisher(ProcessState, "process/state", qos.LATCHED)
         events: list[tuple[str, str]] = []
+        waits: list[tuple[str, str | None]] = []
         names = ("camera_driver", "inference", "sensor_fusion", "reject_actuator", "process_simulator")
         specs = [node(name) for name in names]
         activator = CellActivator(
@@ -90,11 +91,14 @@ def test_camera_is_activated_last_once_the_model_serves_and_again_after_a_restar
             ready_timeout_s=30.0,
             poll_s=0.2,
             retry_s=0.5,
+            on_waiting=lambda key, what, why: waits.append((key, what)),
         )
         with _running(graph, activator):
             assert _wait_until(lambda: reject.activated_at, timeout=20.0), events
             time.sleep(1.0)
             assert not camera.activated_at, "the camera must wait for the model and fresh process signals"
+            held = "inference to serve a model (camera_driver held back until then, at most 30 s)"
+            assert waits[-1] == ("ready", held), f"the wait is said while it lasts: {waits}"
 
             process_pub.publish(ProcessState(stale=False))
             model_pub.publish(ModelInfo(state=ModelInfo.STATE_ACTIVE, version="v1"))
@@ -103,6 +107,7 @@ def test_camera_is_activated_last_once_the_model_serves_and_again_after_a_restar
             # transition, and a cleanup before that (seen under load) is a node changed under it, rightly reported.
             assert _wait_until(lambda: camera_active in events, timeout=10.0), events
             assert camera.activated_at[0] > reject.activated_at[0]
+            assert ("ready", None) in waits and ("graph", None) in waits, f"the waits ended: {waits}"
 
             # A respawned node comes back unconfigured: activated again, without waiting for readiness again.
             camera.trigger_deactivate()

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qc_cell.bridge import records, schemas
 from qc_cell.bridge.cloud_link import CloudLink
-from qc_cell.bridge.config import BridgeConfigError, broker_config
 from qc_cell.bridge.inputs import Clock, ModelReport, PartImage, PartVerdict, ProcessReport
 from qc_cell.bridge.model_updater import UpdateSettings
 from qc_cell.bridge.outbox import OutboxLimits
 from qc_cell.bridge.outputs import CloudVerdict, HealthLevel, LinkAlert
 from qc_cell.bridge.settings import CloudLinkSettings, OffloadSettings, SampleSettings
-from qc_cell.bridge.topics import CellId
-from qc_cell.testing.mosquitto import Mosquitto
+from qc_cell.bringup.local_broker import Mosquitto
+from qc_contract import records, schemas
+from qc_contract.broker import BridgeConfigError, broker_config
+from qc_contract.topics import CellId
 
 CELL = CellId("plant1", "line2", "cell3")
 NORMAL, REINSPECT, DEFECTIVE = 0, 1, 2

@@ -21,13 +21,13 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.parameter import Parameter
 
-from qc_cell.bridge import schemas
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber
 from qc_cell.nodes.cloud_bridge import CloudBridgeNode
 from qc_cell.ros import qos
 from qc_cell.ros.params import ParameterError
 from qc_cell.ros.time import from_ns
-from qc_cell.testing.mosquitto import Mosquitto, Subscriber
 from qc_cell.testing.ros import Graph, ros_graph
+from qc_contract import schemas
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 
 PREFIX = "qc/plant1/line2/cell3/"

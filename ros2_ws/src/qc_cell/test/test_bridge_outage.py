@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 
+from qc_cell.bringup.local_broker import Mosquitto
 from qc_cell.ros import qos
 from qc_cell.ros.time import from_ns
-from qc_cell.testing.mosquitto import Mosquitto
 from qc_cell.testing.ros import ros_graph
 from qc_cloud.commands.watch import Watcher
 from qc_interfaces.msg import QualityDecision

@@ -7,10 +7,10 @@ import json
 import pytest
 from jsonschema import ValidationError
 
-from qc_cell.bridge import records, schemas
-from qc_cell.bridge.config import BridgeConfigError, broker_config, parse_broker_url
-from qc_cell.bridge.inbound import InboundError, parse
-from qc_cell.bridge.topics import CellId
+from qc_contract import records, schemas
+from qc_contract.broker import BridgeConfigError, broker_config, parse_broker_url
+from qc_contract.inbound import InboundError, parse
+from qc_contract.topics import CellId
 
 NS = 1_700_000_000_123_456_789
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 
 from qc_cell.bridge.bridge import Bridge, BridgeSettings
-from qc_cell.bridge.config import broker_config
-from qc_cell.bridge.topics import CellId
-from qc_cell.testing.mosquitto import Mosquitto, Subscriber, TcpProxy
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber
+from qc_cell.testing.mosquitto import TcpProxy
+from qc_contract.broker import broker_config
+from qc_contract.topics import CellId
 
 CELL = CellId("plant1", "line2", "cell3")
 

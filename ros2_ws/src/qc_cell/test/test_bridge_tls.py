@@ -7,19 +7,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qc_cell.bridge import records
 from qc_cell.bridge.bridge import Bridge, BridgeSettings
-from qc_cell.bridge.config import broker_config
-from qc_cell.bridge.topics import CellId
-from qc_cell.testing.mosquitto import (
-    Mosquitto,
-    Subscriber,
-    acl_file,
-    free_port,
-    make_test_pki,
-    password_file,
-    tls_listener,
-)
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber, free_port
+from qc_cell.testing.mosquitto import acl_file, make_test_pki, password_file, tls_listener
+from qc_contract import records
+from qc_contract.broker import broker_config
+from qc_contract.topics import CellId
 
 CELL = CellId("plant1", "line2", "cell3")
 PASSWORD = "edge-secret-4711"

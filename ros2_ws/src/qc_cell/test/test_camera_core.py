@@ -43,7 +43,7 @@ from qc_cell.camera.sources.opencv_capture import (
     VideoFileSource,
     opencv_has_gstreamer,
 )
-from qc_cell.camera.synthetic import SyntheticPartGenerator, write_mvtec_dataset
+from qc_contract.synthetic import SyntheticPartGenerator, write_mvtec_dataset
 
 
 def write_video(path: Path, frames: int, size: tuple[int, int] = (160, 120)) -> list[np.ndarray]:
@@ -238,6 +238,40 @@ def test_folder_source_failures(tmp_path):
         source.read()
     with pytest.raises(SourceConfigError, match="order"):
         FolderSource(str(tmp_path), order="random")
+
+
+def test_folder_source_follows_linked_class_folders_and_survives_a_link_loop(tmp_path):
+    """Class folders linked in from elsewhere (a network share) are read, with their ground truth; a link back to
+    an ancestor is read once, not forever."""
+    share = tmp_path / "share"
+    for folder, value in (("good", 10), ("scratch", 20)):
+        (share / folder).mkdir(parents=True)
+        cv2.imwrite(str(share / folder / "000.png"), np.full((8, 8), value, np.uint8))
+    root = tmp_path / "bottle"
+    (root / "test").mkdir(parents=True)
+    (root / "good").symlink_to(share / "good", target_is_directory=True)
+    (root / "test" / "scratch").symlink_to(share / "scratch", target_is_directory=True)
+    (root / "test" / "scratch_again").symlink_to(share / "scratch", target_is_directory=True)
+    (share / "scratch" / "back_to_the_top").symlink_to(root, target_is_directory=True)  # a loop
+    (root / "test" / "gone.png").symlink_to(tmp_path / "deleted.png")  # a dangling link: not an image
+
+    warnings: list[str] = []
+    source = FolderSource(str(root), warn=warnings.append)
+    source.open()
+    frames = []
+    with pytest.raises(EndOfStreamError):
+        while True:
+            frames.append(source.read())
+    truth = {frame.origin: (frame.label, frame.defect_type, int(frame.image.mean())) for frame in frames}
+    assert truth == {
+        "folder:good/000.png": ("good", None, 10),
+        "folder:test/scratch/000.png": ("defect", "scratch", 20),
+    }
+    assert len(warnings) == 2 and all("already read through another path" in w for w in warnings), warnings
+    assert {w.split(":")[0] for w in warnings} == {
+        f"skipping {root / 'test' / 'scratch' / 'back_to_the_top'}",
+        f"skipping {root / 'test' / 'scratch_again'}",
+    }
 
 
 def test_folder_shuffle_is_reproducible_and_complete(mvtec):

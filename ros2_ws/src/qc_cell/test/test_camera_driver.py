@@ -15,13 +15,13 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image
 
 from qc_cell.camera.sources.opencv_capture import opencv_has_gstreamer
-from qc_cell.camera.synthetic import SyntheticPartGenerator, write_mvtec_dataset
 from qc_cell.nodes.camera_driver import EXECUTOR_THREADS, CameraDriver
 from qc_cell.ros import qos
 from qc_cell.ros.images import image_to_array
 from qc_cell.ros.params import ParameterError
 from qc_cell.ros.time import from_ns, to_ns
 from qc_cell.testing.ros import ros_graph
+from qc_contract.synthetic import SyntheticPartGenerator, write_mvtec_dataset
 from qc_interfaces.msg import Alert, PartFrame, PartTrigger
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from qc_cell.decision.engine import DecisionConfig, DecisionEngine, ResultInput
 from qc_cell.decision.part_ledger import Claim, PartLedger, Registration
 from qc_cell.decision.process_history import ProcessHistory
-from qc_cell.decision.verdict_rule import EscalationPolicy, ProcessContext, Thresholds, Verdict
+from qc_cell.decision.verdict_rule import EscalationPolicy, ProcessContext, Thresholds
 from qc_cell.fusion.flags import ProcessFlag
+from qc_contract.vocabulary import Verdict
 
 MS = 1_000_000
 NOMINAL = ProcessContext(anomaly_score=0.1, flags=0, out_of_spec=False, stale=False)

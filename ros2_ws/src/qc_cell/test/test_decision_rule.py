@@ -13,12 +13,12 @@ from qc_cell.decision.verdict_rule import (
     ProcessContext,
     Reason,
     Thresholds,
-    Verdict,
     decide,
     fail_safe,
     visual_verdict,
 )
 from qc_cell.fusion.flags import ProcessFlag
+from qc_contract.vocabulary import Verdict
 
 probabilities = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 NOMINAL = ProcessContext(anomaly_score=0.1, flags=0, out_of_spec=False, stale=False)

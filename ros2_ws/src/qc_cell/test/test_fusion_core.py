@@ -9,13 +9,14 @@ import statistics
 import numpy as np
 import pytest
 
-from qc_cell.fusion.flags import ProcessFlag, Severity
+from qc_cell.fusion.flags import ProcessFlag
 from qc_cell.fusion.process_fusion import FusionConfig, ProcessFusion, SignalConfig
 from qc_cell.fusion.process_model import GRAVITY_M_S2, ProcessModel, SimulatorConfig
 from qc_cell.fusion.robust_stats import RollingMedianMad
 from qc_cell.fusion.signal_monitor import SignalMonitor, SpecLimits
 from qc_cell.fusion.trend import CusumTrend, TrendConfig, TrendTransition
 from qc_cell.fusion.vibration import VibrationWindow
+from qc_contract.vocabulary import Severity
 
 S = 1_000_000_000  # ns per second
 

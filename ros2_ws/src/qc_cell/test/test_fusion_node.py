@@ -94,7 +94,8 @@ def test_silent_sensors_make_the_state_stale_with_an_alert_each():
         assert math.isnan(states[0].temperature_c)
         assert graph.spin_until(lambda: len(alerts) >= 3, 5.0), [a.code for a in alerts]
         assert sorted(a.code for a in alerts) == ["SENSOR_STALE"] * 3
-        assert all(a.severity == Alert.WARN and a.source == "/sensor_fusion" for a in alerts)
+        # source: the node name, as every node names itself (qc_cell.ros.alerts), not its fully qualified name
+        assert all(a.severity == Alert.WARN and a.source == "sensor_fusion" for a in alerts)
 
 
 def test_garbage_samples_do_not_keep_a_sensor_alive():

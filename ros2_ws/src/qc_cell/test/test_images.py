@@ -11,7 +11,14 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from qc_cell.ros import images
-from qc_cell.ros.images import ImageConversionError, array_to_image, image_to_array, to_bgr8
+from qc_cell.ros.images import (
+    ImageConversionError,
+    array_to_image,
+    decode_bgr8,
+    decode_for_model,
+    image_to_array,
+    to_bgr8,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -173,6 +180,23 @@ def test_to_bgr8():
     assert (to_bgr8(mono16, "mono16") == 0x12).all() and to_bgr8(mono16, "mono16").shape == (8, 10, 3)
     # A uniform grey mosaic demosaics to uniform grey, whatever the pattern.
     assert (to_bgr8(np.full((8, 10), 90, np.uint8), "bayer_rggb8") == 90).all()
+
+
+def test_decode_for_model_keeps_the_channel_order_and_demosaics_bayer():
+    bgr = _random(np.uint8, (8, 10, 3))
+    pixels, order = decode_for_model(array_to_image(bgr[:, :, ::-1].copy(), "rgb8"))
+    assert order == "RGB" and np.array_equal(pixels[:, :, ::-1], bgr), "rgb8 is handed on as RGB, not converted"
+    pixels, order = decode_for_model(array_to_image(np.full((8, 10), 90, np.uint8), "bayer_grbg8"))
+    assert order == "BGR" and pixels.shape == (8, 10, 3) and (pixels == 90).all()
+    with pytest.raises(ImageConversionError, match="'32FC1' cannot be scored"):
+        decode_for_model(array_to_image(_random(np.float32, (5, 7)), "32FC1"))
+
+
+def test_decode_bgr8_of_a_message():
+    bgr = _random(np.uint8, (8, 10, 3))
+    np.testing.assert_array_equal(decode_bgr8(array_to_image(bgr[:, :, ::-1].copy(), "rgb8")), bgr)
+    with pytest.raises(ImageConversionError, match="cannot show 32FC1"):
+        decode_bgr8(array_to_image(_random(np.float32, (5, 7)), "32FC1"))
 
 
 @pytest.mark.skipif(not images.HAVE_CV_BRIDGE, reason="cv_bridge is not installed (ROS from PyPI wheels)")

@@ -17,10 +17,10 @@ from qc_cell.inference.backends import (
 )
 from qc_cell.inference.backends.engine_cache import EngineCache, EngineKey
 from qc_cell.inference.backends.input_shape import resolve_max_batch
-from qc_cell.inference.manifest import Manifest
 from qc_cell.inference.model import LoadedModel
-from qc_cell.inference.preprocess import preprocess_batch
 from qc_cell.inference.synthetic_models import expected_probability, uniform_image, write_package
+from qc_contract.model_manifest import Manifest
+from qc_contract.preprocess import preprocess_batch
 
 LEVELS = (0, 40, 128, 200, 255)
 

@@ -14,10 +14,10 @@ import pytest
 
 from qc_cell.inference.backends import BackendOptions, resolve_backend
 from qc_cell.inference.hot_swap import ACTIVE, FAILED, LOADING, NONE, ModelManager, ModelState
-from qc_cell.inference.manifest import GoldenItem, sha256_file
 from qc_cell.inference.model_store import ModelStore
 from qc_cell.inference.pipeline import FrameJob, InferencePipeline
 from qc_cell.inference.synthetic_models import uniform_image, write_package
+from qc_contract.model_manifest import GoldenItem, sha256_file
 
 
 class Harness:

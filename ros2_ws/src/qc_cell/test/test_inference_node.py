@@ -20,7 +20,6 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from qc_cell.inference import overlay
-from qc_cell.inference.manifest import Preprocessing
 from qc_cell.inference.synthetic_models import expected_probability, uniform_image, write_package
 from qc_cell.nodes.inference import InferenceNode
 from qc_cell.ros import qos
@@ -28,6 +27,7 @@ from qc_cell.ros.images import array_to_image, image_to_array
 from qc_cell.ros.params import ParameterError
 from qc_cell.ros.time import from_ns
 from qc_cell.testing.ros import Graph, ros_graph
+from qc_contract.model_manifest import Preprocessing
 from qc_interfaces.msg import InspectionResult, ModelInfo, PartFrame
 from qc_interfaces.srv import LoadModel
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qc_cell.inference.manifest import Preprocessing
 from qc_cell.inference.overlay import AMBER, GREEN, GREY, RED, OverlayStyle, render
+from qc_contract.model_manifest import Preprocessing
 
 
 def border_colour(picture: np.ndarray) -> tuple[int, ...]:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from qc_cell.inference.backends import BackendOptions, create_backend
-from qc_cell.inference.manifest import Manifest
 from qc_cell.inference.model import LoadedModel
 from qc_cell.inference.pipeline import (
     BAD_IMAGE,
@@ -28,6 +27,7 @@ from qc_cell.inference.pipeline import (
     SequenceGaps,
 )
 from qc_cell.inference.synthetic_models import expected_probability, uniform_image, write_package
+from qc_contract.model_manifest import Manifest
 
 
 def load(package, max_batch: int = 4) -> LoadedModel:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qc_cell.decision.kpi import RollingKpi
-from qc_cell.decision.verdict_rule import Verdict
+from qc_contract.vocabulary import Verdict
 
 S = 1_000_000_000
 

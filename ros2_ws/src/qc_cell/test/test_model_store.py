@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from qc_cell.inference.manifest import Manifest, ManifestError
 from qc_cell.inference.model_store import ModelStore, StoreError
 from qc_cell.inference.synthetic_models import write_package
+from qc_contract.model_manifest import Manifest, ManifestError
 
 
 def _package(tmp_path, version, **kw):

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from qc_cell.bridge import artifact, update_manifest
 from qc_cell.bridge.model_updater import ModelUpdater, UpdateOutcome, UpdateSettings
-from qc_cell.inference.manifest import Manifest
 from qc_cell.inference.synthetic_models import write_package
+from qc_contract import artifact, update_manifest
+from qc_contract.model_manifest import Manifest
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()

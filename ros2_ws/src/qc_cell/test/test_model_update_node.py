@@ -19,13 +19,13 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 
-from qc_cell.inference.manifest import Manifest, ManifestError
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber
 from qc_cell.inference.synthetic_models import write_package
 from qc_cell.nodes.cloud_bridge import CloudBridgeNode
 from qc_cell.ros import qos
-from qc_cell.testing.mosquitto import Mosquitto, Subscriber
 from qc_cell.testing.ros import Graph, ros_graph
 from qc_cloud import cli
+from qc_contract.model_manifest import Manifest, ManifestError
 from qc_interfaces.msg import Alert, ModelInfo, QualityDecision
 from qc_interfaces.srv import LoadModel
 

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from qc_cell.inference.manifest import IMAGENET, TFLITE, Manifest, Normalization, Preprocessing
-from qc_cell.inference.preprocess import PreprocessError, preprocess, preprocess_batch, preprocess_into
+from qc_contract.model_manifest import IMAGENET, TFLITE, Manifest, Normalization, Preprocessing
+from qc_contract.preprocess import PreprocessError, preprocess, preprocess_batch, preprocess_into
 
 
 def reference(image: np.ndarray, spec: Preprocessing, channel_order: str) -> np.ndarray:

@@ -8,10 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from qc_cell.inference.manifest import TFLITE, Preprocessing
-from qc_cell.inference.preprocess import preprocess
-from qc_cell.nodes.inference import decode_image
-from qc_cell.ros.images import array_to_image
+from qc_cell.ros.images import array_to_image, decode_for_model
+from qc_contract.model_manifest import TFLITE, Preprocessing
+from qc_contract.preprocess import preprocess
 
 SPECS = {
     "effnet_b0": Preprocessing(),
@@ -40,7 +39,7 @@ def tool_tensor(path, spec: Preprocessing) -> np.ndarray:
 
 def node_tensor(msg, spec: Preprocessing) -> np.ndarray:
     """What the inference node does with PartFrame.image."""
-    array, order = decode_image(msg)
+    array, order = decode_for_model(msg)
     return preprocess(array, spec, order)
 
 

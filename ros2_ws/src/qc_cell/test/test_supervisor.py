@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,3 +100,63 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited (its parent, init here, reaps it)
+
+
+def test_hurry_kills_at_once_what_ignores_sigint(tmp_path):
+    """A second Ctrl-C: the runner calls hurry() during stop(), and a child still stopping is killed at once."""
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)",
+    ]
+    sup = Supervisor([ProcessSpec("stubborn", stubborn)], tmp_path)
+    sup.start()
+    time.sleep(0.5)  # let it ignore SIGINT
+    threading.Timer(0.5, sup.hurry).start()
+    started = time.monotonic()
+    sup.stop(timeout_s=30)
+    assert time.monotonic() - started < 3.0, "hurry() should skip the 30 s SIGINT grace and SIGTERM"
+    assert sup.exit_codes("stubborn") == [-9]
+
+
+def test_a_child_that_exits_on_its_own_is_reported_with_its_last_log_line(tmp_path):
+    failing = [
+        sys.executable,
+        "-c",
+        "import sys; print('starting'); print('bad parameters: rate_hz must be > 0')\nsys.exit(2)",
+    ]
+    events = []
+    sup = Supervisor(
+        [ProcessSpec("camera_driver", failing, respawn=False)], tmp_path, on_event=lambda *e: events.append(e)
+    )
+    sup.start()
+    try:
+        assert _wait(lambda: (sup.poll(), sup.exit_codes("camera_driver"))[1]), "did not exit"
+    finally:
+        sup.stop()
+    exited = [detail for _, event, detail in events if event == "exited"]
+    assert exited == [f"code 2: bad parameters: rate_hz must be > 0; log {tmp_path / 'camera_driver.log'}"]
+
+
+def test_children_stop_on_sigint_even_when_the_runner_was_started_with_sigint_ignored(tmp_path):
+    """A shell's background job (`runner &`) starts with SIGINT ignored, which exec passes on to its children: they
+    must still stop cleanly on the runner's SIGINT instead of waiting for SIGTERM."""
+    runner = (
+        "import signal, time\n"
+        "from pathlib import Path\n"
+        "from qc_cell.bringup.supervisor import ProcessSpec, Supervisor\n"
+        f"sup = Supervisor([ProcessSpec('polite', {POLITE!r})], Path({str(tmp_path)!r}))\n"
+        "sup.start()\n"
+        "time.sleep(1.0)\n"
+        "started = time.monotonic()\n"
+        "sup.stop(timeout_s=20)\n"
+        "print(sup.exit_codes('polite'), round(time.monotonic() - started))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", runner],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.split() == ["[0]", "0"], f"expected a clean exit on SIGINT: {result.stdout}{result.stderr}"

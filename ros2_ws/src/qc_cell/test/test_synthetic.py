@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from qc_cell.camera.synthetic import DEFECT_TYPES, SyntheticPart, SyntheticPartGenerator, write_mvtec_dataset
 from qc_cell.camera.synthetic_cli import main as cli_main
+from qc_contract.synthetic import DEFECT_TYPES, SyntheticPart, SyntheticPartGenerator, write_mvtec_dataset
 
 
 def _same(a: SyntheticPart, b: SyntheticPart) -> bool:

@@ -1,6 +1,6 @@
 """Connecting the cloud tools to a cell's broker: the shared command-line options (broker, TLS, credentials,
 cell address) and a connected paho client. Connection settings are parsed by the same code as the edge's
-(qc_cell.bridge.config), so both sides accept the same URLs and never print a password."""
+(qc_contract.broker), so both sides accept the same URLs and never print a password."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from qc_cell.bridge.config import BridgeConfigError, BrokerConfig, broker_config
-from qc_cell.bridge.mqtt_client import connect_properties, create_client
+from qc_contract.broker import BridgeConfigError, BrokerConfig, broker_config
+from qc_contract.mqtt_client import connect_properties, create_client
 
 
 class LinkError(RuntimeError):

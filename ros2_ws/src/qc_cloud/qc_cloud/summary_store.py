@@ -15,7 +15,7 @@ from pathlib import Path
 
 from jsonschema import ValidationError
 
-from qc_cell.bridge import schemas
+from qc_contract import schemas
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (

@@ -12,14 +12,14 @@ import time
 import paho.mqtt.publish as publish
 from jsonschema import Draft202012Validator
 
-from qc_cell.bridge import artifact, records, schemas, update_manifest
 from qc_cell.bridge.bridge import Bridge, BridgeSettings
-from qc_cell.bridge.config import broker_config
 from qc_cell.bridge.outbox import OutboxLimits
-from qc_cell.bridge.topics import CellId
+from qc_cell.bringup.local_broker import Mosquitto
 from qc_cell.inference.synthetic_models import write_package
-from qc_cell.testing.mosquitto import Mosquitto
 from qc_cloud import cli
+from qc_contract import artifact, records, schemas, update_manifest
+from qc_contract.broker import broker_config
+from qc_contract.topics import CellId
 
 CELL = ["--site", "plant1", "--line", "line2", "--cell", "cell3"]
 

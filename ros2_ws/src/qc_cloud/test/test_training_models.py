@@ -12,7 +12,6 @@ import pytest
 import torch
 from training_data import generic_dataset
 
-from qc_cell.inference.manifest import IMAGENET, TFLITE, Preprocessing
 from qc_cloud.training.augment import Augmentation
 from qc_cloud.training.batches import input_batches
 from qc_cloud.training.datasets import load_dataset
@@ -28,6 +27,7 @@ from qc_cloud.training.models import (
     trainable_parameters,
     unfreeze_top,
 )
+from qc_contract.model_manifest import IMAGENET, TFLITE, Preprocessing
 
 SIZE = 64
 

@@ -15,7 +15,6 @@ import pytest
 from training_data import generic_dataset, mvtec_dataset
 
 from qc_cell.inference.backends import BackendOptions, create_backend
-from qc_cell.inference.manifest import TFLITE, Manifest, ManifestError
 from qc_cell.inference.model import LoadedModel
 from qc_cloud.cli import main
 from qc_cloud.training.config import TrainConfig
@@ -23,6 +22,7 @@ from qc_cloud.training.datasets import load_dataset
 from qc_cloud.training.errors import ConfigError
 from qc_cloud.training.evaluate import OnnxScorer
 from qc_cloud.training.splits import MVTEC_CAVEAT, Split
+from qc_contract.model_manifest import TFLITE, Manifest, ManifestError
 
 TINY = ["--input-size", "64", "--phase1-epochs", "2", "--phase2-epochs", "1", "--no-progress", "--threads", "2"]
 
@@ -132,7 +132,10 @@ def test_reexport_fp16_and_evaluate_the_package(lite0_run, tmp_path, capsys):
     trained = json.loads((out / "report.json").read_text())
     assert evaluated["test"]["roc_auc"] == pytest.approx(trained["test"]["roc_auc"])
     assert len(evaluated["golden_check"]) == 6
-    assert "test split: " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test split: " in printed
+    assert f"model package: {out} (version" in printed, f"evaluate names the package it scored: {printed}"
+    assert f"report: {report_dir / 'report.md'}" in printed
 
 
 def test_evaluate_rejects_a_package_whose_manifest_does_not_match(lite0_run, tmp_path, capsys):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qc_cell.inference.manifest import TFLITE, Manifest, Preprocessing
+from qc_contract.model_manifest import TFLITE, Manifest, Preprocessing
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_trt_engine.sh"
 

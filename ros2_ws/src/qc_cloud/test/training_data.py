@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from qc_cell.camera.synthetic import write_mvtec_dataset
+from qc_contract.synthetic import write_mvtec_dataset
 
 
 def draw_part(rng: np.random.Generator, size: int, defect: str | None) -> np.ndarray:

@@ -9,12 +9,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qc_cell.bridge import records
-from qc_cell.bridge.config import BrokerConfig
 from qc_cell.bridge.forwarder import Forwarder
 from qc_cell.bridge.outbox import Outbox, OutboxError, OutboxLimits, PutResult
 from qc_cell.bridge.session import Log, MqttSession, python_log
-from qc_cell.bridge.topics import CellId
+from qc_contract import records
+from qc_contract.broker import BrokerConfig
+from qc_contract.topics import CellId
 
 
 @dataclass(frozen=True)

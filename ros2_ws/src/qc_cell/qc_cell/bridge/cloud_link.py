@@ -22,11 +22,10 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, replace
 from typing import Any
 
-from qc_cell.bridge import records
 from qc_cell.bridge.bridge import Bridge
-from qc_cell.bridge.inbound import InboundError
 from qc_cell.bridge.inputs import (
     AlertReport,
     Clock,
@@ -42,10 +41,13 @@ from qc_cell.bridge.outputs import CloudVerdict, Health, HealthLevel, LinkAlert
 from qc_cell.bridge.part_images import PartImages
 from qc_cell.bridge.session import Log, python_log
 from qc_cell.bridge.settings import RUNTIME_SETTINGS, CloudLinkSettings
+from qc_contract import records
+from qc_contract.inbound import InboundError
+from qc_contract.vocabulary import ModelState
 
 REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
 MAX_TEXT = 4096  # longest free text (messages, details) in a record or alert
-ACTIVE = records.MODEL_STATES.index("ACTIVE")
+ACTIVE = ModelState.ACTIVE
 
 
 class CloudLinkError(RuntimeError):
@@ -181,50 +183,13 @@ class CloudLink:
         self.images.on_frame(frame)
 
     def on_kpi(self, kpi: KpiReport) -> None:
-        self.bridge.send(
-            "kpi",
-            records.kpi(
-                stamp_ns=kpi.stamp_ns,
-                window_s=kpi.window_s,
-                parts=kpi.parts,
-                counts=kpi.counts,
-                yield_ratio=kpi.yield_ratio,
-                throughput_pps=kpi.throughput_pps,
-                latency_ms=kpi.latency_ms,
-                reasons=kpi.reasons,
-                total_parts=kpi.total_parts,
-            ),
-        )
+        self.bridge.send("kpi", records.kpi(**asdict(kpi)))
 
     def on_alert(self, alert: AlertReport) -> None:
-        self.bridge.send(
-            "alert",
-            records.alert(
-                stamp_ns=alert.stamp_ns,
-                severity=alert.severity,
-                source=alert.source,
-                code=alert.code,
-                message=alert.message[:MAX_TEXT],
-                part_id=alert.part_id,
-            ),
-        )
+        self.bridge.send("alert", records.alert(**asdict(replace(alert, message=alert.message[:MAX_TEXT]))))
 
     def on_reject(self, event: RejectReport) -> None:
-        self.bridge.send(
-            "reject",
-            records.reject(
-                part_id=event.part_id,
-                verdict=event.verdict,
-                outcome=event.outcome,
-                method=event.method,
-                lane=event.lane,
-                capture_ns=event.capture_ns,
-                planned_ns=event.planned_ns,
-                actual_ns=event.actual_ns,
-                lateness_ms=event.lateness_ms,
-                message=event.message[:MAX_TEXT],
-            ),
-        )
+        self.bridge.send("reject", records.reject(**asdict(replace(event, message=event.message[:MAX_TEXT]))))
 
     def on_process(self, state: ProcessReport) -> None:
         """Forwarded on a change of flags, out_of_spec or stale, else at most once per process_period_s."""
@@ -233,19 +198,7 @@ class CloudLink:
         if key == self._last_process and now - self._last_process_ns < self._process_period_ns:
             return
         self._last_process, self._last_process_ns = key, now
-        self.bridge.send(
-            "process",
-            records.process(
-                stamp_ns=state.stamp_ns,
-                temperature_c=state.temperature_c,
-                pressure_pa=state.pressure_pa,
-                vibration_rms=state.vibration_rms,
-                anomaly_score=state.anomaly_score,
-                flags=state.flags,
-                out_of_spec=state.out_of_spec,
-                stale=state.stale,
-            ),
-        )
+        self.bridge.send("process", records.process(**asdict(state)))
 
     def on_model(self, model: ModelReport) -> None:
         """The active model orders update versions; each change of the model state is one retained record."""
@@ -255,19 +208,8 @@ class CloudLink:
         if key == self._last_model:
             return
         self._last_model = key
-        self.bridge.send(
-            "model_status",
-            records.model_state(
-                stamp_ns=model.stamp_ns,
-                version=model.version,
-                sha256=model.sha256,
-                backend=model.backend,
-                precision=model.precision,
-                state=model.state,
-                message=model.message[:MAX_TEXT],
-            ),
-            retain=True,
-        )
+        record = records.model_state(**asdict(replace(model, message=model.message[:MAX_TEXT])))
+        self.bridge.send("model_status", record, retain=True)
 
     # -- inbound (MQTT thread: keep it short) ----------------------------------------------------------
 

@@ -2,7 +2,7 @@
 clocks the link reads.
 
 Times are wall-clock ns since the epoch (0 = unset stamp); verdicts, severities, outcomes and model states are
-the message constants' values (their names in qc_cell.bridge.records)."""
+the message constants' values (their names in qc_contract.records)."""
 
 from __future__ import annotations
 

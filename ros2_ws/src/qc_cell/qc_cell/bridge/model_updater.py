@@ -30,11 +30,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from qc_cell.bridge import artifact, inbound, update_manifest
-from qc_cell.bridge.inbound import InboundError
 from qc_cell.bridge.session import Log, python_log
-from qc_cell.bridge.update_manifest import compare_versions, version_key
-from qc_cell.inference.manifest import Manifest, ManifestError
+from qc_contract import artifact, inbound, update_manifest
+from qc_contract.inbound import InboundError
+from qc_contract.model_manifest import Manifest, ManifestError
+from qc_contract.update_manifest import compare_versions, version_key
 
 STATE_FILE = "update_state.json"
 QUEUE_SIZE = 64

@@ -16,7 +16,7 @@ class HealthLevel(IntEnum):  # the values of diagnostic_msgs/DiagnosticStatus le
 
 @dataclass(frozen=True)
 class LinkAlert:
-    severity: str  # a name of records.SEVERITIES
+    severity: str  # a name of qc_contract.vocabulary.Severity
     code: str
     message: str
 
@@ -27,7 +27,7 @@ class CloudVerdict:
 
     part_id: str
     capture_ns: int
-    verdict: int  # value, as records.VERDICTS orders them
+    verdict: int  # a qc_contract.vocabulary.Verdict value
     defect_probability: float  # NaN when the cloud gave none
     model_version: str
     reason: str = "cloud_verify"

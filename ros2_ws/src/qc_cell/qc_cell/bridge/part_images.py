@@ -18,8 +18,6 @@ from typing import Any, Protocol
 
 import cv2
 
-from qc_cell.bridge import records
-from qc_cell.bridge.inbound import InboundError, parse
 from qc_cell.bridge.inputs import Clock, PartImage, PartVerdict
 from qc_cell.bridge.offload import OffloadTracker
 from qc_cell.bridge.outbox import PutResult
@@ -27,8 +25,11 @@ from qc_cell.bridge.outputs import CloudVerdict
 from qc_cell.bridge.sampler import ByteBudget, encode_jpeg
 from qc_cell.bridge.session import Log
 from qc_cell.bridge.settings import OffloadSettings, SampleSettings
+from qc_contract import records
+from qc_contract.inbound import InboundError, parse
+from qc_contract.vocabulary import VERDICT_NAMES, Verdict, name_of
 
-REINSPECT = records.VERDICTS.index("REINSPECT")
+REINSPECT = Verdict.REINSPECT
 ENVELOPE_BYTES = 120  # what the envelope adds to a sample's body, for the budget check before storing it
 
 
@@ -76,7 +77,7 @@ class PartImages:
         if self.offload_settings.enabled and part.verdict == REINSPECT:
             self._offload(part, frame)
         sample = self.sample_settings
-        if sample.enabled and records.name_of(records.VERDICTS, part.verdict) in sample.verdicts:
+        if sample.enabled and name_of(VERDICT_NAMES, part.verdict) in sample.verdicts:
             self._sample(part, frame)
 
     # -- outbound --------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class PartImages:
                 CloudVerdict(
                     part_id=pending.part_id,
                     capture_ns=pending.capture_ns,
-                    verdict=records.VERDICTS.index(data["verdict"]),
+                    verdict=int(Verdict[data["verdict"]]),
                     defect_probability=float("nan") if probability is None else float(probability),
                     model_version=str(data.get("model_version", "")),
                 )

@@ -21,10 +21,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from qc_cell.bridge import records
-from qc_cell.bridge.config import BrokerConfig
-from qc_cell.bridge.mqtt_client import connect_properties, create_client
-from qc_cell.bridge.topics import CellId
+from qc_contract import records
+from qc_contract.broker import BrokerConfig
+from qc_contract.mqtt_client import connect_properties, create_client
+from qc_contract.topics import CellId
 
 Log = Callable[[str, str], None]  # (level: debug/info/warn/error, message)
 

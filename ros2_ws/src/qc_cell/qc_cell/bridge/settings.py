@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from qc_cell.bridge.bridge import BridgeSettings
-from qc_cell.bridge.config import BridgeConfigError, BrokerConfig, broker_config
 from qc_cell.bridge.model_updater import UpdateSettings
 from qc_cell.bridge.outbox import OutboxLimits
-from qc_cell.bridge.topics import CellId
-from qc_cell.bridge.update_manifest import trusted_keys
+from qc_contract.broker import BridgeConfigError, BrokerConfig, broker_config
+from qc_contract.topics import CellId
+from qc_contract.update_manifest import trusted_keys
 
 MB = 1024 * 1024
 IMAGE_VERDICTS = ("REINSPECT", "DEFECTIVE")  # the verdicts whose images may leave the cell

@@ -9,6 +9,9 @@
 
 Then poll every node's state: one that came back after a respawn (unconfigured) is activated again. Used in-process
 by the cell runner and, under `ros2 launch`, by the cell_manager node (qc_cell.nodes.cell_manager).
+
+What it waits for in steps 1-3 goes to `on_waiting(key, what, why)` (what=None: no longer), so the runner and the
+cell_manager can say why no parts flow yet (qc_cell.bringup.cell_status).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from qc_cell.ros import qos
 from qc_interfaces.msg import ModelInfo, ProcessState
 
 EventSink = Callable[[str, str, str], None]  # (node name, event, detail)
+# (key, what the cell waits for or None when it no longer does, why so far or '')
+WaitSink = Callable[[str, "str | None", str], None]
 # Events that need an operator's attention (the others: "active").
 WARNING_EVENTS = ("lifecycle_error", "graph_incomplete", "not_ready", "error")
 
@@ -42,12 +47,14 @@ class CellActivator:
         ready_timeout_s: float = 20.0,
         poll_s: float = 1.0,
         retry_s: float = 5.0,
+        on_waiting: WaitSink = lambda key, what, why: None,
     ) -> None:
         """`node` must be spun by an executor in another thread (service answers arrive through it)."""
         self._node = node
         self._namespace = namespace.strip("/")
         self._specs = list(specs)
         self._on_event = on_event
+        self._on_waiting = on_waiting
         self._graph_timeout_s = graph_timeout_s
         self._ready_timeout_s = ready_timeout_s
         self._poll_s = poll_s
@@ -61,6 +68,7 @@ class CellActivator:
         self._last_error: dict[str, str] = {}
         self._model_active = threading.Event()
         self._process_fresh = threading.Event()
+        self._model_note = ""  # why no model serves yet, from model/active
         node.create_subscription(ModelInfo, "model/active", self._on_model, qos.LATCHED)
         node.create_subscription(ProcessState, "process/state", self._on_process, qos.LATCHED)
 
@@ -74,9 +82,12 @@ class CellActivator:
             try:
                 # Settled: active, or refused (reported). A cell whose ejector is down still inspects and records
                 # every part; the reject actuator reports each part it cannot eject (SKIPPED) while it is not active.
-                settled = all([self._keep_active(name) or name in self._last_error for name in others])
-                if settled and not sources_released:
-                    self._wait_until_ready(stop)
+                pending = [name for name in others if not self._keep_active(name) and name not in self._last_error]
+                if pending and not sources_released:
+                    self._on_waiting("activation", f"{', '.join(pending)} to become active{held(sources)}", "")
+                if not pending and not sources_released:
+                    self._on_waiting("activation", None, "")
+                    self._wait_until_ready(stop, sources)
                     sources_released = True
                 if sources_released:
                     for name in sources:
@@ -116,9 +127,15 @@ class CellActivator:
         expected = {spec.name for spec in self._specs}
         end = time.monotonic() + self._graph_timeout_s
         present: set[str] = set()
-        seen, stable_since = None, 0.0
-        while time.monotonic() < end and not stop.is_set():
+        seen, stable_since, settled = None, 0.0, False
+        while not settled and time.monotonic() < end and not stop.is_set():
             present = {name for name, ns in self._node.get_node_names_and_namespaces() if ns == namespace}
+            missing = sorted(expected - present)
+            self._on_waiting(
+                "graph",
+                f"{', '.join(missing)} to join the graph" if missing else "the nodes' subscriptions to be discovered",
+                "",
+            )
             if expected <= present:
                 subscriptions = {
                     name: sorted(
@@ -129,33 +146,48 @@ class CellActivator:
                 if subscriptions != seen:
                     seen, stable_since = subscriptions, time.monotonic()
                 elif time.monotonic() - stable_since >= settle_s:
-                    return
+                    settled = True
+                    continue
             stop.wait(0.1)
-        if not stop.is_set():
+        self._on_waiting("graph", None, "")
+        if not settled and not stop.is_set():
             missing = sorted(expected - present)
             detail = f"{missing} not in the graph" if missing else "subscriptions still changing"
             self._on_event("activator", "graph_incomplete", f"{detail} after {self._graph_timeout_s:.0f}s")
 
-    def _wait_until_ready(self, stop: threading.Event) -> None:
+    def _wait_until_ready(self, stop: threading.Event, sources: Sequence[str]) -> None:
         names = {spec.name for spec in self._specs}
         waits = {
-            "model active": ("inference", self._model_active),
-            "process fresh": ("sensor_fusion", self._process_fresh),
+            "model active": ("inference", self._model_active, "inference to serve a model"),
+            "process fresh": ("sensor_fusion", self._process_fresh, "fresh process signals (process/state)"),
         }
         end = time.monotonic() + self._ready_timeout_s
-        for what, (node, event) in waits.items():
+        for what, (node, event, text) in waits.items():
             while node in names and not event.is_set() and time.monotonic() < end and not stop.is_set():
+                note = self._model_note if node == "inference" else ""
+                self._on_waiting("ready", f"{text}{held(sources, self._ready_timeout_s)}", note)
                 event.wait(0.1)
             if node in names and not event.is_set() and not stop.is_set():
                 self._on_event(
                     "activator", "not_ready", f"{what}: not within {self._ready_timeout_s:.0f}s; parts start"
                 )
+        self._on_waiting("ready", None, "")
 
     def _on_model(self, msg: ModelInfo) -> None:
         # A failed swap that names a version keeps the previous model serving.
         if msg.state == ModelInfo.STATE_ACTIVE or (msg.state == ModelInfo.STATE_FAILED and msg.version):
             self._model_active.set()
+        elif msg.message:
+            self._model_note = msg.message
 
     def _on_process(self, msg: ProcessState) -> None:
         if not msg.stale:
             self._process_fresh.set()
+
+
+def held(sources: Sequence[str], at_most_s: float | None = None) -> str:
+    """' (camera_driver held back until then, at most 20 s)': what a wait holds back, for its text."""
+    if not sources:
+        return ""
+    limit = f", at most {at_most_s:.0f} s" if at_most_s is not None else ""
+    return f" ({', '.join(sources)} held back until then{limit})"

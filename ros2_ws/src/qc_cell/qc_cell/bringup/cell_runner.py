@@ -3,6 +3,12 @@ as launch/inspection_cell.launch.py, each as its own process, supervised and res
 driven to ACTIVE, live progress on the terminal, clean shutdown on Ctrl-C.
 
     python -m qc_cell.bringup.cell_runner --params-file params/demo.yaml --namespace cell1
+
+The terminal shows the parts decided (once a second while they flow) and, once per change, what the cell waits
+for and each node's fault, from the nodes' /diagnostics and alerts (qc_cell.bringup.cell_status): why no parts
+flow, without reading the per-node logs. Ctrl-C or SIGTERM stops the cell cleanly; a second one during that stop
+kills the nodes at once (exit status 128 + the signal). A second signal within 0.25 s of the first counts as the
+same request: `timeout -s INT` sends its signal to the runner and then to the runner's process group.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,14 +30,19 @@ from rclpy.executors import SingleThreadedExecutor
 
 from qc_cell.bringup import params_file
 from qc_cell.bringup.activator import CellActivator
+from qc_cell.bringup.cell_status import StatusLine
 from qc_cell.bringup.progress import CellProgress
+from qc_cell.bringup.status_listener import CellStatusListener
 from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
 from qc_cell.cell_graph import ENVIRONMENT, NODES, NodeSpec
 from qc_cell.ros import qos
-from qc_cell.ros.node_main import stop_like_ctrl_c
+from qc_cell.ros.node_main import WITHOUT_RCLPY_SIGNAL_HANDLERS, stop_like_ctrl_c
 from qc_interfaces.msg import QualityDecision
 
 FLAGS = sorted({spec.enabled_by for spec in NODES if spec.enabled_by})
+# A second SIGINT/SIGTERM this soon after the first is the same request delivered twice (timeout(1) signals the
+# runner, then its process group), not an operator's "stop now".
+SAME_SIGNAL_S = 0.25
 
 
 def enabled_nodes(params: Mapping[str, dict], flags: Mapping[str, bool | None]) -> list[NodeSpec]:
@@ -59,6 +71,7 @@ class CellRunner:
         state_dir: str | Path | None = None,
         log_level: str = "info",
         on_event: Callable[[str, str, str], None] | None = None,
+        on_status: Callable[[StatusLine], None] | None = None,
     ) -> None:
         merged = params_file.argument_overrides(arguments or {})
         for node, values in (overrides or {}).items():
@@ -81,6 +94,7 @@ class CellRunner:
         self.params = params
         self.progress = CellProgress()
         self._on_event = on_event or (lambda name, event, detail: print(f"[runner] {name}: {event} ({detail})"))
+        self._on_status = on_status or (lambda line: print(f"[cell] {line.text}", flush=True))
         specs = []
         for spec in self.nodes:
             path = self.run_dir / "params" / f"{spec.name}.yaml"
@@ -93,21 +107,29 @@ class CellRunner:
         self.supervisor = Supervisor(specs, self.run_dir / "logs", on_event=self._on_event)
         self.context = Context()
         self.observer = None
+        self.status: CellStatusListener | None = None
         self._executor: SingleThreadedExecutor | None = None
         self._spin_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._signals = _StopSignals(self.supervisor.hurry)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
-        rclpy.init(context=self.context)
+        # Signals are the runner's (see run/stop), not rclpy's: its handlers would shut this context down from a
+        # thread of their own, under the activator and the status listener (as for the nodes: ros/node_main.py).
+        rclpy.init(context=self.context, **WITHOUT_RCLPY_SIGNAL_HANDLERS)
         self.observer = rclpy.create_node("cell_runner", namespace=f"/{self.namespace}", context=self.context)
         self.observer.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
+        names = [spec.name for spec in self.nodes]
+        self.status = CellStatusListener(self.observer, self.namespace, names, self._on_status)
         self._executor = SingleThreadedExecutor(context=self.context)
         self._executor.add_node(self.observer)
         self._spin_thread = threading.Thread(target=self._spin, name="runner-spin", daemon=True)
         self._spin_thread.start()
         self.supervisor.start()
-        activator = CellActivator(self.observer, self.namespace, self.nodes, self._on_event)
+        activator = CellActivator(
+            self.observer, self.namespace, self.nodes, self._on_event, on_waiting=self.status.waiting
+        )
         threading.Thread(target=activator.run, args=(self._stopping,), name="activator", daemon=True).start()
 
     def _spin(self) -> None:
@@ -119,42 +141,105 @@ class CellRunner:
                 raise
 
     def tick(self) -> None:
-        """Reap and restart children (the activator brings restarted lifecycle nodes back to ACTIVE)."""
+        """Reap and restart children (the activator brings restarted lifecycle nodes back to ACTIVE); status lines
+        that became due."""
         self.supervisor.poll()
+        if self.status is not None:
+            self.status.parts(self.progress.parts)
+            self.status.tick()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self.supervisor.stop()
-        if self.observer is not None:
-            rclpy.try_shutdown(context=self.context)
+    def stop(self) -> int:
+        """Stop the nodes (SIGINT, then SIGTERM, then SIGKILL), then the runner's own graph. A SIGINT or SIGTERM
+        during the stop kills the nodes at once. Returns 0, or 128 + that signal's number when one did."""
+        with self._signals.installed(stopping=True):
+            self._stopping.set()
+            self.supervisor.stop()
+            if self._signals.forced:
+                print(f"[runner] {signal.Signals(self._signals.forced).name} again: the nodes were killed", flush=True)
+            rclpy.try_shutdown(context=self.context)  # also after a start that a signal cut short
             if self._spin_thread is not None:
                 self._spin_thread.join(timeout=5)
-            self.observer.destroy_node()
-            self.observer = None
+            if self.observer is not None:
+                self.observer.destroy_node()
+                self.observer = None
+        return 128 + self._signals.forced if self._signals.forced else 0
 
     def _on_decision(self, msg: QualityDecision) -> None:
         self.progress.add(msg.part_id, msg.verdict, msg.capture_to_decision_ms)
 
     def run(self, parts: int = 0, duration_s: float = 0.0, progress_every_s: float = 1.0) -> int:
-        """Run until Ctrl-C, `parts` verdicts, or `duration_s`; print progress. Returns an exit code."""
-        self.start()
-        started, last_print = time.monotonic(), 0.0
+        """Run until Ctrl-C/SIGTERM, `parts` verdicts, or `duration_s`; print progress (every progress_every_s
+        while parts are decided) and status changes. Returns an exit code: 0, or 128 + the signal that forced
+        the stop."""
+        with self._signals.installed():
+            started, last_print, printed_parts = time.monotonic(), 0.0, 0
+            try:
+                self.start()
+                while True:
+                    self.tick()
+                    now = time.monotonic()
+                    due = progress_every_s and now - last_print >= progress_every_s
+                    if due and self.progress.parts != printed_parts:
+                        print(f"[cell] {self.progress.line()}", flush=True)
+                        last_print, printed_parts = now, self.progress.parts
+                    if (parts and self.progress.parts >= parts) or (duration_s and now - started >= duration_s):
+                        break
+                    time.sleep(0.1)
+            except KeyboardInterrupt:
+                name = signal.Signals(self._signals.first).name if self._signals.first else "Ctrl-C"
+                print(f"[runner] {name}: stopping the cell (a second Ctrl-C kills the nodes at once)", flush=True)
+            finally:
+                code = self.stop()
+            standing = self.status.status.standing() if self.status is not None else []
+            for item in standing:
+                print(f"[cell] at stop: {item}", flush=True)
+            print(f"[cell] final: {self.progress.line()}; logs in {self.supervisor.log_dir}", flush=True)
+            return code
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM handling of the runner, on the main thread: the first signal stops the cell cleanly (raises
+    KeyboardInterrupt where the runner is); one during the stop calls `force` (the supervisor kills the nodes at
+    once) and is remembered for the exit status. A signal within SAME_SIGNAL_S of the first is taken as the same.
+    SIGINT stays ignored when the runner was started with it ignored (a shell's background job)."""
+
+    def __init__(self, force: Callable[[], None]) -> None:
+        self._force = force
+        self._installed = False
+        self.first = 0  # the signal that started the stop (0: none)
+        self.forced = 0  # the signal that forced it
+        self._stop_at: float | None = None  # when the stop began
+
+    def _handle(self, signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if self._stop_at is None:
+            self.first, self._stop_at = signum, now
+            raise KeyboardInterrupt
+        if now - self._stop_at < SAME_SIGNAL_S or self.forced:
+            return
+        self.forced = signum
+        self._force()
+
+    @contextmanager
+    def installed(self, stopping: bool = False) -> Iterator[None]:
+        """Handle the signals within the block (when on the main thread; nested blocks share the first's
+        handlers). stopping=True: the stop is under way, so the next signal forces it."""
+        if stopping and self._stop_at is None:
+            self._stop_at = time.monotonic()
+        if self._installed or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig, handler in previous.items():
+            if handler is not signal.SIG_IGN or sig == signal.SIGTERM:
+                signal.signal(sig, self._handle)
+        self._installed = True
         try:
-            while True:
-                self.tick()
-                now = time.monotonic()
-                if progress_every_s and now - last_print >= progress_every_s:
-                    print(f"[cell] {self.progress.line()}", flush=True)
-                    last_print = now
-                if (parts and self.progress.parts >= parts) or (duration_s and now - started >= duration_s):
-                    break
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            print("[runner] Ctrl-C: shutting the cell down", flush=True)
+            yield
         finally:
-            self.stop()
-        print(f"[cell] final: {self.progress.line()}; logs in {self.supervisor.log_dir}", flush=True)
-        return 0
+            self._installed = False
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _flag(value: str) -> bool | None:

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from qc_cell.bringup import report as run_report
 from qc_cell.bringup.cell_runner import CellRunner
+from qc_cell.bringup.local_broker import Mosquitto, Subscriber
 from qc_cell.bringup.recorder import CellRecorder
-from qc_cell.inference.manifest import Manifest, ManifestError
-from qc_cell.testing.mosquitto import Mosquitto, Subscriber
+from qc_contract.model_manifest import Manifest, ManifestError
 
 REPO = Path(__file__).resolve().parents[5]
+# The namespace the RViz and rqt configs (ros2_ws/src/qc_bringup/config/) show, so they work during the demo.
+NAMESPACE = "cell1"
 
 
 def demo_overrides(parts: int, broker_url: str, run_dir: Path) -> dict[str, dict]:
@@ -35,7 +37,7 @@ def run_demo(
     parts: int,
     params: Path,
     out_dir: Path,
-    namespace: str = "demo",
+    namespace: str = NAMESPACE,
     timeout_s: float | None = None,
     extra_overrides: dict[str, dict] | None = None,
     on_tick=None,
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=int, default=300, help="synthetic parts to run through the cell")
     parser.add_argument("--params-file", type=Path, default=REPO / "params" / "demo.yaml")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default reports/demo-<time>)")
+    parser.add_argument("--namespace", default=NAMESPACE, help="cell namespace (the RViz and rqt configs show cell1)")
     args = parser.parse_args(argv)
     out = args.out or REPO / "reports" / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
     try:
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"[demo] the default model is missing or broken ({exc}); see docs/training.md", file=sys.stderr)
         return 2
-    result = run_demo(args.parts, args.params_file, out)
+    result = run_demo(args.parts, args.params_file, out, namespace=args.namespace)
     print()
     print(run_report.table(result))
     print(f"\n[demo] report: {result['report_path']}")

@@ -4,6 +4,9 @@
 Sets the Linux parent-death signal (SIGINT: an rclpy node shuts down cleanly on it) and execs CMD in place, so the
 command keeps this process's pid. The supervisor starts every node through it: when the runner is killed
 (SIGKILL, a crash, an OOM kill) its nodes do not run on as orphans driving a camera or an ejector.
+
+SIGINT gets its default action back first: a runner started in the background of a shell (`... &`) inherits SIGINT
+ignored, and its nodes would otherwise ignore the runner's SIGINT (and the parent-death signal) too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main(argv: list[str]) -> int:
             print(f"die_with_parent: prctl failed (errno {ctypes.get_errno()})", file=sys.stderr)
         if os.getppid() != parent:  # the parent died before the signal was armed
             return 1
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # an ignored signal stays ignored across exec; a default one not
     os.execvp(argv[0], argv)  # the parent-death signal survives exec
     return 127  # not reached
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERDICT_NAMES = ("NORMAL", "REINSPECT", "DEFECTIVE", "NOT_INSPECTED")
+from qc_contract.vocabulary import VERDICT_NAMES
 
 
 @dataclass
@@ -27,7 +27,7 @@ class CellProgress:
             self.duplicates += 1
             return
         self.part_ids.add(part_id)
-        self.verdicts[VERDICT_NAMES[verdict] if 0 <= verdict < len(VERDICT_NAMES) else str(verdict)] += 1
+        self.verdicts[VERDICT_NAMES.get(verdict, str(verdict))] += 1
         self.latencies_ms.append(latency_ms)
         self.first_decision = self.first_decision or now
         self.last_decision = now
@@ -49,7 +49,7 @@ class CellProgress:
 
     def line(self) -> str:
         p50, p95, _ = self.latency_percentiles()
-        counts = " ".join(f"{name.lower()}={self.verdicts.get(name, 0)}" for name in VERDICT_NAMES)
+        counts = " ".join(f"{name.lower()}={self.verdicts.get(name, 0)}" for name in VERDICT_NAMES.values())
         return (
             f"parts={self.parts} {counts} rate={self.parts_per_s():.1f}/s "
             f"latency p50={p50:.1f}ms p95={p95:.1f}ms dup={self.duplicates}"

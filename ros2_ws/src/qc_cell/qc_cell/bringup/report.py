@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from qc_cell.bringup.progress import VERDICT_NAMES
+from qc_cell.bringup.local_broker import Received
 from qc_cell.bringup.recorder import CellRecord
-from qc_cell.testing.mosquitto import Received
+from qc_contract.vocabulary import VERDICT_NAMES, Verdict
 
 LABELS = {0: "unknown", 1: "good", 2: "defect"}
-EJECTED = (2, 3)  # DEFECTIVE, NOT_INSPECTED: ejected by the demo's reject configuration
+EJECTED = (Verdict.DEFECTIVE, Verdict.NOT_INSPECTED)  # ejected by the demo's reject configuration
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
@@ -63,7 +63,7 @@ def build(record: CellRecord, mqtt: list[Received], image_bytes_per_part: int, w
         confusion[LABELS.get(d.ground_truth, "unknown")][VERDICT_NAMES[d.verdict]] += 1
     labelled = [d for d in decisions if d.ground_truth in (1, 2)]
     # Visual accuracy at the model's 0.5 boundary: Normal = predicted good; anything else = flagged.
-    correct = sum((d.verdict != 0) == (d.ground_truth == 2) for d in labelled)
+    correct = sum((d.verdict != Verdict.NORMAL) == (d.ground_truth == 2) for d in labelled)
     scored = [d for d in labelled if math.isfinite(d.defect_probability)]
     model_correct = sum((d.defect_probability >= 0.5) == (d.ground_truth == 2) for d in scored)
     times = sorted(d.received_monotonic for d in decisions)
@@ -75,7 +75,7 @@ def build(record: CellRecord, mqtt: list[Received], image_bytes_per_part: int, w
         "parts_with_verdict": len(decisions),
         "parts_without_verdict": len(registered - set(record.decisions)),
         "duplicate_verdicts": len(record.duplicate_decisions),
-        "verdicts": {name: verdicts.get(name, 0) for name in VERDICT_NAMES},
+        "verdicts": {name: verdicts.get(name, 0) for name in VERDICT_NAMES.values()},
         "confusion": {label: dict(counts) for label, counts in confusion.items() if counts},
         "accuracy_vs_ground_truth": round(correct / len(labelled), 4) if labelled else None,
         "model_accuracy_at_0_5": round(model_correct / len(scored), 4) if scored else None,
@@ -137,7 +137,7 @@ def plot(record: CellRecord, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4))
     if decisions:
         t0 = decisions[0].received_monotonic
-        for verdict, name in enumerate(VERDICT_NAMES):
+        for verdict, name in VERDICT_NAMES.items():
             t = [d.received_monotonic - t0 for d in decisions if d.verdict == verdict]
             ax.plot(t, np.arange(1, len(t) + 1), label=name.lower())
     ax.set(title="Verdicts over time (cumulative)", xlabel="s", ylabel="parts")

@@ -1,8 +1,10 @@
 """Start, watch and restart the cell's node processes (ROS-free). Used by the cell runner.
 
 Each child gets its own process group, so Ctrl-C in the terminal reaches the runner only and the
-runner shuts the children down in order: SIGINT (clean rclpy shutdown), then SIGTERM, then SIGKILL. Each child
-also gets SIGINT if the runner dies without that (qc_cell.bringup.die_with_parent).
+runner shuts the children down in order: SIGINT (clean rclpy shutdown), then SIGTERM, then SIGKILL; `hurry()` (the
+runner's answer to a second Ctrl-C) skips to SIGKILL. Each child also gets SIGINT if the runner dies without that
+(qc_cell.bringup.die_with_parent). A child that exits on its own is reported with the last line of its log, which
+usually says why (a bad parameter, a missing device).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Supervisor:
         self._on_event = on_event
         self._max_restarts = max_restarts
         self._stopping = False
+        self._hurry = False
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -92,7 +95,9 @@ class Supervisor:
                     continue
                 child.exit_codes.append(code)
                 child.process = None
-                self._on_event(child.spec.name, "exited", f"code {code}; log {self.log_path(child.spec.name)}")
+                last = last_line(self.log_path(child.spec.name)) if not self._stopping else ""
+                reason = f": {last}" if last else ""
+                self._on_event(child.spec.name, "exited", f"code {code}{reason}; log {self.log_path(child.spec.name)}")
                 if self._stopping or not child.spec.respawn:
                     continue
                 if child.restarts >= self._max_restarts:
@@ -128,10 +133,17 @@ class Supervisor:
     def exit_codes(self, name: str) -> list[int]:
         return list(self._children[name].exit_codes)
 
+    def hurry(self) -> None:
+        """Stop now: a stop() under way (or the next one) kills what is left at once instead of waiting. Safe to
+        call from a signal handler (it only sets a flag that stop() polls)."""
+        self._hurry = True
+
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGINT every child, then SIGTERM, then SIGKILL whatever is left."""
+        """SIGINT every child, then SIGTERM, then SIGKILL whatever is left (at once after hurry())."""
         self._stopping = True
         for sig, wait in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            if self._hurry and sig != signal.SIGKILL:
+                continue
             alive = [c for c in self._children.values() if c.process is not None and c.process.poll() is None]
             if not alive:
                 break
@@ -140,8 +152,22 @@ class Supervisor:
                     os.killpg(child.process.pid, sig)
             end = time.monotonic() + wait
             while time.monotonic() < end and any(c.process.poll() is None for c in alive):
+                if self._hurry and sig != signal.SIGKILL:
+                    break
                 time.sleep(0.05)
         for child in self._children.values():
             if child.process is not None:
                 child.exit_codes.append(child.process.wait())
                 child.process = None
+
+
+def last_line(path: Path, tail_bytes: int = 4096, limit: int = 300) -> str:
+    """The last non-empty line of a log file (at most `limit` characters), or '' when there is none."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - tail_bytes))
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    line = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -1,1 +1,2 @@
-"""Where parts enter the cell: image sources, part ids, ROI/downscale and the synthetic part generator (no rclpy)."""
+"""Where parts enter the cell: image sources, part ids, ROI/downscale (no rclpy). The synthetic part generator
+the `synthetic` source draws from is qc_contract.synthetic, shared with the cloud's training tools."""

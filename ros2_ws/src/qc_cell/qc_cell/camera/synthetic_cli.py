@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from qc_cell.camera.synthetic import DEFECT_TYPES, write_mvtec_dataset
+from qc_contract.synthetic import DEFECT_TYPES, write_mvtec_dataset
 
 
 def _defect_types(text: str) -> tuple[str, ...]:

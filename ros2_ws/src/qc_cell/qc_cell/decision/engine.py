@@ -17,11 +17,11 @@ from qc_cell.decision.verdict_rule import (
     ProcessContext,
     Reason,
     Thresholds,
-    Verdict,
     decide,
     fail_safe,
     valid_probability,
 )
+from qc_contract.vocabulary import Verdict
 
 NS_PER_MS = 1_000_000
 

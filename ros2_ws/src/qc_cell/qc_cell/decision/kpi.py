@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qc_cell.decision.verdict_rule import Verdict
+from qc_contract.vocabulary import Verdict
 
 NS_PER_S = 1_000_000_000
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from qc_cell.decision.engine import DecisionConfig
-from qc_cell.decision.verdict_rule import EscalationPolicy, Thresholds, Verdict
+from qc_cell.decision.verdict_rule import EscalationPolicy, Thresholds
 from qc_cell.params_spec import NodeParams, Param
+from qc_contract.vocabulary import Verdict
 
 ESCALATE_TO = {"reinspect": Verdict.REINSPECT, "defective": Verdict.DEFECTIVE}
 NOT_INSPECTED_AS = {

@@ -12,18 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import IntEnum
 
 from qc_cell.fusion.flags import ANOMALY_FLAGS
-
-
-class Verdict(IntEnum):
-    """Same values as QualityDecision.*. NORMAL < REINSPECT < DEFECTIVE is the severity order."""
-
-    NORMAL = 0
-    REINSPECT = 1
-    DEFECTIVE = 2
-    NOT_INSPECTED = 3
+from qc_contract.vocabulary import Verdict
 
 
 class Reason:

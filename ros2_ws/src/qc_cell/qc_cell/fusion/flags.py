@@ -1,9 +1,9 @@
-"""Process-state flags and alert severities, with the same values as qc_interfaces ProcessState.FLAG_* and
-Alert.* (the core must not import ROS; a test checks the values match the messages)."""
+"""Process-state flags, with the same values as qc_interfaces ProcessState.FLAG_* (the core must not import ROS;
+a test checks the values match the messages). Alert severities are qc_contract.vocabulary.Severity."""
 
 from __future__ import annotations
 
-from enum import IntEnum, IntFlag
+from enum import IntFlag
 
 
 class ProcessFlag(IntFlag):
@@ -32,10 +32,3 @@ def signal_flags(signal: str) -> tuple[ProcessFlag, ProcessFlag, ProcessFlag]:
     """(out_of_spec, stale, anomaly) flags of one signal."""
     upper = signal.upper()
     return ProcessFlag[f"{upper}_OUT_OF_SPEC"], ProcessFlag[f"{upper}_STALE"], ProcessFlag[f"{upper}_ANOMALY"]
-
-
-class Severity(IntEnum):
-    INFO = 0
-    WARN = 1
-    ERROR = 2
-    CRITICAL = 3

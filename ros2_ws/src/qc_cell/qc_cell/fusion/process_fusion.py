@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from qc_cell.fusion.flags import SIGNALS, ProcessFlag, Severity, signal_flags
+from qc_cell.fusion.flags import SIGNALS, ProcessFlag, signal_flags
 from qc_cell.fusion.robust_stats import RollingMedianMad
 from qc_cell.fusion.signal_monitor import NS_PER_S, SignalMonitor, SignalStatus, SpecLimits
 from qc_cell.fusion.trend import CusumTrend, TrendConfig, TrendStatus, TrendTransition
 from qc_cell.fusion.vibration import VibrationWindow
+from qc_contract.vocabulary import Severity
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,2 @@
-"""Inference core: model package manifest, preprocessing (shared with the cloud training tools),
-backends, model store and hot swap. No rclpy here."""
+"""Inference core: backends, model store and hot swap. The model package manifest and preprocessing, shared
+with the cloud training tools, are in qc_contract (model_manifest.py, preprocess.py). No rclpy here."""

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qc_cell.inference.backends import BackendChoice, BackendError, BackendOptions, create_backend
-from qc_cell.inference.manifest import MANIFEST_NAME, Manifest, ManifestError
 from qc_cell.inference.model import LoadedModel, SelfTestError
 from qc_cell.inference.model_store import ModelStore, StoreError
 from qc_cell.inference.pipeline import InferencePipeline
+from qc_contract.model_manifest import MANIFEST_NAME, Manifest, ManifestError
 
 _log = logging.getLogger(__name__)
 

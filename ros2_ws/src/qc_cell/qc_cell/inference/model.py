@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 
 from qc_cell.inference.backends import Backend, BackendError
-from qc_cell.inference.manifest import Manifest
-from qc_cell.inference.preprocess import PreprocessError, preprocess
 from qc_cell.inference.scoring import OutputError, class_activation_map, defect_probabilities
+from qc_contract.model_manifest import Manifest
+from qc_contract.preprocess import PreprocessError, preprocess
 
 
 class SelfTestError(RuntimeError):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qc_cell.inference.backends.engine_cache import atomic_write_bytes, fsync_dir
-from qc_cell.inference.manifest import MANIFEST_NAME, Manifest, ManifestError
+from qc_contract.model_manifest import MANIFEST_NAME, Manifest, ManifestError
 
 ACTIVE_NAME = "active.json"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from qc_cell.inference.manifest import Preprocessing
+from qc_contract.model_manifest import Preprocessing
 
 GREEN, AMBER, RED, GREY = (60, 180, 75), (0, 165, 255), (40, 40, 220), (150, 150, 150)  # BGR
 

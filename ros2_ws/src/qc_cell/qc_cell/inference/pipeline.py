@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from qc_cell.inference.backends import BackendError
-from qc_cell.inference.manifest import Preprocessing
 from qc_cell.inference.model import LoadedModel
-from qc_cell.inference.preprocess import preprocess_into
+from qc_contract.model_manifest import Preprocessing
+from qc_contract.preprocess import preprocess_into
 
 # InspectionResult.reason values (see msg/InspectionResult.msg).
 CAPTURE_FAILED = "capture_failed"

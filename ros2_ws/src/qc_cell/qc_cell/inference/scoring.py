@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qc_cell.inference.manifest import Output
+from qc_contract.model_manifest import Output
 
 
 class OutputError(ValueError):

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from qc_cell.inference.manifest import GoldenItem, Manifest, Output, Preprocessing, sha256_file
-from qc_cell.inference.preprocess import preprocess
+from qc_contract.model_manifest import GoldenItem, Manifest, Output, Preprocessing, sha256_file
+from qc_contract.preprocess import preprocess
 
 KINDS = ("brightness", "nan_when_dark", "softmax", "probability")
 OPSET = 17

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
@@ -37,9 +37,12 @@ from qc_cell.camera.params import CAMERA_DRIVER, capture_fields, source_settings
 from qc_cell.camera.part_ids import PartIdAllocator, PartIdError, default_state_file
 from qc_cell.camera.sources import SourceConfigError, build_source
 from qc_cell.ros import diagnostics, qos
+from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.images import ImageConversionError, array_to_image
+from qc_cell.ros.lifecycle import DeviceNode
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
+from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
 from qc_interfaces.msg import Alert, PartFrame, PartTrigger
 
@@ -52,7 +55,9 @@ ALERT_CODES = {"CAMERA_UNAVAILABLE", "CAMERA_RECOVERED", "SOURCE_FINISHED", "MAX
 EXECUTOR_THREADS = 2
 
 
-class CameraDriver(LifecycleNode):
+class CameraDriver(DeviceNode):
+    configure_errors = (PartIdError, SourceConfigError)
+
     def __init__(self, **kwargs) -> None:
         self.loop: CaptureLoop | None = None  # set before anything can fail: destroy_node() may run regardless
         super().__init__("camera_driver", **kwargs)
@@ -73,7 +78,6 @@ class CameraDriver(LifecycleNode):
             self.part_ids = PartIdAllocator(prefix, state_file or default_state_file(prefix))
         except (ValueError, PartIdError) as exc:
             raise ParameterError(str(exc)) from exc
-        self._lifecycle_state = "unconfigured"
         self._sequence = 0
         self._sequence_lock = threading.Lock()
         self._info_size: tuple[int, int] | None = None
@@ -84,11 +88,11 @@ class CameraDriver(LifecycleNode):
         self.frames_pub = self.create_publisher(PartFrame, "camera/frames", qos.PART_FRAMES)
         self.image_pub = self.create_publisher(Image, "camera/image_raw", qos.IMAGE_VIEW)
         self.info_pub = self.create_publisher(CameraInfo, "camera/camera_info", qos.IMAGE_VIEW)
-        self.alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self.alerts = AlertPublisher(self)
         self._diag_pub = diagnostics.create_publisher(self)
         if self.capture.mode == "triggered":
             # Subscribed in every lifecycle state, so a trigger is answered even when the camera is not capturing.
-            self.create_subscription(
+            Subscriptions(self, self.alerts, self._diag_pub).create(
                 PartTrigger,
                 "camera/trigger",
                 self._on_trigger,
@@ -107,14 +111,10 @@ class CameraDriver(LifecycleNode):
                 loop.set_rate(changed["rate_hz"])
             self.capture = dataclasses.replace(self.capture, rate_hz=changed["rate_hz"])
 
-    # ------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------ lifecycle (cleanup, shutdown, error: DeviceNode)
 
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            self.part_ids.check_writable()
-        except PartIdError as exc:
-            self.get_logger().error(f"configure failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
+    def acquire(self) -> None:
+        self.part_ids.check_writable()
         loop = CaptureLoop(
             self.source,
             self.framing,
@@ -124,25 +124,18 @@ class CameraDriver(LifecycleNode):
             self.part_ids.next_id,
             self._on_event,
         )
-        try:
-            opened = loop.open()
-        except SourceConfigError as exc:
-            self.get_logger().error(f"configure failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
+        opened = loop.open()
         self.loop = loop
-        self._lifecycle_state = "inactive"
         if opened:
             self.get_logger().info(f"configured: {self.source.description}, mode {self.capture.mode}")
         else:
             self.get_logger().error(
                 f"configured without a camera: {loop.snapshot().get('last_error')}; retrying once active"
             )
-        return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.loop is not None
         self.loop.start()
-        self._lifecycle_state = "active"
         rate = f" at {self.capture.rate_hz:g} parts/s" if self.capture.mode == "free_run" else " on camera/trigger"
         self.get_logger().info(f"capturing{rate}")
         return TransitionCallbackReturn.SUCCESS
@@ -150,29 +143,9 @@ class CameraDriver(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.loop is not None:
             self.loop.stop("camera driver deactivated")
-        self._lifecycle_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self._lifecycle_state = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self._lifecycle_state = "finalized"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self._lifecycle_state = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def destroy_node(self) -> None:
-        self._release()  # also when the process is stopped without a shutdown transition
-        super().destroy_node()
-
-    def _release(self) -> None:
+    def release(self) -> None:
         loop, self.loop = self.loop, None
         if loop is not None:
             loop.close()
@@ -193,7 +166,7 @@ class CameraDriver(LifecycleNode):
         request = CaptureRequest(part_id, trigger_ns, msg.encoder_count)
         loop = self.loop
         if loop is None or not loop.running:
-            error = f"camera driver is {self._lifecycle_state}: not capturing"
+            error = f"camera driver is {self.lifecycle_state}: not capturing"
             self._publish_result(CaptureResult(part_id, trigger_ns, msg.encoder_count, None, None, error))
         else:
             loop.request(request)
@@ -257,22 +230,21 @@ class CameraDriver(LifecycleNode):
         else:
             logger.info(text)
         if code in ALERT_CODES and level != "warn":
-            alert = Alert(severity=SEVERITY[level], source=self.get_name(), code=code, message=message)
-            alert.header.stamp = self.get_clock().now().to_msg()
-            self.alert_pub.publish(alert)
+            self.alerts.send(SEVERITY[level], code, message)
 
     def _publish_diagnostics(self) -> None:
         loop = self.loop
-        values: dict[str, object] = {"lifecycle_state": self._lifecycle_state, "source_kind": self.source.kind}
+        state = self.lifecycle_state
+        values: dict[str, object] = {"lifecycle_state": state, "source_kind": self.source.kind}
         if loop is None:
-            level, message = diagnostics.WARN, f"{self._lifecycle_state}: not capturing"
+            level, message = diagnostics.WARN, f"{state}: not capturing"
         else:
             values.update(loop.snapshot())
             failed = loop.failed_parts
             if loop.state == RETRYING:
                 level, message = diagnostics.ERROR, f"camera unavailable, retrying: {values.get('last_error', '')}"
-            elif self._lifecycle_state != "active":
-                level, message = diagnostics.WARN, f"{self._lifecycle_state}: not capturing"
+            elif state != "active":
+                level, message = diagnostics.WARN, f"{state}: not capturing"
             elif loop.state in (FINISHED, DONE):
                 level, message = diagnostics.OK, f"capture ended: {values.get('end_reason', '')}"
             elif failed > self._last_failed:

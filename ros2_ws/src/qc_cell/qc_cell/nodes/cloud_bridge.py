@@ -17,7 +17,6 @@ from typing import Any
 
 from rclpy.node import Node
 
-from qc_cell.bridge import records
 from qc_cell.bridge.cloud_link import CloudLink, CloudLinkError
 from qc_cell.bridge.inputs import (
     AlertReport,
@@ -33,10 +32,13 @@ from qc_cell.bridge.outputs import CloudVerdict, LinkAlert
 from qc_cell.bridge.params import CLOUD_BRIDGE
 from qc_cell.bridge.settings import from_values
 from qc_cell.ros import diagnostics, qos
-from qc_cell.ros.images import image_to_array, to_bgr8
+from qc_cell.ros.alerts import AlertPublisher
+from qc_cell.ros.images import decode_bgr8
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
+from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
+from qc_contract.vocabulary import Severity
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
 
@@ -51,7 +53,7 @@ class CloudBridgeNode(Node):
             raise ParameterError(str(exc)) from exc
         self._load_timeout_s = p["load_timeout_s"]
         # Publishers. alerts / quality/cloud_verdict are EVENTS (reliable), like every per-part record.
-        self._alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self._alerts = AlertPublisher(self)
         self._verdict_pub = None
         if settings.offload.enabled:
             self._verdict_pub = self.create_publisher(QualityDecision, "quality/cloud_verdict", qos.EVENTS)
@@ -72,15 +74,16 @@ class CloudBridgeNode(Node):
         # Subscriptions: the QoS each topic's publisher uses (qc_cell.ros.qos), so the pairs match.
         # With the publisher's history, so the first verdicts are not lost when the decision node's writer
         # matches this reader only after them, nor those decided while this bridge was down (CloudLink.on_part).
-        self.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
-        self.create_subscription(CellKpi, "quality/kpi", self._on_kpi, qos.EVENTS)
-        self.create_subscription(Alert, "alerts", self._on_alert, qos.EVENTS)
-        self.create_subscription(RejectEvent, "reject/event", self._on_reject, qos.EVENTS)
-        self.create_subscription(ProcessState, "process/state", self._on_process, qos.LATCHED)
-        self.create_subscription(ModelInfo, "model/active", self._on_model, qos.LATCHED)
+        subscribe = Subscriptions(self, self._alerts, self._diag_pub).create
+        subscribe(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
+        subscribe(CellKpi, "quality/kpi", self._on_kpi, qos.EVENTS)
+        subscribe(Alert, "alerts", self._on_alert, qos.EVENTS)
+        subscribe(RejectEvent, "reject/event", self._on_reject, qos.EVENTS)
+        subscribe(ProcessState, "process/state", self._on_process, qos.LATCHED)
+        subscribe(ModelInfo, "model/active", self._on_model, qos.LATCHED)
         if settings.wants_frames:
             # Only then: every frame is an image, and the bridge must not cost the cell a copy of each.
-            self.create_subscription(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
+            subscribe(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
         handle_parameter_changes(self, CLOUD_BRIDGE, self._apply_parameters)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self.create_timer(p["status_period_s"], self._link.publish_status)
@@ -121,9 +124,7 @@ class CloudBridgeNode(Node):
 
     def _on_frame(self, msg: PartFrame) -> None:
         image = msg.image
-        self._link.on_frame(
-            PartImage(msg.part_id, msg.capture_ok, lambda: to_bgr8(image_to_array(image), image.encoding))
-        )
+        self._link.on_frame(PartImage(msg.part_id, msg.capture_ok, lambda: decode_bgr8(image)))
 
     def _on_kpi(self, msg: CellKpi) -> None:
         self._link.on_kpi(
@@ -208,14 +209,7 @@ class CloudBridgeNode(Node):
             self._verdict_pub.publish(msg)
 
     def _publish_alert(self, alert: LinkAlert) -> None:
-        msg = Alert(
-            severity=records.SEVERITIES.index(alert.severity),
-            source=self.get_name(),
-            code=alert.code,
-            message=alert.message,
-        )
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._alert_pub.publish(msg)
+        self._alerts.send(Severity[alert.severity], alert.code, alert.message)
 
     def _log(self, level: str, message: str) -> None:
         """Log sink of the link's threads. Warnings (rejected input, connection trouble) are throttled:

@@ -21,11 +21,14 @@ from qc_cell.decision.engine import Counters, DecisionEngine, DecisionRecord, Re
 from qc_cell.decision.kpi import RollingKpi
 from qc_cell.decision.params import DECISION, build_config
 from qc_cell.decision.part_ledger import Claim, Registration
-from qc_cell.decision.verdict_rule import ProcessContext, Reason, Verdict
+from qc_cell.decision.verdict_rule import ProcessContext, Reason
 from qc_cell.ros import diagnostics, qos
+from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
+from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
+from qc_contract.vocabulary import Verdict
 from qc_interfaces.msg import CellKpi, InspectionResult, PartTrigger, ProcessState, QualityDecision
 
 
@@ -54,13 +57,15 @@ class DecisionNode(Node):
         self._decision_pub = self.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
         self._kpi_pub = self.create_publisher(CellKpi, "quality/kpi", qos.EVENTS)
         self._diag_pub = diagnostics.create_publisher(self)
-        self.create_subscription(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
+        # Alerts: only for publishers whose QoS cannot match a subscription of this node.
+        subscriptions = Subscriptions(self, AlertPublisher(self), self._diag_pub)
+        subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
         # A trigger that carries the part's id (PLC-assigned) registers the part already, so it gets its verdict
         # (fail-safe) even when the camera driver is down and never registers it. Empty ids: the camera assigns.
-        self.create_subscription(PartTrigger, "camera/trigger", self._on_trigger, qos.EVENTS)
-        self.create_subscription(InspectionResult, "inspection/result", self._on_result, qos.EVENTS)
+        subscriptions.create(PartTrigger, "camera/trigger", self._on_trigger, qos.EVENTS)
+        subscriptions.create(InspectionResult, "inspection/result", self._on_result, qos.EVENTS)
         # LATCHED matches sensor_fusion's publisher, so a (re)started decision node gets the current state at once.
-        self.create_subscription(ProcessState, "process/state", self._on_process_state, qos.LATCHED)
+        subscriptions.create(ProcessState, "process/state", self._on_process_state, qos.LATCHED)
         # Runs only while parts are pending (cancelled when idle, reset on the next registration).
         self._deadline_timer = self.create_timer(p["deadline_check_period_ms"] / 1000.0, self._on_deadline_tick)
         self._deadline_timer.cancel()

@@ -27,32 +27,18 @@ from qc_cell.inference.backends import BackendError, BackendOptions, resolve_bac
 from qc_cell.inference.hot_swap import ACTIVE, FAILED, LOADING, NONE, ModelManager, ModelState
 from qc_cell.inference.model_store import ModelStore, StoreError
 from qc_cell.inference.params import INFERENCE
-from qc_cell.inference.pipeline import FrameJob, ImageError, InferencePipeline, Outcome, SequenceGaps
+from qc_cell.inference.pipeline import FrameJob, InferencePipeline, Outcome, SequenceGaps
 from qc_cell.ros import diagnostics, qos
-from qc_cell.ros.images import ImageConversionError, array_to_image, image_to_array, to_bgr8
+from qc_cell.ros.alerts import AlertPublisher
+from qc_cell.ros.images import array_to_image, decode_for_model
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.service_thread import ServiceThread
+from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import to_ns
 from qc_interfaces.msg import Alert, InspectionResult, ModelInfo, PartFrame
 from qc_interfaces.srv import LoadModel
 
-# Encodings the node scores, with the channel order of their pixels (grey images have one channel; the
-# generic OpenCV types follow OpenCV's BGR convention). Bayer mosaics are demosaiced to BGR first.
-ENCODING_ORDER = {
-    "bgr8": "BGR",
-    "rgb8": "RGB",
-    "bgra8": "BGR",
-    "rgba8": "RGB",
-    "mono8": "BGR",
-    "mono16": "BGR",
-    "bgr16": "BGR",
-    "rgb16": "RGB",
-    "8UC1": "BGR",
-    "8UC3": "BGR",
-    "8UC4": "BGR",
-    "16UC1": "BGR",
-}
 STATE_CODES = {
     NONE: ModelInfo.STATE_NONE,
     LOADING: ModelInfo.STATE_LOADING,
@@ -76,22 +62,6 @@ class _ToRosLogger(logging.Handler):
             self._logger.warning(text)
         else:
             self._logger.info(text)
-
-
-def decode_image(image: Image) -> tuple[np.ndarray, str]:
-    """PartFrame.image -> (pixels, channel order), a view on the message where possible. ImageError for
-    anything the model cannot score (encoding, empty, data size not matching width/height/step)."""
-    try:
-        pixels = image_to_array(image)
-        if image.encoding.startswith("bayer_"):
-            return to_bgr8(pixels, image.encoding), "BGR"
-    except ImageConversionError as exc:
-        raise ImageError(str(exc)) from exc
-    if image.encoding not in ENCODING_ORDER:
-        raise ImageError(
-            f"encoding {image.encoding!r} cannot be scored (supported: {', '.join(ENCODING_ORDER)}, bayer_*)"
-        )
-    return pixels, ENCODING_ORDER[image.encoding]
 
 
 class InferenceNode(Node):
@@ -134,7 +104,7 @@ class InferenceNode(Node):
         self._result_pub = self.create_publisher(InspectionResult, "inspection/result", qos.EVENTS)
         self._overlay_pub = self.create_publisher(Image, "inspection/overlay", qos.IMAGE_VIEW)
         self._model_pub = self.create_publisher(ModelInfo, "model/active", qos.LATCHED)
-        self._alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self._alerts = AlertPublisher(self)
         self._diag_pub = diagnostics.create_publisher(self)
 
         # From here on the node is valid: the core's log goes to the node's logger (removed in destroy_node).
@@ -160,7 +130,8 @@ class InferenceNode(Node):
 
         # PART_FRAMES (reliable) matches camera_driver's publisher: backpressure is ours to report (NOT_INSPECTED),
         # not the middleware's to hide; frames the middleware still loses show up as sequence gaps.
-        self.create_subscription(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
+        subscriptions = Subscriptions(self, self._alerts, self._diag_pub)
+        subscriptions.create(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
         self._load_service = ServiceThread(self, LoadModel, "inference/load_model", self._on_load_model, "model_loader")
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self._initial_load = threading.Thread(
@@ -175,7 +146,7 @@ class InferenceNode(Node):
             self.get_logger().info(f"serving {result.message}")
         else:
             self.get_logger().error(result.message)
-            self._alert(Alert.ERROR, "MODEL_LOAD_FAILED", result.message)
+            self._alerts.send(Alert.ERROR, "MODEL_LOAD_FAILED", result.message)
 
     def _on_load_model(self, request: LoadModel.Request, response: LoadModel.Response) -> LoadModel.Response:
         self.get_logger().info(f"inference/load_model: {request.path} (version {request.version or 'any'})")
@@ -186,10 +157,10 @@ class InferenceNode(Node):
             result.active_version,
         )
         if result.success:
-            self._alert(Alert.INFO, "MODEL_SWAPPED", f"now serving {result.active_version}: {result.message}")
+            self._alerts.send(Alert.INFO, "MODEL_SWAPPED", f"now serving {result.active_version}: {result.message}")
         else:
             self.get_logger().error(result.message)
-            self._alert(Alert.WARN, "MODEL_LOAD_FAILED", result.message)
+            self._alerts.send(Alert.WARN, "MODEL_LOAD_FAILED", result.message)
         return response
 
     def _publish_model_state(self, state: ModelState) -> None:
@@ -224,7 +195,7 @@ class InferenceNode(Node):
             FrameJob(
                 part_id=msg.part_id,
                 received_ns=received,
-                decode=partial(decode_image, msg.image),
+                decode=partial(decode_for_model, msg.image),
                 expires_ns=expires,
                 context=msg,
                 capture_ok=msg.capture_ok,
@@ -279,11 +250,6 @@ class InferenceNode(Node):
             defective_threshold=values["overlay_defective_threshold"],
         )
 
-    def _alert(self, severity: int, code: str, message: str) -> None:
-        msg = Alert(severity=severity, source=self.get_name(), code=code, message=message[:1000])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._alert_pub.publish(msg)
-
     def _publish_diagnostics(self) -> None:
         stats, previous = self._pipeline.stats(), self._last_stats
         lost, lost_before = self._sequence.lost, self._last_lost
@@ -303,7 +269,7 @@ class InferenceNode(Node):
             message = f"{lost - lost_before} frame(s) lost before reaching inference (camera/frames sequence gaps)"
             problems.append(message)
             level = max(level, diagnostics.WARN)
-            self._alert(Alert.WARN, "FRAMES_LOST", message)
+            self._alerts.send(Alert.WARN, "FRAMES_LOST", message)
         if shed:
             new = stats.not_inspected - previous.not_inspected
             problems.append(f"{shed} part(s) NOT_INSPECTED since the last report ({dict(new)})")

@@ -11,37 +11,33 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import threading
 from typing import Any
 
-from action_msgs.msg import GoalStatus
-from builtin_interfaces.msg import Duration
-from rclpy.action import ActionClient
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from visualization_msgs.msg import Marker, MarkerArray
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
+from visualization_msgs.msg import MarkerArray
 
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.controller import RejectController
-from qc_cell.reject.drivers.base import ArmJob, DriverError
+from qc_cell.reject.drivers.base import DriverError
 from qc_cell.reject.drivers.factory import build_driver
 from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
 from qc_cell.reject.records import (
-    DONE,
-    FAILED,
-    LATE,
-    OUTCOME_NAMES,
     SKIPPED,
-    VERDICT_NAMES,
     AlertRecord,
     Decision,
     Part,
     RejectRecord,
 )
 from qc_cell.ros import diagnostics, qos
+from qc_cell.ros.alerts import AlertPublisher
+from qc_cell.ros.arm_client import ActionArmTransport
+from qc_cell.ros.lifecycle import DeviceNode
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
+from qc_cell.ros.reject_markers import RejectMarkers
+from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
-from qc_interfaces.action import RejectPart
+from qc_contract.vocabulary import OUTCOME_NAMES, VERDICT_NAMES
 from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
 
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -49,73 +45,6 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # MultiThreadedExecutor cost the node about twice the CPU (docs/reject.md). A Modbus heartbeat to a PLC that
 # stops answering (modbus_timeout_s, 0.2 s) on the tick may hold verdicts back that long.
 EXECUTOR_THREADS = 1
-OUTCOME_COLOURS = {DONE: (0.1, 0.8, 0.1), LATE: (1.0, 0.55, 0.0), FAILED: (0.9, 0.1, 0.1), SKIPPED: (0.6, 0.6, 0.6)}
-
-
-class _ArmGoal:
-    def __init__(self) -> None:
-        self.handle: Any = None
-        self.cancel_requested = False
-
-
-class ActionArmTransport:
-    """The robot_arm driver's link to the arm: a `reject_part` action client."""
-
-    def __init__(self, node: LifecycleNode) -> None:
-        self._client = ActionClient(node, RejectPart, "reject_part")
-        self._lock = threading.Lock()
-
-    def ready(self) -> bool:
-        return self._client is not None and self._client.server_is_ready()
-
-    def send(self, job: ArmJob, on_feedback, on_result) -> _ArmGoal:
-        goal = RejectPart.Goal(part_id=job.part_id, deadline=from_ns(job.deadline_ns), position_m=job.position_m)
-        ref = _ArmGoal()
-
-        def result_done(future) -> None:
-            try:
-                wrapped = future.result()
-            except Exception as exc:
-                on_result(False, f"getting the result failed: {exc}")
-                return
-            if wrapped.status == GoalStatus.STATUS_SUCCEEDED and wrapped.result.success:
-                on_result(True, wrapped.result.message)
-            else:
-                on_result(False, wrapped.result.message or f"the goal ended with status {wrapped.status}")
-
-        def goal_done(future) -> None:
-            try:
-                handle = future.result()
-            except Exception as exc:
-                on_result(False, f"sending the goal failed: {exc}")
-                return
-            if not handle.accepted:
-                on_result(False, "the arm rejected the goal")
-                return
-            with self._lock:
-                ref.handle = handle
-                cancel = ref.cancel_requested
-            if cancel:
-                handle.cancel_goal_async()
-            handle.get_result_async().add_done_callback(result_done)
-
-        self._client.send_goal_async(
-            goal, feedback_callback=lambda msg: on_feedback(msg.feedback.stage, msg.feedback.progress)
-        ).add_done_callback(goal_done)
-        return ref
-
-    def cancel(self, handle: _ArmGoal) -> None:
-        with self._lock:
-            handle.cancel_requested = True
-            goal = handle.handle
-        if goal is not None:
-            goal.cancel_goal_async()
-
-    def close(self) -> None:
-        """Idempotent: the robot_arm driver closes it on release, the node again after a failed configure."""
-        client, self._client = self._client, None
-        if client is not None:
-            client.destroy()
 
 
 class _Publisher:
@@ -123,7 +52,6 @@ class _Publisher:
 
     def __init__(self, node: RejectActuator) -> None:
         self._node = node
-        self._marker_id = 0
 
     def event(self, record: RejectRecord) -> None:
         node = self._node
@@ -142,21 +70,11 @@ class _Publisher:
         msg.header.frame_id = record.frame_id
         published = self._publish(node.event_pub, msg, f"part {record.part_id}: {OUTCOME_NAMES[record.outcome]}")
         if published and node.marker_pub is not None and record.lane:
-            self._publish(node.marker_pub, self._markers(record), "marker")
+            markers = node.markers.build(record, node.get_clock().now().nanoseconds)
+            self._publish(node.marker_pub, markers, "marker")
 
     def alert(self, alert: AlertRecord) -> None:
-        node = self._node
-        msg = Alert(severity=alert.severity, source=node.get_name(), code=alert.code, message=alert.message)
-        msg.part_id = alert.part_id
-        msg.header.stamp = node.get_clock().now().to_msg()
-        text = f"[{alert.code}] {alert.message}"
-        self._publish(node.alert_pub, msg, text)
-        if alert.severity >= Alert.ERROR:
-            node.get_logger().error(text, throttle_duration_sec=1.0)
-        elif alert.severity == Alert.WARN:
-            node.get_logger().warning(text, throttle_duration_sec=1.0)
-        else:
-            node.get_logger().info(text)
+        self._node.alerts.send(alert.severity, alert.code, alert.message, alert.part_id, log=True)
 
     def _publish(self, publisher, msg, what: str) -> bool:
         """Publish; after Ctrl-C the context is gone while the controller still reports its pending parts:
@@ -170,34 +88,10 @@ class _Publisher:
             self._node.get_logger().warning(f"shutting down, not published: {what}")
             return False
 
-    def _markers(self, record: RejectRecord) -> MarkerArray:
-        """A sphere where the part was acted on (x along the belt, origin under the camera) and a label."""
-        node = self._node
-        stamp = from_ns(record.actual_ns or record.planned_ns or node.get_clock().now().nanoseconds)
-        lifetime = Duration(sec=int(node.marker_lifetime_s), nanosec=int(node.marker_lifetime_s % 1 * 1e9))
-        r, g, b = OUTCOME_COLOURS[record.outcome]
-        self._marker_id = (self._marker_id + 1) % 100_000
-        sphere = Marker(ns=f"reject/{record.lane}", id=self._marker_id, type=Marker.SPHERE, action=Marker.ADD)
-        sphere.pose.position.x = record.position_m
-        sphere.pose.orientation.w = 1.0
-        sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.05
-        sphere.color.r, sphere.color.g, sphere.color.b, sphere.color.a = r, g, b, 0.9
-        label = Marker(ns=f"reject/{record.lane}/label", id=self._marker_id, type=Marker.TEXT_VIEW_FACING)
-        label.action = Marker.ADD
-        label.pose.position.x = record.position_m
-        label.pose.position.z = 0.08
-        label.pose.orientation.w = 1.0
-        label.scale.z = 0.03
-        label.color.r = label.color.g = label.color.b = label.color.a = 1.0
-        label.text = f"{record.part_id} {OUTCOME_NAMES[record.outcome]} {record.lateness_ms:+.1f} ms"
-        for marker in (sphere, label):
-            marker.header.frame_id = node.marker_frame
-            marker.header.stamp = stamp
-            marker.lifetime = lifetime
-        return MarkerArray(markers=[sphere, label])
 
+class RejectActuator(DeviceNode):
+    configure_errors = (DriverError, ValueError)
 
-class RejectActuator(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         # Set before anything can fail: destroy_node() runs even when the constructor raised.
         self.controller: RejectController | None = None
@@ -218,18 +112,19 @@ class RejectActuator(LifecycleNode):
                 "use_sim_time must be false: the actuator fires on the wall clock of the capture stamps"
             )
         self._pending_config: RejectConfig | None = None
-        self._state = "unconfigured"
         self._publisher = _Publisher(self)
+        self.markers = RejectMarkers(self.marker_frame, self.marker_lifetime_s)
 
         self.event_pub = self.create_publisher(RejectEvent, "reject/event", qos.EVENTS)
-        self.alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self.alerts = AlertPublisher(self, log_throttle_s=1.0)
         self.marker_pub = (
             self.create_publisher(MarkerArray, "reject/markers", qos.EVENTS) if self.settings.driver == "sim" else None
         )
         self._diag_pub = diagnostics.create_publisher(self)
+        subscriptions = Subscriptions(self, self.alerts, self._diag_pub)
         # Verdicts and parts are handled in every state, so parts that cannot be ejected are still reported.
-        self.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
-        self.create_subscription(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
+        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
+        subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
         self.create_timer(tick_s, self._tick)
         self.create_timer(diag_s, self._publish_diagnostics)
         handle_parameter_changes(self, REJECT_ACTUATOR, self._apply_parameters)
@@ -242,37 +137,29 @@ class RejectActuator(LifecycleNode):
         candidate.validate()
         self._pending_config = candidate
 
-    # ------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------ lifecycle (cleanup, shutdown, error: DeviceNode)
 
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            if self.settings.driver == "robot_arm":
-                self._transport = ActionArmTransport(self)
-            driver = build_driver(self.settings, self._transport)
-            controller = RejectController(
-                self.config,
-                driver,
-                self._publisher,
-                spin_ns=int(self._spin_ms * 1e6),
-                rt_priority=self._rt_priority,
-            )
-            controller.open()
-        except (DriverError, ValueError) as exc:
-            self.get_logger().error(f"configure failed: {exc}")
-            self._release_transport()
-            return TransitionCallbackReturn.FAILURE
+    def acquire(self) -> None:
+        if self.settings.driver == "robot_arm":
+            self._transport = ActionArmTransport(self)
+        driver = build_driver(self.settings, self._transport)
+        controller = RejectController(
+            self.config,
+            driver,
+            self._publisher,
+            spin_ns=int(self._spin_ms * 1e6),
+            rt_priority=self._rt_priority,
+        )
+        controller.open()
         self.controller = controller
-        self._state = "inactive"
         self.get_logger().info(
             f"configured: driver {self.settings.driver}, reject at {self.config.reject_distance_mm} mm, "
             f"speed {self.config.speed_source}, verdicts {list(self.config.eject_verdicts)}"
         )
-        return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.controller is not None
         self.controller.arm()
-        self._state = "active"
         realtime = self.controller.realtime
         if self._rt_priority > 0 and not realtime.startswith("SCHED_FIFO"):
             self._publisher.alert(
@@ -289,35 +176,12 @@ class RejectActuator(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.controller is not None:
             self.controller.disarm()
-        self._state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self._state = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self._state = "finalized"
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self._state = "unconfigured"
-        return TransitionCallbackReturn.SUCCESS
-
-    def destroy_node(self) -> None:
-        self._release()  # also when the process is stopped without a shutdown transition
-        super().destroy_node()
-
-    def _release(self) -> None:
+    def release(self) -> None:
         controller, self.controller = self.controller, None
         if controller is not None:
             controller.close()
-        self._release_transport()
-
-    def _release_transport(self) -> None:
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
@@ -378,9 +242,10 @@ class RejectActuator(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         controller = self.controller
-        values: dict[str, object] = {"state": self._state, "driver": self.settings.driver}
+        state = self.lifecycle_state
+        values: dict[str, object] = {"state": state, "driver": self.settings.driver}
         if controller is None:
-            level, message = diagnostics.WARN, f"{self._state}: parts are not ejected"
+            level, message = diagnostics.WARN, f"{state}: parts are not ejected"
         else:
             health = controller.driver.health()
             values.update(controller.snapshot())
@@ -389,8 +254,8 @@ class RejectActuator(LifecycleNode):
                 level, message = diagnostics.ERROR, f"actuator fault: {health.message}"
             elif values.get("decision_stream_down"):
                 level, message = diagnostics.ERROR, "no verdicts while parts are captured (watchdog tripped)"
-            elif self._state != "active":
-                level, message = diagnostics.WARN, f"{self._state}: parts are not ejected"
+            elif state != "active":
+                level, message = diagnostics.WARN, f"{state}: parts are not ejected"
             else:
                 level, message = diagnostics.OK, health.message
         status = diagnostics.status(f"{self.get_name()}: actuator", level, message, values, self.settings.driver)

@@ -17,10 +17,12 @@ from qc_cell.fusion.flags import SIGNALS
 from qc_cell.fusion.params import SENSOR_FUSION, fusion_config, spec_from
 from qc_cell.fusion.process_fusion import FusionEvent, ProcessFusion, ProcessSnapshot
 from qc_cell.ros import diagnostics, qos
+from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
+from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns
-from qc_interfaces.msg import Alert, ProcessState
+from qc_interfaces.msg import ProcessState
 
 
 class SensorFusionNode(Node):
@@ -46,12 +48,13 @@ class SensorFusionNode(Node):
         handle_parameter_changes(self, SENSOR_FUSION, self._apply_spec_limits)
 
         self._state_pub = self.create_publisher(ProcessState, "process/state", qos.LATCHED)
-        self._alert_pub = self.create_publisher(Alert, "alerts", qos.EVENTS)
+        self._alerts = AlertPublisher(self)
         self._diag_pub = diagnostics.create_publisher(self)
+        subscriptions = Subscriptions(self, self._alerts, self._diag_pub)
         # SENSOR_INPUT (best effort) matches best-effort and reliable sensor drivers alike.
-        self.create_subscription(Temperature, "process/temperature", self._on_temperature, qos.SENSOR_INPUT)
-        self.create_subscription(FluidPressure, "process/pressure", self._on_pressure, qos.SENSOR_INPUT)
-        self.create_subscription(Vector3Stamped, "process/vibration", self._on_vibration, qos.SENSOR_INPUT)
+        subscriptions.create(Temperature, "process/temperature", self._on_temperature, qos.SENSOR_INPUT)
+        subscriptions.create(FluidPressure, "process/pressure", self._on_pressure, qos.SENSOR_INPUT)
+        subscriptions.create(Vector3Stamped, "process/vibration", self._on_vibration, qos.SENSOR_INPUT)
         self.create_timer(check_period_s, self._on_check)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self.get_logger().info("sensor fusion ready")
@@ -89,7 +92,7 @@ class SensorFusionNode(Node):
         snap = self._fusion.evaluate(now_ns)
         self._snapshot = snap
         for event in self._fusion.pop_events():
-            self._raise(event, now_ns)
+            self._raise(event)
         last = self._last_published
         if last is None or last[1] != int(snap.flags) or now_ns - last[0] >= self._publish_period_ns:
             self._publish_state(snap)
@@ -107,20 +110,9 @@ class SensorFusionNode(Node):
         self._state_pub.publish(msg)
         self._last_published = (snap.stamp_ns, int(snap.flags))
 
-    def _raise(self, event: FusionEvent, now_ns: int) -> None:
-        msg = Alert()
-        msg.header.stamp = from_ns(now_ns)
-        msg.severity = int(event.severity)
-        msg.source = self.get_fully_qualified_name()
-        msg.code = event.code
-        msg.message = event.message
-        self._alert_pub.publish(msg)
+    def _raise(self, event: FusionEvent) -> None:
+        self._alerts.send(int(event.severity), event.code, event.message, log=True)
         self._alerts_sent += 1
-        # Separate call sites: rclpy refuses two severities from one.
-        if event.severity >= Alert.WARN:
-            self.get_logger().warning(f"{event.code}: {event.message}")
-        else:
-            self.get_logger().info(f"{event.code}: {event.message}")
 
     def _publish_diagnostics(self) -> None:
         snap = self._snapshot

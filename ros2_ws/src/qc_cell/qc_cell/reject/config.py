@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qc_cell.reject.records import DIVERT, REJECT, STOP_LINE, VERDICTS_BY_NAME
+from qc_cell.reject.records import DIVERT, REJECT, STOP_LINE
+from qc_contract.vocabulary import Verdict
 
 SPEED_SOURCES = ("parameter", "encoder")
 OVERLAP_POLICIES = ("merge", "flag")
@@ -69,8 +70,8 @@ class RejectConfig:
             f"watchdog_action {self.watchdog_action!r} must be one of {WATCHDOG_ACTIONS}",
         )
         for names, field in ((self.eject_verdicts, "eject_verdicts"), (self.divert_verdicts, "divert_verdicts")):
-            bad = [n for n in names if n not in VERDICTS_BY_NAME]
-            need(not bad, f"{field}: unknown verdicts {bad}; known: {list(VERDICTS_BY_NAME)}")
+            bad = [n for n in names if n not in Verdict.__members__]
+            need(not bad, f"{field}: unknown verdicts {bad}; known: {list(Verdict.__members__)}")
         both = set(self.eject_verdicts) & set(self.divert_verdicts)
         need(not both, f"verdicts {sorted(both)} are in both eject_verdicts and divert_verdicts")
         need(
@@ -85,7 +86,7 @@ class RejectConfig:
             )
 
     def lane_for(self, verdict: int) -> str | None:
-        names = {VERDICTS_BY_NAME[n] for n in self.eject_verdicts}, {VERDICTS_BY_NAME[n] for n in self.divert_verdicts}
+        names = {Verdict[n] for n in self.eject_verdicts}, {Verdict[n] for n in self.divert_verdicts}
         if verdict in names[0]:
             return REJECT
         if verdict in names[1]:

@@ -37,11 +37,9 @@ from qc_cell.reject.records import (
     INFO,
     LATE,
     NOT_INSPECTED,
-    OUTCOME_NAMES,
     REJECT,
     SKIPPED,
     STOP_LINE,
-    VERDICT_NAMES,
     WARN,
     AlertRecord,
     Decision,
@@ -59,6 +57,7 @@ from qc_cell.reject.timing import (
     SpeedUnknownError,
 )
 from qc_cell.reject.watchdog import DecisionWatchdog
+from qc_contract.vocabulary import OUTCOME_NAMES, VERDICT_NAMES
 
 MISSED_CODES = {LATE: "REJECT_LATE", FAILED: "REJECT_FAILED", SKIPPED: "REJECT_SKIPPED"}
 

@@ -1,30 +1,16 @@
-"""Plain records the reject core consumes and produces. Constants mirror qc_interfaces (QualityDecision,
-RejectEvent, Alert); a node test checks that they stay equal."""
+"""Plain records the reject core consumes and produces, and the short names it uses for the shared vocabulary
+(qc_contract.vocabulary: verdicts, reject outcomes, alert severities; defined there, only named here)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# QualityDecision verdicts
-NORMAL = 0
-REINSPECT = 1
-DEFECTIVE = 2
-NOT_INSPECTED = 3
-VERDICT_NAMES = {NORMAL: "NORMAL", REINSPECT: "REINSPECT", DEFECTIVE: "DEFECTIVE", NOT_INSPECTED: "NOT_INSPECTED"}
-VERDICTS_BY_NAME = {name: value for value, name in VERDICT_NAMES.items()}
+from qc_contract.vocabulary import RejectOutcome, Severity, Verdict
 
-# RejectEvent outcomes
-DONE = 0
-LATE = 1
-FAILED = 2
-SKIPPED = 3
-OUTCOME_NAMES = {DONE: "DONE", LATE: "LATE", FAILED: "FAILED", SKIPPED: "SKIPPED"}
-
-# Alert severities
-INFO = 0
-WARN = 1
-ERROR = 2
-CRITICAL = 3
+NORMAL, REINSPECT, DEFECTIVE = Verdict.NORMAL, Verdict.REINSPECT, Verdict.DEFECTIVE
+NOT_INSPECTED = Verdict.NOT_INSPECTED
+DONE, LATE, FAILED, SKIPPED = RejectOutcome.DONE, RejectOutcome.LATE, RejectOutcome.FAILED, RejectOutcome.SKIPPED
+INFO, WARN, ERROR, CRITICAL = Severity.INFO, Severity.WARN, Severity.ERROR, Severity.CRITICAL
 
 # Output channels (lanes) an actuator can drive.
 REJECT = "reject"

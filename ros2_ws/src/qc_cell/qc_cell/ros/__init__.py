@@ -1,1 +1,2 @@
-"""The only place besides qc_cell.nodes that imports rclpy: QoS, time, parameters, diagnostics, main()."""
+"""The ROS glue the cell's nodes share: QoS, time, parameters, diagnostics, alerts, subscriptions (incompatible-QoS
+reports), image conversion, the lifecycle base of device nodes, the robot-arm action client, RViz markers, main()."""

@@ -10,6 +10,8 @@
   intermediate `bytes`. The array must not change until the message is published.
 - Encodings handled natively: bgr8, rgb8, bgra8, rgba8, mono8, mono16, bayer_* (8 and 16 bit, passed through
   as raw mosaics), and the generic OpenCV types 8UC1..64FC4 (e.g. 8UC1, 8UC3, 16UC1, 32FC1).
+- For the nodes: `decode_for_model` (inference: the pixels and their channel order, as preprocessing wants them) and
+  `decode_bgr8` (the cloud bridge's JPEG samples).
 - cv_bridge: where it is importable (ROS installed from apt, e.g. on the Jetson), it handles encodings outside
   that table (yuv422, nv21, ...). For the table's encodings the native path is used even then: it gives the same
   arrays as cv_bridge's passthrough decode, with the copy counts above guaranteed and tested here.
@@ -60,6 +62,23 @@ for _pattern in ("rggb", "bggr", "gbrg", "grbg"):
 _CV_TYPE = re.compile(r"^(8U|8S|16U|16S|32S|32F|64F)C([1-4])$")
 _CV_DEPTH = {"8U": np.uint8, "8S": np.int8, "16U": np.uint16, "16S": np.int16, "32S": np.int32, "32F": np.float32}
 _CV_DEPTH["64F"] = np.float64
+
+# Encodings a model scores, with the channel order of their pixels (grey images have one channel; the generic
+# OpenCV types follow OpenCV's BGR convention). Bayer mosaics are demosaiced to BGR first.
+MODEL_CHANNEL_ORDER = {
+    "bgr8": "BGR",
+    "rgb8": "RGB",
+    "bgra8": "BGR",
+    "rgba8": "RGB",
+    "mono8": "BGR",
+    "mono16": "BGR",
+    "bgr16": "BGR",
+    "rgb16": "RGB",
+    "8UC1": "BGR",
+    "8UC3": "BGR",
+    "8UC4": "BGR",
+    "16UC1": "BGR",
+}
 
 # ROS bayer pattern -> OpenCV demosaicing code (OpenCV names the pattern by the second row; as cv_bridge does).
 _DEMOSAIC = {
@@ -199,3 +218,22 @@ def to_bgr8(pixels: np.ndarray, encoding: str) -> np.ndarray:
     if channels == 4:
         pixels = pixels[:, :, :3]
     return pixels[:, :, ::-1] if encoding.startswith("rgb") else pixels
+
+
+def decode_for_model(image: Image) -> tuple[np.ndarray, str]:
+    """PartFrame.image -> (pixels, channel order) for preprocessing, a view on the message where possible.
+    ImageConversionError for anything a model cannot score (encoding, empty, data size not matching
+    width/height/step)."""
+    pixels = image_to_array(image)
+    if image.encoding.startswith("bayer_"):
+        return to_bgr8(pixels, image.encoding), "BGR"
+    if image.encoding not in MODEL_CHANNEL_ORDER:
+        raise ImageConversionError(
+            f"encoding {image.encoding!r} cannot be scored (supported: {', '.join(MODEL_CHANNEL_ORDER)}, bayer_*)"
+        )
+    return pixels, MODEL_CHANNEL_ORDER[image.encoding]
+
+
+def decode_bgr8(image: Image) -> np.ndarray:
+    """The message as a displayable 8-bit BGR image (see to_bgr8); ImageConversionError when it cannot be."""
+    return to_bgr8(image_to_array(image), image.encoding)

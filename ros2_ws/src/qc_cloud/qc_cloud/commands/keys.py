@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from qc_cell.bridge.update_manifest import key_id
+from qc_contract.update_manifest import key_id
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -18,10 +18,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from qc_cell.bridge import artifact, update_manifest
-from qc_cell.bridge.topics import CellId
-from qc_cell.inference.manifest import Manifest, ManifestError
 from qc_cloud.cell_link import LinkError, add_broker_arguments, add_cell_arguments, broker_from_args, close, connect
+from qc_contract import artifact, update_manifest
+from qc_contract.model_manifest import Manifest, ManifestError
+from qc_contract.topics import CellId
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

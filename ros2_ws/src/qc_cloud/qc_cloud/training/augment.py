@@ -1,4 +1,4 @@
-"""Training-time augmentation of the uint8 image, applied BEFORE qc_cell.inference.preprocess (so the model
+"""Training-time augmentation of the uint8 image, applied BEFORE qc_contract.preprocess (so the model
 always sees inputs produced by the same preprocessing as the edge).
 
 One affine warp does rotation (±20°), zoom (±10%) and horizontal flip about the image centre; borders are

@@ -1,4 +1,4 @@
-"""Model input batches from data set samples: read -> (augment) -> qc_cell.inference.preprocess.
+"""Model input batches from data set samples: read -> (augment) -> qc_contract.preprocess.
 
 Every tensor the model sees in training, evaluation, export checks and golden scores is made by
 `preprocess()`, the function the edge inference node calls: no train/serve skew.
@@ -10,10 +10,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from qc_cell.inference.manifest import Preprocessing
-from qc_cell.inference.preprocess import preprocess
 from qc_cloud.training.augment import Augmentation, draw_rng
 from qc_cloud.training.datasets import Dataset, Sample
+from qc_contract.model_manifest import Preprocessing
+from qc_contract.preprocess import preprocess
 
 # Images are read with OpenCV, so they are BGR; preprocess() reorders to the model's colour order.
 IMAGE_CHANNEL_ORDER = "BGR"

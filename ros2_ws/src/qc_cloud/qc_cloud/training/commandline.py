@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from qc_cell.inference.manifest import ManifestError
-from qc_cell.inference.preprocess import PreprocessError
 from qc_cloud.training.errors import TrainingError
+from qc_contract.model_manifest import ManifestError
+from qc_contract.preprocess import PreprocessError
 
 EXIT_USER_ERROR = 2
 
@@ -53,7 +53,7 @@ def print_summary(run) -> None:
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    print(f"model package: {run.out_dir} (version {run.manifest.version}, sha256 {run.manifest.sha256[:12]})")
+    print(f"model package: {run.package_dir} (version {run.manifest.version}, sha256 {run.manifest.sha256[:12]})")
     print(
         f"test split: {m['n_images']} images  accuracy {f(m['accuracy'])}  precision {f(m['precision'])}  "
         f"recall {f(m['recall'])}  F1 {f(m['f1'])}  ROC AUC {f(m['roc_auc'])}"

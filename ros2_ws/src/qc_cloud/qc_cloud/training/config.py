@@ -18,7 +18,7 @@ from qc_cloud.training.models import BACKBONES
 
 @dataclass(frozen=True)
 class SyntheticData:
-    """Generate the data set with qc_cell.camera.synthetic.write_mvtec_dataset instead of reading one."""
+    """Generate the data set with qc_contract.synthetic.write_mvtec_dataset instead of reading one."""
 
     n_train_good: int = 120
     n_test_good: int = 60

@@ -80,7 +80,7 @@ class Dataset:
 
 def decode_image(data: bytes, source: Path | str) -> np.ndarray:
     """Encoded bytes -> H x W x 3 uint8 BGR. Grayscale is copied to 3 channels, alpha dropped, 16 bit scaled
-    to 8 bit (as qc_cell.inference.preprocess does for 16-bit frames)."""
+    to 8 bit (as qc_contract.preprocess does for 16-bit frames)."""
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if image is None or image.size == 0:
         raise DatasetError(f"unreadable image {source} (not a decodable {'/'.join(sorted(IMAGE_SUFFIXES))} file)")

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from qc_cell.inference.manifest import Manifest, ManifestError, Preprocessing
 from qc_cloud.training.batches import input_batches
 from qc_cloud.training.datasets import Dataset, Sample
+from qc_contract.model_manifest import Manifest, ManifestError, Preprocessing
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # (N, 3, h, w) float32 -> (N,) P(defect)
 

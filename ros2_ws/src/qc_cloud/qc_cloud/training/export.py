@@ -1,7 +1,7 @@
 """ONNX export of the classifier (opset 17, dynamic batch) and its parity check against PyTorch.
 
 Graph contract (read by the edge through the manifest):
-    input    "input"     float32 (N, 3, H, W), already preprocessed (qc_cell.inference.preprocess)
+    input    "input"     float32 (N, 3, H, W), already preprocessed (qc_contract.preprocess)
     output   "logit"     float32 (N, 1), P(defect) = sigmoid(logit)
     output   "features"  float32 (N, C, h, w), last feature map, optional: class-activation heatmaps are
                          sum_c classifier_weights[c] * features[:, c] (the manifest carries the weights)

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qc_cell.inference.manifest import Preprocessing
 from qc_cloud.training.augment import Augmentation
 from qc_cloud.training.batches import input_batches
 from qc_cloud.training.datasets import Dataset, Sample
 from qc_cloud.training.models import DefectClassifier
+from qc_contract.model_manifest import Preprocessing
 
 
 @dataclass

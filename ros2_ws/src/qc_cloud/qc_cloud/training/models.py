@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qc_cell.inference.manifest import IMAGENET, TFLITE, Normalization
 from qc_cloud.training.errors import ConfigError
+from qc_contract.model_manifest import IMAGENET, TFLITE, Normalization
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""The model package the edge loads: model.onnx + manifest.json (qc_cell.inference.manifest) + golden/.
+"""The model package the edge loads: model.onnx + manifest.json (qc_contract.model_manifest) + golden/.
 
 The golden set is a few held-out test images (PNG files copied byte for byte), with the score the exported model
-gives them through ONNX Runtime and qc_cell.inference.preprocess: before the edge swaps in a new model it
+gives them through ONNX Runtime and qc_contract.preprocess: before the edge swaps in a new model it
 scores these files and compares (tolerance in the manifest), which catches a broken engine build or a
 preprocessing mismatch before a single part is judged by it.
 """
@@ -17,12 +17,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from qc_cell.inference.manifest import GoldenItem, Manifest, Output, Preprocessing, sha256_file
-from qc_cell.inference.preprocess import preprocess
 from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER
 from qc_cloud.training.datasets import GOOD, Dataset, Sample, read_image
 from qc_cloud.training.evaluate import OnnxScorer
 from qc_cloud.training.export import FEATURES_NAME, INPUT_NAME, LOGIT_NAME
+from qc_contract.model_manifest import GoldenItem, Manifest, Output, Preprocessing, sha256_file
+from qc_contract.preprocess import preprocess
 
 GOLDEN_DIR = "golden"
 GOLDEN_TOLERANCE = 0.02  # |expected - actual| P(defect) allowed on the edge (TensorRT fp16 vs ORT fp32)

@@ -30,9 +30,6 @@ from typing import Any
 
 import torch
 
-from qc_cell.camera.synthetic import write_mvtec_dataset
-from qc_cell.inference.manifest import MANIFEST_NAME, Manifest, ManifestError, Preprocessing
-from qc_cell.inference.preprocess import preprocess
 from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER, input_batches
 from qc_cloud.training.checkpoint import Checkpoint, save_checkpoint
 from qc_cloud.training.config import SyntheticData, TrainConfig
@@ -45,6 +42,9 @@ from qc_cloud.training.package import PackageContents, pick_golden, write_golden
 from qc_cloud.training.report import write_report
 from qc_cloud.training.splits import MVTEC_CAVEAT, Split, stratified_split
 from qc_cloud.training.trainer import Trainer
+from qc_contract.model_manifest import MANIFEST_NAME, Manifest, ManifestError, Preprocessing
+from qc_contract.preprocess import preprocess
+from qc_contract.synthetic import write_mvtec_dataset
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ PARITY_IMAGES = 8  # test images run through PyTorch and ONNX Runtime for the pa
 
 @dataclass
 class RunResult:
-    out_dir: Path
+    out_dir: Path  # where the run wrote (the package for train/export, the report folder for evaluate)
+    package_dir: Path  # the model package the run made or scored
     manifest: Manifest
     evaluation: Evaluation
     report: dict[str, Any]
@@ -139,7 +140,7 @@ def prepare_split(dataset: Dataset, config: TrainConfig, split_path: Path | None
 
 def _dataset_info(dataset: Dataset, split: Split, config: TrainConfig) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "name": dataset.root.name if config.synthetic is None else "synthetic (qc_cell.camera.synthetic)",
+        "name": dataset.root.name if config.synthetic is None else "synthetic (qc_contract.synthetic)",
         "layout": dataset.layout,
         "fingerprint": dataset.fingerprint,
         "images": len(dataset.samples),
@@ -210,7 +211,7 @@ def package_model(
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md"}
     paths.update({name: out_dir / rel for name, rel in report["plots"].items()})
     log.info(f"model package written to {out_dir}")
-    return RunResult(out_dir, manifest, evaluation, report, paths)
+    return RunResult(out_dir, out_dir, manifest, evaluation, report, paths)
 
 
 def _build_package(
@@ -268,7 +269,7 @@ def _build_package(
     caveats = [MVTEC_CAVEAT] if dataset.layout == "mvtec" else []
     if config.synthetic is not None:
         caveats.append(
-            "Trained and tested on procedurally generated parts (qc_cell.camera.synthetic): these figures say "
+            "Trained and tested on procedurally generated parts (qc_contract.synthetic): these figures say "
             "the pipeline works, not how the model will do on a real line. Retrain on images of the real product."
         )
     report = {
@@ -415,4 +416,4 @@ def evaluate_package(
         "caveats": caveats,
     }
     paths = write_report(Path(out_dir), report, evaluation, None)
-    return RunResult(Path(out_dir), manifest, evaluation, report, paths)
+    return RunResult(Path(out_dir), Path(package_dir), manifest, evaluation, report, paths)

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the usual torch alias)
 from tqdm import tqdm
 
-from qc_cell.inference.manifest import Preprocessing
 from qc_cloud.training.batches import input_batches
 from qc_cloud.training.config import TrainConfig
 from qc_cloud.training.datasets import Dataset, Sample
@@ -40,6 +39,7 @@ from qc_cloud.training.models import (
     unfreeze_top,
 )
 from qc_cloud.training.splits import Split
+from qc_contract.model_manifest import Preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,14 @@ Ground truth comes from the path: `.../good/<file>` is a good part, `.../test/<d
 type <defect> (MVTec AD: train/good, test/good, test/<defect>); anything else has no ground truth.
 `ground_truth/` folders (MVTec masks) are not parts and are skipped. An unreadable image is logged with its path
 and skipped; only a folder with no readable image at all is an error.
+
+Symbolic links are followed, to folders as to files (class folders linked in from a network share are common); a
+folder reached a second time, through a link loop or a second link to it, is read once and the repeat logged.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -36,6 +40,35 @@ def ground_truth_of(path: Path) -> tuple[str | None, str | None]:
     if path.parent.parent.name == "test":
         return "defect", category
     return None, None
+
+
+def image_files(root: Path, warn: Warn) -> list[Path]:
+    """Every image file under `root` (sorted), following symbolic links; `ground_truth/` folders left out. Each
+    folder is read once, however many paths lead to it, so a link loop ends."""
+    files: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(error: OSError) -> None:
+        warn(f"cannot read folder {error.filename}: {error.strerror}")
+
+    for folder, subfolders, names in os.walk(root, onerror=unreadable, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError as exc:
+            unreadable(exc)
+            subfolders.clear()
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            warn(f"skipping {folder}: that folder was already read through another path (a link loop?)")
+            subfolders.clear()
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        subfolders[:] = sorted(name for name in subfolders if name != "ground_truth")  # the first path wins
+        for name in names:
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                files.append(path)
+    return sorted(files)
 
 
 class FolderSource(FrameSource):
@@ -68,18 +101,11 @@ class FolderSource(FrameSource):
     def open(self) -> None:
         if not self.root.is_dir():
             raise SourceUnavailableError(f"image folder {self.root} does not exist")
-        files = [
-            p
-            for p in self.root.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES
-            and "ground_truth" not in p.relative_to(self.root).parts
-            and p.is_file()
-        ]
+        files = image_files(self.root, self._warn)
         if not files:
             raise SourceUnavailableError(
                 f"image folder {self.root} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
             )
-        files.sort()
         self._files = files
         self._cursor = 0
         self._passes = 0

@@ -1,9 +1,9 @@
-"""Synthetic parts from qc_cell.camera.synthetic, with ground truth (the demo's and the system tests' camera)."""
+"""Synthetic parts from qc_contract.synthetic, with ground truth (the demo's and the system tests' camera)."""
 
 from __future__ import annotations
 
 from qc_cell.camera.sources.base import Frame, FrameSource, SourceConfigError
-from qc_cell.camera.synthetic import SyntheticPartGenerator
+from qc_contract.synthetic import SyntheticPartGenerator
 
 
 class SyntheticSource(FrameSource):

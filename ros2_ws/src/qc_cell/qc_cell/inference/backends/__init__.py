@@ -17,7 +17,7 @@ from qc_cell.inference.backends.base import (
     BackendUnavailableError,
     TensorSpec,
 )
-from qc_cell.inference.manifest import Manifest
+from qc_contract.model_manifest import Manifest
 
 __all__ = [
     "BACKEND_CHOICES",

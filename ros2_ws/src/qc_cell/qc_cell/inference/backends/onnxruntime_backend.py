@@ -16,7 +16,7 @@ from qc_cell.inference.backends.base import (
     check_batch,
 )
 from qc_cell.inference.backends.input_shape import resolve_max_batch
-from qc_cell.inference.manifest import Manifest
+from qc_contract.model_manifest import Manifest
 
 
 def is_available() -> tuple[bool, str]:

@@ -37,7 +37,7 @@ from qc_cell.inference.backends.base import (
 )
 from qc_cell.inference.backends.engine_cache import EngineCache, EngineKey, atomic_write_bytes
 from qc_cell.inference.backends.input_shape import resolve_max_batch
-from qc_cell.inference.manifest import Manifest
+from qc_contract.model_manifest import Manifest
 
 _log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -130,7 +130,7 @@ def _make_calibrator(trt: Any, cuda: Any, manifest: Manifest, files: list[Path],
     with the calibration profile's shape, batch 1 here)."""
     import cv2
 
-    from qc_cell.inference.preprocess import preprocess
+    from qc_contract.preprocess import preprocess
 
     spec = manifest.preprocessing
     nbytes = 3 * spec.input_height * spec.input_width * 4

@@ -1,7 +1,7 @@
 """Robot-arm reject: each part is sent as a `reject_part` goal (deadline, position) as soon as its verdict
 is known, since an arm needs lead time. The pick time is taken from the arm's feedback (the first
 "placing" stage = the part is in the gripper); a goal without a result by deadline + result_timeout is
-cancelled and reported failed. The ROS action client lives in the node (ArmTransport); this class holds
+cancelled and reported failed. The ROS action client is qc_cell.ros.arm_client (an ArmTransport); this class holds
 the bookkeeping so that it is tested without ROS too.
 """
 

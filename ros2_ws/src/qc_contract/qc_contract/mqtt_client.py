@@ -8,7 +8,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from qc_cell.bridge.config import BrokerConfig
+from qc_contract.broker import BrokerConfig
 
 
 def create_client(broker: BrokerConfig, inflight_window: int = 20, paho_reconnects: bool = False) -> mqtt.Client:

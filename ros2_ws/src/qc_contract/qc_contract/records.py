@@ -1,4 +1,4 @@
-"""JSON records the cell sends to the cloud (schema in qc_cell/schemas/<type>.schema.json, see docs/mqtt.md).
+"""JSON records the cell sends to the cloud (schema in qc_contract/schemas/<type>.schema.json, see docs/mqtt.md).
 
 Builders take plain Python values (the node converts ROS messages), return the record body; envelope()
 adds what every record carries: schema_version, type, cell, epoch, seq, id. Encoded compactly: records
@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from qc_contract.vocabulary import MODEL_STATE_NAMES, OUTCOME_NAMES, SEVERITY_NAMES, VERDICT_NAMES, name_of
+
 SCHEMA_VERSION = 1
-VERDICTS = ("NORMAL", "REINSPECT", "DEFECTIVE", "NOT_INSPECTED")  # QualityDecision constants, by value
-SEVERITIES = ("INFO", "WARN", "ERROR", "CRITICAL")  # Alert constants, by value
-REJECT_OUTCOMES = ("DONE", "LATE", "FAILED", "SKIPPED")  # RejectEvent constants, by value
-MODEL_STATES = ("NONE", "LOADING", "ACTIVE", "FAILED")  # ModelInfo constants, by value
 
 
 def iso_time(ns: int) -> str | None:
@@ -33,10 +31,6 @@ def number(value: float, digits: int = 4) -> float | None:
     """JSON has no NaN/inf: those become null. Rounded, since float32 sources carry no more precision."""
     value = float(value)
     return round(value, digits) if math.isfinite(value) else None
-
-
-def name_of(names: Sequence[str], value: int) -> str:
-    return names[value] if 0 <= value < len(names) else f"UNKNOWN_{value}"
 
 
 def envelope(cell: str, epoch: str, stream: str, seq: int, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,7 +70,7 @@ def part(
 ) -> dict[str, Any]:
     return {
         "part_id": part_id,
-        "verdict": name_of(VERDICTS, verdict),
+        "verdict": name_of(VERDICT_NAMES, verdict),
         "reasons": list(reasons),
         "defect_probability": number(defect_probability),
         "process_anomaly_score": number(process_anomaly_score),
@@ -105,7 +99,7 @@ def kpi(
         "time": iso_time(stamp_ns),
         "window_s": number(window_s, 3),
         "parts": int(parts),
-        "verdicts": {name: int(counts.get(name, 0)) for name in VERDICTS},
+        "verdicts": {name: int(counts.get(name, 0)) for name in VERDICT_NAMES.values()},
         "yield_ratio": number(yield_ratio),
         "throughput_pps": number(throughput_pps, 3),
         "latency_ms": {key: number(value, 2) for key, value in latency_ms.items()},
@@ -117,7 +111,7 @@ def kpi(
 def alert(*, stamp_ns: int, severity: int, source: str, code: str, message: str, part_id: str) -> dict[str, Any]:
     return {
         "time": iso_time(stamp_ns),
-        "severity": name_of(SEVERITIES, severity),
+        "severity": name_of(SEVERITY_NAMES, severity),
         "source": source,
         "code": code,
         "message": message,
@@ -140,8 +134,8 @@ def reject(
 ) -> dict[str, Any]:
     return {
         "part_id": part_id,
-        "verdict": name_of(VERDICTS, verdict),
-        "outcome": name_of(REJECT_OUTCOMES, outcome),
+        "verdict": name_of(VERDICT_NAMES, verdict),
+        "outcome": name_of(OUTCOME_NAMES, outcome),
         "method": method,
         "lane": lane,
         "capture_time": iso_time(capture_ns),
@@ -182,7 +176,7 @@ def model_state(
     return {
         "time": iso_time(stamp_ns),
         "event": "model_state",
-        "state": name_of(MODEL_STATES, state),
+        "state": name_of(MODEL_STATE_NAMES, state),
         "active_version": version,
         "sha256": sha256,
         "backend": backend,
@@ -221,7 +215,7 @@ def image_record(
     """A JPEG of one part with its metadata: the sample channel (retraining) and verify requests."""
     body: dict[str, Any] = {
         "part_id": part_id,
-        "verdict": name_of(VERDICTS, verdict),
+        "verdict": name_of(VERDICT_NAMES, verdict),
         "defect_probability": number(defect_probability),
         "reasons": list(reasons),
         "model_version": model_version,
@@ -249,7 +243,7 @@ def verify_result(
     return {
         "part_id": part_id,
         "request_id": request_id,
-        "local_verdict": name_of(VERDICTS, local_verdict),
+        "local_verdict": name_of(VERDICT_NAMES, local_verdict),
         "cloud_verdict": cloud_verdict,
         "outcome": outcome,
         "rtt_ms": None if rtt_ms is None else number(rtt_ms, 2),

@@ -456,7 +456,7 @@ def write_mvtec_dataset(
     write_split(root / "test" / "good", n_test_good, None)
     for defect_type in generator.defect_types:
         write_split(root / "test" / defect_type, n_test_per_defect, defect_type)
-    meta = {"generator": "qc_cell.camera.synthetic", "seed": seed, "width": width, "height": height, **counts}
+    meta = {"generator": "qc_contract.synthetic", "seed": seed, "width": width, "height": height, **counts}
     meta["defect_types"] = list(generator.defect_types)
     (root / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root

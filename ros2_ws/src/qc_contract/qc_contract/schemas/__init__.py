@@ -1,4 +1,4 @@
-"""The JSON Schema files of the MQTT records (qc_cell/schemas/<name>.schema.json), loaded once."""
+"""The JSON Schema files of the MQTT records (<name>.schema.json beside this module), loaded once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 @cache
 def schema(name: str) -> dict[str, Any]:
-    text = resources.files("qc_cell").joinpath("schemas", f"{name}.schema.json").read_text()
+    text = resources.files(__name__).joinpath(f"{name}.schema.json").read_text()
     return json.loads(text)
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from qc_cell.bridge import schemas
-from qc_cell.bridge.records import SCHEMA_VERSION
+from qc_contract import schemas
+from qc_contract.records import SCHEMA_VERSION
 
 
 class InboundError(Exception):

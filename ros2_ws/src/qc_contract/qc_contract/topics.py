@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from qc_cell.bridge.config import BridgeConfigError
+from qc_contract.broker import BridgeConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

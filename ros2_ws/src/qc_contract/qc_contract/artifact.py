@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from qc_cell.bridge.inbound import InboundError
+from qc_contract.inbound import InboundError
 
 READ_BLOCK = 1 << 16
 MAX_MEMBERS = 10_000

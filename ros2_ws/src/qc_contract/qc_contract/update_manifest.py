@@ -19,8 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from qc_cell.bridge.inbound import InboundError
-from qc_cell.bridge.records import SCHEMA_VERSION, iso_time
+from qc_contract.inbound import InboundError
+from qc_contract.records import SCHEMA_VERSION, iso_time
 
 
 class KeyFileError(ValueError):

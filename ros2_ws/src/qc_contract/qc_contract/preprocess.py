@@ -19,7 +19,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from qc_cell.inference.manifest import Normalization, Preprocessing
+from qc_contract.model_manifest import Normalization, Preprocessing
 
 CHANNEL_ORDERS = ("BGR", "RGB")
 
