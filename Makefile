@@ -24,9 +24,12 @@ test: lint
 # on ROS 2 Jazzy from PyPI: the closest to Humble's rclpy API that installs here. Not the Dockerfile checks
 # nor the docs commands, which do not depend on the ROS distribution.
 JAZZY_TESTS := ros2_ws/src/qc_cell/test tests --ignore=tests/test_docker.py --ignore=tests/test_docs_commands.py
+# A shell where scripts/env.sh was sourced already has the default set-up's paths: Jazzy's must not stack on them.
+JAZZY_ENV := unset PYTHONPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH COLCON_PREFIX_PATH VIRTUAL_ENV \
+	ROS_DISTRO FASTDDS_DEFAULT_PROFILES_FILE FASTRTPS_DEFAULT_PROFILES_FILE && export QC_ROS_DISTRO=jazzy && $(ENV)
 test-jazzy:
 	@bash scripts/setup.sh --distro jazzy
-	@export QC_ROS_DISTRO=jazzy && $(ENV) python -c 'from importlib.metadata import version as v; r = v("ros-rclpy"); \
+	@$(JAZZY_ENV) python -c 'from importlib.metadata import version as v; r = v("ros-rclpy"); \
 	  print("test-jazzy: rclpy", r); assert r.startswith("7."), "not Jazzy rclpy"' \
 	  && bash scripts/run_tests.sh $(JAZZY_TESTS) $(PYTEST_ARGS)
 

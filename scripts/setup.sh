@@ -49,6 +49,8 @@ case "$DISTRO" in
     BUILD_BASE=ros2_ws/build-jazzy
     INSTALL_BASE=ros2_ws/install-jazzy
     SYSTEM_ROS=""
+    # Nothing of another set-up sourced in this shell (scripts/env.sh, a system ROS 2) may leak into the build.
+    unset PYTHONPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH COLCON_PREFIX_PATH
     ;;
   *) echo "setup.sh: unknown distro '$DISTRO' (PyPI wheels exist for kilted and jazzy)" >&2; exit 2 ;;
 esac
