@@ -82,17 +82,15 @@ install_ros_wheels() {
 # QC_WITH_CLOUD=1, and the Jazzy run (node and system tests) never needs them.
 install_python_dependencies() {
   local h reqs
-  h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt docker/pip-constraints.txt \
-    docker/requirements-jetson.txt)
+  h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt docker/pip-constraints.txt)
   stamp_ok py "$h" && return
   log "installing Python dependencies"
   if [[ -n "$SYSTEM_ROS" ]]; then
     # The apt-built rclpy, cv_bridge and python3-opencv need NumPy 1.x and the system OpenCV (GStreamer):
     # no OpenCV wheel, NumPy constrained, and no cloud tools (torch) on the edge (QC_WITH_CLOUD=1 adds them).
-    # On a Jetson also pycuda (built against /usr/local/cuda) and Jetson.GPIO, as in the Jetson image.
+    # On a Jetson edge.txt also brings pycuda (built here against /usr/local/cuda: nvcc on PATH) and Jetson.GPIO.
     grep -viE '^[[:space:]]*opencv-(contrib-)?python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
     reqs=(-r "$VENV/edge-system-ros.txt" -r requirements/dev.txt -c docker/pip-constraints.txt)
-    [[ "$(uname -m)" == aarch64 ]] && reqs+=(-r docker/requirements-jetson.txt)
     [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt)
     PATH="/usr/local/cuda/bin:$PATH" "${PIP[@]}" "${reqs[@]}"
   else
