@@ -82,7 +82,9 @@ install_ros_wheels() {
 # QC_WITH_CLOUD=1, and the Jazzy run (node and system tests) never needs them.
 install_python_dependencies() {
   local h reqs
+  # QC_WITH_CLOUD is part of the stamp: `QC_WITH_CLOUD=1 make setup` after a first set-up adds the cloud tools.
   h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt docker/pip-constraints.txt)
+  [[ -n "$SYSTEM_ROS" ]] && h="$h-cloud${QC_WITH_CLOUD:-0}"
   stamp_ok py "$h" && return
   log "installing Python dependencies"
   if [[ -n "$SYSTEM_ROS" ]]; then
