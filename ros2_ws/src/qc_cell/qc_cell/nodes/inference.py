@@ -258,7 +258,13 @@ class InferenceNode(Node):
         shed = sum(stats.not_inspected.values()) - sum(previous.not_inspected.values())
         latency = np.percentile(stats.latency_ms, [50, 99]) if stats.latency_ms else (math.nan, math.nan)
         problems = []
-        if self._pipeline.model is None:
+        if self._pipeline.model is None and state.state == LOADING:
+            # The start-up load is a wait, not a fault (the camera is held back until the model serves).
+            level, problems = (
+                diagnostics.WARN,
+                [f"loading model {state.version}: parts are NOT_INSPECTED until it serves"],
+            )
+        elif self._pipeline.model is None:
             level, problems = diagnostics.ERROR, ["no model: every part is NOT_INSPECTED"]
         else:
             level = diagnostics.OK
