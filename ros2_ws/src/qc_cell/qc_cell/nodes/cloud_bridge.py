@@ -13,7 +13,8 @@ and /diagnostics. All MQTT and file I/O runs in the link's own threads; ROS call
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from rclpy.node import Node
 
@@ -41,6 +42,15 @@ from qc_cell.ros.time import from_ns, to_ns
 from qc_contract.vocabulary import Severity
 from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
 from qc_interfaces.srv import LoadModel
+
+T = TypeVar("T")
+
+
+def plain(kind: type[T], msg: Any, **converted: Any) -> T:
+    """The link's plain input from a message: the fields given here, the rest copied from the message's
+    fields of the same name."""
+    copied = {f.name: getattr(msg, f.name) for f in fields(kind) if f.name not in converted}  # type: ignore[arg-type]
+    return kind(**copied, **converted)
 
 
 class CloudBridgeNode(Node):
@@ -107,18 +117,12 @@ class CloudBridgeNode(Node):
 
     def _on_decision(self, msg: QualityDecision) -> None:
         self._link.on_part(
-            PartVerdict(
-                part_id=msg.part_id,
-                verdict=msg.verdict,
+            plain(
+                PartVerdict,
+                msg,
                 reasons=tuple(msg.reasons),
-                defect_probability=msg.defect_probability,
-                process_anomaly_score=msg.process_anomaly_score,
-                process_flags=msg.process_flags,
-                model_version=msg.model_version,
-                encoder_count=msg.encoder_count,
                 capture_ns=to_ns(msg.header.stamp),
                 decision_ns=to_ns(msg.decision_stamp),
-                capture_to_decision_ms=msg.capture_to_decision_ms,
             )
         )
 
@@ -127,72 +131,37 @@ class CloudBridgeNode(Node):
         self._link.on_frame(PartImage(msg.part_id, msg.capture_ok, lambda: decode_bgr8(image)))
 
     def _on_kpi(self, msg: CellKpi) -> None:
+        counts = {"NORMAL": msg.normal, "REINSPECT": msg.reinspect, "DEFECTIVE": msg.defective}
         self._link.on_kpi(
-            KpiReport(
+            plain(
+                KpiReport,
+                msg,
                 stamp_ns=to_ns(msg.header.stamp),
-                window_s=msg.window_s,
-                parts=msg.parts,
-                counts={
-                    "NORMAL": msg.normal,
-                    "REINSPECT": msg.reinspect,
-                    "DEFECTIVE": msg.defective,
-                    "NOT_INSPECTED": msg.not_inspected,
-                },
-                yield_ratio=msg.yield_ratio,
-                throughput_pps=msg.throughput_pps,
+                counts=counts | {"NOT_INSPECTED": msg.not_inspected},
                 latency_ms={"p50": msg.latency_p50_ms, "p95": msg.latency_p95_ms, "p99": msg.latency_p99_ms},
                 reasons=dict(zip(msg.reason_names, msg.reason_counts, strict=False)),
-                total_parts=msg.total_parts,
             )
         )
 
     def _on_alert(self, msg: Alert) -> None:
-        self._link.on_alert(
-            AlertReport(to_ns(msg.header.stamp), msg.severity, msg.source, msg.code, msg.message, msg.part_id)
-        )
+        self._link.on_alert(plain(AlertReport, msg, stamp_ns=to_ns(msg.header.stamp)))
 
     def _on_reject(self, msg: RejectEvent) -> None:
         self._link.on_reject(
-            RejectReport(
-                part_id=msg.part_id,
-                verdict=msg.verdict,
-                outcome=msg.outcome,
-                method=msg.method,
-                lane=msg.lane,
+            plain(
+                RejectReport,
+                msg,
                 capture_ns=to_ns(msg.header.stamp),
                 planned_ns=to_ns(msg.planned_time),
                 actual_ns=to_ns(msg.actual_time),
-                lateness_ms=msg.lateness_ms,
-                message=msg.message,
             )
         )
 
     def _on_process(self, msg: ProcessState) -> None:
-        self._link.on_process(
-            ProcessReport(
-                stamp_ns=to_ns(msg.header.stamp),
-                temperature_c=msg.temperature_c,
-                pressure_pa=msg.pressure_pa,
-                vibration_rms=msg.vibration_rms,
-                anomaly_score=msg.anomaly_score,
-                flags=msg.flags,
-                out_of_spec=msg.out_of_spec,
-                stale=msg.stale,
-            )
-        )
+        self._link.on_process(plain(ProcessReport, msg, stamp_ns=to_ns(msg.header.stamp)))
 
     def _on_model(self, msg: ModelInfo) -> None:
-        self._link.on_model(
-            ModelReport(
-                stamp_ns=to_ns(msg.header.stamp),
-                version=msg.version,
-                sha256=msg.sha256,
-                backend=msg.backend,
-                precision=msg.precision,
-                state=msg.state,
-                message=msg.message,
-            )
-        )
+        self._link.on_model(plain(ModelReport, msg, stamp_ns=to_ns(msg.header.stamp)))
 
     # -- link -> ROS (any thread: rclpy publishers and loggers are thread-safe) -------------------------
 
