@@ -113,13 +113,13 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
         self.refresh()
 
     def _current_stamp(self) -> tuple:
+        """The files' contents (small PEM and text files): any change, however quick, is seen."""
         stamp = []
         for path in [*self.key_files, self.revoked_file]:
             if not path:
                 continue
             try:
-                st = os.stat(path)
-                stamp.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
+                stamp.append((path, Path(path).read_bytes()))
             except OSError:
                 stamp.append((path, None))
         return tuple(stamp)
@@ -215,8 +215,11 @@ def sign(manifest: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[st
 
 
 def verify_signature(manifest: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]) -> None:
-    """Raises InboundError(no_trusted_key | unknown_key | bad_signature)."""
-    if not keys:
+    """Raises InboundError(no_trusted_key | revoked_key | unknown_key | bad_signature)."""
+    trusted = len(keys)  # a TrustedKeys re-reads its files here
+    if str(manifest.get("key_id", "")) in getattr(keys, "revoked", ()):
+        raise InboundError("revoked_key", f"key_id {manifest.get('key_id')!r} is revoked")
+    if not trusted:
         raise InboundError("no_trusted_key", "no public key is configured at the edge: updates are refused")
     key = keys.get(str(manifest.get("key_id", "")))
     if key is None:
