@@ -5,7 +5,6 @@ pytest, real Ed25519, real packages, real HTTP servers and FIFOs)."""
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import http.server
 import io
 import json
@@ -82,7 +81,8 @@ def test_missing_replay_state_fails_closed_on_the_newest_installed_package(tmp_p
 
 def test_missing_replay_state_uses_the_model_stores_newest_version(tmp_path):
     store = tmp_path / "store"
-    (store / "versions" / "3.0.0").mkdir(parents=True)  # installed by inference, update_dir is fresh
+    for version in ("demo-lite0-2", "2.5.0", "3.0.0"):  # installed by inference, update_dir is fresh
+        (store / "versions" / version).mkdir(parents=True)
     h = Harness(tmp_path, model_store_dir=store)
     try:
         assert h.send(make_update(tmp_path, "2.0.0")[0]).reason == "downgrade"
@@ -339,19 +339,27 @@ def test_urls_and_query_strings_are_redacted_in_records_and_logs(tmp_path):
 
 
 def test_member_count_is_checked_while_the_headers_are_read(tmp_path, monkeypatch):
+    """Refused at the first member over the limit: the other headers are never read (before, all of a million
+    tiny members' headers were read, and held in memory, before the count was checked)."""
     monkeypatch.setattr(artifact, "MAX_MEMBERS", 5)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for i in range(6):
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, mode="w:gz") as tar:
+        for i in range(1000):
             info = tarfile.TarInfo(f"f{i}")
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
-    body = raw.getvalue()
-    # Everything after the sixth member is garbage: a reader that checks only after all headers never gets there.
-    archive = tmp_path / "many.tar.gz"
-    archive.write_bytes(gzip.compress(body[: 6 * 1024] + b"\x01" * 4096))
+    headers_read = 0
+    original_next = tarfile.TarFile.next
+
+    def counting_next(self):
+        nonlocal headers_read
+        headers_read += 1
+        return original_next(self)
+
+    monkeypatch.setattr(tarfile.TarFile, "next", counting_next)
     with pytest.raises(artifact.InboundError, match="more than 5 members"):
         artifact.extract(archive, tmp_path / "out", 10**6)
+    assert headers_read <= 6 + 1, f"{headers_read} headers read for a limit of 5"
     assert not (tmp_path / "out").exists()
 
 

@@ -12,7 +12,8 @@ A partial download never becomes active: it lives in a temporary file that is de
 and only a verified, extracted package is renamed into place and handed to load_model.
 
 The version floor is the newest version this cell ever installed (update_state.json `high_water`). When the
-state file is missing it fails closed: the floor is the newest package in update_dir or in the model store.
+state file is missing it fails closed: the update must be newer than every package in update_dir and in the
+model store that it can be ordered against.
 The running model's version is taken from the model store's active pointer (written by inference), never
 from the model/active topic, which any participant on the graph could publish.
 """
@@ -317,7 +318,8 @@ class ModelUpdater:
         if not success:
             shutil.rmtree(final, ignore_errors=True)
             raise InboundError("load_failed", f"inference/load_model: {message}")
-        high_water = max(filter(None, (self._floor(), version)), key=version_key)
+        # A rollback keeps the floor where it was: the version rolled back from stays refused.
+        high_water = (self._high_water() or manifest["rollback_from"]) if "rollback_from" in manifest else version
         self._save_state(
             {
                 "version": version,
@@ -356,36 +358,40 @@ class ModelUpdater:
                 raise InboundError("state_unreadable", f"model store pointer unreadable: {exc}") from None
         return self._loaded_version
 
-    def _floor(self) -> str:
-        """Newest version ever installed here. Without the state file (deleted, fresh disk), fail closed:
-        the newest package in update_dir or in the model store."""
-        if self.state:
-            return str(self.state.get("high_water") or self.state.get("version", ""))
+    def _high_water(self) -> str:
+        """Newest version this cell's own signed history installed ('' without a state file)."""
+        return str(self.state.get("high_water") or self.state.get("version", ""))
+
+    def _installed_elsewhere(self) -> list[str]:
+        """Without the state file (deleted, fresh disk) the floor fails closed on what is on the disk: every
+        package in update_dir and in the model store."""
         found = [p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
         store = self.settings.model_store_dir
         if store is not None and (Path(store).expanduser() / "versions").is_dir():
             found += [p.name for p in (Path(store).expanduser() / "versions").iterdir() if p.is_dir()]
-        return max(found, key=version_key) if found else ""
+        return found
 
     def _check_version(self, manifest: Mapping[str, Any]) -> None:
         version, active = manifest["version"], self.trusted_active_version()
         if "rollback_from" in manifest:
             return self._check_rollback(version, manifest["rollback_from"], active)
-        floor = self._floor()
-        for base in (floor, active):
-            if not base:
+        high_water = self._high_water()
+        if high_water and not _comparable(version, high_water):
+            raise InboundError(
+                "version_incomparable", f"{version!r} cannot be ordered against the installed {high_water!r}"
+            )
+        # Versions that cannot be ordered against this one (a hand-installed 'default' model) are skipped: only
+        # our own signed history (high_water) must be comparable.
+        others = [(v, "active") for v in (active,) if v]
+        if not high_water:
+            others += [(v, "installed") for v in self._installed_elsewhere()]
+        for base, what in [(high_water, "newest installed"), *others]:
+            if not base or not _comparable(version, base):
                 continue
-            if not _comparable(version, base):
-                if base == floor:
-                    raise InboundError(
-                        "version_incomparable", f"{version!r} cannot be ordered against the installed {base!r}"
-                    )
-                continue  # e.g. a hand-installed 'default' model: only our own history can order it
             order = compare_versions(version, base)
             if order == 0:
                 raise InboundError("replay", f"version {version} is already installed")
             if order < 0:
-                what = "newest installed" if base == floor else "active"
                 raise InboundError("downgrade", f"version {version} is older than the {what} {base}")
         return None
 
