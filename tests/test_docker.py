@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -614,9 +615,14 @@ def test_broker_config_requires_authentication(compose):
 
 
 # ---- the broker's authentication and ACL, on a real mosquitto ------------------------------------------------
+USERS = {"cell1": "cell1-secret", "cell2": "cell2-secret", "cloud": "cloud-secret", "release": "release-secret",
+         "verifier": "verifier-secret"}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    """mosquitto with docker/mosquitto/{mosquitto.conf,acl} and a password file with a cell and the cloud.
+    """mosquitto with docker/mosquitto/{mosquitto.conf,acl} and a password file with two cells, the cloud's
+    monitoring user, the release tool and the verifier.
 
     The only changes to the shipped config: paths into a temp dir, a free loopback port, `user root` (the
     test runs as whatever user; the container runs mosquitto as its own user)."""
@@ -625,7 +631,7 @@ def broker(tmp_path_factory):
         pytest.fail("mosquitto and mosquitto_passwd are needed (make setup installs mosquitto)")
     work = tmp_path_factory.mktemp("broker")
     shutil.copy(DOCKER / "mosquitto" / "acl", work / "acl")
-    for user, password in (("cell1", "cell1-secret"), ("cloud", "cloud-secret")):
+    for user, password in USERS.items():
         create = ["-c"] if user == "cell1" else []
         subprocess.run([passwd_tool, *create, "-b", str(work / "passwd"), user, password], check=True, timeout=30)
     port = free_port()
@@ -662,10 +668,14 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10.0) 
 class Client:
     """A paho client that records what it receives; connect() returns the broker's CONNACK reason."""
 
-    def __init__(self, port: int, username: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, port: int, username: str | None = None, password: str | None = None, client_id: str = ""
+    ) -> None:
         import paho.mqtt.client as mqtt
 
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.disconnected = threading.Event()
+        self.client.on_disconnect = lambda *args: self.disconnected.set()
         if username is not None:
             self.client.username_pw_set(username, password)
         self.port = port
@@ -721,8 +731,9 @@ def test_broker_refuses_anonymous_and_bad_credentials(broker, username, password
 
 def test_acl_confines_a_cell_to_its_own_topics(broker):
     cloud, cell = Client(broker, "cloud", "cloud-secret"), Client(broker, "cell1", "cell1-secret")
+    release = Client(broker, "release", "release-secret")  # only the release tool writes model updates
     try:
-        assert cloud.connect() == "Success" and cell.connect() == "Success"
+        assert cloud.connect() == "Success" and cell.connect() == "Success" and release.connect() == "Success"
         cloud.subscribe("qc/#")
         cell.subscribe("qc/#")  # allowed to ask, but it must only ever receive its own subtree
         # A cell writes its records, and cannot write as another cell (mosquitto drops the publish).
@@ -732,11 +743,72 @@ def test_acl_confines_a_cell_to_its_own_topics(broker):
         assert ("qc/site/line2/cell1/part", b"own record") in got
         assert all(payload != b"forged" for _, payload in got), got
         # The cloud addresses model updates per cell; a cell sees only its own.
-        cloud.publish("qc/site/line2/cell2/model/update", b"for cell2")
-        cloud.publish("qc/site/line2/cell1/model/update", b"for cell1")
+        release.publish("qc/site/line2/cell2/model/update", b"for cell2")
+        release.publish("qc/site/line2/cell1/model/update", b"for cell1")
         got = cell.wait_for(b"for cell1")
         assert ("qc/site/line2/cell1/model/update", b"for cell1") in got
         assert all(payload not in (b"for cell2", b"forged") for _, payload in got), got
     finally:
         cloud.close()
+        cell.close()
+        release.close()
+
+
+INBOUND = ("model/update", "model/chunk/2.0/0", "verify/response")
+
+
+def test_a_cell_cannot_write_its_own_inbound_topics(broker):
+    """Only the release tool writes model/update and chunks, only the verifier verify/response: a
+    compromised cell cannot feed itself (or, retained, its successor) an update or a verdict."""
+    cell, cell2 = Client(broker, "cell1", "cell1-secret"), Client(broker, "cell2", "cell2-secret")
+    release, verifier = Client(broker, "release", "release-secret"), Client(broker, "verifier", "verifier-secret")
+    try:
+        assert all(c.connect() == "Success" for c in (cell, cell2, release, verifier))
+        cell.subscribe("qc/site/line2/cell1/#")
+        cell2.subscribe("qc/#")  # another cell listening everywhere it may
+        for suffix in INBOUND:
+            cell.publish(f"qc/site/line2/cell1/{suffix}", b"self-made " + suffix.encode())
+        release.publish("qc/site/line2/cell1/model/update", b"genuine update")
+        verifier.publish("qc/site/line2/cell1/verify/response", b"genuine verdict")
+        got = cell.wait_for(b"genuine verdict")
+        assert ("qc/site/line2/cell1/model/update", b"genuine update") in got, got
+        assert all(not payload.startswith(b"self-made") for _, payload in got), got
+        # Another cell reads none of cell1's topics, in or out.
+        cell.publish("qc/site/line2/cell1/part", b"cell1 record")
+        time.sleep(0.5)
+        assert cell2.received == [], cell2.received
+    finally:
+        for c in (cell, cell2, release, verifier):
+            c.close()
+
+
+def test_the_monitoring_user_reads_but_cannot_publish_updates(broker):
+    cloud, cell = Client(broker, "cloud", "cloud-secret"), Client(broker, "cell1", "cell1-secret")
+    try:
+        assert cloud.connect() == "Success" and cell.connect() == "Success"
+        cell.subscribe("qc/site/line2/cell1/model/update")
+        cloud.publish("qc/site/line2/cell1/model/update", b"from the dashboard")
+        time.sleep(0.5)
+        assert cell.received == []
+    finally:
+        cloud.close()
+        cell.close()
+
+
+def test_client_ids_are_tied_to_user_names(broker):
+    """Before: any logged-in client connecting with a cell's client id took over its connection and session."""
+    cell = Client(broker, "cell1", "cell1-secret", client_id="qc-site-line2-cell1")
+    intruder = Client(broker, "cloud", "cloud-secret", client_id="qc-site-line2-cell1")
+    try:
+        assert cell.connect() == "Success"
+        assert intruder.connect() == "Success"
+        assert not cell.disconnected.wait(1.0), "the cell's connection was taken over"
+        intruder.close()
+        impostor = Client(broker, "cell2", "cell2-secret", client_id="cell1")
+        try:
+            assert impostor.connect() == "Success"
+            assert not cell.disconnected.wait(1.0), "another user took the cell's id"
+        finally:
+            impostor.close()
+    finally:
         cell.close()

@@ -212,9 +212,12 @@ def check_synthetic_parts(command: Command, tmp_path: Path) -> None:
 
 
 def check_keys_generate(command: Command, tmp_path: Path) -> None:
-    """Writes a key pair: into a temp folder here."""
+    """Writes a key pair: into a temp folder here, encrypted with a passphrase from a temp file."""
     words = shlex.split(command.text)
     words[words.index("--out") + 1] = str(tmp_path / "qc-keys")
+    if "--passphrase-file" in words:
+        (tmp_path / "passphrase").write_text("documented passphrase\n")
+        words[words.index("--passphrase-file") + 1] = str(tmp_path / "passphrase")
     expect_success(command, shlex.join(words), timeout=60)
     assert (tmp_path / "qc-keys" / "model-signing.pub").is_file(), f"{command} wrote no model-signing.pub"
 

@@ -57,7 +57,7 @@ def test_outage_and_bridge_crash_lose_no_summary_and_keep_order(tmp_path):
     watch_args = argparse.Namespace(
         db=tmp_path / "cloud.sqlite3", site="plant1", line="line2", cell="cell3", session_expiry=3600,
         broker=broker.url, ca_file="", cert_file="", key_file="", username="", password_file="", password_env="",
-        client_id="test-cloud",
+        client_id="test-cloud", allow_plain_mqtt=False,
     )  # fmt: skip
     watcher = Watcher(watch_args)
     watcher.start()

@@ -202,14 +202,24 @@ def test_broker_url_and_credentials(tmp_path, monkeypatch):
         with pytest.raises(BridgeConfigError):
             parse_broker_url(bad)
     (tmp_path / "pw").write_text("s3cret\n")
-    config = broker_config("mqtt://h", "id", username="edge", password_file=str(tmp_path / "pw"))
+    config = broker_config("mqtt://127.0.0.1", "id", username="edge", password_file=str(tmp_path / "pw"))
     assert config.password.reveal() == "s3cret" and "s3cret" not in repr(config)
     monkeypatch.setenv("QC_TEST_PW", "from-env")
-    assert broker_config("mqtt://h", "id", username="u", password_env="QC_TEST_PW").password.reveal() == "from-env"
+    from_env = broker_config("mqtt://localhost", "id", username="u", password_env="QC_TEST_PW")
+    assert from_env.password.reveal() == "from-env"
     with pytest.raises(BridgeConfigError, match="QC_MISSING"):
-        broker_config("mqtt://h", "id", username="u", password_env="QC_MISSING")
+        broker_config("mqtt://127.0.0.1", "id", username="u", password_env="QC_MISSING")
     with pytest.raises(BridgeConfigError, match="not mqtts"):
         broker_config("mqtt://h", "id", ca_file=str(tmp_path / "pw"))
+
+
+def test_plain_mqtt_to_a_remote_broker_needs_an_explicit_setting_and_warns():
+    with pytest.raises(BridgeConfigError, match="allow_plain_mqtt"):
+        broker_config("mqtt://10.0.0.5", "id")
+    remote = broker_config("mqtt://10.0.0.5", "id", allow_plain_remote=True)
+    assert "unencrypted" in remote.plaintext_warning
+    for local in ("mqtt://127.0.0.1", "mqtt://localhost", "mqtt://[::1]", "mqtts://10.0.0.5"):
+        assert broker_config(local, "id").plaintext_warning == "", local
 
 
 def test_topics_of_a_cell():
@@ -222,3 +232,13 @@ def test_topics_of_a_cell():
         CellId("plant/1", "l", "c")
     with pytest.raises(BridgeConfigError):
         CellId("+", "l", "c")
+
+
+def test_the_client_id_defaults_to_the_broker_user_name():
+    from qc_cell.bridge.params import CLOUD_BRIDGE
+    from qc_cell.bridge.settings import from_values
+
+    values = {**CLOUD_BRIDGE.defaults(), "broker_url": "mqtt://127.0.0.1", "cell": "cell7"}
+    assert from_values(values).broker.client_id == "qc-site-line-cell7"
+    assert from_values({**values, "username": "cell7"}).broker.client_id == "cell7", "the broker's ACL keys on it"
+    assert from_values({**values, "username": "cell7", "client_id": "x"}).broker.client_id == "x"

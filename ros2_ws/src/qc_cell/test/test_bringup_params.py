@@ -77,6 +77,7 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
                 ("inference", "model_store_dir"): f"{state}/model_store",
                 ("cloud_bridge", "outbox_path"): f"{state}/outbox.sqlite3",
                 ("cloud_bridge", "update_dir"): f"{state}/updates",
+                ("cloud_bridge", "model_store_dir"): f"{state}/model_store",
             }
         )
     return changes

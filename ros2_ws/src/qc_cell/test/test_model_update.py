@@ -23,6 +23,10 @@ from qc_contract.model_manifest import Manifest
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()
+# The fixtures serve artifacts from files and a local http server; the default policy (https only) is
+# tested in test_update_security.py.
+TEST_FETCH = artifact.FetchPolicy(schemes=frozenset({"file", "http", "https"}), read_timeout_s=10.0, deadline_s=60.0)
+HOUR_NS = 3600 * 10**9
 
 
 class Harness:
@@ -33,9 +37,10 @@ class Harness:
         self.outcomes: list[UpdateOutcome] = []
         self.loads: list[tuple[str, str, str]] = []
         self.load_ok = load_ok
+        settings.setdefault("fetch", TEST_FETCH)
+        settings.setdefault("keys", {update_manifest.key_id(KEY.public_key()): KEY.public_key()})
         self.settings = UpdateSettings(
             update_dir=tmp / "updates",
-            keys={update_manifest.key_id(KEY.public_key()): KEY.public_key()},
             cell_path="plant1/line2/cell3",
             **settings,
         )
@@ -93,7 +98,9 @@ def make_update(
     archive = tmp / f"{package.name}.tar.gz"
     size, sha = artifact.pack(package, archive)
     source = {"chunks": {"count": -(-size // chunks), "chunk_size": chunks}} if chunks else {"url": archive.as_uri()}
-    fields = {"version": version, "sha256": sha, "size": size, "artifact": source, "issued_ns": time.time_ns()}
+    now = time.time_ns()
+    fields = {"version": version, "sha256": sha, "size": size, "artifact": source, "issued_ns": now,
+              "expires_ns": now + HOUR_NS}  # fmt: skip
     fields.update(manifest_fields)
     return update_manifest.sign(update_manifest.build(**fields), key), archive
 
@@ -161,7 +168,7 @@ def test_unknown_signing_key_is_rejected(harness, tmp_path):
     assert harness.send(manifest).reason == "unknown_key"
 
 
-def test_downgrade_and_replay_are_rejected_unless_allowed(harness, tmp_path):
+def test_downgrade_and_replay_are_rejected(harness, tmp_path):
     old, _ = make_update(tmp_path, "1.9.0")
     new, _ = make_update(tmp_path, "1.10.0")  # natural order: 1.10 > 1.9
     assert harness.send(new).accepted
@@ -171,21 +178,24 @@ def test_downgrade_and_replay_are_rejected_unless_allowed(harness, tmp_path):
     assert [v for _, v, _ in harness.loads] == ["1.10.0"] and harness.packages() == ["1.10.0"]
 
 
-def test_rollback_when_explicitly_allowed(tmp_path):
-    h = Harness(tmp_path, allow_downgrade=True)
+def test_rollback_when_signed_as_one(harness, tmp_path):
+    assert harness.send(make_update(tmp_path, "2.0.0")[0]).accepted
+    assert harness.send(make_update(tmp_path, "1.0.0", rollback_from="2.0.0")[0]).accepted
+    assert [v for _, v, _ in harness.loads] == ["2.0.0", "1.0.0"]
+
+
+def test_version_is_checked_against_the_running_model_too(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    h = Harness(tmp_path, model_store_dir=store)
     try:
-        assert h.send(make_update(tmp_path, "2.0.0")[0]).accepted
-        assert h.send(make_update(tmp_path, "1.0.0")[0]).accepted
-        assert [v for _, v, _ in h.loads] == ["2.0.0", "1.0.0"]
+        # Loaded by hand: the model store's active pointer (written by inference) says 3.0.0.
+        (store / "active.json").write_text(json.dumps({"version": "3.0.0"}))
+        assert h.send(make_update(tmp_path, "2.5.0")[0]).reason == "downgrade"
+        (store / "active.json").write_text(json.dumps({"version": "default"}))  # cannot be ordered
+        assert h.send(make_update(tmp_path, "2.5.0")[0]).accepted, "only our own signed history counts"
     finally:
         h.close()
-
-
-def test_version_is_checked_against_the_running_model_too(harness, tmp_path):
-    harness.updater.active_version = "3.0.0"  # loaded by hand, reported on model/active
-    assert harness.send(make_update(tmp_path, "2.5.0")[0]).reason == "downgrade"
-    harness.updater.active_version = "default"  # cannot be ordered: only our own signed history counts
-    assert harness.send(make_update(tmp_path, "2.5.0")[0]).accepted
 
 
 @pytest.mark.parametrize(
@@ -219,8 +229,10 @@ def _signed_archive(tmp: Path, members: dict[str, bytes], version: str) -> dict:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     fields = {"version": version, "sha256": artifact.sha256_of(archive), "size": archive.stat().st_size}
+    now = time.time_ns()
     return update_manifest.sign(
-        update_manifest.build(**fields, artifact={"url": archive.as_uri()}, issued_ns=time.time_ns()), KEY
+        update_manifest.build(**fields, artifact={"url": archive.as_uri()}, issued_ns=now, expires_ns=now + HOUR_NS),
+        KEY,
     )
 
 
@@ -330,7 +342,14 @@ def test_http_artifact(harness, tmp_path, lie):
         fields = {k: manifest[k] for k in ("version", "sha256")}
         size = manifest["size"] + (1000 if lie else 0)  # the lying server's artifact claims to be bigger
         signed = update_manifest.sign(
-            update_manifest.build(**fields, size=size, artifact={"url": url}, issued_ns=time.time_ns()), KEY
+            update_manifest.build(
+                **fields,
+                size=size,
+                artifact={"url": url},
+                issued_ns=time.time_ns(),
+                expires_ns=time.time_ns() + HOUR_NS,
+            ),
+            KEY,
         )
         outcome = harness.send(signed)
     finally:

@@ -33,6 +33,10 @@ PREFIX = "qc/plant1/line2/cell3/"
 CELL_ARGS = ["--site", "plant1", "--line", "line2", "--cell", "cell3"]
 
 
+def passphrase_args(tmp: Path) -> list[str]:
+    return ["--passphrase-file", str(tmp / "passphrase")]
+
+
 @dataclass
 class UpdateCell:
     graph: Graph
@@ -49,7 +53,7 @@ class UpdateCell:
         """`qc_cloud publish-model` in a thread while this thread spins the ROS graph."""
         write_package(self.tmp / f"pkg-{version}", version)
         argv = ["publish-model", str(self.tmp / f"pkg-{version}"), "--key", str(self.key), "--broker",
-                self.broker.url, *CELL_ARGS, "--wait", "30", *extra]  # fmt: skip
+                self.broker.url, *CELL_ARGS, "--wait", "30", *passphrase_args(self.tmp), *extra]  # fmt: skip
         if "--chunks" not in extra:
             argv += ["--artifact-dir", str(self.tmp / "artifacts")]
         result: list[int] = []
@@ -95,7 +99,8 @@ class ContractLoadModel:
 
 @contextmanager
 def update_cell(tmp_path: Path, real_inference=None, **params) -> Iterator[UpdateCell]:
-    assert cli.main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 0
+    (tmp_path / "passphrase").write_text("correct horse battery staple\n")
+    assert cli.main(["keys", "generate", "--out", str(tmp_path / "keys"), *passphrase_args(tmp_path)]) == 0
     values = {
         "broker_url": "",
         "outbox_path": str(tmp_path / "outbox.sqlite3"),
@@ -105,6 +110,7 @@ def update_cell(tmp_path: Path, real_inference=None, **params) -> Iterator[Updat
         "updates_enabled": True,
         "update_public_keys": str(tmp_path / "keys" / "model-signing.pub"),
         "update_dir": str(tmp_path / "updates"),
+        "update_url_schemes": ["file"],  # publish-model --artifact-dir writes file:// URLs
         "reconnect_max_s": 1,
         "diagnostics_period_s": 0.2,
         **params,
@@ -166,7 +172,8 @@ def test_tampered_manifest_over_mqtt_is_rejected_with_its_reason(tmp_path):
     with update_cell(tmp_path) as cell:
         write_package(tmp_path / "pkg", "2.0.0")
         argv = ["publish-model", str(tmp_path / "pkg"), "--key", str(cell.key), *CELL_ARGS, "--dry-run",
-                "--artifact-dir", str(tmp_path / "artifacts"), "--manifest-out", str(tmp_path / "m.json")]  # fmt: skip
+                *passphrase_args(tmp_path), "--artifact-dir", str(tmp_path / "artifacts"),
+                "--manifest-out", str(tmp_path / "m.json")]  # fmt: skip
         assert cli.main(argv) == 0
         manifest = json.loads((tmp_path / "m.json").read_text())
         manifest["version"] = "9.0.0"  # the attacker wants another version installed

@@ -5,6 +5,7 @@ cell address) and a connected paho client. Connection settings are parsed by the
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 
 import paho.mqtt.client as mqtt
@@ -27,6 +28,9 @@ def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--password-file", default="", help="file whose first line is the password")
     group.add_argument("--password-env", default="", help="environment variable holding the password")
     group.add_argument("--client-id", default="", help="MQTT client id (default: per command)")
+    group.add_argument(
+        "--allow-plain-mqtt", action="store_true", help="allow mqtt:// (no TLS) to a remote broker (warned about)"
+    )
 
 
 def add_cell_arguments(parser: argparse.ArgumentParser, wildcards: bool = False) -> None:
@@ -39,7 +43,7 @@ def add_cell_arguments(parser: argparse.ArgumentParser, wildcards: bool = False)
 
 def broker_from_args(args: argparse.Namespace, default_client_id: str) -> BrokerConfig:
     try:
-        return broker_config(
+        broker = broker_config(
             args.broker,
             args.client_id or default_client_id,
             ca_file=args.ca_file,
@@ -48,9 +52,13 @@ def broker_from_args(args: argparse.Namespace, default_client_id: str) -> Broker
             username=args.username,
             password_file=args.password_file,
             password_env=args.password_env,
+            allow_plain_remote=args.allow_plain_mqtt,
         )
     except BridgeConfigError as exc:
         raise LinkError(str(exc)) from exc
+    if broker.plaintext_warning:
+        print(f"warning: {broker.plaintext_warning}", file=sys.stderr)
+    return broker
 
 
 def connect(

@@ -8,8 +8,10 @@ import sqlite3
 import stat
 import threading
 import time
+from datetime import datetime
 
 import paho.mqtt.publish as publish
+import pytest
 from jsonschema import Draft202012Validator
 
 from qc_cell.bridge.bridge import Bridge, BridgeSettings
@@ -22,6 +24,13 @@ from qc_contract.broker import broker_config
 from qc_contract.topics import CellId
 
 CELL = ["--site", "plant1", "--line", "line2", "--cell", "cell3"]
+PASSPHRASE = b"correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def signing_passphrase(monkeypatch):
+    """The signing key's passphrase, from the environment as in production (never on the command line)."""
+    monkeypatch.setenv(update_manifest.PASSPHRASE_ENV, PASSPHRASE.decode())
 
 
 def _stored_statuses(db) -> int:
@@ -47,11 +56,11 @@ def test_keys_generate_writes_a_private_key_only_the_owner_can_read(tmp_path, ca
     assert cli.main(["keys", "generate", "--out", str(tmp_path)]) == 0
     private, public = tmp_path / "model-signing.key", tmp_path / "model-signing.pub"
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    key = update_manifest.load_private_key(private)
+    key = update_manifest.load_private_key(private, PASSPHRASE)
     assert update_manifest.key_id(update_manifest.load_public_key(public)) == update_manifest.key_id(key.public_key())
     assert update_manifest.key_id(key.public_key()) in capsys.readouterr().out
     assert cli.main(["keys", "generate", "--out", str(tmp_path)]) == 2, "never overwrite a key silently"
-    assert update_manifest.load_private_key(private).private_bytes_raw() == key.private_bytes_raw()
+    assert update_manifest.load_private_key(private, PASSPHRASE).private_bytes_raw() == key.private_bytes_raw()
 
 
 def test_publish_model_dry_run_signs_a_verifiable_manifest(tmp_path):
@@ -71,6 +80,70 @@ def test_publish_model_dry_run_signs_a_verifiable_manifest(tmp_path):
     assert manifest["targets"] == ["plant1/*/*"] and "expires_at" in manifest
     # Deterministic packing: the same package gives the same artifact (same hash), whenever it is packed.
     assert artifact.pack(tmp_path / "pkg", tmp_path / "again.tar.gz")[1] == manifest["sha256"]
+
+
+def test_the_private_key_is_encrypted_with_a_passphrase_from_a_file_or_the_environment(tmp_path, monkeypatch, capsys):
+    assert cli.main(["keys", "generate", "--out", str(tmp_path / "env")]) == 0
+    private = tmp_path / "env" / "model-signing.key"
+    assert b"ENCRYPTED PRIVATE KEY" in private.read_bytes()
+    with pytest.raises(update_manifest.KeyFileError, match="encrypted"):
+        update_manifest.load_private_key(private)
+    with pytest.raises(update_manifest.KeyFileError, match="wrong passphrase"):
+        update_manifest.load_private_key(private, b"guess")
+    (tmp_path / "passphrase").write_text("from a file\n")
+    argv = ["keys", "generate", "--out", str(tmp_path / "file"), "--passphrase-file", str(tmp_path / "passphrase")]
+    assert cli.main(argv) == 0
+    update_manifest.load_private_key(tmp_path / "file" / "model-signing.key", b"from a file")
+    monkeypatch.delenv(update_manifest.PASSPHRASE_ENV)
+    assert cli.main(["keys", "generate", "--out", str(tmp_path / "none")]) == 2, "no passphrase: refused"
+    assert not (tmp_path / "none" / "model-signing.key").exists()
+    # publish-model reads it the same way.
+    write_package(tmp_path / "pkg", "4.2.0")
+    argv = ["publish-model", str(tmp_path / "pkg"), "--key", str(private), *CELL, "--artifact-dir",
+            str(tmp_path / "a"), "--dry-run"]  # fmt: skip
+    assert cli.main(argv) == 2 and "passphrase" in capsys.readouterr().out
+    monkeypatch.setenv(update_manifest.PASSPHRASE_ENV, PASSPHRASE.decode())
+    assert cli.main(argv) == 0
+
+
+def _dry_run_manifest(tmp_path, *extra: str) -> tuple[int, dict]:
+    cli.main(["keys", "generate", "--out", str(tmp_path / "keys")])
+    write_package(tmp_path / "pkg", "4.2.0")
+    out = tmp_path / "manifest.json"
+    out.unlink(missing_ok=True)
+    argv = ["publish-model", str(tmp_path / "pkg"), "--key", str(tmp_path / "keys" / "model-signing.key"), *CELL,
+            "--artifact-dir", str(tmp_path / "artifacts"), "--dry-run", "--manifest-out", str(out), *extra]  # fmt: skip
+    code = cli.main(argv)
+    return code, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_publish_model_always_signs_an_expiry_and_targets(tmp_path):
+    code, manifest = _dry_run_manifest(tmp_path)
+    assert code == 0 and manifest["targets"] == ["plant1/line2/cell3"], "default: the cell it is published to"
+    lifetime = update_manifest_lifetime_h(manifest)
+    assert 20 * 24 < lifetime <= 21 * 24, lifetime
+    code, manifest = _dry_run_manifest(tmp_path, "--all-cells")
+    assert code == 0 and "targets" not in manifest
+    assert _dry_run_manifest(tmp_path, "--expires-in-h", "0")[0] == 2, "a manifest that never expires is refused"
+    assert _dry_run_manifest(tmp_path, "--targets", "plant1*")[0] == 2, "a target is site/line/cell"
+    code, manifest = _dry_run_manifest(tmp_path, "--rollback-from", "5.0.0")
+    assert code == 0 and manifest["rollback_from"] == "5.0.0"
+    assert _dry_run_manifest(tmp_path, "--rollback-from", "4.0.0")[0] == 2, "a rollback goes to an older version"
+
+
+def update_manifest_lifetime_h(manifest: dict) -> float:
+    def parse(text: str) -> float:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    return (parse(manifest["expires_at"]) - parse(manifest["issued_at"])) / 3600
+
+
+def test_keys_id_prints_the_key_id_for_the_revocation_list(tmp_path, capsys):
+    cli.main(["keys", "generate", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert cli.main(["keys", "id", str(tmp_path / "model-signing.pub")]) == 0
+    key_id = update_manifest.key_id(update_manifest.load_public_key(tmp_path / "model-signing.pub"))
+    assert capsys.readouterr().out.split()[0] == key_id
 
 
 def test_publish_model_refuses_a_broken_package(tmp_path, capsys):

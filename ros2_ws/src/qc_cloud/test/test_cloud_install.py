@@ -103,6 +103,7 @@ def test_neither_ros_nor_the_edge_can_be_imported_there(cloud_venv):
 
 def test_the_cloud_command_line_works_there(cloud_venv, tmp_path):
     venv, env = cloud_venv
+    env = {**env, "QC_SIGNING_KEY_PASSPHRASE": "install-test passphrase"}  # never on the command line
     qc_cloud = str(venv / "bin" / "qc_cloud")
     help_text = run([qc_cloud, "--help"], env, tmp_path)
     assert help_text.returncode == 0, help_text.stderr

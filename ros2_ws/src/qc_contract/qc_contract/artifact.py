@@ -1,5 +1,6 @@
 """Model update artifacts: a model package directory packed as a gzipped tar. Packing (cloud), fetching
-into a temporary file (file://, http(s)://, or chunks over MQTT) and safe extraction (edge).
+into a temporary file (https://; http:// and file:// only where enabled; or chunks over MQTT), safe
+extraction, and the check that every path a package names stays inside it (edge).
 
 Nothing here makes a package active: the updater verifies size and hash of the fetched file, extracts it
 into a staging directory and renames that into place only when everything checked out.
@@ -12,10 +13,14 @@ import hashlib
 import io
 import os
 import ssl
+import stat
 import tarfile
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from qc_contract.inbound import InboundError
@@ -57,27 +62,93 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, expected_size: int, timeout_s: float, ca_file: str = "") -> tuple[int, str]:
-    """Copy the artifact at url into dest, reading at most expected_size + 1 bytes (so an oversized
-    artifact is detected without reading it all). Returns (bytes read, sha256 of them)."""
+@dataclass(frozen=True)
+class FetchPolicy:
+    """How an artifact may be fetched. By default only https, no proxy (environment proxy variables are
+    ignored), no redirect to another scheme, and an overall deadline on the whole download."""
+
+    schemes: frozenset[str] = frozenset({"https"})
+    read_timeout_s: float = 60.0  # connect and each read
+    deadline_s: float = 600.0  # the whole download, however slowly the server drips
+    ca_file: str = ""  # https: CA bundle ("" = system trust store)
+    proxy: str = ""  # http(s) proxy URL ("" = direct, whatever the environment says)
+
+
+def redact_url(url: str) -> str:
+    """A URL safe for logs and records: scheme, host and the file name only (no credentials, no query,
+    no fragment, no directories that may carry a token)."""
     parts = urlsplit(url)
+    name = parts.path.rstrip("/").rsplit("/", 1)[-1]
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}/.../{name}" if name else f"{parts.scheme}://{host}/"
+
+
+class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects stay on the scheme of the request (an https download never continues over http)."""
+
+    max_redirections = 5
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urlsplit(req.full_url).scheme, urlsplit(newurl).scheme
+        if new != old:
+            raise urllib.error.URLError(f"redirect from {old} to {new} refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _open_regular_file(path: str, url: str) -> BinaryIO:
+    """Open without blocking (a FIFO would block a plain open() until a writer appears), then refuse
+    anything that is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        if parts.scheme == "file":
-            if parts.netloc not in ("", "localhost"):
-                raise InboundError("fetch_failed", f"file URL with a host is not supported: {url}")
-            source = open(unquote(parts.path), "rb")  # noqa: SIM115 (closed below)
-        elif parts.scheme in ("http", "https"):
-            context = ssl.create_default_context(cafile=ca_file or None) if parts.scheme == "https" else None
-            source = urllib.request.urlopen(url, timeout=timeout_s, context=context)  # scheme checked above
-        else:
-            raise InboundError("fetch_failed", f"unsupported artifact URL scheme {parts.scheme!r}")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InboundError("fetch_failed", f"{redact_url(url)} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open(url: str, policy: FetchPolicy) -> BinaryIO:
+    parts = urlsplit(url)
+    if parts.scheme not in policy.schemes:
+        allowed = ", ".join(sorted(policy.schemes)) or "none"
+        raise InboundError("scheme_refused", f"artifact URL scheme {parts.scheme!r} is not enabled ({allowed})")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InboundError("fetch_failed", f"file URL with a host is not supported: {redact_url(url)}")
+        return _open_regular_file(unquote(parts.path), url)
+    if parts.scheme not in ("http", "https"):
+        raise InboundError("scheme_refused", f"unsupported artifact URL scheme {parts.scheme!r}")
+    proxies = {"http": policy.proxy, "https": policy.proxy} if policy.proxy else {}
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler(proxies), _SameSchemeRedirects()]
+    if parts.scheme == "https":
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=policy.ca_file or None)))
+    opener = urllib.request.build_opener(*handlers)
+    return opener.open(url, timeout=min(policy.read_timeout_s, policy.deadline_s))
+
+
+def fetch(url: str, dest: Path, expected_size: int, policy: FetchPolicy) -> tuple[int, str]:
+    """Copy the artifact at url into dest, reading at most expected_size + 1 bytes (so an oversized
+    artifact is detected without reading it all), within policy.deadline_s. Returns (bytes read, sha256)."""
+    start = time.monotonic()
+    shown = redact_url(url)
+    try:
+        source = _open(url, policy)
     except (OSError, urllib.error.URLError, ValueError) as exc:
-        raise InboundError("fetch_failed", f"cannot open {url}: {exc}") from None
+        raise InboundError("fetch_failed", f"cannot open {shown}: {_reason(exc)}") from None
     digest, size = hashlib.sha256(), 0
+    read = getattr(source, "read1", source.read)  # read1: whatever arrived, so a drip cannot stall a read
     try:
         with source, open(dest, "wb") as out:
             while size <= expected_size:
-                block = source.read(min(READ_BLOCK, expected_size + 1 - size))
+                if time.monotonic() - start > policy.deadline_s:
+                    raise InboundError(
+                        "fetch_timeout", f"download of {shown} exceeded {policy.deadline_s:g} s after {size} bytes"
+                    )
+                block = read(min(READ_BLOCK, expected_size + 1 - size))
                 if not block:
                     break
                 digest.update(block)
@@ -86,8 +157,14 @@ def fetch(url: str, dest: Path, expected_size: int, timeout_s: float, ca_file: s
             out.flush()
             os.fsync(out.fileno())
     except (OSError, urllib.error.URLError, ValueError) as exc:  # includes http.client.IncompleteRead
-        raise InboundError("fetch_failed", f"download of {url} failed after {size} bytes: {exc}") from None
+        raise InboundError("fetch_failed", f"download of {shown} failed after {size} bytes: {_reason(exc)}") from None
     return size, digest.hexdigest()
+
+
+def _reason(exc: BaseException) -> str:
+    """The error without the URL (urllib and OSError messages may repeat it, with its query string)."""
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+    return type(exc).__name__ + ": " + str(reason).split("?", 1)[0][:200]
 
 
 class ChunkAssembler:
@@ -121,14 +198,14 @@ class ChunkAssembler:
 
 def extract(archive: Path, dest: Path, max_total_bytes: int) -> None:
     """Extract into dest (created), refusing anything but regular files and directories inside dest,
-    and bounding the total extracted size (a decompression bomb cannot fill the disk)."""
+    bounding the member count while the headers are read (a million tiny members are refused at the
+    first one over the limit) and the total extracted size (a decompression bomb cannot fill the disk)."""
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
-            members = tar.getmembers()
-            if len(members) > MAX_MEMBERS:
-                raise InboundError("bad_package", f"archive has {len(members)} members (limit {MAX_MEMBERS})")
-            total = 0
-            for member in members:
+            members, total = [], 0
+            for member in tar:  # headers are read one at a time: the checks run before the next is read
+                if len(members) >= MAX_MEMBERS:
+                    raise InboundError("bad_package", f"archive has more than {MAX_MEMBERS} members")
                 name = Path(member.name)
                 if name.is_absolute() or ".." in name.parts or member.name.startswith("/"):
                     raise InboundError("bad_package", f"archive member {member.name!r} escapes the package")
@@ -137,6 +214,7 @@ def extract(archive: Path, dest: Path, max_total_bytes: int) -> None:
                 total += member.size
                 if total > max_total_bytes:
                     raise InboundError("bad_package", f"archive expands beyond {max_total_bytes} bytes")
+                members.append(member)
             dest.mkdir(parents=True)
             for member in members:
                 target = dest / member.name

@@ -1,7 +1,12 @@
-"""Broker connection settings: URL, TLS, credentials (never logged), client id, keepalive, reconnect backoff."""
+"""Broker connection settings: URL, TLS, credentials (never logged), client id, keepalive, reconnect backoff.
+
+Plain mqtt:// (no TLS) is for a broker on this machine. To another host it sends the password and every
+record in clear, so it needs an explicit allow_plain_remote and is then reported by plaintext_warning().
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +52,13 @@ class BrokerConfig:
     reconnect_max_s: int = 30
 
     @property
+    def plaintext_warning(self) -> str:
+        """A warning to log at start-up when this connection is plain MQTT to another host, else ''."""
+        if self.tls or is_loopback(self.host):
+            return ""
+        return f"broker {self.url}: plain MQTT to a remote host, credentials and records travel unencrypted"
+
+    @property
     def url(self) -> str:
         """The broker URL without credentials, safe to log."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -69,6 +81,15 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     except ValueError as exc:
         raise BridgeConfigError(f"broker_url {url!r}: bad port") from exc
     return parts.hostname, port, parts.scheme == "mqtts"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_password(password_file: str = "", password_env: str = "") -> Secret | None:
@@ -106,6 +127,7 @@ def broker_config(
     keepalive_s: int = 30,
     reconnect_min_s: int = 1,
     reconnect_max_s: int = 30,
+    allow_plain_remote: bool = False,
 ) -> BrokerConfig:
     host, port, tls = parse_broker_url(url)
     if not client_id:
@@ -117,6 +139,11 @@ def broker_config(
             raise BridgeConfigError(f"{name} is set but broker_url is not mqtts://")
     if bool(cert_file) != bool(key_file):
         raise BridgeConfigError("tls_cert_file and tls_key_file go together (mutual TLS)")
+    if not tls and not is_loopback(host) and not allow_plain_remote:
+        raise BridgeConfigError(
+            f"broker_url {url!r}: plain mqtt:// to a remote host sends credentials and records unencrypted; "
+            "use mqtts:// or set allow_plain_mqtt (it is then logged as a warning)"
+        )
     password = load_password(password_file, password_env)
     if password is not None and not username:
         raise BridgeConfigError("a password is configured but no username")

@@ -19,6 +19,7 @@ the caller's thread (ROS callbacks), the MQTT thread (inbound) and the updater's
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ from qc_cell.bridge.inputs import (
 from qc_cell.bridge.model_updater import LoadModel, ModelUpdater, UpdateOutcome
 from qc_cell.bridge.outputs import CloudVerdict, Health, HealthLevel, LinkAlert
 from qc_cell.bridge.part_images import PartImages
+from qc_cell.bridge.rollback_grant import write_rollback_grant
 from qc_cell.bridge.session import Log, python_log
 from qc_cell.bridge.settings import RUNTIME_SETTINGS, CloudLinkSettings
 from qc_contract import records
@@ -81,7 +83,14 @@ class CloudLink:
         self.updater: ModelUpdater | None = None
         if settings.updates is not None:
             try:
-                self.updater = ModelUpdater(settings.updates, load_model, report=self._report_update, log=log)
+                store = settings.updates.model_store_dir
+                self.updater = ModelUpdater(
+                    settings.updates,
+                    load_model,
+                    report=self._report_update,
+                    log=log,
+                    authorise_rollback=functools.partial(write_rollback_grant, store) if store else None,
+                )
             except (OSError, RuntimeError) as exc:
                 self.bridge.outbox.close()
                 raise CloudLinkError(f"update_dir {settings.updates.update_dir}: {exc}") from exc

@@ -1,18 +1,25 @@
 """Inbound model updates, end to end, in one worker thread (never on a ROS callback or the MQTT thread):
 
-    manifest (size, JSON, schema) -> Ed25519 signature -> target / expiry -> fetch the artifact into a
-    temporary file -> size, then sha256 of what was fetched -> version monotonicity (no replay or
-    downgrade unless allow_downgrade) -> safe extraction into a staging directory -> the package's own
-    manifest and model hash -> atomic rename into <update_dir>/<version> -> inference/load_model
+    manifest (size, JSON, schema) -> Ed25519 signature (keys reloaded when their files change, revoked keys
+    refused) -> target / expiry / URL scheme / size -> version policy (newer than everything installed, or a
+    signed rollback from the exact active version) -- all before any transfer is cancelled or any byte
+    fetched -> fetch the artifact into a temporary file (overall deadline) -> size, then sha256 -> safe
+    extraction into a staging directory -> the package's own manifest, model hash and confined paths ->
+    atomic rename into <update_dir>/<version> -> (rollback: authorise_rollback) -> inference/load_model
     -> accepted (state persisted) | rejected with a reason.
 
 A partial download never becomes active: it lives in a temporary file that is deleted on any failure,
 and only a verified, extracted package is renamed into place and handed to load_model.
+
+The version floor is the newest version this cell ever installed (update_state.json `high_water`). When the
+state file is missing it fails closed: the update must be newer than every package in update_dir and in the
+model store that it can be ordered against.
+The running model's version is taken from the model store's active pointer (written by inference), never
+from the model/active topic, which any participant on the graph could publish.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -23,10 +30,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -34,9 +42,11 @@ from qc_cell.bridge.session import Log, python_log
 from qc_contract import artifact, inbound, update_manifest
 from qc_contract.inbound import InboundError
 from qc_contract.model_manifest import Manifest, ManifestError
+from qc_contract.package_paths import check_package_paths
 from qc_contract.update_manifest import compare_versions, version_key
 
 STATE_FILE = "update_state.json"
+STORE_ACTIVE = "active.json"  # the model store's pointer (qc_cell/inference/model_store.py)
 QUEUE_SIZE = 64
 
 # (path, version, sha256 of the model file) -> (success, message, active version); may block (worker thread).
@@ -44,17 +54,33 @@ LoadModel = Callable[[str, str, str], tuple[bool, str, str]]
 
 
 @dataclass(frozen=True)
+class RollbackGrant:
+    """A verified, signed rollback: from `from_version` (the active model) down to `version`, whose model
+    file has `model_sha256`. `manifest` is the signed update manifest itself, so whoever records the grant
+    (the model store) can verify the signature again rather than trust the caller."""
+
+    version: str
+    from_version: str
+    model_sha256: str
+    manifest: Mapping[str, Any]
+
+
+# Called on the worker thread just before load_model for a rollback; raises OSError or StoreError to refuse.
+AuthoriseRollback = Callable[[RollbackGrant], None]
+
+
+@dataclass(frozen=True)
 class UpdateSettings:
     update_dir: Path
     keys: Mapping[str, Ed25519PublicKey]
-    cell_path: str  # site/line/cell, matched against the manifest's optional targets
-    allow_downgrade: bool = False
+    cell_path: str  # site/line/cell, matched segment by segment against the manifest's targets
+    require_expiry: bool = True  # refuse manifests without expires_at
     max_manifest_bytes: int = 16 * 1024
     max_artifact_bytes: int = 512 * 1024 * 1024
-    fetch_timeout_s: float = 60.0
+    fetch: artifact.FetchPolicy = field(default_factory=artifact.FetchPolicy)
     chunk_timeout_s: float = 120.0
     keep_versions: int = 3
-    https_ca_file: str = ""
+    model_store_dir: Path | None = None  # the inference node's model store (read only here): floor, active
 
 
 @dataclass(frozen=True)
@@ -95,13 +121,16 @@ class ModelUpdater:
         load_model: LoadModel,
         report: Callable[[UpdateOutcome], None],
         log: Log = python_log,
+        authorise_rollback: AuthoriseRollback | None = None,
     ) -> None:
         self.settings = settings
         self.load_model = load_model
         self.report = report
         self.log = log
+        self.authorise_rollback = authorise_rollback
         self.counts: Counter[str] = Counter()  # "accepted", "duplicate", and one per rejection reason
-        self.active_version = ""  # what the inference node serves (model/active, load_model responses)
+        self.active_version = ""  # reported only (model/active, load_model answers); never used for ordering
+        self._loaded_version = ""  # the last version load_model itself answered with
         self.dir = Path(settings.update_dir).expanduser()
         self.partial_dir = self.dir / ".partial"
         self.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +198,8 @@ class ModelUpdater:
         except InboundError as rejected:
             return self._rejected("", rejected)
         version = manifest["version"]
-        if _digest(manifest) == self.state.get("manifest_digest"):
+        in_progress = self._chunked is not None and _digest(self._chunked.manifest) == _digest(manifest)
+        if in_progress or _digest(manifest) == self.state.get("manifest_digest"):
             self.counts["duplicate"] += 1  # e.g. the retained manifest, redelivered on every reconnect
             return None
         try:
@@ -181,9 +211,7 @@ class ModelUpdater:
         source = manifest["artifact"]
         if "url" in source:
             try:
-                size, sha256 = artifact.fetch(
-                    source["url"], temp, manifest["size"], self.settings.fetch_timeout_s, self.settings.https_ca_file
-                )
+                size, sha256 = artifact.fetch(source["url"], temp, manifest["size"], self.settings.fetch)
                 self._install(manifest, temp, size, sha256)
             except InboundError as rejected:
                 self._rejected(version, rejected)
@@ -202,16 +230,27 @@ class ModelUpdater:
         return None
 
     def _check_manifest(self, manifest: dict[str, Any]) -> None:
-        """Signature first; then the signed constraints that need no download."""
-        update_manifest.verify_signature(manifest, self.settings.keys)
+        """Signature first; then every signed constraint that needs no download, the version included."""
+        try:
+            update_manifest.verify_signature(manifest, self.settings.keys)
+        except update_manifest.KeyFileError as exc:  # a key or the revocation list became unreadable
+            raise InboundError("keys_unreadable", str(exc)) from None
         targets = manifest.get("targets")
-        if targets and not any(fnmatch.fnmatchcase(self.settings.cell_path, t) for t in targets):
+        if targets and not any(update_manifest.target_matches(t, self.settings.cell_path) for t in targets):
             raise InboundError("wrong_target", f"update is for {targets}, this cell is {self.settings.cell_path}")
+        if "expires_at" not in manifest and self.settings.require_expiry:
+            raise InboundError("no_expiry", "manifest has no expires_at (update_require_expiry is on)")
         if "expires_at" in manifest and _parse_time(manifest["expires_at"]) < time.time():
             raise InboundError("expired", f"manifest expired at {manifest['expires_at']}")
         if manifest["size"] > self.settings.max_artifact_bytes:
             limit = self.settings.max_artifact_bytes
             raise InboundError("too_large", f"artifact {manifest['size']} bytes > max_artifact_bytes {limit}")
+        url = manifest["artifact"].get("url")
+        scheme = urlsplit(url).scheme if url is not None else ""
+        if url is not None and scheme not in self.settings.fetch.schemes:
+            enabled = ", ".join(sorted(self.settings.fetch.schemes)) or "none"
+            raise InboundError("scheme_refused", f"artifact URL scheme {scheme!r} is not enabled ({enabled})")
+        self._check_version(manifest)
 
     def _on_chunk(self, version: str, index: int, payload: bytes) -> None:
         chunked = self._chunked
@@ -253,13 +292,14 @@ class ModelUpdater:
             raise InboundError(reason, f"artifact is {size} bytes, manifest says {manifest['size']}")
         if sha256 != manifest["sha256"]:
             raise InboundError("hash_mismatch", f"artifact sha256 {sha256} != manifest {manifest['sha256']}")
-        self._check_version(version)
+        self._check_version(manifest)  # again: the active model may have changed during the download
         staging = self.dir / f".staging-{version}-{secrets.token_hex(4)}"
         final = self.dir / version
         try:
             artifact.extract(temp, staging, max_total_bytes=4 * self.settings.max_artifact_bytes)
             try:
                 package = Manifest.load(staging)
+                check_package_paths(staging, package.model_file)  # before anything opens the model
                 package.verify_model_file(staging)
             except ManifestError as exc:
                 raise InboundError("bad_package", str(exc).replace(str(staging), "<package>")) from None
@@ -270,37 +310,101 @@ class ModelUpdater:
             os.rename(staging, final)  # atomic: the package appears complete or not at all
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        if "rollback_from" in manifest:
+            self._authorise_rollback(manifest, package.sha256, final)
         success, message, active = self.load_model(str(final), version, package.sha256)
         if active:
-            self.active_version = active
+            self.active_version = self._loaded_version = active
         if not success:
             shutil.rmtree(final, ignore_errors=True)
             raise InboundError("load_failed", f"inference/load_model: {message}")
-        self._save_state({"version": version, "manifest_digest": _digest(manifest), "issued_at": manifest["issued_at"]})
+        # A rollback keeps the floor where it was: the version rolled back from stays refused.
+        high_water = (self._high_water() or manifest["rollback_from"]) if "rollback_from" in manifest else version
+        self._save_state(
+            {
+                "version": version,
+                "high_water": high_water,
+                "manifest_digest": _digest(manifest),
+                "issued_at": manifest["issued_at"],
+            }
+        )
         self.counts["accepted"] += 1
         self.log("info", f"model update {version} accepted and active ({message})")
         self.report(UpdateOutcome(True, version, "accepted", message, self.active_version or version))
         self._prune(keep={version, self.active_version})
 
-    def _check_version(self, version: str) -> None:
-        if self.settings.allow_downgrade:
+    def _authorise_rollback(self, manifest: dict[str, Any], model_sha256: str, final: Path) -> None:
+        if self.authorise_rollback is None:
             return
-        installed, active = self.installed_version, self.active_version
-        for base in (installed, active):
-            if not base:
+        grant = RollbackGrant(manifest["version"], manifest["rollback_from"], model_sha256, manifest)
+        try:
+            self.authorise_rollback(grant)
+        except (OSError, RuntimeError, ValueError) as exc:
+            shutil.rmtree(final, ignore_errors=True)
+            raise InboundError("rollback_refused", f"the rollback could not be recorded: {exc}") from None
+
+    def trusted_active_version(self) -> str:
+        """The running model: the model store's active pointer (written by inference), else what load_model
+        last answered. Never the model/active topic."""
+        store = self.settings.model_store_dir
+        if store is not None:
+            try:
+                data = json.loads((Path(store).expanduser() / STORE_ACTIVE).read_text())
+                if isinstance(data, dict) and data.get("version"):
+                    return str(data["version"])
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as exc:
+                raise InboundError("state_unreadable", f"model store pointer unreadable: {exc}") from None
+        return self._loaded_version
+
+    def _high_water(self) -> str:
+        """Newest version this cell's own signed history installed ('' without a state file)."""
+        return str(self.state.get("high_water") or self.state.get("version", ""))
+
+    def _installed_elsewhere(self) -> list[str]:
+        """Without the state file (deleted, fresh disk) the floor fails closed on what is on the disk: every
+        package in update_dir and in the model store."""
+        found = [p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        store = self.settings.model_store_dir
+        if store is not None and (Path(store).expanduser() / "versions").is_dir():
+            found += [p.name for p in (Path(store).expanduser() / "versions").iterdir() if p.is_dir()]
+        return found
+
+    def _check_version(self, manifest: Mapping[str, Any]) -> None:
+        version, active = manifest["version"], self.trusted_active_version()
+        if "rollback_from" in manifest:
+            return self._check_rollback(version, manifest["rollback_from"], active)
+        high_water = self._high_water()
+        if high_water and not _comparable(version, high_water):
+            raise InboundError(
+                "version_incomparable", f"{version!r} cannot be ordered against the installed {high_water!r}"
+            )
+        # Versions that cannot be ordered against this one (a hand-installed 'default' model) are skipped: only
+        # our own signed history (high_water) must be comparable.
+        others = [(v, "active") for v in (active,) if v]
+        if not high_water:
+            others += [(v, "installed") for v in self._installed_elsewhere()]
+        for base, what in [(high_water, "newest installed"), *others]:
+            if not base or not _comparable(version, base):
                 continue
-            if not _comparable(version, base):
-                if base == installed:
-                    raise InboundError(
-                        "version_incomparable",
-                        f"{version!r} cannot be ordered against the installed {base!r} (set allow_downgrade to force)",
-                    )
-                continue  # e.g. a hand-installed 'default' model: only our own history can order it
             order = compare_versions(version, base)
             if order == 0:
                 raise InboundError("replay", f"version {version} is already installed")
             if order < 0:
-                raise InboundError("downgrade", f"version {version} is older than {base}")
+                raise InboundError("downgrade", f"version {version} is older than the {what} {base}")
+        return None
+
+    def _check_rollback(self, version: str, rollback_from: str, active: str) -> None:
+        """A signed rollback names the version it rolls back from: it applies only while that exact version
+        is running, so it cannot be replayed later (after another update) to pull the cell back."""
+        current = active or self.installed_version
+        if rollback_from != current:
+            raise InboundError(
+                "rollback_mismatch", f"rollback from {rollback_from} to {version}, but {current or 'nothing'} is active"
+            )
+        if not _comparable(version, rollback_from) or compare_versions(version, rollback_from) >= 0:
+            raise InboundError("rollback_mismatch", f"a rollback goes to an older version, not {version}")
 
     def _rejected(self, version: str, rejected: InboundError) -> None:
         self.counts[rejected.reason] += 1

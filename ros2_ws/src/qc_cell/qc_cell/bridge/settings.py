@@ -12,9 +12,10 @@ from typing import Any
 from qc_cell.bridge.bridge import BridgeSettings
 from qc_cell.bridge.model_updater import UpdateSettings
 from qc_cell.bridge.outbox import OutboxLimits
+from qc_contract.artifact import FetchPolicy
 from qc_contract.broker import BridgeConfigError, BrokerConfig, broker_config
 from qc_contract.topics import CellId
-from qc_contract.update_manifest import trusted_keys
+from qc_contract.update_manifest import TrustedKeys
 
 MB = 1024 * 1024
 IMAGE_VERDICTS = ("REINSPECT", "DEFECTIVE")  # the verdicts whose images may leave the cell
@@ -107,7 +108,8 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
     cell = CellId(v["site"], v["line"], v["cell"])
     broker = broker_config(
         v["broker_url"],
-        v["client_id"] or f"qc-{cell.site}-{cell.line}-{cell.cell}",
+        # The broker ties client ids to user names (docker/mosquitto: use_username_as_clientid).
+        v["client_id"] or v["username"] or f"qc-{cell.site}-{cell.line}-{cell.cell}",
         ca_file=v["tls_ca_file"],
         cert_file=v["tls_cert_file"],
         key_file=v["tls_key_file"],
@@ -117,6 +119,7 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
         keepalive_s=v["keepalive_s"],
         reconnect_min_s=v["reconnect_min_s"],
         reconnect_max_s=v["reconnect_max_s"],
+        allow_plain_remote=v["allow_plain_mqtt"],
     )
     key_files = [k.strip() for k in v["update_public_keys"].split(",") if k.strip()]
     if v["updates_enabled"] and not key_files:
@@ -125,15 +128,21 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
     if v["updates_enabled"]:
         updates = UpdateSettings(
             update_dir=Path(v["update_dir"]).expanduser(),
-            keys=trusted_keys(key_files),
+            keys=TrustedKeys(key_files, v["update_revoked_keys_file"]),
             cell_path=cell.path,
-            allow_downgrade=v["allow_downgrade"],
+            require_expiry=v["update_require_expiry"],
             max_manifest_bytes=v["max_manifest_bytes"],
             max_artifact_bytes=v["max_artifact_mb"] * MB,
-            fetch_timeout_s=v["fetch_timeout_s"],
+            fetch=FetchPolicy(
+                schemes=frozenset(v["update_url_schemes"]),
+                read_timeout_s=v["fetch_timeout_s"],
+                deadline_s=v["fetch_deadline_s"],
+                ca_file=v["https_ca_file"],
+                proxy=v["update_proxy"],
+            ),
             chunk_timeout_s=v["chunk_timeout_s"],
             keep_versions=v["update_keep_versions"],
-            https_ca_file=v["https_ca_file"],
+            model_store_dir=Path(v["model_store_dir"]).expanduser() if v["model_store_dir"] else None,
         )
     sample = SampleSettings(
         enabled=v["sample_enabled"],

@@ -52,6 +52,8 @@ PATH_PARAMETERS: dict[str, frozenset[str]] = {
             "outbox_path",
             "update_dir",
             "update_public_keys",
+            "update_revoked_keys_file",
+            "model_store_dir",
             "https_ca_file",
         }
     ),

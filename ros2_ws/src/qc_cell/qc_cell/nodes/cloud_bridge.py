@@ -100,6 +100,8 @@ class CloudBridgeNode(Node):
         self.create_timer(0.2, self._link.housekeeping)
 
         self._link.start()
+        if settings.broker.plaintext_warning:
+            self.get_logger().warning(settings.broker.plaintext_warning)
         self.get_logger().info(
             f"cloud bridge for {settings.cell.path} -> {settings.broker.url} (outbox {settings.outbox_path}, "
             f"{settings.outbox_limits.policy} when full; updates {'on' if settings.updates else 'off'}, "

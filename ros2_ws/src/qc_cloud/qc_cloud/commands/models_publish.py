@@ -4,6 +4,11 @@ The package directory (manifest.json, model.onnx, ...) is checked, packed into a
 by an update manifest (version, sha256, size, artifact location) signed with Ed25519, and published on
 qc/<site>/<line>/<cell>/model/update. The artifact travels either by URL (file:// on a shared or local
 path, or http(s):// where you serve --artifact-dir) or in chunks over MQTT (--chunks). See docs/mqtt.md.
+
+Every manifest expires (--expires-in-h, default three weeks) and names the cells it is for: by default the
+cell it is published to; --targets for site/line/cell patterns (each segment a glob that never crosses '/');
+--all-cells, explicitly, for every cell. --rollback-from VERSION signs a rollback from that exact active
+version down to this package's (older) version: the only way a cell accepts an older model.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from datetime import datetime
 from pathlib import Path
 
 from qc_cloud.cell_link import LinkError, add_broker_arguments, add_cell_arguments, broker_from_args, close, connect
+from qc_cloud.commands.keys import add_passphrase_argument
 from qc_contract import artifact, update_manifest
 from qc_contract.model_manifest import Manifest, ManifestError
 from qc_contract.topics import CellId
+
+DEFAULT_EXPIRY_H = 21 * 24.0
+MAX_EXPIRY_H = 366 * 24.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,13 +39,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("package", type=Path, help="model package directory (manifest.json, model.onnx, ...)")
     p.add_argument("--key", type=Path, required=True, help="Ed25519 private key (qc_cloud keys generate)")
+    add_passphrase_argument(p)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--artifact-dir", type=Path, help="write the artifact here and reference it by URL")
     where.add_argument("--chunks", action="store_true", help="send the artifact in chunks over MQTT")
     p.add_argument("--url-base", default="", help="with --artifact-dir: http(s) base URL serving that folder")
     p.add_argument("--chunk-size", type=int, default=256 * 1024, help="chunk bytes (default 256 KiB)")
-    p.add_argument("--targets", nargs="+", help="site/line/cell glob patterns the update is for (signed)")
-    p.add_argument("--expires-in-h", type=float, default=0.0, help="manifest expiry in hours (0 = none)")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--targets", nargs="+", help="site/line/cell patterns the update is for (signed; default: the addressed cell)"
+    )
+    scope.add_argument("--all-cells", action="store_true", help="sign the update for every cell (no targets)")
+    p.add_argument(
+        "--expires-in-h",
+        type=float,
+        default=DEFAULT_EXPIRY_H,
+        help=f"manifest expiry in hours (default {DEFAULT_EXPIRY_H:g} = three weeks; max {MAX_EXPIRY_H:g})",
+    )
+    p.add_argument("--rollback-from", default="", help="sign a rollback from this exact active version (signed)")
     p.add_argument(
         "--retain",
         choices=("auto", "yes", "no"),
@@ -55,8 +75,13 @@ def publish(args: argparse.Namespace) -> int:
     try:
         package = Manifest.load(args.package)
         package.verify_model_file(args.package)
-        private_key = update_manifest.load_private_key(args.key)
+        private_key = update_manifest.load_private_key(args.key, update_manifest.load_passphrase(args.passphrase_file))
         cell = CellId(args.site, args.line, args.cell)
+        targets = _targets(args, cell)
+        if not 0 < args.expires_in_h <= MAX_EXPIRY_H:
+            raise ValueError(f"--expires-in-h must be within (0, {MAX_EXPIRY_H:g}]: every manifest expires")
+        if args.rollback_from and update_manifest.compare_versions(package.version, args.rollback_from) >= 0:
+            raise ValueError(f"--rollback-from {args.rollback_from}: a rollback goes to an older version")
     except (ManifestError, ValueError) as exc:
         print(f"error: {exc}")
         return 2
@@ -80,8 +105,9 @@ def publish(args: argparse.Namespace) -> int:
                 size=size,
                 artifact=source,
                 issued_ns=issued,
-                expires_ns=issued + int(args.expires_in_h * 3600e9) if args.expires_in_h else 0,
-                targets=args.targets,
+                expires_ns=issued + int(args.expires_in_h * 3600e9),
+                targets=targets,
+                rollback_from=args.rollback_from,
             ),
             private_key,
         )
@@ -97,6 +123,17 @@ def publish(args: argparse.Namespace) -> int:
         except LinkError as exc:
             print(f"error: {exc}")
             return 2
+
+
+def _targets(args: argparse.Namespace, cell: CellId) -> list[str] | None:
+    """None (every cell) only with --all-cells; else the patterns, each site/line/cell."""
+    if args.all_cells:
+        return None
+    targets = args.targets or [cell.path]
+    for pattern in targets:
+        if len(pattern.split("/")) != 3 or not all(pattern.split("/")):
+            raise ValueError(f"target {pattern!r} must be site/line/cell (globs per segment, e.g. plant1/*/*)")
+    return targets
 
 
 def _send(args, cell: CellId, manifest: dict, payload: bytes, archive: Path, retain: bool, issued: int) -> int:
