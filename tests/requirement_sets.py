@@ -60,7 +60,6 @@ class Target:
         )
         return env
 
-
     def platforms(self) -> list[str]:
         """pip --platform tags, newest first (pip 23 does not expand a manylinux tag to the older ones)."""
         tags = [f"manylinux_2_{minor}_{self.machine}" for minor in range(self.glibc[1], 16, -1)]
