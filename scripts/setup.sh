@@ -94,7 +94,10 @@ install_python_dependencies() {
     grep -viE '^[[:space:]]*opencv-(contrib-)?python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
     reqs=(-r "$VENV/edge-system-ros.txt" -r requirements/dev.txt -c docker/pip-constraints.txt)
     [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt)
-    PATH="/usr/local/cuda/bin:$PATH" "${PIP[@]}" "${reqs[@]}"
+    # JetPack installs CUDA under /usr/local/cuda but leaves its bin/ (nvcc, which pycuda's build needs) off PATH.
+    local path="$PATH"
+    [[ -x /usr/local/cuda/bin/nvcc ]] && path="/usr/local/cuda/bin:$PATH"
+    PATH="$path" "${PIP[@]}" "${reqs[@]}"
   else
     reqs=(-r requirements/edge.txt -r requirements/dev.txt)
     [[ -z "$DISTRO" ]] && reqs+=(-r requirements/cloud.txt)

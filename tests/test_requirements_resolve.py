@@ -4,7 +4,9 @@ ask PyPI (pip's own resolver, dry run), so they are marked slow; the pin checks 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,14 +90,30 @@ def test_requirement_set_resolves_for_its_target(install, target):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("python", [sys.executable, "3.10"], ids=["this-interpreter", "python3.10"])
-def test_make_setup_sets_resolve_on_this_machine(python, tmp_path):
-    """`make setup` without a system ROS 2 (edge, dev, cloud) on this interpreter, and edge + dev on Python 3.10
-    (Humble's), where the x86 wheels exist: the real resolution of this machine, no platform override."""
-    files = ["edge.txt", "dev.txt", "cloud.txt"]
-    if python == "3.10":
-        python = _interpreter(JETPACK6)
-        files = ["edge.txt", "dev.txt"]
-    args = [a for f in files for a in ("-r", str(REPO / "requirements" / f))]
-    result = _pip(python, "install", "--dry-run", "--ignore-installed", "--quiet", *args)
+def test_make_setup_set_resolves_on_this_machine():
+    """`make setup` without a system ROS 2 (edge, dev, cloud) on this interpreter: the real resolution."""
+    args = [a for f in ("edge.txt", "dev.txt", "cloud.txt") for a in ("-r", str(REPO / "requirements" / f))]
+    result = _pip(sys.executable, "install", "--dry-run", "--ignore-installed", "--quiet", *args)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_edge_and_dev_requirements_resolve_in_a_python310_venv(tmp_path):
+    """Humble's Python is 3.10: a real venv on a 3.10 interpreter resolves edge + dev with the NumPy 1.x
+    constraint, as `make setup` installs them on JetPack 6 (dry run: onnxruntime and friends are large)."""
+    python = _interpreter(JETPACK6)
+    venv = tmp_path / "venv310"
+    created = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr
+    # As scripts/setup.sh does with a system ROS 2: edge.txt without the OpenCV wheel (apt's python3-opencv).
+    edge = tmp_path / "edge-system-ros.txt"
+    lines = (REPO / "requirements" / "edge.txt").read_text().splitlines()
+    edge.write_text("".join(f"{line}\n" for line in lines if not re.match(r"\s*opencv-(contrib-)?python", line, re.I)))
+    report = tmp_path / "report.json"
+    args = ["-r", str(edge), "-r", str(REPO / "requirements" / "dev.txt"), "-c", str(CONSTRAINTS)]
+    result = _pip(str(venv / "bin" / "python"), "install", "--dry-run", "--quiet", "--report", str(report), *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    installs = json.loads(report.read_text())["install"]
+    chosen = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in installs}
+    assert chosen["hypothesis"] == "6.168.5" and chosen["check-jsonschema"] == "0.38.2"
+    assert major(chosen["numpy"]) == 1
