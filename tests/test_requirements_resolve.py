@@ -117,3 +117,12 @@ def test_edge_and_dev_requirements_resolve_in_a_python310_venv(tmp_path):
     chosen = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in installs}
     assert chosen["hypothesis"] == "6.168.5" and chosen["check-jsonschema"] == "0.38.2"
     assert major(chosen["numpy"]) == 1
+
+
+def test_setup_for_a_python_that_is_not_here_says_so_and_exits_3():
+    """`make test-py310` turns exit 3 into a skip with the reason; nothing is created before the check."""
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup.sh"), "--python", "3.99"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3 and "no Python 3.99 (PATH or pyenv)" in result.stderr
+    assert not (REPO / ".venv-py399").exists()
