@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: setup test test-jazzy lint demo bench clean help
+.PHONY: setup test test-jazzy test-py310 lint demo bench clean help
 
 help:
 	@echo "make setup  - venv + ROS 2 (system or PyPI wheels) + dependencies + colcon build (idempotent)"
 	@echo "make test   - set-up if needed, then ruff and every test (unit, node, system)"
 	@echo "make test-jazzy - the node and system tests again on ROS 2 Jazzy's rclpy (own venv .venv-jazzy)"
+	@echo "make test-py310 - the edge's tests again on Python 3.10, Humble's on JetPack 6 (own venv .venv-py310)"
 	@echo "make demo   - run the whole cell on synthetic parts with a local broker; prints a report"
 	@echo "make bench  - every benchmark under bench/, figures printed"
 
@@ -33,6 +34,22 @@ test-jazzy:
 	  print("test-jazzy: rclpy", r); assert r.startswith("7."), "not Jazzy rclpy"' \
 	  && bash scripts/run_tests.sh $(JAZZY_TESTS) $(PYTEST_ARGS)
 
+# The edge's tests (contract, cell, system) on Python 3.10, the Python of Humble on JetPack 6, with ROS 2 Kilted's
+# cp310 wheels: what runs on the Jetson must not use a newer language or library feature. Not the cloud's tests
+# (torch and the training tools never run on the Jetson), nor the checks that do not depend on the interpreter.
+# Skipped, with the reason, where no Python 3.10 exists (setup.sh exits 3).
+PY310_TESTS := ros2_ws/src/qc_contract/test ros2_ws/src/qc_cell/test tests --ignore=tests/test_docker.py \
+	--ignore=tests/test_docs_commands.py --ignore=tests/test_requirements_resolve.py
+PY310_ENV := unset PYTHONPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH COLCON_PREFIX_PATH VIRTUAL_ENV \
+	ROS_DISTRO FASTDDS_DEFAULT_PROFILES_FILE FASTRTPS_DEFAULT_PROFILES_FILE && export QC_PYTHON=3.10 && $(ENV)
+test-py310:
+	@bash scripts/setup.sh --python 3.10; rc=$$?; \
+	if [[ $$rc -eq 3 ]]; then echo "test-py310: SKIPPED: no Python 3.10 interpreter (python3.10 on PATH or pyenv)"; exit 0; fi; \
+	[[ $$rc -eq 0 ]] || exit $$rc; \
+	$(PY310_ENV) python -c 'import sys; print("test-py310: Python", sys.version.split()[0]); \
+	  assert sys.version_info[:2] == (3, 10), "not Python 3.10"' \
+	  && bash scripts/run_tests.sh $(PY310_TESTS) $(PYTEST_ARGS)
+
 demo: setup
 	@$(ENV) python -m qc_cell.bringup.demo $(DEMO_ARGS)
 
@@ -40,4 +57,5 @@ bench: setup
 	@$(ENV) for b in bench/bench_*.py; do echo "=== $$b"; python "$$b" || exit 1; done
 
 clean:
-	rm -rf ros2_ws/build ros2_ws/install ros2_ws/build-jazzy ros2_ws/install-jazzy ros2_ws/log
+	rm -rf ros2_ws/build ros2_ws/install ros2_ws/build-jazzy ros2_ws/install-jazzy ros2_ws/build-py310 \
+		ros2_ws/install-py310 ros2_ws/log

@@ -1,11 +1,16 @@
 # Source this for interactive use: `source scripts/env.sh`. Sets up the venv, ROS 2 and the built workspace.
 # `QC_ROS_DISTRO=jazzy source scripts/env.sh`: the Jazzy environment of `make test-jazzy` instead
 # (.venv-jazzy and ros2_ws/install-jazzy, made by `scripts/setup.sh --distro jazzy`; no system ROS 2).
+# `QC_PYTHON=3.10 source scripts/env.sh`: the Python 3.10 environment of `make test-py310` (.venv-py310 and
+# ros2_ws/install-py310, made by `scripts/setup.sh --python 3.10`; no system ROS 2).
 _qc_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 if [ "${QC_ROS_DISTRO:-}" = jazzy ]; then
   _qc_venv="$_qc_root/.venv-jazzy"
   _qc_install="$_qc_root/ros2_ws/install-jazzy"
   export ROS_DISTRO=jazzy
+elif [ -n "${QC_PYTHON:-}" ]; then
+  _qc_venv="$_qc_root/.venv-py$(echo "$QC_PYTHON" | tr -d .)"
+  _qc_install="$_qc_root/ros2_ws/install-py$(echo "$QC_PYTHON" | tr -d .)"
 else
   _qc_venv="$_qc_root/.venv"
   _qc_install="$_qc_root/ros2_ws/install"

@@ -9,22 +9,39 @@
 # `scripts/setup.sh --distro jazzy` (make test-jazzy) sets up a second, independent environment with ROS 2
 # Jazzy from PyPI, the closest to Humble's rclpy that installs here: .venv-jazzy, ros2_ws/build-jazzy,
 # ros2_ws/install-jazzy; use it with `QC_ROS_DISTRO=jazzy source scripts/env.sh`. It ignores a system ROS 2.
+# `scripts/setup.sh --python 3.10` (make test-py310) does the same with ROS 2 Kilted's wheels on Python 3.10,
+# Humble's Python on JetPack 6: .venv-py310, ros2_ws/build-py310, ros2_ws/install-py310, no cloud tools; use it
+# with `QC_PYTHON=3.10 source scripts/env.sh`. The interpreter is python3.10 on PATH or one of pyenv's.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 cd "$ROOT"
 
 DISTRO="${QC_ROS_DISTRO:-}"
+PYTHON_VERSION=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --distro) DISTRO="${2:?--distro needs a value}"; shift 2 ;;
     --distro=*) DISTRO="${1#--distro=}"; shift ;;
-    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "setup.sh: unknown argument '$1' (usage: setup.sh [--distro jazzy])" >&2; exit 2 ;;
+    --python) PYTHON_VERSION="${2:?--python needs a version}"; shift 2 ;;
+    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$1' (usage: setup.sh [--distro jazzy | --python 3.10])" >&2; exit 2 ;;
   esac
 done
 
-log() { printf '[setup%s] %s\n' "${DISTRO:+ $DISTRO}" "$*"; }
+log() { printf '[setup%s%s] %s\n' "${DISTRO:+ $DISTRO}" "${PYTHON_VERSION:+ py$PYTHON_VERSION}" "$*"; }
+
+# An interpreter of this major.minor that really runs (a pyenv shim without that version does not).
+find_python() {
+  local candidate
+  for candidate in "python$1" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$1".*/bin/"python$1"; do
+    if "$candidate" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$1'.split('.'))))" 2>/dev/null; then
+      command -v "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
 hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 # Run a step only when its inputs changed since the last successful run.
 stamp_ok() { [[ -f "$VENV/.stamp-$1" && "$(cat "$VENV/.stamp-$1")" == "$2" ]]; }
@@ -54,6 +71,15 @@ case "$DISTRO" in
     ;;
   *) echo "setup.sh: unknown distro '$DISTRO' (PyPI wheels exist for kilted and jazzy)" >&2; exit 2 ;;
 esac
+if [[ -n "$PYTHON_VERSION" ]]; then
+  [[ -z "$DISTRO" ]] || { echo "setup.sh: --python goes with the default distribution (Kilted)" >&2; exit 2; }
+  PY=$(find_python "$PYTHON_VERSION") || { echo "setup.sh: no Python $PYTHON_VERSION (PATH or pyenv)" >&2; exit 3; }
+  VENV="$ROOT/.venv-py${PYTHON_VERSION//./}"
+  BUILD_BASE="ros2_ws/build-py${PYTHON_VERSION//./}"
+  INSTALL_BASE="ros2_ws/install-py${PYTHON_VERSION//./}"
+  SYSTEM_ROS=""
+  unset PYTHONPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH COLCON_PREFIX_PATH
+fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 
 make_venv() {
@@ -94,10 +120,13 @@ install_python_dependencies() {
     grep -viE '^[[:space:]]*opencv-(contrib-)?python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
     reqs=(-r "$VENV/edge-system-ros.txt" -r requirements/dev.txt -c docker/pip-constraints.txt)
     [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt)
-    PATH="/usr/local/cuda/bin:$PATH" "${PIP[@]}" "${reqs[@]}"
+    # JetPack installs CUDA under /usr/local/cuda but leaves its bin/ (nvcc, which pycuda's build needs) off PATH.
+    local path="$PATH"
+    [[ -x /usr/local/cuda/bin/nvcc ]] && path="/usr/local/cuda/bin:$PATH"
+    PATH="$path" "${PIP[@]}" "${reqs[@]}"
   else
     reqs=(-r requirements/edge.txt -r requirements/dev.txt)
-    [[ -z "$DISTRO" ]] && reqs+=(-r requirements/cloud.txt)
+    [[ -z "$DISTRO" && -z "$PYTHON_VERSION" ]] && reqs+=(-r requirements/cloud.txt)
     "${PIP[@]}" "${reqs[@]}"
     # numpy may have moved: keep the CMake include paths pointing at it.
     "$VENV/bin/python" scripts/fix_ros_cmake_paths.py "$VENV"
@@ -172,4 +201,4 @@ install_python_dependencies
 install_mosquitto
 build_workspace
 install_console_scripts
-log "done. Interactive use: ${DISTRO:+QC_ROS_DISTRO=$DISTRO }source scripts/env.sh"
+log "done. Interactive use: ${DISTRO:+QC_ROS_DISTRO=$DISTRO }${PYTHON_VERSION:+QC_PYTHON=$PYTHON_VERSION }source scripts/env.sh"

@@ -271,6 +271,25 @@ def test_images_run_as_a_non_root_user_with_healthcheck_and_entrypoint(dockerfil
         assert mount in runs, f"{dockerfile.name} does not create {mount} for the cell's user"
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_user_keeps_its_device_groups(dockerfile):
+    """`USER uid:gid` makes Docker set that one group and ignore the user's supplementary groups (moby's
+    getUser: additional groups from /etc/group only when no group is given), so video (/dev/video*, on Orin the
+    GPU's nodes) and dialout would never apply. The uid alone keeps them."""
+    stages = instructions(dockerfile)
+    user = [args for keyword, args in stages if keyword == "USER"][-1]
+    assert ":" not in user, f"{dockerfile.name}: USER {user} names a group; the user's video/dialout would not apply"
+    useradd = re.search(r"useradd [^&]*--groups (\S+)[^&]* qc\b", " ".join(a for k, a in stages if k == "RUN"))
+    assert useradd and {"video", "dialout"} <= set(useradd.group(1).split(","))
+    uid = dict(a.split("=", 1) for k, a in stages if k == "ARG" and a.startswith("QC_UID="))["QC_UID"]
+    assert interpolate(user, {"QC_UID": uid}) == uid
+
+
+def test_jetson_image_tells_the_nvidia_runtime_to_expose_the_gpu():
+    env = " ".join(args for keyword, args in instructions(DOCKER / "Dockerfile.jetson") if keyword == "ENV")
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=all" in env
+
+
 # ---- entrypoint ---------------------------------------------------------------------------------------------
 def test_entrypoint_is_executable_and_parses():
     assert os.access(ENTRYPOINT, os.X_OK), "docker/entrypoint.sh must be executable (git mode 755)"
@@ -584,6 +603,52 @@ def test_jetson_cell_gets_the_devices_it_needs(compose):
     argus = [v for v in cell["volumes"] if isinstance(v, dict) and v["target"] == "/tmp/argus_socket"]
     assert argus and argus[0]["bind"]["create_host_path"] is False
     assert interpolate(cell["group_add"][0]) == "999"
+
+
+def test_jetson_cell_names_the_board_for_jetson_gpio(compose):
+    """Docker masks /proc/device-tree: Jetson.GPIO needs JETSON_MODEL_NAME, and the cell keeps the shared
+    environment (the merge of x-cell's environment) beside it."""
+    environment = compose["services"]["cell"]["environment"]
+    model = {"JETSON_MODEL_NAME": "JETSON_ORIN_NANO"}
+    assert interpolate(environment["JETSON_MODEL_NAME"], model) == "JETSON_ORIN_NANO"
+    assert "QC_SET" in environment and "QC_SET" in compose["services"]["cell-x86"]["environment"]
+    assert "JETSON_MODEL_NAME" not in compose["services"]["cell-x86"]["environment"]
+
+
+# The Orin modules' compatible strings that Jetson.GPIO 2.1.13 maps (gpio_pin_data.py), one per model.
+ORIN_COMPATIBLES = {
+    "nvidia,p3737-0000+p3701-0005\0nvidia,p3701-0005\0nvidia,tegra234\0": "JETSON_ORIN",
+    "nvidia,p3768-0000+p3767-0000\0nvidia,p3767-0000\0nvidia,tegra234\0": "JETSON_ORIN_NX",
+    "nvidia,p3768-0000+p3767-0001-super\0nvidia,p3767-0001\0nvidia,tegra234\0": "JETSON_ORIN_NX",
+    "nvidia,p3768-0000+p3767-0005-super\0nvidia,p3767-0005\0nvidia,tegra234\0": "JETSON_ORIN_NANO",
+    "nvidia,p3509-0000+p3767-0003\0nvidia,p3767-0003\0nvidia,tegra234\0": "JETSON_ORIN_NANO",
+}
+
+
+@pytest.mark.parametrize(("compatible", "model"), ORIN_COMPATIBLES.items(), ids=ORIN_COMPATIBLES.values())
+def test_jetson_model_name_is_derived_from_the_hosts_device_tree(tmp_path, compatible, model):
+    script = DOCKER / "jetson_model_name.sh"
+    assert subprocess.run([tool("shellcheck"), str(script)], capture_output=True, timeout=60).returncode == 0
+    (tmp_path / "compatible").write_bytes(compatible.encode())
+    result = subprocess.run([str(script), str(tmp_path / "compatible")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.strip() == model, result.stderr
+
+
+def test_jetson_model_name_refuses_a_board_it_does_not_know(tmp_path):
+    (tmp_path / "compatible").write_bytes(b"nvidia,p3450-0000\0nvidia,jetson-nano\0nvidia,tegra210\0")
+    result = subprocess.run(
+        [str(DOCKER / "jetson_model_name.sh"), str(tmp_path / "compatible")], capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "set JETSON_MODEL_NAME by hand" in result.stderr
+
+
+def test_jetson_cell_may_run_its_actuation_thread_at_the_requested_realtime_priority(compose):
+    """A non-root user gets SCHED_FIFO only up to its rtprio limit (CAP_SYS_NICE does not reach it)."""
+    requested = params_file.load(REPO / "params" / "jetson.yaml")["reject_actuator"]["scheduler_rt_priority"]
+    assert requested > 0
+    rtprio = compose["services"]["cell"]["ulimits"]["rtprio"]
+    limit = rtprio if isinstance(rtprio, int) else rtprio["soft"]
+    assert int(limit) >= requested
 
 
 def test_compose_bind_mounts_exist_or_are_documented_credentials(compose):

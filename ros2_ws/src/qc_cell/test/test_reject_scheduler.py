@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -94,3 +98,21 @@ def test_realtime_priority_is_reported_granted_or_refused_with_the_reason():
     scheduler.start()
     scheduler.stop()
     assert scheduler.realtime == "SCHED_FIFO 10" or scheduler.realtime.startswith("not granted (")
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None, reason="root needs setpriv (util-linux) to drop CAP_SYS_NICE"
+)
+def test_refused_realtime_names_the_rtprio_limit_to_raise():
+    """Without CAP_SYS_NICE (a container's non-root user) SCHED_FIFO needs an rtprio limit: the reason says so."""
+    script = (
+        "import resource, time\n"
+        "resource.setrlimit(resource.RLIMIT_RTPRIO, (0, resource.getrlimit(resource.RLIMIT_RTPRIO)[1]))\n"
+        "from qc_cell.reject.scheduler import DeadlineScheduler\n"
+        "s = DeadlineScheduler(rt_priority=50)\n"
+        "s.start(); time.sleep(0.2); print(s.realtime); s.stop()\n"
+    )
+    drop = ["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice"] if os.geteuid() == 0 else []
+    result = subprocess.run([*drop, sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "not granted" in result.stdout and "rtprio limit 0 < 50" in result.stdout, result.stdout

@@ -3,16 +3,21 @@
 # TensorRT 10.x), and print trtexec's latency figures for it.
 #
 #   build_trt_engine.sh PACKAGE_DIR [--precision fp16|fp32] [--max-batch N] [--opt-batch N]
-#                       [--workspace MiB] [--out ENGINE_FILE] [-- extra trtexec arguments]
+#                       [--workspace MiB] [--cache-dir DIR | --out ENGINE_FILE] [-- extra trtexec arguments]
 #
 # PACKAGE_DIR is a model package written by `qc_cloud train`/`qc_cloud export` (manifest.json + model.onnx).
 # The script checks the model file against the manifest (sha256), takes the input tensor name and size from
-# the manifest, and builds an engine with a dynamic batch profile 1..max-batch. The engine is written
-# atomically (temp file, then rename) to --out, by default ./<version>_<precision>_b<max-batch>.engine.
+# the manifest, and builds an engine with a dynamic batch profile 1..max-batch tuned for --opt-batch (1, what
+# the line runs), with TF32 off for fp32, as the inference node builds its own.
 #
-# The inference node builds and caches its own engines (qc_cell.inference.backends.engine_cache) when it
-# runs with backend tensorrt; this script is for checking on the target that TensorRT accepts a package
-# and how fast it runs there before rolling it out, and for pre-building engines by hand.
+# --cache-dir DIR (default $QC_ENGINE_CACHE_DIR): pre-build the node's engine. The engine is stored in the
+#   node's engine cache (inference.engine_cache_dir; /var/lib/qc/engine_cache in the containers) under the
+#   name the node computes for this package, TensorRT version, GPU, precision and max batch
+#   (`python -m qc_cell.inference.backends.engine_name`, the node's own naming function), so the node loads it
+#   instead of building it at the first start. Use the node's inference.precision and inference.max_batch.
+# --out FILE: only check that TensorRT accepts the package and how fast it runs here (trtexec's latency
+#   figures), written atomically to FILE (default ./<version>_<precision>_b<max-batch>.engine).
+# Both need the cell's Python environment for the name (source scripts/env.sh; in the image it is there).
 # An engine only runs with the TensorRT version and GPU it was built on: build it on the Jetson itself.
 # INT8 needs calibration images: use the inference node's int8 precision (it calibrates) instead.
 #
@@ -32,6 +37,7 @@ max_batch=4
 opt_batch=1
 workspace=1024
 out=""
+cache_dir=${QC_ENGINE_CACHE_DIR:-}
 extra=()
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -40,6 +46,7 @@ while [[ $# -gt 0 ]]; do
     --opt-batch) opt_batch=${2:?}; shift 2 ;;
     --workspace) workspace=${2:?}; shift 2 ;;
     --out) out=${2:?}; shift 2 ;;
+    --cache-dir) cache_dir=${2:?}; shift 2 ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) usage 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -50,6 +57,8 @@ done
 (( opt_batch <= max_batch )) || die "--opt-batch $opt_batch is larger than --max-batch $max_batch"
 [[ $workspace =~ ^[1-9][0-9]*$ ]] || die "--workspace must be a positive number of MiB"
 [[ -f $package/manifest.json ]] || die "$package/manifest.json not found: not a model package"
+[[ -n $cache_dir && -n $out ]] && die "--cache-dir and --out exclude each other"
+[[ -n $cache_dir && $opt_batch != 1 ]] && die "the node's engines are tuned for batch 1: --opt-batch 1 with --cache-dir"
 
 # One line of tab-separated fields from the manifest (python3 ships with JetPack; only the standard library).
 fields=$(python3 - "$package/manifest.json" <<'PY'
@@ -71,8 +80,16 @@ trtexec=${TRTEXEC:-$(command -v trtexec || true)}
 [[ -z $trtexec && -x /usr/src/tensorrt/bin/trtexec ]] && trtexec=/usr/src/tensorrt/bin/trtexec
 [[ -n $trtexec ]] || die "trtexec not found (set TRTEXEC, add it to PATH, or install TensorRT's samples)"
 
-out=${out:-"$PWD/${version}_${precision}_b${max_batch}.engine"}
-tmp="$out.tmp.$$"
+python=${PYTHON:-python3}
+if [[ -n $cache_dir ]]; then
+  name=$("$python" -m qc_cell.inference.backends.engine_name "$package" --precision "$precision" \
+    --max-batch "$max_batch") || die "cannot compute the node's engine name (is the cell's environment sourced?)"
+  mkdir -p "$cache_dir"
+  tmp="$cache_dir/.$name.trtexec.$$"
+else
+  out=${out:-"$PWD/${version}_${precision}_b${max_batch}.engine"}
+  tmp="$out.tmp.$$"
+fi
 trap 'rm -f "$tmp"' EXIT
 args=(
   "--onnx=$model"
@@ -82,11 +99,21 @@ args=(
   "--maxShapes=${input_name}:${max_batch}x3x${height}x${width}"
   "--memPoolSize=workspace:${workspace}"
 )
-[[ $precision == fp16 ]] && args+=(--fp16)
+# The node's settings: FP16 flag for fp16; no TF32 for fp32 (TensorRT allows it by default, Orin would use it).
+if [[ $precision == fp16 ]]; then args+=(--fp16); else args+=(--noTF32); fi
 echo "build_trt_engine: model $version ($model_file, sha256 ${sha256:0:12}), input ${input_name} Nx3x${height}x${width}," \
   "batch 1..${max_batch}, ${precision}" >&2
 "$trtexec" "${args[@]}" "${extra[@]}"
 [[ -s $tmp ]] || die "trtexec reported success but wrote no engine"
-mv -f "$tmp" "$out"
-trap - EXIT
-echo "build_trt_engine: engine written to $out" >&2
+if [[ -n $cache_dir ]]; then
+  # Stored by the engine cache itself (atomic write, key sidecar), under the name computed above.
+  stored=$("$python" -m qc_cell.inference.backends.engine_name "$package" --precision "$precision" \
+    --max-batch "$max_batch" --store "$tmp" --cache-dir "$cache_dir") || die "storing the engine in $cache_dir failed"
+  rm -f "$tmp"
+  trap - EXIT
+  echo "build_trt_engine: engine stored in the node's cache as $stored" >&2
+else
+  mv -f "$tmp" "$out"
+  trap - EXIT
+  echo "build_trt_engine: engine written to $out" >&2
+fi

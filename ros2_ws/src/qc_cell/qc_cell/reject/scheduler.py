@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,18 @@ class Job:
     action: Callable[[int], None] = field(compare=False)
     name: str = field(default="", compare=False)
     state: int = field(default=PENDING, compare=False)
+
+
+def _rtprio_hint(priority: int) -> str:
+    """Why a non-root process was refused: its RLIMIT_RTPRIO (ulimit -r), which a container sets with compose
+    `ulimits: rtprio` and a login with limits.conf; CAP_SYS_NICE reaches only root."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_RTPRIO)
+    except (AttributeError, OSError, ValueError):
+        return ""
+    if soft == resource.RLIM_INFINITY or soft >= priority:
+        return f"; rtprio limit {soft} allows it: check the cgroup's real-time budget (cpu.rt_runtime_us)"
+    return f"; rtprio limit {soft} < {priority}: raise it (compose ulimits rtprio, limits.conf; docs/reject.md)"
 
 
 class DeadlineScheduler:
@@ -110,7 +123,7 @@ class DeadlineScheduler:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self._rt_priority))  # this thread only
             self.realtime = f"SCHED_FIFO {self._rt_priority}"
         except (OSError, AttributeError) as exc:  # EPERM without CAP_SYS_NICE / rtprio limit; non-Linux
-            self.realtime = f"not granted ({exc}); normal scheduling"
+            self.realtime = f"not granted ({exc}{_rtprio_hint(self._rt_priority)}); normal scheduling"
 
     def _loop(self, started: threading.Event) -> None:
         self._request_realtime()

@@ -14,6 +14,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qc_contract.model_manifest import Manifest
+
+OPT_BATCH = 1  # profile min 1, opt 1 (what the line runs), max = max_batch
+
 
 @dataclass(frozen=True)
 class EngineKey:
@@ -24,6 +28,8 @@ class EngineKey:
     max_batch: int
     input_chw: tuple[int, int, int]
     compute_capability: str = ""
+    opt_batch: int = OPT_BATCH  # the optimisation profile's tuned batch (the line runs batch 1)
+    calibration: str = ""  # INT8: digest of the calibration images (calibration_digest); "" otherwise
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -35,6 +41,40 @@ class EngineKey:
         return (
             f"{self.model_sha256[:12]}_trt{trt_version}_{gpu}_{self.precision}_b{self.max_batch}_{self.digest()}.engine"
         )
+
+
+def engine_key(
+    manifest: Manifest,
+    precision: str,
+    max_batch: int,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    calibration: str = "",
+) -> EngineKey:
+    """The cache key of a model package's engine: the one naming function of the inference node and of
+    qc_cloud's build_trt_engine.sh (through `python -m qc_cell.inference.backends.engine_name`)."""
+    spec = manifest.preprocessing
+    return EngineKey(
+        model_sha256=manifest.sha256,
+        tensorrt_version=tensorrt_version,
+        gpu_name=gpu_name,
+        precision=precision,
+        max_batch=max_batch,  # the requested profile (a static batch-1 model builds as 1)
+        input_chw=(3, spec.input_height, spec.input_width),
+        compute_capability=compute_capability,
+        calibration=calibration,
+    )
+
+
+def calibration_digest(files: list[Path]) -> str:
+    """Identity of an INT8 calibration set: the images' names and contents, in order. Another set gives another
+    calibration, so another calibration cache and another engine."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).name.encode() + b"\0")
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -24,7 +24,13 @@ def import_jetson_gpio() -> ModuleType:
             "off a Jetson use driver 'sim' or 'modbus'."
         ) from exc
     except Exception as exc:  # Jetson.GPIO raises at import when the board is not a supported Jetson
-        raise DriverError(f"Jetson.GPIO could not be loaded on this machine: {exc}") from exc
+        hint = ""
+        if "Could not determine Jetson model" in str(exc):  # in a container /proc/device-tree is masked
+            hint = (
+                "; in a container set JETSON_MODEL_NAME (docker/jetson_model_name.sh prints it on the host, "
+                "docs/jetson.md)"
+            )
+        raise DriverError(f"Jetson.GPIO could not be loaded on this machine: {exc}{hint}") from exc
 
 
 class GpioDriver(PulseDriver):
