@@ -201,9 +201,8 @@ class CloudLink:
         self.bridge.send("process", records.process(**asdict(state)))
 
     def on_model(self, model: ModelReport) -> None:
-        """The active model orders update versions; each change of the model state is one retained record."""
-        if model.state == ACTIVE and self.updater is not None:
-            self.updater.active_version = model.version
+        """Each change of the model state is one retained record. (Update versions are ordered by the model
+        store's active pointer, not by this topic, which any participant of the graph could publish.)"""
         key = (model.version, model.sha256, model.state, model.message)
         if key == self._last_model:
             return

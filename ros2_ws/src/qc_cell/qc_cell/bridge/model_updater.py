@@ -3,8 +3,12 @@
     manifest (size, JSON, schema) -> Ed25519 signature -> target / expiry -> fetch the artifact into a
     temporary file -> size, then sha256 of what was fetched -> version monotonicity (no replay or
     downgrade unless allow_downgrade) -> safe extraction into a staging directory -> the package's own
-    manifest and model hash -> atomic rename into <update_dir>/<version> -> inference/load_model
-    -> accepted (state persisted) | rejected with a reason.
+    manifest and model hash -> atomic rename into <update_dir>/<version> -> installed into the cell's model
+    store (ORIGIN_UPDATE) -> inference/load_model of the store's copy -> accepted (state persisted) | rejected
+    with a reason (a version that failed to load is discarded from the store again).
+
+The active version comes from the model store's state (what inference activated after its self-test), never
+from the model/active topic, which any participant of the graph could publish.
 
 A partial download never becomes active: it lives in a temporary file that is deleted on any failure,
 and only a verified, extracted package is renamed into place and handed to load_model.
@@ -12,6 +16,7 @@ and only a verified, extracted package is renamed into place and handed to load_
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -31,6 +36,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from qc_cell.bridge.session import Log, python_log
+from qc_cell.inference.model_store import ORIGIN_UPDATE, ModelStore, StoreError
 from qc_contract import artifact, inbound, update_manifest
 from qc_contract.inbound import InboundError
 from qc_contract.model_manifest import Manifest, ManifestError
@@ -48,6 +54,7 @@ class UpdateSettings:
     update_dir: Path
     keys: Mapping[str, Ed25519PublicKey]
     cell_path: str  # site/line/cell, matched against the manifest's optional targets
+    model_store_dir: Path  # the cell's model store (inference.model_store_dir): verified packages go there
     allow_downgrade: bool = False
     max_manifest_bytes: int = 16 * 1024
     max_artifact_bytes: int = 512 * 1024 * 1024
@@ -101,7 +108,7 @@ class ModelUpdater:
         self.report = report
         self.log = log
         self.counts: Counter[str] = Counter()  # "accepted", "duplicate", and one per rejection reason
-        self.active_version = ""  # what the inference node serves (model/active, load_model responses)
+        self.store = ModelStore(settings.model_store_dir)
         self.dir = Path(settings.update_dir).expanduser()
         self.partial_dir = self.dir / ".partial"
         self.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +145,15 @@ class ModelUpdater:
             self._queue.put_nowait((kind, args))
         except queue.Full:
             self._rejected("", InboundError("busy", f"update queue full ({QUEUE_SIZE}): {kind} dropped"))
+
+    @property
+    def active_version(self) -> str:
+        """What inference activated last (the store's pointer; '' = none or unreadable)."""
+        try:
+            entry = self.store.active()
+        except StoreError:
+            return ""
+        return entry.version if entry is not None else ""
 
     @property
     def installed_version(self) -> str:
@@ -270,11 +286,16 @@ class ModelUpdater:
             os.rename(staging, final)  # atomic: the package appears complete or not at all
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        success, message, active = self.load_model(str(final), version, package.sha256)
-        if active:
-            self.active_version = active
+        try:
+            installed = self.store.install(final, package, ORIGIN_UPDATE, _digest(manifest))
+        except (StoreError, ManifestError, OSError) as exc:
+            shutil.rmtree(final, ignore_errors=True)
+            raise InboundError("load_failed", f"cannot install into the model store: {exc}") from None
+        success, message, _ = self.load_model(str(installed), version, package.sha256)
         if not success:
             shutil.rmtree(final, ignore_errors=True)
+            with contextlib.suppress(StoreError, OSError):
+                self.store.discard(version)
             raise InboundError("load_failed", f"inference/load_model: {message}")
         self._save_state({"version": version, "manifest_digest": _digest(manifest), "issued_at": manifest["issued_at"]})
         self.counts["accepted"] += 1

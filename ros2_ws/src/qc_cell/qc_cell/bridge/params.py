@@ -47,6 +47,12 @@ CLOUD_BRIDGE = NodeParams(
             "update_dir", "~/.local/share/qc_cell/cloud_bridge/updates", "where verified update packages are extracted"
         ),
         Param("update_keep_versions", 3, "extracted packages kept", range=(1, 100)),
+        Param(
+            "model_store_dir",
+            "",
+            "the cell's model store, where verified updates are installed for inference/load_model; params files "
+            "derive it from inference.model_store_dir",
+        ),
         Param("allow_downgrade", False, "accept a replayed or older model version (rollback)"),
         Param("max_manifest_bytes", 16 * 1024, "largest update manifest", range=(1024, MB)),
         Param("max_artifact_mb", 512, "largest update artifact (MiB)", range=(1, 100_000)),

@@ -121,12 +121,15 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
     key_files = [k.strip() for k in v["update_public_keys"].split(",") if k.strip()]
     if v["updates_enabled"] and not key_files:
         raise BridgeConfigError("updates_enabled needs at least one file in update_public_keys")
+    if v["updates_enabled"] and not v["model_store_dir"]:
+        raise BridgeConfigError("updates_enabled needs model_store_dir (inference's model store, where updates go)")
     updates = None
     if v["updates_enabled"]:
         updates = UpdateSettings(
             update_dir=Path(v["update_dir"]).expanduser(),
             keys=trusted_keys(key_files),
             cell_path=cell.path,
+            model_store_dir=Path(v["model_store_dir"]).expanduser(),
             allow_downgrade=v["allow_downgrade"],
             max_manifest_bytes=v["max_manifest_bytes"],
             max_artifact_bytes=v["max_artifact_mb"] * MB,
