@@ -288,6 +288,8 @@ class ModelUpdater:
             shutil.rmtree(staging, ignore_errors=True)
         try:
             installed = self.store.install(final, package, ORIGIN_UPDATE, _digest(manifest))
+            if self.settings.allow_downgrade:  # a deliberate rollback: inference needs it authorised in the store
+                self.store.authorise_rollback(version, ORIGIN_UPDATE, _digest(manifest))
         except (StoreError, ManifestError, OSError) as exc:
             shutil.rmtree(final, ignore_errors=True)
             raise InboundError("load_failed", f"cannot install into the model store: {exc}") from None
