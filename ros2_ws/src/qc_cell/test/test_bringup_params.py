@@ -65,7 +65,7 @@ def test_optional_nodes_follow_flags_then_params_file():
 BEFORE = yaml.safe_load((Path(__file__).with_name("params_before_overlays.yaml")).read_text())
 
 
-NEW_PARAMETERS = {("cloud_bridge", "model_store_dir")}  # not in the frozen files
+NEW_PARAMETERS = {("cloud_bridge", "model_store_dir"), ("inference", "engine_key_file")}  # not in the frozen files
 
 
 def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], object]:
@@ -76,6 +76,7 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
     # Added since (issue 18): the bridge installs verified updates into inference's model store.
     store = f"{state}/model_store" if deployment == "demo" else "~/.local/share/qc_cell/model_store"
     changes[("cloud_bridge", "model_store_dir")] = store
+    changes[("inference", "engine_key_file")] = ""
     if deployment == "demo":  # the demo's state lives in the run's state folder, no longer in /tmp/qc_cell_demo
         changes.update(
             {
