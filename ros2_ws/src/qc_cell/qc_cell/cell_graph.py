@@ -78,23 +78,29 @@ def domain_id(namespace: str, environ: Mapping[str, str]) -> str:
     return str(1 + zlib.crc32(namespace.strip("/").encode()) % 100)
 
 
+def graph_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The transport and discovery settings of the cell's processes, given the environment they start from."""
+    profile = "fastdds_large_images_network.xml" if network_wide(environ) else "fastdds_large_images.xml"
+    return {
+        # Image transport, chosen with bench/bench_image_transport.py (docs/camera.md): UDPv4 + shared memory with
+        # a 32 MB segment, which holds the fragments of several camera frames, and the malloc thresholds above.
+        # 1280x720 hop on a 2-core machine: ~2.5 ms, against ~36 ms with the defaults or LARGE_DATA. UDPv4 on the
+        # loopback interface only unless discovery was widened (network_wide): ROS_AUTOMATIC_DISCOVERY_RANGE=
+        # LOCALHOST alone still answers a peer on the plant network that names this host as a static peer.
+        PROFILE_VARIABLE: str(_CAMERA / profile),
+        "GLIBC_TUNABLES": ":".join(filter(None, (environ.get("GLIBC_TUNABLES"), _MALLOC_TUNABLES))),
+        **confinement(environ),
+    }
+
+
 def cell_environment(namespace: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Everything a process of this cell (node, runner, healthcheck) needs in its environment to join it."""
-    return {**ENVIRONMENT, "ROS_DOMAIN_ID": domain_id(namespace, environ)}
+    return {**graph_environment(environ), "ROS_DOMAIN_ID": domain_id(namespace, environ)}
 
 
-ENVIRONMENT: dict[str, str] = {
-    # Image transport, chosen with bench/bench_image_transport.py (docs/camera.md): UDPv4 + shared memory with a
-    # 32 MB segment, which holds the fragments of several camera frames, and the malloc thresholds above.
-    # 1280x720 hop on a 2-core machine: ~2.5 ms, against ~36 ms with the defaults or LARGE_DATA. UDPv4 on the
-    # loopback interface only, unless discovery was widened (network_wide): ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-    # alone still answers a peer on the plant network that names this host as a static peer.
-    PROFILE_VARIABLE: str(
-        _CAMERA / ("fastdds_large_images_network.xml" if network_wide(os.environ) else "fastdds_large_images.xml")
-    ),
-    "GLIBC_TUNABLES": ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), _MALLOC_TUNABLES))),
-    **confinement(os.environ),
-}
+# The environment every node process gets from this process's environment (launch file and runner alike).
+ENVIRONMENT: dict[str, str] = graph_environment(os.environ)
+
 
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("camera_driver", "camera_driver", lifecycle=True, respawn=True, part_source=True),
