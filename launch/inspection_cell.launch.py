@@ -21,7 +21,7 @@ from launch_ros.actions import LifecycleNode, Node
 
 from qc_cell.bringup import params_file
 from qc_cell.bringup.cell_runner import FLAGS, enabled_nodes
-from qc_cell.cell_graph import cell_environment
+from qc_cell.cell_graph import cell_environment, enclave_arguments
 
 ARGUMENTS = {
     "namespace": ("", "cell namespace / cell id; one namespace per cell (e.g. cell1)"),
@@ -81,7 +81,7 @@ def _cell(context):
             name=spec.name,
             namespace=namespace,
             parameters=[path],
-            arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            arguments=["--ros-args", "--log-level", cfg["log_level"], *enclave_arguments(namespace, spec.name)],
             respawn=spec.respawn,
             respawn_delay=2.0,
             output="screen",
@@ -97,7 +97,7 @@ def _cell(context):
             name="cell_manager",
             namespace=namespace,
             parameters=[{"nodes": [spec.name for spec in specs]}],
-            arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            arguments=["--ros-args", "--log-level", cfg["log_level"], *enclave_arguments(namespace, "cell_manager")],
             respawn=True,
             respawn_delay=2.0,
             output="screen",

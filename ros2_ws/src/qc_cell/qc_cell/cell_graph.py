@@ -98,6 +98,14 @@ def cell_environment(namespace: str, environ: Mapping[str, str] = os.environ) ->
     return {**graph_environment(environ), "ROS_DOMAIN_ID": domain_id(namespace, environ)}
 
 
+def enclave_arguments(namespace: str, node: str, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """`--enclave /<namespace>/<node>` (ROS arguments) when SROS2 is on (ROS_SECURITY_ENABLE=true), else nothing:
+    each node of the cell in its own enclave of the keystore (docs/security.md)."""
+    if environ.get("ROS_SECURITY_ENABLE", "").strip().lower() != "true":
+        return []
+    return ["--enclave", "/" + "/".join(p for p in (*namespace.strip("/").split("/"), node) if p)]
+
+
 # The environment every node process gets from this process's environment (launch file and runner alike).
 ENVIRONMENT: dict[str, str] = graph_environment(os.environ)
 

@@ -35,7 +35,7 @@ from qc_cell.bringup.cell_status import StatusLine
 from qc_cell.bringup.progress import CellProgress
 from qc_cell.bringup.status_listener import CellStatusListener
 from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
-from qc_cell.cell_graph import NODES, NodeSpec, cell_environment
+from qc_cell.cell_graph import NODES, NodeSpec, cell_environment, enclave_arguments
 from qc_cell.ros import qos
 from qc_cell.ros.node_main import WITHOUT_RCLPY_SIGNAL_HANDLERS, stop_like_ctrl_c
 from qc_interfaces.msg import QualityDecision
@@ -105,6 +105,7 @@ class CellRunner:
             path.write_text(params_file.node_params_yaml(self.namespace, spec.name, params.get(spec.name, {})))
             argv = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
             argv += ["-r", f"__ns:=/{self.namespace}", "--params-file", str(path), "--log-level", log_level]
+            argv += enclave_arguments(self.namespace, spec.name)
             env = {**self.environment, "PYTHONUNBUFFERED": "1"}
             specs.append(ProcessSpec(spec.name, argv, env=env, respawn=spec.respawn))
         self.supervisor = Supervisor(specs, self.run_dir / "logs", on_event=self._on_event)
@@ -122,7 +123,11 @@ class CellRunner:
         # thread of their own, under the activator and the status listener (as for the nodes: ros/node_main.py).
         # The runner's own participant joins the cell's graph as its nodes do: same domain, same confinement.
         os.environ.update({k: v for k, v in self.environment.items() if k != "GLIBC_TUNABLES"})
-        rclpy.init(context=self.context, **WITHOUT_RCLPY_SIGNAL_HANDLERS)
+        rclpy.init(
+            args=["--ros-args", *enclave_arguments(self.namespace, "cell_runner")],
+            context=self.context,
+            **WITHOUT_RCLPY_SIGNAL_HANDLERS,
+        )
         self.observer = rclpy.create_node("cell_runner", namespace=f"/{self.namespace}", context=self.context)
         self.observer.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
         names = [spec.name for spec in self.nodes]
