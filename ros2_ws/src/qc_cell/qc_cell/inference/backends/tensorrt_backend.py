@@ -3,7 +3,8 @@
 - Precision: FP16 by default (builder flag), INT8 with an entropy calibrator over a directory of images
   (preprocessed with the manifest, so calibration sees what the model sees), FP32 on request.
 - Engine cache: keyed by model sha256 + TensorRT version + GPU (name, compute capability) + precision +
-  batch profile, written atomically (engine_cache.py). A cached engine TensorRT refuses is rebuilt.
+  batch profile, written atomically, with an HMAC under the cell's engine key checked before deserialising
+  (engine_cache.py). A cached engine that fails the check, or that TensorRT refuses, is rebuilt.
 - Two execution APIs: TensorRT 8.x bindings (`set_binding_shape` / `execute_async_v2`, JetPack 5 and 6.0
   with TensorRT 8.5/8.6) and TensorRT 10 named tensors (`set_input_shape` / `set_tensor_address` /
   `execute_async_v3`, JetPack 6.1+). Bindings were removed in 10, so the major version picks the API.
@@ -35,7 +36,14 @@ from qc_cell.inference.backends.base import (
     TensorSpec,
     check_batch,
 )
-from qc_cell.inference.backends.engine_cache import EngineCache, EngineKey, atomic_write_bytes
+from qc_cell.inference.backends.engine_cache import (
+    KEY_FILE_NAME,
+    EngineCache,
+    EngineIntegrityError,
+    EngineKey,
+    atomic_write_bytes,
+    load_or_create_key,
+)
 from qc_cell.inference.backends.input_shape import resolve_max_batch
 from qc_contract.model_manifest import Manifest
 
@@ -216,9 +224,23 @@ class TensorRTBackend(Backend):
         trt = self._trt
         runtime = trt.Runtime(self._logger)
         self._runtime = runtime  # must outlive the engine
-        cache = EngineCache(Path(options.engine_cache_dir)) if options.engine_cache_dir else None
+        cache = None
+        if options.engine_cache_dir:
+            cache_dir = Path(options.engine_cache_dir).expanduser()
+            key_file = (
+                Path(options.engine_key_file).expanduser() if options.engine_key_file else cache_dir / KEY_FILE_NAME
+            )
+            try:
+                cache = EngineCache(cache_dir, load_or_create_key(key_file))
+            except (EngineIntegrityError, OSError) as exc:
+                raise BackendError(f"TensorRT engine cache key unusable: {exc}") from exc
         if cache is not None:
-            blob = cache.load(key)
+            try:
+                blob = cache.load(key)  # digest checked before TensorRT sees a byte
+            except EngineIntegrityError as exc:
+                _log.warning("%s; discarded, rebuilding", exc)
+                cache.discard(key)
+                blob = None
             if blob is not None:
                 engine = runtime.deserialize_cuda_engine(blob)
                 if engine is not None:
