@@ -65,6 +65,12 @@ ROS_SETUP="${QC_ROS_SETUP:-/opt/ros/${ROS_DISTRO:-}/setup.bash}"
 WS_SETUP="${QC_WS_SETUP:-${QC_WS:-/opt/qc/ros2_ws}/install/setup.bash}"
 source_setup "$ROS_SETUP"
 source_setup "$WS_SETUP"
+# The cell's graph (qc_cell.cell_graph, docs/security.md): its own domain (ROS_DOMAIN_ID as set, else derived from
+# the cell id) and discovery on this host, for the launch, the health check and any command alike.
+graph_env="$(python3 -m qc_cell.cell_graph environment "${QC_NAMESPACE:-}")" || die "cannot work out the cell's graph"
+while IFS='=' read -r name value; do
+  [[ -n "$name" ]] && export "$name=$value"
+done <<<"$graph_env"
 
 mode="launch"
 case "${1:-}" in
@@ -161,7 +167,7 @@ for name in "${ARG_ORDER[@]}" "${extra_names[@]}"; do
 done
 printf '%s\0' "${hc_args[@]}" >"$state_dir/healthcheck.args"
 
-log "ROS: $ROS_SETUP; workspace: $WS_SETUP; ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-0}; RMW=${RMW_IMPLEMENTATION:-default}"
+log "ROS: $ROS_SETUP; workspace: $WS_SETUP; ROS_DOMAIN_ID=$ROS_DOMAIN_ID; RMW=${RMW_IMPLEMENTATION:-default}"
 if [[ "$dry_run" == 1 ]]; then
   log "dry run, would run: $(printf '%q ' "${command[@]}")"
   exit 0

@@ -21,7 +21,7 @@ from launch_ros.actions import LifecycleNode, Node
 
 from qc_cell.bringup import params_file
 from qc_cell.bringup.cell_runner import FLAGS, enabled_nodes
-from qc_cell.cell_graph import ENVIRONMENT
+from qc_cell.cell_graph import cell_environment, enclave_arguments
 
 ARGUMENTS = {
     "namespace": ("", "cell namespace / cell id; one namespace per cell (e.g. cell1)"),
@@ -68,6 +68,8 @@ def _cell(context):
     params_dir = os.path.join(run_dir, "params")
     os.makedirs(params_dir, exist_ok=True)
     actions = []
+    # The cell's domain id (ROS_DOMAIN_ID, else derived from the namespace) and its confinement to this host.
+    environment = cell_environment(namespace)
     specs = enabled_nodes(params, flags)
     for spec in specs:
         path = os.path.join(params_dir, f"{spec.name}.yaml")
@@ -79,12 +81,12 @@ def _cell(context):
             name=spec.name,
             namespace=namespace,
             parameters=[path],
-            arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            arguments=["--ros-args", "--log-level", cfg["log_level"], *enclave_arguments(namespace, spec.name)],
             respawn=spec.respawn,
             respawn_delay=2.0,
             output="screen",
             emulate_tty=True,
-            additional_env={**ENVIRONMENT, "PYTHONUNBUFFERED": "1"},
+            additional_env={**environment, "PYTHONUNBUFFERED": "1"},
         )
         actions.append(LifecycleNode(**common) if spec.lifecycle else Node(**common))
     # Activates the lifecycle nodes, the part source last once the model serves, and again after a respawn.
@@ -95,11 +97,12 @@ def _cell(context):
             name="cell_manager",
             namespace=namespace,
             parameters=[{"nodes": [spec.name for spec in specs]}],
-            arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            arguments=["--ros-args", "--log-level", cfg["log_level"], *enclave_arguments(namespace, "cell_manager")],
             respawn=True,
             respawn_delay=2.0,
             output="screen",
             emulate_tty=True,
+            additional_env=environment,
         )
     )
     return actions

@@ -373,6 +373,7 @@ def test_command_line_arguments_override_the_environment_and_parameters_are_merg
     assert planned_command(result) == [*LAUNCH, "namespace:=cell2", f"params_file:={merged}", "source:=synthetic"]
     expected = params_file.load(jetson)
     expected.setdefault("inference", {}).update({"model_store_dir": "/var/lib/qc/models", "threads": 4})
+    expected["cloud_bridge"]["model_store_dir"] = "/var/lib/qc/models"  # derived from inference's (issue 18)
     assert params_file.load(merged) == expected
     # The health check reuses exactly what was launched.
     hc_args = (state / "healthcheck.args").read_text().split("\0")[:-1]

@@ -25,6 +25,8 @@ from qc_cell.bridge.outbox import OutboxLimits
 from qc_cell.bridge.outputs import CloudVerdict, HealthLevel, LinkAlert
 from qc_cell.bridge.settings import CloudLinkSettings, OffloadSettings, SampleSettings
 from qc_cell.bringup.local_broker import Mosquitto
+from qc_cell.inference.model_store import ORIGIN_UPDATE, ModelStore
+from qc_cell.inference.synthetic_models import write_package
 from qc_contract import records, schemas
 from qc_contract.broker import BridgeConfigError, broker_config
 from qc_contract.topics import CellId
@@ -350,8 +352,12 @@ def test_each_model_state_change_is_one_retained_record(tmp_path):
         assert all(e.retain for e in link.core.bridge.outbox.pending(0, 10))
 
 
-def test_the_active_model_is_what_updates_are_ordered_against(tmp_path):
-    updates = UpdateSettings(update_dir=tmp_path / "updates", keys={}, cell_path=CELL.path)
+def test_updates_are_ordered_against_the_store_not_the_model_report(tmp_path):
+    """model/active is reported to the cloud, but any participant of the graph can publish it (issue 18): the
+    active version that orders updates is the model store's pointer."""
+    updates = UpdateSettings(
+        update_dir=tmp_path / "updates", keys={}, cell_path=CELL.path, model_store_dir=tmp_path / "store"
+    )
 
     def refuse(path: str, version: str, sha256: str) -> tuple[bool, str, str]:
         return False, "not in this test", ""
@@ -359,8 +365,12 @@ def test_the_active_model_is_what_updates_are_ordered_against(tmp_path):
     with cloud_link(tmp_path, updates=updates, load_model=refuse) as link:
         loading = ModelReport(T0, "1.2.0", "a" * 64, "onnxruntime", "fp32", 1, "")
         link.core.on_model(loading)
-        assert link.health()["model_active"] == "", "a model still loading is not the active one"
         link.core.on_model(replace(loading, state=2))
+        assert link.health()["model_active"] == "", "a report on model/active does not make a model active"
+        store = ModelStore(tmp_path / "store")
+        manifest = write_package(tmp_path / "pkg", "1.2.0")
+        store.install(tmp_path / "pkg", manifest, ORIGIN_UPDATE)
+        store.activate(manifest)  # what inference does once the model serves
         assert (link.health()["model_active"], link.health()["model_installed"]) == ("1.2.0", "")
         assert CELL.model_chunks in link.core.settings.bridge_settings().subscriptions, "chunks need updates on"
 

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from qc_cell.bringup import params_file
 
 REPO = Path(__file__).resolve().parents[4]
@@ -37,7 +35,7 @@ def _cell_params(folder: Path, changes: dict[str, dict]) -> Path:
     for node, values in changes.items():
         params[node].update(values)
     path = folder / "cell.yaml"
-    path.write_text(yaml.safe_dump({node: {"ros__parameters": values} for node, values in params.items()}))
+    path.write_text(params_file.to_yaml(params))  # derived parameters left out: they follow their source
     return path
 
 

@@ -15,7 +15,7 @@ from qc_cell.inference.backends import (
     create_backend,
     resolve_backend,
 )
-from qc_cell.inference.backends.engine_cache import EngineCache, EngineKey
+from qc_cell.inference.backends.engine_cache import EngineCache, EngineKey, load_or_create_key
 from qc_cell.inference.backends.input_shape import resolve_max_batch
 from qc_cell.inference.model import LoadedModel
 from qc_cell.inference.synthetic_models import expected_probability, uniform_image, write_package
@@ -221,7 +221,7 @@ def test_engine_cache_key_and_atomic_store(tmp_path):
         EngineKey("ab" * 32, "10.3.0", "Orin (nvgpu)", "fp16", 1, (3, 224, 224), "8.7"),
     ):
         assert changed.file_name() != name
-    cache = EngineCache(tmp_path / "engines")
+    cache = EngineCache(tmp_path / "engines", load_or_create_key(tmp_path / "engines" / ".engine_hmac.key"))
     assert cache.load(key) is None
     path = cache.store(key, b"engine-bytes")
     assert cache.load(key) == b"engine-bytes" and path.with_suffix(".json").is_file()
@@ -249,6 +249,20 @@ def test_tensorrt_fp16_engine_is_cached_and_close_to_fp32(tmp_path):
     assert len(list(cache_dir.glob("*.engine"))) == 1
     expected = [expected_probability(uniform_image(level), manifest.preprocessing) for level in (40, 200)]
     np.testing.assert_allclose(fp16, expected, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not availability("tensorrt")[0], reason=f"TensorRT not usable: {availability('tensorrt')[1]}")
+def test_tensorrt_rebuilds_a_cached_engine_that_fails_its_keyed_digest(tmp_path):
+    package = tmp_path / "pkg"
+    manifest = write_package(package, "1.0.0")
+    options = _options("tensorrt", tmp_path)
+    create_backend("tensorrt", package / "model.onnx", manifest, options).close()
+    (engine,) = (tmp_path / "engines").glob("*.engine")
+    engine.write_bytes(engine.read_bytes()[:-1] + b"\0")  # never handed to TensorRT's deserialiser
+    again = create_backend("tensorrt", package / "model.onnx", manifest, options)
+    assert "built engine" in again.describe(), again.describe()
+    again.close()
 
 
 @pytest.mark.gpu

@@ -20,6 +20,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from qc_cell.inference import overlay
+from qc_cell.inference.model_store import ORIGIN_UPDATE, ModelStore
 from qc_cell.inference.synthetic_models import expected_probability, uniform_image, write_package
 from qc_cell.nodes.inference import InferenceNode
 from qc_cell.ros import qos
@@ -27,7 +28,7 @@ from qc_cell.ros.images import array_to_image, image_to_array
 from qc_cell.ros.params import ParameterError
 from qc_cell.ros.time import from_ns
 from qc_cell.testing.ros import Graph, ros_graph
-from qc_contract.model_manifest import Preprocessing
+from qc_contract.model_manifest import Manifest, Preprocessing
 from qc_interfaces.msg import InspectionResult, ModelInfo, PartFrame
 from qc_interfaces.srv import LoadModel
 
@@ -78,6 +79,11 @@ class Cell:
             f"last {self.models[-1]}" if self.models else "nothing received"
         )
         return self.models[-1]
+
+    def install(self, package: Path) -> str:
+        """The package installed into the node's model store as the cloud_bridge's verified update path does."""
+        store = ModelStore(Path(self.node.get_parameter("model_store_dir").value))
+        return str(store.install(package, Manifest.load(package), ORIGIN_UPDATE, "test"))
 
     def load(self, path: str, version: str = "", sha256: str = "", timeout: float = 30.0) -> LoadModel.Response:
         client = self.probe.create_client(LoadModel, "inference/load_model")
@@ -202,7 +208,9 @@ def test_no_model_then_load_through_the_service(tmp_path):
         cell.frame(part_id="before")
         cell.wait_results(1)
         assert cell.results[0].reason == "no_model"
-        response = cell.load(str(tmp_path / "v1"), "1.0.0")
+        outside = cell.load(str(tmp_path / "v1"), "1.0.0")  # any local path: refused (issue 18)
+        assert not outside.success and "is not a package in the model store" in outside.message, outside.message
+        response = cell.load(cell.install(tmp_path / "v1"), "1.0.0")
         assert response.success and response.active_version == "1.0.0", response.message
         cell.wait_model(ModelInfo.STATE_ACTIVE, "1.0.0")
         cell.frame(part_id="after")
@@ -216,11 +224,11 @@ def test_hot_swap_under_a_live_stream(tmp_path):
         cell.wait_model(ModelInfo.STATE_ACTIVE, "1.0.0")
         client = cell.probe.create_client(LoadModel, "inference/load_model")
         assert client.wait_for_service(timeout_sec=5.0)
-        future, total = None, 150
+        future, total, v2 = None, 150, cell.install(tmp_path / "v2")
         for i in range(total):
             cell.frame(170)
             if i == 30:
-                future = client.call_async(LoadModel.Request(path=str(tmp_path / "v2")))
+                future = client.call_async(LoadModel.Request(path=v2))
             cell.graph.spin_for(0.02)
         assert cell.graph.spin_until(future.done, 30) and future.result().success, future.result()
         last = cell.frame(170)  # reveals frames the middleware lost at the end of the stream
@@ -258,10 +266,11 @@ def test_hot_swap_under_a_live_stream(tmp_path):
 
 def test_failed_load_keeps_the_old_model_and_says_why(tmp_path):
     write_package(tmp_path / "bad", "9.0.0")
-    (tmp_path / "bad" / "model.onnx").write_bytes(b"truncated")
     with inference_cell(tmp_path) as cell:
         cell.wait_model(ModelInfo.STATE_ACTIVE, "1.0.0")
-        response = cell.load(str(tmp_path / "bad"))
+        bad = cell.install(tmp_path / "bad")
+        (Path(bad) / "model.onnx").write_bytes(b"truncated")  # the store's copy damaged after its install
+        response = cell.load(bad)
         assert not response.success and response.active_version == "1.0.0"
         assert "bytes, manifest says" in response.message and "1.0.0 keeps serving" in response.message
         info = cell.wait_model(ModelInfo.STATE_FAILED)
@@ -274,7 +283,7 @@ def test_restart_comes_back_on_the_last_good_model(tmp_path):
     write_package(tmp_path / "v2", "2.0.0", gain=3.0)
     with inference_cell(tmp_path) as cell:
         cell.wait_model(ModelInfo.STATE_ACTIVE, "1.0.0")
-        assert cell.load(str(tmp_path / "v2")).success
+        assert cell.load(cell.install(tmp_path / "v2")).success
     with inference_cell(tmp_path, model_path=str(tmp_path / "v1")) as restarted:  # same store, same params
         restarted.wait_model(ModelInfo.STATE_ACTIVE, "2.0.0")
 

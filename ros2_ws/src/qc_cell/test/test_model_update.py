@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from qc_cell.bridge.model_updater import ModelUpdater, UpdateOutcome, UpdateSettings
+from qc_cell.inference.model_store import ORIGIN_OPERATOR, ModelStore, PolicyError
 from qc_cell.inference.synthetic_models import write_package
 from qc_contract import artifact, update_manifest
 from qc_contract.model_manifest import Manifest
@@ -39,11 +40,8 @@ class Harness:
         self.load_ok = load_ok
         settings.setdefault("fetch", TEST_FETCH)
         settings.setdefault("keys", {update_manifest.key_id(KEY.public_key()): KEY.public_key()})
-        self.settings = UpdateSettings(
-            update_dir=tmp / "updates",
-            cell_path="plant1/line2/cell3",
-            **settings,
-        )
+        settings.setdefault("model_store_dir", tmp / "store")
+        self.settings = UpdateSettings(update_dir=tmp / "updates", cell_path="plant1/line2/cell3", **settings)
         self.updater = ModelUpdater(self.settings, self._load, self.outcomes.append)
         self.updater.start()
 
@@ -51,8 +49,19 @@ class Harness:
         manifest = Manifest.load(Path(path))
         manifest.verify_model_file(Path(path))
         assert (manifest.version, manifest.sha256) == (version, sha256), "load_model got a mismatched request"
+        try:
+            self.store.check_activation(version, sha256)  # what the inference node checks before loading
+        except PolicyError as refused:
+            return False, str(refused), self.updater.active_version
         self.loads.append((path, version, sha256))
-        return (True, f"serving {version}", version) if self.load_ok else (False, "golden set failed", "")
+        if not self.load_ok:
+            return False, "golden set failed", ""
+        self.store.activate(manifest)  # what the inference node does once the model serves
+        return True, f"serving {version}", version
+
+    @property
+    def store(self) -> ModelStore:
+        return self.updater.store
 
     def send(self, manifest: dict | bytes, timeout: float = 10.0) -> UpdateOutcome:
         before = len(self.outcomes)
@@ -110,7 +119,7 @@ def test_a_good_update_is_verified_installed_and_remembered(harness, tmp_path):
     outcome = harness.send(manifest)
     assert (outcome.accepted, outcome.reason, outcome.active_version) == (True, "accepted", "1.1.0")
     path, version, _ = harness.loads[-1]
-    assert Path(path) == harness.settings.update_dir / "1.1.0" and version == "1.1.0"
+    assert Path(path) == harness.store.path("1.1.0") and version == "1.1.0"  # the store's verified copy
     assert (Path(path) / "model.onnx").is_file() and harness.leftovers() == []
     assert json.loads((harness.settings.update_dir / "update_state.json").read_text())["version"] == "1.1.0"
     # The retained manifest arrives again on every reconnect: recognised, not installed twice, not an error.
@@ -184,18 +193,20 @@ def test_rollback_when_signed_as_one(harness, tmp_path):
     assert [v for _, v, _ in harness.loads] == ["2.0.0", "1.0.0"]
 
 
-def test_version_is_checked_against_the_running_model_too(tmp_path):
-    store = tmp_path / "store"
-    store.mkdir()
-    h = Harness(tmp_path, model_store_dir=store)
-    try:
-        # Loaded by hand: the model store's active pointer (written by inference) says 3.0.0.
-        (store / "active.json").write_text(json.dumps({"version": "3.0.0"}))
-        assert h.send(make_update(tmp_path, "2.5.0")[0]).reason == "downgrade"
-        (store / "active.json").write_text(json.dumps({"version": "default"}))  # cannot be ordered
-        assert h.send(make_update(tmp_path, "2.5.0")[0]).accepted, "only our own signed history counts"
-    finally:
-        h.close()
+def _activate_by_hand(harness, tmp_path, version: str) -> None:
+    """A model the operator installed and inference activated, outside the update path."""
+    write_package(tmp_path / f"hand-{version}", version, gain=3.0)
+    manifest = Manifest.load(tmp_path / f"hand-{version}")
+    harness.store.install(tmp_path / f"hand-{version}", manifest, ORIGIN_OPERATOR)
+    harness.store.activate(manifest)
+
+
+def test_version_is_checked_against_the_running_model_too(harness, tmp_path):
+    assert harness.send(make_update(tmp_path, "2.0.0")[0]).accepted  # the signed history: floor 2.0.0
+    _activate_by_hand(harness, tmp_path, "3.0.0")  # the store's active version
+    assert harness.send(make_update(tmp_path, "2.5.0")[0]).reason == "downgrade"
+    _activate_by_hand(harness, tmp_path, "default")  # cannot be ordered: only our own signed history counts
+    assert harness.send(make_update(tmp_path, "2.5.0")[0]).accepted
 
 
 @pytest.mark.parametrize(

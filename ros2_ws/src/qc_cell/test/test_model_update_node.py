@@ -20,6 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 
 from qc_cell.bringup.local_broker import Mosquitto, Subscriber
+from qc_cell.inference.model_store import ModelStore, StoreError
 from qc_cell.inference.synthetic_models import write_package
 from qc_cell.nodes.cloud_bridge import CloudBridgeNode
 from qc_cell.ros import qos
@@ -68,11 +69,13 @@ class UpdateCell:
 
 class ContractLoadModel:
     """inference/load_model as the inference node's contract states it: check the package (manifest, model
-    hash, expected version and sha256), then serve it and latch the new state on model/active."""
+    hash, expected version and sha256) and the model store's policy, then serve it, move the store's active
+    pointer and latch the new state on model/active."""
 
-    def __init__(self, graph: Graph, loads: list[str]) -> None:
+    def __init__(self, graph: Graph, loads: list[str], store: ModelStore) -> None:
         self.node = graph.node("inference")
         self.loads = loads
+        self.store = store
         self.active = ""
         self.model_pub = self.node.create_publisher(ModelInfo, "model/active", qos.LATCHED)
         self.node.create_service(LoadModel, "inference/load_model", self._on_load)
@@ -85,9 +88,13 @@ class ContractLoadModel:
                 raise ManifestError(f"version {manifest.version} != requested {request.version}")
             if request.sha256 and request.sha256 != manifest.sha256:
                 raise ManifestError("sha256 does not match the request")
-        except ManifestError as exc:
+            if not self.store.contains(Path(request.path)):
+                raise ManifestError(f"{request.path} is not a package in the model store")
+            self.store.check_activation(manifest.version, manifest.sha256)
+        except (ManifestError, StoreError) as exc:
             response.success, response.message, response.active_version = False, str(exc), self.active
             return response
+        self.store.activate(manifest)
         self.loads.append(manifest.version)
         self.active = manifest.version
         self.model_pub.publish(
@@ -111,6 +118,7 @@ def update_cell(tmp_path: Path, real_inference=None, **params) -> Iterator[Updat
         "update_public_keys": str(tmp_path / "keys" / "model-signing.pub"),
         "update_dir": str(tmp_path / "updates"),
         "update_url_schemes": ["file"],  # publish-model --artifact-dir writes file:// URLs
+        "model_store_dir": str(tmp_path / "store"),  # params files derive it from inference.model_store_dir
         "reconnect_max_s": 1,
         "diagnostics_period_s": 0.2,
         **params,
@@ -127,7 +135,7 @@ def update_cell(tmp_path: Path, real_inference=None, **params) -> Iterator[Updat
                 )
                 cell = UpdateCell(graph, node, broker, cloud, tmp_path / "keys" / "model-signing.key", tmp_path)
                 if real_inference is None:
-                    ContractLoadModel(graph, cell.loads)
+                    ContractLoadModel(graph, cell.loads, ModelStore(tmp_path / "store"))
                 else:
                     graph.add(real_inference(graph.context))
                 probe = graph.node("probe")
@@ -166,6 +174,19 @@ def test_signed_update_goes_live_through_load_model_and_is_reported(tmp_path):
         assert cell.loads == ["1.1.0", "1.2.0"]
         assert cell.graph.spin_until(lambda: any(a.code == "MODEL_UPDATE_REJECTED" for a in cell.alerts), 5)
         assert cell.graph.spin_until(lambda: cell.health.get("update_downgrade") == "1", 5), cell.health
+
+
+def test_a_spoofed_model_active_does_not_order_updates(tmp_path):
+    """Issue 18: any participant could publish model/active; a spoofed '999' made a genuine signed 3.0.0 fail
+    as `downgrade`. The bridge now orders versions by the model store's active pointer."""
+    with update_cell(tmp_path) as cell:
+        spoofer = cell.graph.node("spoofer").create_publisher(ModelInfo, "model/active", qos.LATCHED)
+        spoofer.publish(ModelInfo(version="999", sha256="0" * 64, state=ModelInfo.STATE_ACTIVE))
+        assert cell.graph.spin_until(
+            lambda: any(s["active_version"] == "999" for s in cell.statuses("model_state")), 10
+        ), "the bridge reports what it hears (model/status), it just does not order updates by it"
+        assert cell.publish_model("3.0.0") == 0, cell.statuses("update_rejected")
+        assert cell.loads == ["3.0.0"]
 
 
 def test_tampered_manifest_over_mqtt_is_rejected_with_its_reason(tmp_path):

@@ -5,6 +5,7 @@ pytest, real Ed25519, real packages, real HTTP servers and FIFOs)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import http.server
 import io
 import json
@@ -21,8 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import external_data_helper
 from test_model_update import HOUR_NS, KEY, TEST_FETCH, Harness, make_update
 
-from qc_cell.bridge.model_updater import RollbackGrant
-from qc_cell.bridge.rollback_grant import grant_path, write_rollback_grant
+from qc_cell.inference.model_store import ORIGIN_OPERATOR, ORIGIN_UPDATE, ModelStore, StoreError
 from qc_cell.inference.synthetic_models import write_package
 from qc_contract import artifact, package_paths, update_manifest
 from qc_contract.model_manifest import Manifest, sha256_file
@@ -80,10 +80,11 @@ def test_missing_replay_state_fails_closed_on_the_newest_installed_package(tmp_p
 
 
 def test_missing_replay_state_uses_the_model_stores_newest_version(tmp_path):
-    store = tmp_path / "store"
-    for version in ("demo-lite0-2", "2.5.0", "3.0.0"):  # installed by inference, update_dir is fresh
-        (store / "versions" / version).mkdir(parents=True)
-    h = Harness(tmp_path, model_store_dir=store)
+    store = ModelStore(tmp_path / "store")
+    for version in ("demo-lite0-2", "2.5.0", "3.0.0"):  # installed in the store, update_dir is fresh
+        write_package(tmp_path / f"pkg-{version}", version)
+        store.install(tmp_path / f"pkg-{version}", Manifest.load(tmp_path / f"pkg-{version}"), ORIGIN_OPERATOR)
+    h = Harness(tmp_path, model_store_dir=store.root)
     try:
         assert h.send(make_update(tmp_path, "2.0.0")[0]).reason == "downgrade"
         assert h.send(make_update(tmp_path, "3.0.0")[0]).reason == "replay"
@@ -93,8 +94,13 @@ def test_missing_replay_state_uses_the_model_stores_newest_version(tmp_path):
 
 
 def test_a_spoofed_model_active_topic_cannot_block_a_genuine_update(harness, tmp_path):
-    harness.updater.active_version = "999"  # what anyone on the graph can publish on model/active
+    """A spoofed model/active '999' made a genuine signed 3.0 fail as a downgrade. The updater cannot be told
+    the active version any more: it reads the model store's pointer (written by inference)."""
+    with pytest.raises(AttributeError):
+        harness.updater.active_version = "999"  # what CloudLink.on_model did with model/active
     assert harness.send(make_update(tmp_path, "3.0.0")[0]).accepted
+    assert harness.updater.active_version == "3.0.0" == harness.store.active().version
+    assert harness.loads[-1][0] == str(harness.store.path("3.0.0"))  # load_model is given the store's copy
 
 
 def test_old_signed_manifests_cannot_be_replayed_without_a_signed_rollback(harness, tmp_path):
@@ -117,35 +123,34 @@ def test_old_signed_manifests_cannot_be_replayed_without_a_signed_rollback(harne
     assert versions_loaded(harness) == ["1.0.0", "2.0.0", "1.0.0", "3.0.0"]
 
 
-def test_a_rollback_is_granted_in_the_model_store_before_load_model(tmp_path):
-    store = tmp_path / "store"
-    grants: list[RollbackGrant] = []
+def _digest(manifest: dict) -> str:
+    """The signed manifest's identity (content and signature), as the store records it."""
+    return hashlib.sha256(update_manifest.canonical_bytes(manifest) + manifest["signature"].encode()).hexdigest()
 
-    def authorise(grant: RollbackGrant) -> None:
-        grants.append(grant)
-        write_rollback_grant(store, grant)
 
-    h = Harness(tmp_path)
-    h.updater.authorise_rollback = authorise
-    try:
-        assert h.send(make_update(tmp_path, "2.0.0")[0]).accepted and grants == []
-        rollback, _ = make_update(tmp_path, "1.0.0", rollback_from="2.0.0")
-        assert h.send(rollback).accepted
-        (grant,) = grants
-        assert (grant.version, grant.from_version, grant.model_sha256) == ("1.0.0", "2.0.0", h.loads[-1][2])
-        recorded = json.loads(grant_path(store, "1.0.0").read_text())
-        update_manifest.verify_signature(recorded, h.settings.keys)  # inference can check it itself
-        assert recorded == rollback
+def test_a_rollback_is_granted_in_the_model_store_before_load_model(harness, tmp_path, monkeypatch):
+    v1, _ = make_update(tmp_path, "1.0.0")
+    assert harness.send(v1).accepted and harness.send(make_update(tmp_path, "2.0.0")[0]).accepted
+    granted: list[tuple[str, ...]] = []
+    grant = harness.store.authorise_rollback
+    monkeypatch.setattr(harness.store, "authorise_rollback", lambda *args: granted.append(args) or grant(*args))
+    rollback, _ = make_update(tmp_path, "1.0.0", rollback_from="2.0.0")
+    # The harness's load_model runs the store's policy (check_activation), as inference does: the superseded
+    # 1.0.0 loads only because the signed rollback was granted in the store before load_model.
+    assert harness.send(rollback).accepted and versions_loaded(harness)[-1] == "1.0.0"
+    assert granted == [("1.0.0", ORIGIN_UPDATE, _digest(rollback))]
+    record = harness.store.record("1.0.0")
+    assert (record.origin, record.reference) == (ORIGIN_UPDATE, _digest(v1))  # installed by the first update
+    assert record.rollback is None and harness.store.active().version == "1.0.0", "the grant is used up"
 
-        def refuse(grant: RollbackGrant) -> None:
-            raise OSError("store is read-only")
+    def refuse(version: str, by: str, reference: str = "") -> None:
+        raise StoreError("store is read-only")
 
-        h.updater.authorise_rollback = refuse
-        assert h.send(make_update(tmp_path, "2.1.0")[0]).accepted
-        outcome = h.send(make_update(tmp_path, "1.1.0", rollback_from="2.1.0")[0])
-        assert outcome.reason == "rollback_refused" and versions_loaded(h)[-1] == "2.1.0"
-    finally:
-        h.close()
+    monkeypatch.setattr(harness.store, "authorise_rollback", refuse)
+    assert harness.send(make_update(tmp_path, "2.1.0")[0]).accepted
+    outcome = harness.send(make_update(tmp_path, "1.1.0", rollback_from="2.1.0")[0])
+    assert outcome.reason == "rollback_refused" and versions_loaded(harness)[-1] == "2.1.0"
+    assert harness.store.record("1.1.0") is None, "the refused rollback's package left the store again"
 
 
 def test_a_replayed_old_manifest_does_not_cancel_an_update_in_progress(harness, tmp_path):

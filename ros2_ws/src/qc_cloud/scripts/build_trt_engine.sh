@@ -15,6 +15,8 @@
 #   name the node computes for this package, TensorRT version, GPU, precision and max batch
 #   (`python -m qc_cell.inference.backends.engine_name`, the node's own naming function), so the node loads it
 #   instead of building it at the first start. Use the node's inference.precision and inference.max_batch.
+#   The engine's digest is made with the cell's engine key (inference.engine_key_file: set $QC_ENGINE_KEY_FILE
+#   when it is not the default DIR/.engine_hmac.key), which the node checks before loading it.
 # --out FILE: only check that TensorRT accepts the package and how fast it runs here (trtexec's latency
 #   figures), written atomically to FILE (default ./<version>_<precision>_b<max-batch>.engine).
 # Both need the cell's Python environment for the name (source scripts/env.sh; in the image it is there).
@@ -108,7 +110,8 @@ echo "build_trt_engine: model $version ($model_file, sha256 ${sha256:0:12}), inp
 if [[ -n $cache_dir ]]; then
   # Stored by the engine cache itself (atomic write, key sidecar), under the name computed above.
   stored=$("$python" -m qc_cell.inference.backends.engine_name "$package" --precision "$precision" \
-    --max-batch "$max_batch" --store "$tmp" --cache-dir "$cache_dir") || die "storing the engine in $cache_dir failed"
+    --max-batch "$max_batch" --store "$tmp" --cache-dir "$cache_dir" \
+    ${QC_ENGINE_KEY_FILE:+--key-file "$QC_ENGINE_KEY_FILE"}) || die "storing the engine in $cache_dir failed"
   rm -f "$tmp"
   trap - EXIT
   echo "build_trt_engine: engine stored in the node's cache as $stored" >&2

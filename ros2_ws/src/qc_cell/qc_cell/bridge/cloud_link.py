@@ -19,7 +19,6 @@ the caller's thread (ROS callbacks), the MQTT thread (inbound) and the updater's
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -40,16 +39,13 @@ from qc_cell.bridge.inputs import (
 from qc_cell.bridge.model_updater import LoadModel, ModelUpdater, UpdateOutcome
 from qc_cell.bridge.outputs import CloudVerdict, Health, HealthLevel, LinkAlert
 from qc_cell.bridge.part_images import PartImages
-from qc_cell.bridge.rollback_grant import write_rollback_grant
 from qc_cell.bridge.session import Log, python_log
 from qc_cell.bridge.settings import RUNTIME_SETTINGS, CloudLinkSettings
 from qc_contract import records
 from qc_contract.inbound import InboundError
-from qc_contract.vocabulary import ModelState
 
 REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
 MAX_TEXT = 4096  # longest free text (messages, details) in a record or alert
-ACTIVE = ModelState.ACTIVE
 
 
 class CloudLinkError(RuntimeError):
@@ -83,14 +79,7 @@ class CloudLink:
         self.updater: ModelUpdater | None = None
         if settings.updates is not None:
             try:
-                store = settings.updates.model_store_dir
-                self.updater = ModelUpdater(
-                    settings.updates,
-                    load_model,
-                    report=self._report_update,
-                    log=log,
-                    authorise_rollback=functools.partial(write_rollback_grant, store) if store else None,
-                )
+                self.updater = ModelUpdater(settings.updates, load_model, report=self._report_update, log=log)
             except (OSError, RuntimeError) as exc:
                 self.bridge.outbox.close()
                 raise CloudLinkError(f"update_dir {settings.updates.update_dir}: {exc}") from exc
@@ -210,9 +199,8 @@ class CloudLink:
         self.bridge.send("process", records.process(**asdict(state)))
 
     def on_model(self, model: ModelReport) -> None:
-        """The active model orders update versions; each change of the model state is one retained record."""
-        if model.state == ACTIVE and self.updater is not None:
-            self.updater.active_version = model.version
+        """Each change of the model state is one retained record. (Update versions are ordered by the model
+        store's active pointer, not by this topic, which any participant of the graph could publish.)"""
         key = (model.version, model.sha256, model.state, model.message)
         if key == self._last_model:
             return

@@ -5,21 +5,23 @@
     signed rollback from the exact active version) -- all before any transfer is cancelled or any byte
     fetched -> fetch the artifact into a temporary file (overall deadline) -> size, then sha256 -> safe
     extraction into a staging directory -> the package's own manifest, model hash and confined paths ->
-    atomic rename into <update_dir>/<version> -> (rollback: authorise_rollback) -> inference/load_model
-    -> accepted (state persisted) | rejected with a reason.
+    atomic rename into <update_dir>/<version> -> installed into the cell's model store (ORIGIN_UPDATE; a signed
+    rollback also authorises the rollback there) -> inference/load_model of the store's copy -> accepted (state
+    persisted) | rejected with a reason (a version that failed to load is discarded from the store again).
 
 A partial download never becomes active: it lives in a temporary file that is deleted on any failure,
 and only a verified, extracted package is renamed into place and handed to load_model.
 
-The version floor is the newest version this cell ever installed (update_state.json `high_water`). When the
-state file is missing it fails closed: the update must be newer than every package in update_dir and in the
-model store that it can be ordered against.
-The running model's version is taken from the model store's active pointer (written by inference), never
-from the model/active topic, which any participant on the graph could publish.
+The version floor is the newest version this cell's signed history installed (update_state.json
+`high_water`). When the state file is missing it fails closed on the model store: the update must be newer
+than every version recorded there that it can be ordered against.
+The running model's version is the model store's active pointer (written by inference after its self-test),
+never the model/active topic, which any participant on the graph could publish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -39,6 +41,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from qc_cell.bridge.session import Log, python_log
+from qc_cell.inference.model_store import ORIGIN_UPDATE, ModelStore, StoreError, comparable
 from qc_contract import artifact, inbound, update_manifest
 from qc_contract.inbound import InboundError
 from qc_contract.model_manifest import Manifest, ManifestError
@@ -46,7 +49,6 @@ from qc_contract.package_paths import check_package_paths
 from qc_contract.update_manifest import compare_versions, version_key
 
 STATE_FILE = "update_state.json"
-STORE_ACTIVE = "active.json"  # the model store's pointer (qc_cell/inference/model_store.py)
 QUEUE_SIZE = 64
 
 # (path, version, sha256 of the model file) -> (success, message, active version); may block (worker thread).
@@ -54,33 +56,17 @@ LoadModel = Callable[[str, str, str], tuple[bool, str, str]]
 
 
 @dataclass(frozen=True)
-class RollbackGrant:
-    """A verified, signed rollback: from `from_version` (the active model) down to `version`, whose model
-    file has `model_sha256`. `manifest` is the signed update manifest itself, so whoever records the grant
-    (the model store) can verify the signature again rather than trust the caller."""
-
-    version: str
-    from_version: str
-    model_sha256: str
-    manifest: Mapping[str, Any]
-
-
-# Called on the worker thread just before load_model for a rollback; raises OSError or StoreError to refuse.
-AuthoriseRollback = Callable[[RollbackGrant], None]
-
-
-@dataclass(frozen=True)
 class UpdateSettings:
     update_dir: Path
     keys: Mapping[str, Ed25519PublicKey]
     cell_path: str  # site/line/cell, matched segment by segment against the manifest's targets
+    model_store_dir: Path  # the cell's model store (inference.model_store_dir): verified packages go there
     require_expiry: bool = True  # refuse manifests without expires_at
     max_manifest_bytes: int = 16 * 1024
     max_artifact_bytes: int = 512 * 1024 * 1024
     fetch: artifact.FetchPolicy = field(default_factory=artifact.FetchPolicy)
     chunk_timeout_s: float = 120.0
     keep_versions: int = 3
-    model_store_dir: Path | None = None  # the inference node's model store (read only here): floor, active
 
 
 @dataclass(frozen=True)
@@ -99,12 +85,6 @@ class _ChunkedUpdate:
     deadline: float  # time.monotonic()
 
 
-def _comparable(a: str, b: str) -> bool:
-    """Both start with a number, or with the same text (efficientnet_b0-2025... vs efficientnet_b0-2024...)."""
-    ka, kb = version_key(a), version_key(b)
-    return bool(ka and kb) and ka[0][0] == kb[0][0] and (ka[0][0] == 0 or ka[0] == kb[0])
-
-
 def _digest(manifest: Mapping[str, Any]) -> str:
     """Identity of an exact signed manifest (content and signature)."""
     return hashlib.sha256(update_manifest.canonical_bytes(manifest) + manifest["signature"].encode()).hexdigest()
@@ -121,16 +101,13 @@ class ModelUpdater:
         load_model: LoadModel,
         report: Callable[[UpdateOutcome], None],
         log: Log = python_log,
-        authorise_rollback: AuthoriseRollback | None = None,
     ) -> None:
         self.settings = settings
         self.load_model = load_model
         self.report = report
         self.log = log
-        self.authorise_rollback = authorise_rollback
         self.counts: Counter[str] = Counter()  # "accepted", "duplicate", and one per rejection reason
-        self.active_version = ""  # reported only (model/active, load_model answers); never used for ordering
-        self._loaded_version = ""  # the last version load_model itself answered with
+        self.store = ModelStore(settings.model_store_dir)
         self.dir = Path(settings.update_dir).expanduser()
         self.partial_dir = self.dir / ".partial"
         self.partial_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +144,15 @@ class ModelUpdater:
             self._queue.put_nowait((kind, args))
         except queue.Full:
             self._rejected("", InboundError("busy", f"update queue full ({QUEUE_SIZE}): {kind} dropped"))
+
+    @property
+    def active_version(self) -> str:
+        """What inference activated last (the store's pointer; '' = none or unreadable), for reports."""
+        try:
+            entry = self.store.active()
+        except StoreError:
+            return ""
+        return entry.version if entry is not None else ""
 
     @property
     def installed_version(self) -> str:
@@ -310,13 +296,12 @@ class ModelUpdater:
             os.rename(staging, final)  # atomic: the package appears complete or not at all
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if "rollback_from" in manifest:
-            self._authorise_rollback(manifest, package.sha256, final)
-        success, message, active = self.load_model(str(final), version, package.sha256)
-        if active:
-            self.active_version = self._loaded_version = active
+        installed = self._install_into_store(manifest, package, final)
+        success, message, _ = self.load_model(str(installed), version, package.sha256)
         if not success:
             shutil.rmtree(final, ignore_errors=True)
+            with contextlib.suppress(StoreError, OSError):
+                self.store.discard(version)
             raise InboundError("load_failed", f"inference/load_model: {message}")
         # A rollback keeps the floor where it was: the version rolled back from stays refused.
         high_water = (self._high_water() or manifest["rollback_from"]) if "rollback_from" in manifest else version
@@ -333,50 +318,55 @@ class ModelUpdater:
         self.report(UpdateOutcome(True, version, "accepted", message, self.active_version or version))
         self._prune(keep={version, self.active_version})
 
-    def _authorise_rollback(self, manifest: dict[str, Any], model_sha256: str, final: Path) -> None:
-        if self.authorise_rollback is None:
-            return
-        grant = RollbackGrant(manifest["version"], manifest["rollback_from"], model_sha256, manifest)
+    def _install_into_store(self, manifest: Mapping[str, Any], package: Manifest, final: Path) -> Path:
+        """The verified package into the model store (the only place inference loads from), recorded with the
+        signed manifest's digest. A signed rollback (its `rollback_from` named the active version, checked in
+        _check_rollback) becomes the store's rollback grant for exactly this version, with the same digest:
+        inference's policy then lets load_model go back to it once."""
+        version, reference = manifest["version"], _digest(manifest)
         try:
-            self.authorise_rollback(grant)
-        except (OSError, RuntimeError, ValueError) as exc:
+            known = self.store.record(version) is not None
+            installed = self.store.install(final, package, ORIGIN_UPDATE, reference)
+        except (StoreError, ManifestError, OSError) as exc:
             shutil.rmtree(final, ignore_errors=True)
-            raise InboundError("rollback_refused", f"the rollback could not be recorded: {exc}") from None
-
-    def trusted_active_version(self) -> str:
-        """The running model: the model store's active pointer (written by inference), else what load_model
-        last answered. Never the model/active topic."""
-        store = self.settings.model_store_dir
-        if store is not None:
+            raise InboundError("load_failed", f"cannot install into the model store: {exc}") from None
+        if "rollback_from" in manifest:
             try:
-                data = json.loads((Path(store).expanduser() / STORE_ACTIVE).read_text())
-                if isinstance(data, dict) and data.get("version"):
-                    return str(data["version"])
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError) as exc:
-                raise InboundError("state_unreadable", f"model store pointer unreadable: {exc}") from None
-        return self._loaded_version
+                self.store.authorise_rollback(version, ORIGIN_UPDATE, reference)
+            except (StoreError, OSError) as exc:
+                shutil.rmtree(final, ignore_errors=True)
+                if not known:  # installed just now for this rollback: it leaves with it
+                    with contextlib.suppress(StoreError, OSError):
+                        self.store.discard(version)
+                raise InboundError("rollback_refused", f"the rollback could not be recorded: {exc}") from None
+        return installed
+
+    def _active_in_store(self) -> str:
+        """The running model: the model store's active pointer (written by inference). Never model/active."""
+        try:
+            entry = self.store.active()
+        except StoreError as exc:
+            raise InboundError("state_unreadable", str(exc)) from None
+        return entry.version if entry is not None else ""
 
     def _high_water(self) -> str:
         """Newest version this cell's own signed history installed ('' without a state file)."""
         return str(self.state.get("high_water") or self.state.get("version", ""))
 
-    def _installed_elsewhere(self) -> list[str]:
-        """Without the state file (deleted, fresh disk) the floor fails closed on what is on the disk: every
-        package in update_dir and in the model store."""
-        found = [p.name for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        store = self.settings.model_store_dir
-        if store is not None and (Path(store).expanduser() / "versions").is_dir():
-            found += [p.name for p in (Path(store).expanduser() / "versions").iterdir() if p.is_dir()]
-        return found
+    def _newest_in_store(self, version: str) -> str:
+        """Without the state file (deleted, fresh disk) the floor fails closed on the model store: the newest
+        version recorded there that `version` can be ordered against."""
+        try:
+            return self.store.newest_installed(like=version)
+        except StoreError as exc:
+            raise InboundError("state_unreadable", str(exc)) from None
 
     def _check_version(self, manifest: Mapping[str, Any]) -> None:
-        version, active = manifest["version"], self.trusted_active_version()
+        version, active = manifest["version"], self._active_in_store()
         if "rollback_from" in manifest:
             return self._check_rollback(version, manifest["rollback_from"], active)
         high_water = self._high_water()
-        if high_water and not _comparable(version, high_water):
+        if high_water and not comparable(version, high_water):
             raise InboundError(
                 "version_incomparable", f"{version!r} cannot be ordered against the installed {high_water!r}"
             )
@@ -384,9 +374,9 @@ class ModelUpdater:
         # our own signed history (high_water) must be comparable.
         others = [(v, "active") for v in (active,) if v]
         if not high_water:
-            others += [(v, "installed") for v in self._installed_elsewhere()]
+            others.append((self._newest_in_store(version), "newest installed"))
         for base, what in [(high_water, "newest installed"), *others]:
-            if not base or not _comparable(version, base):
+            if not base or not comparable(version, base):
                 continue
             order = compare_versions(version, base)
             if order == 0:
@@ -403,7 +393,7 @@ class ModelUpdater:
             raise InboundError(
                 "rollback_mismatch", f"rollback from {rollback_from} to {version}, but {current or 'nothing'} is active"
             )
-        if not _comparable(version, rollback_from) or compare_versions(version, rollback_from) >= 0:
+        if not comparable(version, rollback_from) or compare_versions(version, rollback_from) >= 0:
             raise InboundError("rollback_mismatch", f"a rollback goes to an older version, not {version}")
 
     def _rejected(self, version: str, rejected: InboundError) -> None:

@@ -49,7 +49,8 @@ CLOUD_BRIDGE = NodeParams(
         Param(
             "model_store_dir",
             "",
-            "the inference node's model store (read: active version, version floor; rollback grants written)",
+            "the cell's model store: verified updates installed there for inference/load_model (active version, "
+            "floor without update state, rollback grants); params files derive it from inference.model_store_dir",
         ),
         Param(
             "update_dir", "~/.local/share/qc_cell/cloud_bridge/updates", "where verified update packages are extracted"

@@ -124,12 +124,15 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
     key_files = [k.strip() for k in v["update_public_keys"].split(",") if k.strip()]
     if v["updates_enabled"] and not key_files:
         raise BridgeConfigError("updates_enabled needs at least one file in update_public_keys")
+    if v["updates_enabled"] and not v["model_store_dir"]:
+        raise BridgeConfigError("updates_enabled needs model_store_dir (inference's model store, where updates go)")
     updates = None
     if v["updates_enabled"]:
         updates = UpdateSettings(
             update_dir=Path(v["update_dir"]).expanduser(),
             keys=TrustedKeys(key_files, v["update_revoked_keys_file"]),
             cell_path=cell.path,
+            model_store_dir=Path(v["model_store_dir"]).expanduser(),
             require_expiry=v["update_require_expiry"],
             max_manifest_bytes=v["max_manifest_bytes"],
             max_artifact_bytes=v["max_artifact_mb"] * MB,
@@ -142,7 +145,6 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
             ),
             chunk_timeout_s=v["chunk_timeout_s"],
             keep_versions=v["update_keep_versions"],
-            model_store_dir=Path(v["model_store_dir"]).expanduser() if v["model_store_dir"] else None,
         )
     sample = SampleSettings(
         enabled=v["sample_enabled"],

@@ -14,6 +14,7 @@ same request: `timeout -s INT` sends its signal to the runner and then to the ru
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from qc_cell.bringup.cell_status import StatusLine
 from qc_cell.bringup.progress import CellProgress
 from qc_cell.bringup.status_listener import CellStatusListener
 from qc_cell.bringup.supervisor import ProcessSpec, Supervisor
-from qc_cell.cell_graph import ENVIRONMENT, NODES, NodeSpec
+from qc_cell.cell_graph import NODES, NodeSpec, cell_environment, enclave_arguments
 from qc_cell.ros import qos
 from qc_cell.ros.node_main import WITHOUT_RCLPY_SIGNAL_HANDLERS, stop_like_ctrl_c
 from qc_interfaces.msg import QualityDecision
@@ -95,6 +96,8 @@ class CellRunner:
         self.progress = CellProgress()
         self._on_event = on_event or (lambda name, event, detail: print(f"[runner] {name}: {event} ({detail})"))
         self._on_status = on_status or (lambda line: print(f"[cell] {line.text}", flush=True))
+        # The cell's domain id and its confinement to this host (cell_graph.cell_environment, docs/security.md).
+        self.environment = cell_environment(self.namespace)
         specs = []
         for spec in self.nodes:
             path = self.run_dir / "params" / f"{spec.name}.yaml"
@@ -102,7 +105,8 @@ class CellRunner:
             path.write_text(params_file.node_params_yaml(self.namespace, spec.name, params.get(spec.name, {})))
             argv = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
             argv += ["-r", f"__ns:=/{self.namespace}", "--params-file", str(path), "--log-level", log_level]
-            env = {**ENVIRONMENT, "PYTHONUNBUFFERED": "1"}
+            argv += enclave_arguments(self.namespace, spec.name)
+            env = {**self.environment, "PYTHONUNBUFFERED": "1"}
             specs.append(ProcessSpec(spec.name, argv, env=env, respawn=spec.respawn))
         self.supervisor = Supervisor(specs, self.run_dir / "logs", on_event=self._on_event)
         self.context = Context()
@@ -117,7 +121,13 @@ class CellRunner:
     def start(self) -> None:
         # Signals are the runner's (see run/stop), not rclpy's: its handlers would shut this context down from a
         # thread of their own, under the activator and the status listener (as for the nodes: ros/node_main.py).
-        rclpy.init(context=self.context, **WITHOUT_RCLPY_SIGNAL_HANDLERS)
+        # The runner's own participant joins the cell's graph as its nodes do: same domain, same confinement.
+        os.environ.update({k: v for k, v in self.environment.items() if k != "GLIBC_TUNABLES"})
+        rclpy.init(
+            args=["--ros-args", *enclave_arguments(self.namespace, "cell_runner")],
+            context=self.context,
+            **WITHOUT_RCLPY_SIGNAL_HANDLERS,
+        )
         self.observer = rclpy.create_node("cell_runner", namespace=f"/{self.namespace}", context=self.context)
         self.observer.create_subscription(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
         names = [spec.name for spec in self.nodes]

@@ -2,6 +2,7 @@
 params at load time (qc_cell.bringup.params_file.load), each broken one a one-line ParamsFileError.
 
 - The visual bands are configured once, in the decision node: inference's overlay colours are derived from them.
+- The model store is configured once, in inference: the cloud_bridge installs verified updates into the same one.
 - inference.deadline_ms stays within decision.result_deadline_ms (a later inference result only counts as late).
 - decision.result_deadline_ms stays below the camera-to-ejector travel time (else no verdict reaches the ejector).
 - reject_actuator.watchdog_timeout_s exceeds decision.result_deadline_ms (else the watchdog ejects parts whose
@@ -24,6 +25,7 @@ class ParamsFileError(ValueError):
 DERIVED: dict[tuple[str, str], tuple[str, str]] = {
     ("inference", "overlay_reinspect_threshold"): ("decision", "reinspect_threshold"),
     ("inference", "overlay_defective_threshold"): ("decision", "defective_threshold"),
+    ("cloud_bridge", "model_store_dir"): ("inference", "model_store_dir"),
 }
 
 
@@ -37,7 +39,7 @@ def derive(params: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         if name in result[node] and result[node][name] != source:
             raise ParamsFileError(
                 f"{node}.{name} ({result[node][name]}) differs from {source_node}.{source_name} ({source}): "
-                f"it is derived from it; configure the bands once, in {source_node}"
+                f"it is derived from it; configure it once, in {source_node}"
             )
         result[node][name] = source
     return result

@@ -1,10 +1,17 @@
 """Loading a model package and swapping it in while parts keep flowing.
 
-load(): read the manifest, check the requested version/sha256, verify the model file's sha256, load it on
-the configured backend, warm it up, run the golden-set self-test, copy it into the model store, swap it
-into the pipeline between two batches, and only then move the store's active pointer. Any failure keeps
-the serving model and reports why; the new model's resources are released. One load at a time.
-The caller runs load() in a thread of its own (the node: the service's callback group).
+load() (inference/load_model): the package must be a version in the model store, and the store's model policy
+must allow activating it now (ModelStore.check_activation: installed by a verified update or the operator, not
+older than or superseded by the active version unless a rollback to exactly it is authorised). Then: read the
+manifest, check the requested version/sha256, verify the model file's sha256, load it on the configured
+backend, warm it up, run the golden-set self-test, swap it into the pipeline between two batches, and only then
+move the store's active pointer. Any failure keeps the serving model and reports why; the new model's resources
+are released. One load at a time. The caller runs load() in a thread of its own (the node: the service's
+callback group).
+
+load_initial() (start-up) is the node's own choice, not a request: the store's active version and its earlier
+good ones, then the params' `model_path`, which is copied into the store (ORIGIN_PARAMS, its manifest's sha256
+checked) once it passed its self-test.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from qc_cell.inference.backends import BackendChoice, BackendError, BackendOptions, create_backend
 from qc_cell.inference.model import LoadedModel, SelfTestError
-from qc_cell.inference.model_store import ModelStore, StoreError
+from qc_cell.inference.model_store import ORIGIN_PARAMS, ModelStore, StoreError
 from qc_cell.inference.pipeline import InferencePipeline
 from qc_contract.model_manifest import MANIFEST_NAME, Manifest, ManifestError
 
@@ -69,10 +77,13 @@ class ModelManager:
 
     # ---- public -----------------------------------------------------------------------------------
     def load(self, path: str, expected_version: str = "", expected_sha256: str = "") -> LoadResult:
+        """A request (inference/load_model): `path` is a version directory of the store (or its manifest), or
+        empty with `expected_version` naming the store's version."""
         if not self._load_lock.acquire(blocking=False):
             return LoadResult(False, "another model load is in progress; try again when it finishes", self._active())
         try:
-            return self._load_locked(path, expected_version, expected_sha256)
+            shown = path or (f"version {expected_version}" if expected_version else "")
+            return self._load_locked(shown, lambda: self._read_from_store(path, expected_version, expected_sha256))
         finally:
             self._load_lock.release()
 
@@ -82,12 +93,12 @@ class ModelManager:
         tried = []
         with self._load_lock:
             for candidate in self.store.candidates() if self.store is not None else []:
-                result = self._load_locked(str(candidate), "", "")
+                result = self._load_locked(str(candidate), partial(self._read, str(candidate), "", ""))
                 if result.success:
                     return result
                 tried.append(f"store {candidate.name}: {result.message}")
             if model_path:
-                result = self._load_locked(model_path, "", "")
+                result = self._load_locked(model_path, partial(self._read, model_path, "", ""), ORIGIN_PARAMS)
                 if result.success:
                     return result
                 tried.append(f"{model_path}: {result.message}")
@@ -97,16 +108,20 @@ class ModelManager:
         return LoadResult(False, message, "")
 
     # ---- stages -----------------------------------------------------------------------------------
-    def _load_locked(self, path: str, expected_version: str, expected_sha256: str) -> LoadResult:
+    def _load_locked(
+        self, path: str, read: Callable[[], tuple[Path, Manifest]], install_origin: str = ""
+    ) -> LoadResult:
+        """Read (and check) the package with `read`, bring it up, swap it in, activate it; a package from outside
+        the store is copied into it first when `install_origin` says by whom (start-up's model_path)."""
         current = self.pipeline.model
         self._set_state(self._serving_state(LOADING, f"loading {path}"))
         model = None
         try:
-            package_dir, manifest = self._read(path, expected_version, expected_sha256)
+            package_dir, manifest = read()
             model, summary = self._bring_up(package_dir, manifest)
-            if self.store is not None and not self.store.contains(package_dir):
+            if self.store is not None and install_origin and not self.store.contains(package_dir):
                 try:
-                    model.package_dir = self.store.install(package_dir, manifest)
+                    model.package_dir = self.store.install(package_dir, manifest, install_origin, str(package_dir))
                 except (StoreError, ManifestError, OSError) as exc:
                     raise LoadError(f"cannot copy the package into the model store: {exc}") from exc
         except Exception as exc:  # whatever went wrong, the serving model stays and the caller learns why
@@ -133,12 +148,29 @@ class ModelManager:
         self._set_state(self._serving_state(ACTIVE, message))
         return LoadResult(True, message, model.version)
 
+    def _read_from_store(self, path: str, expected_version: str, expected_sha256: str) -> tuple[Path, Manifest]:
+        """A load request's package: a version directory of the store that the model policy allows now."""
+        if self.store is None:
+            raise LoadError(
+                "no model store (model_store_dir is empty): inference/load_model loads only packages from the store"
+            )
+        if not path and expected_version:
+            path = str(self.store.path(expected_version))
+        if path and not self.store.contains(_package_dir(path)):
+            raise LoadError(
+                f"{path} is not a package in the model store {self.store.versions_dir}: inference loads only "
+                "packages installed there by a verified update or by `python -m qc_cell.tools.model install`"
+            )
+        package_dir, manifest = self._read(path, expected_version, expected_sha256)
+        if manifest.version != package_dir.name:
+            raise LoadError(f"store directory {package_dir.name} holds version {manifest.version}")
+        self.store.check_activation(manifest.version, manifest.sha256)
+        return package_dir, manifest
+
     def _read(self, path: str, expected_version: str, expected_sha256: str) -> tuple[Path, Manifest]:
         if not path:
             raise LoadError("no package path given")
-        package_dir = Path(path).expanduser()
-        if package_dir.name == MANIFEST_NAME or package_dir.suffix == ".json":
-            package_dir = package_dir.parent
+        package_dir = _package_dir(path)
         if not package_dir.is_dir():
             raise LoadError(f"package directory {package_dir} does not exist")
         manifest = Manifest.load(package_dir)
@@ -186,3 +218,11 @@ class ModelManager:
             self._on_state(state)
         except Exception:
             _log.exception("model state callback failed")
+
+
+def _package_dir(path: str) -> Path:
+    """The package directory a load names: the directory, or the directory of its manifest file."""
+    package_dir = Path(path).expanduser()
+    if package_dir.name == MANIFEST_NAME or package_dir.suffix == ".json":
+        package_dir = package_dir.parent
+    return package_dir

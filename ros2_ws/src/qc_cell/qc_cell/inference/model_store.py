@@ -1,36 +1,69 @@
-"""The model store on the edge device: every model package that was ever activated, one directory per
-version, plus an atomically replaced pointer to the active one, so a restart (or a power cut in the middle
-of a model update) comes back on the last model that passed its self-test.
+"""The model store on the edge device: the only place inference loads a model from. One directory per
+version, a record of how each version got there, and an atomically replaced pointer to the active one, so a
+restart (or a power cut in the middle of a model update) comes back on the last model that passed its self-test.
 
     <root>/
       versions/<version>/manifest.json, model.onnx, golden/...   (verified copies of the packages)
-      active.json   {"version", "sha256", "activated_at", "history": [older good versions, newest first]}
+      installed.json  {"seq", "versions": {<version>: {"sha256", "origin", "reference", "seq", "installed_at",
+                       "rollback": null | {"by", "reference", "granted_at"}}}}
+      active.json   {"version", "sha256", "activated_at", "seq", "history": [older good versions, newest first]}
       engines/      TensorRT engine cache (see backends/engine_cache.py)
+      .lock         serialises writers across processes (fcntl)
 
-Only the inference node writes here. Plain Python, no ROS.
+Writers, each through install() with its origin: the cloud_bridge's verified update path (ORIGIN_UPDATE, after
+the signature, the artifact's sha256 and the package checks), the operator's local command
+(ORIGIN_OPERATOR, `python -m qc_cell.tools.model`), and inference itself for the params' `model_path` at a
+start with nothing in the store (ORIGIN_PARAMS). Only inference moves the active pointer (activate(), after
+the self-test).
+
+The model policy (check_activation), enforced by inference for every inference/load_model request:
+- the version must be installed here, with the sha256 it was installed with;
+- the active version may be loaded again; with no active version, any installed one;
+- a version with an unused rollback grant (authorise_rollback: a signed rollback manifest naming exactly that
+  version, or the operator's pin) may be loaded; the grant is used up when the version becomes active;
+- otherwise only a fresh install (installed after the active version was activated) that is not older than
+  the active version: a version that was once superseded, or an older one, never comes back by a request alone.
+The sequence numbers (`seq`) order installs and activations without trusting the wall clock.
+Plain Python, no ROS.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qc_cell.inference.backends.engine_cache import atomic_write_bytes, fsync_dir
 from qc_contract.model_manifest import MANIFEST_NAME, Manifest, ManifestError
+from qc_contract.update_manifest import compare_versions, version_key
 
 ACTIVE_NAME = "active.json"
+INSTALLED_NAME = "installed.json"
+LOCK_NAME = ".lock"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+# Who installed a version (InstalledVersion.origin) or authorised a rollback to it (RollbackGrant.by).
+ORIGIN_UPDATE = "update"  # cloud_bridge: a signed update manifest, verified artifact and package
+ORIGIN_OPERATOR = "operator"  # python -m qc_cell.tools.model, on the device
+ORIGIN_PARAMS = "params"  # inference's model_path, installed at a start with an empty store
+ORIGINS = (ORIGIN_UPDATE, ORIGIN_OPERATOR, ORIGIN_PARAMS)
 
 
 class StoreError(RuntimeError):
     """The store cannot take or give a model (bad version name, conflicting content, unreadable pointer)."""
+
+
+class PolicyError(StoreError):
+    """The model policy forbids activating this version now (not installed, superseded, older, changed)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +72,25 @@ class ActiveEntry:
     sha256: str
     activated_at: float
     history: tuple[str, ...] = ()  # previously active versions, newest first
+    seq: int = 0  # store sequence number of the activation (0: written before the store kept sequence numbers)
+
+
+@dataclass(frozen=True)
+class RollbackGrant:
+    by: str  # ORIGIN_UPDATE (a signed rollback manifest naming the version) or ORIGIN_OPERATOR (a pin)
+    reference: str  # what authorised it: the signed manifest's digest, the operator's note
+    granted_at: float
+
+
+@dataclass(frozen=True)
+class InstalledVersion:
+    version: str
+    sha256: str  # of the model file, as verified at install
+    origin: str  # one of ORIGINS
+    reference: str  # e.g. the signed update manifest's digest, or the source directory
+    seq: int  # store sequence number of the install
+    installed_at: float
+    rollback: RollbackGrant | None = None  # an unused authorisation to activate this version although older
 
 
 class ModelStore:
@@ -48,6 +100,46 @@ class ModelStore:
         self.versions_dir = self.root / "versions"
         self.engines_dir = self.root / "engines"
         self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time, across the processes that share the store (inference, cloud_bridge, tools)."""
+        with open(self.root / LOCK_NAME, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    # ---- records ----------------------------------------------------------------------------------
+    def _read_installed(self) -> dict[str, Any]:
+        path = self.root / INSTALLED_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {"seq": 0, "versions": {}}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"model store records {path} unreadable: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("versions"), dict):
+            raise StoreError(f"model store records {path} malformed")
+        return data
+
+    def _write_installed(self, data: dict[str, Any]) -> None:
+        atomic_write_bytes(self.root / INSTALLED_NAME, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+    def records(self) -> dict[str, InstalledVersion]:
+        """Every installed version's record (how it got here, whether a rollback to it is authorised)."""
+        return {v: _record(v, r) for v, r in self._read_installed()["versions"].items()}
+
+    def record(self, version: str) -> InstalledVersion | None:
+        return self.records().get(version)
+
+    def newest_installed(self, like: str = "") -> str:
+        """The highest version (natural order) recorded as installed and still in the store ('' = none); with
+        `like`, only among the versions that can be ordered against it (comparable()): the update path's
+        replay floor when its own state is missing."""
+        versions = [v for v in self.records() if not like or comparable(v, like)]
+        return max(versions, key=version_key) if versions else ""
 
     # ---- packages -------------------------------------------------------------------------------
     def path(self, version: str) -> Path:
@@ -63,10 +155,30 @@ class ModelStore:
     def versions(self) -> list[str]:
         return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def install(self, package_dir: Path, manifest: Manifest) -> Path:
+    def install(self, package_dir: Path, manifest: Manifest, origin: str, reference: str = "") -> Path:
         """Copy a verified package into versions/<version> (atomically: copy to a temp dir, verify the copy,
-        rename). Re-installing the same version with the same model is a no-op; the same version with a
-        different model is refused (versions are immutable, so a restart can trust the pointer)."""
+        rename) and record who installed it. Re-installing the same version with the same model is a no-op
+        (its record, and so its place in the install order, stays); the same version with a different model
+        is refused (versions are immutable, so a restart can trust the pointer)."""
+        if origin not in ORIGINS:
+            raise StoreError(f"unknown install origin {origin!r} (one of {', '.join(ORIGINS)})")
+        with self._locked():
+            target = self._install_files(package_dir, manifest)
+            data = self._read_installed()
+            if manifest.version not in data["versions"]:
+                data["seq"] = int(data.get("seq", 0)) + 1
+                data["versions"][manifest.version] = {
+                    "sha256": manifest.sha256,
+                    "origin": origin,
+                    "reference": reference,
+                    "seq": data["seq"],
+                    "installed_at": time.time(),
+                    "rollback": None,
+                }
+                self._write_installed(data)
+            return target
+
+    def _install_files(self, package_dir: Path, manifest: Manifest) -> Path:
         target = self.path(manifest.version)
         if target.exists():
             existing = _read_manifest(target)
@@ -111,6 +223,7 @@ class ModelStore:
                 sha256=str(data["sha256"]),
                 activated_at=float(data.get("activated_at", 0.0)),
                 history=tuple(str(v) for v in data.get("history", ())),
+                seq=int(data.get("seq", 0)),
             )
         except FileNotFoundError:
             return None
@@ -118,27 +231,100 @@ class ModelStore:
             raise StoreError(f"active model pointer {path} unreadable: {exc}") from exc
 
     def activate(self, manifest: Manifest) -> ActiveEntry:
-        """Point the store at an installed version (after it passed its self-test and serves parts)."""
-        path = self.path(manifest.version)
-        if not (path / MANIFEST_NAME).is_file():
-            raise StoreError(f"version {manifest.version} is not installed in {self.versions_dir}")
-        try:
-            previous = self.active()
-        except StoreError:
-            previous = None
-        history: list[str] = []
-        if previous is not None:
-            history = [v for v in (previous.version, *previous.history) if v != manifest.version]
-        entry = ActiveEntry(manifest.version, manifest.sha256, time.time(), tuple(history[: self.keep - 1]))
-        document = {
-            "version": entry.version,
-            "sha256": entry.sha256,
-            "activated_at": entry.activated_at,
-            "history": list(entry.history),
-        }
-        atomic_write_bytes(self.root / ACTIVE_NAME, (json.dumps(document, indent=2) + "\n").encode())
-        self._prune(keep={entry.version, *entry.history})
-        return entry
+        """Point the store at an installed version (after it passed its self-test and serves parts); a rollback
+        grant for it is used up."""
+        with self._locked():
+            path = self.path(manifest.version)
+            if not (path / MANIFEST_NAME).is_file():
+                raise StoreError(f"version {manifest.version} is not installed in {self.versions_dir}")
+            try:
+                previous = self.active()
+            except StoreError:
+                previous = None
+            history: list[str] = []
+            if previous is not None:
+                history = [v for v in (previous.version, *previous.history) if v != manifest.version]
+            data = self._read_installed()
+            if previous is not None and previous.version == manifest.version and previous.seq:
+                seq = previous.seq  # the same activation again (a restart): installs waiting since stay fresh
+            else:
+                seq = data["seq"] = int(data.get("seq", 0)) + 1
+            if manifest.version in data["versions"]:
+                data["versions"][manifest.version]["rollback"] = None
+            self._write_installed(data)
+            entry = ActiveEntry(manifest.version, manifest.sha256, time.time(), tuple(history[: self.keep - 1]), seq)
+            document = {
+                "version": entry.version,
+                "sha256": entry.sha256,
+                "activated_at": entry.activated_at,
+                "seq": entry.seq,
+                "history": list(entry.history),
+            }
+            atomic_write_bytes(self.root / ACTIVE_NAME, (json.dumps(document, indent=2) + "\n").encode())
+            self._prune(entry, data)
+            return entry
+
+    # ---- the model policy -------------------------------------------------------------------------
+    def check_activation(self, version: str, sha256: str) -> InstalledVersion:
+        """The record of `version` if the policy allows activating it now (module docstring), else PolicyError
+        saying why. Inference calls this for every inference/load_model request."""
+        record = self.record(version)
+        if record is None:
+            raise PolicyError(
+                f"version {version} is not in the model store {self.versions_dir}: inference loads only packages "
+                "installed there by a verified update or by `python -m qc_cell.tools.model install`"
+            )
+        if record.sha256 != sha256.lower():
+            raise PolicyError(
+                f"version {version} in the store now names model sha256 {sha256[:12]}..., it was installed with "
+                f"{record.sha256[:12]}...: the package changed after its install"
+            )
+        active = self.active()
+        if active is None or active.version == version or record.rollback is not None:
+            return record
+        pin = f"a signed rollback naming {version} or the operator's `python -m qc_cell.tools.model pin {version}`"
+        if record.seq <= active.seq:
+            raise PolicyError(
+                f"version {version} was installed before the active {active.version} was activated: "
+                f"going back to it needs {pin}"
+            )
+        if _older(version, active.version):
+            raise PolicyError(f"version {version} is older than the active {active.version}: it needs {pin}")
+        return record
+
+    def authorise_rollback(self, version: str, by: str, reference: str = "") -> InstalledVersion:
+        """Allow activating `version` once although older than (or superseded by) the active one: for a signed
+        rollback manifest naming exactly this version (by=ORIGIN_UPDATE) or an operator's pin (ORIGIN_OPERATOR).
+        The version must be installed and its copy intact (manifest and model file as recorded)."""
+        if by not in (ORIGIN_UPDATE, ORIGIN_OPERATOR):
+            raise StoreError(f"a rollback is authorised by {ORIGIN_UPDATE!r} or {ORIGIN_OPERATOR!r}, not {by!r}")
+        with self._locked():
+            data = self._read_installed()
+            raw = data["versions"].get(version)
+            if raw is None:
+                raise PolicyError(f"version {version} is not installed in the model store: install it first")
+            try:
+                manifest = Manifest.load(self.path(version))
+                manifest.verify_model_file(self.path(version))
+            except ManifestError as exc:
+                raise StoreError(f"version {version} in the store is damaged: {exc}") from exc
+            if manifest.version != version or manifest.sha256 != raw["sha256"]:
+                raise PolicyError(f"version {version} in the store no longer holds the model it was installed with")
+            raw["rollback"] = {"by": by, "reference": reference, "granted_at": time.time()}
+            self._write_installed(data)
+            return _record(version, raw)
+
+    def discard(self, version: str) -> None:
+        """Remove an installed version that never served (e.g. its load failed); the active version and its
+        history stay."""
+        with self._locked():
+            active = self.active()
+            if active is not None and version in (active.version, *active.history):
+                raise StoreError(f"version {version} is the active model or one of its rollbacks: not discarded")
+            data = self._read_installed()
+            if data["versions"].pop(version, None) is not None:
+                self._write_installed(data)
+            shutil.rmtree(self.path(version), ignore_errors=True)
 
     def candidates(self) -> list[Path]:
         """Packages to try at start-up, best first: the active version, then the earlier good ones."""
@@ -155,17 +341,25 @@ class ModelStore:
                     result.append(self.path(version))
         return result
 
-    def _prune(self, keep: set[str]) -> None:
-        """Drop versions no longer in the active pointer's history (disk space on the Jetson)."""
+    def _prune(self, entry: ActiveEntry, data: dict[str, Any]) -> None:
+        """Drop versions no longer in the active pointer's history (disk space on the Jetson), except fresh
+        installs still waiting to be loaded and versions a rollback to is authorised."""
+        keep = {entry.version, *entry.history}
+        for version, raw in data["versions"].items():
+            if int(raw.get("seq", 0)) > entry.seq or raw.get("rollback"):
+                keep.add(version)
         for version in self.versions():
             if version not in keep:
                 shutil.rmtree(self.versions_dir / version, ignore_errors=True)
+        if set(data["versions"]) - keep:
+            data["versions"] = {v: r for v, r in data["versions"].items() if v in keep}
+            self._write_installed(data)
         for stale in self.versions_dir.glob(".trash-*"):
             shutil.rmtree(stale, ignore_errors=True)
         kept_shas = {m.sha256[:12] for m in map(_read_manifest, (self.versions_dir / v for v in keep)) if m}
         if self.engines_dir.is_dir():
             for engine in self.engines_dir.iterdir():
-                if engine.name.split("_", 1)[0] not in kept_shas:
+                if not engine.name.startswith(".") and engine.name.split("_", 1)[0] not in kept_shas:
                     with contextlib.suppress(OSError):
                         engine.unlink()
 
@@ -175,6 +369,34 @@ def _check_version_name(version: str) -> None:
         raise StoreError(
             f"model version {version!r} cannot name a store directory (letters, digits, '.', '_', '+', '-')"
         )
+
+
+def _record(version: str, raw: dict[str, Any]) -> InstalledVersion:
+    grant = raw.get("rollback")
+    return InstalledVersion(
+        version=version,
+        sha256=str(raw["sha256"]),
+        origin=str(raw["origin"]),
+        reference=str(raw.get("reference", "")),
+        seq=int(raw["seq"]),
+        installed_at=float(raw.get("installed_at", 0.0)),
+        rollback=RollbackGrant(str(grant["by"]), str(grant.get("reference", "")), float(grant.get("granted_at", 0)))
+        if grant
+        else None,
+    )
+
+
+def comparable(a: str, b: str) -> bool:
+    """Two versions can be ordered: both start with a number, or with the same text (efficientnet_b0-2025...
+    vs efficientnet_b0-2024...). Versions of different naming schemes ('demo-lite0-2' and '1.1.0') are not."""
+    ka, kb = version_key(a), version_key(b)
+    return bool(ka and kb) and ka[0][0] == kb[0][0] and (ka[0][0] == 0 or ka[0] == kb[0])
+
+
+def _older(version: str, than: str) -> bool:
+    """True when both versions can be ordered and `version` comes first; for versions of different naming
+    schemes the install order alone decides (check_activation)."""
+    return comparable(version, than) and compare_versions(version, than) < 0
 
 
 def _read_manifest(package_dir: Path) -> Manifest | None:

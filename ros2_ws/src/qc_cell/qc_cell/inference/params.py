@@ -56,6 +56,12 @@ INFERENCE = NodeParams(
             "",
             "TensorRT engine cache ('' = <model_store_dir>/engines, or ~/.cache/qc_cell/engines without a store)",
         ),
+        Param(
+            "engine_key_file",
+            "",
+            "the cell's secret for the cached TensorRT engines' HMAC, checked before an engine is deserialised; "
+            "created (mode 0600) when missing ('' = <engine cache dir>/.engine_hmac.key)",
+        ),
         Param("tensorrt_workspace_mb", 1024, "TensorRT builder workspace", range=(16, 65536)),
         Param(
             "int8_calibration_dir",

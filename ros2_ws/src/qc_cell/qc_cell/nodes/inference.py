@@ -92,6 +92,7 @@ class InferenceNode(Node):
             precision=choice.precision,
             max_batch=p["max_batch"],
             engine_cache_dir=engine_cache_dir,
+            engine_key_file=p["engine_key_file"],
             workspace_mb=p["tensorrt_workspace_mb"],
             int8_calibration_dir=p["int8_calibration_dir"],
             int8_calibration_images=p["int8_calibration_images"],

@@ -30,6 +30,7 @@ class BackendOptions:
     precision: str = "fp32"  # fp32 | fp16 | int8 (fp16/int8: TensorRT only)
     max_batch: int = 1  # largest batch the backend must accept (TensorRT optimisation profile)
     engine_cache_dir: str = ""  # TensorRT engine cache; "" = no cache (build every load)
+    engine_key_file: str = ""  # secret for the cached engines' HMAC; "" = <engine_cache_dir>/.engine_hmac.key
     workspace_mb: int = 1024  # TensorRT builder workspace
     int8_calibration_dir: str = ""  # images for INT8 calibration (TensorRT, precision int8)
     int8_calibration_images: int = 256  # at most this many calibration images

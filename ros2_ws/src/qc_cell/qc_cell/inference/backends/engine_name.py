@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from qc_cell.inference.backends.base import BackendError
-from qc_cell.inference.backends.engine_cache import EngineCache, engine_key
+from qc_cell.inference.backends.engine_cache import KEY_FILE_NAME, EngineCache, engine_key, load_or_create_key
 from qc_contract.model_manifest import Manifest, ManifestError
 
 
@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", type=int, default=0, help="CUDA device index")
     parser.add_argument("--store", type=Path, help="an engine file to store in the cache under that name")
     parser.add_argument("--cache-dir", type=Path, help="the node's inference.engine_cache_dir (with --store)")
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        help=f"the node's inference.engine_key_file (with --store; default CACHE_DIR/{KEY_FILE_NAME})",
+    )
     args = parser.parse_args(argv)
     if args.store and not args.cache_dir:
         parser.error("--store needs --cache-dir")
@@ -51,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine_name: {exc}", file=sys.stderr)
         return 1
     if args.store:
-        print(EngineCache(args.cache_dir).store(key, args.store.read_bytes()))
+        # Stored with the digest the node checks before deserialising: made with the cell's engine key.
+        secret = load_or_create_key(args.key_file or args.cache_dir / KEY_FILE_NAME)
+        print(EngineCache(args.cache_dir, secret).store(key, args.store.read_bytes()))
     else:
         print(key.file_name())
     return 0

@@ -6,8 +6,9 @@
   flags (strongly typed networks): asking for them there is a clear error, before any build.
 - Optimisation profile: batch 1..max_batch, tuned (opt) for batch 1, what the line runs.
 - Engine cache: keyed by model sha256 + TensorRT version + GPU (name, compute capability) + precision +
-  batch profile (+ the INT8 calibration images), written atomically (engine_cache.py); `engine_key` is also
-  what qc_cloud's build_trt_engine.sh names its engines with. A cached engine TensorRT refuses is rebuilt.
+  batch profile (+ the INT8 calibration images), written atomically, with an HMAC under the cell's engine key
+  checked before deserialising (engine_cache.py); `engine_key` is also what qc_cloud's build_trt_engine.sh names
+  its engines with. A cached engine that fails the check, or that TensorRT refuses, is rebuilt.
 - One execution API: the named tensors (`set_input_shape` / `set_tensor_address` / `execute_async_v3`) of
   TensorRT 8.5+, i.e. JetPack 6.0 (TensorRT 8.6) and 6.1/6.2 (10.3); features are checked, not versions.
 - CUDA contexts: ROS callbacks and our worker run in threads that are not the one which created the CUDA
@@ -43,11 +44,14 @@ from qc_cell.inference.backends.base import (
     check_batch,
 )
 from qc_cell.inference.backends.engine_cache import (
+    KEY_FILE_NAME,
     EngineCache,
+    EngineIntegrityError,
     EngineKey,
     atomic_write_bytes,
     calibration_digest,
     engine_key,
+    load_or_create_key,
 )
 from qc_cell.inference.backends.input_shape import resolve_max_batch
 from qc_contract.model_manifest import Manifest
@@ -282,11 +286,23 @@ class TensorRTBackend(Backend):
         trt = self._trt
         runtime = trt.Runtime(self._logger)
         self._runtime = runtime  # must outlive the engine
-        cache = EngineCache(Path(options.engine_cache_dir)) if options.engine_cache_dir else None
+        cache = None
+        if options.engine_cache_dir:
+            cache_dir = Path(options.engine_cache_dir).expanduser()
+            key_file = (
+                Path(options.engine_key_file).expanduser() if options.engine_key_file else cache_dir / KEY_FILE_NAME
+            )
+            try:
+                cache = EngineCache(cache_dir, load_or_create_key(key_file))
+            except (EngineIntegrityError, OSError) as exc:
+                raise BackendError(f"TensorRT engine cache key unusable: {exc}") from exc
         if cache is not None:
-            # Integrity of a cached engine (e.g. a MAC over the file) belongs in EngineCache.load, which returns
-            # None for an engine it does not trust: the engine is then rebuilt below.
-            blob = cache.load(key)
+            try:
+                blob = cache.load(key)  # digest checked before TensorRT sees a byte
+            except EngineIntegrityError as exc:
+                _log.warning("%s; discarded, rebuilding", exc)
+                cache.discard(key)
+                blob = None
             if blob is not None:
                 engine = runtime.deserialize_cuda_engine(blob)
                 if engine is not None:
