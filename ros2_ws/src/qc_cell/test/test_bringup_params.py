@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from qc_cell.bringup import params_file
-from qc_cell.bringup.cell_runner import enabled_nodes
+from qc_cell.bringup.cell_runner import FLAGS, enabled_nodes
 from qc_cell.cell_graph import NODES
 
 REPO = Path(__file__).resolve().parents[4]
@@ -53,9 +53,11 @@ def test_node_params_are_keyed_by_fully_qualified_name(namespace, fqn):
 
 
 def test_optional_nodes_follow_flags_then_params_file():
-    params = {"process_simulator": {"scenario": "normal"}, "cloud_bridge": {}}
+    params = {"process_simulator": {"scenario": "normal"}, "cloud_bridge": {}, "decision": {"x": 1}}
     names = lambda flags: {spec.name for spec in enabled_nodes(params, flags)}  # noqa: E731
-    assert "process_simulator" in names({}) and "cloud_bridge" not in names({})
+    # auto never starts a simulator, although the params file configures it (issue 17: no simulator in production)
+    assert "process_simulator" not in names({}) and "cloud_bridge" not in names({})
+    assert "process_simulator" in names({"use_process_sim": True})
     assert "cloud_bridge" in names({"use_bridge": True})
     assert "process_simulator" not in names({"use_process_sim": False})
     assert {"camera_driver", "inference", "sensor_fusion", "decision", "reject_actuator"} <= names({})
@@ -82,12 +84,19 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
     return changes
 
 
+# Parameters added after the files became overlays, with their value in every shipped file.
+ADDED_SINCE: dict[tuple[str, str], object] = {("cloud_bridge", "simulated_inputs"): ""}
+
+
 @pytest.mark.parametrize("deployment", ["cell", "demo", "jetson"])
 def test_overlays_merged_onto_the_base_give_the_parameters_the_files_gave_before(deployment, tmp_path):
     merged = params_file.with_state_dir(params_file.load(REPO / "params" / f"{deployment}.yaml"), tmp_path)
     expected = {node: dict(values) for node, values in BEFORE[deployment].items()}
     for (node, name), value in _intended_changes(deployment, tmp_path).items():
         assert name in expected[node], f"{node}.{name} is not a parameter of the frozen {deployment}.yaml"
+        expected[node][name] = value
+    for (node, name), value in ADDED_SINCE.items():
+        assert name not in expected[node], f"{node}.{name} is in the frozen {deployment}.yaml: not an added one"
         expected[node][name] = value
     assert set(merged) == set(expected)
     for node in expected:
@@ -99,6 +108,7 @@ def test_the_overlays_hold_only_what_differs_from_the_base():
     for name in ("demo.yaml", "jetson.yaml"):
         overlay = yaml.safe_load((REPO / "params" / name).read_text())
         assert overlay.pop("extends") == "cell.yaml"
+        overlay.pop(params_file.DEMO, None)  # a declaration of the file, not a node
         for node, section in overlay.items():
             same = [k for k, v in section["ros__parameters"].items() if base[node]["ros__parameters"].get(k) == v]
             assert not same, f"{name}: {node} repeats the base's value of {same}"
@@ -255,3 +265,64 @@ def test_a_written_merged_file_loads_back_to_the_same_parameters(tmp_path):
     path.write_text(params_file.to_yaml(merged))
     assert "overlay_reinspect_threshold" not in path.read_text(), "derived parameters are not written"
     assert params_file.load(path) == merged
+
+
+# ---- simulators only in a demo ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["cell.yaml", "jetson.yaml"])
+def test_a_production_start_on_auto_runs_no_simulator(name):
+    params = params_file.load(REPO / "params" / name)
+    auto = {flag: None for flag in FLAGS}
+    names = {spec.name for spec in enabled_nodes(params, auto)}
+    assert not names & {"process_simulator", "arm_server"}, f"{name} on auto starts simulators: {sorted(names)}"
+    assert not params_file.is_demo(REPO / "params" / name)
+    params_file.check_demo(params, enabled_nodes(params, auto), demo=False, where=name)  # accepted
+
+
+@pytest.mark.parametrize(
+    ("flags", "overrides", "named"),
+    [
+        ({"use_process_sim": True}, {}, "process_simulator"),
+        ({"use_arm_sim": True}, {}, "arm_server"),
+        ({}, {"reject_actuator": {"driver": "sim"}}, "reject_actuator.driver=sim"),
+        ({}, {"camera_driver": {"source": "synthetic"}}, "camera_driver.source=synthetic"),
+    ],
+)
+def test_a_production_params_file_that_enables_a_simulator_is_refused(flags, overrides, named):
+    path = REPO / "params" / "jetson.yaml"
+    params = params_file.load(path, overrides)
+    nodes = enabled_nodes(params, flags)
+    with pytest.raises(params_file.ParamsFileError, match=f"production file .*enables simulated equipment: {named}"):
+        params_file.check_demo(params, nodes, params_file.is_demo(path), path)
+
+
+def test_a_demo_declares_itself_and_may_simulate_and_its_records_say_so(tmp_path):
+    demo = REPO / "params" / "demo.yaml"
+    assert params_file.is_demo(demo)
+    # An overlay of the demo is a demo, unless it says otherwise.
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {demo}\n")
+    assert params_file.is_demo(child)
+    child.write_text(f"extends: {demo}\ndemo: false\n")
+    assert not params_file.is_demo(child)
+    params = params_file.load(demo)
+    nodes = enabled_nodes(params, {"use_process_sim": True, "use_bridge": True})
+    params_file.check_demo(params, nodes, True, demo)
+    marked = params_file.with_simulated_inputs(params, nodes)
+    assert marked["cloud_bridge"]["simulated_inputs"] == "process_sensors,ejector,camera"
+    # A merged file (docker/params_overlay.py) keeps the declaration.
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(params_file.to_yaml(params, demo=True))
+    assert params_file.is_demo(merged) and params_file.load(merged) == params
+
+
+def test_the_reference_arm_is_named_only_when_it_is_the_ejector():
+    params = params_file.load(REPO / "params" / "demo.yaml", {"reject_actuator": {"driver": "robot_arm"}})
+    nodes = enabled_nodes(params, {"use_arm_sim": True})
+    assert params_file.simulated_inputs(params, nodes) == ["robot_arm", "camera"]
+    sim_driver = params_file.load(REPO / "params" / "demo.yaml")
+    assert "robot_arm" not in params_file.simulated_inputs(sim_driver, enabled_nodes(sim_driver, {"use_arm_sim": True}))
+
+
+def test_demo_is_a_boolean(tmp_path):
+    with pytest.raises(params_file.ParamsFileError, match="'demo' is true"):
+        params_file.load(_overlay(tmp_path, "demo: maybe\n"))

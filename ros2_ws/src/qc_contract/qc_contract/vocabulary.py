@@ -47,6 +47,15 @@ class ModelState(IntEnum):
     FAILED = 3
 
 
+# What of a cell may be simulated (demo params files only); a record from such a cell names them in `simulated`.
+SIMULATED_INPUTS = (
+    "process_sensors",  # process_simulator instead of the line's sensors
+    "robot_arm",  # the reference arm_server instead of a robot
+    "ejector",  # the sim reject driver instead of a valve/pusher
+    "camera",  # synthetic parts instead of a camera
+)
+
+
 def _names(kind: type[IntEnum]) -> Mapping[int, str]:
     return {int(member): member.name for member in kind}
 
