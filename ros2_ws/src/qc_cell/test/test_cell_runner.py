@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from qc_cell.bringup import params_file
 
 REPO = Path(__file__).resolve().parents[4]

@@ -48,6 +48,8 @@ def flag_help(flag: str) -> str:
     if flag in SIMULATOR_FLAGS:
         return f"{flag}: true (demo params files only)/false; auto = false: a simulator never runs unasked"
     return f"{flag}: true/false; auto = run the node when the params file configures it"
+
+
 # A second SIGINT/SIGTERM this soon after the first is the same request delivered twice (timeout(1) signals the
 # runner, then its process group), not an operator's "stop now".
 SAME_SIGNAL_S = 0.25

@@ -54,9 +54,7 @@ def run_demo(
         overrides = demo_overrides(parts, broker.url, out_dir)
         for node, values in (extra_overrides or {}).items():
             overrides.setdefault(node, {}).update(values)
-        runner = CellRunner(
-            params, namespace=namespace, overrides=overrides, flags=DEMO_FLAGS, run_dir=out_dir
-        )
+        runner = CellRunner(params, namespace=namespace, overrides=overrides, flags=DEMO_FLAGS, run_dir=out_dir)
         camera = runner.params.get("camera_driver", {})
         image_bytes = int(camera.get("width", 640)) * int(camera.get("height", 480)) * 3
         rate = float(camera.get("rate_hz", 10.0))
