@@ -72,6 +72,17 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
     # Relative paths resolve against the params file's folder: the model the README's commands (run from the
     # repository root) loaded, now from any folder.
     changes: dict[tuple[str, str], object] = {("inference", "model_path"): str(REPO / "models" / "default")}
+    # Re-inspect parts go to a divert lane by default (issue 17): its distance and outputs. Production cells are
+    # triggered by a part sensor, which gives the encoder count speed_source encoder needs (the demo runs free).
+    if deployment != "demo":
+        changes[("camera_driver", "mode")] = "triggered"
+    changes.update(
+        {
+            ("reject_actuator", "divert_distance_mm"): 1200.0,
+            ("reject_actuator", "modbus_divert_address"): 2,
+            ("reject_actuator", "gpio_divert_pin"): 18,
+        }
+    )
     if deployment == "demo":  # the demo's state lives in the run's state folder, no longer in /tmp/qc_cell_demo
         changes.update(
             {
@@ -85,7 +96,10 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
 
 
 # Parameters added after the files became overlays, with their value in every shipped file.
-ADDED_SINCE: dict[tuple[str, str], object] = {("cloud_bridge", "simulated_inputs"): ""}
+ADDED_SINCE: dict[tuple[str, str], object] = {
+    ("cloud_bridge", "simulated_inputs"): "",
+    ("reject_actuator", "divert_verdicts"): ["REINSPECT"],  # unset before: no lane for re-inspect parts
+}
 
 
 @pytest.mark.parametrize("deployment", ["cell", "demo", "jetson"])
@@ -199,6 +213,8 @@ def test_a_derived_parameter_set_in_a_file_must_agree_with_its_source(tmp_path):
         ({"decision": {"result_deadline_ms": 1700.0}}, "must stay below the camera-to-ejector travel time 1600 ms"),
         ({"reject_actuator": {"belt_speed_mm_s": 1800.0}}, "travel time 444.444 ms"),
         ({"reject_actuator": {"watchdog_timeout_s": 0.4}}, "watchdog_timeout_s 0.4 must exceed decision"),
+        ({"reject_actuator": {"watchdog_timeout_s": 1.6}}, "watchdog_timeout_s 1.6 must stay below .* 1600 ms"),
+        ({"camera_driver": {"mode": "free_run"}}, "speed_source encoder needs the encoder count .* free_run"),
         (
             {"cloud_bridge": {"offload_enabled": True, "offload_slack_ms": 1590.0}},
             r"offload_slack_ms 1590 must leave the actuator its latency.*\(1580 ms\)",

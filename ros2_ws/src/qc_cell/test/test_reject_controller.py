@@ -142,6 +142,47 @@ def test_reinspect_goes_to_the_divert_lane_when_configured(cell):
     assert rec.wait(lambda: len(edges(driver, DIVERT)) == 2) and edges(driver, REJECT) == []
 
 
+DIVERTING = {"divert_distance_mm": 400.0, "divert_verdicts": ("REINSPECT",)}
+
+
+def test_a_cloud_verdict_in_time_replaces_the_local_reinspect(cell):
+    controller, driver, rec = cell(**DIVERTING)
+    capture = time.time_ns()  # divert command at +380 ms, reject command at +80 ms
+    controller.on_decision(Decision("bad", REINSPECT, capture))
+    controller.on_decision(Decision("good", REINSPECT, capture + 30 * MS))
+    controller.on_cloud_verdict(Decision("bad", DEFECTIVE, capture))
+    controller.on_cloud_verdict(Decision("good", NORMAL, capture + 30 * MS))
+    assert rec.wait(lambda: len(rec.events) == 2, timeout=2.0), rec.events
+    time.sleep(0.45)  # past both divert commands: neither may fire
+    events = rec.by_part()
+    assert (events["bad"].outcome, events["bad"].lane, events["bad"].verdict) == (DONE, REJECT, DEFECTIVE)
+    assert events["bad"].planned_ns == capture + COMMAND_AFTER_CAPTURE
+    assert "cloud re-inspection verdict DEFECTIVE" in events["bad"].message
+    assert (events["good"].outcome, events["good"].verdict) == (SKIPPED, NORMAL)
+    assert "divert cancelled" in events["good"].message
+    assert edges(driver, DIVERT) == [], "both divert pulses were cancelled"
+    assert controller.counts["cloud_verdicts_applied"] == 2
+
+
+def test_a_cloud_verdict_too_late_leaves_the_local_action(cell):
+    controller, driver, rec = cell(**DIVERTING)
+    capture = time.time_ns() - 250 * MS  # the reject lane's command is 170 ms past: too late for DEFECTIVE there
+    controller.on_decision(Decision("p1", REINSPECT, capture))
+    controller.on_cloud_verdict(Decision("p1", DEFECTIVE, capture))
+    controller.on_cloud_verdict(Decision("p1", REINSPECT, capture))  # agrees with the local verdict
+    controller.on_cloud_verdict(Decision("stranger", DEFECTIVE, capture))  # never decided here
+    assert rec.wait(lambda: len(rec.events) == 1, timeout=2.0)
+    (event,) = rec.events
+    assert (event.outcome, event.lane, event.verdict) == (DONE, DIVERT, REINSPECT), "still diverted"
+    counts = controller.counts
+    assert (counts["cloud_verdicts_late"], counts["cloud_verdicts_agreed"], counts["cloud_verdicts_unknown"]) == (
+        1,
+        1,
+        1,
+    )
+    assert rec.wait(lambda: len(edges(driver, DIVERT)) == 2) and edges(driver, REJECT) == []
+
+
 @pytest.mark.parametrize("gap_ms", [0, 8])
 def test_close_parts_merge_into_one_continuous_pulse(cell, gap_ms):
     """Parts 10 ms apart overlap (20 ms pulses); parts 25 ms apart leave a 5 ms gap, bridged when the

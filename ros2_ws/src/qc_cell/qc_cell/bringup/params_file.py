@@ -63,8 +63,6 @@ PATH_PARAMETERS: dict[str, frozenset[str]] = {
 }
 _PATH_LISTS = {("cloud_bridge", "update_public_keys")}
 
-# Declared by a node but valueless in the base file: a ROS params file cannot hold an empty list.
-UNSET_IN_BASE: dict[str, frozenset[str]] = {"reject_actuator": frozenset({"divert_verdicts"})}
 
 NODE_NAMES = tuple(spec.name for spec in NODES)
 
@@ -122,7 +120,7 @@ def _chain(path: Path) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
 
 def _known(chain: list[tuple[Path, dict[str, dict[str, Any]]]]) -> dict[str, frozenset[str]]:
     root = chain[0][1]
-    return {node: frozenset(root.get(node, {})) | UNSET_IN_BASE.get(node, frozenset()) for node in NODE_NAMES}
+    return {node: frozenset(root.get(node, {})) for node in NODE_NAMES}
 
 
 def is_demo(path: str | Path) -> bool:

@@ -3,7 +3,8 @@
 configure: build the driver and acquire the hardware; activate: arm (start the deadline scheduler and the
 watchdog); deactivate: disarm (outputs off, pending parts reported); cleanup/shutdown: release the hardware.
 
-Subscribes quality/decision and camera/parts (encoder samples, watchdog). Publishes reject/event for every
+Subscribes quality/decision, quality/cloud_verdict (a cloud re-inspection verdict replaces the local one while
+the part's actuation has not begun) and camera/parts (encoder samples, watchdog). Publishes reject/event for every
 acted-on part, alerts, /diagnostics and, with the sim driver, reject/markers for RViz.
 """
 
@@ -124,6 +125,7 @@ class RejectActuator(DeviceNode):
         subscriptions = Subscriptions(self, self.alerts, self._diag_pub)
         # Verdicts and parts are handled in every state, so parts that cannot be ejected are still reported.
         subscriptions.create(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
+        subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
         subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
         self.create_timer(tick_s, self._tick)
         self.create_timer(diag_s, self._publish_diagnostics)
@@ -223,6 +225,12 @@ class RejectActuator(DeviceNode):
                 decision.part_id,
             )
         )
+
+    def _on_cloud_verdict(self, msg: QualityDecision) -> None:
+        if self.controller is not None:
+            self.controller.on_cloud_verdict(
+                Decision(msg.part_id, msg.verdict, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id)
+            )
 
     def _on_part(self, msg: PartTrigger) -> None:
         if self.controller is not None:

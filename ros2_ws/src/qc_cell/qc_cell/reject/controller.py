@@ -8,6 +8,9 @@
 - Arm drivers: the part is dispatched at once with its deadline; the arm reports back.
 - A part that must go out but will not (LATE, FAILED) gets a record, a CRITICAL alert and the
   configured missed_response (stop-line pulse, or the divert lane downstream).
+- A cloud re-inspection verdict (quality/cloud_verdict) replaces the local one while the part's actuation has not
+  begun: the pending pulse is cancelled and the part planned for the cloud verdict's lane (or let through when
+  it is NORMAL). Once the output went on, or when the new lane cannot be reached in time, the local action stands.
 - The watchdog treats a part without a verdict in time as NOT_INSPECTED (watchdog_action reject_all or
   stop_line) and raises the stop-line output while the decision stream is down (stop_line).
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,6 +63,8 @@ from qc_cell.reject.watchdog import DecisionWatchdog
 from qc_contract.vocabulary import OUTCOME_NAMES, VERDICT_NAMES
 
 MISSED_CODES = {LATE: "REJECT_LATE", FAILED: "REJECT_FAILED", SKIPPED: "REJECT_SKIPPED"}
+# Local verdicts a cloud re-inspection verdict may still replace, remembered for this many recent parts.
+REVISABLE_PARTS = 10_000
 
 
 class Sink(Protocol):
@@ -136,6 +141,7 @@ class RejectController:
             DecisionWatchdog(int(config.watchdog_timeout_s * 1e9)) if config.watchdog_timeout_s > 0 else None
         )
         self._handled = RecentIds(50_000)
+        self._revisable: OrderedDict[str, tuple[Part, str | None]] = OrderedDict()  # part -> (part, local lane)
         self._lock = threading.RLock()
         self._live: set[_Pulse] = set()
         self._active: Counter[str] = Counter()  # lane -> pulses holding its output on
@@ -260,6 +266,9 @@ class RejectController:
                 )
                 return
             lane = self.config.lane_for(decision.verdict)
+            self._revisable[decision.part_id] = (decision.part, lane)
+            if len(self._revisable) > REVISABLE_PARTS:
+                self._revisable.popitem(last=False)
             if lane is None:
                 self.counts["passed"] += 1
                 return
@@ -278,6 +287,55 @@ class RejectController:
                 )
                 return
             self._act(decision.part, decision.verdict, lane, now)
+
+    def on_cloud_verdict(self, decision: Decision) -> None:
+        """The cloud's re-inspection verdict on a part decided here (offload, quality/cloud_verdict): acted on
+        instead of the local one while the part's actuation has not begun and the new lane is reachable in time;
+        otherwise the local action stands (counted as cloud_verdicts_late)."""
+        now = self._clock_ns()
+        with self._lock:
+            self.counts["cloud_verdicts"] += 1
+            local = self._revisable.get(decision.part_id)
+            if local is None:
+                self.counts["cloud_verdicts_unknown"] += 1
+                return
+            part, old_lane = local
+            new_lane = self.config.lane_for(decision.verdict)
+            if new_lane == old_lane:
+                self.counts["cloud_verdicts_agreed"] += 1
+                return
+            pending = [p for p in self._live if p.part.part_id == part.part_id and not p.on_ns and not p.counted]
+            if old_lane is not None and not pending:  # fired, dispatched to an arm, or already reported
+                self.counts["cloud_verdicts_late"] += 1
+                return
+            name = VERDICT_NAMES.get(decision.verdict, str(decision.verdict))
+            note = f"cloud re-inspection verdict {name}"
+            # Too late for the new lane while the local lane still removes the part: keep the local action. (A part
+            # that passed locally and is too late for the new lane is reported LATE by _act.)
+            if new_lane is not None and old_lane is not None and not self._reachable(part, new_lane, now):
+                self.counts["cloud_verdicts_late"] += 1
+                return
+            if not self.armed:
+                return
+            for pulse in pending:
+                for job in pulse.jobs:
+                    self._scheduler.cancel(job)
+                self._live.discard(pulse)
+            self._revisable[part.part_id] = (part, new_lane)
+            self.counts["cloud_verdicts_applied"] += 1
+            if new_lane is None:
+                self._record(part, decision.verdict, SKIPPED, "", 0, 0, 0.0, f"{note}: {old_lane} cancelled, passed")
+                return
+            self._act(part, decision.verdict, new_lane, now, note=note)
+
+    def _reachable(self, part: Part, lane: str, now: int) -> bool:
+        """Whether a part can still be acted on in `lane` (its command time not yet past the tolerance)."""
+        try:
+            arrival = self.model.arrival(part, self.config.lane_distance_mm(lane), now)
+        except SpeedUnknownError:
+            return False
+        planned = self.timing.command_ns(arrival.ns) if self._pulses else arrival.ns
+        return not self.timing.is_late(planned, now)
 
     def tick(self) -> None:
         """Periodic: driver housekeeping and health alerts, watchdog (call at ~10 Hz)."""
