@@ -176,6 +176,39 @@ def test_lifecycle_transitions_acquire_arm_disarm_and_release():
         assert all(a.severity == Alert.CRITICAL for a in probe.alerts if a.code == "REJECT_SKIPPED")
 
 
+def test_a_cloud_verdict_on_quality_cloud_verdict_moves_a_diverted_part_to_the_reject_lane():
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
+        node = _actuator(
+            graph,
+            Parameter("divert_distance_mm", value=600.0),
+            Parameter("divert_verdicts", value=["REINSPECT"]),
+        )
+        probe = Probe(graph)
+        cloud = probe.node.create_publisher(QualityDecision, "quality/cloud_verdict", qos.EVENTS)
+        _connected(graph, probe)
+        assert graph.spin_until(lambda: cloud.get_subscription_count() >= 1, timeout=10.0), "no cloud_verdict sub"
+        node.trigger_configure()
+        node.trigger_activate()
+        capture = time.time_ns() + 300 * MS  # reject command at +380 ms, divert command at +880 ms
+        probe.decide("p1", QualityDecision.REINSPECT, capture)
+        assert graph.spin_until(lambda: node.controller.snapshot()["pending_actuations"] == 1, timeout=5.0)
+        msg = QualityDecision(part_id="p1", verdict=QualityDecision.DEFECTIVE, reasons=["cloud_verify"])
+        msg.header.stamp = from_ns(capture)
+        cloud.publish(msg)
+        assert graph.spin_until(lambda: len(probe.events) == 1, timeout=5.0), probe.events
+        (event,) = probe.events
+        assert (event.outcome, event.lane, event.verdict) == (
+            RejectEvent.OUTCOME_DONE,
+            "reject",
+            QualityDecision.DEFECTIVE,
+        )
+        assert to_ns(event.planned_time) == capture + 80 * MS
+        time.sleep(0.7)
+        graph.spin_until(lambda: False, timeout=0.2)
+        assert len(probe.events) == 1, "the divert pulse was cancelled: no second event"
+        assert node.controller.snapshot()["cloud_verdicts_applied"] == 1
+
+
 def test_gpio_driver_without_jetson_gpio_fails_configure_cleanly():
     with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = _actuator(graph, Parameter("driver", value="gpio"))
