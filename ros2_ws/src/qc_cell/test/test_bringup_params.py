@@ -95,11 +95,15 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
     return changes
 
 
-# Parameters added after the files became overlays, with their value in every shipped file.
-ADDED_SINCE: dict[tuple[str, str], object] = {
-    ("cloud_bridge", "simulated_inputs"): "",
-    ("reject_actuator", "divert_verdicts"): ["REINSPECT"],  # unset before: no lane for re-inspect parts
-}
+def _added_since(deployment: str) -> dict[tuple[str, str], object]:
+    """Parameters added after the files became overlays, with their value in each shipped file."""
+    return {
+        ("cloud_bridge", "simulated_inputs"): "",
+        ("reject_actuator", "divert_verdicts"): ["REINSPECT"],  # unset before: no lane for re-inspect parts
+        ("reject_actuator", "sim_faults"): "",
+        # the demo's sim driver simulates a confirmation sensor; the production files have none wired yet
+        ("reject_actuator", "confirm_window_ms"): 100.0 if deployment == "demo" else 0.0,
+    }
 
 
 @pytest.mark.parametrize("deployment", ["cell", "demo", "jetson"])
@@ -109,7 +113,7 @@ def test_overlays_merged_onto_the_base_give_the_parameters_the_files_gave_before
     for (node, name), value in _intended_changes(deployment, tmp_path).items():
         assert name in expected[node], f"{node}.{name} is not a parameter of the frozen {deployment}.yaml"
         expected[node][name] = value
-    for (node, name), value in ADDED_SINCE.items():
+    for (node, name), value in _added_since(deployment).items():
         assert name not in expected[node], f"{node}.{name} is in the frozen {deployment}.yaml: not an added one"
         expected[node][name] = value
     assert set(merged) == set(expected)

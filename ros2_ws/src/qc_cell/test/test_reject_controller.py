@@ -31,6 +31,7 @@ from qc_cell.reject.records import (
     REJECT,
     SKIPPED,
     STOP_LINE,
+    UNCONFIRMED,
     Decision,
     Part,
 )
@@ -369,3 +370,70 @@ def test_a_configuration_needing_an_output_the_driver_lacks_is_refused():
     config = RejectConfig(divert_distance_mm=900.0, divert_verdicts=("REINSPECT",))
     with pytest.raises(ValueError, match=r"no output for \['divert'\]"):
         RejectController(config, driver, Recorder())
+
+
+# ---- confirmation sensor and station inputs (simulated station) ---------------------------------------------------
+def _tick_for(controller: RejectController, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        controller.tick()
+        time.sleep(0.01)
+
+
+def test_an_ejection_is_done_only_once_the_confirmation_sensor_saw_the_part(cell):
+    controller, driver, rec = cell(confirm_window_ms=60.0, missed_response="stop_line", stop_line_pulse_ms=50.0)
+    capture = time.time_ns()
+    controller.on_decision(Decision("seen", DEFECTIVE, capture))
+    assert _tick_until(controller, lambda: len(rec.events) == 1), rec.events
+    (done,) = rec.events
+    assert (done.outcome, done.part_id) == (DONE, "seen")
+    assert "confirmed by the reject sensor 20 ms after the stroke" in done.message, done.message
+    assert done.actual_ns >= capture + COMMAND_AFTER_CAPTURE
+    driver.set_faults(frozenset({"jammed"}))  # the pusher strokes, nothing reaches the chute
+    controller.on_decision(Decision("stuck", DEFECTIVE, time.time_ns()))
+    assert _tick_until(controller, lambda: len(rec.events) == 2), rec.events
+    unconfirmed = rec.events[1]
+    assert (unconfirmed.outcome, unconfirmed.part_id) == (UNCONFIRMED, "stuck")
+    assert unconfirmed.actual_ns > 0 and "did not see the part within 60 ms" in unconfirmed.message
+    assert [(a.severity, a.code, a.part_id) for a in rec.alerts] == [(CRITICAL, "REJECT_UNCONFIRMED", "stuck")]
+    assert rec.wait(lambda: len(edges(driver, STOP_LINE)) == 2), "the stop-line pulses for the unconfirmed part"
+    assert controller.counts["unconfirmed"] == 1 and controller.counts["done"] == 1
+
+
+def test_merged_parts_each_need_their_own_confirmation(cell):
+    controller, driver, rec = cell(confirm_window_ms=60.0)
+    capture = time.time_ns()
+    controller.on_decision(Decision("a", DEFECTIVE, capture))
+    controller.on_decision(Decision("b", DEFECTIVE, capture + 10 * MS))  # overlaps a's pulse: merged
+    assert _tick_until(controller, lambda: len(rec.events) == 2), rec.events
+    assert [(e.part_id, e.outcome) for e in rec.events] == [("a", DONE), ("b", DONE)]
+    assert len(edges(driver)) == 2, "one continuous pulse"
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"), [("bin_full", "reject bin full"), ("bin_absent", "reject bin absent"), ("air_low", "air")]
+)
+def test_a_station_fault_holds_the_stop_line_and_blocks_ejection(cell, fault, named):
+    controller, driver, rec = cell(confirm_window_ms=60.0)
+    driver.set_faults(frozenset({fault}))
+    controller.tick()
+    assert rec.wait(lambda: [on for on, _ in edges(driver, STOP_LINE)] == [True]), driver.edges
+    assert [(a.severity, a.code) for a in rec.alerts] == [(CRITICAL, "REJECT_STATION_FAULT")]
+    assert named in rec.alerts[0].message
+    controller.on_decision(Decision("p1", DEFECTIVE, time.time_ns()))
+    assert _tick_until(controller, lambda: len(rec.events) == 1), rec.events
+    (event,) = rec.events
+    assert (event.outcome, event.actual_ns) == (FAILED, 0) and f"ejection blocked: {named}" in event.message
+    assert edges(driver) == [], "no stroke into a full or missing bin, or without air"
+    driver.set_faults(frozenset())
+    controller.tick()
+    assert rec.wait(lambda: [on for on, _ in edges(driver, STOP_LINE)] == [True, False]), "released once fine again"
+    assert rec.alerts[-1].code == "REJECT_STATION_RESTORED"
+    controller.on_decision(Decision("p2", DEFECTIVE, time.time_ns()))
+    assert _tick_until(controller, lambda: len(rec.events) == 2)
+    assert rec.events[1].outcome == DONE
+
+
+def test_a_confirmation_window_needs_a_confirmation_input():
+    with pytest.raises(ValueError, match=r"confirm_window_ms 50\.0 needs a reject-confirmation input"):
+        RejectController(RejectConfig(**{**BASE, "confirm_window_ms": 50.0}), GpioDriver({REJECT: 12}), Recorder())

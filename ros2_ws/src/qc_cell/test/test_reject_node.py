@@ -86,11 +86,12 @@ def test_core_constants_mirror_the_messages():
         QualityDecision.DEFECTIVE,
         QualityDecision.NOT_INSPECTED,
     )
-    assert (records.DONE, records.LATE, records.FAILED, records.SKIPPED) == (
+    assert (records.DONE, records.LATE, records.FAILED, records.SKIPPED, records.UNCONFIRMED) == (
         RejectEvent.OUTCOME_DONE,
         RejectEvent.OUTCOME_LATE,
         RejectEvent.OUTCOME_FAILED,
         RejectEvent.OUTCOME_SKIPPED,
+        RejectEvent.OUTCOME_UNCONFIRMED,
     )
     assert (records.INFO, records.WARN, records.ERROR, records.CRITICAL) == (
         Alert.INFO,
@@ -207,6 +208,34 @@ def test_a_cloud_verdict_on_quality_cloud_verdict_moves_a_diverted_part_to_the_r
         graph.spin_until(lambda: False, timeout=0.2)
         assert len(probe.events) == 1, "the divert pulse was cancelled: no second event"
         assert node.controller.snapshot()["cloud_verdicts_applied"] == 1
+
+
+def test_a_jammed_pusher_drill_gives_unconfirmed_a_critical_alert_and_the_stop_line():
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
+        node = _actuator(
+            graph,
+            Parameter("confirm_window_ms", value=60.0),
+            Parameter("missed_response", value="stop_line"),
+            Parameter("tick_period_s", value=0.02),
+        )
+        probe = Probe(graph)
+        _connected(graph, probe)
+        node.trigger_configure()
+        node.trigger_activate()
+        probe.decide("seen", QualityDecision.DEFECTIVE, time.time_ns())
+        assert graph.spin_until(lambda: len(probe.events) == 1, timeout=5.0), probe.events
+        assert probe.events[0].outcome == RejectEvent.OUTCOME_DONE and "confirmed" in probe.events[0].message
+        assert node.set_parameters([Parameter("sim_faults", value="jammed")])[0].successful
+        probe.decide("stuck", QualityDecision.DEFECTIVE, time.time_ns())
+        assert graph.spin_until(lambda: len(probe.events) == 2, timeout=5.0), probe.events
+        assert (probe.events[1].part_id, probe.events[1].outcome) == ("stuck", RejectEvent.OUTCOME_UNCONFIRMED)
+        assert graph.spin_until(lambda: "REJECT_UNCONFIRMED" in probe.codes(), timeout=5.0), probe.codes()
+        alert = next(a for a in probe.alerts if a.code == "REJECT_UNCONFIRMED")
+        assert (alert.severity, alert.part_id) == (Alert.CRITICAL, "stuck")
+        stop_edges = [e for e in node.controller.driver.edges if e.channel == records.STOP_LINE]
+        assert stop_edges and stop_edges[0].on, "the stop-line was raised"
+        refused = node.set_parameters([Parameter("sim_faults", value="gremlins")])[0]
+        assert not refused.successful and "gremlins" in refused.reason
 
 
 def test_gpio_driver_without_jetson_gpio_fails_configure_cleanly():

@@ -36,6 +36,7 @@ class RejectOutcome(IntEnum):
     LATE = 1
     FAILED = 2
     SKIPPED = 3
+    UNCONFIRMED = 4  # actuated, but the confirmation sensor did not see the part leave: treat as not ejected
 
 
 class ModelState(IntEnum):

@@ -21,6 +21,7 @@ from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.controller import RejectController
 from qc_cell.reject.drivers.base import DriverError
 from qc_cell.reject.drivers.factory import build_driver
+from qc_cell.reject.drivers.sim import SimDriver, sim_faults
 from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
 from qc_cell.reject.records import (
     SKIPPED,
@@ -113,6 +114,10 @@ class RejectActuator(DeviceNode):
                 "use_sim_time must be false: the actuator fires on the wall clock of the capture stamps"
             )
         self._pending_config: RejectConfig | None = None
+        try:
+            self._sim_faults = sim_faults(p["sim_faults"])
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from exc
         self._publisher = _Publisher(self)
         self.markers = RejectMarkers(self.marker_frame, self.marker_lifetime_s)
 
@@ -134,7 +139,19 @@ class RejectActuator(DeviceNode):
     # ------------------------------------------------------------ parameters
 
     def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
-        """Validated against the config in force (or the one waiting), applied on the next tick."""
+        """Validated against the config in force (or the one waiting), applied on the next tick. sim_faults (a
+        drill on the simulated station) applies at once."""
+        changed = dict(changed)
+        if "sim_faults" in changed:
+            faults = sim_faults(changed.pop("sim_faults"))
+            if self.settings.driver != "sim":
+                raise ValueError("sim_faults only applies to the sim driver")
+            self._sim_faults = faults
+            controller = self.controller
+            if controller is not None and isinstance(controller.driver, SimDriver):
+                controller.driver.set_faults(faults)
+        if not changed:
+            return
         candidate = dataclasses.replace(self._pending_config or self.config, **changed)
         candidate.validate()
         self._pending_config = candidate
@@ -152,6 +169,8 @@ class RejectActuator(DeviceNode):
             spin_ns=int(self._spin_ms * 1e6),
             rt_priority=self._rt_priority,
         )
+        if isinstance(driver, SimDriver):
+            driver.set_faults(self._sim_faults)
         controller.open()
         self.controller = controller
         self.get_logger().info(

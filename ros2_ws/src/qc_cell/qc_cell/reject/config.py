@@ -37,6 +37,8 @@ class RejectConfig:
     stop_line_pulse_ms: float = 1000.0  # stop-line output pulse for missed_response=stop_line
     watchdog_timeout_s: float = 1.0  # a part with no verdict this long after camera/parts: fail-safe (0 = off)
     watchdog_action: str = "reject_all"
+    # reject-confirmation sensor: an ejection is DONE once it sees the part this long after the stroke (0 = none)
+    confirm_window_ms: float = 0.0
 
     def validate(self) -> None:
         def need(condition: bool, message: str) -> None:
@@ -53,7 +55,13 @@ class RejectConfig:
         )
         need(self.encoder_ticks_per_mm > 0, f"encoder_ticks_per_mm must be > 0, got {self.encoder_ticks_per_mm}")
         need(self.encoder_window_s > 0, f"encoder_window_s must be > 0, got {self.encoder_window_s}")
-        for name in ("actuator_latency_ms", "late_tolerance_ms", "min_pulse_gap_ms", "watchdog_timeout_s"):
+        for name in (
+            "actuator_latency_ms",
+            "late_tolerance_ms",
+            "min_pulse_gap_ms",
+            "watchdog_timeout_s",
+            "confirm_window_ms",
+        ):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.pulse_width_ms > 0, f"pulse_width_ms must be > 0, got {self.pulse_width_ms}")
         need(self.stop_line_pulse_ms > 0, f"stop_line_pulse_ms must be > 0, got {self.stop_line_pulse_ms}")

@@ -11,6 +11,9 @@
 - A cloud re-inspection verdict (quality/cloud_verdict) replaces the local one while the part's actuation has not
   begun: the pending pulse is cancelled and the part planned for the cloud verdict's lane (or let through when
   it is NORMAL). Once the output went on, or when the new lane cannot be reached in time, the local action stands.
+- With a reject-confirmation sensor (confirm_window_ms > 0), an ejection is DONE only once the sensor saw the part
+  within its window; otherwise UNCONFIRMED (CRITICAL, missed_response). While a station input says the station
+  cannot eject (bin full, bin absent, air low), ejection is blocked (the parts FAILED) and the stop-line is held.
 - The watchdog treats a part without a verdict in time as NOT_INSPECTED (watchdog_action reject_all or
   stop_line) and raises the stop-line output while the decision stream is down (stop_line).
 
@@ -43,6 +46,7 @@ from qc_cell.reject.records import (
     REJECT,
     SKIPPED,
     STOP_LINE,
+    UNCONFIRMED,
     WARN,
     AlertRecord,
     Decision,
@@ -51,6 +55,7 @@ from qc_cell.reject.records import (
 )
 from qc_cell.reject.scheduler import DeadlineScheduler, Job
 from qc_cell.reject.seen import RecentIds
+from qc_cell.reject.station import CONFIRM, ConfirmationTracker, ConfirmWindow, station_faults
 from qc_cell.reject.timing import (
     NS_PER_MS,
     ActuatorTiming,
@@ -62,7 +67,15 @@ from qc_cell.reject.timing import (
 from qc_cell.reject.watchdog import DecisionWatchdog
 from qc_contract.vocabulary import OUTCOME_NAMES, VERDICT_NAMES
 
-MISSED_CODES = {LATE: "REJECT_LATE", FAILED: "REJECT_FAILED", SKIPPED: "REJECT_SKIPPED"}
+MISSED_CODES = {
+    LATE: "REJECT_LATE",
+    FAILED: "REJECT_FAILED",
+    SKIPPED: "REJECT_SKIPPED",
+    UNCONFIRMED: "REJECT_UNCONFIRMED",
+}
+# Why the stop-line output is held (it is on while any is, or while a missed-part pulse lasts).
+HOLD_WATCHDOG = "watchdog"
+HOLD_STATION = "station"
 # Local verdicts a cloud re-inspection verdict may still replace, remembered for this many recent parts.
 REVISABLE_PARTS = 10_000
 
@@ -145,10 +158,12 @@ class RejectController:
         self._lock = threading.RLock()
         self._live: set[_Pulse] = set()
         self._active: Counter[str] = Counter()  # lane -> pulses holding its output on
-        self._stop_hold = False
+        self._stop_holds: set[str] = set()
         self._stop_until_ns = 0
         self._stop_on = False
         self._driver_ok: bool | None = None
+        self._confirm = ConfirmationTracker()
+        self._station_faults: list[str] = []
         self._speed: Speed | None = None
         self._lateness_ms: deque[float] = deque(maxlen=2000)
         self.counts: Counter[str] = Counter()
@@ -163,6 +178,11 @@ class RejectController:
             raise ValueError(
                 f"driver '{driver.method}' has no output for {sorted(missing)}, which the configuration needs "
                 "(divert_verdicts / missed_response / watchdog_action): configure that output or change those"
+            )
+        if config.confirm_window_ms > 0 and CONFIRM not in driver.inputs:
+            raise ValueError(
+                f"confirm_window_ms {config.confirm_window_ms} needs a reject-confirmation input, which driver "
+                f"'{driver.method}' does not have as configured (gpio_confirm_pin / modbus_confirm_address)"
             )
 
     def reconfigure(self, config: RejectConfig) -> None:
@@ -192,6 +212,8 @@ class RejectController:
         self._scheduler.start()
         with self._lock:
             self.armed = True
+            if self._station_faults:  # read while disarmed: the stop-line could not be raised then
+                self._set_stop_hold(HOLD_STATION, True, self._clock_ns())
 
     def disarm(self) -> None:
         """Stop acting (lifecycle deactivate): parts planned but not yet actuated are reported SKIPPED,
@@ -215,11 +237,28 @@ class RejectController:
                         respond=False,
                     )
             self._live.clear()
+            for window in self._confirm.drain():
+                pulse = window.payload
+                assert isinstance(pulse, _Pulse)
+                self._missed(
+                    pulse.part,
+                    pulse.verdict,
+                    pulse.lane,
+                    UNCONFIRMED,
+                    pulse.planned_ns,
+                    pulse.on_ns,
+                    0.0,
+                    "the actuator was deactivated before the confirmation sensor saw the part",
+                    self._clock_ns(),
+                    pulse.note,
+                    respond=False,
+                )
             lanes_on = [lane for lane, n in self._active.items() if n > 0]
             self._active.clear()
             if self._stop_on:
                 lanes_on.append(STOP_LINE)
-            self._stop_on = self._stop_hold = False
+            self._stop_on = False
+            self._stop_holds.clear()
             self._stop_until_ns = 0
         if self._pulses:
             for lane in lanes_on:
@@ -250,7 +289,7 @@ class RejectController:
             if self._watchdog is not None and self._watchdog.decision_seen(decision.part_id, now):
                 self._alert(INFO, "DECISION_STREAM_RESTORED", "verdicts are arriving again", "")
                 if self.config.watchdog_action == "stop_line":
-                    self._set_stop_hold(False, now)
+                    self._set_stop_hold(HOLD_WATCHDOG, False, now)
             verdict_name = VERDICT_NAMES.get(decision.verdict, str(decision.verdict))
             if not self._handled.add(decision.part_id, f"verdict {verdict_name}"):
                 self.counts["duplicates"] += 1
@@ -350,6 +389,8 @@ class RejectController:
                     elif self._driver_ok is not None:
                         self._alert(INFO, "REJECT_DRIVER_RECOVERED", f"{self.driver.method}: {health.message}", "")
                     self._driver_ok = health.ok
+            if self.driver.inputs:
+                self._read_station(now)
         with self._lock:
             if not self.armed or self._watchdog is None:
                 return
@@ -365,7 +406,7 @@ class RejectController:
                     "",
                 )
                 if action == "stop_line":
-                    self._set_stop_hold(True, now)
+                    self._set_stop_hold(HOLD_WATCHDOG, True, now)
             for part in poll.expired:
                 self._handled.add(part.part_id, "watchdog fail-safe")
                 self.counts["no_verdict"] += 1
@@ -379,6 +420,52 @@ class RejectController:
                     message = f"part {part.part_id}: {text}: rejected as NOT_INSPECTED"
                     self._alert(WARN, "NO_VERDICT", message, part.part_id)
                 self._act(part, NOT_INSPECTED, REJECT, now, note=f"fail-safe: {text}")
+
+    # ---------------------------------------------------------------- station inputs
+
+    def _read_station(self, now: int) -> None:
+        """Station faults hold the stop-line and block ejection; confirmations settle the ejection windows."""
+        reading = self.driver.read_inputs()
+        faults = station_faults(reading.levels)
+        with self._lock:
+            if faults != self._station_faults:
+                if faults:
+                    self.counts["station_faults"] += 1
+                    text = ", ".join(faults)
+                    self._alert(CRITICAL, "REJECT_STATION_FAULT", f"{text}: ejection blocked, stop-line held", "")
+                else:
+                    self._alert(INFO, "REJECT_STATION_RESTORED", "the reject station can eject again", "")
+                self._station_faults = faults
+                self._set_stop_hold(HOLD_STATION, bool(faults), now)
+            if self.config.confirm_window_ms <= 0:
+                return
+            confirmed, expired = self._confirm.settle(reading.confirmations, now)
+            window_ms = self.config.confirm_window_ms
+            for window, edge in confirmed:
+                pulse = window.payload
+                assert isinstance(pulse, _Pulse)
+                seen = f"confirmed by the reject sensor {(edge - window.opens_ns) / NS_PER_MS:.0f} ms after the stroke"
+                lateness = (pulse.on_ns - pulse.planned_ns) / NS_PER_MS
+                message = ", ".join(filter(None, [pulse.note, seen]))
+                self._record(
+                    pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, pulse.on_ns, lateness, message
+                )
+            for window in expired:
+                pulse = window.payload
+                assert isinstance(pulse, _Pulse)
+                self._missed(
+                    pulse.part,
+                    pulse.verdict,
+                    pulse.lane,
+                    UNCONFIRMED,
+                    pulse.planned_ns,
+                    pulse.on_ns,
+                    (pulse.on_ns - pulse.planned_ns) / NS_PER_MS,
+                    f"actuated, but the reject-confirmation sensor did not see the part within {window_ms:g} ms "
+                    "(jammed pusher, no air, broken valve?): it may still be on the line",
+                    now,
+                    pulse.note,
+                )
 
     # ---------------------------------------------------------------- planning
 
@@ -503,6 +590,23 @@ class RejectController:
         with self._lock:
             if pulse not in self._live:  # disarmed meanwhile
                 return
+            if self._station_faults:  # pushing into a full or missing bin, or without air, ejects nothing
+                self._live.discard(pulse)
+                for job in pulse.jobs:
+                    self._scheduler.cancel(job)
+                self._missed(
+                    pulse.part,
+                    pulse.verdict,
+                    pulse.lane,
+                    FAILED,
+                    pulse.planned_ns,
+                    0,
+                    0.0,
+                    f"ejection blocked: {', '.join(self._station_faults)}",
+                    fired,
+                    pulse.note,
+                )
+                return
             already_on = self._active[pulse.lane] > 0
             self._active[pulse.lane] += 1
             pulse.counted = True
@@ -542,6 +646,12 @@ class RejectController:
                 )
             else:
                 self._lateness_ms.append(lateness)
+                assert isinstance(self.driver, PulseDriver)
+                self.driver.part_at_output(pulse.lane, actual)
+                if self.config.confirm_window_ms > 0 and pulse.lane == REJECT:
+                    closes = actual + int(self.config.confirm_window_ms * NS_PER_MS)
+                    self._confirm.expect(ConfirmWindow(pulse.part.part_id, actual, closes, pulse))
+                    return
                 self._record(
                     pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, actual, lateness, pulse.note
                 )
@@ -586,8 +696,11 @@ class RejectController:
         self._schedule_stop(now)
         self._schedule_stop(self._stop_until_ns)
 
-    def _set_stop_hold(self, hold: bool, now: int) -> None:
-        self._stop_hold = hold
+    def _set_stop_hold(self, reason: str, hold: bool, now: int) -> None:
+        if hold:
+            self._stop_holds.add(reason)
+        else:
+            self._stop_holds.discard(reason)
         self._schedule_stop(now)
 
     def _schedule_stop(self, at_ns: int) -> None:
@@ -596,7 +709,7 @@ class RejectController:
 
     def _apply_stop_line(self, fired: int) -> None:
         with self._lock:
-            want = self._stop_hold or fired < self._stop_until_ns
+            want = bool(self._stop_holds) or fired < self._stop_until_ns
             if want == self._stop_on:
                 return
             self._stop_on = want
@@ -686,6 +799,8 @@ class RejectController:
                     "belt_speed_mm_s": round(self._speed.mm_s, 1) if self._speed else float("nan"),
                     "speed_source": self._speed.source if self._speed else "",
                     "stop_line_on": self._stop_on,
+                    "awaiting_confirmation": len(self._confirm),
+                    "station_faults": ", ".join(self._station_faults),
                     "scheduler_realtime": self._scheduler.realtime,
                 }
             )

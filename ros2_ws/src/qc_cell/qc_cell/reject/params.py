@@ -11,6 +11,7 @@ from qc_cell.reject.drivers.factory import DRIVERS, DriverSettings, build_driver
 from qc_cell.reject.drivers.gpio import PIN_MODES
 from qc_cell.reject.drivers.modbus import KINDS, ModbusOutput
 from qc_cell.reject.records import DIVERT, REJECT, STOP_LINE
+from qc_cell.reject.station import CONFIRM
 
 _C = RejectConfig()
 _S = DriverSettings()
@@ -118,8 +119,21 @@ REJECT_ACTUATOR = NodeParams(
             "reject_all (eject parts without verdict), stop_line (also hold stop-line while no verdicts) or alert_only",
             choices=WATCHDOG_ACTIONS,
         ),
+        Param(
+            "confirm_window_ms",
+            _C.confirm_window_ms,
+            "reject-confirmation sensor: the part must be seen this long after the stroke, else UNCONFIRMED (0 = no"
+            " sensor)",
+            range=(0.0, 10_000.0),
+        ),
         # Driver.
         Param("driver", _S.driver, "actuator driver", choices=DRIVERS),
+        Param(
+            "sim_faults",
+            "",
+            "sim driver: station faults of a drill, comma-separated: jammed, bin_full, bin_absent, air_low",
+            runtime=True,
+        ),
         *(
             Param(f"gpio_{channel}_pin", pin, f"GPIO header pin of the {channel} output (-1 = none)", range=(-1, 1000))
             for channel, pin in GPIO_PINS.items()
@@ -241,7 +255,13 @@ def checked_settings(values: dict[str, Any]) -> tuple[RejectConfig, DriverSettin
     config, settings = reject_config(values), driver_settings(values)
     config.validate()
     settings.validate()
-    channels = frozenset({REJECT}) if settings.driver == "robot_arm" else build_driver(settings).channels
+    driver = None if settings.driver == "robot_arm" else build_driver(settings)
+    channels = frozenset({REJECT}) if driver is None else driver.channels
+    if config.confirm_window_ms > 0 and (driver is None or CONFIRM not in driver.inputs):
+        raise ValueError(
+            f"confirm_window_ms {config.confirm_window_ms:g} needs a reject-confirmation input, which driver "
+            f"'{settings.driver}' does not have as configured (set confirm_window_ms 0 without a sensor)"
+        )
     missing = config.required_channels() - channels
     if missing:
         raise ValueError(
