@@ -10,6 +10,7 @@ import yaml
 from qc_cell.bringup import params_file
 from qc_cell.bringup.cell_runner import FLAGS, enabled_nodes
 from qc_cell.cell_graph import NODES
+from qc_cell.reject.station import INPUTS as STATION_INPUTS
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -103,6 +104,8 @@ def _added_since(deployment: str) -> dict[tuple[str, str], object]:
         ("reject_actuator", "sim_faults"): "",
         # the demo's sim driver simulates a confirmation sensor; the production files have none wired yet
         ("reject_actuator", "confirm_window_ms"): 100.0 if deployment == "demo" else 0.0,
+        **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
+        **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
     }
 
 

@@ -17,6 +17,12 @@ _C = RejectConfig()
 _S = DriverSettings()
 GPIO_PINS = {REJECT: 12, DIVERT: -1, STOP_LINE: -1}  # default header pin per output channel (-1 = none)
 MODBUS_ADDRESSES = {REJECT: 0, DIVERT: -1, STOP_LINE: -1}  # default 0-based address per output channel
+INPUT_MEANINGS = {  # station input -> what it says (qc_cell.reject.station)
+    "confirm": "reject-confirmation sensor",
+    "bin_full": "reject bin full (active = full)",
+    "bin_present": "reject bin in place (active = present)",
+    "air_ok": "air pressure sufficient (active = ok)",
+}
 
 REJECT_ACTUATOR = NodeParams(
     "reject_actuator",
@@ -138,6 +144,10 @@ REJECT_ACTUATOR = NodeParams(
             Param(f"gpio_{channel}_pin", pin, f"GPIO header pin of the {channel} output (-1 = none)", range=(-1, 1000))
             for channel, pin in GPIO_PINS.items()
         ),
+        *(
+            Param(f"gpio_{name}_pin", -1, f"GPIO header input pin: {meaning} (-1 = none)", range=(-1, 1000))
+            for name, meaning in INPUT_MEANINGS.items()
+        ),
         Param("gpio_pin_mode", _S.gpio_pin_mode, "Jetson.GPIO pin numbering", choices=PIN_MODES),
         Param("gpio_active_high", _S.gpio_active_high, "true: output high = on"),
         Param("modbus_host", _S.modbus_host, "PLC IP address or host name"),
@@ -156,6 +166,15 @@ REJECT_ACTUATOR = NodeParams(
                 range=(-1, 65535),
             )
             for channel, address in MODBUS_ADDRESSES.items()
+        ),
+        *(
+            Param(
+                f"modbus_{name}_address",
+                -1,
+                f"0-based Modbus discrete input: {meaning} (-1 = none)",
+                range=(-1, 65535),
+            )
+            for name, meaning in INPUT_MEANINGS.items()
         ),
         Param(
             "arm_result_timeout_s",
@@ -214,6 +233,8 @@ def driver_settings(values: dict[str, Any]) -> DriverSettings:
             if address >= 0
         },
         arm_result_timeout_s=values["arm_result_timeout_s"],
+        gpio_inputs={n: values[f"gpio_{n}_pin"] for n in INPUT_MEANINGS if values[f"gpio_{n}_pin"] >= 0},
+        modbus_inputs={n: values[f"modbus_{n}_address"] for n in INPUT_MEANINGS if values[f"modbus_{n}_address"] >= 0},
     )
 
 
