@@ -104,6 +104,11 @@ def _added_since(deployment: str) -> dict[tuple[str, str], object]:
         ("reject_actuator", "sim_faults"): "",
         # the demo's sim driver simulates a confirmation sensor; the production files have none wired yet
         ("reject_actuator", "confirm_window_ms"): 100.0 if deployment == "demo" else 0.0,
+        ("reject_actuator", "heartbeat_period_ms"): 250.0,
+        ("reject_actuator", "heartbeat_nodes"): ["camera_driver", "inference", "sensor_fusion", "decision"],
+        ("reject_actuator", "heartbeat_stale_s"): 3.0,
+        ("reject_actuator", "gpio_heartbeat_pin"): 22,
+        ("reject_actuator", "modbus_heartbeat_address"): 3,
         **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
         **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
     }

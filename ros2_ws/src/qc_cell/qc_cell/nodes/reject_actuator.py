@@ -3,7 +3,8 @@
 configure: build the driver and acquire the hardware; activate: arm (start the deadline scheduler and the
 watchdog); deactivate: disarm (outputs off, pending parts reported); cleanup/shutdown: release the hardware.
 
-Subscribes quality/decision, quality/cloud_verdict (a cloud re-inspection verdict replaces the local one while
+Subscribes /diagnostics (the heartbeat toggles only while the heartbeat_nodes report healthy: CellHealth),
+quality/decision, quality/cloud_verdict (a cloud re-inspection verdict replaces the local one while
 the part's actuation has not begun) and camera/parts (encoder samples, watchdog). Publishes reject/event for every
 acted-on part, alerts, /diagnostics and, with the sim driver, reject/markers for RViz.
 """
@@ -14,9 +15,11 @@ import dataclasses
 import sys
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from visualization_msgs.msg import MarkerArray
 
+from qc_cell.reject.cell_health import CellHealth
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.controller import RejectController
 from qc_cell.reject.drivers.base import DriverError
@@ -109,6 +112,7 @@ class RejectActuator(DeviceNode):
         self._spin_ms: float = p["scheduler_spin_ms"]
         self._rt_priority: int = p["scheduler_rt_priority"]
         tick_s, diag_s = p["tick_period_s"], p["diagnostics_period_s"]
+        self.cell_health = CellHealth(p["heartbeat_nodes"], int(p["heartbeat_stale_s"] * 1e9))
         if self.get_parameter("use_sim_time").value:
             raise ParameterError(
                 "use_sim_time must be false: the actuator fires on the wall clock of the capture stamps"
@@ -132,6 +136,8 @@ class RejectActuator(DeviceNode):
         subscriptions.create(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
         subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
         subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
+        if self.config.heartbeat_period_ms > 0:
+            subscriptions.create(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.DIAGNOSTICS)
         self.create_timer(tick_s, self._tick)
         self.create_timer(diag_s, self._publish_diagnostics)
         handle_parameter_changes(self, REJECT_ACTUATOR, self._apply_parameters)
@@ -255,8 +261,17 @@ class RejectActuator(DeviceNode):
         if self.controller is not None:
             self.controller.on_part(Part(msg.part_id, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id))
 
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        now = self.get_clock().now().nanoseconds
+        for status in msg.status:
+            level = status.level if isinstance(status.level, int) else int.from_bytes(status.level, "little")
+            values = {kv.key: kv.value for kv in status.values}
+            self.cell_health.on_status(status.name, level, status.message, values, now)
+
     def _tick(self) -> None:
         controller = self.controller
+        if controller is not None:
+            controller.set_cell_problems(self.cell_health.problems(self.get_clock().now().nanoseconds))
         if self._pending_config is not None:
             self.config, self._pending_config = self._pending_config, None
             if controller is not None:

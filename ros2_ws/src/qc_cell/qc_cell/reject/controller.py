@@ -14,6 +14,11 @@
 - With a reject-confirmation sensor (confirm_window_ms > 0), an ejection is DONE only once the sensor saw the part
   within its window; otherwise UNCONFIRMED (CRITICAL, missed_response). While a station input says the station
   cannot eject (bin full, bin absent, air low), ejection is blocked (the parts FAILED) and the stop-line is held.
+- The heartbeat output toggles every heartbeat_period_ms while the whole cell is ready (set_cell_problems) and the
+  actuator itself is (armed, driver healthy, station fine, verdicts flowing); otherwise it stays off, as it does
+  when the process dies: the PLC times it out and stops the line.
+- Deactivation with parts still in flight (planned, awaiting a verdict or a confirmation) raises the stop-line and
+  leaves it raised, also through the release of the hardware.
 - The watchdog treats a part without a verdict in time as NOT_INSPECTED (watchdog_action reject_all or
   stop_line) and raises the stop-line output while the decision stream is down (stop_line).
 
@@ -40,6 +45,7 @@ from qc_cell.reject.records import (
     DONE,
     ERROR,
     FAILED,
+    HEARTBEAT,
     INFO,
     LATE,
     NOT_INSPECTED,
@@ -163,6 +169,11 @@ class RejectController:
         self._stop_on = False
         self._driver_ok: bool | None = None
         self._confirm = ConfirmationTracker()
+        self._cell_problems: list[str] = ["no cell status yet"]
+        self._ready: bool | None = None
+        self._beat_on = False
+        self._beat_ns = 0
+        self._keep_on_close: frozenset[str] = frozenset()
         self._station_faults: list[str] = []
         self._speed: Speed | None = None
         self._lateness_ms: deque[float] = deque(maxlen=2000)
@@ -216,12 +227,13 @@ class RejectController:
                 self._set_stop_hold(HOLD_STATION, True, self._clock_ns())
 
     def disarm(self) -> None:
-        """Stop acting (lifecycle deactivate): parts planned but not yet actuated are reported SKIPPED,
-        every output is switched off."""
+        """Stop acting (lifecycle deactivate): parts planned but not yet actuated are reported SKIPPED, every
+        output is switched off; while parts are in flight the stop-line is raised instead and stays raised."""
         with self._lock:
             self.armed = False
         self._scheduler.stop()
         with self._lock:
+            in_flight = self._parts_in_flight()
             for pulse in sorted(self._live, key=lambda p: p.start_ns):
                 if not pulse.on_ns:
                     self._missed(
@@ -255,21 +267,38 @@ class RejectController:
                 )
             lanes_on = [lane for lane, n in self._active.items() if n > 0]
             self._active.clear()
-            if self._stop_on:
+            if self._beat_on:
+                lanes_on.append(HEARTBEAT)
+            self._beat_on = False
+            self._ready = None
+            raise_stop = bool(in_flight) and STOP_LINE in self.driver.channels and self._pulses
+            if self._stop_on and not raise_stop:
                 lanes_on.append(STOP_LINE)
-            self._stop_on = False
+            self._stop_on = raise_stop
             self._stop_holds.clear()
             self._stop_until_ns = 0
+            self._keep_on_close = frozenset({STOP_LINE}) if raise_stop else frozenset()
+            if in_flight:
+                self.counts["stopped_with_parts"] += 1
+                held = "the stop-line is raised and stays raised" if raise_stop else "no stop-line output to raise"
+                self._alert(
+                    CRITICAL,
+                    "REJECT_STOPPED_WITH_PARTS",
+                    f"the actuator stopped with {in_flight} part(s) in flight: {held}",
+                    "",
+                )
         if self._pulses:
             for lane in lanes_on:
                 self._switch(lane, False, "switching the output off on deactivation")
+            if raise_stop:
+                self._switch(STOP_LINE, True, "raising the stop-line on deactivation")
 
     def close(self) -> None:
         """Release the hardware (lifecycle cleanup/shutdown). Safe to call in any state."""
         if self.armed:
             self.disarm()
         if self.opened:
-            self.driver.close()
+            self.driver.close(keep=self._keep_on_close)
             self.opened = False
 
     # ---------------------------------------------------------------- inputs
@@ -391,6 +420,8 @@ class RejectController:
                     self._driver_ok = health.ok
             if self.driver.inputs:
                 self._read_station(now)
+            if self.config.heartbeat_period_ms > 0 and self._pulses:
+                self._heartbeat(now)
         with self._lock:
             if not self.armed or self._watchdog is None:
                 return
@@ -420,6 +451,53 @@ class RejectController:
                     message = f"part {part.part_id}: {text}: rejected as NOT_INSPECTED"
                     self._alert(WARN, "NO_VERDICT", message, part.part_id)
                 self._act(part, NOT_INSPECTED, REJECT, now, note=f"fail-safe: {text}")
+
+    def _parts_in_flight(self) -> int:
+        """Parts between the camera and their actuation: planned pulses not yet on, parts awaiting a verdict,
+        ejections awaiting their confirmation."""
+        waiting = self._watchdog.outstanding() if self._watchdog is not None else 0
+        return sum(1 for p in self._live if not p.on_ns) + waiting + len(self._confirm)
+
+    # ---------------------------------------------------------------- cell health and heartbeat
+
+    def set_cell_problems(self, problems: list[str]) -> None:
+        """What keeps the rest of the cell from being ready (empty: ready), from the node's view of the graph."""
+        with self._lock:
+            self._cell_problems = list(problems)
+
+    def not_ready(self) -> list[str]:
+        """Why the heartbeat does not toggle (empty: it does)."""
+        with self._lock:
+            reasons = list(self._cell_problems)
+            if not self.armed:
+                reasons.append("reject_actuator: not active")
+            if self._driver_ok is False:
+                reasons.append(f"reject_actuator: driver fault ({self.driver.health().message})")
+            if self._station_faults:
+                reasons.append(f"reject_actuator: {', '.join(self._station_faults)}")
+            if self._watchdog is not None and self._watchdog.tripped:
+                reasons.append("reject_actuator: no verdicts while parts are captured")
+            return reasons
+
+    def _heartbeat(self, now: int) -> None:
+        """Toggle the heartbeat output once per period while ready; hold it off otherwise."""
+        reasons = self.not_ready()
+        ready = not reasons
+        with self._lock:
+            if ready != self._ready:
+                if ready:
+                    self._alert(INFO, "CELL_READY", "the cell is ready: heartbeat toggling", "")
+                elif self._ready is not None:
+                    self._alert(CRITICAL, "CELL_NOT_READY", f"heartbeat stopped: {'; '.join(reasons)}", "")
+                self._ready = ready
+            period = int(self.config.heartbeat_period_ms * NS_PER_MS)
+            if ready and now - self._beat_ns < period:
+                return
+            want = not self._beat_on if ready else False
+            if want == self._beat_on:
+                return
+            self._beat_on, self._beat_ns = want, now
+        self._switch(HEARTBEAT, want, "heartbeat output")
 
     # ---------------------------------------------------------------- station inputs
 
@@ -800,6 +878,7 @@ class RejectController:
                     "speed_source": self._speed.source if self._speed else "",
                     "stop_line_on": self._stop_on,
                     "awaiting_confirmation": len(self._confirm),
+                    "cell_ready": bool(self._ready),
                     "station_faults": ", ".join(self._station_faults),
                     "scheduler_realtime": self._scheduler.realtime,
                 }

@@ -10,13 +10,15 @@ from qc_cell.reject.config import MISSED_RESPONSES, OVERLAP_POLICIES, SPEED_SOUR
 from qc_cell.reject.drivers.factory import DRIVERS, DriverSettings, build_driver
 from qc_cell.reject.drivers.gpio import PIN_MODES
 from qc_cell.reject.drivers.modbus import KINDS, ModbusOutput
-from qc_cell.reject.records import DIVERT, REJECT, STOP_LINE
+from qc_cell.reject.records import DIVERT, HEARTBEAT, REJECT, STOP_LINE
 from qc_cell.reject.station import CONFIRM
 
 _C = RejectConfig()
 _S = DriverSettings()
-GPIO_PINS = {REJECT: 12, DIVERT: -1, STOP_LINE: -1}  # default header pin per output channel (-1 = none)
-MODBUS_ADDRESSES = {REJECT: 0, DIVERT: -1, STOP_LINE: -1}  # default 0-based address per output channel
+GPIO_PINS = {REJECT: 12, DIVERT: -1, STOP_LINE: -1, HEARTBEAT: -1}  # default header pin per output (-1 = none)
+MODBUS_ADDRESSES = {REJECT: 0, DIVERT: -1, STOP_LINE: -1, HEARTBEAT: -1}  # default 0-based address per output
+# Nodes whose /diagnostics must be fresh and not at ERROR (lifecycle ones: active) for the heartbeat to toggle.
+HEARTBEAT_NODES = ["camera_driver", "inference", "sensor_fusion", "decision"]
 INPUT_MEANINGS = {  # station input -> what it says (qc_cell.reject.station)
     "confirm": "reject-confirmation sensor",
     "bin_full": "reject bin full (active = full)",
@@ -131,6 +133,19 @@ REJECT_ACTUATOR = NodeParams(
             "reject-confirmation sensor: the part must be seen this long after the stroke, else UNCONFIRMED (0 = no"
             " sensor)",
             range=(0.0, 10_000.0),
+        ),
+        Param(
+            "heartbeat_period_ms",
+            _C.heartbeat_period_ms,
+            "heartbeat output toggles this often while the whole cell is ready; the PLC times it out (0 = none)",
+            range=(0.0, 60_000.0),
+        ),
+        Param("heartbeat_nodes", HEARTBEAT_NODES, "nodes that must report healthy on /diagnostics for the heartbeat"),
+        Param(
+            "heartbeat_stale_s",
+            3.0,
+            "a heartbeat node silent on /diagnostics this long makes the cell not ready (s)",
+            range=(0.5, 600.0),
         ),
         # Driver.
         Param("driver", _S.driver, "actuator driver", choices=DRIVERS),

@@ -17,7 +17,8 @@ INFO, WARN, ERROR, CRITICAL = Severity.INFO, Severity.WARN, Severity.ERROR, Seve
 REJECT = "reject"
 DIVERT = "divert"
 STOP_LINE = "stop_line"
-CHANNELS = (REJECT, DIVERT, STOP_LINE)
+HEARTBEAT = "heartbeat"  # toggles while the whole cell is ready; the PLC times it out (docs/reject.md)
+CHANNELS = (REJECT, DIVERT, STOP_LINE, HEARTBEAT)
 
 
 @dataclass(frozen=True)

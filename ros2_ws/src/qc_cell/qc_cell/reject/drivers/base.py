@@ -41,8 +41,9 @@ class RejectDriver(ABC):
         """Acquire the hardware, all outputs off. DriverError for a problem that retrying cannot fix."""
 
     @abstractmethod
-    def close(self) -> None:
-        """All outputs off, release the hardware. Never raises."""
+    def close(self, keep: frozenset[str] = frozenset()) -> None:
+        """All outputs off except those in `keep` (a raised stop-line stays raised), release the hardware.
+        Never raises."""
 
     @property
     def inputs(self) -> frozenset[str]:

@@ -133,12 +133,15 @@ class GpioDriver(PulseDriver):
             self._error = f"writing pin {pin}: {exc}"
             raise DriverError(f"GPIO {self._error}") from exc
 
-    def close(self) -> None:
+    def close(self, keep: frozenset[str] = frozenset()) -> None:
+        """Kept outputs stay driven (not cleaned up) until the process ends; then the pin floats, so wire the
+        stop-line so that a released pin stops the line too (docs/reject.md)."""
         gpio, self._gpio = self._gpio, None
         if gpio is None:
             return
-        pins = [*self._pins.values(), *self._inputs.values()]
-        for pin in self._pins.values():
+        released = {channel: pin for channel, pin in self._pins.items() if channel not in keep}
+        pins = [*released.values(), *self._inputs.values()]
+        for pin in released.values():
             try:
                 gpio.output(pin, gpio.HIGH if not self._active_high else gpio.LOW)
             except Exception as exc:  # keep releasing the other pins

@@ -132,12 +132,15 @@ class ModbusDriver(PulseDriver):
                     except DriverError:
                         break
 
-    def close(self) -> None:
+    def close(self, keep: frozenset[str] = frozenset()) -> None:
+        """Kept outputs stay as they are in the PLC (a raised stop-line stays raised)."""
         with self._lock:
             if self._client is None:
                 return
             if self._connected:
                 for channel in self._outputs:
+                    if channel in keep:
+                        continue
                     try:
                         self._write(channel, False)
                     except DriverError:

@@ -85,9 +85,9 @@ class SimDriver(PulseDriver):
     def open(self) -> None:
         self._open = True
 
-    def close(self) -> None:
+    def close(self, keep: frozenset[str] = frozenset()) -> None:
         for channel, on in list(self.state.items()):
-            if on:
+            if on and channel not in keep:
                 self._record(channel, False)
         self._open = False
 
