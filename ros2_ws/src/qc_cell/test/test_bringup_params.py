@@ -96,7 +96,7 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
     return changes
 
 
-def _added_since(deployment: str) -> dict[tuple[str, str], object]:
+def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
     """Parameters added after the files became overlays, with their value in each shipped file."""
     return {
         ("cloud_bridge", "simulated_inputs"): "",
@@ -105,6 +105,11 @@ def _added_since(deployment: str) -> dict[tuple[str, str], object]:
         # the demo's sim driver simulates a confirmation sensor; the production files have none wired yet
         ("reject_actuator", "confirm_window_ms"): 100.0 if deployment == "demo" else 0.0,
         ("reject_actuator", "heartbeat_period_ms"): 250.0,
+        ("reject_actuator", "journal_path"): (
+            f"{state}/reject_journal.jsonl"
+            if deployment == "demo"
+            else "~/.local/share/qc_cell/reject_actuator/journal.jsonl"
+        ),
         ("reject_actuator", "heartbeat_nodes"): ["camera_driver", "inference", "sensor_fusion", "decision"],
         ("reject_actuator", "heartbeat_stale_s"): 3.0,
         ("reject_actuator", "gpio_heartbeat_pin"): 22,
@@ -121,7 +126,7 @@ def test_overlays_merged_onto_the_base_give_the_parameters_the_files_gave_before
     for (node, name), value in _intended_changes(deployment, tmp_path).items():
         assert name in expected[node], f"{node}.{name} is not a parameter of the frozen {deployment}.yaml"
         expected[node][name] = value
-    for (node, name), value in _added_since(deployment).items():
+    for (node, name), value in _added_since(deployment, tmp_path).items():
         assert name not in expected[node], f"{node}.{name} is in the frozen {deployment}.yaml: not an added one"
         expected[node][name] = value
     assert set(merged) == set(expected)

@@ -37,6 +37,7 @@ class RejectOutcome(IntEnum):
     FAILED = 2
     SKIPPED = 3
     UNCONFIRMED = 4  # actuated, but the confirmation sensor did not see the part leave: treat as not ejected
+    MISSED = 5  # the actuator restarted while the part was in flight, and it has passed the ejector
 
 
 class ModelState(IntEnum):

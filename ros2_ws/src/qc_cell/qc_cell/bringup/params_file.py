@@ -47,6 +47,7 @@ ARGUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
 # sets it, so a cell starts the same from any working directory. update_public_keys is a comma-separated list.
 PATH_PARAMETERS: dict[str, frozenset[str]] = {
     "camera_driver": frozenset({"path", "state_dir"}),
+    "reject_actuator": frozenset({"journal_path"}),
     "inference": frozenset({"model_path", "model_store_dir", "engine_cache_dir", "int8_calibration_dir"}),
     "cloud_bridge": frozenset(
         {

@@ -25,6 +25,7 @@ from qc_cell.reject.controller import RejectController
 from qc_cell.reject.drivers.base import DriverError
 from qc_cell.reject.drivers.factory import build_driver
 from qc_cell.reject.drivers.sim import SimDriver, sim_faults
+from qc_cell.reject.journal import EjectionJournal
 from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
 from qc_cell.reject.records import (
     SKIPPED,
@@ -133,7 +134,13 @@ class RejectActuator(DeviceNode):
         self._diag_pub = diagnostics.create_publisher(self)
         subscriptions = Subscriptions(self, self.alerts, self._diag_pub)
         # Verdicts and parts are handled in every state, so parts that cannot be ejected are still reported.
-        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
+        # With a journal, the decision node's history (PART_RECORDS, transient local) is replayed to a restarted
+        # actuator: the verdicts decided while it was down are handled, the ones it already handled are known.
+        self._journal_path: str = p["journal_path"]
+        self._started_ns = self.get_clock().now().nanoseconds
+        self._replayed: list[Decision] = []  # replayed verdicts that came before configure: handled on activate
+        decisions_qos = qos.PART_RECORDS if self._journal_path else qos.EVENTS
+        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, decisions_qos)
         subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
         subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
         if self.config.heartbeat_period_ms > 0:
@@ -168,12 +175,16 @@ class RejectActuator(DeviceNode):
         if self.settings.driver == "robot_arm":
             self._transport = ActionArmTransport(self)
         driver = build_driver(self.settings, self._transport)
+        journal = EjectionJournal(self._journal_path) if self._journal_path else None
+        if journal is not None and journal.corrupt_lines:
+            self.get_logger().warning(f"journal {journal.path}: {journal.corrupt_lines} torn line(s) skipped")
         controller = RejectController(
             self.config,
             driver,
             self._publisher,
             spin_ns=int(self._spin_ms * 1e6),
             rt_priority=self._rt_priority,
+            journal=journal,
         )
         if isinstance(driver, SimDriver):
             driver.set_faults(self._sim_faults)
@@ -186,7 +197,10 @@ class RejectActuator(DeviceNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.controller is not None
-        self.controller.arm()
+        self.controller.arm()  # re-plans or reports (MISSED) what the journal left open
+        replayed, self._replayed = self._replayed, []
+        for decision in replayed:
+            self.controller.on_decision(decision, replayed=True)
         realtime = self.controller.realtime
         if self._rt_priority > 0 and not realtime.startswith("SCHED_FIFO"):
             self._publisher.alert(
@@ -217,9 +231,13 @@ class RejectActuator(DeviceNode):
 
     def _on_decision(self, msg: QualityDecision) -> None:
         decision = Decision(msg.part_id, msg.verdict, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id)
+        replayed = bool(self._journal_path) and to_ns(msg.decision_stamp) < self._started_ns
         controller = self.controller
+        if replayed and (controller is None or not controller.armed):
+            self._replayed.append(decision)  # decided while this actuator was down: handled once it is armed
+            return
         if controller is not None:
-            controller.on_decision(decision)
+            controller.on_decision(decision, replayed=replayed)
             return
         lane = self.config.lane_for(decision.verdict)
         if lane is None:

@@ -19,6 +19,10 @@
   when the process dies: the PLC times it out and stops the line.
 - Deactivation with parts still in flight (planned, awaiting a verdict or a confirmation) raises the stop-line and
   leaves it raised, also through the release of the hardware.
+- With a journal (qc_cell.reject.journal), every planned ejection is written down before it is scheduled and closed
+  by its terminal event. Armed again after a restart, the controller re-plans the open ones still upstream of
+  their actuator and reports the others MISSED (CRITICAL, missed_response); verdicts the decision node replays
+  from its history are ignored when the journal knows them, and handled (MISSED when too late) when not.
 - The watchdog treats a part without a verdict in time as NOT_INSPECTED (watchdog_action reject_all or
   stop_line) and raises the stop-line output while the decision stream is down (stop_line).
 
@@ -39,6 +43,7 @@ from typing import Protocol
 
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.drivers.base import ArmDriver, ArmJob, ArmOutcome, DriverError, PulseDriver, RejectDriver
+from qc_cell.reject.journal import EjectionJournal
 from qc_cell.reject.records import (
     CRITICAL,
     DIVERT,
@@ -48,6 +53,7 @@ from qc_cell.reject.records import (
     HEARTBEAT,
     INFO,
     LATE,
+    MISSED,
     NOT_INSPECTED,
     REJECT,
     SKIPPED,
@@ -78,6 +84,7 @@ MISSED_CODES = {
     FAILED: "REJECT_FAILED",
     SKIPPED: "REJECT_SKIPPED",
     UNCONFIRMED: "REJECT_UNCONFIRMED",
+    MISSED: "REJECT_MISSED",
 }
 # Why the stop-line output is held (it is on while any is, or while a missed-part pulse lasts).
 HOLD_WATCHDOG = "watchdog"
@@ -146,8 +153,10 @@ class RejectController:
         clock_ns: Callable[[], int] = time.time_ns,
         spin_ns: int = 2_000_000,
         rt_priority: int = 0,
+        journal: EjectionJournal | None = None,
     ) -> None:
         self._check(config, driver)
+        self.journal = journal
         self.config = config
         self.driver = driver
         self.sink = sink
@@ -225,6 +234,32 @@ class RejectController:
             self.armed = True
             if self._station_faults:  # read while disarmed: the stop-line could not be raised then
                 self._set_stop_hold(HOLD_STATION, True, self._clock_ns())
+            self._recover(self._clock_ns())
+
+    def _recover(self, now: int) -> None:
+        """The journal's open plans (a restart while parts were in flight): re-planned while the part is still
+        upstream of its actuator, MISSED once it has passed."""
+        if self.journal is None:
+            return
+        for planned in self.journal.open_plans():
+            part, verdict, lane = planned.part, planned.verdict, planned.lane
+            if not self._handled.add(part.part_id, "recovered from the journal"):
+                continue
+            self.counts["recovered"] += 1
+            if self._reachable(part, lane, now):
+                self._act(part, verdict, lane, now, note="re-planned after an actuator restart")
+                continue
+            self._missed(
+                part,
+                verdict,
+                lane,
+                MISSED,
+                0,
+                0,
+                0.0,
+                f"the actuator restarted while the part was in flight: it has passed the {lane} actuator",
+                now,
+            )
 
     def disarm(self) -> None:
         """Stop acting (lifecycle deactivate): parts planned but not yet actuated are reported SKIPPED, every
@@ -300,6 +335,8 @@ class RejectController:
         if self.opened:
             self.driver.close(keep=self._keep_on_close)
             self.opened = False
+        if self.journal is not None:
+            self.journal.close()
 
     # ---------------------------------------------------------------- inputs
 
@@ -311,10 +348,15 @@ class RejectController:
             if self.armed and self._watchdog is not None and part.part_id not in self._handled:
                 self._watchdog.part_seen(part, now)
 
-    def on_decision(self, decision: Decision) -> None:
+    def on_decision(self, decision: Decision, replayed: bool = False) -> None:
+        """A verdict. `replayed`: decided before this actuator started (the decision node's history after a
+        restart): ignored when the journal knows the part, MISSED instead of LATE when it comes too late."""
         now = self._clock_ns()
         with self._lock:
             self.counts["decisions"] += 1
+            if replayed and self.journal is not None and self.journal.handled(decision.part_id):
+                self.counts["replayed_known"] += 1
+                return
             if self._watchdog is not None and self._watchdog.decision_seen(decision.part_id, now):
                 self._alert(INFO, "DECISION_STREAM_RESTORED", "verdicts are arriving again", "")
                 if self.config.watchdog_action == "stop_line":
@@ -331,6 +373,7 @@ class RejectController:
                     0,
                     0.0,
                     f"duplicate verdict ignored: the part was already handled ({self._handled.note(decision.part_id)})",
+                    terminal=False,
                 )
                 return
             lane = self.config.lane_for(decision.verdict)
@@ -354,7 +397,7 @@ class RejectController:
                     respond=False,
                 )
                 return
-            self._act(decision.part, decision.verdict, lane, now)
+            self._act(decision.part, decision.verdict, lane, now, late_outcome=MISSED if replayed else LATE)
 
     def on_cloud_verdict(self, decision: Decision) -> None:
         """The cloud's re-inspection verdict on a part decided here (offload, quality/cloud_verdict): acted on
@@ -547,7 +590,9 @@ class RejectController:
 
     # ---------------------------------------------------------------- planning
 
-    def _act(self, part: Part, verdict: int, lane: str, now: int, note: str = "") -> None:
+    def _act(self, part: Part, verdict: int, lane: str, now: int, note: str = "", late_outcome: int = LATE) -> None:
+        if self.journal is not None:
+            self.journal.planned(part, verdict, lane)
         try:
             arrival = self.model.arrival(part, self.config.lane_distance_mm(lane), now)
         except SpeedUnknownError as exc:
@@ -555,9 +600,9 @@ class RejectController:
             return
         self._note_speed(arrival.speed)
         if self._pulses:
-            self._plan_pulse(part, verdict, lane, self.timing.command_ns(arrival.ns), now, note)
+            self._plan_pulse(part, verdict, lane, self.timing.command_ns(arrival.ns), now, note, late_outcome)
         else:
-            self._dispatch_arm(part, verdict, lane, arrival.ns, now, note)
+            self._dispatch_arm(part, verdict, lane, arrival.ns, now, note, late_outcome)
 
     def _note_speed(self, speed: Speed) -> None:
         previous, self._speed = self._speed, speed
@@ -572,7 +617,9 @@ class RejectController:
         elif speed.source == "encoder" and previous is not None and previous.source == "fallback":
             self._alert(INFO, "ENCODER_SPEED_RESTORED", f"belt speed from the encoder: {speed.mm_s:.0f} mm/s", "")
 
-    def _plan_pulse(self, part: Part, verdict: int, lane: str, planned: int, now: int, note: str) -> None:
+    def _plan_pulse(
+        self, part: Part, verdict: int, lane: str, planned: int, now: int, note: str, late_outcome: int = LATE
+    ) -> None:
         timing, config = self.timing, self.config
         if timing.is_late(planned, now):
             late_ms = (now - planned) / NS_PER_MS
@@ -580,7 +627,7 @@ class RejectController:
                 part,
                 verdict,
                 lane,
-                LATE,
+                late_outcome,
                 planned,
                 0,
                 late_ms,
@@ -627,14 +674,16 @@ class RejectController:
         ]
         self._live.add(pulse)
 
-    def _dispatch_arm(self, part: Part, verdict: int, lane: str, deadline: int, now: int, note: str) -> None:
+    def _dispatch_arm(
+        self, part: Part, verdict: int, lane: str, deadline: int, now: int, note: str, late_outcome: int = LATE
+    ) -> None:
         if self.timing.is_late(deadline, now):
             late_ms = (now - deadline) / NS_PER_MS
             self._missed(
                 part,
                 verdict,
                 lane,
-                LATE,
+                late_outcome,
                 deadline,
                 0,
                 late_ms,
@@ -837,8 +886,12 @@ class RejectController:
         actual: int,
         lateness_ms: float,
         message: str,
+        terminal: bool = True,
     ) -> None:
+        """One reject/event; `terminal` False for a report that closes nothing (a duplicate verdict)."""
         self.counts[OUTCOME_NAMES[outcome].lower()] += 1
+        if self.journal is not None and terminal:
+            self.journal.done(part.part_id)
         distance = self.config.lane_distance_mm(lane) if lane else 0.0
         self.sink.event(
             RejectRecord(

@@ -147,6 +147,11 @@ REJECT_ACTUATOR = NodeParams(
             "a heartbeat node silent on /diagnostics this long makes the cell not ready (s)",
             range=(0.5, 600.0),
         ),
+        Param(
+            "journal_path",
+            "",
+            "durable journal of planned ejections (recovery after a restart; '' = none, no recovery)",
+        ),
         # Driver.
         Param("driver", _S.driver, "actuator driver", choices=DRIVERS),
         Param(

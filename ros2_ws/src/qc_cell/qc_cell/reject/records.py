@@ -10,7 +10,7 @@ from qc_contract.vocabulary import RejectOutcome, Severity, Verdict
 NORMAL, REINSPECT, DEFECTIVE = Verdict.NORMAL, Verdict.REINSPECT, Verdict.DEFECTIVE
 NOT_INSPECTED = Verdict.NOT_INSPECTED
 DONE, LATE, FAILED, SKIPPED = RejectOutcome.DONE, RejectOutcome.LATE, RejectOutcome.FAILED, RejectOutcome.SKIPPED
-UNCONFIRMED = RejectOutcome.UNCONFIRMED
+UNCONFIRMED, MISSED = RejectOutcome.UNCONFIRMED, RejectOutcome.MISSED
 INFO, WARN, ERROR, CRITICAL = Severity.INFO, Severity.WARN, Severity.ERROR, Severity.CRITICAL
 
 # Output channels (lanes) an actuator can drive.
