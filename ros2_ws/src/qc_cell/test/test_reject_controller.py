@@ -437,3 +437,26 @@ def test_a_station_fault_holds_the_stop_line_and_blocks_ejection(cell, fault, na
 def test_a_confirmation_window_needs_a_confirmation_input():
     with pytest.raises(ValueError, match=r"confirm_window_ms 50\.0 needs a reject-confirmation input"):
         RejectController(RejectConfig(**{**BASE, "confirm_window_ms": 50.0}), GpioDriver({REJECT: 12}), Recorder())
+
+
+# ---- monotonic scheduling -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("step_ms", [-300, 300])
+def test_a_wall_clock_step_after_the_verdict_changes_no_ejection(step_ms):
+    step = [0]
+    driver = SimDriver(clock_ns=time.monotonic_ns)  # edges on the monotonic clock, to measure against it
+    recorder = Recorder()
+    controller = RejectController(RejectConfig(**BASE), driver, recorder, wall_ns=lambda: time.time_ns() + step[0])
+    controller.open()
+    controller.arm()
+    try:
+        captured = time.monotonic_ns()
+        controller.on_decision(Decision("p1", DEFECTIVE, time.time_ns()))
+        step[0] = step_ms * MS  # NTP steps the wall clock while the part travels to the ejector
+        assert recorder.wait(lambda: len(recorder.events) == 1), recorder.events
+        (event,) = recorder.events
+        on, t_on = edges(driver)[0]
+        assert on is True
+        assert abs(t_on - (captured + COMMAND_AFTER_CAPTURE)) < 5 * MS, "fired where the part is, not 300 ms off"
+        assert event.outcome == DONE and abs(event.lateness_ms) < 5.0
+    finally:
+        controller.close()

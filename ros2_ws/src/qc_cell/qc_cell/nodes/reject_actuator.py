@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -280,7 +281,7 @@ class RejectActuator(DeviceNode):
             self.controller.on_part(Part(msg.part_id, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        now = self.get_clock().now().nanoseconds
+        now = time.monotonic_ns()  # freshness: immune to wall-clock steps
         for status in msg.status:
             level = status.level if isinstance(status.level, int) else int.from_bytes(status.level, "little")
             values = {kv.key: kv.value for kv in status.values}
@@ -289,7 +290,7 @@ class RejectActuator(DeviceNode):
     def _tick(self) -> None:
         controller = self.controller
         if controller is not None:
-            controller.set_cell_problems(self.cell_health.problems(self.get_clock().now().nanoseconds))
+            controller.set_cell_problems(self.cell_health.problems(time.monotonic_ns()))
         if self._pending_config is not None:
             self.config, self._pending_config = self._pending_config, None
             if controller is not None:

@@ -26,6 +26,12 @@
 - The watchdog treats a part without a verdict in time as NOT_INSPECTED (watchdog_action reject_all or
   stop_line) and raises the stop-line output while the decision stream is down (stop_line).
 
+Time: the capture stamps that come in are wall-clock time (they are also the records' times). Each part is moved
+onto the monotonic clock when it arrives (its capture stamp minus the wall - monotonic offset at that moment), and
+everything that schedules (arrival, command, pulses, watchdog, confirmation windows, heartbeat) runs on the
+monotonic clock, so a wall-clock step (NTP) after a part's arrival changes no ejection; its records convert back
+with the part's own offset. The arm driver gets and reports wall-clock times.
+
 Thread model: on_part/on_decision/tick come from the node's executor, edges from the scheduler thread,
 arm results from the action client's callbacks. One re-entrant lock guards the bookkeeping; driver
 writes happen outside it.
@@ -38,7 +44,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from qc_cell.reject.config import RejectConfig
@@ -150,13 +156,16 @@ class RejectController:
         config: RejectConfig,
         driver: RejectDriver,
         sink: Sink,
-        clock_ns: Callable[[], int] = time.time_ns,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
         spin_ns: int = 2_000_000,
         rt_priority: int = 0,
         journal: EjectionJournal | None = None,
+        wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        """clock_ns: the scheduling clock (monotonic); wall_ns: the clock of the capture stamps and records."""
         self._check(config, driver)
         self.journal = journal
+        self._wall_ns = wall_ns
         self.config = config
         self.driver = driver
         self.sink = sink
@@ -236,13 +245,22 @@ class RejectController:
                 self._set_stop_hold(HOLD_STATION, True, self._clock_ns())
             self._recover(self._clock_ns())
 
+    def _internal(self, part: Part) -> Part:
+        """A part as received (wall-clock capture stamp) moved onto the monotonic clock, its offset kept."""
+        offset = self._wall_ns() - self._clock_ns()
+        return replace(part, capture_ns=part.capture_ns - offset, wall_offset_ns=offset)
+
+    @staticmethod
+    def _external(part: Part) -> Part:
+        return replace(part, capture_ns=part.capture_ns + part.wall_offset_ns, wall_offset_ns=0)
+
     def _recover(self, now: int) -> None:
         """The journal's open plans (a restart while parts were in flight): re-planned while the part is still
         upstream of its actuator, MISSED once it has passed."""
         if self.journal is None:
             return
         for planned in self.journal.open_plans():
-            part, verdict, lane = planned.part, planned.verdict, planned.lane
+            part, verdict, lane = self._internal(planned.part), planned.verdict, planned.lane
             if not self._handled.add(part.part_id, "recovered from the journal"):
                 continue
             self.counts["recovered"] += 1
@@ -343,6 +361,7 @@ class RejectController:
     def on_part(self, part: Part) -> None:
         """A part registered at the camera: encoder sample, and the watchdog expects its verdict."""
         now = self._clock_ns()
+        part = self._internal(part)
         with self._lock:
             self.model.add_encoder_sample(part.capture_ns, part.encoder_count)
             if self.armed and self._watchdog is not None and part.part_id not in self._handled:
@@ -352,6 +371,7 @@ class RejectController:
         """A verdict. `replayed`: decided before this actuator started (the decision node's history after a
         restart): ignored when the journal knows the part, MISSED instead of LATE when it comes too late."""
         now = self._clock_ns()
+        part = self._internal(decision.part)
         with self._lock:
             self.counts["decisions"] += 1
             if replayed and self.journal is not None and self.journal.handled(decision.part_id):
@@ -365,7 +385,7 @@ class RejectController:
             if not self._handled.add(decision.part_id, f"verdict {verdict_name}"):
                 self.counts["duplicates"] += 1
                 self._record(
-                    decision.part,
+                    part,
                     decision.verdict,
                     SKIPPED,
                     "",
@@ -377,7 +397,7 @@ class RejectController:
                 )
                 return
             lane = self.config.lane_for(decision.verdict)
-            self._revisable[decision.part_id] = (decision.part, lane)
+            self._revisable[decision.part_id] = (part, lane)
             if len(self._revisable) > REVISABLE_PARTS:
                 self._revisable.popitem(last=False)
             if lane is None:
@@ -385,7 +405,7 @@ class RejectController:
                 return
             if not self.armed:
                 self._missed(
-                    decision.part,
+                    part,
                     decision.verdict,
                     lane,
                     SKIPPED,
@@ -397,7 +417,7 @@ class RejectController:
                     respond=False,
                 )
                 return
-            self._act(decision.part, decision.verdict, lane, now, late_outcome=MISSED if replayed else LATE)
+            self._act(part, decision.verdict, lane, now, late_outcome=MISSED if replayed else LATE)
 
     def on_cloud_verdict(self, decision: Decision) -> None:
         """The cloud's re-inspection verdict on a part decided here (offload, quality/cloud_verdict): acted on
@@ -592,7 +612,7 @@ class RejectController:
 
     def _act(self, part: Part, verdict: int, lane: str, now: int, note: str = "", late_outcome: int = LATE) -> None:
         if self.journal is not None:
-            self.journal.planned(part, verdict, lane)
+            self.journal.planned(self._external(part), verdict, lane)
         try:
             arrival = self.model.arrival(part, self.config.lane_distance_mm(lane), now)
         except SpeedUnknownError as exc:
@@ -695,17 +715,18 @@ class RejectController:
         assert isinstance(self.driver, ArmDriver)
         position_m = self.config.lane_distance_mm(lane) / 1000.0
         self.driver.dispatch(
-            ArmJob(part.part_id, deadline, position_m),
+            ArmJob(part.part_id, deadline + part.wall_offset_ns, position_m),  # the arm works in wall time
             lambda outcome: self._arm_done(part, verdict, lane, deadline, note, outcome),
         )
 
     def _arm_done(self, part: Part, verdict: int, lane: str, deadline: int, note: str, outcome: ArmOutcome) -> None:
         with self._lock:
             if outcome.success:
-                lateness = (outcome.actual_ns - deadline) / NS_PER_MS
+                actual = outcome.actual_ns - part.wall_offset_ns  # the arm reports wall time
+                lateness = (actual - deadline) / NS_PER_MS
                 self._lateness_ms.append(lateness)
                 message = ", ".join(filter(None, [note, outcome.message or "picked by the arm"]))
-                self._record(part, verdict, DONE, lane, deadline, outcome.actual_ns, lateness, message)
+                self._record(part, verdict, DONE, lane, deadline, actual, lateness, message)
             else:
                 self._missed(
                     part, verdict, lane, FAILED, deadline, 0, 0.0, f"arm: {outcome.message}", self._clock_ns(), note
@@ -893,6 +914,7 @@ class RejectController:
         if self.journal is not None and terminal:
             self.journal.done(part.part_id)
         distance = self.config.lane_distance_mm(lane) if lane else 0.0
+        offset = part.wall_offset_ns  # back to wall time: a record's times are the capture stamps' clock
         self.sink.event(
             RejectRecord(
                 part_id=part.part_id,
@@ -900,9 +922,9 @@ class RejectController:
                 outcome=outcome,
                 method=self.driver.method,
                 lane=lane,
-                capture_ns=part.capture_ns,
-                planned_ns=planned,
-                actual_ns=actual,
+                capture_ns=part.capture_ns + offset,
+                planned_ns=planned + offset if planned else 0,
+                actual_ns=actual + offset if actual else 0,
                 lateness_ms=lateness_ms,
                 message=message,
                 frame_id=part.frame_id,

@@ -29,6 +29,9 @@ class Part:
     capture_ns: int  # capture stamp, wall-clock ns
     encoder_count: int = -1  # -1: unknown
     frame_id: str = ""
+    # Inside the controller capture_ns is on its monotonic clock; this is the wall - monotonic offset taken when the
+    # part arrived, to report its times as wall time again (0 for a part as received: a wall-clock stamp).
+    wall_offset_ns: int = 0
 
 
 @dataclass(frozen=True)

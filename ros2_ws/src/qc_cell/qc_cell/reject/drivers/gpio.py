@@ -44,10 +44,10 @@ class GpioDriver(PulseDriver):
         active_high: bool = True,
         gpio: ModuleType | None = None,
         inputs: dict[str, int] | None = None,
-        clock_ns: Callable[[], int] = time.time_ns,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         """pins: channel -> header pin number in `mode` numbering; inputs: station input -> header pin. `gpio`
-        replaces Jetson.GPIO (tests); clock_ns stamps confirmation edges (the controller's clock)."""
+        replaces Jetson.GPIO (tests); clock_ns stamps confirmation edges (the controller's monotonic clock)."""
         unknown = set(pins) - set(CHANNELS)
         if unknown:
             raise ValueError(f"unknown GPIO channels {sorted(unknown)}; known: {list(CHANNELS)}")

@@ -62,10 +62,10 @@ class ModbusDriver(PulseDriver):
         reconnect_max_s: float = 5.0,
         clock_ns: Callable[[], int] = time.monotonic_ns,
         inputs: dict[str, int] | None = None,
-        event_clock_ns: Callable[[], int] = time.time_ns,
+        event_clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         """inputs: station input name -> 0-based discrete input address. event_clock_ns stamps confirmation
-        edges (the controller's clock)."""
+        edges (the controller's monotonic clock)."""
         unknown = set(outputs) - set(CHANNELS)
         if unknown:
             raise ValueError(f"unknown Modbus channels {sorted(unknown)}; known: {list(CHANNELS)}")

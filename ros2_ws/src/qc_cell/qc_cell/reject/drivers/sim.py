@@ -41,9 +41,16 @@ class SimDriver(PulseDriver):
     method = "sim"
 
     def __init__(
-        self, clock_ns: Callable[[], int] = time.time_ns, history: int = 10_000, confirm_delay_ns: int = 20_000_000
+        self,
+        clock_ns: Callable[[], int] = time.time_ns,
+        history: int = 10_000,
+        confirm_delay_ns: int = 20_000_000,
+        confirm_clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
+        """clock_ns stamps the recorded edges (wall time, as the reject events); confirm_clock_ns is the controller's
+        scheduling clock, on which part_at_output times come and confirmations go."""
         self._clock_ns = clock_ns
+        self._confirm_clock_ns = confirm_clock_ns
         self._confirm_delay_ns = confirm_delay_ns
         self._faults: frozenset[str] = frozenset()
         self._confirm_due: deque[int] = deque()
@@ -66,7 +73,7 @@ class SimDriver(PulseDriver):
         self._faults = sim_faults(",".join(faults))
 
     def read_inputs(self) -> StationReading:
-        now = self._clock_ns()
+        now = self._confirm_clock_ns()
         with self._lock:
             edges = []
             while self._confirm_due and self._confirm_due[0] <= now:
