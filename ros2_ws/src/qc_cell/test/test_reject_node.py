@@ -86,12 +86,13 @@ def test_core_constants_mirror_the_messages():
         QualityDecision.DEFECTIVE,
         QualityDecision.NOT_INSPECTED,
     )
-    assert (records.DONE, records.LATE, records.FAILED, records.SKIPPED, records.UNCONFIRMED) == (
+    assert (records.DONE, records.LATE, records.FAILED, records.SKIPPED, records.UNCONFIRMED, records.MISSED) == (
         RejectEvent.OUTCOME_DONE,
         RejectEvent.OUTCOME_LATE,
         RejectEvent.OUTCOME_FAILED,
         RejectEvent.OUTCOME_SKIPPED,
         RejectEvent.OUTCOME_UNCONFIRMED,
+        RejectEvent.OUTCOME_MISSED,
     )
     assert (records.INFO, records.WARN, records.ERROR, records.CRITICAL) == (
         Alert.INFO,
@@ -236,6 +237,31 @@ def test_a_jammed_pusher_drill_gives_unconfirmed_a_critical_alert_and_the_stop_l
         assert stop_edges and stop_edges[0].on, "the stop-line was raised"
         refused = node.set_parameters([Parameter("sim_faults", value="gremlins")])[0]
         assert not refused.successful and "gremlins" in refused.reason
+
+
+def test_a_restarting_journalled_actuator_holds_verdicts_until_active_then_ejects_or_reports_missed(tmp_path):
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
+        node = _actuator(
+            graph,
+            Parameter("journal_path", value=str(tmp_path / "journal.jsonl")),
+            Parameter("missed_response", value="stop_line"),
+        )
+        probe = Probe(graph)
+        # The decision node's publisher (PART_RECORDS: transient local, what a journalled actuator subscribes).
+        probe.decisions = probe.node.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
+        _connected(graph, probe)
+        now = time.time_ns()
+        probe.decide("in_time", QualityDecision.DEFECTIVE, now + 2_000 * MS)  # its command is 2.08 s away
+        probe.decide("gone", QualityDecision.DEFECTIVE, now - 1_000 * MS)  # passed while the actuator was down
+        graph.spin_until(lambda: False, timeout=0.5)
+        assert probe.events == [], "held, not reported SKIPPED by an actuator that cannot act yet"
+        node.trigger_configure()
+        node.trigger_activate()
+        assert graph.spin_until(lambda: len(probe.events) == 1, timeout=5.0), probe.events
+        assert (probe.events[0].part_id, probe.events[0].outcome) == ("gone", RejectEvent.OUTCOME_MISSED)
+        assert graph.spin_until(lambda: "REJECT_MISSED" in probe.codes(), timeout=5.0), probe.codes()
+        assert graph.spin_until(lambda: len(probe.events) == 2, timeout=5.0), probe.events
+        assert (probe.events[1].part_id, probe.events[1].outcome) == ("in_time", RejectEvent.OUTCOME_DONE)
 
 
 def test_gpio_driver_without_jetson_gpio_fails_configure_cleanly():

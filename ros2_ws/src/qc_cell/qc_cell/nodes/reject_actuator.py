@@ -52,6 +52,8 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # MultiThreadedExecutor cost the node about twice the CPU (docs/reject.md). A Modbus heartbeat to a PLC that
 # stops answering (modbus_timeout_s, 0.2 s) on the tick may hold verdicts back that long.
 EXECUTOR_THREADS = 1
+# Verdicts held while a journalled actuator is not yet active (a restart); beyond, they are reported SKIPPED at once.
+MAX_HELD = 10_000
 
 
 class _Publisher:
@@ -139,7 +141,7 @@ class RejectActuator(DeviceNode):
         # actuator: the verdicts decided while it was down are handled, the ones it already handled are known.
         self._journal_path: str = p["journal_path"]
         self._started_ns = self.get_clock().now().nanoseconds
-        self._replayed: list[Decision] = []  # replayed verdicts that came before configure: handled on activate
+        self._replayed: list[Decision] = []  # verdicts that came before activation (journal): handled on activate
         decisions_qos = qos.PART_RECORDS if self._journal_path else qos.EVENTS
         subscriptions.create(QualityDecision, "quality/decision", self._on_decision, decisions_qos)
         subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
@@ -234,8 +236,10 @@ class RejectActuator(DeviceNode):
         decision = Decision(msg.part_id, msg.verdict, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id)
         replayed = bool(self._journal_path) and to_ns(msg.decision_stamp) < self._started_ns
         controller = self.controller
-        if replayed and (controller is None or not controller.armed):
-            self._replayed.append(decision)  # decided while this actuator was down: handled once it is armed
+        if self._journal_path and (controller is None or not controller.armed) and len(self._replayed) < MAX_HELD:
+            # A (re)starting actuator with a journal: every verdict until it is armed is handled then (ejected when
+            # still in time, MISSED otherwise), not reported SKIPPED at once from a node that cannot act yet.
+            self._replayed.append(decision)
             return
         if controller is not None:
             controller.on_decision(decision, replayed=replayed)
