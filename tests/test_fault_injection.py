@@ -108,6 +108,7 @@ FAULTS = {
     "kill_reject_actuator": _kill("reject_actuator"),
     "kill_decision": _kill("decision"),
     "kill_inference": _kill("inference"),
+    "kill_camera_driver": _kill("camera_driver"),
 }
 
 
