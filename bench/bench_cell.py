@@ -86,7 +86,7 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> 
                 },
                 "inference": {"model_store_dir": f"{tmp}/models"},
             },
-            flags={"use_bridge": False},
+            flags={"use_bridge": False, "use_process_sim": True},
             run_dir=tmp,
             on_event=lambda *_: None,
         )

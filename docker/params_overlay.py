@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(params_file.to_yaml(merged, HEADER))
+    out.write_text(params_file.to_yaml(merged, HEADER, demo=params_file.is_demo(args.params_file)))
     print(f"params_overlay: {args.params_file} + {len(args.set)} override(s) -> {out}")
     return 0
 

@@ -20,7 +20,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 
 from qc_cell.bringup import params_file
-from qc_cell.bringup.cell_runner import FLAGS, enabled_nodes
+from qc_cell.bringup.cell_runner import FLAGS, enabled_nodes, flag_help
 from qc_cell.cell_graph import cell_environment, enclave_arguments
 
 ARGUMENTS = {
@@ -37,7 +37,7 @@ ARGUMENTS = {
         "the run's state folder, $(var state_dir) in the params file (model store, outbox, part counter); "
         "empty = a new folder in this launch's log folder",
     ),
-    **{flag: ("auto", f"{flag}: true/false; auto = run the node when the params file configures it") for flag in FLAGS},
+    **{flag: ("auto", flag_help(flag)) for flag in FLAGS},
 }
 
 
@@ -71,6 +71,8 @@ def _cell(context):
     # The cell's domain id (ROS_DOMAIN_ID, else derived from the namespace) and its confinement to this host.
     environment = cell_environment(namespace)
     specs = enabled_nodes(params, flags)
+    params_file.check_demo(params, specs, params_file.is_demo(cfg["params_file"]), cfg["params_file"])
+    params = params_file.with_simulated_inputs(params, specs)
     for spec in specs:
         path = os.path.join(params_dir, f"{spec.name}.yaml")
         with open(path, "w") as f:

@@ -20,6 +20,9 @@ class NodeSpec:
     respawn: bool  # restarted when it dies (the line keeps running)
     enabled_by: str | None = None  # launch argument / runner option that turns the node on; None = always
     part_source: bool = False  # parts enter the cell here: activated last, once every other node is listening
+    # Stands in for plant equipment (process sensors, robot arm): runs only when its flag is explicitly true, never
+    # on `auto`, and only with a params file that declares itself a demo (qc_cell.bringup.params_file.check_demo).
+    simulator: bool = False
 
     @property
     def module(self) -> str:
@@ -117,8 +120,15 @@ NODES: tuple[NodeSpec, ...] = (
     NodeSpec("decision", "decision", lifecycle=False, respawn=True),
     NodeSpec("reject_actuator", "reject_actuator", lifecycle=True, respawn=True),
     NodeSpec("cloud_bridge", "cloud_bridge", lifecycle=False, respawn=True, enabled_by="use_bridge"),
-    NodeSpec("process_simulator", "process_simulator", lifecycle=False, respawn=True, enabled_by="use_process_sim"),
-    NodeSpec("arm_server", "arm_server", lifecycle=False, respawn=True, enabled_by="use_arm_sim"),
+    NodeSpec(
+        "process_simulator",
+        "process_simulator",
+        lifecycle=False,
+        respawn=True,
+        enabled_by="use_process_sim",
+        simulator=True,
+    ),
+    NodeSpec("arm_server", "arm_server", lifecycle=False, respawn=True, enabled_by="use_arm_sim", simulator=True),
 )
 
 

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from qc_cell.bridge.cloud_link import CloudLink
-from qc_cell.bridge.inputs import Clock, ModelReport, PartImage, PartVerdict, ProcessReport
+from qc_cell.bridge.inputs import Clock, ModelReport, PartImage, PartVerdict, ProcessReport, RejectReport
 from qc_cell.bridge.model_updater import UpdateSettings
 from qc_cell.bridge.outbox import OutboxLimits
 from qc_cell.bridge.outputs import CloudVerdict, HealthLevel, LinkAlert
-from qc_cell.bridge.settings import CloudLinkSettings, OffloadSettings, SampleSettings
+from qc_cell.bridge.settings import CloudLinkSettings, OffloadSettings, SampleSettings, simulated_inputs
 from qc_cell.bringup.local_broker import Mosquitto
 from qc_cell.inference.model_store import ORIGIN_UPDATE, ModelStore
 from qc_cell.inference.synthetic_models import write_package
@@ -340,6 +340,22 @@ def test_process_state_goes_out_on_a_change_or_once_per_period(tmp_path):
         link.core.retune({"process_period_s": 0.0})
         link.core.on_process(_process(0))
         assert len(link.stored("process")) == 5
+
+
+def test_records_of_a_cell_with_simulated_inputs_name_them_and_a_real_cells_do_not(tmp_path):
+    reject = RejectReport("p1", DEFECTIVE, 0, "sim", "reject", T0, T0 + S, T0 + S, 0.1, "")
+    for simulated, expected in ((("process_sensors", "ejector"), ["process_sensors", "ejector"]), ((), None)):
+        with cloud_link(tmp_path / str(len(simulated)), simulated_inputs=simulated) as link:
+            link.core.on_part(part("p1", DEFECTIVE))
+            link.core.on_reject(reject)
+            link.core.on_process(_process(0))
+            for stream in ("part", "reject", "process"):
+                (record,) = link.stored(stream)
+                assert record.get("simulated") == expected, f"{stream}: {record}"
+                schemas.validator(stream).validate(record)
+    assert simulated_inputs(" camera, ejector ") == ("camera", "ejector")
+    with pytest.raises(BridgeConfigError, match=r"simulated_inputs \['plc'\]"):
+        simulated_inputs("plc")
 
 
 def test_each_model_state_change_is_one_retained_record(tmp_path):

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from qc_cell.bringup import params_file
-from qc_cell.bringup.cell_runner import enabled_nodes
+from qc_cell.bringup.cell_runner import FLAGS, enabled_nodes
 from qc_cell.cell_graph import NODES
+from qc_cell.reject.station import INPUTS as STATION_INPUTS
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -53,9 +54,11 @@ def test_node_params_are_keyed_by_fully_qualified_name(namespace, fqn):
 
 
 def test_optional_nodes_follow_flags_then_params_file():
-    params = {"process_simulator": {"scenario": "normal"}, "cloud_bridge": {}}
+    params = {"process_simulator": {"scenario": "normal"}, "cloud_bridge": {}, "decision": {"x": 1}}
     names = lambda flags: {spec.name for spec in enabled_nodes(params, flags)}  # noqa: E731
-    assert "process_simulator" in names({}) and "cloud_bridge" not in names({})
+    # auto never starts a simulator, although the params file configures it (issue 17: no simulator in production)
+    assert "process_simulator" not in names({}) and "cloud_bridge" not in names({})
+    assert "process_simulator" in names({"use_process_sim": True})
     assert "cloud_bridge" in names({"use_bridge": True})
     assert "process_simulator" not in names({"use_process_sim": False})
     assert {"camera_driver", "inference", "sensor_fusion", "decision", "reject_actuator"} <= names({})
@@ -70,6 +73,17 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
     # Relative paths resolve against the params file's folder: the model the README's commands (run from the
     # repository root) loaded, now from any folder.
     changes: dict[tuple[str, str], object] = {("inference", "model_path"): str(REPO / "models" / "default")}
+    # Re-inspect parts go to a divert lane by default (issue 17): its distance and outputs. Production cells are
+    # triggered by a part sensor, which gives the encoder count speed_source encoder needs (the demo runs free).
+    if deployment != "demo":
+        changes[("camera_driver", "mode")] = "triggered"
+    changes.update(
+        {
+            ("reject_actuator", "divert_distance_mm"): 1200.0,
+            ("reject_actuator", "modbus_divert_address"): 2,
+            ("reject_actuator", "gpio_divert_pin"): 18,
+        }
+    )
     if deployment == "demo":  # the demo's state lives in the run's state folder, no longer in /tmp/qc_cell_demo
         changes.update(
             {
@@ -83,12 +97,38 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
     return changes
 
 
+def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
+    """Parameters added after the files became overlays, with their value in each shipped file."""
+    return {
+        ("cloud_bridge", "simulated_inputs"): "",
+        ("reject_actuator", "divert_verdicts"): ["REINSPECT"],  # unset before: no lane for re-inspect parts
+        ("reject_actuator", "sim_faults"): "",
+        # the demo's sim driver simulates a confirmation sensor; the production files have none wired yet
+        ("reject_actuator", "confirm_window_ms"): 100.0 if deployment == "demo" else 0.0,
+        ("reject_actuator", "heartbeat_period_ms"): 250.0,
+        ("reject_actuator", "journal_path"): (
+            f"{state}/reject_journal.jsonl"
+            if deployment == "demo"
+            else "~/.local/share/qc_cell/reject_actuator/journal.jsonl"
+        ),
+        ("reject_actuator", "heartbeat_nodes"): ["camera_driver", "inference", "sensor_fusion", "decision"],
+        ("reject_actuator", "heartbeat_stale_s"): 3.0,
+        ("reject_actuator", "gpio_heartbeat_pin"): 22,
+        ("reject_actuator", "modbus_heartbeat_address"): 3,
+        **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
+        **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
+    }
+
+
 @pytest.mark.parametrize("deployment", ["cell", "demo", "jetson"])
 def test_overlays_merged_onto_the_base_give_the_parameters_the_files_gave_before(deployment, tmp_path):
     merged = params_file.with_state_dir(params_file.load(REPO / "params" / f"{deployment}.yaml"), tmp_path)
     expected = {node: dict(values) for node, values in BEFORE[deployment].items()}
     for (node, name), value in _intended_changes(deployment, tmp_path).items():
         assert name in expected[node], f"{node}.{name} is not a parameter of the frozen {deployment}.yaml"
+        expected[node][name] = value
+    for (node, name), value in _added_since(deployment, tmp_path).items():
+        assert name not in expected[node], f"{node}.{name} is in the frozen {deployment}.yaml: not an added one"
         expected[node][name] = value
     assert set(merged) == set(expected)
     for node in expected:
@@ -100,6 +140,7 @@ def test_the_overlays_hold_only_what_differs_from_the_base():
     for name in ("demo.yaml", "jetson.yaml"):
         overlay = yaml.safe_load((REPO / "params" / name).read_text())
         assert overlay.pop("extends") == "cell.yaml"
+        overlay.pop(params_file.DEMO, None)  # a declaration of the file, not a node
         for node, section in overlay.items():
             same = [k for k, v in section["ros__parameters"].items() if base[node]["ros__parameters"].get(k) == v]
             assert not same, f"{name}: {node} repeats the base's value of {same}"
@@ -190,6 +231,8 @@ def test_a_derived_parameter_set_in_a_file_must_agree_with_its_source(tmp_path):
         ({"decision": {"result_deadline_ms": 1700.0}}, "must stay below the camera-to-ejector travel time 1600 ms"),
         ({"reject_actuator": {"belt_speed_mm_s": 1800.0}}, "travel time 444.444 ms"),
         ({"reject_actuator": {"watchdog_timeout_s": 0.4}}, "watchdog_timeout_s 0.4 must exceed decision"),
+        ({"reject_actuator": {"watchdog_timeout_s": 1.6}}, "watchdog_timeout_s 1.6 must stay below .* 1600 ms"),
+        ({"camera_driver": {"mode": "free_run"}}, "speed_source encoder needs the encoder count .* free_run"),
         (
             {"cloud_bridge": {"offload_enabled": True, "offload_slack_ms": 1590.0}},
             r"offload_slack_ms 1590 must leave the actuator its latency.*\(1580 ms\)",
@@ -256,3 +299,64 @@ def test_a_written_merged_file_loads_back_to_the_same_parameters(tmp_path):
     path.write_text(params_file.to_yaml(merged))
     assert "overlay_reinspect_threshold" not in path.read_text(), "derived parameters are not written"
     assert params_file.load(path) == merged
+
+
+# ---- simulators only in a demo ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["cell.yaml", "jetson.yaml"])
+def test_a_production_start_on_auto_runs_no_simulator(name):
+    params = params_file.load(REPO / "params" / name)
+    auto = {flag: None for flag in FLAGS}
+    names = {spec.name for spec in enabled_nodes(params, auto)}
+    assert not names & {"process_simulator", "arm_server"}, f"{name} on auto starts simulators: {sorted(names)}"
+    assert not params_file.is_demo(REPO / "params" / name)
+    params_file.check_demo(params, enabled_nodes(params, auto), demo=False, where=name)  # accepted
+
+
+@pytest.mark.parametrize(
+    ("flags", "overrides", "named"),
+    [
+        ({"use_process_sim": True}, {}, "process_simulator"),
+        ({"use_arm_sim": True}, {}, "arm_server"),
+        ({}, {"reject_actuator": {"driver": "sim"}}, "reject_actuator.driver=sim"),
+        ({}, {"camera_driver": {"source": "synthetic"}}, "camera_driver.source=synthetic"),
+    ],
+)
+def test_a_production_params_file_that_enables_a_simulator_is_refused(flags, overrides, named):
+    path = REPO / "params" / "jetson.yaml"
+    params = params_file.load(path, overrides)
+    nodes = enabled_nodes(params, flags)
+    with pytest.raises(params_file.ParamsFileError, match=f"production file .*enables simulated equipment: {named}"):
+        params_file.check_demo(params, nodes, params_file.is_demo(path), path)
+
+
+def test_a_demo_declares_itself_and_may_simulate_and_its_records_say_so(tmp_path):
+    demo = REPO / "params" / "demo.yaml"
+    assert params_file.is_demo(demo)
+    # An overlay of the demo is a demo, unless it says otherwise.
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {demo}\n")
+    assert params_file.is_demo(child)
+    child.write_text(f"extends: {demo}\ndemo: false\n")
+    assert not params_file.is_demo(child)
+    params = params_file.load(demo)
+    nodes = enabled_nodes(params, {"use_process_sim": True, "use_bridge": True})
+    params_file.check_demo(params, nodes, True, demo)
+    marked = params_file.with_simulated_inputs(params, nodes)
+    assert marked["cloud_bridge"]["simulated_inputs"] == "process_sensors,ejector,camera"
+    # A merged file (docker/params_overlay.py) keeps the declaration.
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(params_file.to_yaml(params, demo=True))
+    assert params_file.is_demo(merged) and params_file.load(merged) == params
+
+
+def test_the_reference_arm_is_named_only_when_it_is_the_ejector():
+    params = params_file.load(REPO / "params" / "demo.yaml", {"reject_actuator": {"driver": "robot_arm"}})
+    nodes = enabled_nodes(params, {"use_arm_sim": True})
+    assert params_file.simulated_inputs(params, nodes) == ["robot_arm", "camera"]
+    sim_driver = params_file.load(REPO / "params" / "demo.yaml")
+    assert "robot_arm" not in params_file.simulated_inputs(sim_driver, enabled_nodes(sim_driver, {"use_arm_sim": True}))
+
+
+def test_demo_is_a_boolean(tmp_path):
+    with pytest.raises(params_file.ParamsFileError, match="'demo' is true"):
+        params_file.load(_overlay(tmp_path, "demo: maybe\n"))

@@ -29,13 +29,13 @@ def _refused_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cell_params(folder: Path, changes: dict[str, dict]) -> Path:
-    """params/cell.yaml with `changes` on top, written into `folder`."""
+def _cell_params(folder: Path, changes: dict[str, dict], *, demo: bool = False) -> Path:
+    """params/cell.yaml with `changes` on top, written into `folder`; `demo`: it says `demo: true` (may simulate)."""
     params = params_file.load(CELL_PARAMS)
     for node, values in changes.items():
         params[node].update(values)
     path = folder / "cell.yaml"
-    path.write_text(params_file.to_yaml(params))  # derived parameters left out: they follow their source
+    path.write_text(params_file.to_yaml(params, demo=demo))  # derived parameters left out: they follow their source
     return path
 
 
@@ -158,6 +158,7 @@ def test_a_second_ctrl_c_during_the_stop_kills_the_nodes_at_once_without_a_trace
             "inference": {"model_path": str(REPO / "models" / "default"), "model_store_dir": ""},
             "reject_actuator": {"driver": "sim"},
         },
+        demo=True,  # synthetic camera and sim ejector: simulated equipment
     )
     runner = _Runner(tmp_path, params, *SMALL_CELL, "--use-bridge", "false")
     try:

@@ -31,6 +31,7 @@ from qc_cell.reject.records import (
     REJECT,
     SKIPPED,
     STOP_LINE,
+    UNCONFIRMED,
     Decision,
     Part,
 )
@@ -139,6 +140,47 @@ def test_reinspect_goes_to_the_divert_lane_when_configured(cell):
     assert rec.wait(lambda: len(rec.events) == 1)
     assert (rec.events[0].lane, rec.events[0].outcome) == (DIVERT, DONE)
     assert rec.events[0].planned_ns == capture + (150 - 10 - 10) * MS
+    assert rec.wait(lambda: len(edges(driver, DIVERT)) == 2) and edges(driver, REJECT) == []
+
+
+DIVERTING = {"divert_distance_mm": 400.0, "divert_verdicts": ("REINSPECT",)}
+
+
+def test_a_cloud_verdict_in_time_replaces_the_local_reinspect(cell):
+    controller, driver, rec = cell(**DIVERTING)
+    capture = time.time_ns()  # divert command at +380 ms, reject command at +80 ms
+    controller.on_decision(Decision("bad", REINSPECT, capture))
+    controller.on_decision(Decision("good", REINSPECT, capture + 30 * MS))
+    controller.on_cloud_verdict(Decision("bad", DEFECTIVE, capture))
+    controller.on_cloud_verdict(Decision("good", NORMAL, capture + 30 * MS))
+    assert rec.wait(lambda: len(rec.events) == 2, timeout=2.0), rec.events
+    time.sleep(0.45)  # past both divert commands: neither may fire
+    events = rec.by_part()
+    assert (events["bad"].outcome, events["bad"].lane, events["bad"].verdict) == (DONE, REJECT, DEFECTIVE)
+    assert events["bad"].planned_ns == capture + COMMAND_AFTER_CAPTURE
+    assert "cloud re-inspection verdict DEFECTIVE" in events["bad"].message
+    assert (events["good"].outcome, events["good"].verdict) == (SKIPPED, NORMAL)
+    assert "divert cancelled" in events["good"].message
+    assert edges(driver, DIVERT) == [], "both divert pulses were cancelled"
+    assert controller.counts["cloud_verdicts_applied"] == 2
+
+
+def test_a_cloud_verdict_too_late_leaves_the_local_action(cell):
+    controller, driver, rec = cell(**DIVERTING)
+    capture = time.time_ns() - 250 * MS  # the reject lane's command is 170 ms past: too late for DEFECTIVE there
+    controller.on_decision(Decision("p1", REINSPECT, capture))
+    controller.on_cloud_verdict(Decision("p1", DEFECTIVE, capture))
+    controller.on_cloud_verdict(Decision("p1", REINSPECT, capture))  # agrees with the local verdict
+    controller.on_cloud_verdict(Decision("stranger", DEFECTIVE, capture))  # never decided here
+    assert rec.wait(lambda: len(rec.events) == 1, timeout=2.0)
+    (event,) = rec.events
+    assert (event.outcome, event.lane, event.verdict) == (DONE, DIVERT, REINSPECT), "still diverted"
+    counts = controller.counts
+    assert (counts["cloud_verdicts_late"], counts["cloud_verdicts_agreed"], counts["cloud_verdicts_unknown"]) == (
+        1,
+        1,
+        1,
+    )
     assert rec.wait(lambda: len(edges(driver, DIVERT)) == 2) and edges(driver, REJECT) == []
 
 
@@ -328,3 +370,93 @@ def test_a_configuration_needing_an_output_the_driver_lacks_is_refused():
     config = RejectConfig(divert_distance_mm=900.0, divert_verdicts=("REINSPECT",))
     with pytest.raises(ValueError, match=r"no output for \['divert'\]"):
         RejectController(config, driver, Recorder())
+
+
+# ---- confirmation sensor and station inputs (simulated station) ---------------------------------------------------
+def _tick_for(controller: RejectController, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        controller.tick()
+        time.sleep(0.01)
+
+
+def test_an_ejection_is_done_only_once_the_confirmation_sensor_saw_the_part(cell):
+    controller, driver, rec = cell(confirm_window_ms=60.0, missed_response="stop_line", stop_line_pulse_ms=50.0)
+    capture = time.time_ns()
+    controller.on_decision(Decision("seen", DEFECTIVE, capture))
+    assert _tick_until(controller, lambda: len(rec.events) == 1), rec.events
+    (done,) = rec.events
+    assert (done.outcome, done.part_id) == (DONE, "seen")
+    assert "confirmed by the reject sensor 20 ms after the stroke" in done.message, done.message
+    assert done.actual_ns >= capture + COMMAND_AFTER_CAPTURE
+    driver.set_faults(frozenset({"jammed"}))  # the pusher strokes, nothing reaches the chute
+    controller.on_decision(Decision("stuck", DEFECTIVE, time.time_ns()))
+    assert _tick_until(controller, lambda: len(rec.events) == 2), rec.events
+    unconfirmed = rec.events[1]
+    assert (unconfirmed.outcome, unconfirmed.part_id) == (UNCONFIRMED, "stuck")
+    assert unconfirmed.actual_ns > 0 and "did not see the part within 60 ms" in unconfirmed.message
+    assert [(a.severity, a.code, a.part_id) for a in rec.alerts] == [(CRITICAL, "REJECT_UNCONFIRMED", "stuck")]
+    assert rec.wait(lambda: len(edges(driver, STOP_LINE)) == 2), "the stop-line pulses for the unconfirmed part"
+    assert controller.counts["unconfirmed"] == 1 and controller.counts["done"] == 1
+
+
+def test_merged_parts_each_need_their_own_confirmation(cell):
+    controller, driver, rec = cell(confirm_window_ms=60.0)
+    capture = time.time_ns()
+    controller.on_decision(Decision("a", DEFECTIVE, capture))
+    controller.on_decision(Decision("b", DEFECTIVE, capture + 10 * MS))  # overlaps a's pulse: merged
+    assert _tick_until(controller, lambda: len(rec.events) == 2), rec.events
+    assert [(e.part_id, e.outcome) for e in rec.events] == [("a", DONE), ("b", DONE)]
+    assert len(edges(driver)) == 2, "one continuous pulse"
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"), [("bin_full", "reject bin full"), ("bin_absent", "reject bin absent"), ("air_low", "air")]
+)
+def test_a_station_fault_holds_the_stop_line_and_blocks_ejection(cell, fault, named):
+    controller, driver, rec = cell(confirm_window_ms=60.0)
+    driver.set_faults(frozenset({fault}))
+    controller.tick()
+    assert rec.wait(lambda: [on for on, _ in edges(driver, STOP_LINE)] == [True]), driver.edges
+    assert [(a.severity, a.code) for a in rec.alerts] == [(CRITICAL, "REJECT_STATION_FAULT")]
+    assert named in rec.alerts[0].message
+    controller.on_decision(Decision("p1", DEFECTIVE, time.time_ns()))
+    assert _tick_until(controller, lambda: len(rec.events) == 1), rec.events
+    (event,) = rec.events
+    assert (event.outcome, event.actual_ns) == (FAILED, 0) and f"ejection blocked: {named}" in event.message
+    assert edges(driver) == [], "no stroke into a full or missing bin, or without air"
+    driver.set_faults(frozenset())
+    controller.tick()
+    assert rec.wait(lambda: [on for on, _ in edges(driver, STOP_LINE)] == [True, False]), "released once fine again"
+    assert rec.alerts[-1].code == "REJECT_STATION_RESTORED"
+    controller.on_decision(Decision("p2", DEFECTIVE, time.time_ns()))
+    assert _tick_until(controller, lambda: len(rec.events) == 2)
+    assert rec.events[1].outcome == DONE
+
+
+def test_a_confirmation_window_needs_a_confirmation_input():
+    with pytest.raises(ValueError, match=r"confirm_window_ms 50\.0 needs a reject-confirmation input"):
+        RejectController(RejectConfig(**{**BASE, "confirm_window_ms": 50.0}), GpioDriver({REJECT: 12}), Recorder())
+
+
+# ---- monotonic scheduling -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("step_ms", [-300, 300])
+def test_a_wall_clock_step_after_the_verdict_changes_no_ejection(step_ms):
+    step = [0]
+    driver = SimDriver(clock_ns=time.monotonic_ns)  # edges on the monotonic clock, to measure against it
+    recorder = Recorder()
+    controller = RejectController(RejectConfig(**BASE), driver, recorder, wall_ns=lambda: time.time_ns() + step[0])
+    controller.open()
+    controller.arm()
+    try:
+        captured = time.monotonic_ns()
+        controller.on_decision(Decision("p1", DEFECTIVE, time.time_ns()))
+        step[0] = step_ms * MS  # NTP steps the wall clock while the part travels to the ejector
+        assert recorder.wait(lambda: len(recorder.events) == 1), recorder.events
+        (event,) = recorder.events
+        on, t_on = edges(driver)[0]
+        assert on is True
+        assert abs(t_on - (captured + COMMAND_AFTER_CAPTURE)) < 5 * MS, "fired where the part is, not 300 ms off"
+        assert event.outcome == DONE and abs(event.lateness_ms) < 5.0
+    finally:
+        controller.close()

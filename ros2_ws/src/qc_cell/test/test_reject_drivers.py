@@ -23,6 +23,7 @@ from qc_cell.reject.drivers.robot_arm import RobotArmDriver
 from qc_cell.reject.plc_sim import SimulatedPlc, free_port
 from qc_cell.reject.recording import RecordingSink as Recorder
 from qc_cell.reject.records import DEFECTIVE, DIVERT, DONE, REJECT, STOP_LINE, Decision
+from qc_cell.reject.station import StationReading, station_faults
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -84,6 +85,40 @@ def test_the_plc_coil_toggles_at_the_planned_time_and_reads_back(plc):
     assert planned <= t_on < planned + 100 * MS, f"coil went on {(t_on - planned) / MS:.1f} ms after planned"
     assert abs((t_off - t_on) - 200 * MS) < 50 * MS, f"pulse lasted {(t_off - t_on) / MS:.1f} ms, not 200"
     assert t_on <= event.actual_ns, "actual = when the PLC acknowledged, after it stored the value"
+
+
+def test_plc_discrete_inputs_are_the_station_inputs_and_confirm_edges_are_caught_between_polls(plc):
+    stamps = iter(range(1000, 2000))
+    inputs = {"confirm": 10, "bin_full": 11, "bin_present": 12, "air_ok": 13}
+    driver = ModbusDriver(
+        plc.host,
+        plc.port,
+        {REJECT: ModbusOutput("coil", 0)},
+        timeout_s=0.5,
+        inputs=inputs,
+        event_clock_ns=lambda: next(stamps),
+    )
+    driver.open()
+    try:
+        plc.set_input(12, True)
+        plc.set_input(13, True)
+        driver.poll(0)
+        assert driver.read_inputs() == StationReading({"bin_full": False, "bin_present": True, "air_ok": True}, ())
+        plc.set_input(10, True)  # the PLC holds the sensor's pulse for two polls
+        driver.poll(0)
+        driver.poll(0)
+        plc.set_input(10, False)
+        plc.set_input(13, False)
+        driver.poll(0)
+        reading = driver.read_inputs()
+        assert reading.confirmations == (1000,), "one edge for one held pulse"
+        assert station_faults(reading.levels) == ["air pressure low"]
+        plc.stop()
+        driver.poll(0)
+        assert driver.read_inputs().levels == {}, "no levels from a PLC that does not answer (a driver fault)"
+        assert not driver.health().ok
+    finally:
+        driver.close()
 
 
 def test_register_outputs_write_the_on_and_off_values(plc):
@@ -170,13 +205,14 @@ class StandInGpio:
     """Stands in for the Jetson.GPIO module (the hardware boundary): records the pin levels."""
 
     BOARD, BCM, CVM, TEGRA_SOC = "BOARD", "BCM", "CVM", "TEGRA_SOC"
-    OUT, HIGH, LOW = "out", 1, 0
+    OUT, IN, HIGH, LOW, RISING = "out", "in", 1, 0, "rising"
 
     def __init__(self) -> None:
         self.mode = None
         self.levels: dict[int, int] = {}
         self.history: list[tuple[int, int, int]] = []
         self.cleaned: list[int] = []
+        self.callbacks: dict[int, object] = {}
 
     def setwarnings(self, _flag: bool) -> None:
         pass
@@ -184,9 +220,23 @@ class StandInGpio:
     def setmode(self, mode: str) -> None:
         self.mode = mode
 
-    def setup(self, pin: int, direction: str, initial: int) -> None:
-        assert direction == self.OUT
-        self.levels[pin] = initial
+    def setup(self, pin: int, direction: str, initial: int | None = None) -> None:
+        assert direction in (self.OUT, self.IN)
+        self.levels[pin] = self.LOW if initial is None else initial
+
+    def input(self, pin: int) -> int:
+        return self.levels[pin]
+
+    def add_event_detect(self, pin: int, edge: str, callback) -> None:
+        assert edge == self.RISING
+        self.callbacks[pin] = callback
+
+    def sensor(self, pin: int, level: int) -> None:
+        """A sensor wired to an input pin changes its level (Jetson.GPIO's event thread calls back on a rise)."""
+        rising = level == self.HIGH and self.levels[pin] == self.LOW
+        self.levels[pin] = level
+        if rising and pin in self.callbacks:
+            self.callbacks[pin](pin)
 
     def output(self, pin: int, level: int) -> None:
         if pin not in self.levels:
@@ -219,6 +269,31 @@ def test_gpio_pulses_the_pin_at_the_planned_time_and_releases_it():
     assert (pin_on, high, pin_off, low) == (12, 1, 12, 0)
     assert t_on >= planned and t_off >= planned + 20 * MS
     assert gpio.cleaned == [12, 16], "close() releases the pins"
+
+
+def test_gpio_station_inputs_give_levels_and_stamped_confirmation_edges():
+    gpio = StandInGpio()
+    stamps = iter([111, 222])
+    inputs = {"confirm": 21, "bin_full": 22, "bin_present": 23, "air_ok": 24}
+    driver = GpioDriver({REJECT: 12}, gpio=gpio, inputs=inputs, clock_ns=lambda: next(stamps))
+    assert driver.inputs == frozenset(inputs)
+    driver.open()
+    gpio.sensor(23, gpio.HIGH)
+    gpio.sensor(24, gpio.HIGH)
+    assert driver.read_inputs() == StationReading({"bin_full": False, "bin_present": True, "air_ok": True}, ())
+    assert station_faults(driver.read_inputs().levels) == []
+    gpio.sensor(21, gpio.HIGH)
+    gpio.sensor(21, gpio.LOW)
+    gpio.sensor(21, gpio.HIGH)
+    gpio.sensor(22, gpio.HIGH)
+    reading = driver.read_inputs()
+    assert reading.confirmations == (111, 222), "each rising edge, stamped when it fired"
+    assert station_faults(reading.levels) == ["reject bin full"]
+    assert driver.read_inputs().confirmations == (), "edges are handed over once"
+    driver.close()
+    assert sorted(gpio.cleaned) == [12, 21, 22, 23, 24]
+    with pytest.raises(ValueError, match="share one pin"):
+        GpioDriver({REJECT: 12}, gpio=gpio, inputs={"confirm": 12})
 
 
 def test_gpio_active_low_inverts_the_levels():

@@ -86,11 +86,13 @@ def test_core_constants_mirror_the_messages():
         QualityDecision.DEFECTIVE,
         QualityDecision.NOT_INSPECTED,
     )
-    assert (records.DONE, records.LATE, records.FAILED, records.SKIPPED) == (
+    assert (records.DONE, records.LATE, records.FAILED, records.SKIPPED, records.UNCONFIRMED, records.MISSED) == (
         RejectEvent.OUTCOME_DONE,
         RejectEvent.OUTCOME_LATE,
         RejectEvent.OUTCOME_FAILED,
         RejectEvent.OUTCOME_SKIPPED,
+        RejectEvent.OUTCOME_UNCONFIRMED,
+        RejectEvent.OUTCOME_MISSED,
     )
     assert (records.INFO, records.WARN, records.ERROR, records.CRITICAL) == (
         Alert.INFO,
@@ -174,6 +176,92 @@ def test_lifecycle_transitions_acquire_arm_disarm_and_release():
         assert node.controller is None and not driver.health().ok, "cleanup releases the driver"
         assert graph.spin_until(lambda: probe.codes().count("REJECT_SKIPPED") == 3, timeout=5.0), probe.codes()
         assert all(a.severity == Alert.CRITICAL for a in probe.alerts if a.code == "REJECT_SKIPPED")
+
+
+def test_a_cloud_verdict_on_quality_cloud_verdict_moves_a_diverted_part_to_the_reject_lane():
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
+        node = _actuator(
+            graph,
+            Parameter("divert_distance_mm", value=600.0),
+            Parameter("divert_verdicts", value=["REINSPECT"]),
+        )
+        probe = Probe(graph)
+        cloud = probe.node.create_publisher(QualityDecision, "quality/cloud_verdict", qos.EVENTS)
+        _connected(graph, probe)
+        assert graph.spin_until(lambda: cloud.get_subscription_count() >= 1, timeout=10.0), "no cloud_verdict sub"
+        node.trigger_configure()
+        node.trigger_activate()
+        capture = time.time_ns() + 300 * MS  # reject command at +380 ms, divert command at +880 ms
+        probe.decide("p1", QualityDecision.REINSPECT, capture)
+        assert graph.spin_until(lambda: node.controller.snapshot()["pending_actuations"] == 1, timeout=5.0)
+        msg = QualityDecision(part_id="p1", verdict=QualityDecision.DEFECTIVE, reasons=["cloud_verify"])
+        msg.header.stamp = from_ns(capture)
+        cloud.publish(msg)
+        assert graph.spin_until(lambda: len(probe.events) == 1, timeout=5.0), probe.events
+        (event,) = probe.events
+        assert (event.outcome, event.lane, event.verdict) == (
+            RejectEvent.OUTCOME_DONE,
+            "reject",
+            QualityDecision.DEFECTIVE,
+        )
+        assert to_ns(event.planned_time) == capture + 80 * MS
+        time.sleep(0.7)
+        graph.spin_until(lambda: False, timeout=0.2)
+        assert len(probe.events) == 1, "the divert pulse was cancelled: no second event"
+        assert node.controller.snapshot()["cloud_verdicts_applied"] == 1
+
+
+def test_a_jammed_pusher_drill_gives_unconfirmed_a_critical_alert_and_the_stop_line():
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
+        node = _actuator(
+            graph,
+            Parameter("confirm_window_ms", value=60.0),
+            Parameter("missed_response", value="stop_line"),
+            Parameter("tick_period_s", value=0.02),
+        )
+        probe = Probe(graph)
+        _connected(graph, probe)
+        node.trigger_configure()
+        node.trigger_activate()
+        probe.decide("seen", QualityDecision.DEFECTIVE, time.time_ns())
+        assert graph.spin_until(lambda: len(probe.events) == 1, timeout=5.0), probe.events
+        assert probe.events[0].outcome == RejectEvent.OUTCOME_DONE and "confirmed" in probe.events[0].message
+        assert node.set_parameters([Parameter("sim_faults", value="jammed")])[0].successful
+        probe.decide("stuck", QualityDecision.DEFECTIVE, time.time_ns())
+        assert graph.spin_until(lambda: len(probe.events) == 2, timeout=5.0), probe.events
+        assert (probe.events[1].part_id, probe.events[1].outcome) == ("stuck", RejectEvent.OUTCOME_UNCONFIRMED)
+        assert graph.spin_until(lambda: "REJECT_UNCONFIRMED" in probe.codes(), timeout=5.0), probe.codes()
+        alert = next(a for a in probe.alerts if a.code == "REJECT_UNCONFIRMED")
+        assert (alert.severity, alert.part_id) == (Alert.CRITICAL, "stuck")
+        stop_edges = [e for e in node.controller.driver.edges if e.channel == records.STOP_LINE]
+        assert stop_edges and stop_edges[0].on, "the stop-line was raised"
+        refused = node.set_parameters([Parameter("sim_faults", value="gremlins")])[0]
+        assert not refused.successful and "gremlins" in refused.reason
+
+
+def test_a_restarting_journalled_actuator_holds_verdicts_until_active_then_ejects_or_reports_missed(tmp_path):
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
+        node = _actuator(
+            graph,
+            Parameter("journal_path", value=str(tmp_path / "journal.jsonl")),
+            Parameter("missed_response", value="stop_line"),
+        )
+        probe = Probe(graph)
+        # The decision node's publisher (PART_RECORDS: transient local, what a journalled actuator subscribes).
+        probe.decisions = probe.node.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
+        _connected(graph, probe)
+        now = time.time_ns()
+        probe.decide("in_time", QualityDecision.DEFECTIVE, now + 2_000 * MS)  # its command is 2.08 s away
+        probe.decide("gone", QualityDecision.DEFECTIVE, now - 1_000 * MS)  # passed while the actuator was down
+        graph.spin_until(lambda: False, timeout=0.5)
+        assert probe.events == [], "held, not reported SKIPPED by an actuator that cannot act yet"
+        node.trigger_configure()
+        node.trigger_activate()
+        assert graph.spin_until(lambda: len(probe.events) == 1, timeout=5.0), probe.events
+        assert (probe.events[0].part_id, probe.events[0].outcome) == ("gone", RejectEvent.OUTCOME_MISSED)
+        assert graph.spin_until(lambda: "REJECT_MISSED" in probe.codes(), timeout=5.0), probe.codes()
+        assert graph.spin_until(lambda: len(probe.events) == 2, timeout=5.0), probe.events
+        assert (probe.events[1].part_id, probe.events[1].outcome) == ("in_time", RejectEvent.OUTCOME_DONE)
 
 
 def test_gpio_driver_without_jetson_gpio_fails_configure_cleanly():

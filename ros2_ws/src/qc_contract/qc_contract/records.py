@@ -13,9 +13,28 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from qc_contract.vocabulary import MODEL_STATE_NAMES, OUTCOME_NAMES, SEVERITY_NAMES, VERDICT_NAMES, name_of
+from qc_contract.vocabulary import (
+    MODEL_STATE_NAMES,
+    OUTCOME_NAMES,
+    SEVERITY_NAMES,
+    SIMULATED_INPUTS,
+    VERDICT_NAMES,
+    name_of,
+)
 
+# Bumped on an incompatible change only. An added optional property (e.g. `simulated`) keeps it: records without
+# it, written before, still validate and read the same.
 SCHEMA_VERSION = 1
+
+
+def simulated(inputs: Iterable[str]) -> dict[str, list[str]]:
+    """The `simulated` property of part, reject and process records: {} when every input is real (the property is
+    then absent), else the simulated inputs in vocabulary order. Raises ValueError on a name outside it."""
+    names = set(inputs)
+    unknown = names - set(SIMULATED_INPUTS)
+    if unknown:
+        raise ValueError(f"simulated inputs {sorted(unknown)}: known are {list(SIMULATED_INPUTS)}")
+    return {"simulated": [name for name in SIMULATED_INPUTS if name in names]} if names else {}
 
 
 def iso_time(ns: int) -> str | None:
@@ -67,6 +86,7 @@ def part(
     capture_ns: int,
     decision_ns: int,
     capture_to_decision_ms: float,
+    simulated_inputs: Iterable[str] = (),
 ) -> dict[str, Any]:
     return {
         "part_id": part_id,
@@ -80,6 +100,7 @@ def part(
         "capture_time": iso_time(capture_ns),
         "decision_time": iso_time(decision_ns),
         "capture_to_decision_ms": number(capture_to_decision_ms, 2),
+        **simulated(simulated_inputs),
     }
 
 
@@ -131,6 +152,7 @@ def reject(
     actual_ns: int,
     lateness_ms: float,
     message: str,
+    simulated_inputs: Iterable[str] = (),
 ) -> dict[str, Any]:
     return {
         "part_id": part_id,
@@ -143,6 +165,7 @@ def reject(
         "actual_time": iso_time(actual_ns),
         "lateness_ms": number(lateness_ms, 2),
         "message": message,
+        **simulated(simulated_inputs),
     }
 
 
@@ -156,6 +179,7 @@ def process(
     flags: int,
     out_of_spec: bool,
     stale: bool,
+    simulated_inputs: Iterable[str] = (),
 ) -> dict[str, Any]:
     return {
         "time": iso_time(stamp_ns),
@@ -166,6 +190,7 @@ def process(
         "flags": int(flags),
         "out_of_spec": bool(out_of_spec),
         "stale": bool(stale),
+        **simulated(simulated_inputs),
     }
 
 

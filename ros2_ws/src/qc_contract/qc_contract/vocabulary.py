@@ -36,6 +36,8 @@ class RejectOutcome(IntEnum):
     LATE = 1
     FAILED = 2
     SKIPPED = 3
+    UNCONFIRMED = 4  # actuated, but the confirmation sensor did not see the part leave: treat as not ejected
+    MISSED = 5  # the actuator restarted while the part was in flight, and it has passed the ejector
 
 
 class ModelState(IntEnum):
@@ -45,6 +47,15 @@ class ModelState(IntEnum):
     LOADING = 1
     ACTIVE = 2
     FAILED = 3
+
+
+# What of a cell may be simulated (demo params files only); a record from such a cell names them in `simulated`.
+SIMULATED_INPUTS = (
+    "process_sensors",  # process_simulator instead of the line's sensors
+    "robot_arm",  # the reference arm_server instead of a robot
+    "ejector",  # the sim reject driver instead of a valve/pusher
+    "camera",  # synthetic parts instead of a camera
+)
 
 
 def _names(kind: type[IntEnum]) -> Mapping[int, str]:

@@ -68,3 +68,45 @@ def test_records_name_values_from_the_vocabulary_and_unknown_values_as_such():
     assert part["verdict"] == "UNKNOWN_7"
     errors = schemas.validator("part").iter_errors(records.envelope("site/line/cell", "0123abcd", "part", 1, part))
     assert [list(e.path) for e in errors] == [["verdict"]], "the schema refuses the unknown verdict, and only that"
+
+
+SIMULATED_STREAMS = ["part", "reject", "process"]
+
+
+@pytest.mark.parametrize("name", SIMULATED_STREAMS)
+def test_simulated_names_the_vocabulary_and_stays_optional(name: str):
+    from qc_contract.vocabulary import SIMULATED_INPUTS
+
+    prop = schemas.schema(name)["properties"]["simulated"]
+    assert prop["items"]["enum"] == list(SIMULATED_INPUTS)
+    # Added as an optional property: schema_version 1 records written before it (without it) still validate.
+    assert "simulated" not in schemas.schema(name)["required"]
+    assert schemas.schema(name)["properties"]["schema_version"]["const"] == records.SCHEMA_VERSION == 1
+
+
+def _process(**extra) -> dict:
+    body = records.process(
+        stamp_ns=1,
+        temperature_c=45.0,
+        pressure_pa=6e5,
+        vibration_rms=0.5,
+        anomaly_score=0.0,
+        flags=0,
+        out_of_spec=False,
+        stale=False,
+        **extra,
+    )
+    return records.envelope("site/line/cell", "0123abcd", "process", 1, body)
+
+
+def test_records_from_simulated_inputs_are_marked_and_real_ones_unchanged():
+    real = _process()
+    assert "simulated" not in real, "a real cell's record is as before the field existed"
+    assert list(schemas.validator("process").iter_errors(real)) == []
+    demo = _process(simulated_inputs=["camera", "process_sensors"])
+    assert demo["simulated"] == ["process_sensors", "camera"], "in vocabulary order"
+    assert list(schemas.validator("process").iter_errors(demo)) == []
+    with pytest.raises(ValueError, match="simulated inputs \\['plc'\\]"):
+        _process(simulated_inputs=["plc"])
+    forged = {**real, "simulated": ["plc"]}
+    assert [list(e.path) for e in schemas.validator("process").iter_errors(forged)] == [["simulated", 0]]

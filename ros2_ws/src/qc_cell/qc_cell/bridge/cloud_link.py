@@ -164,6 +164,7 @@ class CloudLink:
                 capture_ns=part.capture_ns,
                 decision_ns=part.decision_ns,
                 capture_to_decision_ms=part.capture_to_decision_ms,
+                simulated_inputs=self.settings.simulated_inputs,
             ),
             # The decision node keeps its last verdicts for late joiners: a restarted bridge gets them again. The
             # key stores each once, so those decided while no bridge ran are sent and the others are not resent.
@@ -187,7 +188,8 @@ class CloudLink:
         self.bridge.send("alert", records.alert(**asdict(replace(alert, message=alert.message[:MAX_TEXT]))))
 
     def on_reject(self, event: RejectReport) -> None:
-        self.bridge.send("reject", records.reject(**asdict(replace(event, message=event.message[:MAX_TEXT]))))
+        body = asdict(replace(event, message=event.message[:MAX_TEXT]))
+        self.bridge.send("reject", records.reject(**body, simulated_inputs=self.settings.simulated_inputs))
 
     def on_process(self, state: ProcessReport) -> None:
         """Forwarded on a change of flags, out_of_spec or stale, else at most once per process_period_s."""
@@ -196,7 +198,7 @@ class CloudLink:
         if key == self._last_process and now - self._last_process_ns < self._process_period_ns:
             return
         self._last_process, self._last_process_ns = key, now
-        self.bridge.send("process", records.process(**asdict(state)))
+        self.bridge.send("process", records.process(**asdict(state), simulated_inputs=self.settings.simulated_inputs))
 
     def on_model(self, model: ModelReport) -> None:
         """Each change of the model state is one retained record. (Update versions are ordered by the model

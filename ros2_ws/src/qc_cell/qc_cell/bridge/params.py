@@ -92,5 +92,10 @@ CLOUD_BRIDGE = NodeParams(
         Param("offload_max_side", 0, "downscale offloaded images to this longer side (0 = keep)", range=(0, 8192)),
         Param("max_verify_response_bytes", 4096, "largest verify response", range=(256, MB)),
         Param("frame_buffer", 16, "recent frames kept for samples/offload", range=(1, 1000)),
+        Param(
+            "simulated_inputs",
+            "",
+            "comma-separated simulated inputs named in part/reject/process records; set by the runner/launch file",
+        ),
     ),
 )

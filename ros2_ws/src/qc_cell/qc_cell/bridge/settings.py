@@ -16,6 +16,7 @@ from qc_contract.artifact import FetchPolicy
 from qc_contract.broker import BridgeConfigError, BrokerConfig, broker_config
 from qc_contract.topics import CellId
 from qc_contract.update_manifest import TrustedKeys
+from qc_contract.vocabulary import SIMULATED_INPUTS
 
 MB = 1024 * 1024
 IMAGE_VERDICTS = ("REINSPECT", "DEFECTIVE")  # the verdicts whose images may leave the cell
@@ -76,6 +77,9 @@ class CloudLinkSettings:
     updates: UpdateSettings | None = None  # None: updates disabled, every manifest is answered with a rejection
     sample: SampleSettings = field(default_factory=SampleSettings)
     offload: OffloadSettings = field(default_factory=OffloadSettings)
+    # What of the cell is simulated (qc_contract.vocabulary.SIMULATED_INPUTS): named in part, reject and process
+    # records, so the cloud never takes a demo's parts for a real line's.
+    simulated_inputs: tuple[str, ...] = ()
 
     @property
     def wants_frames(self) -> bool:
@@ -100,6 +104,15 @@ class CloudLinkSettings:
             max_packet_bytes=self.max_inbound_packet_bytes,
             subscriptions=tuple(subscriptions),
         )
+
+
+def simulated_inputs(value: str) -> tuple[str, ...]:
+    """The simulated_inputs parameter (comma-separated) checked against the contract's vocabulary."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(set(names) - set(SIMULATED_INPUTS))
+    if unknown:
+        raise BridgeConfigError(f"simulated_inputs {unknown}: known are {list(SIMULATED_INPUTS)}")
+    return names
 
 
 def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
@@ -171,6 +184,7 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
         process_period_s=v["process_period_s"],
         loss_alert_period_s=v["loss_alert_period_s"],
         frame_buffer=v["frame_buffer"],
+        simulated_inputs=simulated_inputs(v["simulated_inputs"]),
         updates=updates,
         sample=sample,
         offload=OffloadSettings(

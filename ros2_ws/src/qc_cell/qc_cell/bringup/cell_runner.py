@@ -41,21 +41,34 @@ from qc_cell.ros.node_main import WITHOUT_RCLPY_SIGNAL_HANDLERS, stop_like_ctrl_
 from qc_interfaces.msg import QualityDecision
 
 FLAGS = sorted({spec.enabled_by for spec in NODES if spec.enabled_by})
+SIMULATOR_FLAGS = frozenset(spec.enabled_by for spec in NODES if spec.simulator)
+
+
+def flag_help(flag: str) -> str:
+    """What a node flag's values mean (runner option and launch argument alike)."""
+    if flag in SIMULATOR_FLAGS:
+        return f"{flag}: true (demo params files only)/false; auto = false: a simulator never runs unasked"
+    return f"{flag}: true/false; auto = run the node when the params file configures it"
+
+
 # A second SIGINT/SIGTERM this soon after the first is the same request delivered twice (timeout(1) signals the
 # runner, then its process group), not an operator's "stop now".
 SAME_SIGNAL_S = 0.25
 
 
 def enabled_nodes(params: Mapping[str, dict], flags: Mapping[str, bool | None]) -> list[NodeSpec]:
-    """Nodes to run: always-on nodes, plus optional ones whose flag is set; an unset flag defaults to
-    whether the params file configures that node (a non-empty section)."""
+    """Nodes to run: always-on nodes, plus optional ones whose flag is set; an unset flag (auto) defaults to
+    whether the params file configures that node (a non-empty section), except for simulators, which run only when
+    their flag is explicitly true."""
     chosen = []
     for spec in NODES:
         if spec.enabled_by is None:
             chosen.append(spec)
             continue
         flag = flags.get(spec.enabled_by)
-        if flag if flag is not None else bool(params.get(spec.name)):
+        if flag is None:
+            flag = not spec.simulator and bool(params.get(spec.name))
+        if flag:
             chosen.append(spec)
     return chosen
 
@@ -92,6 +105,8 @@ class CellRunner:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             params = params_file.with_state_dir(params, self.state_dir)
         self.nodes = enabled_nodes(params, flags or {})
+        params_file.check_demo(params, self.nodes, params_file.is_demo(params_path), params_path)
+        params = params_file.with_simulated_inputs(params, self.nodes)
         self.params = params
         self.progress = CellProgress()
         self._on_event = on_event or (lambda name, event, detail: print(f"[runner] {name}: {event} ({detail})"))
@@ -280,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
             default="auto",
             type=_flag,
             dest=flag,
-            help=f"{flag}: true/false; auto = when the params file configures the node",
+            help=flag_help(flag),
         )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "fatal"])
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE", help="parameter override")

@@ -21,6 +21,8 @@ from qc_contract.model_manifest import Manifest, ManifestError
 REPO = Path(__file__).resolve().parents[5]
 # The namespace the RViz and rqt configs (ros2_ws/src/qc_bringup/config/) show, so they work during the demo.
 NAMESPACE = "cell1"
+# The demo's cell: the bridge to its local broker, and simulated process sensors (a simulator runs only when asked).
+DEMO_FLAGS = {"use_bridge": True, "use_process_sim": True}
 
 
 def demo_overrides(parts: int, broker_url: str, run_dir: Path) -> dict[str, dict]:
@@ -52,9 +54,7 @@ def run_demo(
         overrides = demo_overrides(parts, broker.url, out_dir)
         for node, values in (extra_overrides or {}).items():
             overrides.setdefault(node, {}).update(values)
-        runner = CellRunner(
-            params, namespace=namespace, overrides=overrides, flags={"use_bridge": True}, run_dir=out_dir
-        )
+        runner = CellRunner(params, namespace=namespace, overrides=overrides, flags=DEMO_FLAGS, run_dir=out_dir)
         camera = runner.params.get("camera_driver", {})
         image_bytes = int(camera.get("width", 640)) * int(camera.get("height", 480)) * 3
         rate = float(camera.get("rate_hz", 10.0))

@@ -11,6 +11,10 @@ interpret a params file the same way.
   overlay or an override naming a parameter the base lacks is an error, not a silently ignored value.
 - **Paths.** A relative path in a path parameter (PATH_PARAMETERS) resolves against the folder of the file that
   sets it; one given as an override resolves against the current directory.
+- **Demo or production.** A params file whose chain says `demo: true` at the top level (params/demo.yaml) is a
+  demo. Only a demo may run simulated equipment: the simulator nodes (process_simulator, arm_server, each only when
+  its flag is explicitly true, never on `auto`), the sim ejector or the synthetic camera (check_demo). Records from
+  simulated inputs are marked as such (simulated_inputs, sent with the cloud records).
 - **State.** `$(var state_dir)` in a value is the run's state folder (runner `--state-dir`, launch argument
   `state_dir`; by default a new folder per run), substituted by `with_state_dir`.
 """
@@ -27,9 +31,10 @@ import yaml
 
 from qc_cell.bringup import params_rules
 from qc_cell.bringup.params_rules import ParamsFileError  # every error of a params file, rules included
-from qc_cell.cell_graph import NODES
+from qc_cell.cell_graph import NODES, NodeSpec
 
 EXTENDS = "extends"
+DEMO = "demo"
 STATE_DIR = "$(var state_dir)"
 
 # Launch/runner arguments that map onto one node's parameter.
@@ -42,6 +47,7 @@ ARGUMENT_PARAMETERS: dict[str, tuple[str, str]] = {
 # sets it, so a cell starts the same from any working directory. update_public_keys is a comma-separated list.
 PATH_PARAMETERS: dict[str, frozenset[str]] = {
     "camera_driver": frozenset({"path", "state_dir"}),
+    "reject_actuator": frozenset({"journal_path"}),
     "inference": frozenset(
         {"model_path", "model_store_dir", "engine_cache_dir", "engine_key_file", "int8_calibration_dir"}
     ),
@@ -62,8 +68,6 @@ PATH_PARAMETERS: dict[str, frozenset[str]] = {
 }
 _PATH_LISTS = {("cloud_bridge", "update_public_keys")}
 
-# Declared by a node but valueless in the base file: a ROS params file cannot hold an empty list.
-UNSET_IN_BASE: dict[str, frozenset[str]] = {"reject_actuator": frozenset({"divert_verdicts"})}
 
 NODE_NAMES = tuple(spec.name for spec in NODES)
 
@@ -84,6 +88,9 @@ def _read(path: Path) -> tuple[Path | None, dict[str, dict[str, Any]]]:
     if not isinstance(data, dict):
         raise ParamsFileError(f"params file {path}: top level must map node names to their parameters")
     base = data.pop(EXTENDS, None)
+    demo = data.pop(DEMO, None)
+    if demo is not None and not isinstance(demo, bool):
+        raise ParamsFileError(f"params file {path}: '{DEMO}' is true (a demo, may simulate equipment) or false")
     if base is not None and (not isinstance(base, str) or not base):
         raise ParamsFileError(f"params file {path}: '{EXTENDS}' names the base params file, e.g. cell.yaml")
     params: dict[str, dict[str, Any]] = {}
@@ -118,7 +125,67 @@ def _chain(path: Path) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
 
 def _known(chain: list[tuple[Path, dict[str, dict[str, Any]]]]) -> dict[str, frozenset[str]]:
     root = chain[0][1]
-    return {node: frozenset(root.get(node, {})) | UNSET_IN_BASE.get(node, frozenset()) for node in NODE_NAMES}
+    return {node: frozenset(root.get(node, {})) for node in NODE_NAMES}
+
+
+def is_demo(path: str | Path) -> bool:
+    """Whether the params file declares itself a demo (`demo: true`, in it or the nearest file of its chain that
+    says); production otherwise."""
+    for file, _ in reversed(_chain(Path(path))):
+        data = yaml.safe_load(file.read_text())
+        if data.get(DEMO) is not None:
+            return bool(data[DEMO])
+    return False
+
+
+# ---- simulated equipment ----------------------------------------------------------------------------------------
+SIMULATED_DRIVER = ("reject_actuator", "driver", "sim")
+SIMULATED_CAMERA = ("camera_driver", "source", "synthetic")
+
+
+def simulated_inputs(params: Mapping[str, Mapping[str, Any]], nodes: Iterable[NodeSpec]) -> list[str]:
+    """What of the cell is simulated with these params and nodes: process_sensors (process_simulator),
+    robot_arm (the reference arm_server as the ejector), ejector (sim driver), camera (synthetic parts)."""
+    names = {spec.name for spec in nodes}
+    driver = params.get("reject_actuator", {}).get("driver")
+    simulated = []
+    if "process_simulator" in names:
+        simulated.append("process_sensors")
+    if "arm_server" in names and driver == "robot_arm":
+        simulated.append("robot_arm")
+    if driver == SIMULATED_DRIVER[2]:
+        simulated.append("ejector")
+    if params.get("camera_driver", {}).get("source") == SIMULATED_CAMERA[2]:
+        simulated.append("camera")
+    return simulated
+
+
+def check_demo(
+    params: Mapping[str, Mapping[str, Any]], nodes: Iterable[NodeSpec], demo: bool, where: str | Path
+) -> None:
+    """A production params file (no `demo: true`) that would run simulated equipment is refused: fake sensors or a
+    fake ejector on a real line mask every real fault."""
+    if demo:
+        return
+    simulated = [spec.name for spec in nodes if spec.simulator]
+    for node, name, value in (SIMULATED_DRIVER, SIMULATED_CAMERA):
+        if params.get(node, {}).get(name) == value:
+            simulated.append(f"{node}.{name}={value}")
+    if simulated:
+        raise ParamsFileError(
+            f"params file {where} is a production file (no '{DEMO}: true') but enables simulated equipment: "
+            f"{', '.join(simulated)}; use a demo params file (params/demo.yaml) or the real equipment"
+        )
+
+
+def with_simulated_inputs(params: Mapping[str, Mapping[str, Any]], nodes: Iterable[NodeSpec]) -> dict[str, dict]:
+    """The params with cloud_bridge.simulated_inputs set to what these nodes and params simulate (the cloud records
+    carry it)."""
+    nodes = list(nodes)
+    result = {node: dict(values) for node, values in params.items()}
+    if "cloud_bridge" in result:
+        result["cloud_bridge"]["simulated_inputs"] = ",".join(simulated_inputs(params, nodes))
+    return result
 
 
 def known_parameters(path: str | Path) -> dict[str, frozenset[str]]:
@@ -251,10 +318,11 @@ def with_state_dir(params: Mapping[str, Mapping[str, Any]], state_dir: str | Pat
 
 
 # ---- writing ------------------------------------------------------------------------------------------------------
-def to_yaml(params: Mapping[str, Mapping[str, Any]], header: str = "") -> str:
+def to_yaml(params: Mapping[str, Mapping[str, Any]], header: str = "", *, demo: bool = False) -> str:
     """A complete params file (node -> ros__parameters) of merged params; derived parameters are left out, so
-    the file loads again as it was configured."""
-    body = {
+    the file loads again as it was configured. `demo`: the file says `demo: true` (merged from a demo file)."""
+    body: dict[str, Any] = {DEMO: True} if demo else {}
+    body |= {
         node: {"ros__parameters": {k: v for k, v in values.items() if (node, k) not in params_rules.DERIVED}}
         for node, values in params.items()
     }

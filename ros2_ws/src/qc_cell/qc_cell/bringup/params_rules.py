@@ -7,6 +7,10 @@ params at load time (qc_cell.bringup.params_file.load), each broken one a one-li
 - decision.result_deadline_ms stays below the camera-to-ejector travel time (else no verdict reaches the ejector).
 - reject_actuator.watchdog_timeout_s exceeds decision.result_deadline_ms (else the watchdog ejects parts whose
   verdict is still on time; docs/reject.md).
+- reject_actuator.watchdog_timeout_s stays below the camera-to-ejector travel time (else the fail-safe ejection of a
+  part without verdict comes after the part has passed).
+- reject_actuator.speed_source encoder needs encoder counts on camera/parts: a free-running camera has none (they
+  come with each camera/trigger of triggered mode), so the cell would always time parts with the fallback speed.
 - With offload on, cloud_bridge.offload_slack_ms leaves the actuator's latency before the part reaches the ejector.
 """
 
@@ -77,6 +81,18 @@ def check(params: Mapping[str, Mapping[str, Any]]) -> None:
         raise ParamsFileError(
             f"reject_actuator.watchdog_timeout_s {watchdog_s:g} must exceed decision.result_deadline_ms "
             f"{result_deadline:g} ms, else the watchdog ejects parts whose verdict is still on time"
+        )
+    if travel is not None and watchdog_s and not watchdog_s * 1000.0 < travel:
+        raise ParamsFileError(
+            f"reject_actuator.watchdog_timeout_s {watchdog_s:g} must stay below the camera-to-ejector travel time "
+            f"{travel:g} ms, else a part without verdict has passed the ejector before the watchdog ejects it"
+        )
+    camera = params.get("camera_driver", {})
+    if reject.get("speed_source") == "encoder" and camera.get("mode") == "free_run":
+        raise ParamsFileError(
+            "reject_actuator.speed_source encoder needs the encoder count of each part, which only camera/trigger "
+            "carries: camera_driver.mode free_run has none; use mode triggered (part sensor with the encoder "
+            "count) or speed_source parameter"
         )
     if bridge.get("offload_enabled") and travel is not None:
         latest = travel - reject.get("actuator_latency_ms", 0.0)

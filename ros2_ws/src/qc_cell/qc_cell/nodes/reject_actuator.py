@@ -3,7 +3,9 @@
 configure: build the driver and acquire the hardware; activate: arm (start the deadline scheduler and the
 watchdog); deactivate: disarm (outputs off, pending parts reported); cleanup/shutdown: release the hardware.
 
-Subscribes quality/decision and camera/parts (encoder samples, watchdog). Publishes reject/event for every
+Subscribes /diagnostics (the heartbeat toggles only while the heartbeat_nodes report healthy: CellHealth),
+quality/decision, quality/cloud_verdict (a cloud re-inspection verdict replaces the local one while
+the part's actuation has not begun) and camera/parts (encoder samples, watchdog). Publishes reject/event for every
 acted-on part, alerts, /diagnostics and, with the sim driver, reject/markers for RViz.
 """
 
@@ -11,15 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from visualization_msgs.msg import MarkerArray
 
+from qc_cell.reject.cell_health import CellHealth
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.controller import RejectController
 from qc_cell.reject.drivers.base import DriverError
 from qc_cell.reject.drivers.factory import build_driver
+from qc_cell.reject.drivers.sim import SimDriver, sim_faults
+from qc_cell.reject.journal import EjectionJournal
 from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
 from qc_cell.reject.records import (
     SKIPPED,
@@ -45,6 +52,8 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # MultiThreadedExecutor cost the node about twice the CPU (docs/reject.md). A Modbus heartbeat to a PLC that
 # stops answering (modbus_timeout_s, 0.2 s) on the tick may hold verdicts back that long.
 EXECUTOR_THREADS = 1
+# Verdicts held while a journalled actuator is not yet active (a restart); beyond, they are reported SKIPPED at once.
+MAX_HELD = 10_000
 
 
 class _Publisher:
@@ -107,11 +116,16 @@ class RejectActuator(DeviceNode):
         self._spin_ms: float = p["scheduler_spin_ms"]
         self._rt_priority: int = p["scheduler_rt_priority"]
         tick_s, diag_s = p["tick_period_s"], p["diagnostics_period_s"]
+        self.cell_health = CellHealth(p["heartbeat_nodes"], int(p["heartbeat_stale_s"] * 1e9))
         if self.get_parameter("use_sim_time").value:
             raise ParameterError(
                 "use_sim_time must be false: the actuator fires on the wall clock of the capture stamps"
             )
         self._pending_config: RejectConfig | None = None
+        try:
+            self._sim_faults = sim_faults(p["sim_faults"])
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from exc
         self._publisher = _Publisher(self)
         self.markers = RejectMarkers(self.marker_frame, self.marker_lifetime_s)
 
@@ -123,8 +137,17 @@ class RejectActuator(DeviceNode):
         self._diag_pub = diagnostics.create_publisher(self)
         subscriptions = Subscriptions(self, self.alerts, self._diag_pub)
         # Verdicts and parts are handled in every state, so parts that cannot be ejected are still reported.
-        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, qos.EVENTS)
+        # With a journal, the decision node's history (PART_RECORDS, transient local) is replayed to a restarted
+        # actuator: the verdicts decided while it was down are handled, the ones it already handled are known.
+        self._journal_path: str = p["journal_path"]
+        self._started_ns = self.get_clock().now().nanoseconds
+        self._replayed: list[Decision] = []  # verdicts that came before activation (journal): handled on activate
+        decisions_qos = qos.PART_RECORDS if self._journal_path else qos.EVENTS
+        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, decisions_qos)
+        subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
         subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
+        if self.config.heartbeat_period_ms > 0:
+            subscriptions.create(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.DIAGNOSTICS)
         self.create_timer(tick_s, self._tick)
         self.create_timer(diag_s, self._publish_diagnostics)
         handle_parameter_changes(self, REJECT_ACTUATOR, self._apply_parameters)
@@ -132,7 +155,19 @@ class RejectActuator(DeviceNode):
     # ------------------------------------------------------------ parameters
 
     def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
-        """Validated against the config in force (or the one waiting), applied on the next tick."""
+        """Validated against the config in force (or the one waiting), applied on the next tick. sim_faults (a
+        drill on the simulated station) applies at once."""
+        changed = dict(changed)
+        if "sim_faults" in changed:
+            faults = sim_faults(changed.pop("sim_faults"))
+            if self.settings.driver != "sim":
+                raise ValueError("sim_faults only applies to the sim driver")
+            self._sim_faults = faults
+            controller = self.controller
+            if controller is not None and isinstance(controller.driver, SimDriver):
+                controller.driver.set_faults(faults)
+        if not changed:
+            return
         candidate = dataclasses.replace(self._pending_config or self.config, **changed)
         candidate.validate()
         self._pending_config = candidate
@@ -143,13 +178,19 @@ class RejectActuator(DeviceNode):
         if self.settings.driver == "robot_arm":
             self._transport = ActionArmTransport(self)
         driver = build_driver(self.settings, self._transport)
+        journal = EjectionJournal(self._journal_path) if self._journal_path else None
+        if journal is not None and journal.corrupt_lines:
+            self.get_logger().warning(f"journal {journal.path}: {journal.corrupt_lines} torn line(s) skipped")
         controller = RejectController(
             self.config,
             driver,
             self._publisher,
             spin_ns=int(self._spin_ms * 1e6),
             rt_priority=self._rt_priority,
+            journal=journal,
         )
+        if isinstance(driver, SimDriver):
+            driver.set_faults(self._sim_faults)
         controller.open()
         self.controller = controller
         self.get_logger().info(
@@ -159,7 +200,10 @@ class RejectActuator(DeviceNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.controller is not None
-        self.controller.arm()
+        self.controller.arm()  # re-plans or reports (MISSED) what the journal left open
+        replayed, self._replayed = self._replayed, []
+        for decision in replayed:
+            self.controller.on_decision(decision, replayed=True)
         realtime = self.controller.realtime
         if self._rt_priority > 0 and not realtime.startswith("SCHED_FIFO"):
             self._publisher.alert(
@@ -190,9 +234,15 @@ class RejectActuator(DeviceNode):
 
     def _on_decision(self, msg: QualityDecision) -> None:
         decision = Decision(msg.part_id, msg.verdict, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id)
+        replayed = bool(self._journal_path) and to_ns(msg.decision_stamp) < self._started_ns
         controller = self.controller
+        if self._journal_path and (controller is None or not controller.armed) and len(self._replayed) < MAX_HELD:
+            # A (re)starting actuator with a journal: every verdict until it is armed is handled then (ejected when
+            # still in time, MISSED otherwise), not reported SKIPPED at once from a node that cannot act yet.
+            self._replayed.append(decision)
+            return
         if controller is not None:
-            controller.on_decision(decision)
+            controller.on_decision(decision, replayed=replayed)
             return
         lane = self.config.lane_for(decision.verdict)
         if lane is None:
@@ -224,12 +274,27 @@ class RejectActuator(DeviceNode):
             )
         )
 
+    def _on_cloud_verdict(self, msg: QualityDecision) -> None:
+        if self.controller is not None:
+            self.controller.on_cloud_verdict(
+                Decision(msg.part_id, msg.verdict, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id)
+            )
+
     def _on_part(self, msg: PartTrigger) -> None:
         if self.controller is not None:
             self.controller.on_part(Part(msg.part_id, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id))
 
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        now = time.monotonic_ns()  # freshness: immune to wall-clock steps
+        for status in msg.status:
+            level = status.level if isinstance(status.level, int) else int.from_bytes(status.level, "little")
+            values = {kv.key: kv.value for kv in status.values}
+            self.cell_health.on_status(status.name, level, status.message, values, now)
+
     def _tick(self) -> None:
         controller = self.controller
+        if controller is not None:
+            controller.set_cell_problems(self.cell_health.problems(time.monotonic_ns()))
         if self._pending_config is not None:
             self.config, self._pending_config = self._pending_config, None
             if controller is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qc_cell.reject.records import DIVERT, REJECT, STOP_LINE
+from qc_cell.reject.records import DIVERT, HEARTBEAT, REJECT, STOP_LINE
 from qc_contract.vocabulary import Verdict
 
 SPEED_SOURCES = ("parameter", "encoder")
@@ -37,6 +37,10 @@ class RejectConfig:
     stop_line_pulse_ms: float = 1000.0  # stop-line output pulse for missed_response=stop_line
     watchdog_timeout_s: float = 1.0  # a part with no verdict this long after camera/parts: fail-safe (0 = off)
     watchdog_action: str = "reject_all"
+    # reject-confirmation sensor: an ejection is DONE once it sees the part this long after the stroke (0 = none)
+    confirm_window_ms: float = 0.0
+    # heartbeat output: toggled every heartbeat_period_ms while the whole cell is ready (0 = no heartbeat output)
+    heartbeat_period_ms: float = 0.0
 
     def validate(self) -> None:
         def need(condition: bool, message: str) -> None:
@@ -53,7 +57,14 @@ class RejectConfig:
         )
         need(self.encoder_ticks_per_mm > 0, f"encoder_ticks_per_mm must be > 0, got {self.encoder_ticks_per_mm}")
         need(self.encoder_window_s > 0, f"encoder_window_s must be > 0, got {self.encoder_window_s}")
-        for name in ("actuator_latency_ms", "late_tolerance_ms", "min_pulse_gap_ms", "watchdog_timeout_s"):
+        for name in (
+            "actuator_latency_ms",
+            "late_tolerance_ms",
+            "min_pulse_gap_ms",
+            "watchdog_timeout_s",
+            "confirm_window_ms",
+            "heartbeat_period_ms",
+        ):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.pulse_width_ms > 0, f"pulse_width_ms must be > 0, got {self.pulse_width_ms}")
         need(self.stop_line_pulse_ms > 0, f"stop_line_pulse_ms must be > 0, got {self.stop_line_pulse_ms}")
@@ -102,4 +113,6 @@ class RejectConfig:
             channels.add(DIVERT)
         if self.missed_response == "stop_line" or (self.watchdog_timeout_s > 0 and self.watchdog_action == "stop_line"):
             channels.add(STOP_LINE)
+        if self.heartbeat_period_ms > 0:
+            channels.add(HEARTBEAT)
         return channels

@@ -8,8 +8,29 @@
 - Arm drivers: the part is dispatched at once with its deadline; the arm reports back.
 - A part that must go out but will not (LATE, FAILED) gets a record, a CRITICAL alert and the
   configured missed_response (stop-line pulse, or the divert lane downstream).
+- A cloud re-inspection verdict (quality/cloud_verdict) replaces the local one while the part's actuation has not
+  begun: the pending pulse is cancelled and the part planned for the cloud verdict's lane (or let through when
+  it is NORMAL). Once the output went on, or when the new lane cannot be reached in time, the local action stands.
+- With a reject-confirmation sensor (confirm_window_ms > 0), an ejection is DONE only once the sensor saw the part
+  within its window; otherwise UNCONFIRMED (CRITICAL, missed_response). While a station input says the station
+  cannot eject (bin full, bin absent, air low), ejection is blocked (the parts FAILED) and the stop-line is held.
+- The heartbeat output toggles every heartbeat_period_ms while the whole cell is ready (set_cell_problems) and the
+  actuator itself is (armed, driver healthy, station fine, verdicts flowing); otherwise it stays off, as it does
+  when the process dies: the PLC times it out and stops the line.
+- Deactivation with parts still in flight (planned, awaiting a verdict or a confirmation) raises the stop-line and
+  leaves it raised, also through the release of the hardware.
+- With a journal (qc_cell.reject.journal), every planned ejection is written down before it is scheduled and closed
+  by its terminal event. Armed again after a restart, the controller re-plans the open ones still upstream of
+  their actuator and reports the others MISSED (CRITICAL, missed_response); verdicts the decision node replays
+  from its history are ignored when the journal knows them, and handled (MISSED when too late) when not.
 - The watchdog treats a part without a verdict in time as NOT_INSPECTED (watchdog_action reject_all or
   stop_line) and raises the stop-line output while the decision stream is down (stop_line).
+
+Time: the capture stamps that come in are wall-clock time (they are also the records' times). Each part is moved
+onto the monotonic clock when it arrives (its capture stamp minus the wall - monotonic offset at that moment), and
+everything that schedules (arrival, command, pulses, watchdog, confirmation windows, heartbeat) runs on the
+monotonic clock, so a wall-clock step (NTP) after a part's arrival changes no ejection; its records convert back
+with the part's own offset. The arm driver gets and reports wall-clock times.
 
 Thread model: on_part/on_decision/tick come from the node's executor, edges from the scheduler thread,
 arm results from the action client's callbacks. One re-entrant lock guards the bookkeeping; driver
@@ -21,25 +42,29 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.drivers.base import ArmDriver, ArmJob, ArmOutcome, DriverError, PulseDriver, RejectDriver
+from qc_cell.reject.journal import EjectionJournal
 from qc_cell.reject.records import (
     CRITICAL,
     DIVERT,
     DONE,
     ERROR,
     FAILED,
+    HEARTBEAT,
     INFO,
     LATE,
+    MISSED,
     NOT_INSPECTED,
     REJECT,
     SKIPPED,
     STOP_LINE,
+    UNCONFIRMED,
     WARN,
     AlertRecord,
     Decision,
@@ -48,6 +73,7 @@ from qc_cell.reject.records import (
 )
 from qc_cell.reject.scheduler import DeadlineScheduler, Job
 from qc_cell.reject.seen import RecentIds
+from qc_cell.reject.station import CONFIRM, ConfirmationTracker, ConfirmWindow, station_faults
 from qc_cell.reject.timing import (
     NS_PER_MS,
     ActuatorTiming,
@@ -59,7 +85,18 @@ from qc_cell.reject.timing import (
 from qc_cell.reject.watchdog import DecisionWatchdog
 from qc_contract.vocabulary import OUTCOME_NAMES, VERDICT_NAMES
 
-MISSED_CODES = {LATE: "REJECT_LATE", FAILED: "REJECT_FAILED", SKIPPED: "REJECT_SKIPPED"}
+MISSED_CODES = {
+    LATE: "REJECT_LATE",
+    FAILED: "REJECT_FAILED",
+    SKIPPED: "REJECT_SKIPPED",
+    UNCONFIRMED: "REJECT_UNCONFIRMED",
+    MISSED: "REJECT_MISSED",
+}
+# Why the stop-line output is held (it is on while any is, or while a missed-part pulse lasts).
+HOLD_WATCHDOG = "watchdog"
+HOLD_STATION = "station"
+# Local verdicts a cloud re-inspection verdict may still replace, remembered for this many recent parts.
+REVISABLE_PARTS = 10_000
 
 
 class Sink(Protocol):
@@ -119,11 +156,16 @@ class RejectController:
         config: RejectConfig,
         driver: RejectDriver,
         sink: Sink,
-        clock_ns: Callable[[], int] = time.time_ns,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
         spin_ns: int = 2_000_000,
         rt_priority: int = 0,
+        journal: EjectionJournal | None = None,
+        wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        """clock_ns: the scheduling clock (monotonic); wall_ns: the clock of the capture stamps and records."""
         self._check(config, driver)
+        self.journal = journal
+        self._wall_ns = wall_ns
         self.config = config
         self.driver = driver
         self.sink = sink
@@ -136,13 +178,21 @@ class RejectController:
             DecisionWatchdog(int(config.watchdog_timeout_s * 1e9)) if config.watchdog_timeout_s > 0 else None
         )
         self._handled = RecentIds(50_000)
+        self._revisable: OrderedDict[str, tuple[Part, str | None]] = OrderedDict()  # part -> (part, local lane)
         self._lock = threading.RLock()
         self._live: set[_Pulse] = set()
         self._active: Counter[str] = Counter()  # lane -> pulses holding its output on
-        self._stop_hold = False
+        self._stop_holds: set[str] = set()
         self._stop_until_ns = 0
         self._stop_on = False
         self._driver_ok: bool | None = None
+        self._confirm = ConfirmationTracker()
+        self._cell_problems: list[str] = ["no cell status yet"]
+        self._ready: bool | None = None
+        self._beat_on = False
+        self._beat_ns = 0
+        self._keep_on_close: frozenset[str] = frozenset()
+        self._station_faults: list[str] = []
         self._speed: Speed | None = None
         self._lateness_ms: deque[float] = deque(maxlen=2000)
         self.counts: Counter[str] = Counter()
@@ -157,6 +207,11 @@ class RejectController:
             raise ValueError(
                 f"driver '{driver.method}' has no output for {sorted(missing)}, which the configuration needs "
                 "(divert_verdicts / missed_response / watchdog_action): configure that output or change those"
+            )
+        if config.confirm_window_ms > 0 and CONFIRM not in driver.inputs:
+            raise ValueError(
+                f"confirm_window_ms {config.confirm_window_ms} needs a reject-confirmation input, which driver "
+                f"'{driver.method}' does not have as configured (gpio_confirm_pin / modbus_confirm_address)"
             )
 
     def reconfigure(self, config: RejectConfig) -> None:
@@ -186,14 +241,52 @@ class RejectController:
         self._scheduler.start()
         with self._lock:
             self.armed = True
+            if self._station_faults:  # read while disarmed: the stop-line could not be raised then
+                self._set_stop_hold(HOLD_STATION, True, self._clock_ns())
+            self._recover(self._clock_ns())
+
+    def _internal(self, part: Part) -> Part:
+        """A part as received (wall-clock capture stamp) moved onto the monotonic clock, its offset kept."""
+        offset = self._wall_ns() - self._clock_ns()
+        return replace(part, capture_ns=part.capture_ns - offset, wall_offset_ns=offset)
+
+    @staticmethod
+    def _external(part: Part) -> Part:
+        return replace(part, capture_ns=part.capture_ns + part.wall_offset_ns, wall_offset_ns=0)
+
+    def _recover(self, now: int) -> None:
+        """The journal's open plans (a restart while parts were in flight): re-planned while the part is still
+        upstream of its actuator, MISSED once it has passed."""
+        if self.journal is None:
+            return
+        for planned in self.journal.open_plans():
+            part, verdict, lane = self._internal(planned.part), planned.verdict, planned.lane
+            if not self._handled.add(part.part_id, "recovered from the journal"):
+                continue
+            self.counts["recovered"] += 1
+            if self._reachable(part, lane, now):
+                self._act(part, verdict, lane, now, note="re-planned after an actuator restart")
+                continue
+            self._missed(
+                part,
+                verdict,
+                lane,
+                MISSED,
+                0,
+                0,
+                0.0,
+                f"the actuator restarted while the part was in flight: it has passed the {lane} actuator",
+                now,
+            )
 
     def disarm(self) -> None:
-        """Stop acting (lifecycle deactivate): parts planned but not yet actuated are reported SKIPPED,
-        every output is switched off."""
+        """Stop acting (lifecycle deactivate): parts planned but not yet actuated are reported SKIPPED, every
+        output is switched off; while parts are in flight the stop-line is raised instead and stays raised."""
         with self._lock:
             self.armed = False
         self._scheduler.stop()
         with self._lock:
+            in_flight = self._parts_in_flight()
             for pulse in sorted(self._live, key=lambda p: p.start_ns):
                 if not pulse.on_ns:
                     self._missed(
@@ -209,47 +302,90 @@ class RejectController:
                         respond=False,
                     )
             self._live.clear()
+            for window in self._confirm.drain():
+                pulse = window.payload
+                assert isinstance(pulse, _Pulse)
+                self._missed(
+                    pulse.part,
+                    pulse.verdict,
+                    pulse.lane,
+                    UNCONFIRMED,
+                    pulse.planned_ns,
+                    pulse.on_ns,
+                    0.0,
+                    "the actuator was deactivated before the confirmation sensor saw the part",
+                    self._clock_ns(),
+                    pulse.note,
+                    respond=False,
+                )
             lanes_on = [lane for lane, n in self._active.items() if n > 0]
             self._active.clear()
-            if self._stop_on:
+            if self._beat_on:
+                lanes_on.append(HEARTBEAT)
+            self._beat_on = False
+            self._ready = None
+            raise_stop = bool(in_flight) and STOP_LINE in self.driver.channels and self._pulses
+            if self._stop_on and not raise_stop:
                 lanes_on.append(STOP_LINE)
-            self._stop_on = self._stop_hold = False
+            self._stop_on = raise_stop
+            self._stop_holds.clear()
             self._stop_until_ns = 0
+            self._keep_on_close = frozenset({STOP_LINE}) if raise_stop else frozenset()
+            if in_flight:
+                self.counts["stopped_with_parts"] += 1
+                held = "the stop-line is raised and stays raised" if raise_stop else "no stop-line output to raise"
+                self._alert(
+                    CRITICAL,
+                    "REJECT_STOPPED_WITH_PARTS",
+                    f"the actuator stopped with {in_flight} part(s) in flight: {held}",
+                    "",
+                )
         if self._pulses:
             for lane in lanes_on:
                 self._switch(lane, False, "switching the output off on deactivation")
+            if raise_stop:
+                self._switch(STOP_LINE, True, "raising the stop-line on deactivation")
 
     def close(self) -> None:
         """Release the hardware (lifecycle cleanup/shutdown). Safe to call in any state."""
         if self.armed:
             self.disarm()
         if self.opened:
-            self.driver.close()
+            self.driver.close(keep=self._keep_on_close)
             self.opened = False
+        if self.journal is not None:
+            self.journal.close()
 
     # ---------------------------------------------------------------- inputs
 
     def on_part(self, part: Part) -> None:
         """A part registered at the camera: encoder sample, and the watchdog expects its verdict."""
         now = self._clock_ns()
+        part = self._internal(part)
         with self._lock:
             self.model.add_encoder_sample(part.capture_ns, part.encoder_count)
             if self.armed and self._watchdog is not None and part.part_id not in self._handled:
                 self._watchdog.part_seen(part, now)
 
-    def on_decision(self, decision: Decision) -> None:
+    def on_decision(self, decision: Decision, replayed: bool = False) -> None:
+        """A verdict. `replayed`: decided before this actuator started (the decision node's history after a
+        restart): ignored when the journal knows the part, MISSED instead of LATE when it comes too late."""
         now = self._clock_ns()
+        part = self._internal(decision.part)
         with self._lock:
             self.counts["decisions"] += 1
+            if replayed and self.journal is not None and self.journal.handled(decision.part_id):
+                self.counts["replayed_known"] += 1
+                return
             if self._watchdog is not None and self._watchdog.decision_seen(decision.part_id, now):
                 self._alert(INFO, "DECISION_STREAM_RESTORED", "verdicts are arriving again", "")
                 if self.config.watchdog_action == "stop_line":
-                    self._set_stop_hold(False, now)
+                    self._set_stop_hold(HOLD_WATCHDOG, False, now)
             verdict_name = VERDICT_NAMES.get(decision.verdict, str(decision.verdict))
             if not self._handled.add(decision.part_id, f"verdict {verdict_name}"):
                 self.counts["duplicates"] += 1
                 self._record(
-                    decision.part,
+                    part,
                     decision.verdict,
                     SKIPPED,
                     "",
@@ -257,15 +393,19 @@ class RejectController:
                     0,
                     0.0,
                     f"duplicate verdict ignored: the part was already handled ({self._handled.note(decision.part_id)})",
+                    terminal=False,
                 )
                 return
             lane = self.config.lane_for(decision.verdict)
+            self._revisable[decision.part_id] = (part, lane)
+            if len(self._revisable) > REVISABLE_PARTS:
+                self._revisable.popitem(last=False)
             if lane is None:
                 self.counts["passed"] += 1
                 return
             if not self.armed:
                 self._missed(
-                    decision.part,
+                    part,
                     decision.verdict,
                     lane,
                     SKIPPED,
@@ -277,7 +417,56 @@ class RejectController:
                     respond=False,
                 )
                 return
-            self._act(decision.part, decision.verdict, lane, now)
+            self._act(part, decision.verdict, lane, now, late_outcome=MISSED if replayed else LATE)
+
+    def on_cloud_verdict(self, decision: Decision) -> None:
+        """The cloud's re-inspection verdict on a part decided here (offload, quality/cloud_verdict): acted on
+        instead of the local one while the part's actuation has not begun and the new lane is reachable in time;
+        otherwise the local action stands (counted as cloud_verdicts_late)."""
+        now = self._clock_ns()
+        with self._lock:
+            self.counts["cloud_verdicts"] += 1
+            local = self._revisable.get(decision.part_id)
+            if local is None:
+                self.counts["cloud_verdicts_unknown"] += 1
+                return
+            part, old_lane = local
+            new_lane = self.config.lane_for(decision.verdict)
+            if new_lane == old_lane:
+                self.counts["cloud_verdicts_agreed"] += 1
+                return
+            pending = [p for p in self._live if p.part.part_id == part.part_id and not p.on_ns and not p.counted]
+            if old_lane is not None and not pending:  # fired, dispatched to an arm, or already reported
+                self.counts["cloud_verdicts_late"] += 1
+                return
+            name = VERDICT_NAMES.get(decision.verdict, str(decision.verdict))
+            note = f"cloud re-inspection verdict {name}"
+            # Too late for the new lane while the local lane still removes the part: keep the local action. (A part
+            # that passed locally and is too late for the new lane is reported LATE by _act.)
+            if new_lane is not None and old_lane is not None and not self._reachable(part, new_lane, now):
+                self.counts["cloud_verdicts_late"] += 1
+                return
+            if not self.armed:
+                return
+            for pulse in pending:
+                for job in pulse.jobs:
+                    self._scheduler.cancel(job)
+                self._live.discard(pulse)
+            self._revisable[part.part_id] = (part, new_lane)
+            self.counts["cloud_verdicts_applied"] += 1
+            if new_lane is None:
+                self._record(part, decision.verdict, SKIPPED, "", 0, 0, 0.0, f"{note}: {old_lane} cancelled, passed")
+                return
+            self._act(part, decision.verdict, new_lane, now, note=note)
+
+    def _reachable(self, part: Part, lane: str, now: int) -> bool:
+        """Whether a part can still be acted on in `lane` (its command time not yet past the tolerance)."""
+        try:
+            arrival = self.model.arrival(part, self.config.lane_distance_mm(lane), now)
+        except SpeedUnknownError:
+            return False
+        planned = self.timing.command_ns(arrival.ns) if self._pulses else arrival.ns
+        return not self.timing.is_late(planned, now)
 
     def tick(self) -> None:
         """Periodic: driver housekeeping and health alerts, watchdog (call at ~10 Hz)."""
@@ -292,6 +481,10 @@ class RejectController:
                     elif self._driver_ok is not None:
                         self._alert(INFO, "REJECT_DRIVER_RECOVERED", f"{self.driver.method}: {health.message}", "")
                     self._driver_ok = health.ok
+            if self.driver.inputs:
+                self._read_station(now)
+            if self.config.heartbeat_period_ms > 0 and self._pulses:
+                self._heartbeat(now)
         with self._lock:
             if not self.armed or self._watchdog is None:
                 return
@@ -307,7 +500,7 @@ class RejectController:
                     "",
                 )
                 if action == "stop_line":
-                    self._set_stop_hold(True, now)
+                    self._set_stop_hold(HOLD_WATCHDOG, True, now)
             for part in poll.expired:
                 self._handled.add(part.part_id, "watchdog fail-safe")
                 self.counts["no_verdict"] += 1
@@ -322,9 +515,104 @@ class RejectController:
                     self._alert(WARN, "NO_VERDICT", message, part.part_id)
                 self._act(part, NOT_INSPECTED, REJECT, now, note=f"fail-safe: {text}")
 
+    def _parts_in_flight(self) -> int:
+        """Parts between the camera and their actuation: planned pulses not yet on, parts awaiting a verdict,
+        ejections awaiting their confirmation."""
+        waiting = self._watchdog.outstanding() if self._watchdog is not None else 0
+        return sum(1 for p in self._live if not p.on_ns) + waiting + len(self._confirm)
+
+    # ---------------------------------------------------------------- cell health and heartbeat
+
+    def set_cell_problems(self, problems: list[str]) -> None:
+        """What keeps the rest of the cell from being ready (empty: ready), from the node's view of the graph."""
+        with self._lock:
+            self._cell_problems = list(problems)
+
+    def not_ready(self) -> list[str]:
+        """Why the heartbeat does not toggle (empty: it does)."""
+        with self._lock:
+            reasons = list(self._cell_problems)
+            if not self.armed:
+                reasons.append("reject_actuator: not active")
+            if self._driver_ok is False:
+                reasons.append(f"reject_actuator: driver fault ({self.driver.health().message})")
+            if self._station_faults:
+                reasons.append(f"reject_actuator: {', '.join(self._station_faults)}")
+            if self._watchdog is not None and self._watchdog.tripped:
+                reasons.append("reject_actuator: no verdicts while parts are captured")
+            return reasons
+
+    def _heartbeat(self, now: int) -> None:
+        """Toggle the heartbeat output once per period while ready; hold it off otherwise."""
+        reasons = self.not_ready()
+        ready = not reasons
+        with self._lock:
+            if ready != self._ready:
+                if ready:
+                    self._alert(INFO, "CELL_READY", "the cell is ready: heartbeat toggling", "")
+                elif self._ready is not None:
+                    self._alert(CRITICAL, "CELL_NOT_READY", f"heartbeat stopped: {'; '.join(reasons)}", "")
+                self._ready = ready
+            period = int(self.config.heartbeat_period_ms * NS_PER_MS)
+            if ready and now - self._beat_ns < period:
+                return
+            want = not self._beat_on if ready else False
+            if want == self._beat_on:
+                return
+            self._beat_on, self._beat_ns = want, now
+        self._switch(HEARTBEAT, want, "heartbeat output")
+
+    # ---------------------------------------------------------------- station inputs
+
+    def _read_station(self, now: int) -> None:
+        """Station faults hold the stop-line and block ejection; confirmations settle the ejection windows."""
+        reading = self.driver.read_inputs()
+        faults = station_faults(reading.levels)
+        with self._lock:
+            if faults != self._station_faults:
+                if faults:
+                    self.counts["station_faults"] += 1
+                    text = ", ".join(faults)
+                    self._alert(CRITICAL, "REJECT_STATION_FAULT", f"{text}: ejection blocked, stop-line held", "")
+                else:
+                    self._alert(INFO, "REJECT_STATION_RESTORED", "the reject station can eject again", "")
+                self._station_faults = faults
+                self._set_stop_hold(HOLD_STATION, bool(faults), now)
+            if self.config.confirm_window_ms <= 0:
+                return
+            confirmed, expired = self._confirm.settle(reading.confirmations, now)
+            window_ms = self.config.confirm_window_ms
+            for window, edge in confirmed:
+                pulse = window.payload
+                assert isinstance(pulse, _Pulse)
+                seen = f"confirmed by the reject sensor {(edge - window.opens_ns) / NS_PER_MS:.0f} ms after the stroke"
+                lateness = (pulse.on_ns - pulse.planned_ns) / NS_PER_MS
+                message = ", ".join(filter(None, [pulse.note, seen]))
+                self._record(
+                    pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, pulse.on_ns, lateness, message
+                )
+            for window in expired:
+                pulse = window.payload
+                assert isinstance(pulse, _Pulse)
+                self._missed(
+                    pulse.part,
+                    pulse.verdict,
+                    pulse.lane,
+                    UNCONFIRMED,
+                    pulse.planned_ns,
+                    pulse.on_ns,
+                    (pulse.on_ns - pulse.planned_ns) / NS_PER_MS,
+                    f"actuated, but the reject-confirmation sensor did not see the part within {window_ms:g} ms "
+                    "(jammed pusher, no air, broken valve?): it may still be on the line",
+                    now,
+                    pulse.note,
+                )
+
     # ---------------------------------------------------------------- planning
 
-    def _act(self, part: Part, verdict: int, lane: str, now: int, note: str = "") -> None:
+    def _act(self, part: Part, verdict: int, lane: str, now: int, note: str = "", late_outcome: int = LATE) -> None:
+        if self.journal is not None:
+            self.journal.planned(self._external(part), verdict, lane)
         try:
             arrival = self.model.arrival(part, self.config.lane_distance_mm(lane), now)
         except SpeedUnknownError as exc:
@@ -332,9 +620,9 @@ class RejectController:
             return
         self._note_speed(arrival.speed)
         if self._pulses:
-            self._plan_pulse(part, verdict, lane, self.timing.command_ns(arrival.ns), now, note)
+            self._plan_pulse(part, verdict, lane, self.timing.command_ns(arrival.ns), now, note, late_outcome)
         else:
-            self._dispatch_arm(part, verdict, lane, arrival.ns, now, note)
+            self._dispatch_arm(part, verdict, lane, arrival.ns, now, note, late_outcome)
 
     def _note_speed(self, speed: Speed) -> None:
         previous, self._speed = self._speed, speed
@@ -349,7 +637,9 @@ class RejectController:
         elif speed.source == "encoder" and previous is not None and previous.source == "fallback":
             self._alert(INFO, "ENCODER_SPEED_RESTORED", f"belt speed from the encoder: {speed.mm_s:.0f} mm/s", "")
 
-    def _plan_pulse(self, part: Part, verdict: int, lane: str, planned: int, now: int, note: str) -> None:
+    def _plan_pulse(
+        self, part: Part, verdict: int, lane: str, planned: int, now: int, note: str, late_outcome: int = LATE
+    ) -> None:
         timing, config = self.timing, self.config
         if timing.is_late(planned, now):
             late_ms = (now - planned) / NS_PER_MS
@@ -357,7 +647,7 @@ class RejectController:
                 part,
                 verdict,
                 lane,
-                LATE,
+                late_outcome,
                 planned,
                 0,
                 late_ms,
@@ -404,14 +694,16 @@ class RejectController:
         ]
         self._live.add(pulse)
 
-    def _dispatch_arm(self, part: Part, verdict: int, lane: str, deadline: int, now: int, note: str) -> None:
+    def _dispatch_arm(
+        self, part: Part, verdict: int, lane: str, deadline: int, now: int, note: str, late_outcome: int = LATE
+    ) -> None:
         if self.timing.is_late(deadline, now):
             late_ms = (now - deadline) / NS_PER_MS
             self._missed(
                 part,
                 verdict,
                 lane,
-                LATE,
+                late_outcome,
                 deadline,
                 0,
                 late_ms,
@@ -423,17 +715,18 @@ class RejectController:
         assert isinstance(self.driver, ArmDriver)
         position_m = self.config.lane_distance_mm(lane) / 1000.0
         self.driver.dispatch(
-            ArmJob(part.part_id, deadline, position_m),
+            ArmJob(part.part_id, deadline + part.wall_offset_ns, position_m),  # the arm works in wall time
             lambda outcome: self._arm_done(part, verdict, lane, deadline, note, outcome),
         )
 
     def _arm_done(self, part: Part, verdict: int, lane: str, deadline: int, note: str, outcome: ArmOutcome) -> None:
         with self._lock:
             if outcome.success:
-                lateness = (outcome.actual_ns - deadline) / NS_PER_MS
+                actual = outcome.actual_ns - part.wall_offset_ns  # the arm reports wall time
+                lateness = (actual - deadline) / NS_PER_MS
                 self._lateness_ms.append(lateness)
                 message = ", ".join(filter(None, [note, outcome.message or "picked by the arm"]))
-                self._record(part, verdict, DONE, lane, deadline, outcome.actual_ns, lateness, message)
+                self._record(part, verdict, DONE, lane, deadline, actual, lateness, message)
             else:
                 self._missed(
                     part, verdict, lane, FAILED, deadline, 0, 0.0, f"arm: {outcome.message}", self._clock_ns(), note
@@ -444,6 +737,23 @@ class RejectController:
     def _on_edge(self, pulse: _Pulse, fired: int) -> None:
         with self._lock:
             if pulse not in self._live:  # disarmed meanwhile
+                return
+            if self._station_faults:  # pushing into a full or missing bin, or without air, ejects nothing
+                self._live.discard(pulse)
+                for job in pulse.jobs:
+                    self._scheduler.cancel(job)
+                self._missed(
+                    pulse.part,
+                    pulse.verdict,
+                    pulse.lane,
+                    FAILED,
+                    pulse.planned_ns,
+                    0,
+                    0.0,
+                    f"ejection blocked: {', '.join(self._station_faults)}",
+                    fired,
+                    pulse.note,
+                )
                 return
             already_on = self._active[pulse.lane] > 0
             self._active[pulse.lane] += 1
@@ -484,6 +794,12 @@ class RejectController:
                 )
             else:
                 self._lateness_ms.append(lateness)
+                assert isinstance(self.driver, PulseDriver)
+                self.driver.part_at_output(pulse.lane, actual)
+                if self.config.confirm_window_ms > 0 and pulse.lane == REJECT:
+                    closes = actual + int(self.config.confirm_window_ms * NS_PER_MS)
+                    self._confirm.expect(ConfirmWindow(pulse.part.part_id, actual, closes, pulse))
+                    return
                 self._record(
                     pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, actual, lateness, pulse.note
                 )
@@ -528,8 +844,11 @@ class RejectController:
         self._schedule_stop(now)
         self._schedule_stop(self._stop_until_ns)
 
-    def _set_stop_hold(self, hold: bool, now: int) -> None:
-        self._stop_hold = hold
+    def _set_stop_hold(self, reason: str, hold: bool, now: int) -> None:
+        if hold:
+            self._stop_holds.add(reason)
+        else:
+            self._stop_holds.discard(reason)
         self._schedule_stop(now)
 
     def _schedule_stop(self, at_ns: int) -> None:
@@ -538,7 +857,7 @@ class RejectController:
 
     def _apply_stop_line(self, fired: int) -> None:
         with self._lock:
-            want = self._stop_hold or fired < self._stop_until_ns
+            want = bool(self._stop_holds) or fired < self._stop_until_ns
             if want == self._stop_on:
                 return
             self._stop_on = want
@@ -588,9 +907,14 @@ class RejectController:
         actual: int,
         lateness_ms: float,
         message: str,
+        terminal: bool = True,
     ) -> None:
+        """One reject/event; `terminal` False for a report that closes nothing (a duplicate verdict)."""
         self.counts[OUTCOME_NAMES[outcome].lower()] += 1
+        if self.journal is not None and terminal:
+            self.journal.done(part.part_id)
         distance = self.config.lane_distance_mm(lane) if lane else 0.0
+        offset = part.wall_offset_ns  # back to wall time: a record's times are the capture stamps' clock
         self.sink.event(
             RejectRecord(
                 part_id=part.part_id,
@@ -598,9 +922,9 @@ class RejectController:
                 outcome=outcome,
                 method=self.driver.method,
                 lane=lane,
-                capture_ns=part.capture_ns,
-                planned_ns=planned,
-                actual_ns=actual,
+                capture_ns=part.capture_ns + offset,
+                planned_ns=planned + offset if planned else 0,
+                actual_ns=actual + offset if actual else 0,
                 lateness_ms=lateness_ms,
                 message=message,
                 frame_id=part.frame_id,
@@ -628,6 +952,9 @@ class RejectController:
                     "belt_speed_mm_s": round(self._speed.mm_s, 1) if self._speed else float("nan"),
                     "speed_source": self._speed.source if self._speed else "",
                     "stop_line_on": self._stop_on,
+                    "awaiting_confirmation": len(self._confirm),
+                    "cell_ready": bool(self._ready),
+                    "station_faults": ", ".join(self._station_faults),
                     "scheduler_realtime": self._scheduler.realtime,
                 }
             )

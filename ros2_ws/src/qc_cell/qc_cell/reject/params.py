@@ -10,12 +10,21 @@ from qc_cell.reject.config import MISSED_RESPONSES, OVERLAP_POLICIES, SPEED_SOUR
 from qc_cell.reject.drivers.factory import DRIVERS, DriverSettings, build_driver
 from qc_cell.reject.drivers.gpio import PIN_MODES
 from qc_cell.reject.drivers.modbus import KINDS, ModbusOutput
-from qc_cell.reject.records import DIVERT, REJECT, STOP_LINE
+from qc_cell.reject.records import DIVERT, HEARTBEAT, REJECT, STOP_LINE
+from qc_cell.reject.station import CONFIRM
 
 _C = RejectConfig()
 _S = DriverSettings()
-GPIO_PINS = {REJECT: 12, DIVERT: -1, STOP_LINE: -1}  # default header pin per output channel (-1 = none)
-MODBUS_ADDRESSES = {REJECT: 0, DIVERT: -1, STOP_LINE: -1}  # default 0-based address per output channel
+GPIO_PINS = {REJECT: 12, DIVERT: -1, STOP_LINE: -1, HEARTBEAT: -1}  # default header pin per output (-1 = none)
+MODBUS_ADDRESSES = {REJECT: 0, DIVERT: -1, STOP_LINE: -1, HEARTBEAT: -1}  # default 0-based address per output
+# Nodes whose /diagnostics must be fresh and not at ERROR (lifecycle ones: active) for the heartbeat to toggle.
+HEARTBEAT_NODES = ["camera_driver", "inference", "sensor_fusion", "decision"]
+INPUT_MEANINGS = {  # station input -> what it says (qc_cell.reject.station)
+    "confirm": "reject-confirmation sensor",
+    "bin_full": "reject bin full (active = full)",
+    "bin_present": "reject bin in place (active = present)",
+    "air_ok": "air pressure sufficient (active = ok)",
+}
 
 REJECT_ACTUATOR = NodeParams(
     "reject_actuator",
@@ -118,11 +127,46 @@ REJECT_ACTUATOR = NodeParams(
             "reject_all (eject parts without verdict), stop_line (also hold stop-line while no verdicts) or alert_only",
             choices=WATCHDOG_ACTIONS,
         ),
+        Param(
+            "confirm_window_ms",
+            _C.confirm_window_ms,
+            "reject-confirmation sensor: the part must be seen this long after the stroke, else UNCONFIRMED (0 = no"
+            " sensor)",
+            range=(0.0, 10_000.0),
+        ),
+        Param(
+            "heartbeat_period_ms",
+            _C.heartbeat_period_ms,
+            "heartbeat output toggles this often while the whole cell is ready; the PLC times it out (0 = none)",
+            range=(0.0, 60_000.0),
+        ),
+        Param("heartbeat_nodes", HEARTBEAT_NODES, "nodes that must report healthy on /diagnostics for the heartbeat"),
+        Param(
+            "heartbeat_stale_s",
+            3.0,
+            "a heartbeat node silent on /diagnostics this long makes the cell not ready (s)",
+            range=(0.5, 600.0),
+        ),
+        Param(
+            "journal_path",
+            "",
+            "durable journal of planned ejections (recovery after a restart; '' = none, no recovery)",
+        ),
         # Driver.
         Param("driver", _S.driver, "actuator driver", choices=DRIVERS),
+        Param(
+            "sim_faults",
+            "",
+            "sim driver: station faults of a drill, comma-separated: jammed, bin_full, bin_absent, air_low",
+            runtime=True,
+        ),
         *(
             Param(f"gpio_{channel}_pin", pin, f"GPIO header pin of the {channel} output (-1 = none)", range=(-1, 1000))
             for channel, pin in GPIO_PINS.items()
+        ),
+        *(
+            Param(f"gpio_{name}_pin", -1, f"GPIO header input pin: {meaning} (-1 = none)", range=(-1, 1000))
+            for name, meaning in INPUT_MEANINGS.items()
         ),
         Param("gpio_pin_mode", _S.gpio_pin_mode, "Jetson.GPIO pin numbering", choices=PIN_MODES),
         Param("gpio_active_high", _S.gpio_active_high, "true: output high = on"),
@@ -142,6 +186,15 @@ REJECT_ACTUATOR = NodeParams(
                 range=(-1, 65535),
             )
             for channel, address in MODBUS_ADDRESSES.items()
+        ),
+        *(
+            Param(
+                f"modbus_{name}_address",
+                -1,
+                f"0-based Modbus discrete input: {meaning} (-1 = none)",
+                range=(-1, 65535),
+            )
+            for name, meaning in INPUT_MEANINGS.items()
         ),
         Param(
             "arm_result_timeout_s",
@@ -200,6 +253,8 @@ def driver_settings(values: dict[str, Any]) -> DriverSettings:
             if address >= 0
         },
         arm_result_timeout_s=values["arm_result_timeout_s"],
+        gpio_inputs={n: values[f"gpio_{n}_pin"] for n in INPUT_MEANINGS if values[f"gpio_{n}_pin"] >= 0},
+        modbus_inputs={n: values[f"modbus_{n}_address"] for n in INPUT_MEANINGS if values[f"modbus_{n}_address"] >= 0},
     )
 
 
@@ -241,7 +296,13 @@ def checked_settings(values: dict[str, Any]) -> tuple[RejectConfig, DriverSettin
     config, settings = reject_config(values), driver_settings(values)
     config.validate()
     settings.validate()
-    channels = frozenset({REJECT}) if settings.driver == "robot_arm" else build_driver(settings).channels
+    driver = None if settings.driver == "robot_arm" else build_driver(settings)
+    channels = frozenset({REJECT}) if driver is None else driver.channels
+    if config.confirm_window_ms > 0 and (driver is None or CONFIRM not in driver.inputs):
+        raise ValueError(
+            f"confirm_window_ms {config.confirm_window_ms:g} needs a reject-confirmation input, which driver "
+            f"'{settings.driver}' does not have as configured (set confirm_window_ms 0 without a sensor)"
+        )
     missing = config.required_channels() - channels
     if missing:
         raise ValueError(

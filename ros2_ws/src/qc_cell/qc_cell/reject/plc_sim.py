@@ -1,5 +1,6 @@
 """A simulated PLC: a real pymodbus Modbus/TCP server on loopback, in a background thread, that
-timestamps every coil and holding-register write. The modbus driver's tests, the benchmark and the
+timestamps every coil and holding-register write, and has discrete inputs a test sets (the station's
+sensors wired to the PLC). The modbus driver's tests, the benchmark and the
 demo talk to it exactly as to a PLC; it can be stopped and restarted on the same port."""
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class SimulatedPlc:
         self._lock = threading.Lock()
         self._coils = _RecordingBlock("coil", size, self._record, clock_ns)
         self._registers = _RecordingBlock("register", size, self._record, clock_ns)
-        device = ModbusDeviceContext(co=self._coils, hr=self._registers)
+        self._discrete = ModbusSequentialDataBlock(0, [False] * (size + 1))
+        device = ModbusDeviceContext(co=self._coils, hr=self._registers, di=self._discrete)
         self._context = ModbusServerContext(devices=device, single=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | None = None
@@ -77,6 +79,10 @@ class SimulatedPlc:
 
     def coil(self, address: int) -> bool:
         return bool(self._coils.getValues(address + 1, 1)[0])
+
+    def set_input(self, address: int, on: bool) -> None:
+        """Set a discrete input (0-based), as a sensor wired to the PLC would."""
+        self._discrete.setValues(address + 1, [on])
 
     def register(self, address: int) -> int:
         return int(self._registers.getValues(address + 1, 1)[0])

@@ -10,13 +10,15 @@ from qc_contract.vocabulary import RejectOutcome, Severity, Verdict
 NORMAL, REINSPECT, DEFECTIVE = Verdict.NORMAL, Verdict.REINSPECT, Verdict.DEFECTIVE
 NOT_INSPECTED = Verdict.NOT_INSPECTED
 DONE, LATE, FAILED, SKIPPED = RejectOutcome.DONE, RejectOutcome.LATE, RejectOutcome.FAILED, RejectOutcome.SKIPPED
+UNCONFIRMED, MISSED = RejectOutcome.UNCONFIRMED, RejectOutcome.MISSED
 INFO, WARN, ERROR, CRITICAL = Severity.INFO, Severity.WARN, Severity.ERROR, Severity.CRITICAL
 
 # Output channels (lanes) an actuator can drive.
 REJECT = "reject"
 DIVERT = "divert"
 STOP_LINE = "stop_line"
-CHANNELS = (REJECT, DIVERT, STOP_LINE)
+HEARTBEAT = "heartbeat"  # toggles while the whole cell is ready; the PLC times it out (docs/reject.md)
+CHANNELS = (REJECT, DIVERT, STOP_LINE, HEARTBEAT)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class Part:
     capture_ns: int  # capture stamp, wall-clock ns
     encoder_count: int = -1  # -1: unknown
     frame_id: str = ""
+    # Inside the controller capture_ns is on its monotonic clock; this is the wall - monotonic offset taken when the
+    # part arrived, to report its times as wall time again (0 for a part as received: a wall-clock stamp).
+    wall_offset_ns: int = 0
 
 
 @dataclass(frozen=True)

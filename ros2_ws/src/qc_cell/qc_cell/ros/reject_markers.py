@@ -9,11 +9,18 @@ from __future__ import annotations
 from builtin_interfaces.msg import Duration
 from visualization_msgs.msg import Marker, MarkerArray
 
-from qc_cell.reject.records import DONE, FAILED, LATE, SKIPPED, RejectRecord
+from qc_cell.reject.records import DONE, FAILED, LATE, MISSED, SKIPPED, UNCONFIRMED, RejectRecord
 from qc_cell.ros.time import from_ns
 from qc_contract.vocabulary import OUTCOME_NAMES
 
-OUTCOME_COLOURS = {DONE: (0.1, 0.8, 0.1), LATE: (1.0, 0.55, 0.0), FAILED: (0.9, 0.1, 0.1), SKIPPED: (0.6, 0.6, 0.6)}
+OUTCOME_COLOURS = {
+    DONE: (0.1, 0.8, 0.1),
+    LATE: (1.0, 0.55, 0.0),
+    FAILED: (0.9, 0.1, 0.1),
+    SKIPPED: (0.6, 0.6, 0.6),
+    UNCONFIRMED: (0.8, 0.1, 0.8),  # magenta: struck, but not seen leaving the line
+    MISSED: (0.5, 0.0, 0.0),  # dark red: passed while the actuator restarted
+}
 MAX_MARKER_ID = 100_000  # ids wrap around: RViz replaces a marker of the same namespace and id
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from qc_cell.reject.station import StationReading
+
 
 class DriverError(RuntimeError):
     """The actuator failed or is unavailable; the message says why and what to do."""
@@ -39,8 +41,18 @@ class RejectDriver(ABC):
         """Acquire the hardware, all outputs off. DriverError for a problem that retrying cannot fix."""
 
     @abstractmethod
-    def close(self) -> None:
-        """All outputs off, release the hardware. Never raises."""
+    def close(self, keep: frozenset[str] = frozenset()) -> None:
+        """All outputs off except those in `keep` (a raised stop-line stays raised), release the hardware.
+        Never raises."""
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        """The station inputs (qc_cell.reject.station.INPUTS) this driver reads as configured; none by default."""
+        return frozenset()
+
+    def read_inputs(self) -> StationReading:
+        """The level inputs now, and the confirmation edges since the previous call (node timer thread)."""
+        return StationReading()
 
     def poll(self, now_ns: int) -> None:  # noqa: B027 - optional hook
         """Periodic housekeeping (reconnects, heartbeats, timeouts), called from the node's timer."""
@@ -53,6 +65,10 @@ class PulseDriver(RejectDriver):
     @abstractmethod
     def set_output(self, channel: str, on: bool) -> None:
         """Switch an output now; DriverError when it could not be switched. Called on the scheduler thread."""
+
+    def part_at_output(self, channel: str, t_ns: int) -> None:
+        """A part's actuation began at t_ns on `channel` (its own, or within a pulse held on for a neighbour).
+        Real hardware learns this from the part itself; the sim driver simulates the confirmation sensor."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ class DriverSettings:
     modbus_timeout_s: float = 0.2
     modbus_heartbeat_s: float = 1.0
     modbus_outputs: dict[str, ModbusOutput] = field(default_factory=lambda: {REJECT: ModbusOutput("coil", 0)})
+    gpio_inputs: dict[str, int] = field(default_factory=dict)  # station input -> header pin
+    modbus_inputs: dict[str, int] = field(default_factory=dict)  # station input -> discrete input address
     arm_result_timeout_s: float = 5.0
 
     def validate(self) -> None:
@@ -45,7 +47,9 @@ def build_driver(settings: DriverSettings, arm_transport: ArmTransport | None = 
     if settings.driver == "sim":
         return SimDriver()
     if settings.driver == "gpio":
-        return GpioDriver(settings.gpio_pins, settings.gpio_pin_mode, settings.gpio_active_high)
+        return GpioDriver(
+            settings.gpio_pins, settings.gpio_pin_mode, settings.gpio_active_high, inputs=settings.gpio_inputs
+        )
     if settings.driver == "modbus":
         return ModbusDriver(
             settings.modbus_host,
@@ -54,6 +58,7 @@ def build_driver(settings: DriverSettings, arm_transport: ArmTransport | None = 
             device_id=settings.modbus_device_id,
             timeout_s=settings.modbus_timeout_s,
             heartbeat_s=settings.modbus_heartbeat_s,
+            inputs=settings.modbus_inputs,
         )
     if settings.driver == "robot_arm":
         if arm_transport is None:

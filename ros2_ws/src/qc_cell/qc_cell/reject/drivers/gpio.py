@@ -1,15 +1,22 @@
 """Jetson GPIO pusher: each channel drives one header pin (through a relay/valve driver board, never a
 solenoid directly). Jetson.GPIO is imported only when the driver is opened, so the rest of the cell runs
-anywhere; where it is missing or the board is not a Jetson, open() fails with a clear DriverError."""
+anywhere; where it is missing or the board is not a Jetson, open() fails with a clear DriverError.
+
+Station inputs (qc_cell.reject.station) are input pins, active high (a PNP sensor through a level shifter or
+optocoupler board, never 24 V directly): the confirmation sensor through a rising-edge interrupt
+(add_event_detect), stamped when it fires; the level inputs read on each read_inputs()."""
 
 from __future__ import annotations
 
 import importlib
 import threading
+import time
+from collections.abc import Callable
 from types import ModuleType
 
 from qc_cell.reject.drivers.base import DriverError, DriverHealth, PulseDriver
 from qc_cell.reject.records import CHANNELS
+from qc_cell.reject.station import CONFIRM, StationReading, check_inputs
 
 PIN_MODES = ("BOARD", "BCM", "CVM", "TEGRA_SOC")
 
@@ -37,17 +44,30 @@ class GpioDriver(PulseDriver):
     method = "gpio"
 
     def __init__(
-        self, pins: dict[str, int], mode: str = "BOARD", active_high: bool = True, gpio: ModuleType | None = None
+        self,
+        pins: dict[str, int],
+        mode: str = "BOARD",
+        active_high: bool = True,
+        gpio: ModuleType | None = None,
+        inputs: dict[str, int] | None = None,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
-        """pins: channel -> header pin number in `mode` numbering. `gpio` replaces Jetson.GPIO (tests)."""
+        """pins: channel -> header pin number in `mode` numbering; inputs: station input -> header pin. `gpio`
+        replaces Jetson.GPIO (tests); clock_ns stamps confirmation edges (the controller's monotonic clock)."""
         unknown = set(pins) - set(CHANNELS)
         if unknown:
             raise ValueError(f"unknown GPIO channels {sorted(unknown)}; known: {list(CHANNELS)}")
-        if len(set(pins.values())) != len(pins):
-            raise ValueError(f"two channels share one pin: {pins}")
+        inputs = dict(inputs or {})
+        check_inputs(inputs)
+        every = [*pins.values(), *inputs.values()]
+        if len(set(every)) != len(every):
+            raise ValueError(f"two channels or inputs share one pin: outputs {pins}, inputs {inputs}")
         if mode not in PIN_MODES:
             raise ValueError(f"pin mode {mode!r} must be one of {PIN_MODES}")
         self._pins = dict(pins)
+        self._inputs = inputs
+        self._clock_ns = clock_ns
+        self._confirmations: list[int] = []
         self._mode = mode
         self._active_high = active_high
         self._module = gpio
@@ -59,6 +79,29 @@ class GpioDriver(PulseDriver):
     @property
     def channels(self) -> frozenset[str]:
         return frozenset(self._pins)
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        return frozenset(self._inputs)
+
+    def _confirmed(self, _channel: int) -> None:
+        """Jetson.GPIO's event thread: the confirmation sensor saw a part."""
+        stamp = self._clock_ns()
+        with self._lock:
+            self._confirmations.append(stamp)
+
+    def read_inputs(self) -> StationReading:
+        gpio = self._gpio
+        with self._lock:
+            edges, self._confirmations = tuple(self._confirmations), []
+        if gpio is None:
+            return StationReading({}, edges)
+        try:
+            levels = {name: gpio.input(pin) == gpio.HIGH for name, pin in self._inputs.items() if name != CONFIRM}
+        except Exception as exc:
+            self._error = f"reading input pins {self._inputs}: {exc}"
+            return StationReading({}, edges)
+        return StationReading(levels, edges)
 
     def _level(self, on: bool) -> int:
         assert self._gpio is not None
@@ -72,6 +115,10 @@ class GpioDriver(PulseDriver):
             self._gpio = gpio
             for pin in self._pins.values():
                 gpio.setup(pin, gpio.OUT, initial=self._level(False))
+            for name, pin in self._inputs.items():
+                gpio.setup(pin, gpio.IN)
+                if name == CONFIRM:
+                    gpio.add_event_detect(pin, gpio.RISING, callback=self._confirmed)
         except Exception as exc:
             self._gpio = None
             raise DriverError(f"GPIO set-up of pins {self._pins} ({self._mode} numbering) failed: {exc}") from exc
@@ -92,12 +139,15 @@ class GpioDriver(PulseDriver):
             self._error = f"writing pin {pin}: {exc}"
             raise DriverError(f"GPIO {self._error}") from exc
 
-    def close(self) -> None:
+    def close(self, keep: frozenset[str] = frozenset()) -> None:
+        """Kept outputs stay driven (not cleaned up) until the process ends; then the pin floats, so wire the
+        stop-line so that a released pin stops the line too (docs/reject.md)."""
         gpio, self._gpio = self._gpio, None
         if gpio is None:
             return
-        pins = list(self._pins.values())
-        for pin in pins:
+        released = {channel: pin for channel, pin in self._pins.items() if channel not in keep}
+        pins = [*released.values(), *self._inputs.values()]
+        for pin in released.values():
             try:
                 gpio.output(pin, gpio.HIGH if not self._active_high else gpio.LOW)
             except Exception as exc:  # keep releasing the other pins

@@ -1,6 +1,10 @@
 """PLC output over Modbus/TCP (pymodbus sync client): each channel is a coil, or a holding register
 written with an on/off value. The PLC wires the coil to the valve (or latches the stop request).
 
+Station inputs (qc_cell.reject.station) are discrete inputs, read on every poll() (the node's tick): the
+confirmation sensor's rising edges are detected between two reads, so the PLC must stretch that signal to at
+least two tick periods (or latch it until read).
+
 Connection handling: a write on a broken connection (PLC restarted, cable pulled) closes the socket and
 retries once on a fresh connection, so the first pulse after a PLC restart is not lost; while the PLC is
 unreachable, poll() reconnects with exponential back-off and a heartbeat read detects a dead link between
@@ -19,6 +23,7 @@ from pymodbus.client import ModbusTcpClient
 
 from qc_cell.reject.drivers.base import DriverError, DriverHealth, PulseDriver
 from qc_cell.reject.records import CHANNELS
+from qc_cell.reject.station import CONFIRM, StationReading, check_inputs
 
 KINDS = ("coil", "register")
 
@@ -56,7 +61,11 @@ class ModbusDriver(PulseDriver):
         heartbeat_s: float = 1.0,
         reconnect_max_s: float = 5.0,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        inputs: dict[str, int] | None = None,
+        event_clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
+        """inputs: station input name -> 0-based discrete input address. event_clock_ns stamps confirmation
+        edges (the controller's monotonic clock)."""
         unknown = set(outputs) - set(CHANNELS)
         if unknown:
             raise ValueError(f"unknown Modbus channels {sorted(unknown)}; known: {list(CHANNELS)}")
@@ -68,6 +77,15 @@ class ModbusDriver(PulseDriver):
             raise ValueError(f"Modbus timeout must be > 0 s, got {timeout_s}")
         self.host, self.port = host, port
         self._outputs = dict(outputs)
+        self._inputs = dict(inputs or {})
+        check_inputs(self._inputs)
+        for name, address in self._inputs.items():
+            if not 0 <= address <= 65535:
+                raise ValueError(f"Modbus discrete input address {address} of {name} outside 0..65535")
+        self._event_clock_ns = event_clock_ns
+        self._levels: dict[str, bool] = {}
+        self._confirm_level = False
+        self._confirmations: list[int] = []
         self._device_id = device_id
         self._timeout_s = timeout_s
         self._heartbeat_ns = int(heartbeat_s * 1e9)
@@ -91,6 +109,18 @@ class ModbusDriver(PulseDriver):
     def channels(self) -> frozenset[str]:
         return frozenset(self._outputs)
 
+    @property
+    def inputs(self) -> frozenset[str]:
+        return frozenset(self._inputs)
+
+    def read_inputs(self) -> StationReading:
+        """The level inputs of the last read (none while the PLC is unreachable: that is a driver fault of its
+        own) and the confirmation edges seen since the previous call."""
+        with self._lock:
+            edges, self._confirmations = tuple(self._confirmations), []
+            levels = dict(self._levels) if self._connected else {}
+        return StationReading(levels, edges)
+
     def open(self) -> None:
         with self._lock:
             self._client = ModbusTcpClient(self.host, port=self.port, timeout=self._timeout_s, retries=0)
@@ -102,12 +132,15 @@ class ModbusDriver(PulseDriver):
                     except DriverError:
                         break
 
-    def close(self) -> None:
+    def close(self, keep: frozenset[str] = frozenset()) -> None:
+        """Kept outputs stay as they are in the PLC (a raised stop-line stays raised)."""
         with self._lock:
             if self._client is None:
                 return
             if self._connected:
                 for channel in self._outputs:
+                    if channel in keep:
+                        continue
                     try:
                         self._write(channel, False)
                     except DriverError:
@@ -147,7 +180,9 @@ class ModbusDriver(PulseDriver):
                 if now >= self._next_attempt_ns:
                     self._connect()
                 return
-            if now - self._last_ok_ns >= self._heartbeat_ns:
+            if self._inputs:
+                self._read_discrete_inputs()  # also the link check
+            elif now - self._last_ok_ns >= self._heartbeat_ns:
                 self._heartbeat()
 
     def health(self) -> DriverHealth:
@@ -223,6 +258,27 @@ class ModbusDriver(PulseDriver):
             return
         if not response.isError():
             self._last_ok_ns = self._clock_ns()
+
+    def _read_discrete_inputs(self) -> None:
+        assert self._client is not None
+        first = min(self._inputs.values())
+        count = max(self._inputs.values()) - first + 1
+        try:
+            response = self._client.read_discrete_inputs(first, count=count, device_id=self._device_id)
+        except Exception as exc:
+            self._lost(f"reading discrete inputs {first}..{first + count - 1}: {exc}")
+            return
+        if response.isError():
+            self._error = f"PLC refused reading discrete inputs {first}..{first + count - 1}: {response}"
+            return
+        self._last_ok_ns = self._clock_ns()
+        levels = {name: bool(response.bits[address - first]) for name, address in self._inputs.items()}
+        confirm = levels.pop(CONFIRM, None)
+        if confirm is not None:
+            if confirm and not self._confirm_level:
+                self._confirmations.append(self._event_clock_ns())
+            self._confirm_level = confirm
+        self._levels = levels
 
     def _lost(self, error: str) -> None:
         assert self._client is not None

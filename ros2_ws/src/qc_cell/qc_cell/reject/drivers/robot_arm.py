@@ -112,7 +112,7 @@ class RobotArmDriver(ArmDriver):
             timeout_s = self._result_timeout_ns / 1e9
             self._on_result(key, False, f"no result from the arm within {timeout_s:.1f} s after the deadline")
 
-    def close(self) -> None:
+    def close(self, keep: frozenset[str] = frozenset()) -> None:
         with self._lock:
             pending = list(self._pending.items())
         for key, item in pending:
