@@ -73,10 +73,16 @@ class Harness:
         assert len(self.outcomes) > before, "no outcome reported"
         return self.outcomes[-1]
 
-    def leftovers(self) -> list[str]:
-        partial = list((self.settings.update_dir / ".partial").iterdir())
-        staging = list(self.settings.update_dir.glob(".staging-*"))
-        return [p.name for p in partial + staging]
+    def leftovers(self, settle_s: float = 2.0) -> list[str]:
+        """Partial downloads and staging folders left behind. The worker removes them right after it has reported
+        the outcome (a `finally`), so a loaded machine gets a moment before the answer counts."""
+        end = time.monotonic() + settle_s
+        while True:
+            partial = list((self.settings.update_dir / ".partial").iterdir())
+            staging = list(self.settings.update_dir.glob(".staging-*"))
+            if not (partial or staging) or time.monotonic() > end:
+                return [p.name for p in partial + staging]
+            time.sleep(0.02)
 
     def packages(self) -> list[str]:
         return sorted(p.name for p in self.settings.update_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
