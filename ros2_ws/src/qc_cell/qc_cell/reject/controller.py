@@ -303,19 +303,11 @@ class RejectController:
                     )
             self._live.clear()
             for window in self._confirm.drain():
-                pulse = window.payload
-                assert isinstance(pulse, _Pulse)
-                self._missed(
-                    pulse.part,
-                    pulse.verdict,
-                    pulse.lane,
-                    UNCONFIRMED,
-                    pulse.planned_ns,
-                    pulse.on_ns,
+                self._unconfirmed(
+                    window.payload,
                     0.0,
                     "the actuator was deactivated before the confirmation sensor saw the part",
                     self._clock_ns(),
-                    pulse.note,
                     respond=False,
                 )
             lanes_on = [lane for lane, n in self._active.items() if n > 0]
@@ -593,19 +585,12 @@ class RejectController:
                 )
             for window in expired:
                 pulse = window.payload
-                assert isinstance(pulse, _Pulse)
-                self._missed(
-                    pulse.part,
-                    pulse.verdict,
-                    pulse.lane,
-                    UNCONFIRMED,
-                    pulse.planned_ns,
-                    pulse.on_ns,
+                self._unconfirmed(
+                    pulse,
                     (pulse.on_ns - pulse.planned_ns) / NS_PER_MS,
                     f"actuated, but the reject-confirmation sensor did not see the part within {window_ms:g} ms "
                     "(jammed pusher, no air, broken valve?): it may still be on the line",
                     now,
-                    pulse.note,
                 )
 
     # ---------------------------------------------------------------- planning
@@ -864,6 +849,23 @@ class RejectController:
         self._switch(STOP_LINE, want, "stop-line output" + (" on" if want else " off"))
 
     # ---------------------------------------------------------------- records
+
+    def _unconfirmed(self, pulse: object, lateness_ms: float, message: str, now: int, respond: bool = True) -> None:
+        """An ejection the confirmation sensor did not see: UNCONFIRMED, reported as a missed part."""
+        assert isinstance(pulse, _Pulse)
+        self._missed(
+            pulse.part,
+            pulse.verdict,
+            pulse.lane,
+            UNCONFIRMED,
+            pulse.planned_ns,
+            pulse.on_ns,
+            lateness_ms,
+            message,
+            now,
+            pulse.note,
+            respond=respond,
+        )
 
     def _missed(
         self,
