@@ -233,8 +233,13 @@ def test_a_jammed_pusher_drill_gives_unconfirmed_a_critical_alert_and_the_stop_l
         assert graph.spin_until(lambda: "REJECT_UNCONFIRMED" in probe.codes(), timeout=5.0), probe.codes()
         alert = next(a for a in probe.alerts if a.code == "REJECT_UNCONFIRMED")
         assert (alert.severity, alert.part_id) == (Alert.CRITICAL, "stuck")
-        stop_edges = [e for e in node.controller.driver.edges if e.channel == records.STOP_LINE]
-        assert stop_edges and stop_edges[0].on, "the stop-line was raised"
+
+        # The controller thread raises the stop-line right after it publishes the alert: wait for the edge.
+        def stop_edges() -> list:
+            return [e for e in node.controller.driver.edges if e.channel == records.STOP_LINE]
+
+        assert graph.spin_until(lambda: bool(stop_edges()), timeout=5.0), "the stop-line was raised"
+        assert stop_edges()[0].on, "the stop-line's first edge raises it"
         refused = node.set_parameters([Parameter("sim_faults", value="gremlins")])[0]
         assert not refused.successful and "gremlins" in refused.reason
 
