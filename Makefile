@@ -23,10 +23,10 @@ test: lint
 
 # The tests that exercise rclpy (every node test lives in the qc_cell test folder, the system tests in tests/),
 # on ROS 2 Jazzy from PyPI: the closest to Humble's rclpy API that installs here. Not the Dockerfile checks
-# nor the docs commands, which do not depend on the ROS distribution, nor the fault-injection runs (the same
-# nodes and APIs as the system tests, ~5 min; `make test` runs them once).
+# nor the docs commands and requirement resolutions, which do not depend on the ROS distribution, nor the
+# fault-injection runs (the same nodes and APIs as the system tests, ~5 min; `make test` runs them once).
 JAZZY_TESTS := ros2_ws/src/qc_cell/test tests --ignore=tests/test_docker.py --ignore=tests/test_docs_commands.py \
-	--ignore=tests/test_fault_injection.py
+	--ignore=tests/test_fault_injection.py --ignore=tests/test_requirements_resolve.py
 # A shell where scripts/env.sh was sourced already has the default set-up's paths: Jazzy's must not stack on them.
 JAZZY_ENV := unset PYTHONPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH COLCON_PREFIX_PATH VIRTUAL_ENV \
 	ROS_DISTRO FASTDDS_DEFAULT_PROFILES_FILE FASTRTPS_DEFAULT_PROFILES_FILE && export QC_ROS_DISTRO=jazzy && $(ENV)

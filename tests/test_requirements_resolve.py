@@ -5,6 +5,7 @@ ask PyPI (pip's own resolver, dry run), so they are marked slow; the pin checks 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -121,8 +122,14 @@ def test_edge_and_dev_requirements_resolve_in_a_python310_venv(tmp_path):
 
 def test_setup_for_a_python_that_is_not_here_says_so_and_exits_3():
     """`make test-py310` turns exit 3 into a skip with the reason; nothing is created before the check."""
+    # Without the distribution/interpreter a sourced env.sh may have chosen (make test-jazzy exports QC_ROS_DISTRO).
+    env = {k: v for k, v in os.environ.items() if k not in ("QC_ROS_DISTRO", "QC_PYTHON")}
     result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "setup.sh"), "--python", "3.99"], capture_output=True, text=True, timeout=60
+        ["bash", str(REPO / "scripts" / "setup.sh"), "--python", "3.99"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert result.returncode == 3 and "no Python 3.99 (PATH or pyenv)" in result.stderr
     assert not (REPO / ".venv-py399").exists()
