@@ -727,18 +727,7 @@ class RejectController:
                 self._live.discard(pulse)
                 for job in pulse.jobs:
                     self._scheduler.cancel(job)
-                self._missed(
-                    pulse.part,
-                    pulse.verdict,
-                    pulse.lane,
-                    FAILED,
-                    pulse.planned_ns,
-                    0,
-                    0.0,
-                    f"ejection blocked: {', '.join(self._station_faults)}",
-                    fired,
-                    pulse.note,
-                )
+                self._pulse_missed(pulse, FAILED, 0, 0.0, f"ejection blocked: {', '.join(self._station_faults)}", fired)
                 return
             already_on = self._active[pulse.lane] > 0
             self._active[pulse.lane] += 1
@@ -751,18 +740,7 @@ class RejectController:
             if error is not None:
                 self._active[pulse.lane] -= 1
                 pulse.counted = False
-                self._missed(
-                    pulse.part,
-                    pulse.verdict,
-                    pulse.lane,
-                    FAILED,
-                    pulse.planned_ns,
-                    0,
-                    lateness,
-                    f"actuator fault: {error}",
-                    actual,
-                    pulse.note,
-                )
+                self._pulse_missed(pulse, FAILED, 0, lateness, f"actuator fault: {error}", actual)
             elif lateness > self.config.late_tolerance_ms:
                 self._missed(
                     pulse.part,
@@ -853,13 +831,19 @@ class RejectController:
     def _unconfirmed(self, pulse: object, lateness_ms: float, message: str, now: int, respond: bool = True) -> None:
         """An ejection the confirmation sensor did not see: UNCONFIRMED, reported as a missed part."""
         assert isinstance(pulse, _Pulse)
+        self._pulse_missed(pulse, UNCONFIRMED, pulse.on_ns, lateness_ms, message, now, respond)
+
+    def _pulse_missed(
+        self, pulse: _Pulse, outcome: int, actual: int, lateness_ms: float, message: str, now: int, respond: bool = True
+    ) -> None:
+        """_missed for a planned pulse: its part, verdict, lane, planned time and note."""
         self._missed(
             pulse.part,
             pulse.verdict,
             pulse.lane,
-            UNCONFIRMED,
+            outcome,
             pulse.planned_ns,
-            pulse.on_ns,
+            actual,
             lateness_ms,
             message,
             now,
