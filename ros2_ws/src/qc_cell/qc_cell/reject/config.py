@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qc_cell.reject.belt import BELT_SOURCES
 from qc_cell.reject.records import DIVERT, HEARTBEAT, REJECT, STOP_LINE
 from qc_contract.vocabulary import Verdict
 
@@ -23,6 +24,9 @@ class RejectConfig:
     belt_speed_mm_s: float = 500.0  # belt speed, or the fallback while the encoder gives no estimate (0 = none)
     encoder_ticks_per_mm: float = 10.0
     encoder_window_s: float = 2.0  # encoder samples used for the speed estimate (and their max age)
+    # belt tracking (qc_cell.reject.belt): each part's place follows the belt ("none": planned once, on time)
+    belt_source: str = "none"
+    belt_stale_ms: float = 500.0  # encoder tracking: no sample for this long = the belt position is unknown
     # actuator
     actuator_latency_ms: float = 15.0  # command -> stroke (valve + mechanics + bus)
     pulse_width_ms: float = 40.0
@@ -57,6 +61,12 @@ class RejectConfig:
         )
         need(self.encoder_ticks_per_mm > 0, f"encoder_ticks_per_mm must be > 0, got {self.encoder_ticks_per_mm}")
         need(self.encoder_window_s > 0, f"encoder_window_s must be > 0, got {self.encoder_window_s}")
+        need(self.belt_source in BELT_SOURCES, f"belt_source {self.belt_source!r} must be one of {BELT_SOURCES}")
+        need(self.belt_stale_ms > 0, f"belt_stale_ms must be > 0, got {self.belt_stale_ms}")
+        need(
+            self.belt_source != "running_input" or self.belt_speed_mm_s > 0,
+            "belt_source 'running_input' moves parts at belt_speed_mm_s while the belt runs: it must be > 0",
+        )
         for name in (
             "actuator_latency_ms",
             "late_tolerance_ms",

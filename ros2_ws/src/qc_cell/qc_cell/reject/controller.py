@@ -23,6 +23,11 @@
   by its terminal event. Armed again after a restart, the controller re-plans the open ones still upstream of
   their actuator and reports the others MISSED (CRITICAL, missed_response); verdicts the decision node replays
   from its history are ignored when the journal knows them, and handled (MISSED when too late) when not.
+- Belt tracking (belt_source encoder / running_input, qc_cell.reject.belt, pulse drivers): each part's place on the
+  belt is fixed at capture and its pulse re-planned on every tick as the belt moves; a pulse is held (its jobs
+  cancelled) while the belt stands, and checked against the belt once more right before its output goes on, so it is
+  never fired at a stale time. While the belt position is unknown (encoder stale, input unreadable) with parts in
+  flight, the pulses stay held, the stop-line is held and a CRITICAL BELT_POSITION_UNKNOWN is raised.
 - The watchdog treats a part without a verdict in time as NOT_INSPECTED (watchdog_action reject_all or
   stop_line) and raises the stop-line output while the decision stream is down (stop_line).
 
@@ -47,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from qc_cell.reject.belt import BeltTracker
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.drivers.base import ArmDriver, ArmJob, ArmOutcome, DriverError, PulseDriver, RejectDriver
 from qc_cell.reject.journal import EjectionJournal
@@ -95,6 +101,10 @@ MISSED_CODES = {
 # Why the stop-line output is held (it is on while any is, or while a missed-part pulse lasts).
 HOLD_WATCHDOG = "watchdog"
 HOLD_STATION = "station"
+HOLD_BELT = "belt"
+HOLD_CELL = "cell"  # the cell asked for it (set_cell_stop: e.g. a free-run camera outage)
+# A tracked part's command time moving by more than this re-schedules its pulse.
+REPLAN_NS = 2_000_000
 # Local verdicts a cloud re-inspection verdict may still replace, remembered for this many recent parts.
 REVISABLE_PARTS = 10_000
 
@@ -119,6 +129,8 @@ class _Pulse:
     on_ns: int = 0  # when it went on (0: not yet)
     counted: bool = False  # holds the lane's output on
     jobs: list[Job] = field(default_factory=list)
+    target_mm: float | None = None  # belt tracking: the belt position at which the part is at its actuator
+    first_planned_ns: int = 0  # belt tracking: the command time planned first (0: held from the start)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,6 +151,18 @@ def build_model(config: RejectConfig, previous: ConveyorModel | None = None) -> 
         else:
             encoder = EncoderSpeedEstimator(config.encoder_ticks_per_mm, window_ns)
     return ConveyorModel(config.belt_speed_mm_s, encoder)
+
+
+def build_belt(config: RejectConfig, now_ns: int) -> BeltTracker | None:
+    if config.belt_source == "none":
+        return None
+    return BeltTracker(
+        config.belt_source,
+        config.belt_speed_mm_s,
+        config.encoder_ticks_per_mm,
+        int(config.belt_stale_ms * NS_PER_MS),
+        start_ns=now_ns,
+    )
 
 
 def build_timing(config: RejectConfig, pulses: bool) -> ActuatorTiming:
@@ -173,6 +197,8 @@ class RejectController:
         self._pulses = isinstance(driver, PulseDriver)
         self.model = build_model(config)
         self.timing = build_timing(config, self._pulses)
+        self.belt = build_belt(config, clock_ns())
+        self._belt_lost = False
         self._scheduler = DeadlineScheduler(clock_ns, spin_ns, on_error=self._job_failed, rt_priority=rt_priority)
         self._watchdog = (
             DecisionWatchdog(int(config.watchdog_timeout_s * 1e9)) if config.watchdog_timeout_s > 0 else None
@@ -208,6 +234,17 @@ class RejectController:
                 f"driver '{driver.method}' has no output for {sorted(missing)}, which the configuration needs "
                 "(divert_verdicts / missed_response / watchdog_action): configure that output or change those"
             )
+        if config.belt_source != "none":
+            if not isinstance(driver, PulseDriver):
+                raise ValueError(
+                    f"belt_source {config.belt_source!r}: belt tracking re-plans pulses, driver '{driver.method}' "
+                    "gets one deadline per part (let the arm's own conveyor tracking follow the belt): use 'none'"
+                )
+            if config.belt_source == "running_input" and "running_input" not in driver.belt_inputs:
+                raise ValueError(
+                    f"belt_source running_input needs a belt-running input, which driver '{driver.method}' does not "
+                    "have as configured (gpio_belt_running_pin / modbus_belt_running_address)"
+                )
         if config.confirm_window_ms > 0 and CONFIRM not in driver.inputs:
             raise ValueError(
                 f"confirm_window_ms {config.confirm_window_ms} needs a reject-confirmation input, which driver "
@@ -221,6 +258,8 @@ class RejectController:
             self.config = config
             self.model = build_model(config, self.model)
             self.timing = build_timing(config, self._pulses)
+            if self.belt is not None:
+                self.belt.set_speed(config.belt_speed_mm_s, self._clock_ns())
 
     @property
     def realtime(self) -> str:
@@ -356,6 +395,8 @@ class RejectController:
         part = self._internal(part)
         with self._lock:
             self.model.add_encoder_sample(part.capture_ns, part.encoder_count)
+            if self.belt is not None:
+                self.belt.encoder(part.capture_ns, part.encoder_count)
             if self.armed and self._watchdog is not None and part.part_id not in self._handled:
                 self._watchdog.part_seen(part, now)
 
@@ -453,6 +494,12 @@ class RejectController:
 
     def _reachable(self, part: Part, lane: str, now: int) -> bool:
         """Whether a part can still be acted on in `lane` (its command time not yet past the tolerance)."""
+        if self.belt is not None:
+            target = self._target_mm(part, lane, now)
+            if target is None:
+                return False
+            eta = self.belt.eta_ns(target, now)
+            return eta is None or not self.timing.is_late(self.timing.command_ns(eta), now)
         try:
             arrival = self.model.arrival(part, self.config.lane_distance_mm(lane), now)
         except SpeedUnknownError:
@@ -475,6 +522,9 @@ class RejectController:
                     self._driver_ok = health.ok
             if self.driver.inputs:
                 self._read_station(now)
+            if self.belt is not None:
+                with self._lock:
+                    self._track_belt(now)
             if self.config.heartbeat_period_ms > 0 and self._pulses:
                 self._heartbeat(now)
         with self._lock:
@@ -579,7 +629,7 @@ class RejectController:
                 assert isinstance(pulse, _Pulse)
                 seen = f"confirmed by the reject sensor {(edge - window.opens_ns) / NS_PER_MS:.0f} ms after the stroke"
                 lateness = (pulse.on_ns - pulse.planned_ns) / NS_PER_MS
-                message = ", ".join(filter(None, [pulse.note, seen]))
+                message = ", ".join(filter(None, [self._belt_note(pulse), seen]))
                 self._record(
                     pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, pulse.on_ns, lateness, message
                 )
@@ -598,6 +648,9 @@ class RejectController:
     def _act(self, part: Part, verdict: int, lane: str, now: int, note: str = "", late_outcome: int = LATE) -> None:
         if self.journal is not None:
             self.journal.planned(self._external(part), verdict, lane)
+        if self.belt is not None:
+            self._act_tracked(part, verdict, lane, now, note, late_outcome)
+            return
         try:
             arrival = self.model.arrival(part, self.config.lane_distance_mm(lane), now)
         except SpeedUnknownError as exc:
@@ -623,7 +676,15 @@ class RejectController:
             self._alert(INFO, "ENCODER_SPEED_RESTORED", f"belt speed from the encoder: {speed.mm_s:.0f} mm/s", "")
 
     def _plan_pulse(
-        self, part: Part, verdict: int, lane: str, planned: int, now: int, note: str, late_outcome: int = LATE
+        self,
+        part: Part,
+        verdict: int,
+        lane: str,
+        planned: int,
+        now: int,
+        note: str,
+        late_outcome: int = LATE,
+        target_mm: float | None = None,
     ) -> None:
         timing, config = self.timing, self.config
         if timing.is_late(planned, now):
@@ -672,12 +733,125 @@ class RejectController:
                 start = max(now, neighbour.end_ns - 1)
             elif end <= neighbour.start_ns:
                 end = neighbour.start_ns + 1
-        pulse = _Pulse(lane, part, verdict, planned, start, end, note)
-        pulse.jobs = [
-            self._scheduler.schedule(start, lambda fired: self._on_edge(pulse, fired), f"on {part.part_id}"),
-            self._scheduler.schedule(end, lambda fired: self._off_edge(pulse, fired), f"off {part.part_id}"),
-        ]
+        pulse = _Pulse(lane, part, verdict, planned, start, end, note, target_mm=target_mm, first_planned_ns=planned)
+        self._schedule_pulse(pulse)
         self._live.add(pulse)
+
+    def _schedule_pulse(self, pulse: _Pulse) -> None:
+        name = pulse.part.part_id
+        pulse.jobs = [
+            self._scheduler.schedule(pulse.start_ns, lambda fired: self._on_edge(pulse, fired), f"on {name}"),
+            self._scheduler.schedule(pulse.end_ns, lambda fired: self._off_edge(pulse, fired), f"off {name}"),
+        ]
+
+    # ---------------------------------------------------------------- belt tracking
+
+    def _target_mm(self, part: Part, lane: str, now: int) -> float | None:
+        """The belt position at which the part is at the lane's actuator; None when its place is not known."""
+        assert self.belt is not None
+        place = self.belt.part_position(part.capture_ns, part.encoder_count, now)
+        return None if place is None else place + self.config.lane_distance_mm(lane)
+
+    def _act_tracked(self, part: Part, verdict: int, lane: str, now: int, note: str, late_outcome: int) -> None:
+        assert self.belt is not None
+        self._track_belt(now, replan=False)
+        target = self._target_mm(part, lane, now)
+        if target is None:
+            outcome = MISSED if late_outcome == MISSED else FAILED
+            why = "captured before the belt tracking started" if self.belt.known(now) else self.belt.why_unknown(now)
+            self._missed(
+                part, verdict, lane, outcome, 0, 0, 0.0, f"cannot place the part on the belt: {why}", now, note
+            )
+            return
+        eta = self.belt.eta_ns(target, now)
+        if eta is None:  # the belt stands or its position is unknown: held until it moves
+            self.counts["held_for_belt"] += 1
+            self._live.add(_Pulse(lane, part, verdict, 0, 0, 0, note, target_mm=target))
+            return
+        self._note_speed(Speed(self.belt.speed(now) or 0.0, self.belt.source))
+        self._plan_pulse(part, verdict, lane, self.timing.command_ns(eta), now, note, late_outcome, target)
+
+    def _track_belt(self, now: int, replan: bool = True) -> None:
+        """Read what the driver saw of the belt; re-plan the tracked pulses; hold the stop-line while the belt
+        position is unknown with parts in flight. Under the lock."""
+        assert self.belt is not None
+        self.belt.update(self.driver.belt_reading())
+        if not replan:
+            return
+        for pulse in sorted(self._live, key=lambda p: p.start_ns):
+            if pulse.target_mm is not None and not pulse.on_ns and not pulse.counted:
+                self._replan(pulse, now)
+        lost = self.armed and not self.belt.known(now) and self._parts_in_flight() > 0
+        if lost != self._belt_lost:
+            self._belt_lost = lost
+            if lost:
+                self.counts["belt_position_lost"] += 1
+                self._alert(
+                    CRITICAL,
+                    "BELT_POSITION_UNKNOWN",
+                    f"{self.belt.why_unknown(now)}: {self._parts_in_flight()} part(s) in flight are held, stop-line "
+                    "held",
+                    "",
+                )
+            else:
+                self._alert(INFO, "BELT_POSITION_RESTORED", "the belt position is known again", "")
+            self._set_stop_hold(HOLD_BELT, lost, now)
+
+    def _replan(self, pulse: _Pulse, now: int, force: bool = False) -> None:
+        """Move a tracked pulse to where its part is now: hold it (no jobs) while the belt stands or its position is
+        unknown; re-schedule it when its command time moved; report it when the part has passed."""
+        assert self.belt is not None and pulse.target_mm is not None
+        eta = self.belt.eta_ns(pulse.target_mm, now)
+        if eta is None:
+            if pulse.jobs:
+                self.counts["pulses_held"] += 1
+                for job in pulse.jobs:
+                    self._scheduler.cancel(job)
+                pulse.jobs = []
+            return
+        planned = self.timing.command_ns(eta)
+        if pulse.jobs and not force and abs(planned - pulse.planned_ns) <= REPLAN_NS:
+            return
+        for job in pulse.jobs:
+            self._scheduler.cancel(job)
+        pulse.jobs = []
+        if self.timing.is_late(planned, now):
+            self._live.discard(pulse)
+            late_ms = (now - planned) / NS_PER_MS
+            pulse.planned_ns = planned
+            self._pulse_missed(
+                pulse,
+                FAILED,
+                0,
+                late_ms,
+                f"the part passed the {pulse.lane} actuator {late_ms:.1f} ms ago while its pulse was held for the belt",
+                now,
+            )
+            return
+        if pulse.planned_ns and pulse.start_ns:  # keep a bridge to a neighbour: shift the whole pulse
+            shift = planned - pulse.planned_ns
+            start, end = pulse.start_ns + shift, pulse.end_ns + shift
+        else:
+            start, end = planned, planned + self.timing.pulse_width_ns
+        pulse.start_ns = max(start, now)
+        pulse.end_ns = max(end, pulse.start_ns + 1)
+        pulse.planned_ns = planned
+        pulse.first_planned_ns = pulse.first_planned_ns or planned
+        self.counts["replanned"] += 1
+        self._schedule_pulse(pulse)
+
+    def _belt_note(self, pulse: _Pulse) -> str:
+        """What the belt did to a tracked pulse, for its record."""
+        if pulse.target_mm is None:
+            return pulse.note
+        moved = (pulse.planned_ns - pulse.first_planned_ns) / NS_PER_MS if pulse.first_planned_ns else None
+        if moved is None:
+            text = "held while the belt stood, fired when the part reached the actuator"
+        elif abs(moved) >= 1.0:
+            text = f"re-planned as the belt moved ({moved:+.0f} ms)"
+        else:
+            return pulse.note
+        return ", ".join(filter(None, [pulse.note, text]))
 
     def _dispatch_arm(
         self, part: Part, verdict: int, lane: str, deadline: int, now: int, note: str, late_outcome: int = LATE
@@ -723,6 +897,8 @@ class RejectController:
         with self._lock:
             if pulse not in self._live:  # disarmed meanwhile
                 return
+            if pulse.target_mm is not None and not pulse.counted and not self._still_due(pulse, fired):
+                return  # re-planned or held: the part is not at the actuator yet
             if self._station_faults:  # pushing into a full or missing bin, or without air, ejects nothing
                 self._live.discard(pulse)
                 for job in pulse.jobs:
@@ -764,8 +940,22 @@ class RejectController:
                     self._confirm.expect(ConfirmWindow(pulse.part.part_id, actual, closes, pulse))
                     return
                 self._record(
-                    pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, actual, lateness, pulse.note
+                    pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, actual, lateness, self._belt_note(pulse)
                 )
+
+    def _still_due(self, pulse: _Pulse, fired: int) -> bool:
+        """Right before a tracked pulse goes on: is its part where the plan said (the belt may have stopped or
+        slowed since the last tick)? If not, the pulse is re-planned or held instead of fired at a stale time."""
+        assert self.belt is not None and pulse.target_mm is not None
+        self.belt.update(self.driver.belt_reading())
+        eta = self.belt.eta_ns(pulse.target_mm, fired)
+        planned = None if eta is None else self.timing.command_ns(eta)
+        if planned is None or planned - pulse.planned_ns > REPLAN_NS:
+            self.counts["edges_deferred"] += 1
+            self._replan(pulse, fired, force=True)
+            return False
+        pulse.planned_ns = min(pulse.planned_ns, planned)  # earlier: its lateness counts from the part's real time
+        return True
 
     def _off_edge(self, pulse: _Pulse, fired: int) -> None:
         with self._lock:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from qc_cell.reject.belt import BeltReading
 from qc_cell.reject.station import StationReading
 
 
@@ -53,6 +54,16 @@ class RejectDriver(ABC):
     def read_inputs(self) -> StationReading:
         """The level inputs now, and the confirmation edges since the previous call (node timer thread)."""
         return StationReading()
+
+    @property
+    def belt_inputs(self) -> frozenset[str]:
+        """The belt inputs this driver has as configured: "running_input" and/or "encoder" (none by default)."""
+        return frozenset()
+
+    def belt_reading(self) -> BeltReading:
+        """Belt-running transitions and encoder samples since the previous call. No I/O (any thread, also the
+        scheduler's right before an edge): drivers that poll return what their last poll() saw."""
+        return BeltReading()
 
     def poll(self, now_ns: int) -> None:  # noqa: B027 - optional hook
         """Periodic housekeeping (reconnects, heartbeats, timeouts), called from the node's timer."""

@@ -3,7 +3,8 @@ turns the reject events into RViz markers). A fault can be injected to exercise 
 
 It simulates the station inputs too: a part pushed by the reject output crosses the confirmation sensor
 `confirm_delay_ns` later, unless the pusher is jammed or the air pressure is low; the bin-full, bin-present and
-air inputs are levels the fault drills set (`set_faults`)."""
+air inputs are levels the fault drills set (`set_faults`). It also has a belt-running input: the drill
+`belt_stopped` stops the simulated belt (a transition stamped when the drill is applied) until it is cleared."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from qc_cell.reject.belt import BeltReading
 from qc_cell.reject.drivers.base import DriverError, DriverHealth, PulseDriver
 from qc_cell.reject.records import CHANNELS, REJECT
 from qc_cell.reject.station import AIR_OK, BIN_FULL, BIN_PRESENT, INPUTS, StationReading
 
 # Faults a drill can inject into the simulated station (sim_faults parameter).
-SIM_FAULTS = ("jammed", "bin_full", "bin_absent", "air_low")
+SIM_FAULTS = ("jammed", "bin_full", "bin_absent", "air_low", "belt_stopped")
+BELT_STOPPED = "belt_stopped"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class SimDriver(PulseDriver):
         self._confirm_delay_ns = confirm_delay_ns
         self._faults: frozenset[str] = frozenset()
         self._confirm_due: deque[int] = deque()
+        self._belt_edges: list[tuple[int, bool]] = []
         self.edges: deque[Edge] = deque(maxlen=history)
         self.state = dict.fromkeys(CHANNELS, False)
         self._fault: str | None = None
@@ -68,9 +72,23 @@ class SimDriver(PulseDriver):
     def inputs(self) -> frozenset[str]:
         return frozenset(INPUTS)
 
+    @property
+    def belt_inputs(self) -> frozenset[str]:
+        return frozenset({"running_input"})
+
     def set_faults(self, faults: frozenset[str]) -> None:
         """The station faults from now on (SIM_FAULTS, see sim_faults(); empty = a healthy station)."""
-        self._faults = sim_faults(",".join(faults))
+        faults = sim_faults(",".join(faults))
+        with self._lock:
+            stopped = BELT_STOPPED in faults
+            if stopped != (BELT_STOPPED in self._faults):
+                self._belt_edges.append((self._confirm_clock_ns(), not stopped))
+            self._faults = faults
+
+    def belt_reading(self) -> BeltReading:
+        with self._lock:
+            edges, self._belt_edges = tuple(self._belt_edges), []
+        return BeltReading(running_edges=edges)
 
     def read_inputs(self) -> StationReading:
         now = self._confirm_clock_ns()
