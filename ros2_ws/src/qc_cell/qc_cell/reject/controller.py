@@ -939,9 +939,8 @@ class RejectController:
                     closes = actual + int(self.config.confirm_window_ms * NS_PER_MS)
                     self._confirm.expect(ConfirmWindow(pulse.part.part_id, actual, closes, pulse))
                     return
-                self._record(
-                    pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, actual, lateness, self._belt_note(pulse)
-                )
+                note = self._belt_note(pulse)
+                self._record(pulse.part, pulse.verdict, DONE, pulse.lane, pulse.planned_ns, actual, lateness, note)
 
     def _still_due(self, pulse: _Pulse, fired: int) -> bool:
         """Right before a tracked pulse goes on: is its part where the plan said (the belt may have stopped or
