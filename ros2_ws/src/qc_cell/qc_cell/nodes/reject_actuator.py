@@ -24,7 +24,7 @@ from qc_cell.reject.cell_health import CellHealth
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.controller import RejectController
 from qc_cell.reject.drivers.base import DriverError
-from qc_cell.reject.drivers.factory import build_driver
+from qc_cell.reject.drivers.factory import build_driver, build_signals
 from qc_cell.reject.drivers.sim import SimDriver, sim_faults
 from qc_cell.reject.journal import EjectionJournal
 from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
@@ -188,6 +188,7 @@ class RejectActuator(DeviceNode):
             spin_ns=int(self._spin_ms * 1e6),
             rt_priority=self._rt_priority,
             journal=journal,
+            signals=build_signals(self.settings),
         )
         if isinstance(driver, SimDriver):
             driver.set_faults(self._sim_faults)
@@ -312,7 +313,7 @@ class RejectActuator(DeviceNode):
         if controller is None:
             level, message = diagnostics.WARN, f"{state}: parts are not ejected"
         else:
-            health = controller.driver.health()
+            health = controller.health()
             values.update(controller.snapshot())
             values.update({f"driver_{k}": v for k, v in health.values.items()})
             if not health.ok:

@@ -14,6 +14,9 @@
 - With a reject-confirmation sensor (confirm_window_ms > 0), an ejection is DONE only once the sensor saw the part
   within its window; otherwise UNCONFIRMED (CRITICAL, missed_response). While a station input says the station
   cannot eject (bin full, bin absent, air low), ejection is blocked (the parts FAILED) and the stop-line is held.
+- Line signals: the stop-line and heartbeat outputs can live on a second, independent driver (`signals`: its own
+  GPIO pins or Modbus device), so they do not share the link whose loss they report, and robot-arm set-ups (no pulse
+  outputs) get them too. Its outputs replace the actuator driver's stop_line / heartbeat.
 - The heartbeat output toggles every heartbeat_period_ms while the whole cell is ready (set_cell_problems) and the
   actuator itself is (armed, driver healthy, station fine, verdicts flowing); otherwise it stays off, as it does
   when the process dies: the PLC times it out and stops the line.
@@ -54,7 +57,15 @@ from typing import Protocol
 
 from qc_cell.reject.belt import BeltTracker
 from qc_cell.reject.config import RejectConfig
-from qc_cell.reject.drivers.base import ArmDriver, ArmJob, ArmOutcome, DriverError, PulseDriver, RejectDriver
+from qc_cell.reject.drivers.base import (
+    ArmDriver,
+    ArmJob,
+    ArmOutcome,
+    DriverError,
+    DriverHealth,
+    PulseDriver,
+    RejectDriver,
+)
 from qc_cell.reject.journal import EjectionJournal
 from qc_cell.reject.records import (
     CRITICAL,
@@ -185,9 +196,17 @@ class RejectController:
         rt_priority: int = 0,
         journal: EjectionJournal | None = None,
         wall_ns: Callable[[], int] = time.time_ns,
+        signals: PulseDriver | None = None,
     ) -> None:
-        """clock_ns: the scheduling clock (monotonic); wall_ns: the clock of the capture stamps and records."""
-        self._check(config, driver)
+        """clock_ns: the scheduling clock (monotonic); wall_ns: the clock of the capture stamps and records;
+        signals: a second driver for the stop-line and heartbeat outputs (None: the actuator driver's)."""
+        self.signals = signals
+        self._outputs: dict[str, PulseDriver] = {}  # output channel -> the driver that switches it
+        if isinstance(driver, PulseDriver):
+            self._outputs.update(dict.fromkeys(driver.channels, driver))
+        if signals is not None:
+            self._outputs.update(dict.fromkeys(signals.channels & {STOP_LINE, HEARTBEAT}, signals))
+        self._check(config, driver, frozenset(self._outputs) | driver.channels)
         self.journal = journal
         self._wall_ns = wall_ns
         self.config = config
@@ -226,9 +245,9 @@ class RejectController:
         self.armed = False
 
     @staticmethod
-    def _check(config: RejectConfig, driver: RejectDriver) -> None:
+    def _check(config: RejectConfig, driver: RejectDriver, channels: frozenset[str]) -> None:
         config.validate()
-        missing = config.required_channels() - driver.channels
+        missing = config.required_channels() - channels
         if missing:
             raise ValueError(
                 f"driver '{driver.method}' has no output for {sorted(missing)}, which the configuration needs "
@@ -253,7 +272,7 @@ class RejectController:
 
     def reconfigure(self, config: RejectConfig) -> None:
         """Apply new geometry/timing (runtime parameter change); parts already planned keep their times."""
-        self._check(config, self.driver)
+        self._check(config, self.driver, frozenset(self._outputs) | self.driver.channels)
         with self._lock:
             self.config = config
             self.model = build_model(config, self.model)
@@ -270,7 +289,14 @@ class RejectController:
 
     def open(self) -> None:
         """Acquire the hardware (lifecycle configure). DriverError when it cannot be."""
-        self.driver.open()
+        if self.signals is not None:
+            self.signals.open()
+        try:
+            self.driver.open()
+        except DriverError:
+            if self.signals is not None:
+                self.signals.close()
+            raise
         self.opened = True
 
     def arm(self) -> None:
@@ -355,7 +381,7 @@ class RejectController:
                 lanes_on.append(HEARTBEAT)
             self._beat_on = False
             self._ready = None
-            raise_stop = bool(in_flight) and STOP_LINE in self.driver.channels and self._pulses
+            raise_stop = bool(in_flight) and STOP_LINE in self._outputs
             if self._stop_on and not raise_stop:
                 lanes_on.append(STOP_LINE)
             self._stop_on = raise_stop
@@ -371,11 +397,10 @@ class RejectController:
                     f"the actuator stopped with {in_flight} part(s) in flight: {held}",
                     "",
                 )
-        if self._pulses:
-            for lane in lanes_on:
-                self._switch(lane, False, "switching the output off on deactivation")
-            if raise_stop:
-                self._switch(STOP_LINE, True, "raising the stop-line on deactivation")
+        for lane in lanes_on:
+            self._switch(lane, False, "switching the output off on deactivation")
+        if raise_stop:
+            self._switch(STOP_LINE, True, "raising the stop-line on deactivation")
 
     def close(self) -> None:
         """Release the hardware (lifecycle cleanup/shutdown). Safe to call in any state."""
@@ -383,6 +408,8 @@ class RejectController:
             self.disarm()
         if self.opened:
             self.driver.close(keep=self._keep_on_close)
+            if self.signals is not None:
+                self.signals.close(keep=self._keep_on_close)
             self.opened = False
         if self.journal is not None:
             self.journal.close()
@@ -512,20 +539,22 @@ class RejectController:
         now = self._clock_ns()
         if self.opened:
             self.driver.poll(now)
-            health = self.driver.health()
+            if self.signals is not None:
+                self.signals.poll(now)
+            health = self.health()
             with self._lock:
                 if health.ok != self._driver_ok:
                     if not health.ok:
-                        self._alert(CRITICAL, "REJECT_DRIVER_FAULT", f"{self.driver.method}: {health.message}", "")
+                        self._alert(CRITICAL, "REJECT_DRIVER_FAULT", health.message, "")
                     elif self._driver_ok is not None:
-                        self._alert(INFO, "REJECT_DRIVER_RECOVERED", f"{self.driver.method}: {health.message}", "")
+                        self._alert(INFO, "REJECT_DRIVER_RECOVERED", health.message, "")
                     self._driver_ok = health.ok
             if self.driver.inputs:
                 self._read_station(now)
             if self.belt is not None:
                 with self._lock:
                     self._track_belt(now)
-            if self.config.heartbeat_period_ms > 0 and self._pulses:
+            if self.config.heartbeat_period_ms > 0 and HEARTBEAT in self._outputs:
                 self._heartbeat(now)
         with self._lock:
             if not self.armed or self._watchdog is None:
@@ -577,7 +606,7 @@ class RejectController:
             if not self.armed:
                 reasons.append("reject_actuator: not active")
             if self._driver_ok is False:
-                reasons.append(f"reject_actuator: driver fault ({self.driver.health().message})")
+                reasons.append(f"reject_actuator: driver fault ({self.health().message})")
             if self._station_faults:
                 reasons.append(f"reject_actuator: {', '.join(self._station_faults)}")
             if self._watchdog is not None and self._watchdog.tripped:
@@ -967,10 +996,23 @@ class RejectController:
         if last:  # also after a failed on-edge: the output may have switched although the write failed
             self._switch(pulse.lane, False, "switching the output off")
 
+    def health(self) -> DriverHealth:
+        """The actuator driver's health and, with line signals on a second driver, that one's too."""
+        health = self.driver.health()
+        message = f"{self.driver.method}: {health.message}"
+        if self.signals is None:
+            return replace(health, message=message)
+        second = self.signals.health()
+        values = {**health.values, **{f"signals_{k}": v for k, v in second.values.items()}}
+        text = f"{message}; line signals {self.signals.method}: {second.message}"
+        return DriverHealth(health.ok and second.ok, text, values)
+
     def _write(self, channel: str, on: bool) -> str | None:
-        assert isinstance(self.driver, PulseDriver)
+        driver = self._outputs.get(channel)
+        if driver is None:
+            return f"no {channel} output configured"
         try:
-            self.driver.set_output(channel, on)
+            driver.set_output(channel, on)
         except DriverError as exc:
             return str(exc)
         return None
@@ -1004,7 +1046,7 @@ class RejectController:
         self._schedule_stop(now)
 
     def _schedule_stop(self, at_ns: int) -> None:
-        if self._scheduler.running and STOP_LINE in self.driver.channels and self._pulses:
+        if self._scheduler.running and STOP_LINE in self._outputs:
             self._scheduler.schedule(at_ns, self._apply_stop_line, "stop_line")
 
     def _apply_stop_line(self, fired: int) -> None:

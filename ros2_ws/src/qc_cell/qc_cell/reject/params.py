@@ -6,8 +6,16 @@ from typing import Any
 
 from qc_cell.params_spec import NodeParams, Param
 from qc_cell.reject.arm_model import ArmSpec
+from qc_cell.reject.belt import BELT_SOURCES
 from qc_cell.reject.config import MISSED_RESPONSES, OVERLAP_POLICIES, SPEED_SOURCES, WATCHDOG_ACTIONS, RejectConfig
-from qc_cell.reject.drivers.factory import DRIVERS, DriverSettings, build_driver
+from qc_cell.reject.drivers.factory import (
+    DRIVERS,
+    SIGNAL_CHANNELS,
+    SIGNAL_DRIVERS,
+    DriverSettings,
+    build_driver,
+    build_signals,
+)
 from qc_cell.reject.drivers.gpio import PIN_MODES
 from qc_cell.reject.drivers.modbus import KINDS, ModbusOutput
 from qc_cell.reject.records import DIVERT, HEARTBEAT, REJECT, STOP_LINE
@@ -24,6 +32,7 @@ INPUT_MEANINGS = {  # station input -> what it says (qc_cell.reject.station)
     "bin_full": "reject bin full (active = full)",
     "bin_present": "reject bin in place (active = present)",
     "air_ok": "air pressure sufficient (active = ok)",
+    "belt_running": "the belt is running (active = running; belt_source running_input)",
 }
 
 REJECT_ACTUATOR = NodeParams(
@@ -66,6 +75,19 @@ REJECT_ACTUATOR = NodeParams(
             _C.encoder_window_s,
             "encoder samples used for the speed estimate (s)",
             range=(0.05, 60.0),
+        ),
+        Param(
+            "belt_source",
+            _C.belt_source,
+            "belt tracking: each part's pulse follows the belt from 'encoder' counts or a 'running_input' "
+            "(gpio_belt_running_pin / modbus_belt_running_address / sim); 'none': planned once, on time",
+            choices=BELT_SOURCES,
+        ),
+        Param(
+            "belt_stale_ms",
+            _C.belt_stale_ms,
+            "belt_source encoder: no encoder sample this long = belt position unknown (pulses and stop-line held)",
+            range=(1.0, 60_000.0),
         ),
         Param(
             "actuator_latency_ms",
@@ -157,7 +179,8 @@ REJECT_ACTUATOR = NodeParams(
         Param(
             "sim_faults",
             "",
-            "sim driver: station faults of a drill, comma-separated: jammed, bin_full, bin_absent, air_low",
+            "sim driver: station faults of a drill, comma-separated: jammed, bin_full, bin_absent, air_low, "
+            "belt_stopped",
             runtime=True,
         ),
         *(
@@ -195,6 +218,43 @@ REJECT_ACTUATOR = NodeParams(
                 range=(-1, 65535),
             )
             for name, meaning in INPUT_MEANINGS.items()
+        ),
+        # Line signals on a second, independent driver.
+        Param(
+            "signals_driver",
+            _S.signals_driver,
+            "driver of the stop-line and heartbeat outputs: '' = the actuator driver's own; 'gpio' (pins of this "
+            "header), 'modbus' (a separate PLC/IO device) or 'sim': independent of the actuator's link, and the only "
+            "way a robot_arm set-up gets them",
+            choices=SIGNAL_DRIVERS,
+        ),
+        *(
+            Param(
+                f"signals_gpio_{channel}_pin",
+                -1,
+                f"signals_driver gpio: header pin of the {channel} output (-1 = none)",
+                range=(-1, 1000),
+            )
+            for channel in SIGNAL_CHANNELS
+        ),
+        Param("signals_modbus_host", _S.signals_modbus_host, "signals_driver modbus: IP address or host name"),
+        Param(
+            "signals_modbus_port", _S.signals_modbus_port, "signals_driver modbus: Modbus/TCP port", range=(1, 65535)
+        ),
+        Param(
+            "signals_modbus_device_id",
+            _S.signals_modbus_device_id,
+            "signals_driver modbus: unit/device id",
+            range=(0, 255),
+        ),
+        *(
+            Param(
+                f"signals_modbus_{channel}_address",
+                -1,
+                f"signals_driver modbus: 0-based address of the {channel} output (-1 = none; modbus_output_kind)",
+                range=(-1, 65535),
+            )
+            for channel in SIGNAL_CHANNELS
         ),
         Param(
             "arm_result_timeout_s",
@@ -255,6 +315,18 @@ def driver_settings(values: dict[str, Any]) -> DriverSettings:
         arm_result_timeout_s=values["arm_result_timeout_s"],
         gpio_inputs={n: values[f"gpio_{n}_pin"] for n in INPUT_MEANINGS if values[f"gpio_{n}_pin"] >= 0},
         modbus_inputs={n: values[f"modbus_{n}_address"] for n in INPUT_MEANINGS if values[f"modbus_{n}_address"] >= 0},
+        signals_driver=values["signals_driver"],
+        signals_gpio_pins={
+            c: values[f"signals_gpio_{c}_pin"] for c in SIGNAL_CHANNELS if values[f"signals_gpio_{c}_pin"] >= 0
+        },
+        signals_modbus_host=values["signals_modbus_host"],
+        signals_modbus_port=values["signals_modbus_port"],
+        signals_modbus_device_id=values["signals_modbus_device_id"],
+        signals_modbus_outputs={
+            c: ModbusOutput(kind, values[f"signals_modbus_{c}_address"], on_value, off_value)
+            for c in SIGNAL_CHANNELS
+            if values[f"signals_modbus_{c}_address"] >= 0
+        },
     )
 
 
@@ -298,15 +370,29 @@ def checked_settings(values: dict[str, Any]) -> tuple[RejectConfig, DriverSettin
     settings.validate()
     driver = None if settings.driver == "robot_arm" else build_driver(settings)
     channels = frozenset({REJECT}) if driver is None else driver.channels
+    signals = build_signals(settings)
+    if signals is not None:
+        channels |= signals.channels
     if config.confirm_window_ms > 0 and (driver is None or CONFIRM not in driver.inputs):
         raise ValueError(
             f"confirm_window_ms {config.confirm_window_ms:g} needs a reject-confirmation input, which driver "
             f"'{settings.driver}' does not have as configured (set confirm_window_ms 0 without a sensor)"
         )
+    if config.belt_source != "none" and driver is None:
+        raise ValueError(
+            f"belt_source {config.belt_source!r} with driver robot_arm: the arm gets one deadline per part; let its "
+            "own conveyor tracking follow the belt (belt_source none)"
+        )
+    if config.belt_source == "running_input" and driver is not None and "running_input" not in driver.belt_inputs:
+        raise ValueError(
+            f"belt_source running_input needs a belt-running input, which driver '{settings.driver}' does not have "
+            "as configured (gpio_belt_running_pin / modbus_belt_running_address)"
+        )
     missing = config.required_channels() - channels
     if missing:
         raise ValueError(
             f"driver '{settings.driver}' has no output for {sorted(missing)}: set gpio_<channel>_pin / "
-            "modbus_<channel>_address, or change divert_verdicts / missed_response / watchdog_action"
+            "modbus_<channel>_address (stop-line, heartbeat: or a signals_driver), or change divert_verdicts / "
+            "missed_response / watchdog_action"
         )
     return config, settings

@@ -8,6 +8,7 @@ Inputs (each optional, wired per driver: sim simulates them, GPIO input pins, Mo
 - `bin_full` (active = the reject bin is full), `bin_present` (active = the bin is in place), `air_ok` (active =
   the air pressure is sufficient): while any says the station cannot eject, ejection is blocked and the stop-line is
   held, so the line stops before a part passes unejected.
+- `belt_running` (active = the belt moves): read by the belt tracking (belt_source running_input), not a fault.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ CONFIRM = "confirm"
 BIN_FULL = "bin_full"
 BIN_PRESENT = "bin_present"
 AIR_OK = "air_ok"
-INPUTS = (CONFIRM, BIN_FULL, BIN_PRESENT, AIR_OK)
+BELT_RUNNING = "belt_running"  # not a station fault: the belt tracking's input (qc_cell.reject.belt)
+INPUTS = (CONFIRM, BIN_FULL, BIN_PRESENT, AIR_OK, BELT_RUNNING)
 # Level inputs -> (the level that is a fault, what the fault is called).
 LEVEL_FAULTS: dict[str, tuple[bool, str]] = {
     BIN_FULL: (True, "reject bin full"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from qc_cell.reject.belt import BeltReading
-from qc_cell.reject.station import StationReading
+from qc_cell.reject.station import BELT_RUNNING, StationReading
 
 
 class DriverError(RuntimeError):
@@ -57,8 +57,8 @@ class RejectDriver(ABC):
 
     @property
     def belt_inputs(self) -> frozenset[str]:
-        """The belt inputs this driver has as configured: "running_input" and/or "encoder" (none by default)."""
-        return frozenset()
+        """The belt inputs this driver has as configured: "running_input" (a belt_running input)."""
+        return frozenset({"running_input"}) if BELT_RUNNING in self.inputs else frozenset()
 
     def belt_reading(self) -> BeltReading:
         """Belt-running transitions and encoder samples since the previous call. No I/O (any thread, also the

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from types import ModuleType
 
+from qc_cell.reject.belt import BeltReading
 from qc_cell.reject.drivers.base import DriverError, DriverHealth, PulseDriver
 from qc_cell.reject.records import CHANNELS
-from qc_cell.reject.station import CONFIRM, StationReading, check_inputs
+from qc_cell.reject.station import BELT_RUNNING, CONFIRM, StationReading, check_inputs
 
 PIN_MODES = ("BOARD", "BCM", "CVM", "TEGRA_SOC")
 
@@ -102,6 +103,18 @@ class GpioDriver(PulseDriver):
             self._error = f"reading input pins {self._inputs}: {exc}"
             return StationReading({}, edges)
         return StationReading(levels, edges)
+
+    def belt_reading(self) -> BeltReading:
+        """The belt-running pin read now (a pin read, no bus: also right before an edge), stamped now."""
+        pin = self._inputs.get(BELT_RUNNING)
+        gpio = self._gpio
+        if pin is None or gpio is None:
+            return BeltReading(readable=pin is None)
+        try:
+            running = gpio.input(pin) == gpio.HIGH
+        except Exception:  # a pin that cannot be read: the belt position is unknown
+            return BeltReading(readable=False)
+        return BeltReading(running_edges=((self._clock_ns(), running),))
 
     def _level(self, on: bool) -> int:
         assert self._gpio is not None

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from pymodbus.client import ModbusTcpClient
 
+from qc_cell.reject.belt import BeltReading
 from qc_cell.reject.drivers.base import DriverError, DriverHealth, PulseDriver
 from qc_cell.reject.records import CHANNELS
-from qc_cell.reject.station import CONFIRM, StationReading, check_inputs
+from qc_cell.reject.station import BELT_RUNNING, CONFIRM, StationReading, check_inputs
 
 KINDS = ("coil", "register")
 
@@ -86,6 +87,8 @@ class ModbusDriver(PulseDriver):
         self._levels: dict[str, bool] = {}
         self._confirm_level = False
         self._confirmations: list[int] = []
+        # (read at, belt running) of the last read, or None: replaced whole (no lock: read before an edge)
+        self._belt: tuple[int, bool] | None = None
         self._device_id = device_id
         self._timeout_s = timeout_s
         self._heartbeat_ns = int(heartbeat_s * 1e9)
@@ -120,6 +123,15 @@ class ModbusDriver(PulseDriver):
             edges, self._confirmations = tuple(self._confirmations), []
             levels = dict(self._levels) if self._connected else {}
         return StationReading(levels, edges)
+
+    def belt_reading(self) -> BeltReading:
+        """The belt_running input as of the last poll (no I/O), unreadable while the PLC does not answer."""
+        belt = self._belt
+        if BELT_RUNNING not in self._inputs:
+            return BeltReading()
+        if belt is None or not self._connected:
+            return BeltReading(readable=False)
+        return BeltReading(running_edges=(belt,))
 
     def open(self) -> None:
         with self._lock:
@@ -273,6 +285,9 @@ class ModbusDriver(PulseDriver):
             return
         self._last_ok_ns = self._clock_ns()
         levels = {name: bool(response.bits[address - first]) for name, address in self._inputs.items()}
+        running = levels.pop(BELT_RUNNING, None)
+        if running is not None:
+            self._belt = (self._event_clock_ns(), running)
         confirm = levels.pop(CONFIRM, None)
         if confirm is not None:
             if confirm and not self._confirm_level:

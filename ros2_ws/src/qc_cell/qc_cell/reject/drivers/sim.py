@@ -49,9 +49,12 @@ class SimDriver(PulseDriver):
         history: int = 10_000,
         confirm_delay_ns: int = 20_000_000,
         confirm_clock_ns: Callable[[], int] = time.monotonic_ns,
+        channels: tuple[str, ...] = CHANNELS,
     ) -> None:
         """clock_ns stamps the recorded edges (wall time, as the reject events); confirm_clock_ns is the controller's
-        scheduling clock, on which part_at_output times come and confirmations go."""
+        scheduling clock, on which part_at_output times come and confirmations go. channels: its outputs (a
+        line-signals driver has stop_line and heartbeat only)."""
+        self._channels = frozenset(channels)
         self._clock_ns = clock_ns
         self._confirm_clock_ns = confirm_clock_ns
         self._confirm_delay_ns = confirm_delay_ns
@@ -66,15 +69,11 @@ class SimDriver(PulseDriver):
 
     @property
     def channels(self) -> frozenset[str]:
-        return frozenset(CHANNELS)
+        return self._channels
 
     @property
     def inputs(self) -> frozenset[str]:
         return frozenset(INPUTS)
-
-    @property
-    def belt_inputs(self) -> frozenset[str]:
-        return frozenset({"running_input"})
 
     def set_faults(self, faults: frozenset[str]) -> None:
         """The station faults from now on (SIM_FAULTS, see sim_faults(); empty = a healthy station)."""
