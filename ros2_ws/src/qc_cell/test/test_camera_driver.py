@@ -260,6 +260,12 @@ def test_lost_source_reconnects(tmp_path, mvtec):
         assert graph.spin_until(lambda: len(probe.frames) >= 3, 10.0)
         shutil.rmtree(folder)
         assert graph.spin_until(lambda: any(a.code == "CAMERA_UNAVAILABLE" for a in probe.alerts), 10.0)
+        # free run: parts pass without any record meanwhile: CRITICAL, and the stop-line is asked for
+        outage = next(a for a in probe.alerts if a.code == "CAMERA_UNAVAILABLE")
+        assert outage.severity == Alert.CRITICAL and "parts pass without a record" in outage.message
+        assert graph.spin_until(
+            lambda: probe.diagnostics and "camera unavailable" in probe.values().get("stop_line_request", ""), 5
+        )
         count = len(probe.frames)
         shutil.copytree(mvtec / "train", folder)
         assert graph.spin_until(lambda: len(probe.frames) >= count + 3, 10.0)

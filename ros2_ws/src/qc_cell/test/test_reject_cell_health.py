@@ -95,3 +95,31 @@ def test_deactivation_with_parts_in_flight_raises_the_stop_line_and_keeps_it_thr
     idle, idle_driver, idle_sink = _controller()
     idle.close()
     assert idle_driver.state[STOP_LINE] is False and not [a for a in idle_sink.alerts if a.severity == CRITICAL]
+
+
+def test_a_free_run_camera_outage_asks_for_the_stop_line():
+    health = CellHealth(["camera_driver", "decision"], stale_ns=3 * S)
+    ok = {"lifecycle_state": "active", "free_run": "True"}
+    health.on_status("camera_driver: camera", 0, "capturing", ok, 0)
+    assert health.stop_requests(S) == []
+    health.on_status("camera_driver: camera", 2, "retrying", {**ok, "stop_line_request": "camera unavailable"}, 2 * S)
+    assert health.stop_requests(2 * S) == ["camera_driver: camera unavailable"]
+    health.on_status("camera_driver: camera", 0, "capturing", ok, 3 * S)
+    assert health.stop_requests(3 * S) == []
+    assert health.stop_requests(7 * S) == ["camera_driver: silent for 4.0 s in free-run mode"], "a dead camera too"
+    triggered = CellHealth(["camera_driver"], stale_ns=3 * S)
+    triggered.on_status("camera_driver: camera", 0, "ok", {"lifecycle_state": "active"}, 0)
+    assert triggered.stop_requests(7 * S) == [], "triggered: every part still gets a record (NOT_INSPECTED)"
+
+
+def test_the_cells_stop_request_holds_the_stop_line_with_a_critical_alert():
+    controller, driver, sink = _controller()
+    try:
+        controller.set_cell_stop(["camera_driver: free-run camera unavailable: parts pass without a record"])
+        assert sink.wait(lambda: driver.state[STOP_LINE])
+        alert = next(a for a in sink.alerts if a.code == "CELL_STOP_REQUESTED")
+        assert alert.severity == CRITICAL and "free-run camera unavailable" in alert.message
+        controller.set_cell_stop([])
+        assert sink.wait(lambda: not driver.state[STOP_LINE])
+    finally:
+        controller.close()

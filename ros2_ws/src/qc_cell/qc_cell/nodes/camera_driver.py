@@ -8,6 +8,9 @@ Publishes, for every part: camera/parts (PartTrigger, stamp = capture time) then
 image and with capture_ok false when no frame could be had, so downstream decides NOT_INSPECTED). camera/image_raw
 and camera/camera_info only while someone subscribes. Also alerts and /diagnostics.
 Triggers are answered in every state: a trigger the driver cannot serve still yields a PartFrame saying why.
+Free-run mode cannot guarantee a record per part (a part that passes while no frame is taken leaves no trace): there
+a camera outage or lost frames are CRITICAL alerts, and the diagnostics ask the reject actuator to hold the stop-line
+(`stop_line_request`) until frames come again.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ GROUND_TRUTH = {"good": PartFrame.LABEL_GOOD, "defect": PartFrame.LABEL_DEFECT, 
 SEVERITY = {"info": Alert.INFO, "warn": Alert.WARN, "error": Alert.ERROR}
 # Events that are also raised as alerts (the others are only logged): state changes an operator must see.
 ALERT_CODES = {"CAMERA_UNAVAILABLE", "CAMERA_RECOVERED", "SOURCE_FINISHED", "MAX_PARTS", "PART_ID_FAILED"}
+# Free run: a camera outage leaves parts without any record: CRITICAL (the first of each outage; frame losses are
+# logged each and counted in the diagnostics, whose stop_line_request holds the stop-line).
+FREE_RUN_CRITICAL = {"CAMERA_UNAVAILABLE"}
 # Two threads: captures publish from the capture thread, and the second executor thread answers triggers while a
 # lifecycle transition is stopping the capture loop.
 EXECUTOR_THREADS = 2
@@ -83,6 +89,7 @@ class CameraDriver(DeviceNode):
         self._info_size: tuple[int, int] | None = None
         self._info_msg = CameraInfo()
         self._last_failed = 0
+        self._last_lost = 0
 
         self.parts_pub = self.create_publisher(PartTrigger, "camera/parts", qos.EVENTS)
         self.frames_pub = self.create_publisher(PartFrame, "camera/frames", qos.PART_FRAMES)
@@ -229,7 +236,10 @@ class CameraDriver(DeviceNode):
             logger.warning(text, throttle_duration_sec=5.0)
         else:
             logger.info(text)
-        if code in ALERT_CODES and level != "warn":
+        if self.capture.mode == "free_run" and code in FREE_RUN_CRITICAL:
+            # Free run: parts passing now get no record at all; the line must stop (docs/camera.md).
+            self.alerts.send(Alert.CRITICAL, code, f"free-run: parts pass without a record: {message}")
+        elif code in ALERT_CODES and level != "warn":
             self.alerts.send(SEVERITY[level], code, message)
 
     def _publish_diagnostics(self) -> None:
@@ -257,8 +267,28 @@ class CameraDriver(DeviceNode):
             else:
                 level, message = diagnostics.WARN, str(loop.state)
             self._last_failed = failed
+        if self.capture.mode == "free_run":
+            values["free_run"] = True
+            request = self._free_run_stop_request(loop)
+            if request:
+                values["stop_line_request"] = request
+                level = diagnostics.ERROR
+                message = f"{message}; {request}" if request not in message else message
         status = diagnostics.status(f"{self.get_name()}: camera", level, message, values, self.source.description)
         diagnostics.publish(self, self._diag_pub, [status])
+
+    def _free_run_stop_request(self, loop: CaptureLoop | None) -> str:
+        """Why the line must stop in free-run mode ('' = it need not): the camera is unavailable, or frames were
+        lost since the last report (each may be a part without a record)."""
+        if loop is None or self.lifecycle_state != "active":
+            return ""
+        lost = loop.dropped_frames
+        new, self._last_lost = lost - self._last_lost, lost
+        if loop.state == RETRYING:
+            return "free-run camera unavailable: parts pass without a record"
+        if new > 0:
+            return f"free-run: {new} frame(s) lost since the last report: parts may have passed without a record"
+        return ""
 
 
 def main() -> int:

@@ -146,8 +146,8 @@ class RejectActuator(DeviceNode):
         subscriptions.create(QualityDecision, "quality/decision", self._on_decision, decisions_qos)
         subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
         subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
-        if self.config.heartbeat_period_ms > 0:
-            subscriptions.create(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.DIAGNOSTICS)
+        # The cell's health (heartbeat) and its stop-line requests (a free-run camera outage).
+        subscriptions.create(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.DIAGNOSTICS)
         self.create_timer(tick_s, self._tick)
         self.create_timer(diag_s, self._publish_diagnostics)
         handle_parameter_changes(self, REJECT_ACTUATOR, self._apply_parameters)
@@ -295,7 +295,9 @@ class RejectActuator(DeviceNode):
     def _tick(self) -> None:
         controller = self.controller
         if controller is not None:
-            controller.set_cell_problems(self.cell_health.problems(time.monotonic_ns()))
+            now = time.monotonic_ns()
+            controller.set_cell_problems(self.cell_health.problems(now))
+            controller.set_cell_stop(self.cell_health.stop_requests(now))
         if self._pending_config is not None:
             self.config, self._pending_config = self._pending_config, None
             if controller is not None:

@@ -308,6 +308,8 @@ class RejectController:
             self.armed = True
             if self._station_faults:  # read while disarmed: the stop-line could not be raised then
                 self._set_stop_hold(HOLD_STATION, True, self._clock_ns())
+            if self._stop_holds:  # asked for while disarmed (the cell's request)
+                self._schedule_stop(self._clock_ns())
             self._recover(self._clock_ns())
 
     def _internal(self, part: Part) -> Part:
@@ -598,6 +600,21 @@ class RejectController:
         """What keeps the rest of the cell from being ready (empty: ready), from the node's view of the graph."""
         with self._lock:
             self._cell_problems = list(problems)
+
+    def set_cell_stop(self, reasons: list[str]) -> None:
+        """The cell asks for the stop-line (e.g. a free-run camera outage: parts pass without a record); held while
+        `reasons` is not empty, with a CRITICAL alert when it starts."""
+        with self._lock:
+            now = self._clock_ns()
+            wanted = bool(reasons)
+            if wanted == (HOLD_CELL in self._stop_holds):
+                return
+            if wanted:
+                self.counts["cell_stop_requests"] += 1
+                self._alert(CRITICAL, "CELL_STOP_REQUESTED", f"stop-line held: {'; '.join(reasons)}", "")
+            else:
+                self._alert(INFO, "CELL_STOP_RELEASED", "the cell no longer asks for the stop-line", "")
+            self._set_stop_hold(HOLD_CELL, wanted, now)
 
     def not_ready(self) -> list[str]:
         """Why the heartbeat does not toggle (empty: it does)."""
