@@ -4,6 +4,13 @@ injected at a time while parts flow. Every registered part is audited (qc_cell.r
 (confirmed ejection or diversion), passed (NORMAL), or alarmed (a CRITICAL alert naming it, with the stop-line as the
 missed response). The test fails on any silent escape and names the parts.
 
+The PLC link loss runs the actuator on the modbus driver against a real pymodbus server (qc_cell.reject.plc_sim, a
+process of its own), with the stop-line on a second, independent driver (signals_driver sim); the server is killed
+and restarted on the same port. The belt stop stops the simulated belt (sim_faults belt_stopped: its belt-running
+input) for FAULT_FOR_S and restarts it; belt tracking (params/demo.yaml: belt_source running_input) holds the pulses.
+The synthetic camera keeps capturing during the stop, so the parts it registers then all sit at the camera's place on
+the belt and reach the ejector together after the restart (a harder case than a real stop, where parts stop coming).
+
 Scale: PARTS parts per fault at RATE_HZ parts/s (the 2-core CI machine); the issue's goal is 2,000 parts per fault at
 20 parts/s, which is the same test with QC_FAULT_PARTS / QC_FAULT_RATE_HZ set.
 """
@@ -16,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +31,7 @@ import pytest
 
 from qc_cell.bringup.cell_runner import CellRunner
 from qc_cell.reject.escape_audit import SILENT_ESCAPE, EventSeen, audit, summary
+from qc_cell.reject.plc_sim import free_port
 from qc_cell.ros import qos
 from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
 
@@ -45,6 +54,7 @@ class Watch:
         self.events: dict[str, list[EventSeen]] = {}
         self.critical: set[str] = set()
         self.codes: list[str] = []
+        self.belt_replanned = 0  # ejections the belt tracking moved (a belt stop between camera and ejector)
         node.create_subscription(PartTrigger, "camera/parts", self._part, qos.EVENTS)
         node.create_subscription(QualityDecision, "quality/decision", self._decision, qos.EVENTS)
         node.create_subscription(RejectEvent, "reject/event", self._event, qos.EVENTS)
@@ -61,6 +71,8 @@ class Watch:
     def _event(self, msg: RejectEvent) -> None:
         with self._lock:
             self.events.setdefault(msg.part_id, []).append(EventSeen(msg.verdict, msg.outcome, msg.lane))
+            if "as the belt moved" in msg.message:
+                self.belt_replanned += 1
 
     def _alert(self, msg: Alert) -> None:
         with self._lock:
@@ -92,6 +104,31 @@ def _station_fault(fault: str) -> Callable[[CellRunner, dict], None]:
     return inject
 
 
+def _plc_link_loss(runner: CellRunner, state: dict) -> None:
+    """The PLC dies (SIGKILL of the Modbus server process) and comes back on the same port FAULT_FOR_S later."""
+    plc = state["plc"]
+    if "at" not in state:
+        plc.kill()
+        state["at"] = time.monotonic()
+    elif "cleared" not in state and time.monotonic() - state["at"] >= FAULT_FOR_S:
+        state["plc"] = _start_plc(state["plc_port"])
+        state["cleared"] = True
+
+
+def _start_plc(port: int) -> subprocess.Popen:
+    plc = subprocess.Popen(
+        [sys.executable, "-m", "qc_cell.reject.plc_sim", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert plc.stdout is not None
+    line = plc.stdout.readline()  # "simulated PLC listening on ..." once it accepts connections
+    assert "listening" in line, line
+    threading.Thread(target=plc.stdout.read, daemon=True).start()  # drain the per-write lines
+    return plc
+
+
 def _kill(node: str) -> Callable[[CellRunner, dict], None]:
     def inject(runner: CellRunner, state: dict) -> None:
         if "at" not in state:
@@ -109,6 +146,8 @@ FAULTS = {
     "kill_decision": _kill("decision"),
     "kill_inference": _kill("inference"),
     "kill_camera_driver": _kill("camera_driver"),
+    "plc_link_loss": _plc_link_loss,
+    "belt_stop": _station_fault("belt_stopped"),
 }
 
 
@@ -131,6 +170,20 @@ def test_no_part_escapes_silently_under_a_fault(fault, tmp_path):
         "camera_driver": {"rate_hz": RATE_HZ, "max_parts": PARTS, "defect_rate": 0.2},
         "reject_actuator": {"missed_response": "stop_line"},  # a part that will not go out stops the line
     }
+    state: dict = {}
+    if fault == "plc_link_loss":
+        state["plc_port"] = free_port()
+        state["plc"] = _start_plc(state["plc_port"])
+        overrides["reject_actuator"].update(
+            {
+                "driver": "modbus",
+                "modbus_port": state["plc_port"],
+                "modbus_timeout_s": 0.05,
+                "confirm_window_ms": 0.0,  # the simulated PLC has no confirmation sensor: DONE = written
+                "belt_source": "none",  # nor a belt-running input
+                "signals_driver": "sim",  # the stop-line on its own channel, not over the lost link
+            }
+        )
     runner = CellRunner(
         PARAMS,
         namespace=namespace,
@@ -142,7 +195,6 @@ def test_no_part_escapes_silently_under_a_fault(fault, tmp_path):
     )
     runner.start()
     watch = Watch(runner.observer)
-    state: dict = {}
     try:
         deadline = time.monotonic() + PARTS / RATE_HZ * 3 + 180
         while time.monotonic() < deadline and len(watch.verdicts) < PARTS:
@@ -156,11 +208,19 @@ def test_no_part_escapes_silently_under_a_fault(fault, tmp_path):
             time.sleep(0.1)
     finally:
         runner.stop()
+        if "plc" in state:
+            state["plc"].kill()
+            state["plc"].wait()
     assert "at" in state, f"{fault} was never injected"
     fates = watch.fates()
     counts = summary(fates)
-    print(f"\n[fault-injection] {fault}: {len(fates)} parts {counts}")
+    print(
+        f"\n[fault-injection] {fault}: {len(fates)} parts {counts}; belt-replanned ejections {watch.belt_replanned}; "
+        f"alert codes {dict(Counter(watch.codes))}"
+    )
     assert len(fates) >= PARTS * 0.95, f"only {len(fates)} of {PARTS} parts seen: {counts}"
     escapes = sorted(part for part, fate in fates.items() if fate == SILENT_ESCAPE)
     assert not escapes, f"{fault}: {len(escapes)} silent escape(s), e.g. {escapes[:10]}: {counts}"
     assert counts["removed"] > 0 and counts["passed"] > 0, counts
+    if fault == "belt_stop":
+        assert watch.belt_replanned > 0, "no ejection was held for the stopped belt: the fault hit no part in flight"
