@@ -117,6 +117,16 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("reject_actuator", "modbus_heartbeat_address"): 3,
         **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
         **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
+        # belt tracking: the demo tracks the sim driver's belt input; production until a belt input is wired: none
+        ("reject_actuator", "belt_source"): "running_input" if deployment == "demo" else "none",
+        ("reject_actuator", "belt_stale_ms"): 500.0,
+        # line signals on a second driver: none in the shipped files
+        ("reject_actuator", "signals_driver"): "",
+        **{("reject_actuator", f"signals_gpio_{c}_pin"): -1 for c in ("stop_line", "heartbeat")},
+        ("reject_actuator", "signals_modbus_host"): "127.0.0.1",
+        ("reject_actuator", "signals_modbus_port"): 502,
+        ("reject_actuator", "signals_modbus_device_id"): 1,
+        **{("reject_actuator", f"signals_modbus_{c}_address"): -1 for c in ("stop_line", "heartbeat")},
     }
 
 
