@@ -297,6 +297,8 @@ class RejectController:
             if self.signals is not None:
                 self.signals.close()
             raise
+        if self.belt is not None:
+            self.driver.belt_listener = self._belt_changed
         self.opened = True
 
     def arm(self) -> None:
@@ -842,6 +844,13 @@ class RejectController:
             else:
                 self._alert(INFO, "BELT_POSITION_RESTORED", "the belt position is known again", "")
             self._set_stop_hold(HOLD_BELT, lost, now)
+
+    def _belt_changed(self) -> None:
+        """The driver saw the belt start or stop (interrupt, drill): re-plan now, not at the next tick, so a part
+        held in front of the ejector gets its pulse in time when the belt starts again."""
+        with self._lock:
+            if self.armed and self.belt is not None:
+                self._track_belt(self._clock_ns())
 
     def _replan(self, pulse: _Pulse, now: int, force: bool = False) -> None:
         """Move a tracked pulse to where its part is now: hold it (no jobs) while the belt stands or its position is

@@ -60,6 +60,8 @@ class RejectDriver(ABC):
         """The belt inputs this driver has as configured: "running_input" (a belt_running input)."""
         return frozenset({"running_input"}) if BELT_RUNNING in self.inputs else frozenset()
 
+    belt_listener: Callable[[], None] | None = None  # called when the belt input changes (where the driver can tell)
+
     def belt_reading(self) -> BeltReading:
         """Belt-running transitions and encoder samples since the previous call. No I/O (any thread, also the
         scheduler's right before an edge): drivers that poll return what their last poll() saw."""

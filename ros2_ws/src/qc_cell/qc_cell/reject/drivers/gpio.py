@@ -116,6 +116,12 @@ class GpioDriver(PulseDriver):
             return BeltReading(readable=False)
         return BeltReading(running_edges=((self._clock_ns(), running),))
 
+    def _belt_changed(self, _channel: int) -> None:
+        """Jetson.GPIO's event thread: the belt started or stopped; the controller reads the pin and re-plans."""
+        listener = self.belt_listener
+        if listener is not None:
+            listener()
+
     def _level(self, on: bool) -> int:
         assert self._gpio is not None
         return self._gpio.HIGH if on == self._active_high else self._gpio.LOW
@@ -132,6 +138,8 @@ class GpioDriver(PulseDriver):
                 gpio.setup(pin, gpio.IN)
                 if name == CONFIRM:
                     gpio.add_event_detect(pin, gpio.RISING, callback=self._confirmed)
+                elif name == BELT_RUNNING and hasattr(gpio, "BOTH"):
+                    gpio.add_event_detect(pin, gpio.BOTH, callback=self._belt_changed)
         except Exception as exc:
             self._gpio = None
             raise DriverError(f"GPIO set-up of pins {self._pins} ({self._mode} numbering) failed: {exc}") from exc

@@ -80,9 +80,13 @@ class SimDriver(PulseDriver):
         faults = sim_faults(",".join(faults))
         with self._lock:
             stopped = BELT_STOPPED in faults
-            if stopped != (BELT_STOPPED in self._faults):
+            changed = stopped != (BELT_STOPPED in self._faults)
+            if changed:
                 self._belt_edges.append((self._confirm_clock_ns(), not stopped))
             self._faults = faults
+        listener = self.belt_listener
+        if changed and listener is not None:
+            listener()  # the controller re-plans at once, as with a GPIO interrupt
 
     def belt_reading(self) -> BeltReading:
         with self._lock:
