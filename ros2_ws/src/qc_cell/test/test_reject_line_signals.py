@@ -1,6 +1,6 @@
 """Line signals on a second driver (issue 17): the stop-line and heartbeat outputs on a channel independent of the
 actuator's, for pulse drivers and robot-arm set-ups (plain pytest with the sim driver and a stand-in arm transport;
-the Modbus path against a real pymodbus server is in the fault-injection system test)."""
+and a real pymodbus server as the separate Modbus device)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.controller import RejectController
 from qc_cell.reject.drivers.factory import SIGNAL_CHANNELS
+from qc_cell.reject.drivers.modbus import ModbusDriver, ModbusOutput
 from qc_cell.reject.drivers.robot_arm import RobotArmDriver
 from qc_cell.reject.drivers.sim import SimDriver
 from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
+from qc_cell.reject.plc_sim import SimulatedPlc
 from qc_cell.reject.recording import RecordingSink as Recorder
 from qc_cell.reject.records import CRITICAL, DEFECTIVE, FAILED, HEARTBEAT, LATE, REJECT, STOP_LINE, Decision
 
@@ -128,3 +130,23 @@ def test_params_select_the_second_driver_and_refuse_what_cannot_work():
         checked_settings(_params(driver="robot_arm", belt_source="running_input"))
     config, settings = checked_settings(_params(driver="gpio", belt_source="running_input", gpio_belt_running_pin=22))
     assert config.belt_source == "running_input" and settings.gpio_inputs == {"belt_running": 22}
+
+
+def test_a_robot_arm_set_up_stops_the_line_through_a_separate_modbus_device():
+    """The line signals on their own Modbus device (a real pymodbus server): the arm's missed part raises the stop
+    coil there, and the heartbeat coil toggles."""
+    with SimulatedPlc() as plc:
+        signals = ModbusDriver(
+            plc.host, plc.port, {STOP_LINE: ModbusOutput("coil", 4), HEARTBEAT: ModbusOutput("coil", 5)}
+        )
+        controller, rec = _controller(RobotArmDriver(_Transport()), signals, heartbeat_period_ms=50.0)
+        try:
+            controller.set_cell_problems([])
+            controller.on_decision(Decision("p1", DEFECTIVE, time.time_ns() - 1_000 * MS))
+            assert rec.wait(lambda: plc.coil(4)), "stop coil raised on the signals device"
+            for _ in range(20):
+                controller.tick()
+                time.sleep(0.02)
+            assert len(plc.writes_to("coil", 5)) >= 3, "the heartbeat coil toggles"
+        finally:
+            controller.close()
