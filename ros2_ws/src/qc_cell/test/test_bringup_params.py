@@ -120,6 +120,7 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         # belt tracking: the demo tracks the sim driver's belt input; production until a belt input is wired: none
         ("reject_actuator", "belt_source"): "running_input" if deployment == "demo" else "none",
         ("reject_actuator", "belt_stale_ms"): 500.0,
+        ("reject_actuator", "modbus_encoder_address"): -1,
         # line signals on a second driver: none in the shipped files
         ("reject_actuator", "signals_driver"): "",
         **{("reject_actuator", f"signals_gpio_{c}_pin"): -1 for c in ("stop_line", "heartbeat")},

@@ -17,7 +17,9 @@ import pytest
 from qc_cell.reject.belt import BeltReading, BeltTracker
 from qc_cell.reject.config import RejectConfig
 from qc_cell.reject.controller import RejectController
+from qc_cell.reject.drivers.modbus import ModbusDriver, ModbusOutput
 from qc_cell.reject.drivers.sim import SimDriver
+from qc_cell.reject.plc_sim import SimulatedPlc
 from qc_cell.reject.recording import RecordingSink as Recorder
 from qc_cell.reject.records import CRITICAL, DEFECTIVE, DONE, FAILED, REJECT, STOP_LINE, Decision, Part
 
@@ -249,3 +251,25 @@ class _NoBeltDriver(SimDriver):
     @property
     def belt_inputs(self) -> frozenset[str]:
         return frozenset()
+
+
+def test_the_modbus_driver_reads_the_belt_input_and_the_encoder_counter_of_a_real_plc_server():
+    with SimulatedPlc() as plc:
+        driver = ModbusDriver(
+            plc.host, plc.port, {REJECT: ModbusOutput("coil", 0)}, inputs={"belt_running": 7}, encoder_address=10
+        )
+        driver.open()
+        try:
+            assert driver.belt_inputs == {"running_input", "encoder"}
+            plc.set_input(7, True)
+            plc.set_encoder(10, 70_000 * 10)  # above 16 bits: both registers count
+            driver.poll(time.monotonic_ns())
+            reading = driver.belt_reading()
+            assert reading.readable and [r for _, r in reading.running_edges] == [True]
+            assert [c for _, c in reading.encoder_counts] == [700_000]
+            assert driver.belt_reading().encoder_counts == (), "each count is handed over once"
+            plc.stop()  # the PLC dies: the belt can no longer be read
+            driver.poll(time.monotonic_ns())
+            assert not driver.belt_reading().readable
+        finally:
+            driver.close()

@@ -219,6 +219,13 @@ REJECT_ACTUATOR = NodeParams(
             )
             for name, meaning in INPUT_MEANINGS.items()
         ),
+        Param(
+            "modbus_encoder_address",
+            _S.modbus_encoder_address,
+            "0-based input register of the PLC's belt encoder counter (two registers, 32 bit, high word first; read "
+            "every tick for belt_source encoder; -1 = none: the counts on camera/parts only)",
+            range=(-1, 65534),
+        ),
         # Line signals on a second, independent driver.
         Param(
             "signals_driver",
@@ -315,6 +322,7 @@ def driver_settings(values: dict[str, Any]) -> DriverSettings:
         arm_result_timeout_s=values["arm_result_timeout_s"],
         gpio_inputs={n: values[f"gpio_{n}_pin"] for n in INPUT_MEANINGS if values[f"gpio_{n}_pin"] >= 0},
         modbus_inputs={n: values[f"modbus_{n}_address"] for n in INPUT_MEANINGS if values[f"modbus_{n}_address"] >= 0},
+        modbus_encoder_address=values["modbus_encoder_address"],
         signals_driver=values["signals_driver"],
         signals_gpio_pins={
             c: values[f"signals_gpio_{c}_pin"] for c in SIGNAL_CHANNELS if values[f"signals_gpio_{c}_pin"] >= 0

@@ -1,6 +1,6 @@
 """A simulated PLC: a real pymodbus Modbus/TCP server on loopback, in a background thread, that
-timestamps every coil and holding-register write, and has discrete inputs a test sets (the station's
-sensors wired to the PLC). The modbus driver's tests, the benchmark and the
+timestamps every coil and holding-register write, and has discrete inputs and input registers a test sets (the
+station's sensors and the belt encoder's counter wired to the PLC). The modbus driver's tests, the benchmark and the
 demo talk to it exactly as to a PLC; it can be stopped and restarted on the same port."""
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class SimulatedPlc:
         self._coils = _RecordingBlock("coil", size, self._record, clock_ns)
         self._registers = _RecordingBlock("register", size, self._record, clock_ns)
         self._discrete = ModbusSequentialDataBlock(0, [False] * (size + 1))
-        device = ModbusDeviceContext(co=self._coils, hr=self._registers, di=self._discrete)
+        self._input_registers = ModbusSequentialDataBlock(0, [0] * (size + 1))
+        device = ModbusDeviceContext(co=self._coils, hr=self._registers, di=self._discrete, ir=self._input_registers)
         self._context = ModbusServerContext(devices=device, single=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | None = None
@@ -83,6 +84,10 @@ class SimulatedPlc:
     def set_input(self, address: int, on: bool) -> None:
         """Set a discrete input (0-based), as a sensor wired to the PLC would."""
         self._discrete.setValues(address + 1, [on])
+
+    def set_encoder(self, address: int, count: int) -> None:
+        """Set a 32-bit counter in two input registers (0-based, high word first), as the PLC's encoder counter."""
+        self._input_registers.setValues(address + 1, [(count >> 16) & 0xFFFF, count & 0xFFFF])
 
     def register(self, address: int) -> int:
         return int(self._registers.getValues(address + 1, 1)[0])

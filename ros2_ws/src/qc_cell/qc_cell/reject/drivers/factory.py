@@ -31,6 +31,7 @@ class DriverSettings:
     modbus_outputs: dict[str, ModbusOutput] = field(default_factory=lambda: {REJECT: ModbusOutput("coil", 0)})
     gpio_inputs: dict[str, int] = field(default_factory=dict)  # station input -> header pin
     modbus_inputs: dict[str, int] = field(default_factory=dict)  # station input -> discrete input address
+    modbus_encoder_address: int = -1  # the PLC's encoder counter: two input registers (high word first)
     arm_result_timeout_s: float = 5.0
     # line signals on a second driver (GPIO pins of the same header, or a separate Modbus device)
     signals_driver: str = ""
@@ -101,6 +102,7 @@ def build_driver(settings: DriverSettings, arm_transport: ArmTransport | None = 
             timeout_s=settings.modbus_timeout_s,
             heartbeat_s=settings.modbus_heartbeat_s,
             inputs=settings.modbus_inputs,
+            encoder_address=settings.modbus_encoder_address,
         )
     if settings.driver == "robot_arm":
         if arm_transport is None:

@@ -3,7 +3,8 @@ written with an on/off value. The PLC wires the coil to the valve (or latches th
 
 Station inputs (qc_cell.reject.station) are discrete inputs, read on every poll() (the node's tick): the
 confirmation sensor's rising edges are detected between two reads, so the PLC must stretch that signal to at
-least two tick periods (or latch it until read).
+least two tick periods (or latch it until read). The belt: a belt_running discrete input, and/or the PLC's encoder
+counter as two input registers (32 bit, high word first), read on every poll for belt tracking.
 
 Connection handling: a write on a broken connection (PLC restarted, cable pulled) closes the socket and
 retries once on a fresh connection, so the first pulse after a PLC restart is not lost; while the PLC is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,6 +66,7 @@ class ModbusDriver(PulseDriver):
         clock_ns: Callable[[], int] = time.monotonic_ns,
         inputs: dict[str, int] | None = None,
         event_clock_ns: Callable[[], int] = time.monotonic_ns,
+        encoder_address: int = -1,
     ) -> None:
         """inputs: station input name -> 0-based discrete input address. event_clock_ns stamps confirmation
         edges (the controller's monotonic clock)."""
@@ -83,6 +86,10 @@ class ModbusDriver(PulseDriver):
         for name, address in self._inputs.items():
             if not 0 <= address <= 65535:
                 raise ValueError(f"Modbus discrete input address {address} of {name} outside 0..65535")
+        if not -1 <= encoder_address <= 65534:
+            raise ValueError(f"Modbus encoder input register {encoder_address} outside 0..65534 (-1 = none)")
+        self._encoder_address = encoder_address
+        self._encoder: deque[tuple[int, int]] = deque(maxlen=1000)  # (read at, count) since the last belt_reading
         self._event_clock_ns = event_clock_ns
         self._levels: dict[str, bool] = {}
         self._confirm_level = False
@@ -124,14 +131,22 @@ class ModbusDriver(PulseDriver):
             levels = dict(self._levels) if self._connected else {}
         return StationReading(levels, edges)
 
+    @property
+    def belt_inputs(self) -> frozenset[str]:
+        return super().belt_inputs | ({"encoder"} if self._encoder_address >= 0 else frozenset())
+
     def belt_reading(self) -> BeltReading:
-        """The belt_running input as of the last poll (no I/O), unreadable while the PLC does not answer."""
+        """The belt_running input as of the last poll and the encoder counts read since the previous call (no I/O);
+        unreadable while the PLC does not answer."""
+        counts = []
+        while self._encoder:
+            counts.append(self._encoder.popleft())
         belt = self._belt
         if BELT_RUNNING not in self._inputs:
-            return BeltReading()
+            return BeltReading(encoder_counts=tuple(counts), readable=self._connected or self._encoder_address < 0)
         if belt is None or not self._connected:
-            return BeltReading(readable=False)
-        return BeltReading(running_edges=(belt,))
+            return BeltReading(encoder_counts=tuple(counts), readable=False)
+        return BeltReading(running_edges=(belt,), encoder_counts=tuple(counts))
 
     def open(self) -> None:
         with self._lock:
@@ -194,8 +209,10 @@ class ModbusDriver(PulseDriver):
                 return
             if self._inputs:
                 self._read_discrete_inputs()  # also the link check
-            elif now - self._last_ok_ns >= self._heartbeat_ns:
+            elif now - self._last_ok_ns >= self._heartbeat_ns and self._encoder_address < 0:
                 self._heartbeat()
+            if self._encoder_address >= 0 and self._connected:
+                self._read_encoder()
 
     def health(self) -> DriverHealth:
         values = {
@@ -294,6 +311,21 @@ class ModbusDriver(PulseDriver):
                 self._confirmations.append(self._event_clock_ns())
             self._confirm_level = confirm
         self._levels = levels
+
+    def _read_encoder(self) -> None:
+        assert self._client is not None
+        address = self._encoder_address
+        try:
+            response = self._client.read_input_registers(address, count=2, device_id=self._device_id)
+        except Exception as exc:
+            self._lost(f"reading the encoder input registers {address}..{address + 1}: {exc}")
+            return
+        if response.isError():
+            self._error = f"PLC refused reading the encoder input registers {address}..{address + 1}: {response}"
+            return
+        self._last_ok_ns = self._clock_ns()
+        high, low = response.registers[:2]
+        self._encoder.append((self._event_clock_ns(), (high << 16) | low))
 
     def _lost(self, error: str) -> None:
         assert self._client is not None
