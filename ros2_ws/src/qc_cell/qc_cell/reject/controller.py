@@ -1207,4 +1207,12 @@ class RejectController:
                 values["watchdog_overflowed"] = self._watchdog.overflowed
             if self.model.encoder is not None:
                 values["encoder_resets"] = self.model.encoder.resets
+            if self.belt is not None:
+                now = self._clock_ns()
+                speed = self.belt.speed(now)
+                values["belt_source"] = self.belt.source
+                values["belt_position_known"] = self.belt.known(now)
+                values["belt_speed_now_mm_s"] = round(speed, 1) if speed is not None else float("nan")
+                values["belt_stops"] = self.belt.stops
+                values["held_for_belt"] = sum(1 for p in self._live if p.target_mm is not None and not p.jobs)
         return values
