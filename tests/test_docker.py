@@ -285,6 +285,16 @@ def test_the_user_keeps_its_device_groups(dockerfile):
     assert interpolate(user, {"QC_UID": uid}) == uid
 
 
+def test_the_jetson_guide_says_how_the_user_keeps_its_groups(compose):
+    """docs/jetson.md once said the user is in `video` while `USER uid:gid` dropped it: the guide now names the
+    fix the files make (the uid alone on USER, the host's gpio GID added by compose) and the groups it keeps."""
+    guide = " ".join((REPO / "docs" / "jetson.md").read_text().split())
+    assert "the image's `USER` is the UID alone" in guide and "`USER uid:gid` would drop them" in guide
+    assert "groups `video`, `dialout`, and on the Jetson `gpio`" in guide
+    assert "compose also adds it at run time (`group_add`)" in guide
+    assert "GPIO_GID" in compose["services"]["cell"]["group_add"][0]
+
+
 def test_jetson_image_tells_the_nvidia_runtime_to_expose_the_gpu():
     env = " ".join(args for keyword, args in instructions(DOCKER / "Dockerfile.jetson") if keyword == "ENV")
     assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=all" in env
