@@ -25,6 +25,9 @@ else
 fi
 export VIRTUAL_ENV="$_qc_venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"
+# CUDA's nvcc on PATH where a toolkit is installed (JetPack: /usr/local/cuda, or $CUDA_HOME).
+# shellcheck source=scripts/cuda_env.sh
+. "$_qc_root/scripts/cuda_env.sh"
 if [ -f "$_qc_install/local_setup.bash" ]; then
   # shellcheck disable=SC1091
   . "$_qc_install/local_setup.bash"

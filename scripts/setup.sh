@@ -16,6 +16,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 cd "$ROOT"
+# CUDA's nvcc on PATH where a toolkit is installed (JetPack: /usr/local/cuda, or $CUDA_HOME), for pycuda's build;
+# the same file scripts/env.sh sources.
+# shellcheck source=scripts/cuda_env.sh
+. "$ROOT/scripts/cuda_env.sh"
 
 DISTRO="${QC_ROS_DISTRO:-}"
 PYTHON_VERSION=""
@@ -116,14 +120,12 @@ install_python_dependencies() {
   if [[ -n "$SYSTEM_ROS" ]]; then
     # The apt-built rclpy, cv_bridge and python3-opencv need NumPy 1.x and the system OpenCV (GStreamer):
     # no OpenCV wheel, NumPy constrained, and no cloud tools (torch) on the edge (QC_WITH_CLOUD=1 adds them).
-    # On a Jetson edge.txt also brings pycuda (built here against /usr/local/cuda: nvcc on PATH) and Jetson.GPIO.
+    # On a Jetson edge.txt also brings pycuda, built here with the nvcc scripts/cuda_env.sh put on PATH above
+    # (JetPack's /usr/local/cuda, or $CUDA_HOME), and Jetson.GPIO.
     grep -viE '^[[:space:]]*opencv-(contrib-)?python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
     reqs=(-r "$VENV/edge-system-ros.txt" -r requirements/dev.txt -c docker/pip-constraints.txt)
     [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt)
-    # JetPack installs CUDA under /usr/local/cuda but leaves its bin/ (nvcc, which pycuda's build needs) off PATH.
-    local path="$PATH"
-    [[ -x /usr/local/cuda/bin/nvcc ]] && path="/usr/local/cuda/bin:$PATH"
-    PATH="$path" "${PIP[@]}" "${reqs[@]}"
+    "${PIP[@]}" "${reqs[@]}"
   else
     reqs=(-r requirements/edge.txt -r requirements/dev.txt)
     [[ -z "$DISTRO" && -z "$PYTHON_VERSION" ]] && reqs+=(-r requirements/cloud.txt)

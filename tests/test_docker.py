@@ -285,6 +285,16 @@ def test_the_user_keeps_its_device_groups(dockerfile):
     assert interpolate(user, {"QC_UID": uid}) == uid
 
 
+def test_the_jetson_guide_says_how_the_user_keeps_its_groups(compose):
+    """docs/jetson.md once said the user is in `video` while `USER uid:gid` dropped it: the guide now names the
+    fix the files make (the uid alone on USER, the host's gpio GID added by compose) and the groups it keeps."""
+    guide = " ".join((REPO / "docs" / "jetson.md").read_text().split())
+    assert "the image's `USER` is the UID alone" in guide and "`USER uid:gid` would drop them" in guide
+    assert "groups `video`, `dialout`, and on the Jetson `gpio`" in guide
+    assert "compose also adds it at run time (`group_add`)" in guide
+    assert "GPIO_GID" in compose["services"]["cell"]["group_add"][0]
+
+
 def test_jetson_image_tells_the_nvidia_runtime_to_expose_the_gpu():
     env = " ".join(args for keyword, args in instructions(DOCKER / "Dockerfile.jetson") if keyword == "ENV")
     assert "NVIDIA_VISIBLE_DEVICES=all" in env and "NVIDIA_DRIVER_CAPABILITIES=all" in env
@@ -616,23 +626,61 @@ def test_jetson_cell_names_the_board_for_jetson_gpio(compose):
     assert "JETSON_MODEL_NAME" not in compose["services"]["cell-x86"]["environment"]
 
 
-# The Orin modules' compatible strings that Jetson.GPIO 2.1.13 maps (gpio_pin_data.py), one per model.
+# Every Orin board compatible that Jetson.GPIO 2.1.13 maps (lib/python/Jetson/GPIO/gpio_pin_data.py:
+# compats_jetson_orins, compats_jetson_orins_nx, compats_jetson_orins_nano), with the model it returns. JetPack 6
+# runs on the Orin family only. The device tree lists the board first, then the module and the SoC.
+JETSON_GPIO_ORIN_COMPATS = {
+    "JETSON_ORIN": [f"nvidia,p3737-0000+p3701-000{m}" for m in "04851"],
+    "JETSON_ORIN_NX": [
+        f"nvidia,{carrier}+p3767-000{m}{super_}"
+        for m in "01"
+        for carrier in ("p3509-0000", "p3768-0000")
+        for super_ in ("", "-super")
+        if not (super_ and carrier == "p3509-0000")
+    ],
+    "JETSON_ORIN_NANO": [
+        f"nvidia,{carrier}+p3767-000{m}{super_}"
+        for m in "345"
+        for carrier in ("p3509-0000", "p3768-0000")
+        for super_ in ("", "-super")
+    ],
+}
 ORIN_COMPATIBLES = {
-    "nvidia,p3737-0000+p3701-0005\0nvidia,p3701-0005\0nvidia,tegra234\0": "JETSON_ORIN",
-    "nvidia,p3768-0000+p3767-0000\0nvidia,p3767-0000\0nvidia,tegra234\0": "JETSON_ORIN_NX",
-    "nvidia,p3768-0000+p3767-0001-super\0nvidia,p3767-0001\0nvidia,tegra234\0": "JETSON_ORIN_NX",
-    "nvidia,p3768-0000+p3767-0005-super\0nvidia,p3767-0005\0nvidia,tegra234\0": "JETSON_ORIN_NANO",
-    "nvidia,p3509-0000+p3767-0003\0nvidia,p3767-0003\0nvidia,tegra234\0": "JETSON_ORIN_NANO",
+    f"{board}\0nvidia,{board.split('+')[1].removesuffix('-super')}\0nvidia,tegra234\0": model
+    for model, boards in JETSON_GPIO_ORIN_COMPATS.items()
+    for board in boards
 }
 
 
-@pytest.mark.parametrize(("compatible", "model"), ORIN_COMPATIBLES.items(), ids=ORIN_COMPATIBLES.values())
+def test_the_model_table_is_jetson_gpios():
+    """The table above has what Jetson.GPIO maps: 5 AGX Orin, 6 Orin NX and 12 Orin Nano boards. Where
+    Jetson.GPIO is installed (the Jetson, aarch64), its own tables are compared too."""
+    assert [len(boards) for boards in JETSON_GPIO_ORIN_COMPATS.values()] == [5, 6, 12]
+    spec = importlib.util.find_spec("Jetson")
+    if spec is None or not spec.submodule_search_locations:
+        return  # not on this machine (requirements/edge.txt installs it on aarch64 only)
+    pin_data = Path(next(iter(spec.submodule_search_locations))) / "GPIO" / "gpio_pin_data.py"
+    module = load_module(pin_data)  # by path: importing Jetson.GPIO itself probes the board
+    library = {
+        "JETSON_ORIN": module.compats_jetson_orins,
+        "JETSON_ORIN_NX": module.compats_jetson_orins_nx,
+        "JETSON_ORIN_NANO": module.compats_jetson_orins_nano,
+    }
+    assert {m: sorted(b) for m, b in library.items()} == {m: sorted(b) for m, b in JETSON_GPIO_ORIN_COMPATS.items()}
+
+
+@pytest.mark.parametrize(("compatible", "model"), ORIN_COMPATIBLES.items(), ids=lambda v: v.split("\0")[0])
 def test_jetson_model_name_is_derived_from_the_hosts_device_tree(tmp_path, compatible, model):
     script = DOCKER / "jetson_model_name.sh"
-    assert subprocess.run([tool("shellcheck"), str(script)], capture_output=True, timeout=60).returncode == 0
     (tmp_path / "compatible").write_bytes(compatible.encode())
     result = subprocess.run([str(script), str(tmp_path / "compatible")], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.strip() == model, result.stderr
+
+
+def test_jetson_model_name_passes_shellcheck():
+    script = DOCKER / "jetson_model_name.sh"
+    result = subprocess.run([tool("shellcheck"), str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
 
 
 def test_jetson_model_name_refuses_a_board_it_does_not_know(tmp_path):
@@ -641,6 +689,165 @@ def test_jetson_model_name_refuses_a_board_it_does_not_know(tmp_path):
         [str(DOCKER / "jetson_model_name.sh"), str(tmp_path / "compatible")], capture_output=True, text=True
     )
     assert result.returncode == 1 and "set JETSON_MODEL_NAME by hand" in result.stderr
+
+
+# ---- Jetson: the ROS 2 distribution (JetPack 6 = Ubuntu 22.04 jammy: Humble) ------------------------------------
+CHECK_ROS_DISTRO = DOCKER / "check_ros_distro.sh"
+
+
+def _check_ros_distro(tmp_path: Path, distro: str | None, codename: str = "jammy", *args: str):
+    os_release = tmp_path / "os-release"
+    os_release.write_text(f'NAME="Ubuntu"\nVERSION_ID="22.04"\nUBUNTU_CODENAME={codename}\n')
+    env = {k: v for k, v in os.environ.items() if k != "ROS_DISTRO"}
+    if distro is not None:
+        env["ROS_DISTRO"] = distro
+    return subprocess.run(
+        [str(CHECK_ROS_DISTRO), *args, str(os_release)], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_ros_distro_check_passes_shellcheck():
+    result = subprocess.run([tool("shellcheck"), str(CHECK_ROS_DISTRO)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("distro", ["jazzy", "kilted", "rolling"])
+def test_ros_distro_check_refuses_a_distribution_without_jetpack6_binaries(tmp_path, distro):
+    result = _check_ros_distro(tmp_path, distro)
+    assert result.returncode == 1, result.stdout
+    assert f"'{distro}' has binary packages for Ubuntu noble, not for this image's Ubuntu jammy" in result.stderr
+    assert "JetPack 6 (Ubuntu jammy 22.04) needs ROS_DISTRO=humble" in result.stderr
+
+
+def test_ros_distro_check_accepts_humble_on_jetpack6(tmp_path):
+    result = _check_ros_distro(tmp_path, "humble")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "check_ros_distro: ROS 2 humble on Ubuntu jammy"
+
+
+@pytest.mark.parametrize(
+    ("distro", "status", "message"),
+    [
+        (None, 2, "ROS_DISTRO is not set"),
+        ("", 2, "ROS_DISTRO is not set"),
+        ("galactic", 1, "unknown ROS 2 distribution 'galactic'"),
+    ],
+    ids=["unset", "empty", "unknown"],
+)
+def test_ros_distro_check_refuses_a_missing_or_unknown_distribution(tmp_path, distro, status, message):
+    result = _check_ros_distro(tmp_path, distro)
+    assert result.returncode == status and message in result.stderr, result.stderr
+
+
+def test_ros_distro_check_asks_apt_for_the_distributions_packages(tmp_path):
+    """--apt (run after the ROS apt source is installed): without ros-<distro>-ros-base in apt, refused. Here
+    apt has no ROS 2 source at all, so the real apt-cache answers no."""
+    if shutil.which("apt-cache") is None:
+        pytest.skip("no apt-cache on this machine")
+    if subprocess.run(["apt-cache", "show", "ros-humble-ros-base"], capture_output=True).returncode == 0:
+        pytest.skip("this machine's apt has ros-humble-ros-base: the refusal cannot be shown here")
+    result = _check_ros_distro(tmp_path, "humble", "jammy", "--apt")
+    assert result.returncode == 1
+    assert "apt has no ros-humble-ros-base for Ubuntu jammy" in result.stderr, result.stderr
+
+
+def _run_lines(dockerfile: Path) -> list[str]:
+    """The Dockerfile's RUN instructions, continuation lines joined, comments inside them dropped."""
+    runs, current = [], None
+    for line in dockerfile.read_text().splitlines():
+        stripped = line.strip()
+        if current is None and not stripped.startswith("RUN "):
+            continue
+        if current is not None and stripped.startswith("#"):
+            continue  # a comment line inside a RUN (Docker drops it)
+        part = stripped[4:] if current is None else stripped
+        continued = part.endswith("\\")
+        current = (current or "") + " " + part.removesuffix("\\").strip()
+        if not continued:
+            runs.append(current.strip())
+            current = None
+    return runs
+
+
+def test_jetson_image_refuses_a_ros_distro_without_binaries_before_installing_it():
+    """Dockerfile.jetson runs the check first (before any download) and with --apt after the ROS apt source is
+    in, before it installs ros-${ROS_DISTRO}-*; and it copies the script there from the build context."""
+    dockerfile = DOCKER / "Dockerfile.jetson"
+    assert "check_ros_distro.sh" in " ".join(copy_sources(dockerfile))
+    [ros_run] = [run for run in _run_lines(dockerfile) if '"ros-${ROS_DISTRO}-ros-base"' in run]
+    steps = [step.strip() for step in ros_run.split("&&")]
+    assert steps[0] == "/opt/qc/bin/check_ros_distro.sh", steps[0]
+    apt_check = steps.index("/opt/qc/bin/check_ros_distro.sh --apt")
+    source = next(i for i, step in enumerate(steps) if "ros2-apt-source.deb" in step and "install" in step)
+    install = next(i for i, step in enumerate(steps) if '"ros-${ROS_DISTRO}-ros-base"' in step)
+    assert source < apt_check < install
+    assert re.search(r"^ARG ROS_DISTRO=humble$", dockerfile.read_text(), re.M)
+
+
+# What a Jetson reader is told about ROS 2: JetPack 6 is Ubuntu 22.04, which ROS 2 Jazzy has no packages for.
+JETSON_WORDS = re.compile(r"jetson|jetpack|l4t|22\.04|jammy|aarch64|arm64", re.I)
+NOT_A_JETSON_CLAIM = re.compile(r"x86|no (ubuntu )?22\.04 packages|humble only|not on jetpack", re.I)
+
+
+def _markdown_units(text: str):
+    """(heading of the section, unit) for each heading, each sentence of a paragraph, and each clause of a table
+    cell prefixed with its column's header (so a cell is read with the column it sits in). Code is skipped."""
+    heading, paragraph, table, in_code = "", [], [], False
+
+    def flush():
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph)):
+            if sentence:
+                yield heading, sentence
+        rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table]
+        for row in rows[1:]:
+            if not all(set(cell) <= set("-: ") for cell in row):
+                for column, cell in zip(rows[0], row, strict=False):
+                    for clause in re.split(r"[,;] ", cell):
+                        yield heading, f"{column}: {clause}"
+        paragraph.clear()
+        table.clear()
+
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            yield from flush()
+            in_code = not in_code
+        elif in_code:
+            continue
+        elif stripped.startswith("#"):
+            yield from flush()
+            heading = stripped
+            yield heading, stripped
+        elif stripped.startswith("|"):
+            if paragraph:
+                yield from flush()
+            table.append(stripped)
+        elif not stripped:
+            yield from flush()
+        else:
+            if table:
+                yield from flush()
+            paragraph.append(stripped)
+    yield from flush()
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/jetson.md"])
+def test_the_jetson_docs_offer_ros2_humble_only_for_jetpack6(page):
+    """No heading, sentence or table cell puts Jazzy on the Jetson (the README once said "Humble on JetPack 6,
+    or Jazzy"). In docs/jetson.md every Jazzy is about the x86 image or says Jazzy has no 22.04 packages; in
+    the README, so is every Jazzy of a section about the Jetson (a heading naming Jetson, JetPack, 22.04...)."""
+    text = (REPO / page).read_text()
+    whole_page_is_jetson = page == "docs/jetson.md"
+    claims = [
+        unit
+        for heading, unit in _markdown_units(text)
+        if re.search(r"jazzy", unit, re.I)
+        and (whole_page_is_jetson or JETSON_WORDS.search(heading))
+        and not NOT_A_JETSON_CLAIM.search(unit)
+    ]
+    assert claims == [], f"{page} offers Jazzy for the Jetson: {claims}"
+    humble = [u for _, u in _markdown_units(text) if re.search(r"JetPack 6", u) and re.search(r"\bHumble\b", u)]
+    assert humble, f"{page} never says that JetPack 6 runs ROS 2 Humble"
 
 
 def test_jetson_cell_may_run_its_actuation_thread_at_the_requested_realtime_priority(compose):

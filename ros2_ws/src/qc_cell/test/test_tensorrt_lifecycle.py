@@ -5,7 +5,9 @@ absence in TensorRT 11), and engine names shared with build_trt_engine.sh.
 
 Without a GPU the backend runs here against the fake TensorRT and pycuda in fake_gpu/ (the fake sits at the
 library boundary only: the backend's code, the model, ONNX Runtime behind the fake engine and the engine cache
-are real). The tests marked gpu repeat the thread pattern on a device and skip elsewhere."""
+are real). Each fake test runs once per TensorRT release of JetPack 6: 8.6 (JetPack 6.0: named tensors beside
+the deprecated bindings, explicit batch only on request) and 10.3 (6.1/6.2: named tensors only); none may call
+a deprecated API. The tests marked gpu repeat the thread pattern on a device and skip elsewhere."""
 
 from __future__ import annotations
 
@@ -19,7 +21,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from qc_cell.inference.backends import BackendError, BackendOptions, availability, create_backend, tensorrt_backend
+from qc_cell.inference.backends import (
+    BackendError,
+    BackendOptions,
+    BackendUnavailableError,
+    availability,
+    create_backend,
+    tensorrt_backend,
+)
 from qc_cell.inference.backends.engine_cache import calibration_digest
 from qc_cell.inference.synthetic_models import expected_probability, uniform_image, write_package
 from qc_contract.model_manifest import Manifest
@@ -35,19 +44,27 @@ def _drop_gpu_modules() -> None:
         del sys.modules[name]
 
 
-@pytest.fixture
+# The TensorRT of each JetPack 6 release: 6.0 (L4T r36.3) ships 8.6.2, 6.1 and 6.2 (r36.4) ship 10.3.
+JETPACK6_TENSORRT = ("8.6.2", "10.3.0")
+
+
+@pytest.fixture(params=JETPACK6_TENSORRT, ids=lambda version: f"trt{version}")
 def fake_gpu(monkeypatch, request):
-    """The fake tensorrt and pycuda.driver importable, a fresh ledger, no primary context retained yet."""
-    monkeypatch.setenv("FAKE_TENSORRT_VERSION", getattr(request, "param", "10.3.0"))
+    """The fake tensorrt (as the release in request.param) and pycuda.driver importable, a fresh ledger, no
+    primary context retained yet. Afterwards: no deprecated TensorRT API was called."""
+    monkeypatch.setenv("FAKE_TENSORRT_VERSION", request.param)
     _drop_gpu_modules()
     monkeypatch.syspath_prepend(str(FAKE_GPU))
     monkeypatch.setattr(tensorrt_backend, "_PRIMARY_CONTEXTS", {})
     import pycuda.driver
     import tensorrt
 
+    assert tensorrt.__version__ == request.param
     pycuda.driver.LEDGER.reset()
     yield SimpleNamespace(cuda=pycuda.driver, trt=tensorrt, ledger=pycuda.driver.LEDGER)
+    deprecated = list(tensorrt.DEPRECATED_CALLS)
     _drop_gpu_modules()
+    assert deprecated == [], f"TensorRT {request.param}: deprecated API called: {deprecated}"
 
 
 def _package(tmp_path: Path) -> tuple[Path, Manifest]:
@@ -154,6 +171,33 @@ def test_tensorrt_11_refuses_reduced_precision_clearly_and_runs_fp32(fake_gpu, t
     assert backend.run(batch, ["logit"])["logit"].shape[0] == 1
     backend.close()
     assert_nothing_leaked(fake_gpu.ledger)
+
+
+@pytest.mark.parametrize("fake_gpu", ["8.6.2"], indirect=True)
+def test_tensorrt_8_6_runs_the_named_tensor_api_on_an_explicit_batch_network(fake_gpu, tmp_path):
+    """JetPack 6.0's TensorRT has both APIs: the feature check picks the named tensors (the fixture checks that
+    no deprecated binding call was made), and the network is created explicit-batch, without which 8.x's ONNX
+    parser refuses it."""
+    trt = fake_gpu.trt
+    assert hasattr(trt.IExecutionContext, "execute_async_v2") and hasattr(trt.IExecutionContext, "execute_async_v3")
+    package, manifest = _package(tmp_path)
+    backend = _backend(package, manifest, tmp_path)
+    assert backend.describe().startswith("tensorrt 8.6.2 fp32") and "named-tensor API" in backend.describe()
+    assert fake_gpu.trt.BUILDS[-1]["network_flags"] & 1, "8.x network created without EXPLICIT_BATCH"
+    images = [uniform_image(level) for level in (10, 250)]
+    scores = backend.run(preprocess_batch(images, manifest.preprocessing), ["logit"])["logit"]
+    expected = [expected_probability(image, manifest.preprocessing) for image in images]
+    np.testing.assert_allclose(1 / (1 + np.exp(-scores.reshape(-1))), expected, atol=1e-5)
+    backend.close()
+    assert_nothing_leaked(fake_gpu.ledger)
+
+
+@pytest.mark.parametrize("fake_gpu", ["8.4.1"], indirect=True)
+def test_tensorrt_without_the_named_tensor_api_is_refused_clearly(fake_gpu, tmp_path):
+    package, manifest = _package(tmp_path)
+    with pytest.raises(BackendUnavailableError, match=r"TensorRT 8\.4\.1 lacks the named-tensor API .*8\.5 or newer"):
+        _backend(package, manifest, tmp_path)
+    assert fake_gpu.trt.BUILDS == [] and fake_gpu.ledger.retained == 0
 
 
 def test_int8_calibration_images_are_part_of_the_keys(tmp_path):

@@ -1,11 +1,20 @@
-"""Fake TensorRT: the named-tensor API of TensorRT 8.5+ over ONNX Runtime, with the builder's flags and
-optimisation profiles recorded (see ../README.md). Needs a CUDA context current (fake pycuda) where the real
-library does."""
+"""Fake TensorRT over ONNX Runtime, with the builder's flags and optimisation profiles recorded (see ../README.md).
+Needs a CUDA context current (fake pycuda) where the real library does.
+
+`FAKE_TENSORRT_VERSION` picks the API of a release, as its Python bindings (NVIDIA/TensorRT python/src/infer/
+pyCore.cpp) define it:
+- 8.4: bindings only (`num_bindings`, `set_binding_shape`, `execute_async_v2`); no named-tensor API.
+- 8.5 / 8.6 (JetPack 6.0: 8.6.2): the named-tensor API *and* the deprecated bindings (calling one warns, as
+  the real bindings do, and is recorded in DEPRECATED_CALLS); networks are implicit-batch unless created with
+  the EXPLICIT_BATCH flag, and the ONNX parser refuses implicit-batch networks.
+- 10.x (JetPack 6.1/6.2: 10.3): named tensors only (the bindings were removed); explicit batch always.
+- 11 and later: no FP16/INT8 builder flags, no EXPLICIT_BATCH flag (strongly typed networks only)."""
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -14,8 +23,15 @@ import onnxruntime
 import pycuda.driver as cuda
 
 __version__ = os.environ.get("FAKE_TENSORRT_VERSION", "10.3.0")
-_MAJOR = int(__version__.split(".")[0])
+_VERSION = tuple(int(part) for part in __version__.split(".")[:2])
+_MAJOR = _VERSION[0]
 BUILDS: list[dict[str, Any]] = []  # every build's settings, for the tests
+DEPRECATED_CALLS: list[str] = []  # deprecated API called (8.x bindings), for the tests
+
+
+def _deprecated(name: str, replacement: str) -> None:
+    DEPRECATED_CALLS.append(name)
+    warnings.warn(f"Use {replacement} instead.", DeprecationWarning, stacklevel=3)
 
 
 class Logger:
@@ -88,9 +104,19 @@ class INetworkDefinition:
 class OnnxParser:
     def __init__(self, network: INetworkDefinition, logger: Logger) -> None:
         self.network = network
-        self.num_errors = 0
+        self.errors: list[str] = []
+
+    @property
+    def num_errors(self) -> int:
+        return len(self.errors)
 
     def parse_from_file(self, path: str) -> bool:
+        if _MAJOR < 10 and not self.network.flags & 1:  # 8.x: implicit batch unless EXPLICIT_BATCH was given
+            self.errors.append(
+                "ModelImporter: the ONNX parser only supports networks with an explicit batch dimension: "
+                "create the network with the EXPLICIT_BATCH NetworkDefinitionCreationFlag"
+            )
+            return False
         model = onnx.load(path)
         initializers = {i.name for i in model.graph.initializer}
         self.network.model_path = path
@@ -99,7 +125,7 @@ class OnnxParser:
         return True
 
     def get_error(self, index: int) -> str:
-        return ""
+        return self.errors[index]
 
 
 class IOptimizationProfile:
@@ -169,6 +195,7 @@ class Builder:
             "outputs": [[o.name, list(o.shape)] for o in network.outputs],
             "profile": [list(low), list(opt), list(high)],
             "flags": sorted(config.flags),
+            "network_flags": network.flags,
         }
         BUILDS.append(description)
         return json.dumps(description).encode()
@@ -176,7 +203,7 @@ class Builder:
 
 def engine_bytes(model: str, profile: list[list[int]]) -> bytes:
     """A serialized engine of an ONNX model with one input profile (min, opt, max), as the fake trtexec writes."""
-    network = INetworkDefinition(0)
+    network = INetworkDefinition(1)  # trtexec creates ONNX networks explicit-batch
     OnnxParser(network, Logger()).parse_from_file(model)
     description = {
         "version": __version__,
@@ -235,6 +262,38 @@ class ICudaEngine:
         cuda.require_context()
         return IExecutionContext(self)
 
+    # ---- the binding API (TensorRT 8.x; deprecated from 8.5, removed in 10) ----
+    @property
+    def num_bindings(self) -> int:
+        return self.num_io_tensors
+
+    @property
+    def max_batch_size(self) -> int:
+        return 1  # explicit-batch engines
+
+    def get_binding_name(self, index: int) -> str:
+        _deprecated("ICudaEngine.get_binding_name", "get_tensor_name")
+        return [self.input_name, *self.output_shapes][index]
+
+    def binding_is_input(self, index: int | str) -> bool:
+        _deprecated("ICudaEngine.binding_is_input", "get_tensor_mode")
+        name = index if isinstance(index, str) else [self.input_name, *self.output_shapes][index]
+        return name == self.input_name
+
+    def get_binding_shape(self, index: int | str) -> tuple[int, ...]:
+        _deprecated("ICudaEngine.get_binding_shape", "get_tensor_shape")
+        name = index if isinstance(index, str) else [self.input_name, *self.output_shapes][index]
+        return self.input_shape if name == self.input_name else self.output_shapes[name]
+
+    def get_binding_dtype(self, index: int | str) -> str:
+        _deprecated("ICudaEngine.get_binding_dtype", "get_tensor_dtype")
+        return DataType.FLOAT
+
+    def get_profile_shape(self, profile_index: int, binding: int | str) -> list[tuple[int, ...]]:
+        _deprecated("ICudaEngine.get_profile_shape", "get_tensor_profile_shape")
+        assert binding in (0, self.input_name) and profile_index == 0
+        return self.profile
+
 
 class IExecutionContext:
     def __init__(self, engine: ICudaEngine) -> None:
@@ -244,6 +303,9 @@ class IExecutionContext:
         self.session = onnxruntime.InferenceSession(engine.description["model"], providers=["CPUExecutionProvider"])
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        return self._set_input_shape(name, shape)
+
+    def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
         low, _, high = self.engine.profile
         if name != self.engine.input_name or not low[0] <= shape[0] <= high[0] or tuple(shape[1:]) != low[1:]:
             return False
@@ -251,6 +313,9 @@ class IExecutionContext:
         return True
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self._tensor_shape(name)
+
+    def _tensor_shape(self, name: str) -> tuple[int, ...]:
         if name == self.engine.input_name:
             return self.input_shape or self.engine.input_shape
         batch = self.input_shape[0] if self.input_shape else -1
@@ -261,7 +326,30 @@ class IExecutionContext:
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
+        return self._execute()
+
+    # ---- the binding API (TensorRT 8.x; deprecated from 8.5, removed in 10) ----
+    def set_binding_shape(self, index: int, shape: tuple[int, ...]) -> bool:
+        _deprecated("IExecutionContext.set_binding_shape", "set_input_shape")
+        return index == 0 and self._set_input_shape(self.engine.input_name, shape)
+
+    def get_binding_shape(self, index: int) -> tuple[int, ...]:
+        _deprecated("IExecutionContext.get_binding_shape", "get_tensor_shape")
+        return self._tensor_shape([self.engine.input_name, *self.engine.output_shapes][index])
+
+    def execute_async_v2(self, bindings: list[int], stream_handle: int) -> bool:
+        _deprecated("IExecutionContext.execute_async_v2", "execute_async_v3")
+        for name, address in zip([self.engine.input_name, *self.engine.output_shapes], bindings, strict=True):
+            self.addresses[name] = int(address)
+        return self._execute()
+
+    def _execute(self) -> bool:
         cuda.require_context()
+        if self.input_shape is None:
+            return False  # TensorRT: "not all input shapes are specified"
+        missing = [n for n in (self.engine.input_name, *self.engine.output_shapes) if n not in self.addresses]
+        if missing:
+            return False  # TensorRT: "Neither address or allocator is set for output tensor"
         shape = self.input_shape
         count = int(np.prod(shape))
         raw = cuda.read_device(self.addresses[self.engine.input_name], count * 4)
@@ -270,3 +358,34 @@ class IExecutionContext:
         for name, value in zip(names, self.session.run(names, {self.engine.input_name: batch}), strict=True):
             cuda.write_device(self.addresses[name], np.ascontiguousarray(value, dtype=np.float32).tobytes())
         return True
+
+
+# What each release's bindings define (see the module docstring).
+_NAMED_TENSOR_API = {
+    ICudaEngine: (
+        "num_io_tensors",
+        "get_tensor_name",
+        "get_tensor_mode",
+        "get_tensor_dtype",
+        "get_tensor_shape",
+        "get_tensor_profile_shape",
+    ),
+    IExecutionContext: ("set_input_shape", "set_tensor_address", "get_tensor_shape", "execute_async_v3"),
+}
+_BINDING_API = {
+    ICudaEngine: (
+        "num_bindings",
+        "max_batch_size",
+        "get_binding_name",
+        "binding_is_input",
+        "get_binding_shape",
+        "get_binding_dtype",
+        "get_profile_shape",
+    ),
+    IExecutionContext: ("set_binding_shape", "get_binding_shape", "execute_async_v2"),
+}
+for _api, _present in ((_NAMED_TENSOR_API, _VERSION >= (8, 5)), (_BINDING_API, _MAJOR < 10)):
+    if not _present:
+        for _cls, _names in _api.items():
+            for _name in _names:
+                delattr(_cls, _name)
