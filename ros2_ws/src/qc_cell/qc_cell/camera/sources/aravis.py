@@ -143,7 +143,11 @@ class AravisSource(GenICamSource):
             for name in STREAM_COUNTERS:
                 with contextlib.suppress(Exception):
                     self._counters[name] += stream.get_info_uint64_by_name(name)
-        self._camera = self._device = None  # unreferenced GObjects close the connection
+        device = self._device
+        if device is not None and hasattr(device, "leave_control"):
+            with contextlib.suppress(Exception):  # hand control back now, not when Python frees the object
+                device.leave_control()
+        self._camera = self._device = None
 
     # ------------------------------------------------------------ features
 

@@ -156,8 +156,8 @@ class BagSource(FrameSource):
         if self.topic:
             chosen = [c for c in images if c.topic == self.topic]
             if not chosen:
-                reader.close()
                 topics = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
+                reader.close()
                 raise SourceConfigError(f"bag {root} has no image topic {self.topic!r}; its topics: {topics}")
         else:
             chosen = images
