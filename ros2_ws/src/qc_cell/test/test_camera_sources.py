@@ -84,7 +84,7 @@ def test_clock_mapper_takes_the_fastest_transfer_and_follows_a_clock_jump():
     clock = ClockMapper(window=16)
     offset = 5_000_000_000_000
     delays = [3_000_000, 1_000_000, 2_000_000, 1_500_000]
-    mapped = [clock.map(t, t + offset + d) for t, d in zip(range(0, 4_000_000_000, 1_000_000_000), delays)]
+    mapped = [clock.map(t, t + offset + d) for t, d in zip(range(0, 4_000_000_000, 1_000_000_000), delays, strict=True)]
     assert mapped[-1] == 3_000_000_000 + offset + 1_000_000  # camera time + offset + fastest transfer
     assert clock.stats()["clock_offset_ms"] == f"{(offset + 1_000_000) / 1e6:.3f}"
     assert clock.map(10, offset + 10 + 2_000_000 + 7_000_000_000) == offset + 10 + 2_000_000 + 7_000_000_000
@@ -226,7 +226,7 @@ def test_aravis_hardware_trigger_is_configured_and_parts_match_frames_by_stamp(g
         assert rec.wait(lambda: len(rec.results) == 5, 10.0)
     finally:
         rec.loop.close()
-    for trigger_ns, result in zip(wanted, rec.results):
+    for trigger_ns, result in zip(wanted, rec.results, strict=True):
         assert result.frame is not None, result.error
         assert abs(result.stamp_ns - trigger_ns) <= 30_000_000
     assert source.stats()["unmatched_frames"] > 0  # the frames between parts were nobody's
@@ -321,7 +321,9 @@ def test_aravis_bayer_frames_are_demosaiced_for_the_model_like_training(gv_camer
         source.close()
     assert frame is not None and frame.encoding == "bayer_rggb8" and frame.image.shape == (48, 64)
     # Edge and training both use to_bgr8 (one OpenCV call): identical to OpenCV's own demosaic of the mosaic.
-    np.testing.assert_array_equal(to_bgr8(frame.image, frame.encoding), cv2.cvtColor(frame.image, cv2.COLOR_BayerBG2BGR))
+    np.testing.assert_array_equal(
+        to_bgr8(frame.image, frame.encoding), cv2.cvtColor(frame.image, cv2.COLOR_BayerBG2BGR)
+    )
 
 
 # ---------------------------------------------------------------------------------------- pylon (emulation)
@@ -404,30 +406,35 @@ def write_bag(path: Path, storage: str, kind: str, count: int = 6, period_s: flo
     from qc_cell.camera.sources.bag import cell_typestore
 
     store = cell_typestore()
-    Image = store.types["sensor_msgs/msg/Image"]
-    Compressed = store.types["sensor_msgs/msg/CompressedImage"]
-    PartFrame = store.types["qc_interfaces/msg/PartFrame"]
-    Header = store.types["std_msgs/msg/Header"]
-    Time = store.types["builtin_interfaces/msg/Time"]
+    types = store.types
+    Image, Compressed = types["sensor_msgs/msg/Image"], types["sensor_msgs/msg/CompressedImage"]  # noqa: N806
+    PartFrame, Header = types["qc_interfaces/msg/PartFrame"], types["std_msgs/msg/Header"]  # noqa: N806
+    Time = types["builtin_interfaces/msg/Time"]  # noqa: N806
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     msgtype = {"raw": Image, "compressed": Compressed, "partframe": PartFrame}[kind].__msgtype__
-    topic = "camera/frames" if kind == "partframe" else "camera/image_raw" + ("/compressed" if kind == "compressed" else "")
+    topic = (
+        "camera/frames" if kind == "partframe" else "camera/image_raw" + ("/compressed" if kind == "compressed" else "")
+    )
     images = []
     start = 1_700_000_000_000_000_000
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         connection = writer.add_connection(topic, msgtype, typestore=store)
         other = writer.add_connection("rosout_like", "std_msgs/msg/String", typestore=store)
-        writer.write(other, start, store.serialize_cdr(store.types["std_msgs/msg/String"](data="hello"), "std_msgs/msg/String"))
+        writer.write(
+            other, start, store.serialize_cdr(store.types["std_msgs/msg/String"](data="hello"), "std_msgs/msg/String")
+        )
         for i in range(count):
             stamp = start + int(i * period_s * 1e9)
             image = np.full((24, 32, 3), (10 * i, 100, 200 - 10 * i), np.uint8)
             images.append(image)
             header = Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="cam")
-            raw = Image(header=header, height=24, width=32, encoding="bgr8", is_bigendian=0, step=96, data=image.ravel())
+            raw = Image(
+                header=header, height=24, width=32, encoding="bgr8", is_bigendian=0, step=96, data=image.ravel()
+            )
             if kind == "raw":
                 msg = raw
             elif kind == "compressed":
-                ok, png = cv2.imencode(".png", image)
+                _, png = cv2.imencode(".png", image)
                 msg = Compressed(header=header, format="png", data=png.ravel())
             else:
                 msg = PartFrame(
@@ -453,7 +460,7 @@ def test_bag_plays_images_of_both_storage_formats(tmp_path, storage, kind):
     finally:
         rec.loop.close()
     assert len(rec.results) == len(images)
-    for i, (expected, result) in enumerate(zip(images, rec.results)):
+    for i, (expected, result) in enumerate(zip(images, rec.results, strict=True)):
         assert result.frame.encoding == "bgr8" and result.frame.origin.startswith(f"bag:{bag.name}#{i}@")
         np.testing.assert_array_equal(result.frame.image, expected)
         truth = (("defect", "scratch") if i % 2 else ("good", None)) if kind == "partframe" else (None, None)
@@ -481,7 +488,7 @@ def test_bag_at_recorded_pace_and_looping(tmp_path):
 def test_bag_errors_name_the_problem(tmp_path):
     bag = tmp_path / "two_topics"
     write_bag(bag, "sqlite3", "raw", count=1)
-    with pytest.raises(SourceConfigError, match="no image topic 'nope'.*camera/image_raw"):
+    with pytest.raises(SourceConfigError, match=r"no image topic 'nope'.*camera/image_raw"):
         build_source(SourceSettings(kind="bag", path=str(bag), topic="nope")).open()
     missing = build_source(SourceSettings(kind="bag", path=str(tmp_path / "gone")))
     with pytest.raises(Exception, match="does not exist"):
