@@ -117,6 +117,16 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("reject_actuator", "modbus_heartbeat_address"): 3,
         **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
         **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
+        # the line-camera sources (issue 23): camera defaults everywhere
+        **{("camera_driver", name): 0 for name in ("offset_x", "offset_y", "binning_x", "binning_y")},
+        **{("camera_driver", name): "" for name in ("guid", "trigger_source", "trigger_activation", "topic")},
+        ("camera_driver", "exposure"): 0.0,
+        ("camera_driver", "gain"): -1.0,
+        ("camera_driver", "trigger_delay"): 0.0,
+        ("camera_driver", "genicam_features"): [""],
+        ("camera_driver", "trigger_tolerance_s"): 0.05,
+        ("camera_driver", "trigger_timeout_s"): 1.0,
+        ("camera_driver", "playback"): "recorded",
     }
 
 
