@@ -143,11 +143,18 @@ class AravisSource(GenICamSource):
             for name in STREAM_COUNTERS:
                 with contextlib.suppress(Exception):
                     self._counters[name] += stream.get_info_uint64_by_name(name)
-        device = self._device
-        if device is not None and hasattr(device, "leave_control"):
+        device, camera = self._device, self._camera
+        self._camera = self._device = None
+        if device is not None and hasattr(device, "leave_control") and not self._lost:
             with contextlib.suppress(Exception):  # hand control back now, not when Python frees the object
                 device.leave_control()
-        self._camera = self._device = None
+        elif device is not None:
+            # The camera is gone: freeing the objects runs Aravis's own goodbye to it (GVCP writes that can only
+            # time out, seconds on a loaded machine). Free them on a thread of their own, so the loss is reported
+            # and the reconnect starts at once.
+            doomed = [stream, camera, device]
+            del stream, camera, device
+            threading.Thread(target=doomed.clear, name="aravis-release", daemon=True).start()
 
     # ------------------------------------------------------------ features
 

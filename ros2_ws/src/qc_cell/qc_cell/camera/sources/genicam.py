@@ -270,10 +270,11 @@ class GenICamSource(FrameSource):
         self._stop.set()
         self.ring.close()
         thread.join(timeout=5.0)
-        try:
-            self._stop_stream()
-        except Exception as exc:  # the camera may be gone already
-            self._warn(f"{self.description}: stopping the stream: {exc}")
+        if not self._lost:  # a camera known gone cannot answer: no exchange that can only time out
+            try:
+                self._stop_stream()
+            except Exception as exc:  # the camera may be gone already
+                self._warn(f"{self.description}: stopping the stream: {exc}")
         self._disconnect()
 
     def _down(self) -> SourceUnavailableError:
