@@ -8,7 +8,7 @@ installed, pylon's camera emulation:
    fake camera stamps frames with the host's real-time clock, so the true offset is 0 and the estimate
    (`clock_offset_ms`) is exactly the mapping error: how late a mapped stamp is against the exposure.
 2. Software trigger: trigger -> frame in the capture loop's hands (p50/p95), against the camera's frame period
-   (the fake camera answers a trigger at its next frame tick, so ~half a period is its floor).
+   (the fake camera looks for a trigger once per tick of its 25 Hz trigger clock: up to one period by design).
 3. Cable pull: the camera killed and restarted; seconds from the restart to the first frame again.
 """
 

@@ -68,6 +68,7 @@ def test_cell_replays_a_bag_with_ground_truth(tmp_path):
     overrides = _camera(source="bag", path=str(bag), playback="fast", rate_hz=5.0)
     result = run_demo(PARTS, PARAMS, tmp_path / "run", namespace=f"bag{os.getpid()}", extra_overrides=overrides)
     _assert_every_part_accounted(result, PARTS)
+    print(f"bag replay: {PARTS} parts, accuracy at 0.5: {result['model_accuracy_at_0_5']}")
     assert result["model_accuracy_at_0_5"] is not None, f"the replay carried no ground truth: {result}"
     expected = json.loads((REPO / "models" / "default" / "report.json").read_text())["test"]["accuracy"]
     assert result["model_accuracy_at_0_5"] >= expected - 0.25, result  # 20 parts: a coarse check
