@@ -149,6 +149,41 @@ install_mosquitto() {
   fi
 }
 
+# Line cameras (camera_driver sources aravis and pylon, docs/camera.md): Aravis from Debian (library,
+# introspection data, arv-fake-gv-camera-0.8 and arv-tool-0.8 for the tests) and PyGObject to reach it, built in
+# the venv (requirements/genicam.txt) or apt's python3-gi with a system ROS 2; pypylon is an extra
+# (requirements/pylon.txt, about 250 MB), on by default with the PyPI wheels (QC_WITH_PYLON=0/1 decides).
+CAMERA_DEBS=(gir1.2-aravis-0.8 aravis-tools aravis-tools-cli libgirepository1.0-dev libcairo2-dev pkg-config)
+install_camera_packages() {
+  local missing=() deb h
+  [[ -n "$SYSTEM_ROS" ]] && CAMERA_DEBS+=(python3-gi)
+  for deb in "${CAMERA_DEBS[@]}"; do
+    dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb")
+  done
+  if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      log "installing Aravis and its build dependencies (${missing[*]})"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      log "WARNING: not root: apt-get install ${missing[*]} for the aravis camera source (its tests skip)"
+      return 0
+    fi
+  fi
+  h=$(hash_of requirements/genicam.txt requirements/pylon.txt)-pylon${QC_WITH_PYLON:-default}
+  stamp_ok cameras "$h" && return
+  if [[ -z "$SYSTEM_ROS" ]]; then
+    log "PyGObject for Aravis (built against Debian's GLib)"
+    "${PIP[@]}" -r requirements/genicam.txt
+  fi
+  local pylon="${QC_WITH_PYLON:-}"
+  [[ -z "$pylon" ]] && { [[ -z "$SYSTEM_ROS" && -z "$DISTRO" && -z "$PYTHON_VERSION" ]] && pylon=1 || pylon=0; }
+  if [[ "$pylon" == 1 ]]; then
+    log "pypylon (Basler pylon, with camera emulation for the tests)"
+    "${PIP[@]}" -r requirements/pylon.txt
+  fi
+  stamp_set cameras "$h"
+}
+
 # The interpreter the interface packages compile against: the venv's with the PyPI wheels (the only one with
 # their NumPy); with a system ROS 2 the system's, like the images (the NumPy headers apt's ROS 2 was built
 # with, which every newer 1.x loads). colcon itself runs on the venv's interpreter, so the nodes' entry points
@@ -201,6 +236,7 @@ make_venv
 install_ros_wheels
 install_python_dependencies
 install_mosquitto
+install_camera_packages
 build_workspace
 install_console_scripts
 log "done. Interactive use: ${DISTRO:+QC_ROS_DISTRO=$DISTRO }${PYTHON_VERSION:+QC_PYTHON=$PYTHON_VERSION }source scripts/env.sh"

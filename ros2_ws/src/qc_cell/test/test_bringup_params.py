@@ -128,6 +128,16 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("reject_actuator", "signals_modbus_port"): 502,
         ("reject_actuator", "signals_modbus_device_id"): 1,
         **{("reject_actuator", f"signals_modbus_{c}_address"): -1 for c in ("stop_line", "heartbeat")},
+        # the line-camera sources (issue 23): camera defaults everywhere
+        **{("camera_driver", name): 0 for name in ("offset_x", "offset_y", "binning_x", "binning_y")},
+        **{("camera_driver", name): "" for name in ("guid", "trigger_source", "trigger_activation", "topic")},
+        ("camera_driver", "exposure"): 0.0,
+        ("camera_driver", "gain"): -1.0,
+        ("camera_driver", "trigger_delay"): 0.0,
+        ("camera_driver", "genicam_features"): [""],
+        ("camera_driver", "trigger_tolerance_s"): 0.05,
+        ("camera_driver", "trigger_timeout_s"): 1.0,
+        ("camera_driver", "playback"): "recorded",
     }
 
 

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qc_cell.camera.framing import Framing
-from qc_cell.camera.sources.base import EndOfStreamError, Frame, FrameSource, SourceError, SourceUnavailableError
+from qc_cell.camera.sources.base import (
+    EndOfStreamError,
+    Frame,
+    FrameSource,
+    NoFrameYetError,
+    SourceError,
+    SourceUnavailableError,
+)
 
 MODES = ("free_run", "triggered")
 
@@ -231,7 +238,9 @@ class CaptureLoop:
                     self._fail_pending(f"camera unavailable: {self._last_error}")
                     continue
                 next_tick = time.monotonic()
-            if self.settings.mode == "free_run":
+            if self.settings.mode == "free_run" and self.source.self_paced:
+                self._capture(None)  # the source blocks until its next frame (NoFrameYetError after a short wait)
+            elif self.settings.mode == "free_run":
                 delay = next_tick - time.monotonic()
                 if delay > 0:
                     self._wait(delay)
@@ -296,7 +305,11 @@ class CaptureLoop:
 
     def _capture(self, request: CaptureRequest | None) -> None:
         try:
-            frame = self.source.read()
+            frame = self.source.read() if request is None else self.source.read_for(request.trigger_ns)
+        except NoFrameYetError as exc:
+            if request is not None:  # a part is waiting: no frame is a failed capture, never a silent one
+                self._lose(request, f"{self.source.description}: {exc}")
+            return
         except EndOfStreamError as exc:
             self.state, self._end_reason = FINISHED, str(exc)
             self._on_event("info", "SOURCE_FINISHED", str(exc))
@@ -313,7 +326,7 @@ class CaptureLoop:
             self._on_event("warn", "FRAME_LOST", message)
             self._lose(request, message)
             return
-        stamp_ns = self._clock_ns()
+        stamp_ns = frame.stamp_ns or self._clock_ns()
         try:
             image = self.framing.apply(frame.image)
         except ValueError as exc:

@@ -31,19 +31,74 @@ CAMERA_DRIVER = NodeParams(
         Param("roi", [0, 0, 0, 0], "published region [x, y, width, height] in source pixels; all 0 = whole frame"),
         Param("scale", 1.0, "downscale factor applied after the ROI (1.0 = none)", range=(0.05, 1.0)),
         Param("device", "/dev/video0", "v4l2: device path (/dev/video0, /dev/v4l/by-id/...) or index"),
-        Param("width", 0, "v4l2: requested width; synthetic: image width (0 = driver default / 512)", range=(0, 16384)),
         Param(
-            "height", 0, "v4l2: requested height; synthetic: image height (0 = driver default / 512)", range=(0, 16384)
+            "width",
+            0,
+            "v4l2: requested width; aravis/pylon: sensor ROI width; synthetic: image width (0 = default / 512)",
+            range=(0, 16384),
         ),
-        Param("fps", 0.0, "v4l2: requested camera frame rate (0 = driver default)", range=(0.0, 1000.0)),
-        Param("pixel_format", "", "v4l2: FourCC such as MJPG or YUYV ('' = driver default)"),
+        Param(
+            "height",
+            0,
+            "v4l2: requested height; aravis/pylon: sensor ROI height; synthetic: image height (0 = default / 512)",
+            range=(0, 16384),
+        ),
+        Param("fps", 0.0, "v4l2, aravis/pylon: camera frame rate (0 = camera default)", range=(0.0, 1000.0)),
+        Param(
+            "pixel_format",
+            "",
+            "v4l2: FourCC (MJPG, YUYV); aravis/pylon: Mono8, Mono12, BayerRG8, RGB8, ... ('' = default)",
+        ),
         Param("read_timeout_s", 2.0, "v4l2: a read blocking longer counts as a disconnect", range=(0.1, 60.0)),
         Param("pipeline", "", "gstreamer: pipeline ending in appsink (see docs/camera.md)"),
-        Param("path", "", "video: file; folder: image directory (MVTec AD layout aware)"),
-        Param("loop", False, "video/folder: start again at the end instead of stopping"),
+        Param("path", "", "video: file; folder: image directory (MVTec AD aware); bag: rosbag2 folder (sqlite3/MCAP)"),
+        Param("loop", False, "video/folder/bag: start again at the end instead of stopping"),
         Param("folder_order", "sorted", "folder: image order", choices=ORDERS),
         Param("seed", 0, "synthetic: generator seed; folder: shuffle seed", range=(0, 2**31 - 1)),
         Param("defect_rate", 0.2, "synthetic: share of defective parts", range=(0.0, 1.0)),
+        Param("guid", "", "aravis/pylon: camera id, serial, user-defined name or IP address ('' = the first)"),
+        Param("offset_x", 0, "aravis/pylon: sensor ROI left edge (OffsetX)", range=(0, 16384)),
+        Param("offset_y", 0, "aravis/pylon: sensor ROI top edge (OffsetY)", range=(0, 16384)),
+        Param("binning_x", 0, "aravis/pylon: horizontal binning (0 = camera default)", range=(0, 16)),
+        Param("binning_y", 0, "aravis/pylon: vertical binning (0 = camera default)", range=(0, 16)),
+        Param(
+            "exposure", 0.0, "aravis/pylon: exposure in us, auto exposure off (0 = camera default)", range=(0.0, 1e7)
+        ),
+        Param(
+            "gain", -1.0, "aravis/pylon: Gain (else GainRaw), auto gain off (-1 = camera default)", range=(-1.0, 1e4)
+        ),
+        Param(
+            "trigger_source",
+            "",
+            "aravis/pylon: '' camera free running; 'Software' one TriggerSoftware per camera/trigger; 'Line0', ...: "
+            "hardware trigger",
+        ),
+        Param("trigger_activation", "", "aravis/pylon: hardware trigger edge, e.g. RisingEdge ('' = camera default)"),
+        Param("trigger_delay", 0.0, "aravis/pylon: hardware trigger delay in us (TriggerDelay)", range=(0.0, 1e7)),
+        Param("genicam_features", [""], "aravis/pylon: further GenICam features 'Name=value', written last in order"),
+        Param(
+            "trigger_tolerance_s",
+            0.05,
+            "aravis/pylon/ros_image, triggered: the frame nearest a camera/trigger stamp within this is the part's",
+            range=(0.0001, 10.0),
+        ),
+        Param(
+            "trigger_timeout_s",
+            1.0,
+            "aravis/pylon/ros_image, triggered: longest wait for the frame of one trigger",
+            range=(0.01, 60.0),
+        ),
+        Param(
+            "topic",
+            "",
+            "ros_image: topic ('' = image_raw; .../compressed: compressed); bag: image topic ('' = the only one)",
+        ),
+        Param(
+            "playback",
+            "recorded",
+            "bag: 'recorded' pace, or 'fast' (rate_hz / per trigger)",
+            choices=("recorded", "fast"),
+        ),
         Param("trigger_queue_depth", 8, "triggered: parts waiting for a capture", range=(1, 1000)),
         Param(
             "max_trigger_age_s",
@@ -58,7 +113,8 @@ CAMERA_DRIVER = NodeParams(
 )
 SOURCE_PARAMETERS = (
     "device", "width", "height", "fps", "pixel_format", "read_timeout_s", "pipeline", "path", "loop", "seed",
-    "defect_rate",
+    "defect_rate", "guid", "offset_x", "offset_y", "binning_x", "binning_y", "exposure", "gain", "trigger_source",
+    "trigger_activation", "trigger_delay", "trigger_tolerance_s", "trigger_timeout_s", "topic", "playback", "mode",
 )  # fmt: skip
 # CaptureSettings field -> parameter.
 CAPTURE_PARAMETERS = {
@@ -76,6 +132,7 @@ def source_settings(values: dict[str, Any]) -> SourceSettings:
     return SourceSettings(
         kind=values["source"],
         folder_order=values["folder_order"],
+        genicam_features=tuple(values["genicam_features"]),
         **{name: values[name] for name in SOURCE_PARAMETERS},
     )
 

@@ -73,7 +73,7 @@ class CameraDriver(DeviceNode):
         try:
             self.capture = CaptureSettings(**capture_fields(p))
             self.framing = Framing.from_parameters(list(p["roi"]), p["scale"])
-            self.source = build_source(source_settings(p), warn=self._warn_source)
+            self.source = build_source(source_settings(p), warn=self._warn_source, node=self)
         except (ValueError, SourceConfigError) as exc:
             raise ParameterError(str(exc)) from exc
         if p["source"] == "gstreamer" and not p["pipeline"].strip():

@@ -39,6 +39,15 @@ class SourceConfigError(SourceError):
     """The source settings cannot work on this machine; retrying does not help."""
 
 
+class NoFrameYetError(SourceError):
+    """A self-paced source (a camera stream, a topic) has no new frame yet: not a loss, the loop just reads again."""
+
+
+class NoMatchingFrameError(SourceError):
+    """No frame could be had for one trigger (none near its stamp, or the camera did not answer the software
+    trigger in time): that part gets no frame, the source stays open."""
+
+
 @dataclass(frozen=True)
 class Frame:
     image: np.ndarray  # H x W x 3 uint8 (bgr8), or H x W uint8/uint16 (mono8/mono16)
@@ -46,6 +55,7 @@ class Frame:
     origin: str  # where it came from (PartFrame.source), e.g. "folder:test/scratch/003.png"
     label: str | None = None  # ground truth "good"/"defect" (replayed/synthetic data); None on a live line
     defect_type: str | None = None  # ground-truth defect type; None when good or unknown
+    stamp_ns: int = 0  # capture time on the ROS clock when the source knows it (camera timestamp); 0 = at read()
 
 
 def frame_from_image(image: np.ndarray, origin: str, label: str | None = None, defect_type: str | None = None) -> Frame:
@@ -93,6 +103,16 @@ class FrameSource(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    @property
+    def self_paced(self) -> bool:
+        """True when the source delivers frames at its own pace (a camera stream, a topic, a bag at recorded speed):
+        in free run every frame it delivers is a part, read back to back instead of at rate_hz."""
+        return False
+
+    def read_for(self, trigger_ns: int) -> Frame:
+        """The frame for a part triggered at `trigger_ns` (ROS time); sources that can match or trigger override it."""
+        return self.read()
 
     def stats(self) -> dict[str, object]:
         """Source-specific counters for /diagnostics (e.g. skipped files)."""
