@@ -146,8 +146,11 @@ class FramePool:
         self.closed = False
 
     @classmethod
-    def create(cls, prefix: str, slots: int, slot_bytes: int, lease_s: float, directory: Path = SHM_DIR) -> FramePool:
-        """A new pool `<prefix>_<pid>_<token>` in `directory`. PoolError when shared memory cannot hold it."""
+    def create(
+        cls, prefix: str, slots: int, slot_bytes: int, lease_s: float, directory: Path | None = None
+    ) -> FramePool:
+        """A new pool `<prefix>_<pid>_<token>` in `directory` (SHM_DIR). PoolError when shared memory cannot hold it."""
+        directory = SHM_DIR if directory is None else directory
         if not 2 <= slots <= MAX_SLOTS:
             raise PoolError(f"slots {slots} must be 2..{MAX_SLOTS}")
         if slot_bytes <= 0 or lease_s <= 0:
@@ -248,8 +251,9 @@ class FramePool:
         self._m.close()
 
 
-def remove_stale(prefix: str, directory: Path = SHM_DIR) -> list[str]:
+def remove_stale(prefix: str, directory: Path | None = None) -> list[str]:
     """Remove pools `<prefix>_*` whose writer died (its owner lock is free). Returns their names."""
+    directory = SHM_DIR if directory is None else directory
     removed = []
     for path in directory.glob(f"{prefix}_*"):
         try:
@@ -296,10 +300,10 @@ class Lease:
 class PoolReader:
     """A consumer's side: maps the pools named in handles, registers there under `name`, leases frames."""
 
-    def __init__(self, name: str, directory: Path = SHM_DIR) -> None:
+    def __init__(self, name: str, directory: Path | None = None) -> None:
         self.name = name
         self._encoded = name.encode("utf-8")[:NAME_BYTES]
-        self._directory = directory
+        self._directory = SHM_DIR if directory is None else directory
         self._pool: _Mapped | None = None
         self._entry = -1
         self._unavailable: str = ""  # the last pool name that could not be opened (not retried per frame)
