@@ -143,6 +143,7 @@ class FramePool:
         self._next = 0
         self.written = 0
         self.full = 0  # writes refused because every slot was leased
+        self._pending: tuple[int, int, tuple[int, ...], np.dtype] | None = None  # reserved, not yet committed
         self.closed = False
 
     @classmethod
@@ -208,10 +209,26 @@ class FramePool:
 
     def write(self, pixels: np.ndarray) -> FrameRef | None:
         """Copy a frame into a free slot (C order); None when every slot is leased or handed off (send inline)."""
-        if pixels.nbytes > self._m.slot_bytes:
-            raise PoolError(f"frame of {pixels.nbytes} bytes does not fit a {self._m.slot_bytes}-byte slot")
-        now = now_ns()
-        slot = self._free_slot(now)
+        target = self.reserve(pixels.shape, pixels.dtype)
+        if target is None:
+            return None
+        try:
+            np.copyto(target, pixels)
+        except BaseException:
+            self._pending = None  # the slot stays odd (never a valid handle) until it is written again
+            raise
+        return self.commit()
+
+    def reserve(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+        """A free slot as a writable C-order array, for a source that captures straight into the pool (as a camera
+        whose driver buffers are pool slots would): fill it, then commit(). None when every slot is held."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes > self._m.slot_bytes:
+            raise PoolError(f"frame of {nbytes} bytes does not fit a {self._m.slot_bytes}-byte slot")
+        if self._pending is not None:
+            raise PoolError("reserve() again before commit()")
+        slot = self._free_slot(now_ns())
         if slot is None:
             self.full += 1
             return None
@@ -219,13 +236,22 @@ class FramePool:
         generation = int(row[_GEN])
         generation += 2 if generation % 2 == 0 else 1  # an odd value left by a writer that died mid-copy
         row[_GEN] = generation - 1  # odd: being written
-        np.copyto(self._m.pixels(slot, pixels.shape, pixels.dtype), pixels)
-        row[_NBYTES] = pixels.nbytes
+        row[_NBYTES] = nbytes
+        self._pending = (slot, generation, tuple(shape), dtype)
+        return self._m.pixels(slot, tuple(shape), dtype)
+
+    def commit(self) -> FrameRef:
+        """The reserved slot's frame is complete: its handle (the slot is held for the consumer for lease_s)."""
+        if self._pending is None:
+            raise PoolError("commit() without reserve()")
+        slot, generation, shape, dtype = self._pending
+        self._pending = None
+        row = self._m.table[slot]
         row[_HANDOFF] = now_ns() + self._m.lease_ns  # held for the consumer until it takes its lease
         row[_GEN] = generation
         self._next = (slot + 1) % self._m.slots
         self.written += 1
-        return FrameRef(self.name, slot, generation, tuple(pixels.shape), pixels.dtype)
+        return FrameRef(self.name, slot, generation, shape, dtype)
 
     def readers(self, now: int | None = None) -> set[str]:
         """Names of the readers attached now (heartbeat within REGISTRATION_TTL_NS)."""
