@@ -55,12 +55,19 @@ def test_a_frame_goes_through_by_handle_and_the_slot_comes_back_after_release(pr
         assert pool.readers() == {"/cell/inference"}
         ref2 = pool.write(frame(8))
         assert ref2 is not None and ref2.slot != ref.slot
-        # Both slots held (one leased, one handed off): the pool is bounded, the writer is refused.
-        assert pool.write(frame(9)) is None and pool.full == 1 and pool.leased() == 2
-        lease.release()
+        # No slot free: the frame still waiting for its consumer is taken (the oldest), never the leased one.
         ref3 = pool.write(frame(9))
-        assert ref3 is not None and ref3.slot == ref.slot and ref3.generation > ref.generation
-        assert not lease.intact()  # the released frame was reused: a late use is detected
+        assert ref3 is not None and ref3.slot == ref2.slot and pool.reclaimed == 1
+        with pytest.raises(FrameGoneError) as gone:
+            reader.lease(ref2)
+        assert gone.value.reason == OVERWRITTEN
+        lease3 = reader.lease(ref3)
+        # Every slot leased by a consumer: the pool is bounded, the writer is refused (the caller sends inline).
+        assert pool.write(frame(10)) is None and pool.full == 1 and pool.leased() == 2
+        lease.release()
+        ref4 = pool.write(frame(11))
+        assert ref4 is not None and ref4.slot == ref.slot and ref4.generation > ref.generation
+        assert not lease.intact() and lease3.intact()  # the released frame was reused: a late use is detected
         with pytest.raises(FrameGoneError) as gone:
             reader.lease(ref)
         assert gone.value.reason == OVERWRITTEN

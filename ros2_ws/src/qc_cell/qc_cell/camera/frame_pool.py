@@ -17,9 +17,11 @@ Rules that make it safe:
 - Generations are a seqlock: odd while the writer copies, the next even value once the frame is complete; a handle
   names the even generation. A reader uses the pixels only while the generation is still the handle's, and checks
   it again after use (`Lease.intact`): an overwritten or torn frame is detected, never scored.
-- The writer never touches a slot with a live lease or a live hand-off (the time between publishing the handle and
-  the consumer's lease). Leases expire: a consumer that crashes holding slots leaks nothing, the slots come back
-  after the lease time. A consumer slower than its lease may find its frame overwritten: detected, counted.
+- The writer never touches a slot with a live lease. It takes a slot with a live hand-off (the time between
+  publishing the handle and the consumer's lease) only when no slot is free, the oldest first: a consumer that
+  many frames behind gets frame_overwritten for it. Leases expire: a consumer that crashes holding slots leaks
+  nothing, the slots come back after the lease time. A consumer slower than its lease may find its frame
+  overwritten: detected, counted.
 - When every slot is leased the writer gets None (the caller sends the frame inline instead): the pool is bounded.
 - A new pool per writer run (the name carries pid and a random token): a restarted driver never writes into the
   pool whose handles an old consumer may still hold; that consumer keeps its mapping (the old frames stay intact)
@@ -33,7 +35,6 @@ whose lock operations are full barriers on both x86-64 and aarch64.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import mmap
 import os
@@ -124,9 +125,12 @@ class _Mapped:
         return np.ndarray(shape, dtype, self.mm, self.data_offset + slot * self.slot_bytes)
 
     def close(self) -> None:
-        with contextlib.suppress(BufferError):  # views still exist (a consumer's image): it goes with the last one
-            self.mm.close()
-        os.close(self.fd)
+        """Close the file; the mapping itself is never unmapped here: numpy views on it (a frame being scored, a
+        lease) keep the mmap object alive, and it is unmapped when the last of them is gone. (mmap.close() does
+        not see numpy's views and would unmap memory they still read: a crash, not an error.)"""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 # Slot table columns.
@@ -143,6 +147,7 @@ class FramePool:
         self._next = 0
         self.written = 0
         self.full = 0  # writes refused because every slot was leased
+        self.reclaimed = 0  # frames handed off but not yet leased, overwritten because no slot was free
         self._pending: tuple[int, int, tuple[int, ...], np.dtype] | None = None  # reserved, not yet committed
         self.closed = False
 
@@ -199,13 +204,24 @@ class FramePool:
         return nbytes <= self._m.slot_bytes
 
     def _free_slot(self, now: int) -> int | None:
+        """A slot nobody holds; else the oldest one still waiting for its consumer (a consumer that far behind
+        would only get the frame late, and gets frame_overwritten for it instead: an inline frame would put it
+        further behind); None when every slot is leased by a consumer."""
         table = self._m.table
+        oldest, oldest_until = None, None
         for k in range(self._m.slots):
             slot = (self._next + k) % self._m.slots
             row = table[slot]
-            if int(row[_HANDOFF]) <= now and int(row[_LEASE0:].max()) <= now:
+            if int(row[_LEASE0:].max()) > now:
+                continue  # a consumer holds it: never taken
+            handoff = int(row[_HANDOFF])
+            if handoff <= now:
                 return slot
-        return None
+            if oldest_until is None or handoff < oldest_until:
+                oldest, oldest_until = slot, handoff
+        if oldest is not None:
+            self.reclaimed += 1
+        return oldest
 
     def write(self, pixels: np.ndarray) -> FrameRef | None:
         """Copy a frame into a free slot (C order); None when every slot is leased or handed off (send inline)."""

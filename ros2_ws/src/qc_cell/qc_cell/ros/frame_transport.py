@@ -43,7 +43,7 @@ def _fully_qualified(namespace: str, name: str) -> str:
 @dataclass(frozen=True)
 class PoolSettings:
     enabled: bool = True
-    slots: int = 8
+    slots: int = 12
     lease_s: float = 2.0
 
 
@@ -135,6 +135,7 @@ class FrameSender:
         if pool is not None:
             values["frame_pool_slots"] = f"{pool.slots} x {pool.slot_bytes / 1e6:.1f} MB"
             values["frame_pool_leased"] = pool.leased()
+            values["frame_pool_reclaimed"] = pool.reclaimed  # frames overwritten before their consumer took them
             values["frame_pool_readers"] = ", ".join(sorted(pool.readers())) or "none"
         return values
 
