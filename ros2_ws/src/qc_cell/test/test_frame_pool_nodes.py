@@ -246,3 +246,25 @@ def test_without_shared_memory_frames_go_inline(tmp_path, monkeypatch):
         finally:
             driver.trigger_deactivate()
             receiver.close()
+
+
+@pytest.mark.slow
+def test_camera_to_inference_at_5_mp_goes_by_handle(tmp_path):
+    """The cell's frame path at 5 MP: synthetic 2448x2048 parts from the camera driver, scored by inference."""
+    with inference_cell(tmp_path) as cell:
+        cell.wait_model(ModelInfo.STATE_ACTIVE, "1.0.0")
+        driver = make_driver(cell.graph, tmp_path, width=2448, height=2048, rate_hz=5.0, max_parts=5)
+        try:
+            assert cell.graph.spin_until(lambda: driver.frames_pub.get_subscription_count() == 1, 5.0)
+            assert driver.trigger_activate() == SUCCESS
+            cell.wait_results(5, timeout=120.0)
+            assert [r.status for r in cell.results] == [InspectionResult.STATUS_OK] * 5, [
+                r.reason for r in cell.results
+            ]
+            assert cell.node._frames.by_handle >= 2  # after the first frame(s), which name the pool inline
+            stats = driver.frame_sender.stats()
+            assert stats["frame_pool_slots"] == f"12 x {2448 * 2048 * 3 / 1e6:.1f} MB"
+            assert stats["frames_by_handle"] == cell.node._frames.by_handle
+        finally:
+            driver.trigger_deactivate()
+            driver.trigger_cleanup()
