@@ -31,10 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_inference import BareBackend  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 
 from qc_cell.bringup.cell_runner import CellRunner  # noqa: E402
 from qc_cell.bringup.params_file import load as load_params  # noqa: E402
 from qc_cell.bringup.recorder import CellRecorder  # noqa: E402
+from qc_cell.ros import qos  # noqa: E402
 from qc_contract.synthetic import SyntheticPartGenerator  # noqa: E402
 
 MODEL = REPO / "models" / "default"
@@ -95,6 +97,14 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str, fra
         )
         runner.start()
         recorder = CellRecorder(runner.observer)
+        transport: dict[str, str] = {}  # the inference node's frame counts (by handle / inline), from /diagnostics
+
+        def on_diagnostics(msg: DiagnosticArray) -> None:
+            for status in msg.status:
+                if status.name.endswith("inference: model"):
+                    transport.update({kv.key: kv.value for kv in status.values if kv.key.startswith("frames_")})
+
+        runner.observer.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DIAGNOSTICS)
         try:
             deadline = time.monotonic() + seconds * 4 + 60
             cpu_start = wall_start = None
@@ -129,11 +139,17 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str, fra
         "scored_rate": (len(scored) - 1) / span if span and scored else float("nan"),
         "cpu_pct": sum(cpu_by_node.values()) if cpu_by_node else float("nan"),
         "cpu_by_node": cpu_by_node,
+        "by_handle": transport.get("frames_by_handle", "?"),
+        "inline": transport.get("frames_inline", "?"),
     }
 
 
 def cpu_line(r: dict) -> str:
-    return "    cpu % by node: " + ", ".join(f"{name} {pct:.0f}" for name, pct in sorted(r["cpu_by_node"].items()))
+    return (
+        "    cpu % by node: "
+        + ", ".join(f"{name} {pct:.0f}" for name, pct in sorted(r["cpu_by_node"].items()))
+        + f"; frames at inference: {r['by_handle']} by handle, {r['inline']} inline"
+    )
 
 
 def main() -> int:

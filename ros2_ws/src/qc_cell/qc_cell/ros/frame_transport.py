@@ -66,6 +66,7 @@ class FrameSender:
         self._local_only = False
         self._checked_at = 0.0
         self._checked_count = -1
+        self._checked_readers: set[str] = set()
         self.by_handle = 0
         self.inline = 0
         self.pool_full = 0
@@ -113,12 +114,13 @@ class FrameSender:
         return self.pool
 
     def _all_local(self) -> bool:
-        """Every subscriber of camera/frames is attached to the pool (cached; refreshed on any count change)."""
+        """Every subscriber of camera/frames is attached to the pool (cached; refreshed when the number of
+        subscriptions or the set of attached readers changes, and every GRAPH_REFRESH_S)."""
         count = self._pub.get_subscription_count()
+        readers = self.pool.readers() if self.pool is not None else set()
         now = time.monotonic()
-        if count != self._checked_count or now - self._checked_at > GRAPH_REFRESH_S:
-            self._checked_count, self._checked_at = count, now
-            readers = self.pool.readers() if self.pool is not None else set()
+        if count != self._checked_count or readers != self._checked_readers or now - self._checked_at > GRAPH_REFRESH_S:
+            self._checked_count, self._checked_readers, self._checked_at = count, readers, now
             infos = self._node.get_subscriptions_info_by_topic(self._pub.topic_name)
             names = {_fully_qualified(info.node_namespace, info.node_name) for info in infos}
             self._local_only = bool(infos) and len(infos) == count and names <= readers
