@@ -169,8 +169,8 @@ def run_subscriber(count: int, timeout_s: float, pool: str) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from qc_cell.ros import qos
     from qc_cell.camera.frame_pool import FrameGoneError
+    from qc_cell.ros import qos
     from qc_cell.ros.frame_transport import FrameReceiver
     from qc_cell.ros.images import image_to_array
     from qc_cell.ros.time import to_ns
