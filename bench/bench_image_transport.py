@@ -189,7 +189,7 @@ def run_subscriber(count: int, timeout_s: float, pool: str) -> int:
         else:  # the pixels in hand (leased, a view) before the receive stamp; the generation checked after
             frame = receiver.receive(msg)
             try:
-                frame.decode()
+                frame.raw()  # the pixels in hand (a view), as image_to_array gives them on the DDS path
             except FrameGoneError as exc:  # overwritten before this subscriber got to it: not a sample
                 problems.append(str(exc))
                 return

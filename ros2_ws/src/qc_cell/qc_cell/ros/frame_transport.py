@@ -28,6 +28,7 @@ from qc_cell.ros.images import (
     decode_for_model,
     image_description,
     image_layout,
+    image_to_array,
     pixels_for_model,
 )
 from qc_interfaces.msg import FrameHandle, PartFrame
@@ -151,9 +152,10 @@ class FrameSender:
 class ReceivedFrame:
     """What the inference pipeline needs of one PartFrame's pixels."""
 
-    decode: Callable[[], tuple[np.ndarray, str]]
+    decode: Callable[[], tuple[np.ndarray, str]]  # pixels as a model takes them (bayer demosaiced)
     verify: Callable[[], str] | None = None  # "" while the pixels are still this frame's, else why not
     release: Callable[[], None] | None = None
+    raw: Callable[[], np.ndarray] | None = None  # the pixels in the message's encoding (a view)
 
 
 class FrameReceiver:
@@ -170,7 +172,7 @@ class FrameReceiver:
             self.reader.attach(handle.pool)  # announces this consumer: the next frames come by handle
         if not handle.in_pool:
             self.inline += 1
-            return ReceivedFrame(decode=lambda: decode_for_model(msg.image))
+            return ReceivedFrame(decode=lambda: decode_for_model(msg.image), raw=lambda: image_to_array(msg.image))
         self.by_handle += 1
         encoding = msg.image.encoding
         try:
@@ -184,11 +186,12 @@ class FrameReceiver:
             def fail() -> tuple[np.ndarray, str]:
                 raise error
 
-            return ReceivedFrame(decode=fail)
+            return ReceivedFrame(decode=fail, raw=fail)
         return ReceivedFrame(
             decode=lambda: pixels_for_model(lease.pixels(), encoding),
             verify=partial_verify(lease),
             release=lease.release,
+            raw=lease.pixels,
         )
 
     def close(self) -> None:
