@@ -82,7 +82,7 @@ _VARIABLES = (
     "GLIBC_TUNABLES",
     "ROS_AUTOMATIC_DISCOVERY_RANGE",
 )
-TOPIC = "bench/frames"
+TOPIC = "bench/frames"  # + a suffix per measured point: a straggler of the previous point never talks to this one
 WARMUP = 10  # first samples dropped: discovery, first-time allocations
 
 
@@ -96,7 +96,9 @@ def _frames(width: int, height: int, encoding: str = "bgr8") -> list[np.ndarray]
 # ------------------------------------------------------------------------------------------ child processes
 
 
-def run_publisher(width: int, height: int, encoding: str, fps: float, count: int, wait_s: float, pool: str) -> int:
+def run_publisher(
+    width: int, height: int, encoding: str, fps: float, count: int, wait_s: float, pool: str, topic: str
+) -> int:
     import rclpy
 
     from qc_cell.ros import qos
@@ -107,7 +109,7 @@ def run_publisher(width: int, height: int, encoding: str, fps: float, count: int
 
     rclpy.init()
     node = rclpy.create_node("bench_image_pub")
-    pub = node.create_publisher(PartFrame, TOPIC, qos.PART_FRAMES)
+    pub = node.create_publisher(PartFrame, topic, qos.PART_FRAMES)
     sender = FrameSender(node, pub, PoolSettings(enabled=bool(pool)), "bench", print) if pool else None
     end = time.monotonic() + wait_s
     while pub.get_subscription_count() == 0 and time.monotonic() < end:
@@ -165,7 +167,7 @@ def run_publisher(width: int, height: int, encoding: str, fps: float, count: int
     return 0
 
 
-def run_subscriber(count: int, timeout_s: float, pool: str) -> int:
+def run_subscriber(count: int, timeout_s: float, pool: str, topic: str) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -206,7 +208,7 @@ def run_subscriber(count: int, timeout_s: float, pool: str) -> int:
             return
         samples.append((msg.sequence, to_ns(msg.header.stamp), received))
 
-    node.create_subscription(PartFrame, TOPIC, on_frame, qos.PART_FRAMES)
+    node.create_subscription(PartFrame, topic, on_frame, qos.PART_FRAMES)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     end = time.monotonic() + timeout_s
@@ -283,6 +285,7 @@ def measure_hop(
     me = [sys.executable, str(Path(__file__).resolve())]
     timeout = seconds + 30.0
     pool = ["--pool", name] if name in POOL_CONFIGS else []
+    pool += ["--topic", f"{TOPIC}_{name}_{width}x{height}_{encoding}_{time.monotonic_ns()}"]
     sub = subprocess.Popen(
         [*me, "--role", "sub", "--count", str(count), "--timeout", str(timeout), *pool],
         env=env,
@@ -327,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=("bench", "pub", "sub", "floor"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="1280x720", help=argparse.SUPPRESS)
     parser.add_argument("--pool", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", default=TOPIC, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     parser.add_argument("--fps", type=float, default=30.0, help="publish rate (default 30)")
@@ -338,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     width, height, encoding = _size(args.size)
     if args.role == "pub":
-        return run_publisher(width, height, encoding, args.fps, args.count, wait_s=20.0, pool=args.pool)
+        return run_publisher(width, height, encoding, args.fps, args.count, 20.0, args.pool, args.topic)
     if args.role == "sub":
-        return run_subscriber(args.count, args.timeout, args.pool)
+        return run_subscriber(args.count, args.timeout, args.pool, args.topic)
     if args.role == "floor":
         return run_floor(width, height, encoding)
 
