@@ -257,6 +257,7 @@ class InferenceNode(Node):
         )
 
     def _publish_diagnostics(self) -> None:
+        self._frames.keep_attached()  # the periodic timer also keeps the frame-pool registration fresh
         stats, previous = self._pipeline.stats(), self._last_stats
         lost, lost_before = self._sequence.lost, self._last_lost
         self._last_stats, self._last_lost = stats, lost

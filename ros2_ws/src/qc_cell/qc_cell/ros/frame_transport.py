@@ -194,6 +194,12 @@ class FrameReceiver:
             raw=lease.pixels,
         )
 
+    def keep_attached(self) -> None:
+        """Refresh this consumer's registration (frames refresh it too): call it every second or so, so a slow
+        line (parts further apart than the registration's 5 s) keeps getting handles."""
+        if self.reader is not None and self.reader.pool:
+            self.reader.attach(self.reader.pool)
+
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
