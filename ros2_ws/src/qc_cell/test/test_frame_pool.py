@@ -251,3 +251,46 @@ def test_a_reader_registration_is_replaced_not_duplicated(prefix):
         again.close()
         pool.close()
     assert not Path(pool.path).exists()
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline's side
+
+
+def test_the_inference_pipeline_releases_every_leased_frame_exactly_once(prefix):
+    """Every path a frame can take through the pipeline gives its slot back once: scored (here: no model),
+    refused at once (failed capture, full queue), or still queued at shutdown."""
+    from qc_cell.inference.pipeline import FrameJob, InferencePipeline
+
+    pool = FramePool.create(prefix, 8, frame(0).nbytes, lease_s=30.0)
+    reader = PoolReader("/inference")
+    outcomes = []
+    pipeline = InferencePipeline(outcomes.append, queue_size=2)
+    released: list[str] = []
+
+    def job(part_id: str, capture_ok: bool = True) -> FrameJob:
+        lease = reader.lease(pool.write(frame(1)))
+
+        def release() -> None:
+            released.append(part_id)
+            lease.release()
+
+        return FrameJob(part_id, time.monotonic_ns(), lambda: (lease.pixels(), "BGR"), capture_ok=capture_ok,
+                        verify=lambda: "", release=release)  # fmt: skip
+
+    try:
+        pipeline.submit(job("failed", capture_ok=False))
+        # The worker is not started yet: two frames fill the queue, the third is refused.
+        pipeline.submit(job("queued-1"))
+        pipeline.submit(job("queued-2"))
+        pipeline.submit(job("refused"))
+        assert sorted(released) == ["failed", "refused"]
+        pipeline.start()
+        assert wait_until(lambda: len(outcomes) == 4, 10.0)
+        assert wait_until(lambda: sorted(released) == ["failed", "queued-1", "queued-2", "refused"], 5.0)
+        assert {o.reason for o in outcomes} == {"capture_failed", "queue_full", "no_model"}
+        assert pool.leased() == 0  # every slot back
+    finally:
+        pipeline.stop()
+        reader.close()
+        pool.close()
+    assert len(released) == len(set(released)) == 4
