@@ -3,12 +3,14 @@
 
 - bare preprocess + inference latency of the default model (the same functions the node calls);
 - capture-to-verdict latency p50/p95/p99 of the full cell, every node in its own process (cell runner,
-  params/demo.yaml, no cloud bridge), at 640x480 and 1280x720, 10 and 30 parts/s;
+  params/demo.yaml, no cloud bridge), at 640x480 and 1280x720 (--sizes, e.g. 2448x2048 for 5 MP), 10 and 30
+  parts/s, frames through the shared-memory frame pool (--frame-pool off: inline through DDS, for comparison);
 - the ratio of the cell's median to the bare median, and p99 to the cell's median;
 - throughput at saturation (camera free-running far above what inference can score);
 - CPU use of the cell's processes.
 
-    source scripts/env.sh && python bench/bench_cell.py [--seconds 15]
+    source scripts/env.sh && python bench/bench_cell.py [--seconds 15] [--sizes 640x480,1280x720]
+        [--rates 10,30] [--frame-pool on|off] [--no-saturation]
 
 Goal: median capture-to-verdict within 2x the bare preprocess + inference time at 1280x720 and 30 parts/s,
 and p99 within 3x the median. Prints figures only.
@@ -29,10 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_inference import BareBackend  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 
 from qc_cell.bringup.cell_runner import CellRunner  # noqa: E402
 from qc_cell.bringup.params_file import load as load_params  # noqa: E402
 from qc_cell.bringup.recorder import CellRecorder  # noqa: E402
+from qc_cell.ros import qos  # noqa: E402
 from qc_contract.synthetic import SyntheticPartGenerator  # noqa: E402
 
 MODEL = REPO / "models" / "default"
@@ -70,7 +74,7 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return used
 
 
-def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> dict:
+def run_cell(width: int, height: int, rate: float, seconds: float, tag: str, frame_pool: bool = True) -> dict:
     parts = int(rate * seconds) + WARM_UP_PARTS
     with tempfile.TemporaryDirectory(prefix="qc-bench-cell-") as tmp:
         runner = CellRunner(
@@ -83,8 +87,9 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> 
                     "rate_hz": rate,
                     "max_parts": parts,
                     "state_dir": tmp,
+                    "frame_pool": frame_pool,
                 },
-                "inference": {"model_store_dir": f"{tmp}/models"},
+                "inference": {"model_store_dir": f"{tmp}/models", "frame_pool": frame_pool},
             },
             flags={"use_bridge": False, "use_process_sim": True},
             run_dir=tmp,
@@ -92,6 +97,14 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> 
         )
         runner.start()
         recorder = CellRecorder(runner.observer)
+        transport: dict[str, str] = {}  # the inference node's frame counts (by handle / inline), from /diagnostics
+
+        def on_diagnostics(msg: DiagnosticArray) -> None:
+            for status in msg.status:
+                if status.name.endswith("inference: model"):
+                    transport.update({kv.key: kv.value for kv in status.values if kv.key.startswith("frames_")})
+
+        runner.observer.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DIAGNOSTICS)
         try:
             deadline = time.monotonic() + seconds * 4 + 60
             cpu_start = wall_start = None
@@ -126,25 +139,39 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str) -> 
         "scored_rate": (len(scored) - 1) / span if span and scored else float("nan"),
         "cpu_pct": sum(cpu_by_node.values()) if cpu_by_node else float("nan"),
         "cpu_by_node": cpu_by_node,
+        "by_handle": transport.get("frames_by_handle", "?"),
+        "inline": transport.get("frames_inline", "?"),
     }
 
 
 def cpu_line(r: dict) -> str:
-    return "    cpu % by node: " + ", ".join(f"{name} {pct:.0f}" for name, pct in sorted(r["cpu_by_node"].items()))
+    return (
+        "    cpu % by node: "
+        + ", ".join(f"{name} {pct:.0f}" for name, pct in sorted(r["cpu_by_node"].items()))
+        + f"; frames at inference: {r['by_handle']} by handle, {r['inline']} inline"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per configuration")
+    parser.add_argument("--sizes", default="640x480,1280x720", help="comma-separated WxH (5 MP: 2448x2048)")
+    parser.add_argument("--rates", default="10,30", help="comma-separated parts/s")
+    parser.add_argument("--frame-pool", choices=("on", "off"), default="on", help="frames through shared memory")
+    parser.add_argument("--no-saturation", action="store_true", help="skip the saturation run")
     args = parser.parse_args()
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+    rates = [float(rate) for rate in args.rates.split(",")]
+    pool = args.frame_pool == "on"
+    print(f"frames camera -> inference: {'shared-memory frame pool' if pool else 'inline through DDS'}")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; model {MODEL}, {THREADS} thread(s)")
     header = f"{'size':>9} {'parts/s':>7} | {'bare p50':>8} {'p99':>6} | {'cell p50':>8} {'p95':>7} {'p99':>7} | "
     header += f"{'p50/bare':>8} {'p99/p50':>7} | {'achieved':>8} {'not_insp':>8} {'cpu %':>6}"
     print(header)
-    for width, height in ((640, 480), (1280, 720)):
+    for width, height in sizes:
         bare_p50, bare_p99 = bare_latency(width, height)
-        for rate in (10.0, 30.0):
-            r = run_cell(width, height, rate, args.seconds, f"{width}_{int(rate)}")
+        for rate in rates:
+            r = run_cell(width, height, rate, args.seconds, f"{width}_{int(rate)}", pool)
             print(
                 f"{width}x{height:<4} {rate:7.0f} | {bare_p50:8.2f} {bare_p99:6.2f} | "
                 f"{r['p50']:8.2f} {r['p95']:7.2f} {r['p99']:7.2f} | "
@@ -153,7 +180,9 @@ def main() -> int:
                 flush=True,
             )
             print(cpu_line(r), flush=True)
-    r = run_cell(1280, 720, 200.0, args.seconds / 2, "saturation")
+    if args.no_saturation:
+        return 0
+    r = run_cell(1280, 720, 200.0, args.seconds / 2, "saturation", pool)
     print(
         f"saturation 1280x720, camera at 200 parts/s: {r['rate']:.1f} verdicts/s, {r['scored_rate']:.1f} scored/s, "
         f"{r['not_inspected']} of {r['parts']} NOT_INSPECTED (fail-safe), cell CPU {r['cpu_pct']:.0f} %"

@@ -1,10 +1,14 @@
-"""Image transport between two processes: capture-to-receive latency of camera/frames (PartFrame with a bgr8
-image, the cell's PART_FRAMES QoS) at 30 fps, for 640x480, 1280x720 and 1920x1080, under several Fast DDS
-transport settings, each against the serialize + deserialize floor measured in the same run.
-Prints figures; asserts nothing (the goal is read off the table: at 1280x720 the median hop within 3x the floor).
+"""Image transport between two processes: capture-to-receive latency of camera/frames (PartFrame, the cell's
+PART_FRAMES QoS) at 30 fps, per size and encoding, under several Fast DDS transport settings and through the
+camera driver's shared-memory frame pool (`shm`, `shm_direct`), each against the serialize + deserialize floor
+measured in the same run, and against the shipped DDS configuration (`cell`) when it is in the run.
+Prints figures; asserts nothing (goals are read off the table, docs/camera.md).
 
     source scripts/env.sh && python bench/bench_image_transport.py [--seconds 5] [--fps 30]
-        [--sizes 32x24,640x480,1280x720,1920x1080] [--configs default,LARGE_DATA,cell]
+        [--sizes 32x24,640x480,1280x720,1920x1080,2448x2048:mono8,4096x3000:bayer_rggb8]
+        [--configs default,LARGE_DATA,cell,shm,shm_direct]
+
+A size is WxH or WxH:encoding (bgr8 by default; mono8 and bayer_* are one byte per pixel).
 
 What one sample measures: the publisher process takes a frame (the "capture", stamped with the wall clock),
 builds the PartFrame with qc_cell.ros.images.array_to_image (as the camera driver does: no pixel copy) and
@@ -25,6 +29,14 @@ Configs (environment of both processes; the caller's own Fast DDS variables are 
   qc_cell/camera/fastdds_large_images.xml (UDPv4 + SHM with a 32 MB segment) and GLIBC_TUNABLES malloc thresholds
   (image-sized buffers reused from the heap instead of page-faulting fresh mmaps for every message).
 - cell_no_malloc: the cell's profile without the malloc thresholds (what each of the two contributes).
+- shm: the cell's path to a same-host consumer (qc_cell.ros.frame_transport): the publisher's FrameSender copies
+  the frame into a slot of its shared-memory pool and publishes a PartFrame carrying the handle (cell DDS settings
+  for that small message); the subscriber's FrameReceiver leases the slot and takes a view of the pixels, then
+  checks the slot's generation (a frame overwritten would not count). The copy into the slot is part of the hop.
+  The first frames go inline until the subscriber has attached to the pool; they are not measured.
+- shm_direct: as shm, but the frame is captured straight into a reserved slot (FramePool.reserve/commit), as a
+  camera whose driver buffers are the pool's slots would do (Aravis, Argus): the capture stamp is taken when the
+  frame is in the slot, so no copy is in the hop.
 - cell_shm_only: the cell's profile without its UDPv4 transport, under discovery range SUBNET (the LOCALHOST range
   adds a UDP transport back). Not shippable (nothing off this machine would see the cell); it shows what the
   fragmentation costs: a participant fragments every message larger than the smallest maximum message size of its
@@ -58,7 +70,10 @@ CONFIGS: dict[str, dict[str, str]] = {
     "cell": dict(ENVIRONMENT),
     "cell_no_malloc": {k: v for k, v in ENVIRONMENT.items() if k != "GLIBC_TUNABLES"},
     "cell_shm_only": {**ENVIRONMENT, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"},  # profile: _shm_only_profile()
+    "shm": dict(ENVIRONMENT),
+    "shm_direct": dict(ENVIRONMENT),
 }
+POOL_CONFIGS = ("shm", "shm_direct")
 _VARIABLES = (
     "FASTDDS_BUILTIN_TRANSPORTS",
     "RMW_FASTRTPS_PUBLICATION_MODE",
@@ -67,30 +82,35 @@ _VARIABLES = (
     "GLIBC_TUNABLES",
     "ROS_AUTOMATIC_DISCOVERY_RANGE",
 )
-TOPIC = "bench/frames"
+TOPIC = "bench/frames"  # + a suffix per measured point: a straggler of the previous point never talks to this one
 WARMUP = 10  # first samples dropped: discovery, first-time allocations
 
 
-def _frames(width: int, height: int) -> list[np.ndarray]:
+def _frames(width: int, height: int, encoding: str = "bgr8") -> list[np.ndarray]:
     """Two different camera-like frames, alternated (so no layer can cache a constant payload)."""
     rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(2)]
+    shape = (height, width, 3) if encoding == "bgr8" else (height, width)
+    return [rng.integers(0, 256, size=shape, dtype=np.uint8) for _ in range(2)]
 
 
 # ------------------------------------------------------------------------------------------ child processes
 
 
-def run_publisher(width: int, height: int, fps: float, count: int, wait_s: float) -> int:
+def run_publisher(
+    width: int, height: int, encoding: str, fps: float, count: int, wait_s: float, pool: str, topic: str
+) -> int:
     import rclpy
 
     from qc_cell.ros import qos
-    from qc_cell.ros.images import array_to_image
+    from qc_cell.ros.frame_transport import FrameSender, PoolSettings
+    from qc_cell.ros.images import array_to_image, image_description
     from qc_cell.ros.time import from_ns
-    from qc_interfaces.msg import PartFrame
+    from qc_interfaces.msg import FrameHandle, PartFrame
 
     rclpy.init()
     node = rclpy.create_node("bench_image_pub")
-    pub = node.create_publisher(PartFrame, TOPIC, qos.PART_FRAMES)
+    pub = node.create_publisher(PartFrame, topic, qos.PART_FRAMES)
+    sender = FrameSender(node, pub, PoolSettings(enabled=bool(pool)), "bench", print) if pool else None
     end = time.monotonic() + wait_s
     while pub.get_subscription_count() == 0 and time.monotonic() < end:
         time.sleep(0.05)
@@ -98,31 +118,62 @@ def run_publisher(width: int, height: int, fps: float, count: int, wait_s: float
         print("publisher: no subscriber matched", file=sys.stderr)
         return 1
     time.sleep(0.5)  # let the reader's side of the match settle too
-    frames = _frames(width, height)
+    frames = _frames(width, height, encoding)
     period = 1.0 / fps
+    if sender is not None:  # one inline frame (not measured) names the pool; the subscriber attaches
+        msg = PartFrame(part_id="warmup", capture_ok=True, source="bench")
+        sender.fill(msg, frames[0], encoding, msg.header)
+        pub.publish(msg)
+        end = time.monotonic() + wait_s
+        while not sender._all_local() and time.monotonic() < end:
+            time.sleep(0.05)
+        if not sender._all_local():
+            print("publisher: the subscriber never attached to the pool", file=sys.stderr)
+            return 1
+        time.sleep(0.5)  # the subscriber is done with the inline frame (seconds through DDS at 12 MP, loaded)
     next_tick = time.monotonic()
     for seq in range(count):
         delay = next_tick - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         next_tick += period
-        pixels = frames[seq % 2]  # "capture"
-        capture_ns = time.time_ns()
         msg = PartFrame(part_id=f"bench-{seq}", sequence=seq, capture_ok=True, source="bench")
-        msg.header.stamp = from_ns(capture_ns)
-        msg.image = array_to_image(pixels, "bgr8", msg.header)
+        if pool == "shm_direct":  # the camera writes into a pool slot; the frame is captured once it is there
+            target = None
+            while target is None:
+                target = sender.pool.reserve(frames[0].shape, frames[0].dtype)
+            np.copyto(target, frames[seq % 2])
+            capture_ns = time.time_ns()
+            ref = sender.pool.commit()
+            msg.header.stamp = from_ns(capture_ns)
+            msg.image = image_description(frames[0], encoding, msg.header)
+            msg.pool_frame = FrameHandle(pool=ref.pool, in_pool=True, slot=ref.slot, generation=ref.generation)
+        else:
+            pixels = frames[seq % 2]  # "capture"
+            capture_ns = time.time_ns()
+            msg.header.stamp = from_ns(capture_ns)
+            if sender is not None:
+                sender.fill(msg, pixels, encoding, msg.header)
+            else:
+                msg.image = array_to_image(pixels, encoding, msg.header)
         pub.publish(msg)
     time.sleep(1.0)  # reliable QoS: give the last samples time to be acknowledged
+    if sender is not None:
+        if sender.pool_full:
+            print(f"publisher: {sender.pool_full} frame(s) inline: the pool was full", file=sys.stderr)
+        sender.close()
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
 
 
-def run_subscriber(count: int, timeout_s: float) -> int:
+def run_subscriber(count: int, timeout_s: float, pool: str, topic: str) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
+    from qc_cell.camera.frame_pool import FrameGoneError
     from qc_cell.ros import qos
+    from qc_cell.ros.frame_transport import FrameReceiver
     from qc_cell.ros.images import image_to_array
     from qc_cell.ros.time import to_ns
     from qc_interfaces.msg import PartFrame
@@ -130,19 +181,44 @@ def run_subscriber(count: int, timeout_s: float) -> int:
     rclpy.init()
     node = rclpy.create_node("bench_image_sub")
     samples: list[tuple[int, int, int]] = []  # (sequence, capture ns, receive ns)
+    receiver = FrameReceiver(node.get_fully_qualified_name()) if pool else None
+    problems: list[str] = []
 
     def on_frame(msg: PartFrame) -> None:
-        received = time.time_ns()
-        image_to_array(msg.image)
+        if receiver is None:
+            received = time.time_ns()
+            image_to_array(msg.image)
+        else:  # the pixels in hand (leased, a view) before the receive stamp; the generation checked after
+            frame = receiver.receive(msg)
+            try:
+                frame.raw()  # the pixels in hand (a view), as image_to_array gives them on the DDS path
+            except FrameGoneError as exc:  # overwritten before this subscriber got to it: not a sample
+                problems.append(str(exc))
+                return
+            received = time.time_ns()
+            if frame.verify is not None:
+                problem = frame.verify()
+                frame.release()
+                if problem:
+                    problems.append(problem)
+                    return
+            elif msg.part_id != "warmup":
+                problems.append("measured frame came inline")
+        if msg.part_id == "warmup":
+            return
         samples.append((msg.sequence, to_ns(msg.header.stamp), received))
 
-    node.create_subscription(PartFrame, TOPIC, on_frame, qos.PART_FRAMES)
+    node.create_subscription(PartFrame, topic, on_frame, qos.PART_FRAMES)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     end = time.monotonic() + timeout_s
     while len(samples) < count and time.monotonic() < end:
         executor.spin_once(timeout_sec=0.1)
     print("RESULT " + json.dumps(samples))
+    if problems:
+        print(f"subscriber: {len(problems)} frame(s) not counted: {problems[0]}", file=sys.stderr)
+    if receiver is not None:
+        receiver.close()
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
@@ -151,7 +227,7 @@ def run_subscriber(count: int, timeout_s: float) -> int:
 # ------------------------------------------------------------------------------------------ orchestration
 
 
-def run_floor(width: int, height: int, repeats: int = 30) -> int:
+def run_floor(width: int, height: int, encoding: str, repeats: int = 30) -> int:
     """Prints the median ms of serialize_message + deserialize_message of one PartFrame of this size."""
     from rclpy.serialization import deserialize_message, serialize_message
 
@@ -159,7 +235,7 @@ def run_floor(width: int, height: int, repeats: int = 30) -> int:
     from qc_interfaces.msg import PartFrame
 
     msg = PartFrame(part_id="bench", capture_ok=True)
-    msg.image = array_to_image(_frames(width, height)[0], "bgr8")
+    msg.image = array_to_image(_frames(width, height, encoding)[0], encoding)
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -169,14 +245,18 @@ def run_floor(width: int, height: int, repeats: int = 30) -> int:
     return 0
 
 
-def measure_floor(width: int, height: int) -> float:
+def measure_floor(width: int, height: int, encoding: str) -> float:
     """The floor in a process of its own with the cell's malloc settings: in a process without them glibc's
     dynamic mmap threshold makes multi-MB buffers cost anything from 0.5 to 5 ms at 1280x720, depending on what
     the process allocated before."""
     env = {**os.environ, "GLIBC_TUNABLES": ENVIRONMENT["GLIBC_TUNABLES"]}
     me = [sys.executable, str(Path(__file__).resolve())]
     out = subprocess.run(
-        [*me, "--role", "floor", "--size", f"{width}x{height}"], env=env, capture_output=True, text=True, check=True
+        [*me, "--role", "floor", "--size", f"{width}x{height}:{encoding}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return float(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -193,7 +273,9 @@ def _shm_only_profile() -> str:
     return out.name
 
 
-def measure_hop(config: dict[str, str], width: int, height: int, fps: float, seconds: float) -> dict[str, float]:
+def measure_hop(
+    name: str, config: dict[str, str], width: int, height: int, encoding: str, fps: float, seconds: float
+) -> dict[str, float]:
     count = WARMUP + int(seconds * fps)
     env = {**os.environ, **config, "PYTHONUNBUFFERED": "1"}
     for variable in _VARIABLES:
@@ -202,17 +284,37 @@ def measure_hop(config: dict[str, str], width: int, height: int, fps: float, sec
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     me = [sys.executable, str(Path(__file__).resolve())]
     timeout = seconds + 30.0
+    pool = ["--pool", name] if name in POOL_CONFIGS else []
+    pool += ["--topic", f"{TOPIC}_{name}_{width}x{height}_{encoding}_{time.monotonic_ns()}"]
     sub = subprocess.Popen(
-        [*me, "--role", "sub", "--count", str(count), "--timeout", str(timeout)],
+        [*me, "--role", "sub", "--count", str(count), "--timeout", str(timeout), *pool],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
     )
     pub = subprocess.Popen(
-        [*me, "--role", "pub", "--size", f"{width}x{height}", "--fps", str(fps), "--count", str(count)], env=env
+        [
+            *me,
+            "--role",
+            "pub",
+            "--size",
+            f"{width}x{height}:{encoding}",
+            "--fps",
+            str(fps),
+            "--count",
+            str(count),
+            *pool,
+        ],
+        env=env,
     )
-    out, _ = sub.communicate(timeout=timeout + 15)
-    pub.wait(timeout=30)
+    try:
+        out, _ = sub.communicate(timeout=timeout + 15)
+        pub.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # a starved machine: this point gives no figures, the run goes on
+        for child in (sub, pub):
+            child.kill()
+            child.wait()
+        out = ""
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     samples = json.loads(lines[-1][7:]) if lines else []
     kept = [s for s in samples if s[0] >= WARMUP]
@@ -227,24 +329,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=("bench", "pub", "sub", "floor"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="1280x720", help=argparse.SUPPRESS)
+    parser.add_argument("--pool", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", default=TOPIC, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     parser.add_argument("--fps", type=float, default=30.0, help="publish rate (default 30)")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per size and config")
-    parser.add_argument("--sizes", default="32x24,640x480,1280x720,1920x1080", help="comma-separated WxH")
+    parser.add_argument(
+        "--sizes", default="32x24,640x480,1280x720,1920x1080", help="comma-separated WxH or WxH:encoding"
+    )
     parser.add_argument("--configs", default="default,LARGE_DATA,cell", help=f"comma-separated of {list(CONFIGS)}")
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height, encoding = _size(args.size)
     if args.role == "pub":
-        return run_publisher(width, height, args.fps, args.count, wait_s=20.0)
+        return run_publisher(width, height, encoding, args.fps, args.count, 20.0, args.pool, args.topic)
     if args.role == "sub":
-        return run_subscriber(args.count, args.timeout)
+        return run_subscriber(args.count, args.timeout, args.pool, args.topic)
     if args.role == "floor":
-        return run_floor(width, height)
+        return run_floor(width, height, encoding)
 
     # A private domain on loopback for this run (both children inherit it).
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(100, 200)))
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = [_size(s) for s in args.sizes.split(",")]
     configs = [c.strip() for c in args.configs.split(",")]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -252,24 +358,35 @@ def main(argv: list[str] | None = None) -> int:
     if "cell_shm_only" in configs:
         CONFIGS["cell_shm_only"][PROFILE_VARIABLE] = _shm_only_profile()
     print(
-        f"image transport, two processes, PartFrame bgr8 at {args.fps:g} fps, {args.seconds:g} s per point, "
+        f"image transport, two processes, PartFrame at {args.fps:g} fps, {args.seconds:g} s per point, "
         f"RMW {os.environ.get('RMW_IMPLEMENTATION', 'default')}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'size':>10} {'config':>15} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'rate/s':>7} {'recv':>9} "
-          f"{'floor ms':>9} {'p50/floor':>9}")  # fmt: skip
-    for width, height in sizes:
-        floor = measure_floor(width, height)
+    print(f"{'size':>10} {'encoding':>11} {'config':>15} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'rate/s':>7} "
+          f"{'recv':>9} {'floor ms':>9} {'p50/floor':>9} {'cell/p50':>8}")  # fmt: skip
+    for width, height, encoding in sizes:
+        floor = measure_floor(width, height, encoding)
+        cell_p50 = float("nan")
         for name in configs:
-            r = measure_hop(CONFIGS[name], width, height, args.fps, args.seconds)
+            r = measure_hop(name, CONFIGS[name], width, height, encoding, args.fps, args.seconds)
             ratio = r["p50"] / floor if floor > 0 else float("nan")
+            if name == "cell":
+                cell_p50 = r["p50"]
             print(
-                f"{width}x{height:<5} {name:>15} {r['p50']:8.2f} {r['p95']:8.2f} {r['p99']:8.2f} {r['rate']:7.1f} "
-                f"{r['received']:>4}/{r['sent']:<4} {floor:9.2f} {ratio:9.1f}",
+                f"{width}x{height:<5} {encoding:>11} {name:>15} {r['p50']:8.2f} {r['p95']:8.2f} {r['p99']:8.2f} "
+                f"{r['rate']:7.1f} {r['received']:>4}/{r['sent']:<4} {floor:9.2f} {ratio:9.1f} "
+                f"{cell_p50 / r['p50']:8.1f}",
                 flush=True,
             )
-    print("goal: at 1280x720 the median hop within 3x the serialize+deserialize floor")
+    print("goals: at 1280x720 the median hop within 3x the serialize+deserialize floor; shm p50 <= 1.0 ms up to 12 MP;")
+    print("       at 12 MP shm at least 20x faster than cell (cell/p50, with cell listed before shm)")
     return 0
+
+
+def _size(text: str) -> tuple[int, int, str]:
+    size, _, encoding = text.strip().partition(":")
+    width, height = (int(v) for v in size.split("x"))
+    return width, height, encoding or "bgr8"
 
 
 if __name__ == "__main__":

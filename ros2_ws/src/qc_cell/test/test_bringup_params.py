@@ -115,6 +115,10 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("reject_actuator", "heartbeat_stale_s"): 3.0,
         ("reject_actuator", "gpio_heartbeat_pin"): 22,
         ("reject_actuator", "modbus_heartbeat_address"): 3,
+        ("camera_driver", "frame_pool"): True,  # frames through shared memory (issue 24)
+        ("camera_driver", "frame_pool_slots"): 12,
+        ("camera_driver", "frame_pool_lease_s"): 2.0,
+        ("inference", "frame_pool"): True,
         **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
         **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
         # belt tracking: the demo tracks the sim driver's belt input; production until a belt input is wired: none

@@ -108,6 +108,25 @@ CAMERA_DRIVER = NodeParams(
         ),
         Param("reconnect_initial_s", 0.5, "first retry delay when the source is missing/lost", range=(0.01, 60.0)),
         Param("reconnect_max_s", 10.0, "longest retry delay (doubles up to this)", range=(0.01, 600.0)),
+        Param(
+            "frame_pool",
+            True,
+            "pass frames to same-host subscribers through a shared-memory pool (a handle in the PartFrame); "
+            "false, or no /dev/shm: the pixels always go inline through DDS",
+        ),
+        Param(
+            "frame_pool_slots",
+            12,
+            "frames the pool holds, each slot the size of one framed image, in /dev/shm; keep above the "
+            "inference queue_size + max_batch (a full pool sends frames inline)",
+            range=(2, 256),
+        ),
+        Param(
+            "frame_pool_lease_s",
+            2.0,
+            "how long a consumer holds a frame at most; a consumer that dies frees its slots after this time",
+            range=(0.05, 60.0),
+        ),
         Param("diagnostics_period_s", 1.0, "/diagnostics period (s)", range=(0.1, 60.0)),
     ),
 )

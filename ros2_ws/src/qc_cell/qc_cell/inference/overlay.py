@@ -31,9 +31,13 @@ def _to_bgr8(image: np.ndarray, channel_order: str) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, ::-1] if channel_order == "RGB" else image)
 
 
-def _heatmap_on_image(cam: np.ndarray, image_hw: tuple[int, int], spec: Preprocessing) -> np.ndarray:
-    """Map a CAM over the model input back onto the full image (undoing letterbox and ROI); 0 outside."""
-    full = np.zeros(image_hw, dtype=np.float32)
+def _heatmap_on_image(
+    cam: np.ndarray, image_hw: tuple[int, int], spec: Preprocessing, out_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Map a CAM over the model input back onto the image (undoing letterbox and ROI); 0 outside. out_hw: the
+    size of the picture drawn on, when it is the image scaled down (the ROI is scaled with it)."""
+    out_hw = out_hw or image_hw
+    full = np.zeros(out_hw, dtype=np.float32)
     x, y, w, h = spec.roi if spec.roi is not None else (0, 0, image_hw[1], image_hw[0])
     canvas = cv2.resize(cam, (spec.input_width, spec.input_height), interpolation=cv2.INTER_LINEAR)
     if spec.letterbox:
@@ -41,7 +45,10 @@ def _heatmap_on_image(cam: np.ndarray, image_hw: tuple[int, int], spec: Preproce
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         top, left = (spec.input_height - nh) // 2, (spec.input_width - nw) // 2
         canvas = canvas[top : top + nh, left : left + nw]
-    full[y : y + h, x : x + w] = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_LINEAR)
+    sy, sx = out_hw[0] / image_hw[0], out_hw[1] / image_hw[1]
+    x0, y0 = min(round(x * sx), out_hw[1] - 1), min(round(y * sy), out_hw[0] - 1)
+    x1, y1 = max(x0 + 1, min(round((x + w) * sx), out_hw[1])), max(y0 + 1, min(round((y + h) * sy), out_hw[0]))
+    full[y0:y1, x0:x1] = cv2.resize(canvas, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
     return full
 
 
@@ -55,17 +62,21 @@ def render(
     heatmap: np.ndarray | None = None,
     style: OverlayStyle = OverlayStyle(),
 ) -> np.ndarray:
-    """BGR8 overlay image. label: e.g. the model version, or the NOT_INSPECTED reason."""
+    """BGR8 overlay image. label: e.g. the model version, or the NOT_INSPECTED reason.
+    The image is scaled down to max_side first, so the cost stays bounded at megapixel sizes (a 12 MP frame
+    is read once by the resize, never converted or blended at full size)."""
+    image_hw = image.shape[:2]
+    scale = style.max_side / max(image_hw)
+    if scale < 1.0:
+        size = (max(1, round(image_hw[1] * scale)), max(1, round(image_hw[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR)
     bgr = _to_bgr8(image, channel_order)
     if heatmap is not None and spec is not None and ok:
-        cam = _heatmap_on_image(heatmap, bgr.shape[:2], spec)
+        cam = _heatmap_on_image(heatmap, image_hw, spec, bgr.shape[:2])
         colour = cv2.applyColorMap((cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
         weight = (style.heatmap_alpha * cam)[:, :, np.newaxis]
         bgr = (bgr * (1.0 - weight) + colour * weight).astype(np.uint8)
-    scale = style.max_side / max(bgr.shape[:2])
-    if scale < 1.0:
-        bgr = cv2.resize(bgr, (max(1, round(bgr.shape[1] * scale)), max(1, round(bgr.shape[0] * scale))))
-    elif bgr.base is not None or not bgr.flags.writeable:
+    if bgr.base is not None or not bgr.flags.writeable or np.shares_memory(bgr, image):
         bgr = bgr.copy()  # never draw on the caller's frame
     if not ok:
         colour, text = GREY, f"NOT INSPECTED: {label}"

@@ -50,6 +50,12 @@ INFERENCE = NodeParams(
             range=(0.0, 600000.0),
             runtime=True,
         ),
+        Param(
+            "frame_pool",
+            True,
+            "read frames from the camera driver's shared-memory pool when it is on this host (else every frame "
+            "comes inline through DDS)",
+        ),
         Param("require_golden_set", False, "refuse model packages without a golden set (the self-test before a swap)"),
         Param(
             "engine_cache_dir",

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from qc_cell.camera.frame_pool import OVERWRITTEN, UNAVAILABLE, FrameGoneError
 from qc_cell.inference.backends import BackendError
 from qc_cell.inference.model import LoadedModel
 from qc_contract.model_manifest import Preprocessing
@@ -36,6 +37,8 @@ NO_MODEL = "no_model"
 MODEL_ERROR = "model_error"
 NAN_OUTPUT = "nan_output"
 SHUTDOWN = "shutdown"  # frames still queued when the node stops
+FRAME_OVERWRITTEN = OVERWRITTEN  # a shared-memory frame reused by the camera before or while it was scored
+FRAME_UNAVAILABLE = UNAVAILABLE  # a shared-memory frame whose pool cannot be read (driver restarted, other host)
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +56,11 @@ class FrameJob:
     context: Any = None  # the node's data to build the result message from (header, ground truth, ...)
     capture_ok: bool = True
     capture_error: str = ""
+    # Frames from the camera driver's shared-memory pool: verify() after preprocessing says "" while the pixels
+    # are still this part's (else why not: NOT_INSPECTED frame_overwritten, never a score of another frame);
+    # release() gives the slot back once the part is answered (and its overlay drawn).
+    verify: Callable[[], str] | None = None
+    release: Callable[[], None] | None = None
 
 
 @dataclass
@@ -134,6 +142,7 @@ class InferencePipeline:
             self._thread.join(timeout)
         for job in left:
             self._emit([_not_inspected(job, SHUTDOWN, "the inference node stopped before scoring it")])
+        _release(left)
         with self._model_lock:
             model, self._model = self._model, None
         if model is not None:
@@ -166,6 +175,7 @@ class InferencePipeline:
             self._stats.received += 1
         if not job.capture_ok:
             self._emit([_not_inspected(job, CAPTURE_FAILED, job.capture_error or "the camera could not capture")])
+            _release([job])
             return False
         refusal = None
         with self._cond:
@@ -179,6 +189,7 @@ class InferencePipeline:
                 self._cond.notify()
         if refusal is not None:
             self._emit([refusal])
+            _release([job])
             return False
         with self._stats_lock:
             self._stats.queue_high_water = max(self._stats.queue_high_water, depth)
@@ -213,6 +224,7 @@ class InferencePipeline:
                 ]
             self._emit(outcomes)
             self._overlay(outcomes)
+            _release(jobs)
 
     def _process(self, jobs: list[FrameJob]) -> list[Outcome]:
         results: dict[int, Outcome] = {}
@@ -263,8 +275,16 @@ class InferencePipeline:
             try:
                 image, order = job.decode()
                 preprocess_into(image, spec, order, self._buffer[len(ready)])
+                overwritten = job.verify() if job.verify is not None else ""
+            except FrameGoneError as exc:  # a shared-memory frame overwritten before use, or its pool gone
+                outcome.ok, outcome.reason, outcome.detail = False, exc.reason, str(exc)
+                overwritten = None
             except Exception as exc:  # ImageError, PreprocessError, or anything a corrupt message triggers
                 outcome.ok, outcome.reason, outcome.detail = False, BAD_IMAGE, _describe(exc)
+                overwritten = None
+            if overwritten:  # the input buffer may hold another frame's pixels: never scored
+                outcome.ok, outcome.reason, outcome.detail = False, FRAME_OVERWRITTEN, overwritten
+            if not outcome.ok:
                 outcome.preprocess_ms = (self._clock() - start) / 1e6
                 results[i] = outcome
                 continue
@@ -350,6 +370,15 @@ class SequenceGaps:
             return gap
         self.last = sequence
         return 0
+
+
+def _release(jobs: list[FrameJob]) -> None:
+    for job in jobs:
+        if job.release is not None:
+            try:
+                job.release()
+            except Exception:  # a release must never stop the worker; the lease expires by itself
+                _log.exception("could not release the frame of part %s", job.part_id)
 
 
 def _not_inspected(job: FrameJob, reason: str, detail: str) -> Outcome:

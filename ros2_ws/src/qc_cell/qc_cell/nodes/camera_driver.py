@@ -41,7 +41,8 @@ from qc_cell.camera.part_ids import PartIdAllocator, PartIdError, default_state_
 from qc_cell.camera.sources import SourceConfigError, build_source
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.alerts import AlertPublisher
-from qc_cell.ros.images import ImageConversionError, array_to_image
+from qc_cell.ros.frame_transport import FrameSender, PoolSettings
+from qc_cell.ros.images import ImageConversionError
 from qc_cell.ros.lifecycle import DeviceNode
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
@@ -95,6 +96,14 @@ class CameraDriver(DeviceNode):
         self.frames_pub = self.create_publisher(PartFrame, "camera/frames", qos.PART_FRAMES)
         self.image_pub = self.create_publisher(Image, "camera/image_raw", qos.IMAGE_VIEW)
         self.info_pub = self.create_publisher(CameraInfo, "camera/camera_info", qos.IMAGE_VIEW)
+        # Pixels by handle through the shared-memory frame pool to same-host subscribers, else inline.
+        self.frame_sender = FrameSender(
+            self,
+            self.frames_pub,
+            PoolSettings(p["frame_pool"], p["frame_pool_slots"], p["frame_pool_lease_s"]),
+            f"{prefix}_{self.get_name()}",
+            self._warn_source,
+        )
         self.alerts = AlertPublisher(self)
         self._diag_pub = diagnostics.create_publisher(self)
         if self.capture.mode == "triggered":
@@ -156,6 +165,9 @@ class CameraDriver(DeviceNode):
         loop, self.loop = self.loop, None
         if loop is not None:
             loop.close()
+        sender = getattr(self, "frame_sender", None)  # absent when the constructor failed before it
+        if sender is not None:
+            sender.close()
 
     # ------------------------------------------------------------ parts
 
@@ -197,7 +209,7 @@ class CameraDriver(DeviceNode):
         )
         if frame is not None and result.image is not None:
             try:
-                msg.image = array_to_image(result.image, frame.encoding, header)
+                self.frame_sender.fill(msg, result.image, frame.encoding, header)
                 msg.capture_ok = True
             except ImageConversionError as exc:
                 msg.capture_error = f"{frame.origin}: {exc}"
@@ -206,7 +218,8 @@ class CameraDriver(DeviceNode):
         self.frames_pub.publish(msg)
         if msg.capture_ok:
             if self.image_pub.get_subscription_count() > 0:
-                self.image_pub.publish(msg.image)  # the same message object: no second conversion
+                # The PartFrame's own Image when inline (no second conversion); made for viewers when by handle.
+                self.image_pub.publish(self.frame_sender.viewer_image(msg, result.image, frame.encoding))
             if self.info_pub.get_subscription_count() > 0:
                 self.info_pub.publish(self._camera_info(header, msg.image))
         else:
@@ -250,6 +263,7 @@ class CameraDriver(DeviceNode):
             level, message = diagnostics.WARN, f"{state}: not capturing"
         else:
             values.update(loop.snapshot())
+            values.update(self.frame_sender.stats())
             failed = loop.failed_parts
             if loop.state == RETRYING:
                 level, message = diagnostics.ERROR, f"camera unavailable, retrying: {values.get('last_error', '')}"

@@ -14,7 +14,6 @@ import logging
 import math
 import threading
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,8 @@ from qc_cell.inference.params import INFERENCE
 from qc_cell.inference.pipeline import FrameJob, InferencePipeline, Outcome, SequenceGaps
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.alerts import AlertPublisher
-from qc_cell.ros.images import array_to_image, decode_for_model
+from qc_cell.ros.frame_transport import FrameReceiver
+from qc_cell.ros.images import array_to_image
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.service_thread import ServiceThread
@@ -124,6 +124,8 @@ class InferenceNode(Node):
             self._pipeline, choice, options, store, p["require_golden_set"], on_state=self._publish_model_state
         )
         self._sequence = SequenceGaps()
+        # Same-host frames come by handle from the camera driver's shared-memory pool (leased here on arrival).
+        self._frames = FrameReceiver(self.get_fully_qualified_name(), p["frame_pool"])
         self._last_stats, self._last_lost = self._pipeline.stats(), 0
         self._publish_model_state(self._manager.state)
         self._pipeline.start()
@@ -192,11 +194,14 @@ class InferenceNode(Node):
             capture_ns = to_ns(msg.header.stamp)
             age = max(0, self.get_clock().now().nanoseconds - capture_ns) if capture_ns > 0 else 0
             expires = received + self._deadline_ns - age
+        pixels = self._frames.receive(msg)
         self._pipeline.submit(
             FrameJob(
                 part_id=msg.part_id,
                 received_ns=received,
-                decode=partial(decode_for_model, msg.image),
+                decode=pixels.decode,
+                verify=pixels.verify,
+                release=pixels.release,
                 expires_ns=expires,
                 context=msg,
                 capture_ok=msg.capture_ok,
@@ -252,6 +257,7 @@ class InferenceNode(Node):
         )
 
     def _publish_diagnostics(self) -> None:
+        self._frames.keep_attached()  # the periodic timer also keeps the frame-pool registration fresh
         stats, previous = self._pipeline.stats(), self._last_stats
         lost, lost_before = self._sequence.lost, self._last_lost
         self._last_stats, self._last_lost = stats, lost
@@ -291,6 +297,9 @@ class InferenceNode(Node):
             "inspected": stats.ok,
             **{f"not_inspected_{reason}": count for reason, count in sorted(stats.not_inspected.items())},
             "frames_lost_in_transport": lost,
+            "frames_by_handle": self._frames.by_handle,
+            "frames_inline": self._frames.inline,
+            "frame_pool": self._frames.reader.pool if self._frames.reader is not None else "off",
             "queue_depth": stats.queue_depth,
             "queue_high_water": stats.queue_high_water,
             "batches": stats.batches,
@@ -308,6 +317,7 @@ class InferenceNode(Node):
         left = self._pipeline.stop()
         if left:
             self.get_logger().warning(f"{left} queued frame(s) answered NOT_INSPECTED (shutdown)")
+        self._frames.close()
         self._core_log.removeHandler(self._log_handler)
         super().destroy_node()
 

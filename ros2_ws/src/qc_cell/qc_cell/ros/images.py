@@ -224,14 +224,51 @@ def decode_for_model(image: Image) -> tuple[np.ndarray, str]:
     """PartFrame.image -> (pixels, channel order) for preprocessing, a view on the message where possible.
     ImageConversionError for anything a model cannot score (encoding, empty, data size not matching
     width/height/step)."""
-    pixels = image_to_array(image)
-    if image.encoding.startswith("bayer_"):
-        return to_bgr8(pixels, image.encoding), "BGR"
-    if image.encoding not in MODEL_CHANNEL_ORDER:
+    return pixels_for_model(image_to_array(image), image.encoding)
+
+
+def pixels_for_model(pixels: np.ndarray, encoding: str) -> tuple[np.ndarray, str]:
+    """(pixels, channel order) for preprocessing, from pixels in `encoding` (a view where possible: bayer mosaics
+    are demosaiced). Also for frames read from the camera driver's shared-memory pool."""
+    if encoding.startswith("bayer_"):
+        return to_bgr8(pixels, encoding), "BGR"
+    if encoding not in MODEL_CHANNEL_ORDER:
         raise ImageConversionError(
-            f"encoding {image.encoding!r} cannot be scored (supported: {', '.join(MODEL_CHANNEL_ORDER)}, bayer_*)"
+            f"encoding {encoding!r} cannot be scored (supported: {', '.join(MODEL_CHANNEL_ORDER)}, bayer_*)"
         )
-    return pixels, MODEL_CHANNEL_ORDER[image.encoding]
+    return pixels, MODEL_CHANNEL_ORDER[encoding]
+
+
+def image_layout(image: Image) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the unpadded pixels an Image's size and encoding describe (its data is not looked at):
+    how a frame in the camera driver's shared-memory pool is read. ImageConversionError when the encoding is
+    not native, the image is empty or the rows are padded (pool frames never are)."""
+    dtype, channels = encoding_layout(image.encoding)
+    height, width = int(image.height), int(image.width)
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"empty image ({width}x{height})")
+    if int(image.step) != width * channels * dtype.itemsize:
+        raise ImageConversionError(f"step {image.step} is not {width} px of {image.encoding} (padded rows)")
+    if bool(image.is_bigendian) != (_NATIVE_BIG_ENDIAN and dtype.itemsize > 1):
+        raise ImageConversionError("pool frames are in the host's byte order")
+    return ((height, width) if channels == 1 else (height, width, channels)), dtype
+
+
+def image_description(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """An Image with the size, encoding and step of `pixels` stored unpadded, and no data: what a PartFrame
+    carries when its pixels travel through the shared-memory pool. Same checks as array_to_image."""
+    dtype, channels = encoding_layout(encoding)
+    actual_channels = 1 if pixels.ndim == 2 else (pixels.shape[2] if pixels.ndim == 3 else -1)
+    if actual_channels != channels or pixels.dtype.newbyteorder("=") != dtype.newbyteorder("="):
+        raise ImageConversionError(f"{encoding} does not describe an array of shape {pixels.shape} ({pixels.dtype})")
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ImageConversionError(f"empty array of shape {pixels.shape}")
+    msg = Image()
+    _set_header(msg, header, None)
+    msg.height, msg.width, msg.encoding = pixels.shape[0], pixels.shape[1], encoding
+    msg.is_bigendian = int(_NATIVE_BIG_ENDIAN and dtype.itemsize > 1)
+    msg.step = pixels.shape[1] * channels * dtype.itemsize
+    return msg
 
 
 def decode_bgr8(image: Image) -> np.ndarray:
