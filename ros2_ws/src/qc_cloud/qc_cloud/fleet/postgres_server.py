@@ -67,7 +67,8 @@ class PostgresServer:
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale")
             with open(self.data / "postgresql.conf", "a") as conf:
                 conf.write(
-                    f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.workdir}'\n"
+                    f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{self.workdir}'\n"
                     "fsync = on\nsynchronous_commit = on\nmax_connections = 100\nshared_buffers = 128MB\n"
                 )
         return self

@@ -26,8 +26,15 @@ def increments(parts: Iterable[tuple[str, datetime, str, float | None]]) -> list
         key = (cell, hour_of(time))
         row = rows.get(key)
         if row is None:
-            row = rows[key] = {"cell": key[0], "hour": key[1], "parts": 0, "latency_sum_ms": 0.0, "latency_n": 0,
-                               "latency_max_ms": 0.0, **dict.fromkeys(VERDICT_COLUMNS.values(), 0)}  # fmt: skip
+            row = rows[key] = {
+                "cell": key[0],
+                "hour": key[1],
+                "parts": 0,
+                "latency_sum_ms": 0.0,
+                "latency_n": 0,
+                "latency_max_ms": 0.0,
+                **dict.fromkeys(VERDICT_COLUMNS.values(), 0),
+            }
         row["parts"] += 1
         column = VERDICT_COLUMNS.get(verdict)
         if column:

@@ -62,40 +62,107 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
     b = r.body
     base = {"cell": r.cell, "record_id": b["id"], "time": r.time or received}
     if kind == "part":
-        return {**base, "epoch": b["epoch"], "seq": b["seq"], "part_id": b["part_id"], "verdict": b["verdict"],
-                "reasons": b["reasons"], "defect_probability": b["defect_probability"],
-                "process_anomaly_score": b["process_anomaly_score"], "process_flags": b["process_flags"],
-                "model_version": b["model_version"], "encoder_count": b["encoder_count"],
-                "capture_time": _t(b["capture_time"]), "decision_time": _t(b["decision_time"]),
-                "capture_to_decision_ms": b["capture_to_decision_ms"], "simulated": b.get("simulated"),
-                "received_at": received}  # fmt: skip
+        return {
+            **base,
+            "epoch": b["epoch"],
+            "seq": b["seq"],
+            "part_id": b["part_id"],
+            "verdict": b["verdict"],
+            "reasons": b["reasons"],
+            "defect_probability": b["defect_probability"],
+            "process_anomaly_score": b["process_anomaly_score"],
+            "process_flags": b["process_flags"],
+            "model_version": b["model_version"],
+            "encoder_count": b["encoder_count"],
+            "capture_time": _t(b["capture_time"]),
+            "decision_time": _t(b["decision_time"]),
+            "capture_to_decision_ms": b["capture_to_decision_ms"],
+            "simulated": b.get("simulated"),
+            "received_at": received,
+        }
     if kind == "kpi":
-        return {**base, "window_s": b["window_s"], "parts": b["parts"], "verdicts": b["verdicts"],
-                "yield_ratio": b["yield_ratio"], "throughput_pps": b["throughput_pps"],
-                "latency_ms": b["latency_ms"], "reasons": b["reasons"], "total_parts": b["total_parts"]}  # fmt: skip
+        return {
+            **base,
+            "window_s": b["window_s"],
+            "parts": b["parts"],
+            "verdicts": b["verdicts"],
+            "yield_ratio": b["yield_ratio"],
+            "throughput_pps": b["throughput_pps"],
+            "latency_ms": b["latency_ms"],
+            "reasons": b["reasons"],
+            "total_parts": b["total_parts"],
+        }
     if kind == "alert":
-        return {**base, "severity": b["severity"], "source": b["source"], "code": b["code"],
-                "message": b["message"][:4096], "part_id": b["part_id"]}  # fmt: skip
+        return {
+            **base,
+            "severity": b["severity"],
+            "source": b["source"],
+            "code": b["code"],
+            "message": b["message"][:4096],
+            "part_id": b["part_id"],
+        }
     if kind == "reject":
-        return {**base, "part_id": b["part_id"], "verdict": b["verdict"], "outcome": b["outcome"],
-                "method": b["method"], "lane": b["lane"], "planned_time": _t(b["planned_time"]),
-                "actual_time": _t(b["actual_time"]), "lateness_ms": b["lateness_ms"],
-                "message": b["message"][:4096]}  # fmt: skip
+        return {
+            **base,
+            "part_id": b["part_id"],
+            "verdict": b["verdict"],
+            "outcome": b["outcome"],
+            "method": b["method"],
+            "lane": b["lane"],
+            "planned_time": _t(b["planned_time"]),
+            "actual_time": _t(b["actual_time"]),
+            "lateness_ms": b["lateness_ms"],
+            "message": b["message"][:4096],
+        }
     if kind == "process":
-        return {**base, **{k: b[k] for k in ("temperature_c", "pressure_pa", "vibration_rms", "anomaly_score",
-                                             "flags", "out_of_spec", "stale")}}  # fmt: skip
+        return {
+            **base,
+            **{
+                k: b[k]
+                for k in (
+                    "temperature_c",
+                    "pressure_pa",
+                    "vibration_rms",
+                    "anomaly_score",
+                    "flags",
+                    "out_of_spec",
+                    "stale",
+                )
+            },
+        }
     if kind == "model_status":
-        return {**base, "event": b["event"], "active_version": b["active_version"], "message": b["message"][:4096],
-                **{k: b.get(k) for k in ("state", "version", "reason", "sha256", "backend", "precision")}}  # fmt: skip
+        return {
+            **base,
+            "event": b["event"],
+            "active_version": b["active_version"],
+            "message": b["message"][:4096],
+            **{k: b.get(k) for k in ("state", "version", "reason", "sha256", "backend", "precision")},
+        }
     if kind in rules.IMAGE_TYPES:
-        return {**base, "kind": kind, "part_id": b["part_id"], "verdict": b["verdict"],
-                "defect_probability": b["defect_probability"], "reasons": b["reasons"],
-                "model_version": b["model_version"], "width": b["width"], "height": b["height"],
-                "sha256": r.extra["sha256"], "size": len(r.image or b"")}  # fmt: skip
+        return {
+            **base,
+            "kind": kind,
+            "part_id": b["part_id"],
+            "verdict": b["verdict"],
+            "defect_probability": b["defect_probability"],
+            "reasons": b["reasons"],
+            "model_version": b["model_version"],
+            "width": b["width"],
+            "height": b["height"],
+            "sha256": r.extra["sha256"],
+            "size": len(r.image or b""),
+        }
     if kind == "verify":
-        return {**base, "time": received, "part_id": b["part_id"], "request_id": b["request_id"],
-                "local_verdict": b["local_verdict"], "cloud_verdict": b["cloud_verdict"], "outcome": b["outcome"],
-                "rtt_ms": b["rtt_ms"]}  # fmt: skip
+        return {
+            **base,
+            "time": received,
+            "part_id": b["part_id"],
+            "request_id": b["request_id"],
+            "local_verdict": b["local_verdict"],
+            "cloud_verdict": b["cloud_verdict"],
+            "outcome": b["outcome"],
+            "rtt_ms": b["rtt_ms"],
+        }
     raise ValueError(kind)
 
 
@@ -113,8 +180,9 @@ TABLES = {
 
 
 class Store:
-    def __init__(self, engine: Engine, samples: SampleStore, quarantine_max_bytes: int = 64 * 1024,
-                 retention_days: int = 365) -> None:  # fmt: skip
+    def __init__(
+        self, engine: Engine, samples: SampleStore, quarantine_max_bytes: int = 64 * 1024, retention_days: int = 365
+    ) -> None:
         self.engine = engine
         self.samples = samples
         self.quarantine_max_bytes = quarantine_max_bytes
@@ -207,9 +275,7 @@ class Store:
         for kind, rows in sorted(by_kind.items()):
             table = TABLES[kind]
             if kind == "alert":
-                for alert_id, cell in conn.execute(
-                    self._insert(table).returning(table.id, table.cell), rows
-                ):  # fmt: skip
+                for alert_id, cell in conn.execute(self._insert(table).returning(table.id, table.cell), rows):
                     alert_ids[cell] = max(alert_id, alert_ids.get(cell, 0))
             else:
                 conn.execute(self._insert(table), rows)
@@ -222,10 +288,17 @@ class Store:
     def _quarantine(self, conn: Connection, refused) -> None:
         conn.execute(
             self._insert(models.Quarantine),
-            [{"received_at": t, "topic": m.topic[:1024].replace("\x00", ""),
-              "reason": reason[:1024].replace("\x00", ""),
-              "size": len(m.payload), "payload": m.payload[: self.quarantine_max_bytes]} for m, reason, t in refused],
-        )  # fmt: skip
+            [
+                {
+                    "received_at": t,
+                    "topic": m.topic[:1024].replace("\x00", ""),
+                    "reason": reason[:1024].replace("\x00", ""),
+                    "size": len(m.payload),
+                    "payload": m.payload[: self.quarantine_max_bytes],
+                }
+                for m, reason, t in refused
+            ],
+        )
 
     def _rollups(self, conn: Connection, part_rows: list[dict[str, Any]]) -> None:
         increments = rollups.increments(
@@ -251,9 +324,17 @@ class Store:
             cell, kind, epoch = key
             conn.execute(
                 self._insert(streams).on_conflict_do_nothing(index_elements=["cell", "kind", "epoch"]),
-                {"cell": cell, "kind": kind, "epoch": epoch, "max_seq": 0, "records": 0, "duplicates": 0,
-                 "missing": 0, "last_received": now},
-            )  # fmt: skip
+                {
+                    "cell": cell,
+                    "kind": kind,
+                    "epoch": epoch,
+                    "max_seq": 0,
+                    "records": 0,
+                    "duplicates": 0,
+                    "missing": 0,
+                    "last_received": now,
+                },
+            )
             where = and_(streams.c.cell == cell, streams.c.kind == kind, streams.c.epoch == epoch)
             query = select(streams.c.max_seq, streams.c.missing).where(where)
             max_seq, missing = conn.execute(query.with_for_update() if self.postgres else query).one()
@@ -272,8 +353,20 @@ class Store:
                     for a, b in changed_old:
                         conn.execute(g.delete().where(and_(gwhere, g.c.first_seq == a, g.c.last_seq == b)))
                     if added:
-                        conn.execute(g.insert(), [{"cell": cell, "kind": kind, "epoch": epoch, "first_seq": a,
-                                                   "last_seq": b, "opened_at": now} for a, b in added])  # fmt: skip
+                        conn.execute(
+                            g.insert(),
+                            [
+                                {
+                                    "cell": cell,
+                                    "kind": kind,
+                                    "epoch": epoch,
+                                    "first_seq": a,
+                                    "last_seq": b,
+                                    "opened_at": now,
+                                }
+                                for a, b in added
+                            ],
+                        )
                     # old holds every gap of the stream when loaded; else only new ones opened
                     values["missing"] = gaps.missing(new_gaps) if old else missing + gaps.missing(added)
                 values["max_seq"] = new_max
@@ -293,8 +386,12 @@ class Store:
             elif r.kind == "kpi":
                 u.update(throughput_pps=b["throughput_pps"], yield_ratio=b["yield_ratio"], kpi_time=r.time)
         for r, t in statuses:
-            updates[r.cell].update(presence=r.body["state"], presence_reason=r.body.get("reason", ""),
-                                   presence_time=t, presence_details=r.body.get("details"))  # fmt: skip
+            updates[r.cell].update(
+                presence=r.body["state"],
+                presence_reason=r.body.get("reason", ""),
+                presence_time=t,
+                presence_details=r.body.get("details"),
+            )
         for cell, alert_id in alert_ids.items():
             updates[cell]["last_alert_id"] = alert_id
         cells = models.Cell.__table__
