@@ -109,7 +109,8 @@ install_ros_wheels() {
 install_python_dependencies() {
   local h reqs
   # QC_WITH_CLOUD is part of the stamp: `QC_WITH_CLOUD=1 make setup` after a first set-up adds the cloud tools.
-  h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt docker/pip-constraints.txt)
+  h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt requirements/fleet.txt \
+    docker/pip-constraints.txt)
   [[ -n "$SYSTEM_ROS" ]] && h="$h-cloud${QC_WITH_CLOUD:-0}"
   stamp_ok py "$h" && return
   log "installing Python dependencies"
@@ -119,14 +120,14 @@ install_python_dependencies() {
     # On a Jetson edge.txt also brings pycuda (built here against /usr/local/cuda: nvcc on PATH) and Jetson.GPIO.
     grep -viE '^[[:space:]]*opencv-(contrib-)?python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
     reqs=(-r "$VENV/edge-system-ros.txt" -r requirements/dev.txt -c docker/pip-constraints.txt)
-    [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt)
+    [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt -r requirements/fleet.txt)
     # JetPack installs CUDA under /usr/local/cuda but leaves its bin/ (nvcc, which pycuda's build needs) off PATH.
     local path="$PATH"
     [[ -x /usr/local/cuda/bin/nvcc ]] && path="/usr/local/cuda/bin:$PATH"
     PATH="$path" "${PIP[@]}" "${reqs[@]}"
   else
     reqs=(-r requirements/edge.txt -r requirements/dev.txt)
-    [[ -z "$DISTRO" && -z "$PYTHON_VERSION" ]] && reqs+=(-r requirements/cloud.txt)
+    [[ -z "$DISTRO" && -z "$PYTHON_VERSION" ]] && reqs+=(-r requirements/cloud.txt -r requirements/fleet.txt)
     "${PIP[@]}" "${reqs[@]}"
     # numpy may have moved: keep the CMake include paths pointing at it.
     "$VENV/bin/python" scripts/fix_ros_cmake_paths.py "$VENV"
@@ -144,6 +145,19 @@ install_mosquitto() {
     (systemctl disable --now mosquitto >/dev/null 2>&1 || true)
   else
     log "WARNING: mosquitto missing and not root: install it (apt-get install mosquitto) for the broker tests"
+  fi
+}
+
+# PostgreSQL for the fleet service's tests and benchmark (they start their own server with initdb/pg_ctl in a
+# temporary directory, as the 'postgres' user when run as root); the system cluster is not needed.
+install_postgresql() {
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    log "installing PostgreSQL (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    (systemctl disable --now postgresql >/dev/null 2>&1 || true)
+  else
+    log "WARNING: PostgreSQL missing and not root: install it (apt-get install postgresql) for the fleet tests"
   fi
 }
 
@@ -199,6 +213,7 @@ make_venv
 install_ros_wheels
 install_python_dependencies
 install_mosquitto
+install_postgresql
 build_workspace
 install_console_scripts
 log "done. Interactive use: ${DISTRO:+QC_ROS_DISTRO=$DISTRO }${PYTHON_VERSION:+QC_PYTHON=$PYTHON_VERSION }source scripts/env.sh"

@@ -4,7 +4,6 @@
 
 No `from __future__ import annotations` here: FastAPI reads the route annotations at run time."""
 
-
 import csv
 import io
 import os
