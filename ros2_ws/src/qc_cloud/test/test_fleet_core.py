@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("sqlalchemy", reason="the fleet service needs requirements/fleet.txt")
 
-from qc_cloud.fleet import auth, broker_acl, gaps, rollups, rules, settings, simulate  # noqa: E402
-from qc_contract import records  # noqa: E402
+from qc_cloud.fleet import auth, broker_acl, gaps, rollups, rules, settings, simulate
+from qc_contract import records
 
 CELL = "plant1/line1/cell001"
 

@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("sqlalchemy", reason="the fleet service needs requirements/fleet.txt")
 
-from sqlalchemy import func, inspect, select, text  # noqa: E402
+from sqlalchemy import func, inspect, select, text
 
-from qc_cloud.fleet import db, models, rules, simulate  # noqa: E402
-from qc_cloud.fleet.samples import SampleStore  # noqa: E402
-from qc_cloud.fleet.store import Message, Store  # noqa: E402
-from qc_contract import records  # noqa: E402
+from qc_cloud.fleet import db, models, rules, simulate
+from qc_cloud.fleet.samples import SampleStore
+from qc_cloud.fleet.store import Message, Store
+from qc_contract import records
 
 CELLS = simulate.cell_names(3)
 
@@ -85,7 +85,9 @@ def test_two_writers_racing_on_the_same_records_store_each_once(engine, tmp_path
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(s, m)) for s, m in zip(stores, (messages, messages[::-1]))]
+    threads = [
+        threading.Thread(target=run, args=(s, m)) for s, m in zip(stores, (messages, messages[::-1]), strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:
