@@ -43,7 +43,7 @@ def kpi_record(cell: str, epoch: str, seq: int) -> dict:
         counts={"NORMAL": 90, "DEFECTIVE": 10},
         yield_ratio=0.9,
         throughput_pps=30.0,
-        latency_ms={"p50": 40.0, "p99": 60.0},
+        latency_ms={"p50": 40.0, "p95": 50.0, "p99": 60.0},
         reasons={"visual_normal": 90},
         total_parts=seq * 100,
     )
