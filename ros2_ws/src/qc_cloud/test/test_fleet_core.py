@@ -103,3 +103,105 @@ def test_mosquitto_password_hash_format_and_acl_scope(tmp_path):
     assert f"user {CELL}\ntopic write qc/{CELL}/part\n" in acl and "topic write qc/#" not in acl
     with pytest.raises(ValueError, match="site/line/cell"):
         broker_acl.parse_cell("plant1/cell")
+
+
+def _every_stream_record() -> list[tuple[str, dict]]:
+    jpeg = base64.b64encode(b"\xff\xd8\xff\xe0" + b"x" * 10).decode()
+    image = records.image_record(
+        part_id="p",
+        verdict=1,
+        defect_probability=0.5,
+        reasons=["visual_reinspect"],
+        model_version="m",
+        capture_ns=10**18,
+        width=4,
+        height=4,
+        jpeg_b64=jpeg,
+    )
+    bodies = {
+        "part": simulate.part_record(CELL, "0badcafe", 1),
+        "kpi": simulate.kpi_record(CELL, "0badcafe", 1),
+        "alert": simulate.alert_record(CELL, "0badcafe", 1),
+        "reject": records.envelope(
+            CELL,
+            "0badcafe",
+            "reject",
+            1,
+            records.reject(
+                part_id="p",
+                verdict=2,
+                outcome=0,
+                method="pusher",
+                lane="reject",
+                capture_ns=10**18,
+                planned_ns=0,
+                actual_ns=10**18,
+                lateness_ms=1.0,
+                message="",
+                simulated_inputs=["ejector"],
+            ),
+        ),
+        "process": records.envelope(
+            CELL,
+            "0badcafe",
+            "process",
+            1,
+            records.process(
+                stamp_ns=10**18,
+                temperature_c=20.0,
+                pressure_pa=1e5,
+                vibration_rms=0.1,
+                anomaly_score=0.2,
+                flags=0,
+                out_of_spec=False,
+                stale=False,
+            ),
+        ),
+        "sample": records.envelope(CELL, "0badcafe", "sample", 1, image),
+        "verify_request": records.envelope(CELL, "0badcafe", "verify_request", 1, {**image, "deadline": None}),
+        "verify": records.envelope(
+            CELL,
+            "0badcafe",
+            "verify",
+            1,
+            records.verify_result(
+                part_id="p", request_id="r", local_verdict=1, cloud_verdict="NORMAL", outcome="used", rtt_ms=5.0
+            ),
+        ),
+        "status": records.status(cell=CELL, state="online", stamp_ns=10**18, details={"outbox_depth": 1}),
+    }
+    return list(bodies.items())
+
+
+def test_the_compiled_schema_check_agrees_with_jsonschema():
+    from qc_contract import schema_check, schemas
+
+    wrong = [
+        None,
+        "x",
+        "",
+        1,
+        -1,
+        1.5,
+        1.0,
+        True,
+        False,
+        [],
+        ["x"],
+        {},
+        {"a": 1},
+        10**20,
+        "NORMAL",
+        "2025-01-01T00:00:00Z",
+    ]
+    checked = 0
+    for kind, body in _every_stream_record():
+        assert schema_check.checker(kind) is not None, f"{kind} is not compiled"
+        assert schema_check.is_valid(kind, body) and schemas.validator(kind).is_valid(body), kind
+        variants = [{k: v for k, v in body.items() if k != key} for key in body]  # each field missing
+        variants += [{**body, key: value} for key in body for value in wrong]  # each field wrong
+        variants += [{**body, "extra": 1}]
+        for variant in variants:
+            assert schema_check.is_valid(kind, variant) == schemas.validator(kind).is_valid(variant), (kind, variant)
+            checked += 1
+    assert checked > 1000

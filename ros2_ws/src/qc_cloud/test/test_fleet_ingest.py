@@ -131,6 +131,7 @@ def _worker_process(tmp_path, broker, postgres_url, name: str) -> subprocess.Pop
         "QC_FLEET_DATA_DIR": str(tmp_path / "fleet"),
         "QC_FLEET_BOOTSTRAP_TOKENS": "false",
         "QC_FLEET_BATCH_SIZE": "200",
+        "QC_FLEET_SHARE_GROUP": "qc-fleet",  # two processes, one group
     }
     log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(

@@ -34,7 +34,11 @@ class FleetSettings:
     broker_ca_file: str = ""
     allow_plain_mqtt: bool = False
     topic_filter: str = "qc/+/+/+/#"
-    share_group: str = "qc-fleet"  # "" = a plain subscription (one ingest worker only)
+    # MQTT 5 shared subscription group of the ingest workers. "auto": a plain subscription with one worker in the
+    # process, "qc-fleet" with several. Several processes must name the same group. A plain subscription is the
+    # safer choice for one worker: mosquitto 2.0 does not keep a shared subscription of a persisted session over
+    # a broker restart (what is published before the worker reconnects is not queued for the group).
+    share_group: str = "auto"
     client_id: str = "qc-fleet-ingest"  # worker i uses <client_id>-<i>; persistent sessions survive restarts
     session_expiry_s: int = 7 * 86400
     ingest_workers: int = 1
@@ -80,6 +84,8 @@ class FleetSettings:
         need(1 <= self.receive_maximum <= 65535, f"receive_maximum {self.receive_maximum}: within [1, 65535]")
         need(0 <= self.api_port <= 65535, f"api_port {self.api_port}: a TCP port")
         need(1 <= self.retention_days <= 36500, f"retention_days {self.retention_days}: within [1, 36500]")
+        if self.share_group == "auto":
+            self.share_group = "" if self.ingest_workers == 1 else "qc-fleet"
         need(self.share_group == "" or bool(_GROUP.match(self.share_group)), "share_group: letters, digits, _.-")
         need(self.share_group != "" or self.ingest_workers == 1, "several ingest_workers need a share_group")
         need(self.topic_filter.startswith("qc/"), f"topic_filter {self.topic_filter!r}: must start with qc/")

@@ -312,8 +312,8 @@ class Store:
         update_set = {c: t.c[c] + stmt.excluded[c] for c in columns}
         greatest = func.greatest if self.postgres else func.max  # SQLite's two-argument max() is a scalar
         update_set["latency_max_ms"] = greatest(t.c.latency_max_ms, stmt.excluded.latency_max_ms)
-        for row in increments:  # one statement per (cell, hour): few per batch
-            conn.execute(stmt.on_conflict_do_update(index_elements=["cell", "hour"], set_=update_set), row)
+        # one statement: the rows are distinct (cell, hour) keys, in key order (the lock order)
+        conn.execute(stmt.values(increments).on_conflict_do_update(index_elements=["cell", "hour"], set_=update_set))
 
     def _streams(self, conn: Connection, fresh, dup_counts, now: datetime) -> None:
         seqs: dict[tuple[str, str, str], list[int]] = defaultdict(list)
@@ -395,13 +395,10 @@ class Store:
         for cell, alert_id in alert_ids.items():
             updates[cell]["last_alert_id"] = alert_id
         cells = models.Cell.__table__
-        for cell in sorted(updates):
-            conn.execute(
-                self._insert(cells).on_conflict_do_nothing(index_elements=["name"]),
-                {"name": cell, "first_seen": now, "last_seen": now},
-            )
+        for cell in sorted(updates):  # one upsert per cell, in name order (the lock order)
             values = {k: v for k, v in updates[cell].items() if v is not None or k == "presence_details"}
-            conn.execute(update(cells).where(cells.c.name == cell).values(last_seen=now, **values))
+            stmt = self._insert(cells).values(name=cell, first_seen=now, last_seen=now, **values)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"last_seen": now, **values}))
 
     def _ensure_partitions(self, parts: list[rules.Record], now: datetime) -> None:
         if not self.postgres or not parts:
