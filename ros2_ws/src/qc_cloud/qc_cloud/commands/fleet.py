@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -117,6 +118,10 @@ def serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
             if settings.api_workers > 1:
+                # uvicorn starts the API processes itself: they read the settings this process resolved
+                for name, value in dataclasses.asdict(settings).items():
+                    if name != "extra":
+                        os.environ[f"QC_FLEET_{name.upper()}"] = str(value)
                 uvicorn.run(
                     "qc_cloud.fleet.service:app_from_environment",
                     factory=True,
