@@ -113,7 +113,8 @@ install_ros_wheels() {
 install_python_dependencies() {
   local h reqs
   # QC_WITH_CLOUD is part of the stamp: `QC_WITH_CLOUD=1 make setup` after a first set-up adds the cloud tools.
-  h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt docker/pip-constraints.txt)
+  h=$(hash_of requirements/edge.txt requirements/dev.txt requirements/cloud.txt requirements/fleet.txt \
+    docker/pip-constraints.txt)
   [[ -n "$SYSTEM_ROS" ]] && h="$h-cloud${QC_WITH_CLOUD:-0}"
   stamp_ok py "$h" && return
   log "installing Python dependencies"
@@ -124,11 +125,11 @@ install_python_dependencies() {
     # (JetPack's /usr/local/cuda, or $CUDA_HOME), and Jetson.GPIO.
     grep -viE '^[[:space:]]*opencv-(contrib-)?python' requirements/edge.txt > "$VENV/edge-system-ros.txt"
     reqs=(-r "$VENV/edge-system-ros.txt" -r requirements/dev.txt -c docker/pip-constraints.txt)
-    [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt)
+    [[ "${QC_WITH_CLOUD:-0}" == 1 ]] && reqs+=(-r requirements/cloud.txt -r requirements/fleet.txt)
     "${PIP[@]}" "${reqs[@]}"
   else
     reqs=(-r requirements/edge.txt -r requirements/dev.txt)
-    [[ -z "$DISTRO" && -z "$PYTHON_VERSION" ]] && reqs+=(-r requirements/cloud.txt)
+    [[ -z "$DISTRO" && -z "$PYTHON_VERSION" ]] && reqs+=(-r requirements/cloud.txt -r requirements/fleet.txt)
     "${PIP[@]}" "${reqs[@]}"
     # numpy may have moved: keep the CMake include paths pointing at it.
     "$VENV/bin/python" scripts/fix_ros_cmake_paths.py "$VENV"
@@ -184,6 +185,19 @@ install_camera_packages() {
   stamp_set cameras "$h"
 }
 
+# PostgreSQL for the fleet service's tests and benchmark (they start their own server with initdb/pg_ctl in a
+# temporary directory, as the 'postgres' user when run as root); the system cluster is not needed.
+install_postgresql() {
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    log "installing PostgreSQL (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    (systemctl disable --now postgresql >/dev/null 2>&1 || true)
+  else
+    log "WARNING: PostgreSQL missing and not root: install it (apt-get install postgresql) for the fleet tests"
+  fi
+}
+
 # The interpreter the interface packages compile against: the venv's with the PyPI wheels (the only one with
 # their NumPy); with a system ROS 2 the system's, like the images (the NumPy headers apt's ROS 2 was built
 # with, which every newer 1.x loads). colcon itself runs on the venv's interpreter, so the nodes' entry points
@@ -237,6 +251,7 @@ install_ros_wheels
 install_python_dependencies
 install_mosquitto
 install_camera_packages
+install_postgresql
 build_workspace
 install_console_scripts
 log "done. Interactive use: ${DISTRO:+QC_ROS_DISTRO=$DISTRO }${PYTHON_VERSION:+QC_PYTHON=$PYTHON_VERSION }source scripts/env.sh"

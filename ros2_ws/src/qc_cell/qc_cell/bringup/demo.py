@@ -1,5 +1,6 @@
 """`make demo`: the whole cell on synthetic parts with ground truth, the default model on ONNX Runtime,
-a local mosquitto broker and the sim ejector. Ends with a summary table and a report folder.
+a local mosquitto broker, the sim ejector and the fleet service (`qc_cloud serve`, embedded: SQLite + HTTP API
+on a free port) storing what the cell sends. Ends with a summary table and a report folder.
 
     python -m qc_cell.bringup.demo --parts 300
 """
@@ -35,6 +36,36 @@ def demo_overrides(parts: int, broker_url: str, run_dir: Path) -> dict[str, dict
     }
 
 
+def start_fleet(out_dir: Path, broker_url: str):
+    """The fleet service next to the cell, or None (with the reason printed) where its packages are missing."""
+    try:
+        from qc_cloud.fleet.embedded import EmbeddedFleet
+    except ImportError as exc:
+        print(f"[demo] fleet service not started: {exc} (requirements/fleet.txt)", flush=True)
+        return None
+    fleet = EmbeddedFleet(out_dir / "fleet", broker_url, client_id=f"qc-demo-fleet-{out_dir.name}")
+    print(f"[demo] fleet service: {fleet.url} (OpenAPI {fleet.url}/docs; API tokens in "
+          f"{out_dir / 'fleet' / 'api-tokens.txt'})", flush=True)  # fmt: skip
+    return fleet
+
+
+def fleet_summary(fleet, decided: set[str], wait_s: float = 30.0) -> dict:
+    """What the fleet service stored, read through its HTTP API: parts (waiting for the last ones) and cells."""
+    end = time.monotonic() + wait_s
+    stored = fleet.part_ids()
+    while not decided <= stored and time.monotonic() < end:
+        time.sleep(0.5)
+        stored = fleet.part_ids()
+    cells = fleet.get("/api/v1/cells")["items"]
+    return {
+        "url": fleet.url,
+        "parts_stored": len(stored),
+        "parts_stored_vs_parts": f"{len(stored & decided)}/{len(decided)}",
+        "cells": [{k: c[k] for k in ("cell", "presence", "model_version", "parts_24h")} for c in cells],
+        "totals": fleet.get("/api/v1/status")["totals"],
+    }
+
+
 def run_demo(
     parts: int,
     params: Path,
@@ -43,6 +74,7 @@ def run_demo(
     timeout_s: float | None = None,
     extra_overrides: dict[str, dict] | None = None,
     on_tick=None,
+    fleet: bool = True,
 ) -> dict:
     """Run the cell until every part has a verdict and an MQTT record (or timeout); write the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -51,6 +83,7 @@ def run_demo(
     # real cloud consumer would: what the bridge replays after an outage reaches it even before it reconnects.
     with Mosquitto(persistence=True) as broker:
         cloud = Subscriber("127.0.0.1", broker.port, session_id=f"qc-demo-cloud-{namespace}")
+        fleet_service = start_fleet(out_dir, broker.url) if fleet else None
         overrides = demo_overrides(parts, broker.url, out_dir)
         for node, values in (extra_overrides or {}).items():
             overrides.setdefault(node, {}).update(values)
@@ -86,11 +119,20 @@ def run_demo(
             while time.monotonic() < end and not run_report.rejects_complete(recorder.snapshot()):
                 runner.tick()
                 time.sleep(0.1)
+            record = recorder.snapshot()
+            stored = None
+            if fleet_service is not None:
+                try:
+                    stored = fleet_summary(fleet_service, set(record.decisions))
+                except Exception as exc:  # reported, not fatal: the cell's own results stand
+                    stored = {"url": fleet_service.url, "parts_stored_vs_parts": f"error: {exc}"}
         finally:
             runner.stop()
             cloud.close()
-        record = recorder.snapshot()
+            if fleet_service is not None:
+                fleet_service.stop()
         result = run_report.build(record, cloud.snapshot(), image_bytes, time.monotonic() - started)
+        result["fleet"] = stored
         result["restarts"] = {spec.name: runner.supervisor.restarts(spec.name) for spec in runner.nodes}
         result["report_path"] = str(run_report.write(result, record, out_dir))
         return result

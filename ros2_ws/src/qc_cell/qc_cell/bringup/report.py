@@ -175,5 +175,11 @@ def table(report: dict[str, Any]) -> str:
         ("bytes to cloud per part", mqtt["bytes_per_part"]),
         ("  fraction of raw image", mqtt["fraction_of_raw_image_bytes"]),
     ]
+    fleet = report.get("fleet")
+    if fleet:
+        rows += [
+            ("fleet service parts stored vs parts", fleet["parts_stored_vs_parts"]),
+            ("fleet service", fleet["url"]),
+        ]
     width = max(len(str(k)) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

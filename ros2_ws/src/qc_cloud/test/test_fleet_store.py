@@ -1,0 +1,195 @@
+"""The fleet database on SQLite and a real PostgreSQL: migrations, exactly-once storage, gaps, quarantine."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+
+pytest.importorskip("sqlalchemy", reason="the fleet service needs requirements/fleet.txt")
+
+from sqlalchemy import func, inspect, select, text
+
+from qc_cloud.fleet import db, models, rules, simulate
+from qc_cloud.fleet.samples import SampleStore
+from qc_cloud.fleet.store import Message, Store
+from qc_contract import records
+
+CELLS = simulate.cell_names(3)
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def _store(engine, tmp_path) -> Store:
+    return Store(engine, SampleStore(tmp_path / "samples"))
+
+
+def _count(engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table.__table__)).scalar_one()
+
+
+def _parts(cells, seqs, epoch="0badcafe"):
+    return [Message(f"qc/{c}/part", records.encode(simulate.part_record(c, epoch, s))) for s in seqs for c in cells]
+
+
+def test_migrations_upgrade_and_downgrade(database_url):
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision()
+    tables = set(inspect(engine).get_table_names())
+    assert set(models.Base.metadata.tables) <= tables
+    if db.is_postgres(engine):
+        with engine.connect() as conn:
+            kind = conn.execute(text("SELECT relkind FROM pg_class WHERE relname = 'parts'")).scalar_one()
+        assert kind == "p", "parts is partitioned on PostgreSQL"
+    db.downgrade(engine, "base")
+    assert db.current_revision(engine) is None
+    assert not set(models.Base.metadata.tables) & set(inspect(engine).get_table_names())
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()
+
+
+def test_each_record_is_stored_once_and_redeliveries_are_counted(engine, tmp_path):
+    store = _store(engine, tmp_path)
+    first = store.write(_parts(CELLS, range(1, 11)) + _parts(CELLS[:1], [3]))  # a duplicate in the batch
+    assert (first.stored, first.duplicates) == (30, 1)
+    again = store.write(_parts(CELLS, range(5, 13)))  # redelivery of 5..10, new 11..12
+    assert (again.stored, again.duplicates) == (6, 18)
+    assert _count(engine, models.Part) == 36
+    with engine.connect() as conn:
+        streams = conn.execute(select(models.Stream.records, models.Stream.duplicates, models.Stream.max_seq)).all()
+        parts_in_rollups = conn.execute(select(func.sum(models.PartRollup.parts))).scalar_one()
+    assert sorted(streams) == [(12, 6, 12), (12, 6, 12), (12, 7, 12)]
+    assert parts_in_rollups == 36, "the rollups count each part once"
+
+
+def test_two_writers_racing_on_the_same_records_store_each_once(engine, tmp_path):
+    """Two workers receiving the same messages (plain subscriptions, or a redelivery racing the first copy)."""
+    messages = _parts(CELLS, range(1, 201))
+    stores = [_store(engine, tmp_path), _store(engine, tmp_path)]
+    results, errors = [], []
+
+    def run(store, batch):
+        try:
+            for i in range(0, len(batch), 50):
+                results.append(store.write(batch[i : i + 50]))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(s, m)) for s, m in zip(stores, (messages, messages[::-1]), strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert sum(r.stored for r in results) == 600 and sum(r.duplicates for r in results) == 600
+    assert _count(engine, models.Part) == 600
+    with engine.connect() as conn:
+        assert conn.execute(select(func.sum(models.PartRollup.parts))).scalar_one() == 600
+        assert conn.execute(select(func.count()).select_from(models.Gap.__table__)).scalar_one() == 0
+
+
+def test_gaps_are_tracked_per_stream_and_close_when_filled(engine, tmp_path):
+    store = _store(engine, tmp_path)
+    store.write(_parts(CELLS[:1], [1, 2, 6, 7, 10]))
+    with engine.connect() as conn:
+        open_ = conn.execute(select(models.Gap.first_seq, models.Gap.last_seq).order_by(models.Gap.first_seq)).all()
+        assert [tuple(g) for g in open_] == [(3, 5), (8, 9)]
+        assert conn.execute(select(models.Stream.missing)).scalar_one() == 5
+    store.write(_parts(CELLS[:1], [4, 8, 9]))
+    with engine.connect() as conn:
+        open_ = conn.execute(select(models.Gap.first_seq, models.Gap.last_seq).order_by(models.Gap.first_seq)).all()
+        assert [tuple(g) for g in open_] == [(3, 3), (5, 5)]
+        assert conn.execute(select(models.Stream.missing)).scalar_one() == 2
+
+
+def test_hostile_payloads_are_quarantined_and_the_valid_ones_around_them_stored(engine, tmp_path):
+    store = _store(engine, tmp_path)
+    hostile = simulate.hostile_payloads(48, CELLS)
+    valid = _parts(CELLS, range(1, 17))
+    mixed = []
+    for i, (topic, payload, _) in enumerate(hostile):
+        mixed += [valid[i], Message(topic, payload)]
+    result = store.write(mixed)
+    assert (result.stored, result.quarantined) == (48, 48)
+    with engine.connect() as conn:
+        rows = conn.execute(select(models.Quarantine.reason, models.Quarantine.size, models.Quarantine.payload)).all()
+    assert len(rows) == 48 and all(reason for reason, _, _ in rows)
+    assert max(len(payload) for _, _, payload in rows) <= 64 * 1024 < max(size for _, size, _ in rows)
+    assert _count(engine, models.Part) == 48
+
+
+def test_presence_model_and_alerts_update_the_cell(engine, tmp_path):
+    store = _store(engine, tmp_path)
+    cell = CELLS[0]
+    online = records.status(cell=cell, state="online", stamp_ns=10**18, details={"outbox_depth": 0})
+    will = records.status(cell=cell, state="offline", stamp_ns=0, reason="connection_lost")
+    model = records.envelope(
+        cell,
+        "0badcafe",
+        "model_status",
+        1,
+        records.model_state(
+            stamp_ns=10**18, version="v7", sha256="a" * 64, backend="onnxruntime", precision="fp32", state=2, message=""
+        ),
+    )
+    store.write(
+        [
+            Message(f"qc/{cell}/status", records.encode(online)),
+            Message(f"qc/{cell}/model/status", records.encode(model)),
+            Message(f"qc/{cell}/alert", records.encode(simulate.alert_record(cell, "0badcafe", 1))),
+        ]
+    )
+    store.write([Message(f"qc/{cell}/status", records.encode(will))])
+    with engine.connect() as conn:
+        row = conn.execute(select(models.Cell).where(models.Cell.name == cell)).one()._mapping
+    assert (row["presence"], row["presence_reason"], row["model_version"], row["model_state"]) == (
+        "offline",
+        "connection_lost",
+        "v7",
+        "ACTIVE",
+    )
+    assert row["last_alert_id"] is not None
+
+
+def test_postgres_partitions_are_created_on_demand_and_dropped_by_retention(postgres_url, tmp_path):
+    engine = db.make_engine(postgres_url)
+    db.upgrade(engine)
+    store = Store(engine, SampleStore(tmp_path), retention_days=30)
+    now = rules.utcnow()
+    store.write([Message(f"qc/{CELLS[0]}/part", records.encode(simulate.part_record(CELLS[0], "0badcafe", 1)))])
+    ancient = simulate.part_record(CELLS[0], "0badcafe", 2, decision_ns=946_684_800 * 10**9)  # 2000-01-01
+    store.write([Message(f"qc/{CELLS[0]}/part", records.encode(ancient))])
+    with engine.connect() as conn:
+        names = db.existing_partitions(conn)
+        assert db.partition_name(now.date()) in names
+        assert conn.execute(text("SELECT count(*) FROM parts_default")).scalar_one() == 1, "outside the window"
+    dropped = db.apply_retention(engine, now + timedelta(days=40), retention_days=30)
+    assert dropped[db.partition_name(now.date())] == 1 and dropped["parts_default"] == 1
+    assert _count(engine, models.Part) == 0
+    engine.dispose()
+
+
+def test_a_partition_created_later_takes_its_rows_from_the_default_partition(postgres_url, tmp_path):
+    engine = db.make_engine(postgres_url)
+    db.upgrade(engine)
+    day = datetime(2030, 6, 1, 12)
+    ns = int((day - datetime(1970, 1, 1)).total_seconds()) * 10**9
+    record = simulate.part_record(CELLS[0], "0badcafe", 1, decision_ns=ns)
+    Store(engine, SampleStore(tmp_path)).write([Message(f"qc/{CELLS[0]}/part", records.encode(record))])
+    db.ensure_partitions(engine, {day.date()})
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM parts_default")).scalar_one() == 0
+        assert conn.execute(text(f"SELECT count(*) FROM {db.partition_name(day.date())}")).scalar_one() == 1
+    engine.dispose()
