@@ -20,8 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="model package folder (from `qc_cloud train`)")
     p.add_argument("--worker", default="verifier-1", help="this worker's id (status topic, records)")
     p.add_argument("--group", default="qc-verifier", help="shared-subscription group of the workers")
-    p.add_argument("--allow-cell", action="append", dest="allowed_cells", default=None, metavar="PATTERN",
-                   help="site/line/cell pattern (fnmatch) allowed to ask; repeatable; default: every cell")
+    p.add_argument(
+        "--allow-cell",
+        action="append",
+        dest="allowed_cells",
+        default=None,
+        metavar="PATTERN",
+        help="site/line/cell pattern (fnmatch) allowed to ask; repeatable; default: every cell",
+    )
     p.add_argument("--max-batch", type=int, default=8, help="largest batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="a batch closes this long after its first request")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting; beyond: refused 'overloaded'")
@@ -60,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         scorer, loaded = load_package(args.model, args.backend, args.precision, args.max_batch, args.threads)
-    except Exception as exc:  # noqa: BLE001 - manifest, backend or self-test: one line, exit 2
+    except Exception as exc:
         print(f"qc_cloud verifier: error: cannot serve {args.model}: {exc}", file=sys.stderr)
         return 2
     print(f"verifier {args.worker}: {loaded}", flush=True)

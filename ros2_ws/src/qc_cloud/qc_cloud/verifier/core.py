@@ -323,7 +323,7 @@ class Verifier:
             return
         try:
             probabilities, problems = self.scorer.probabilities(np.ascontiguousarray(np.concatenate(tensors)))
-        except Exception as exc:  # noqa: BLE001 - a model failure answers the batch, the service stays up
+        except Exception as exc:
             self.stats.count("refused_model_error", len(ready))
             for request in ready:
                 self.emit(self._answer(request, "refused", "model_error", None, None, None, detail=str(exc)[:200]))
@@ -418,7 +418,11 @@ class Verifier:
         )
 
     def report(self) -> dict[str, Any]:
-        return {"worker": self.settings.worker, "model_version": self.scorer.version, **self.stats.snapshot(self.batcher.depth)}
+        return {
+            "worker": self.settings.worker,
+            "model_version": self.scorer.version,
+            **self.stats.snapshot(self.batcher.depth),
+        }
 
 
 def _ids_of(payload: bytes) -> tuple[str, str]:

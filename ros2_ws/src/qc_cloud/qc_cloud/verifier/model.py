@@ -55,7 +55,9 @@ def load_package(
     model_path = manifest.verify_model_file(package_dir)
     choice = resolve_backend(backend, precision)
     options = BackendOptions(threads=threads, precision=choice.precision, max_batch=max_batch)
-    loaded = LoadedModel(package_dir, manifest, create_backend(choice.name, model_path, manifest, options), choice.message)
+    loaded = LoadedModel(
+        package_dir, manifest, create_backend(choice.name, model_path, manifest, options), choice.message
+    )
     try:
         loaded.warm_up(runs=1)
         selftest = loaded.self_test()

@@ -17,11 +17,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from qc_cloud.verifier.core import Answer, Scorer, Verifier, VerifierSettings
 from qc_contract import records
 from qc_contract.broker import BrokerConfig
 from qc_contract.mqtt_client import connect_properties, create_client
 from qc_contract.topics import CellId, verifier_status_topic, verify_request_subscription
-from qc_cloud.verifier.core import Answer, Scorer, Verifier, VerifierSettings
 
 log = logging.getLogger("qc_cloud.verifier")
 
@@ -145,4 +145,3 @@ class VerifierService:
             info.wait_for_publish(timeout=2)
         self.client.disconnect()
         self.client.loop_stop()
-
