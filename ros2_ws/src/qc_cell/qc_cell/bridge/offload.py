@@ -27,12 +27,14 @@ class PendingVerify:
     capture_ns: int  # wall clock
     deadline_ns: int  # wall clock
     sent_mono_ns: int
+    wire_bytes: int = 0  # size of the request record (for the policy's link model)
+    policy: dict | None = None  # the policy's decision, repeated in the verify/result record
 
 
 @dataclass(frozen=True)
 class VerifyOutcome:
     pending: PendingVerify | None
-    outcome: str  # used, late, unknown_request
+    outcome: str  # used, late, unknown_request; expired / refused (the cloud answered without a verdict)
     rtt_ms: float | None
 
 
@@ -59,14 +61,25 @@ class OffloadTracker:
             return False
         return True
 
-    def sent(self, part_id: str, request_id: str, local_verdict: int, capture_ns: int, mono_ns: int) -> None:
+    def sent(
+        self,
+        part_id: str,
+        request_id: str,
+        local_verdict: int,
+        capture_ns: int,
+        mono_ns: int,
+        wire_bytes: int = 0,
+        policy: dict | None = None,
+    ) -> None:
         with self._lock:
             self._pending[request_id] = PendingVerify(
-                part_id, request_id, local_verdict, capture_ns, self.deadline(capture_ns), mono_ns
+                part_id, request_id, local_verdict, capture_ns, self.deadline(capture_ns), mono_ns, wire_bytes, policy
             )
             self.counts["sent"] += 1
 
-    def response(self, request_id: str, part_id: str, now_ns: int, mono_ns: int) -> VerifyOutcome:
+    def response(
+        self, request_id: str, part_id: str, now_ns: int, mono_ns: int, cloud_outcome: str = "scored"
+    ) -> VerifyOutcome:
         with self._lock:
             pending = self._pending.get(request_id)
             if pending is None or pending.part_id != part_id:
@@ -75,7 +88,10 @@ class OffloadTracker:
             del self._pending[request_id]
             rtt_ms = (mono_ns - pending.sent_mono_ns) / 1e6
             self._rtts.append(rtt_ms)
-            outcome = "used" if now_ns <= pending.deadline_ns else "late"
+            if cloud_outcome != "scored":
+                outcome = cloud_outcome  # expired / refused: nothing to use, whenever it came
+            else:
+                outcome = "used" if now_ns <= pending.deadline_ns else "late"
             self.counts[outcome] += 1
             return VerifyOutcome(pending, outcome, rtt_ms)
 
@@ -279,6 +295,12 @@ class OffloadPolicy:
         jpeg = self._bytes_per_pixel[quality] * w * h
         wire = int(jpeg * BASE64_OVERHEAD + RECORD_OVERHEAD_BYTES)
         return ImagePlan(roi, side if side and max(w, h) >= side else 0, quality, w, h, wire)
+
+    def candidate(self, verdict: int, reasons: tuple[str, ...]) -> bool:
+        """Worth decoding the frame for: a re-inspect part, or one the overloaded edge could not inspect."""
+        if verdict == Verdict.REINSPECT:
+            return True
+        return verdict == Verdict.NOT_INSPECTED and any(r in OVERLOAD_REASONS for r in reasons) and self.overloaded
 
     def decide(
         self,
