@@ -89,8 +89,8 @@ def test_a_killed_verifier_leaves_its_will_and_a_restarted_one_resumes(package, 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def start(broker: Mosquitto) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "qc_cloud.cli", "verifier", "--model", str(package), "--worker", "vk",
-               "--broker", broker.url, "--backend", "onnxruntime", "--threads", "1", "--status-period", "0.5"]  # fmt: skip
+        cmd = [sys.executable, "-m", "qc_cloud.cli", "verifier", "--model", str(package), "--worker", "vk"]
+        cmd += ["--broker", broker.url, "--backend", "onnxruntime", "--threads", "1", "--status-period", "0.5"]
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def ready(process: subprocess.Popen) -> None:

@@ -102,7 +102,7 @@ def _ns_of(stamp: str | None) -> int | None:
     if not stamp:
         return None
     seconds = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    return int(round(seconds * 1e6)) * 1000
+    return round(seconds * 1e6) * 1000
 
 
 class Batcher:
