@@ -60,25 +60,25 @@ def test_a_round_trip_takes_the_configured_delay():
 
 def test_jitter_never_reorders_the_stream():
     server, port = echo_server()
-    with DelayProxy.round_trip(port, rtt_ms=40, jitter_ms=15, seed=3) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port)) as c:
-            payload = b"".join(i.to_bytes(4, "big") for i in range(2000))
-            for i in range(0, len(payload), 400):
-                c.sendall(payload[i : i + 400])
-                time.sleep(0.001)
-            assert recv_exactly(c, len(payload)) == payload
+    proxy = DelayProxy.round_trip(port, rtt_ms=40, jitter_ms=15, seed=3)
+    with proxy, socket.create_connection(("127.0.0.1", proxy.port)) as c:
+        payload = b"".join(i.to_bytes(4, "big") for i in range(2000))
+        for i in range(0, len(payload), 400):
+            c.sendall(payload[i : i + 400])
+            time.sleep(0.001)
+        assert recv_exactly(c, len(payload)) == payload
     server.close()
 
 
 def test_the_uplink_rate_limit_serialises_big_messages():
     server, port = echo_server()
     rate = 2_000_000  # 2 Mbit/s: 100 kB take 400 ms
-    with DelayProxy.round_trip(port, rtt_ms=10, up_bps=rate) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port)) as c:
-            start = time.monotonic()
-            c.sendall(b"x" * 100_000)
-            recv_exactly(c, 100_000)
-            elapsed = time.monotonic() - start
+    proxy = DelayProxy.round_trip(port, rtt_ms=10, up_bps=rate)
+    with proxy, socket.create_connection(("127.0.0.1", proxy.port)) as c:
+        start = time.monotonic()
+        c.sendall(b"x" * 100_000)
+        recv_exactly(c, 100_000)
+        elapsed = time.monotonic() - start
     assert elapsed >= 0.4 + 0.01
     assert elapsed < 0.4 + 3.0
     server.close()
