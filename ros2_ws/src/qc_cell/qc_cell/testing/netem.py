@@ -109,9 +109,9 @@ class DelayProxy:
                     wait = release - time.monotonic()
                     if wait > 0:
                         time.sleep(wait)
-                    sink.sendall(data)
-                    with self._lock:
+                    with self._lock:  # counted before it is delivered: a reader never sees it uncounted
                         self.bytes[up] += len(data)
+                    sink.sendall(data)
             except OSError:
                 pass
             finally:
