@@ -5,6 +5,7 @@ mid-stream and restarted. Every request and result is checked against the contra
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,9 +25,12 @@ pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(900)]
 OVERRIDES = {
     "camera_driver": {"rate_hz": 8.0, "defect_rate": 0.3},
     "decision": {"reinspect_threshold": 0.02, "defective_threshold": 0.98},
+    # 1,000 mm at 200 mm/s: 5 s from camera to ejector, so that even a verifier on a loaded CI machine answers
+    # some requests in time (the benchmark measures the tight cases).
+    "reject_actuator": {"reject_distance_mm": 1000.0, "belt_speed_mm_s": 200.0},
     "cloud_bridge": {
         "offload_enabled": True,
-        "offload_slack_ms": 1500.0,  # the demo's camera-to-ejector travel is 1600 ms
+        "offload_slack_ms": 4500.0,
         "offload_min_remaining_ms": 0.0,
         "offload_late_grace_s": 5.0,
         "offload_max_side": 224,
@@ -61,10 +65,10 @@ class VerifierProcess:
             self.process.wait(30)
 
 
-def _run(tmp_path: Path, parts: int, on_tick) -> tuple[dict, object]:
+def _run(tmp_path: Path, parts: int, on_tick, captured: dict | None = None) -> tuple[dict, object]:
     from qc_cell.bringup import demo
 
-    captured = {}
+    captured = {} if captured is None else captured
     original = demo.Subscriber
 
     def recording_subscriber(*args, **kwargs):  # the demo's 'cloud' subscriber, kept to read its messages
@@ -92,18 +96,34 @@ def _assert_every_part_accounted(result: dict, parts: int) -> None:
 
 def test_the_cell_offloads_to_the_verifier_and_uses_its_answers_in_time(tmp_path):
     verifier = VerifierProcess(tmp_path / "verifier.log")
+    captured: dict = {}
+    injected: list[bytes] = []
 
-    def start_verifier(runner, broker) -> None:
+    def start_verifier_then_replay(runner, broker) -> None:
         if verifier.starts == 0:
             verifier.start(broker.url)
+        cloud = captured.get("cloud")
+        answered = cloud.snapshot("/verify/response") if cloud else []
+        if len(answered) >= 1 and not injected:
+            # A replayed old answer, the same answer for another cell's part, and one to a request never made:
+            # the cell must ignore each (no second result, no verdict); the core tests check they are counted.
+            old = answered[0]
+            forged = {**old.json(), "part_id": "othercell-00000001"}
+            unknown = {**old.json(), "request_id": "feedf00d-verify_request-1"}
+            for payload in (old.payload, json.dumps(forged).encode(), json.dumps(unknown).encode()):
+                cloud.publish(old.topic, payload)
+                injected.append(payload)
 
     try:
-        result, cloud = _run(tmp_path, 80, start_verifier)
+        result, cloud = _run(tmp_path, 150, start_verifier_then_replay, captured)
     finally:
         verifier.stop()
-    _assert_every_part_accounted(result, 80)
+    assert injected, "no answers came in to replay"
+    _assert_every_part_accounted(result, 150)
     requests, results = _records(cloud, "/verify/request"), _records(cloud, "/verify/result")
-    responses, verifications = _records(cloud, "/verify/response"), _records(cloud, "/verify/verification")
+    verifications = _records(cloud, "/verify/verification")
+    ours = {"feedf00d-verify_request-1"}  # the injected answer to a request never made
+    responses = [r for r in _records(cloud, "/verify/response") if r["request_id"] not in ours]
     assert requests, f"no part was offloaded; verifier log: {(tmp_path / 'verifier.log').read_text()[-2000:]}"
     for name, items in (("verify_request", requests), ("verify", results), ("verify_response", responses),
                         ("verification", verifications)):  # fmt: skip
@@ -115,6 +135,9 @@ def test_the_cell_offloads_to_the_verifier_and_uses_its_answers_in_time(tmp_path
     )
     assert {r["request_id"] for r in responses} <= {r["id"] for r in requests}, "answers only to what was asked"
     assert all(r["policy"]["reason"] for r in results), "every result names the policy's reason"
+    per_request = Counter(r["request_id"] for r in results if r["request_id"])
+    assert set(per_request.values()) == {1}, f"one result per request, replays ignored: {per_request}"
+    assert "othercell-00000001" not in {r["part_id"] for r in results}
     sent = {r["id"] for r in requests}
     assert {v["request_id"] for v in verifications} == {r["request_id"] for r in responses} <= sent
 
