@@ -237,7 +237,10 @@ def networked(kind: str, parts: list[Part], broker: Mosquitto, rtt_ms: float, mb
         if not args.band_low <= part.edge_p < args.band_high:
             continue
         slack_ms = (deadline_ns - time.time_ns()) / 1e6
-        in_flight = sum(1 for rid, _ in pending_answers if rid not in link.answers)
+        # As the bridge's tracker: a request counts as unanswered until its answer or deadline + 2 s (late grace).
+        grace = args.slack_ms / 1e3 + 2.0
+        pending_answers[:] = [(r, w) for r, w in pending_answers if time.monotonic() - link.sent_at[r] < grace]
+        in_flight = len(pending_answers)
         decision = policy.decide(Verdict.REINSPECT, ("visual_reinspect",), slack_ms, 1280, 720, in_flight)
         if not decision.send:
             continue
