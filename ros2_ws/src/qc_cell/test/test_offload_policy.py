@@ -102,3 +102,12 @@ def test_bad_settings_are_refused():
         PolicySettings(roi=(0, 0, 0, 10))
     with pytest.raises(ValueError, match="quality"):
         PolicySettings(quality_ladder=())
+
+
+def test_round_trips_that_vary_for_another_reason_do_not_pass_for_a_slow_link():
+    link = LinkModel(PolicySettings(prior_rtt_ms=100, prior_bandwidth_mbps=20, spread_k=0, margin_ms=0))
+    queueing = [900, 150, 1200, 300, 80, 1000, 200, 700]  # the verifier's queue, unrelated to the size
+    for i, q in enumerate(queueing):
+        link.observe((10_000, 14_000, 8_000)[i % 3], 20 + q)
+    assert link.bandwidth_mbps == pytest.approx(20)  # the prior stands
+    assert link.base_ms > 300 and link.spread_ms > 200  # the delay is in the base and the spread

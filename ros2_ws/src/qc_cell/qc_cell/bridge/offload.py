@@ -224,8 +224,12 @@ class LinkModel:
         mx, mr = sum(xs) / n, sum(rs) / n
         sxx = sum((x - mx) ** 2 for x in xs)
         if sxx > (0.15 * mx) ** 2 * n and mx > 0:  # sizes vary enough to tell bandwidth from base
-            slope = sum((x - mx) * (r - mr) for x, r in zip(xs, rs, strict=True)) / sxx
-            self.ms_per_byte = max(slope, 8 / (1e3 * 1e3))  # never faster than 1 Gbit/s
+            sxr = sum((x - mx) * (r - mr) for x, r in zip(xs, rs, strict=True))
+            srr = sum((r - mr) ** 2 for r in rs)
+            # Only a fit that explains most of the variation says what the bandwidth is; otherwise the round trips
+            # vary for another reason (the verifier's queue), which the base and the spread then carry.
+            if srr > 0 and sxr > 0 and sxr * sxr / (sxx * srr) >= 0.5:
+                self.ms_per_byte = max(sxr / sxx, 8 / (1e3 * 1e3))  # never faster than 1 Gbit/s
         self.base_ms = max(0.0, mr - self.ms_per_byte * mx)
         residuals = [r - (self.base_ms + self.ms_per_byte * x) for x, r in zip(xs, rs, strict=True)]
         self.spread_ms = math.sqrt(sum(e * e for e in residuals) / n)
