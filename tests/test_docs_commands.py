@@ -283,8 +283,8 @@ RULES: list[Rule] = [
     Rule(r"qc_synthetic_parts ", "a small data set into a temp folder", check_synthetic_parts),
     Rule(r"qc_cloud keys generate ", "a key pair into a temp folder", check_keys_generate),
     Rule(
-        r"qc_cloud (watch|gaps|publish-model) ",
-        "needs a TLS broker or its database: --help",
+        r"qc_cloud (watch|gaps|publish-model|verifier) ",
+        "needs a TLS broker, its database or a trained cloud model: --help",
         check_options_against_help(2),
     ),
     Rule(
@@ -304,6 +304,11 @@ RULES: list[Rule] = [
     ),
     Rule(
         r"source scripts/env\.sh && python bench/", "one second per configuration", check_benchmark_briefly, slow=True
+    ),
+    Rule(
+        r"nice -n 10 python bench/bench_edge_cloud\.py ",
+        "trains two models and streams 1,000 parts per set-up for minutes: --help",
+        check_options_against_help(5),
     ),
     Rule(
         r"\(cd ros2_ws && colcon build --metas \.\./colcon\.meta\)$",

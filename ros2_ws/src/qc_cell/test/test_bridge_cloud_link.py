@@ -459,3 +459,32 @@ def test_the_link_imports_no_ros():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_the_policy_sends_the_roi_at_the_cloud_size_and_reports_its_reasons(tmp_path):
+    offload = OffloadSettings(
+        enabled=True, slack_ms=300.0, min_remaining_ms=0.0, max_side=24, roi=(8, 4, 48, 40), prior_rtt_ms=100.0
+    )
+    with cloud_link(tmp_path, offload=offload) as link:
+        core, clock = link.core, link.time
+        core.on_frame(image("r1"))
+        core.on_part(part("r1", REINSPECT, decided_ns=clock.wall, capture_ago_ms=50))  # 250 ms left: fits
+        core.on_frame(image("r2"))
+        core.on_part(part("r2", REINSPECT, decided_ns=clock.wall, capture_ago_ms=200))  # 100 ms: base + margin not
+        (request,) = link.stored("verify_request")
+        assert (request["part_id"], request["width"], request["height"]) == ("r1", 24, 20)  # crop 48x40 -> 24 wide
+        clock.advance(60 * MS)
+        expired = {**json.loads(_response(request["id"], "r1")), "outcome": "expired", "verdict": None}
+        core.on_message(CELL.verify_response, json.dumps(expired).encode())
+        assert link.verdicts == [], "an expired answer carries no verdict to use"
+        results = {r["part_id"]: r for r in link.stored("verify")}
+        for result in results.values():
+            schemas.validator("verify").validate(result)
+        r1, r2 = results["r1"], results["r2"]
+        assert (r1["outcome"], r1["cloud_verdict"], r1["rtt_ms"]) == ("expired", None, 60.0)
+        assert r1["policy"]["reason"] == "send_reinspect" and r1["policy"]["roi"] == [8, 4, 48, 40]
+        assert r1["policy"]["width"] == 24 and r1["policy"]["image_bytes"] == len(records.encode(request))
+        # 100 ms left < prior round trip + margin; no probe either, with one request still unanswered
+        assert (r2["outcome"], r2["policy"]["reason"]) == ("not_sent", "no_slack")
+        health = link.health()
+        assert health["offload_policy_send_reinspect"] == 1 and health["offload_expired"] == 1

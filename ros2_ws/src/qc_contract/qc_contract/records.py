@@ -263,15 +263,99 @@ def verify_result(
     cloud_verdict: str | None,
     outcome: str,
     rtt_ms: float | None,
+    policy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What became of one re-inspection offload: used (cloud verdict in time), late, no_response, not_sent."""
-    return {
+    """What became of one re-inspection offload: used (cloud verdict in time), late, no_response, not_sent,
+    expired / refused (answered without a verdict). `policy`: the offload policy's decision and reason."""
+    body = {
         "part_id": part_id,
         "request_id": request_id,
         "local_verdict": name_of(VERDICT_NAMES, local_verdict),
         "cloud_verdict": cloud_verdict,
         "outcome": outcome,
         "rtt_ms": None if rtt_ms is None else number(rtt_ms, 2),
+    }
+    if policy:
+        body["policy"] = dict(policy)
+    return body
+
+
+def verify_response(
+    *,
+    part_id: str,
+    request_id: str,
+    outcome: str = "scored",
+    verdict: str | None = None,
+    defect_probability: float | None = None,
+    model_version: str = "",
+    reason: str = "",
+) -> dict[str, Any]:
+    """The cloud verifier's answer on .../verify/response: a verdict when scored, else outcome and reason."""
+    body: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "type": "verify_response",
+        "part_id": part_id,
+        "request_id": request_id,
+        "outcome": outcome,
+        "verdict": verdict,
+    }
+    if defect_probability is not None:
+        body["defect_probability"] = number(defect_probability)
+    if model_version:
+        body["model_version"] = model_version
+    if reason:
+        body["reason"] = reason
+    return body
+
+
+def verification(
+    *,
+    cell: str,
+    request_id: str,
+    part_id: str,
+    verifier: str,
+    outcome: str,
+    reason: str,
+    verdict: str | None,
+    defect_probability: float | None,
+    local_verdict: str | None,
+    local_defect_probability: float | None,
+    edge_model_version: str,
+    model_version: str,
+    capture_time: str | None,
+    deadline: str | None,
+    received_ns: int,
+    answered_ns: int,
+    queue_ms: float | None,
+    service_ms: float | None,
+    batch_size: int | None,
+    image_bytes: int,
+) -> dict[str, Any]:
+    """What the cloud verifier did with one request (verification.schema.json), for the fleet service to store
+    next to the part; its identity is (cell, request_id)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "type": "verification",
+        "cell": cell,
+        "request_id": request_id,
+        "part_id": part_id,
+        "verifier": verifier,
+        "outcome": outcome,
+        "reason": reason,
+        "verdict": verdict,
+        "defect_probability": None if defect_probability is None else number(defect_probability),
+        "local_verdict": local_verdict,
+        "local_defect_probability": None if local_defect_probability is None else number(local_defect_probability),
+        "edge_model_version": edge_model_version,
+        "model_version": model_version,
+        "capture_time": capture_time,
+        "deadline": deadline,
+        "received_time": iso_time(received_ns),
+        "answered_time": iso_time(answered_ns),
+        "queue_ms": None if queue_ms is None else number(queue_ms, 2),
+        "service_ms": None if service_ms is None else number(service_ms, 2),
+        "batch_size": batch_size,
+        "image_bytes": int(image_bytes),
     }
 
 

@@ -71,6 +71,11 @@ class CellId:
     def verify_response(self) -> str:
         return self.topic("verify/response")
 
+    # Cloud verifier -> fleet: one record per request the verifier handled (verification.schema.json).
+    @property
+    def verify_verification(self) -> str:
+        return self.topic("verify/verification")
+
     def chunk_topic(self, version: str, index: int) -> str:
         return self.topic(f"model/chunk/{version}/{index}")
 
@@ -83,3 +88,33 @@ class CellId:
         if len(parts) != 2 or not parts[1].isdigit():
             return None
         return parts[0], int(parts[1])
+
+
+# The cloud verifier (qc_cloud verifier): every worker subscribes to all cells' requests through one MQTT 5 shared
+# subscription, so the broker hands each request to one worker of the group.
+VERIFY_REQUEST_FILTER = "qc/+/+/+/verify/request"
+
+
+def verify_request_subscription(group: str) -> str:
+    """$share/<group>/qc/+/+/+/verify/request: the workers of one group share the requests."""
+    if not _NAME.match(group):
+        raise BridgeConfigError(f"verifier group {group!r}: use 1-64 letters, digits, '_', '.', '-'")
+    return f"$share/{group}/{VERIFY_REQUEST_FILTER}"
+
+
+def cell_of_request_topic(topic: str) -> CellId | None:
+    """qc/<site>/<line>/<cell>/verify/request -> CellId; None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[0] != "qc" or parts[4:] != ["verify", "request"]:
+        return None
+    try:
+        return CellId(parts[1], parts[2], parts[3])
+    except BridgeConfigError:
+        return None
+
+
+def verifier_status_topic(worker: str) -> str:
+    """Retained status and load figures of one verifier worker (online birth / offline will)."""
+    if not _NAME.match(worker):
+        raise BridgeConfigError(f"verifier worker id {worker!r}: use 1-64 letters, digits, '_', '.', '-'")
+    return f"qc-verifier/{worker}/status"

@@ -22,7 +22,8 @@ ENUMS = [
     ("verify_request", "verdict", ALL_VERDICTS),
     ("verify", "local_verdict", ALL_VERDICTS),
     ("verify", "cloud_verdict", [*INSPECTED_VERDICTS, None]),  # the cloud inspects: never NOT_INSPECTED
-    ("verify_response", "verdict", INSPECTED_VERDICTS),
+    ("verify_response", "verdict", [*INSPECTED_VERDICTS, None]),  # no verdict when expired or refused
+    ("verification", "verdict", [*INSPECTED_VERDICTS, None]),
 ]
 
 

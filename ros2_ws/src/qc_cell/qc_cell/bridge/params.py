@@ -88,8 +88,30 @@ CLOUD_BRIDGE = NodeParams(
             "offload_min_remaining_ms", 100.0, "skip offload when less slack remains", range=(0.0, 1e6), runtime=True
         ),
         Param("offload_late_grace_s", 30.0, "late answers are still measured this long (s)", range=(0.0, 3600.0)),
-        Param("offload_jpeg_quality", 90, "offload JPEG quality", range=(10, 100)),
-        Param("offload_max_side", 0, "downscale offloaded images to this longer side (0 = keep)", range=(0, 8192)),
+        Param("offload_jpeg_quality", 90, "best offload JPEG quality (the policy may use -15, -30)", range=(10, 100)),
+        Param(
+            "offload_max_side",
+            0,
+            "scale offloaded images to this longer side: the cloud model's input (0 = keep)",
+            range=(0, 8192),
+        ),
+        Param(
+            "offload_roi",
+            [0],
+            "part region [x, y, width, height] sent to the cloud ([0] or [] = whole frame)",
+            type="int_array",
+        ),
+        Param("offload_margin_ms", 20.0, "safety margin on the predicted cloud round trip", range=(0.0, 1e5)),
+        Param("offload_prior_rtt_ms", 100.0, "cloud round trip assumed before any is measured", range=(0.0, 1e5)),
+        Param("offload_prior_bandwidth_mbps", 5.0, "uplink assumed before any is measured", range=(0.001, 1e5)),
+        Param("offload_min_bandwidth_mbps", 0.2, "measured uplink below this: nothing is offloaded", range=(0.0, 1e5)),
+        Param("offload_max_backlog", 8, "requests sent and not answered: more, and nothing is sent", range=(1, 10000)),
+        Param(
+            "offload_overload_threshold",
+            0.05,
+            "share of recent parts the edge could not inspect above which those parts are offloaded too",
+            range=(0.0, 1.0),
+        ),
         Param("max_verify_response_bytes", 4096, "largest verify response", range=(256, MB)),
         Param("frame_buffer", 16, "recent frames kept for samples/offload", range=(1, 1000)),
         Param(

@@ -3,8 +3,10 @@
 - Frames: the last `frame_buffer` captured frames by part id, decoded only when one is sent.
 - Samples (retraining): JPEGs of the chosen verdicts, within a byte budget per sliding hour and at most one per
   min_interval_s (sampler.ByteBudget); what does not fit is counted (`samples_over_budget`).
-- Offload: a REINSPECT part's JPEG goes to verify/request while at least min_remaining_ms of its slack is left,
-  and expires unsent at its deadline; otherwise the part gets a `not_sent` verify record.
+- Offload: the latency-aware policy (offload.OffloadPolicy) decides for each REINSPECT part (and, when the edge
+  is overloaded, each part it could not inspect in time) whether its image goes to verify/request, and as what
+  image (ROI crop, size, JPEG quality); the request expires unsent at the part's deadline. A part kept local gets
+  a `not_sent` verify record with the policy's reason.
 - The cloud's answers: one before the deadline is used (a CloudVerdict); a later one is only measured (`late`);
   none by the deadline + late_grace_s is `no_response` (offload.OffloadTracker). Each offloaded part gets one
   `verify` record.
@@ -19,7 +21,7 @@ from typing import Any, Protocol
 import cv2
 
 from qc_cell.bridge.inputs import Clock, PartImage, PartVerdict
-from qc_cell.bridge.offload import OffloadTracker
+from qc_cell.bridge.offload import Decision, OffloadPolicy, OffloadTracker
 from qc_cell.bridge.outbox import PutResult
 from qc_cell.bridge.outputs import CloudVerdict
 from qc_cell.bridge.sampler import ByteBudget, encode_jpeg
@@ -63,6 +65,7 @@ class PartImages:
         self.counts: Counter[str] = Counter()  # image_missing, image_errors, samples_sent, samples_over_budget
         self.budget = ByteBudget(sample.bytes_per_hour, sample.min_interval_s)
         self.offload = OffloadTracker(offload.slack_ms, offload.min_remaining_ms, offload.late_grace_s)
+        self.policy = OffloadPolicy(offload.policy())
         self._frames: OrderedDict[str, PartImage] = OrderedDict()
 
     def on_frame(self, frame: PartImage) -> None:
@@ -74,8 +77,10 @@ class PartImages:
     def on_part(self, part: PartVerdict) -> None:
         """A verdict decided while the link runs (a recovered one has no frame and no deadline left)."""
         frame = self._frames.pop(part.part_id, None)
-        if self.offload_settings.enabled and part.verdict == REINSPECT:
-            self._offload(part, frame)
+        if self.offload_settings.enabled:
+            self.policy.observe_part(part.verdict, tuple(part.reasons))
+            if self.policy.candidate(part.verdict, tuple(part.reasons)):
+                self._offload(part, frame)
         sample = self.sample_settings
         if sample.enabled and name_of(VERDICT_NAMES, part.verdict) in sample.verdicts:
             self._sample(part, frame)
@@ -127,22 +132,77 @@ class PartImages:
             self.counts["samples_sent"] += 1
 
     def _offload(self, part: PartVerdict, frame: PartImage | None) -> None:
-        jpeg = None
-        if self.offload.worth_sending(part.capture_ns, self._clock.wall_ns()):
-            jpeg = self._jpeg(frame, self.offload_settings.jpeg_quality, self.offload_settings.max_side)
-        result = None
-        if jpeg is not None:
-            deadline = self.offload.deadline(part.capture_ns)
-            result = self._send("verify_request", self._body(part, jpeg, deadline_ns=deadline), expires_ns=deadline)
-        if result is not None and result.accepted:
-            request_id = records.record_id(self._epoch, "verify_request", result.entry.seq)
-            self.offload.sent(part.part_id, request_id, part.verdict, part.capture_ns, self._clock.monotonic_ns())
+        now_ns = self._clock.wall_ns()
+        deadline = self.offload.deadline(part.capture_ns)
+        if not self.offload.worth_sending(part.capture_ns, now_ns):
+            self._result(part.part_id, "", part.verdict, None, "not_sent", None, {"reason": "no_slack"})
             return
-        self._result(part.part_id, "", part.verdict, None, "not_sent", None)
+        image = self._decode(frame)
+        if image is None:
+            self._result(part.part_id, "", part.verdict, None, "not_sent", None, {"reason": "no_image"})
+            return
+        height, width = image.shape[:2]
+        slack_ms = (deadline - self._clock.wall_ns()) / 1e6
+        decision = self.policy.decide(
+            part.verdict, tuple(part.reasons), slack_ms, width, height, self.offload.pending_count
+        )
+        if not decision.send:
+            self._result(part.part_id, "", part.verdict, None, "not_sent", None, self._policy_record(decision))
+            return
+        plan = decision.plan
+        if plan.roi is not None:
+            x, y, w, h = plan.roi
+            image = image[y : y + h, x : x + w]
+        try:
+            jpeg = encode_jpeg(image, plan.quality, plan.max_side)
+        except (ValueError, cv2.error) as exc:
+            self.counts["image_errors"] += 1
+            self._log("warn", f"cannot encode the image of {part.part_id}: {exc}")
+            self._result(part.part_id, "", part.verdict, None, "not_sent", None, {"reason": "no_image"})
+            return
+        self.policy.observe_jpeg(plan.quality, jpeg[1] * jpeg[2], len(jpeg[0]) * 3 // 4)
+        result = self._send("verify_request", self._body(part, jpeg, deadline_ns=deadline), expires_ns=deadline)
+        if not result.accepted:
+            self._result(part.part_id, "", part.verdict, None, "not_sent", None, {"reason": "outbox_refused"})
+            return
+        request_id = records.record_id(self._epoch, "verify_request", result.entry.seq)
+        wire = len(result.entry.payload)
+        self.offload.sent(
+            part.part_id,
+            request_id,
+            part.verdict,
+            part.capture_ns,
+            self._clock.monotonic_ns(),
+            wire,
+            self._policy_record(decision, wire),
+        )
+
+    def _decode(self, frame: PartImage | None):
+        if frame is None:
+            self.counts["image_missing"] += 1
+            return None
+        try:
+            return frame.decode()
+        except ValueError as exc:
+            self.counts["image_errors"] += 1
+            self._log("warn", f"cannot decode the image of {frame.part_id}: {exc}")
+            return None
+
+    def _policy_record(self, decision: Decision, wire_bytes: int | None = None) -> dict[str, Any]:
+        return decision.record(self.policy.link_figures(), wire_bytes)
 
     def _result(
-        self, part_id: str, request_id: str, local: int, cloud: str | None, outcome: str, rtt_ms: float | None
+        self,
+        part_id: str,
+        request_id: str,
+        local: int,
+        cloud: str | None,
+        outcome: str,
+        rtt_ms: float | None,
+        policy: dict[str, Any] | None = None,
     ) -> None:
+        if outcome == "not_sent":
+            self.offload.counts[f"not_sent_{policy['reason'] if policy else 'unknown'}"] += 1
         record = records.verify_result(
             part_id=part_id,
             request_id=request_id,
@@ -150,6 +210,7 @@ class PartImages:
             cloud_verdict=cloud,
             outcome=outcome,
             rtt_ms=rtt_ms,
+            policy=policy,
         )
         self._send("verify", record)
 
@@ -158,12 +219,15 @@ class PartImages:
     def on_verify_response(self, payload: bytes) -> None:
         """Raises InboundError for a payload that is not a valid response to a pending request."""
         data = parse(payload, "verify_response", self.offload_settings.max_response_bytes)
+        cloud_outcome = data.get("outcome", "scored")
         out = self.offload.response(
-            data["request_id"], data["part_id"], self._clock.wall_ns(), self._clock.monotonic_ns()
+            data["request_id"], data["part_id"], self._clock.wall_ns(), self._clock.monotonic_ns(), cloud_outcome
         )
         pending = out.pending
         if pending is None:
             raise InboundError("unknown_request", f"request {data['request_id']!r} not pending")
+        if out.rtt_ms is not None and pending.wire_bytes:
+            self.policy.observe_answer(pending.wire_bytes, out.rtt_ms)
         if out.outcome == "used":
             probability = data.get("defect_probability")
             self._emit_verdict(
@@ -176,19 +240,29 @@ class PartImages:
                 )
             )
         self._result(
-            pending.part_id, pending.request_id, pending.local_verdict, data["verdict"], out.outcome, out.rtt_ms
+            pending.part_id,
+            pending.request_id,
+            pending.local_verdict,
+            data.get("verdict"),
+            out.outcome,
+            out.rtt_ms,
+            pending.policy,
         )
 
     def expire(self) -> None:
         """Offloaded parts without any answer by their deadline + late_grace_s."""
         for pending in self.offload.expire(self._clock.wall_ns()):
-            self._result(pending.part_id, pending.request_id, pending.local_verdict, None, "no_response", None)
+            self._result(
+                pending.part_id, pending.request_id, pending.local_verdict, None, "no_response", None, pending.policy
+            )
 
     def health_values(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
         if self.offload_settings.enabled:
             values.update({f"offload_{k}": v for k, v in sorted(self.offload.counts.items())})
             values.update(self.offload.rtt_stats())
+            values.update({f"offload_policy_{k}": v for k, v in sorted(self.policy.counts.items())})
+            values.update({f"offload_{k}": v for k, v in self.policy.link_figures().items()})
         if self.sample_settings.enabled:
             values["sample_bytes_last_hour"] = self.budget.used(self._clock.monotonic_ns())
         return values

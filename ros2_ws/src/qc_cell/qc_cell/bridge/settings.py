@@ -57,9 +57,32 @@ class OffloadSettings:
     slack_ms: float = 800.0  # capture -> latest useful cloud verdict (the conveyor slack)
     min_remaining_ms: float = 100.0  # skip the offload when less slack remains
     late_grace_s: float = 30.0  # late answers are still measured this long
-    jpeg_quality: int = 90
-    max_side: int = 0
+    jpeg_quality: int = 90  # best quality of the policy's ladder (then -15, -30)
+    max_side: int = 0  # the cloud model's input side: the image is scaled down to it (0 = keep)
     max_response_bytes: int = 4096
+    roi: tuple[int, int, int, int] | None = None  # the part's region in the frame (x, y, w, h); None = whole
+    margin_ms: float = 20.0
+    prior_rtt_ms: float = 100.0
+    prior_bandwidth_mbps: float = 5.0
+    min_bandwidth_mbps: float = 0.2
+    max_backlog: int = 8
+    overload_threshold: float = 0.05
+
+    def policy(self):
+        from qc_cell.bridge.offload import PolicySettings
+
+        ladder = tuple(dict.fromkeys(max(10, self.jpeg_quality - step) for step in (0, 15, 30)))
+        return PolicySettings(
+            roi=self.roi,
+            cloud_side=self.max_side,
+            quality_ladder=ladder,
+            margin_ms=self.margin_ms,
+            prior_rtt_ms=self.prior_rtt_ms,
+            prior_bandwidth_mbps=self.prior_bandwidth_mbps,
+            min_bandwidth_mbps=self.min_bandwidth_mbps,
+            max_backlog=self.max_backlog,
+            overload_threshold=self.overload_threshold,
+        )
 
 
 @dataclass(frozen=True)
@@ -195,5 +218,22 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
             jpeg_quality=v["offload_jpeg_quality"],
             max_side=v["offload_max_side"],
             max_response_bytes=v["max_verify_response_bytes"],
+            roi=_roi(v["offload_roi"]),
+            margin_ms=v["offload_margin_ms"],
+            prior_rtt_ms=v["offload_prior_rtt_ms"],
+            prior_bandwidth_mbps=v["offload_prior_bandwidth_mbps"],
+            min_bandwidth_mbps=v["offload_min_bandwidth_mbps"],
+            max_backlog=v["offload_max_backlog"],
+            overload_threshold=v["offload_overload_threshold"],
         ),
     )
+
+
+def _roi(values) -> tuple[int, int, int, int] | None:
+    """offload_roi: [0] or [] = the whole frame, else [x, y, width, height]."""
+    values = tuple(int(v) for v in values)
+    if values in ((), (0,)):
+        return None
+    if len(values) != 4 or min(values) < 0 or values[2] < 1 or values[3] < 1:
+        raise BridgeConfigError(f"offload_roi {list(values)}: [] or [x, y, width, height] with width, height >= 1")
+    return values  # type: ignore[return-value]

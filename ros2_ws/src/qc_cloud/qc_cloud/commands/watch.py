@@ -41,8 +41,9 @@ class Watcher:
         self._client = None
 
     def _on_message(self, client, userdata, message) -> None:
-        if "/model/chunk/" in message.topic or message.topic.endswith(("/model/update", "/verify/response")):
-            return  # the cloud's own messages to the cell
+        cloud_topics = ("/model/update", "/verify/response", "/verify/verification")
+        if "/model/chunk/" in message.topic or message.topic.endswith(cloud_topics):
+            return  # the cloud's own messages (to the cell, and the verifier's records for the fleet service)
         with self._lock:
             outcome = self.store.add(message.topic, bytes(message.payload))
             self.counts[outcome.split(":")[0]] += 1
