@@ -65,6 +65,10 @@ class Output:
     defect_index: int = 1  # class index of "defective" when semantics == "softmax"
     features: str | None = None  # optional output with the last feature map (N, C, h, w), for CAM heatmaps
     classifier_weights: tuple[float, ...] | None = None  # head weights over C, for CAM (sigmoid head)
+    # (scale, shift) fitted on the validation split: P(defect) = sigmoid(scale * logit + shift). None = plain
+    # sigmoid. Only with sigmoid_logit semantics; for an anomaly model the "logit" is its raw distance score.
+    calibration: tuple[float, float] | None = None
+    anomaly_map: str | None = None  # optional output (N, 1, h, w) of an anomaly model: per-pixel map in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class Manifest:
             out = dict(data.get("output", {}))
             if out.get("classifier_weights") is not None:
                 out["classifier_weights"] = tuple(float(v) for v in out["classifier_weights"])
+            if out.get("calibration") is not None:
+                out["calibration"] = tuple(float(v) for v in out["calibration"])
             manifest = cls(
                 **{
                     **{k: v for k, v in data.items() if k not in ("preprocessing", "output", "golden")},
@@ -160,6 +166,13 @@ class Manifest:
             problems.append("normalization scale must be > 0")
         if out.semantics not in OUTPUT_SEMANTICS:
             problems.append(f"output semantics must be one of {OUTPUT_SEMANTICS}")
+        if out.calibration is not None:
+            if out.semantics != "sigmoid_logit":
+                problems.append("output calibration needs sigmoid_logit semantics")
+            if len(out.calibration) != 2 or not all(math.isfinite(v) for v in out.calibration):
+                problems.append("output calibration must be two finite numbers (scale, shift)")
+            elif out.calibration[0] <= 0:
+                problems.append("output calibration scale must be > 0")
         if problems:
             raise ManifestError("invalid manifest: " + "; ".join(problems))
 

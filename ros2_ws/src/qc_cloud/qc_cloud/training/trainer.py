@@ -1,12 +1,15 @@
 """Two-phase transfer learning of the defect classifier.
 
-Phase I   base frozen (inference mode), head trained with Adam at phase1_lr (1e-4), on cached pooled features
-          (features_cache.py) or, with feature_cache off, by running the base every epoch.
-Phase II  top `unfreeze_fraction` (40%) of the base's layers unfrozen, Adam at phase2_lr (1e-5), fresh
-          augmentation every epoch.
+Phase I   base frozen (inference mode), head trained with Adam at phase1_lr, on cached pooled features
+          (features_cache.py) or, with feature_cache off, by running the base every epoch; runs until the
+          validation loss stops improving (phase1_patience epochs), phase1_epochs at most.
+Phase II  top `unfreeze_fraction` of the base's layers unfrozen, fresh augmentation every epoch. Adaptive
+          recipe: discriminative learning rates (phase2_lr for the head and the top block, x layer_decay per
+          block further down), a linear warm-up then a cosine schedule whose length is what fits into the
+          time budget (budget_minutes, measured on the first epoch). Paper preset: one lr, reduce-on-plateau.
 Both      binary cross-entropy weighted per class (n / (2 n_class) from the training split, the defective
-          class further x escape_cost), reduce-LR-on-plateau and early stopping on the validation loss, best
-          checkpoint (lowest validation loss over both phases) restored at the end.
+          class further x escape_cost), early stopping on the validation loss, best checkpoint (lowest
+          validation loss over both phases) restored at the end.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from qc_cloud.training.models import (
     DefectClassifier,
     calibrate_batchnorm,
     freeze_base,
+    layerwise_groups,
     set_train_mode,
     trainable_parameters,
     unfreeze_top,
@@ -83,26 +87,54 @@ def class_weights(samples: list[Sample], escape_cost: float = 1.0) -> tuple[floa
     return n / (2.0 * n_good), escape_cost * n / (2.0 * n_defect)
 
 
+def cosine_factor(epoch: int, total: int, warmup: int, floor: float) -> float:
+    """Learning-rate multiplier of epoch `epoch` (from 0): linear warm-up over `warmup` epochs, then a cosine from
+    1 down to `floor` at the last of `total` epochs."""
+    if warmup and epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    span = max(total - warmup, 1)
+    t = min(max(epoch - warmup, 0) / span, 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]], factor: float) -> None:
+    for group, spec in zip(optimizer.param_groups, groups, strict=True):
+        group["lr"] = spec["lr"] * factor
+
+
 class _PhaseControl:
     """Reduce-LR-on-plateau + early stopping + best-checkpoint bookkeeping on the validation loss."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, best_loss: float) -> None:
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="min",
-            factor=config.plateau_factor,
-            patience=config.plateau_patience,
-            threshold=MIN_IMPROVEMENT,
-            threshold_mode="abs",
-            min_lr=config.min_lr,
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig,
+        best_loss: float,
+        patience: int,
+        *,
+        plateau: bool = True,
+    ) -> None:
+        self.scheduler = (
+            None
+            if not plateau
+            else torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                mode="min",
+                factor=config.plateau_factor,
+                patience=config.plateau_patience,
+                threshold=MIN_IMPROVEMENT,
+                threshold_mode="abs",
+                min_lr=config.min_lr,
+            )
         )
-        self.patience = config.early_stopping_patience
+        self.patience = patience
         self.best_loss = best_loss
         self.stale_epochs = 0
 
     def step(self, val_loss: float) -> tuple[bool, bool]:
         """(improved, stop)"""
-        self.scheduler.step(val_loss)
+        if self.scheduler is not None:
+            self.scheduler.step(val_loss)
         improved = val_loss < self.best_loss - MIN_IMPROVEMENT
         if improved:
             self.best_loss, self.stale_epochs = val_loss, 0
@@ -132,6 +164,8 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
         self.best: dict[str, Any] = {"phase": 0, "epoch": 0, "val_loss": math.inf}
         self.timings: dict[str, float] = {}
+        self.stopped_by: str | None = None
+        self._started = time.perf_counter()
 
     # -- loss and validation -------------------------------------------------------------------------
 
@@ -230,7 +264,7 @@ class Trainer:
         cfg = self.config
         freeze_base(self.model)
         optimizer = torch.optim.Adam(trainable_parameters(self.model), lr=cfg.phase1_lr)
-        control = _PhaseControl(optimizer, cfg, self.best["val_loss"])
+        control = _PhaseControl(optimizer, cfg, self.best["val_loss"], cfg.phase1_patience)
         rng = np.random.default_rng([cfg.seed, 1])
         train_cache = val_cache = None
         if cfg.feature_cache:
@@ -279,21 +313,43 @@ class Trainer:
                 break
         self.timings["phase1_epochs_s"] = time.perf_counter() - start_phase
 
+    def _budget_left(self) -> float:
+        """Seconds of the training budget left (inf without a budget)."""
+        if not self.config.budget_minutes:
+            return math.inf
+        return self.config.budget_minutes * 60.0 - (time.perf_counter() - self._started)
+
     def phase2(self) -> int:
         cfg = self.config
         self.model.load_state_dict(self.best_state)  # fine-tune from the best head
         unfrozen = unfreeze_top(self.model, cfg.unfreeze_fraction, train_batchnorm=cfg.train_batchnorm)
-        optimizer = torch.optim.Adam(trainable_parameters(self.model), lr=cfg.phase2_lr)
-        control = _PhaseControl(optimizer, cfg, self.best["val_loss"])
+        groups = layerwise_groups(self.model, cfg.phase2_lr, cfg.layer_decay)
+        optimizer = torch.optim.Adam(groups, lr=cfg.phase2_lr)
+        cosine = cfg.phase2_schedule == "cosine"
+        control = _PhaseControl(optimizer, cfg, self.best["val_loss"], cfg.early_stopping_patience, plateau=not cosine)
         rng = np.random.default_rng([cfg.seed, 2])
         start_phase = time.perf_counter()
+        planned = cfg.phase2_epochs  # the cosine's length: cut to what fits into the budget after epoch 1
         for epoch in range(1, cfg.phase2_epochs + 1):
+            if cosine:
+                set_lr(
+                    optimizer, groups, cosine_factor(epoch - 1, planned, cfg.warmup_epochs, cfg.min_lr / cfg.phase2_lr)
+                )
             start = time.perf_counter()
             # Draw numbers continue after Phase I's, so Phase II never repeats a cached augmentation.
             batches = self._fresh_batches(max(cfg.phase1_epochs, cfg.cache_draws) + epoch, rng, frozen_base=False)
             train = self._run_epoch(batches, self.model, optimizer, f"phase II epoch {epoch}")
             val = self._validate_full()
-            if self._record(2, epoch, optimizer, train, val, time.perf_counter() - start, control):
+            seconds = time.perf_counter() - start
+            if self._record(2, epoch, optimizer, train, val, seconds, control):
+                break
+            left = self._budget_left()
+            if epoch == 1 and math.isfinite(left):
+                planned = max(1, min(cfg.phase2_epochs, 1 + int(left // max(seconds, 1e-6))))
+                if planned < cfg.phase2_epochs:
+                    log.info(f"Phase II: {planned} epochs fit into the {cfg.budget_minutes:g}-minute budget")
+            if left < seconds or (cosine and epoch >= planned):
+                self.stopped_by = "budget" if left < seconds else "schedule"
                 break
         self.timings["phase2_s"] = time.perf_counter() - start_phase
         return unfrozen
@@ -311,6 +367,7 @@ class Trainer:
         log.info(f"no pretrained weights: batch-norm statistics calibrated on {seen} training images")
 
     def run(self) -> TrainResult:
+        self._started = time.perf_counter()
         torch.manual_seed(self.config.seed)
         if not self.model.pretrained and "batchnorm_calibration_s" not in self.timings:
             self.calibrate()

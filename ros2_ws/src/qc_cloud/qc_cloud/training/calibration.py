@@ -1,0 +1,136 @@
+"""Calibrated probabilities, so the cell's bands mean what they say; and band thresholds proposed for a target.
+
+The raw logit z of a model trained with class-weighted loss (or a raw anomaly distance) is not a probability.
+A calibration p = sigmoid(scale * z + shift) is fitted on the validation split by maximum likelihood:
+- "platt": scale and shift (Platt scaling; the shift also undoes the class weighting's prior shift);
+- "temperature": scale only (Guo et al. 2017: temperature T = 1 / scale).
+It is stored in the manifest (`output.calibration`) and applied by the edge (qc_cell.inference.scoring) and the
+training tools' scorer alike. The report gives the expected calibration error (ECE, 10 equal-width bins) and a
+reliability diagram before and after, and the band thresholds that meet a target escape rate and a
+re-inspection budget on the validation split, with whether they can be met.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+ECE_BINS = 10
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, kind: str = "platt") -> tuple[float, float] | None:
+    """(scale, shift) minimising the log loss of sigmoid(scale * z + shift) on (logits, labels); None for
+    kind "none" or when the labels hold one class only. Newton's method on the 2-parameter convex problem
+    with a small ridge on the scale towards 1, so a tiny or separable validation split gives a finite answer."""
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    y = (np.asarray(labels, dtype=np.float64).reshape(-1) > 0.5).astype(np.float64)
+    if kind == "none" or len(z) == 0 or y.min() == y.max():
+        return None
+    if kind not in ("platt", "temperature"):
+        raise ValueError(f"unknown calibration {kind!r}")
+    spread = float(np.std(z)) or 1.0
+    zn = z / spread  # well-conditioned; the answer is rescaled at the end
+    # Targets softened as Platt (1999) recommends: no infinite scale on separable data.
+    n_pos, n_neg = y.sum(), len(y) - y.sum()
+    t = np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    a, b, ridge = 1.0, 0.0, 1e-3
+    for _ in range(100):
+        p = _sigmoid(a * zn + b)
+        g = p - t
+        w = np.maximum(p * (1 - p), 1e-12)
+        grad = np.array([np.dot(g, zn) + ridge * (a - 1.0), g.sum()])
+        hess = np.array([[np.dot(w, zn * zn) + ridge, np.dot(w, zn)], [np.dot(w, zn), w.sum()]])
+        if kind == "temperature":
+            grad[1], hess[0, 1], hess[1, 0], hess[1, 1] = 0.0, 0.0, 0.0, 1.0
+        step = np.linalg.solve(hess + 1e-9 * np.eye(2), grad)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    scale = a / spread
+    if not (math.isfinite(scale) and math.isfinite(b)) or scale <= 0:
+        return None  # an inverted or degenerate model: leave the scores as they are (the report says so)
+    return float(scale), float(b)
+
+
+def apply_calibration(logits: np.ndarray, calibration: tuple[float, float] | None) -> np.ndarray:
+    """P(defect) of raw logits under a calibration (plain sigmoid when None)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if calibration is None:
+        return _sigmoid(z)
+    scale, shift = calibration
+    return _sigmoid(scale * z + shift)
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """Reliability diagram data (per equal-width bin: count, mean predicted, observed defect frequency) and the
+    expected calibration error sum_b n_b / n * |observed_b - predicted_b|."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    y = (np.asarray(labels).reshape(-1) > 0.5).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        if n:
+            predicted, observed = float(p[sel].mean()), float(y[sel].mean())
+            ece += n / len(p) * abs(observed - predicted)
+        else:
+            predicted = observed = None
+        rows.append(
+            {"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n, "predicted": predicted, "observed": observed}
+        )
+    return {"ece": float(ece) if len(p) else None, "bins": rows}
+
+
+def propose_bands(
+    probs: np.ndarray, labels: np.ndarray, *, target_escape: float, reinspect_budget: float
+) -> dict[str, Any]:
+    """Band thresholds (low, high) for the cell: Normal < low <= Re-inspect < high <= Defective.
+
+    low  = the highest threshold whose escape rate (defective parts below it) is <= target_escape;
+    high = the highest threshold above low whose re-inspection share (parts in [low, high)) is <= the budget,
+           so as few good parts as possible are rejected outright.
+    `feasible` says whether both targets hold on these scores with a usable pair (low < high); when the model
+    cannot keep the escape target within the budget, the report says so instead of pretending."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1) > 0.5
+    n, defects = len(p), np.sort(p[y])
+    if n == 0 or len(defects) == 0 or y.all():
+        return {"low": None, "high": None, "feasible": False, "reason": "needs good and defective parts"}
+    allowed = math.floor(target_escape * len(defects) + 1e-9)  # defective parts that may fall below low
+    low = float(defects[allowed]) if allowed < len(defects) else 1.0
+    low = min(max(low, 1e-6), 1.0 - 1e-6)
+    above = np.sort(p[p >= low])
+    room = math.floor(reinspect_budget * n + 1e-9)  # parts that may fall into [low, high)
+    if room >= len(above):
+        high = 1.0
+    else:
+        high = float(above[room])  # the (room+1)-th score from low up: [low, high) holds `room` parts at most
+    high = min(max(high, low + 1e-6), 1.0)
+    normal, reinspect = p < low, (p >= low) & (p < high)
+    escape = float((normal & y).sum() / len(defects))
+    share = float(reinspect.sum() / n)
+    feasible = escape <= target_escape + 1e-12 and share <= reinspect_budget + 1e-12
+    return {
+        "low": round(low, 6),
+        "high": round(high, 6),
+        "escape_rate": escape,
+        "reinspect_share": share,
+        "false_reject_rate": float(((p >= high) & ~y).sum() / max((~y).sum(), 1)),
+        "target_escape": target_escape,
+        "reinspect_budget": reinspect_budget,
+        "feasible": bool(feasible),
+        "reason": None
+        if feasible
+        else "the model cannot keep the escape target within the re-inspection budget on the validation split: "
+        "more good parts would go to re-inspection or be rejected than allowed",
+    }
