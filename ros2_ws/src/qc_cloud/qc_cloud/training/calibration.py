@@ -111,10 +111,8 @@ def propose_bands(
     low = min(max(low, 1e-6), 1.0 - 1e-6)
     above = np.sort(p[p >= low])
     room = math.floor(reinspect_budget * n + 1e-9)  # parts that may fall into [low, high)
-    if room >= len(above):
-        high = 1.0
-    else:
-        high = float(above[room])  # the (room+1)-th score from low up: [low, high) holds `room` parts at most
+    # The (room+1)-th score from low up: [low, high) then holds `room` parts at most.
+    high = 1.0 if room >= len(above) else float(above[room])
     high = min(max(high, low + 1e-6), 1.0)
     normal, reinspect = p < low, (p >= low) & (p < high)
     escape = float((normal & y).sum() / len(defects))

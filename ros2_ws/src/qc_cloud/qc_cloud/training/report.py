@@ -205,6 +205,7 @@ def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     training = report.get("training")
     anomaly = report["model"].get("anomaly")
     if anomaly:
+        mapping, parity = training["score_mapping"]["scale_shift"], anomaly["parity"]
         lines += [
             "",
             "## Anomaly model (good parts only, PatchCore-style)",
@@ -212,10 +213,10 @@ def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
             f"- memory bank: {anomaly['bank']} patch features ({anomaly['feature_dim']}-d, base blocks "
             f"{anomaly['layers']}) coreset-subsampled from {anomaly['patches']} patches of the good training images",
             f"- image AUROC {_fmt(anomaly['image_auroc'])}, pixel AUROC {_fmt(anomaly['pixel_auroc'])} (test split)",
-            f"- score mapped to [0, 1] on held-out good parts: P = sigmoid({training['score_mapping']['scale_shift'][0]:.4g}"
-            f" * score + {training['score_mapping']['scale_shift'][1]:.4g})",
-            f"- PyTorch vs ONNX Runtime: max |score diff| {anomaly['parity']['max_abs_score_diff']:.1e}, max |map diff| "
-            f"{anomaly['parity']['max_abs_map_diff']:.1e}",
+            f"- score mapped to [0, 1] on held-out good parts: "
+            f"P = sigmoid({mapping[0]:.4g} * score + {mapping[1]:.4g})",
+            f"- PyTorch vs ONNX Runtime: max |score diff| {parity['max_abs_score_diff']:.1e}, max |map diff| "
+            f"{parity['max_abs_map_diff']:.1e}",
             f"- training wall time: {_fmt(training['seconds'], 0)} s; command: `{training['command']}`",
         ]
     elif training:
