@@ -157,7 +157,7 @@ def test_band_proposal_meets_targets_or_says_it_cannot():
     assert 0 < bands["low"] < bands["high"] <= 1
     overlapping = rng.uniform(0, 1, 1000)
     bands = propose_bands(overlapping, labels, target_escape=0.01, reinspect_budget=0.05)
-    assert not bands["feasible"] and "cannot" in bands["reason"]
+    assert not bands["feasible"] and "false rejects" in bands["reason"]  # only by rejecting most good parts
 
 
 def test_manifest_refuses_a_bad_calibration():

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     o.add_argument("--budget-minutes", type=float, dest="budget_minutes", help="training time budget (0 = none)")
     o.add_argument("--calibration", choices=("platt", "temperature", "none"))
+    o.add_argument(
+        "--max-false-reject", type=float, dest="max_false_reject", help="band proposal: false reject rate limit"
+    )
     o.add_argument("--target-escape", type=float, dest="target_escape", help="band proposal: escape rate target")
     o.add_argument(
         "--reinspect-budget", type=float, dest="reinspect_budget", help="band proposal: re-inspection share budget"
@@ -77,6 +80,7 @@ OVERRIDES = (
     "calibration",
     "target_escape",
     "reinspect_budget",
+    "max_false_reject",
     "backbone",
     "weights",
     "input_size",

@@ -92,15 +92,21 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
 
 
 def propose_bands(
-    probs: np.ndarray, labels: np.ndarray, *, target_escape: float, reinspect_budget: float
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    target_escape: float,
+    reinspect_budget: float,
+    max_false_reject: float = 0.05,
 ) -> dict[str, Any]:
     """Band thresholds (low, high) for the cell: Normal < low <= Re-inspect < high <= Defective.
 
     low  = the highest threshold whose escape rate (defective parts below it) is <= target_escape;
     high = the highest threshold above low whose re-inspection share (parts in [low, high)) is <= the budget,
            so as few good parts as possible are rejected outright.
-    `feasible` says whether both targets hold on these scores with a usable pair (low < high); when the model
-    cannot keep the escape target within the budget, the report says so instead of pretending."""
+    `feasible` says whether the targets hold on these scores, the false reject rate (good parts at or above
+    high) included: without that limit any model "meets" the first two by rejecting nearly everything. When the
+    model cannot, `reason` says which target fails instead of pretending."""
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1) > 0.5
     n, defects = len(p), np.sort(p[y])
@@ -117,18 +123,26 @@ def propose_bands(
     normal, reinspect = p < low, (p >= low) & (p < high)
     escape = float((normal & y).sum() / len(defects))
     share = float(reinspect.sum() / n)
-    feasible = escape <= target_escape + 1e-12 and share <= reinspect_budget + 1e-12
+    false_reject = float(((p >= high) & ~y).sum() / max((~y).sum(), 1))
+    failing = []
+    if escape > target_escape + 1e-12:
+        failing.append(f"escape {escape:.1%} > {target_escape:.1%}")
+    if share > reinspect_budget + 1e-12:
+        failing.append(f"re-inspection {share:.1%} > {reinspect_budget:.1%}")
+    if false_reject > max_false_reject + 1e-12:
+        failing.append(f"false rejects {false_reject:.1%} > {max_false_reject:.1%}")
+    feasible = not failing
     return {
         "low": round(low, 6),
         "high": round(high, 6),
         "escape_rate": escape,
         "reinspect_share": share,
-        "false_reject_rate": float(((p >= high) & ~y).sum() / max((~y).sum(), 1)),
+        "false_reject_rate": false_reject,
         "target_escape": target_escape,
         "reinspect_budget": reinspect_budget,
+        "max_false_reject": max_false_reject,
         "feasible": bool(feasible),
         "reason": None
         if feasible
-        else "the model cannot keep the escape target within the re-inspection budget on the validation split: "
-        "more good parts would go to re-inspection or be rejected than allowed",
+        else "the model cannot meet the targets on the validation split with these bands: " + "; ".join(failing),
     }

@@ -79,6 +79,7 @@ class TrainConfig:
     calibration: str = "platt"  # "platt" (scale + shift of the logit), "temperature" (scale only), "none"
     target_escape: float = 0.01  # band proposal: at most this share of defective parts called Normal
     reinspect_budget: float = 0.05  # band proposal: at most this share of all parts sent to re-inspection
+    max_false_reject: float = 0.05  # band proposal: at most this share of good parts rejected outright
     # Anomaly model (method "anomaly", PatchCore-style)
     coreset_fraction: float = 0.1  # share of the good patches kept in the memory bank
     max_bank: int = 4096  # upper bound of the memory bank (patches)
@@ -116,8 +117,8 @@ class TrainConfig:
             problems.append("layer_decay must be within (0, 1]")
         if self.budget_minutes < 0 or self.warmup_epochs < 0 or self.phase1_patience < 0:
             problems.append("budget_minutes, warmup_epochs and phase1_patience must be >= 0")
-        if not (0 <= self.target_escape < 1 and 0 <= self.reinspect_budget < 1):
-            problems.append("target_escape and reinspect_budget must be within [0, 1)")
+        if not (0 <= self.target_escape < 1 and 0 <= self.reinspect_budget < 1 and 0 <= self.max_false_reject < 1):
+            problems.append("target_escape, reinspect_budget and max_false_reject must be within [0, 1)")
         if not 0 < self.coreset_fraction <= 1 or self.max_bank < 16:
             problems.append("coreset_fraction must be within (0, 1] and max_bank >= 16")
         for name in ("batch_size", "cache_draws"):

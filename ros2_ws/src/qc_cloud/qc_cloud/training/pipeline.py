@@ -162,7 +162,11 @@ def calibrate_scorer(
         "val_ece_before": reliability(apply_calibration(logits, None), labels)["ece"],
         "val_ece_after": reliability(probs, labels)["ece"],
         "proposed_bands": propose_bands(
-            probs, labels, target_escape=config.target_escape, reinspect_budget=config.reinspect_budget
+            probs,
+            labels,
+            target_escape=config.target_escape,
+            reinspect_budget=config.reinspect_budget,
+            max_false_reject=config.max_false_reject,
         ),
     }
 

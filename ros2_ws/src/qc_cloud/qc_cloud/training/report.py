@@ -288,7 +288,8 @@ def _calibration_lines(cal: dict[str, Any] | None, cost: dict[str, Any] | None) 
     if bands.get("low") is not None:
         verdict = "can be met" if bands["feasible"] else "can NOT be met"
         lines.append(
-            f"- targets: escape <= {_pct(bands['target_escape'])}, re-inspection <= {_pct(bands['reinspect_budget'])}: "
+            f"- targets: escape <= {_pct(bands['target_escape'])}, re-inspection <= {_pct(bands['reinspect_budget'])}, "
+            f"false reject <= {_pct(bands['max_false_reject'])}: "
             f"{verdict} on the validation split with bands low {bands['low']:.4f} / high {bands['high']:.4f} "
             f"(escape {_pct(bands['escape_rate'])}, re-inspect {_pct(bands['reinspect_share'])}, false reject "
             f"{_pct(bands['false_reject_rate'])})"

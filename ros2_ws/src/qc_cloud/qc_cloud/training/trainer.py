@@ -92,7 +92,7 @@ def cosine_factor(epoch: int, total: int, warmup: int, floor: float) -> float:
     1 down to `floor` at the last of `total` epochs."""
     if warmup and epoch < warmup:
         return (epoch + 1) / (warmup + 1)
-    span = max(total - warmup, 1)
+    span = max(total - warmup - 1, 1)  # the last epoch (total - 1) reaches the floor
     t = min(max(epoch - warmup, 0) / span, 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
