@@ -118,7 +118,8 @@ def _train(args: argparse.Namespace) -> int:
             checkpoint_path=args.checkpoint,
             progress=not args.no_progress,
         )
-    print_summary(run)
+    if run is not None:  # under torchrun only rank 0 packages (and reports)
+        print_summary(run)
     return 0
 
 

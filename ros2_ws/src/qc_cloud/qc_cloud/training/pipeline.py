@@ -36,6 +36,7 @@ from qc_cloud.training.calibration import apply_calibration, fit_calibration, pr
 from qc_cloud.training.checkpoint import Checkpoint, save_checkpoint
 from qc_cloud.training.config import AUTO, SyntheticData, TrainConfig, resolve_input_size
 from qc_cloud.training.datasets import Dataset, load_dataset, read_image
+from qc_cloud.training.distributed import World
 from qc_cloud.training.errors import ConfigError, DatasetError
 from qc_cloud.training.evaluate import Evaluation, OnnxScorer, evaluate, score_samples
 from qc_cloud.training.export import OPSET, check_parity, export_onnx
@@ -389,9 +390,13 @@ def train(
     checkpoint_path: Path | None = None,
     progress: bool = True,
     command: str | None = None,
-) -> RunResult:
+) -> RunResult | None:
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    world = World.from_environment()  # several processes under torchrun (distributed.py), else one
+    if not world.is_main:
+        progress = False
+        logging.getLogger("qc_cloud").setLevel(logging.WARNING)
     dataset = load_dataset(data_root, progress=progress)
     split = prepare_split(dataset, config, split_path)
     log.info(f"data set {dataset.root} ({dataset.layout} layout): {dataset.counts()}")
@@ -409,6 +414,8 @@ def train(
     if config.method == "anomaly":
         from qc_cloud.training.anomaly import train_anomaly
 
+        if world.active:
+            raise ConfigError("the anomaly model is built in one process; run it without torchrun")
         return train_anomaly(
             config,
             dataset,
@@ -425,7 +432,10 @@ def train(
         weights=Path(config.weights) if config.weights else None,
         dropout=config.dropout,
     )
-    result = Trainer(model, config, dataset, split, preprocessing_for(config), progress=progress).run()
+    result = Trainer(model, config, dataset, split, preprocessing_for(config), progress=progress, world=world).run()
+    if not world.is_main:  # rank 0 exports and packages; the others wait for it and leave
+        world.barrier()
+        return None
     history = result.history_dicts()
     training = {
         "command": command or command_line(),
@@ -439,11 +449,17 @@ def train(
         "started_at": started_at,
         "torch": torch.__version__,
     }
-    if checkpoint_path is not None:
-        save_checkpoint(checkpoint_path, Checkpoint(result.model, config, split.to_dict(dataset), history, training))
-    return package_model(
-        result.model, config, dataset, split, out_dir, training=training, history=history, progress=progress
-    )
+    training["processes"] = world.size
+    try:
+        if checkpoint_path is not None:
+            save_checkpoint(
+                checkpoint_path, Checkpoint(result.model, config, split.to_dict(dataset), history, training)
+            )
+        return package_model(
+            result.model, config, dataset, split, out_dir, training=training, history=history, progress=progress
+        )
+    finally:
+        world.barrier()
 
 
 def check_golden(package_dir: Path, manifest: Manifest, scorer: OnnxScorer) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from qc_cloud.training.batches import input_batches
 from qc_cloud.training.config import TrainConfig
 from qc_cloud.training.datasets import Dataset, Sample
+from qc_cloud.training.distributed import World
 from qc_cloud.training.errors import TrainingError
 from qc_cloud.training.evaluate import roc_auc
 from qc_cloud.training.features_cache import FeatureCache
@@ -97,9 +98,11 @@ def cosine_factor(epoch: int, total: int, warmup: int, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]], factor: float) -> None:
-    for group, spec in zip(optimizer.param_groups, groups, strict=True):
-        group["lr"] = spec["lr"] * factor
+def set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+    """Every parameter group's learning rate = its base rate x factor (the optimizer holds the groups' own dicts,
+    so the base rates are kept apart)."""
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = base * factor
 
 
 class _PhaseControl:
@@ -153,9 +156,11 @@ class Trainer:
         spec: Preprocessing,
         *,
         progress: bool = True,
+        world: World | None = None,
     ) -> None:
         self.model, self.config, self.dataset, self.spec = model, config, dataset, spec
-        self.progress = progress
+        self.world = world or World()
+        self.progress = progress and self.world.is_main
         self.train_samples = split.samples(dataset, "train")
         self.val_samples = split.samples(dataset, "val")
         w_good, w_defect = class_weights(self.train_samples, config.escape_cost)
@@ -180,13 +185,17 @@ class Trainer:
         return val_loss, accuracy, roc_auc(labels, logits)
 
     def _validate_full(self) -> tuple[float, float, float]:
+        """The whole validation split (under torchrun: each process scores its share, the shares are summed)."""
         self.model.eval()
-        logits, labels = [], []
+        logits = np.zeros(len(self.val_samples), dtype=np.float32)
+        mine = self.world.share(range(len(self.val_samples)))
         with torch.inference_mode():
-            for inputs, y, _ in input_batches(self.dataset, self.val_samples, self.spec, self.config.batch_size):
-                logits.append(self.model(torch.from_numpy(inputs)).reshape(-1).numpy())
-                labels.append(y)
-        return self._validate_logits(np.concatenate(logits), np.concatenate(labels))
+            for inputs, _, chunk in input_batches(
+                self.dataset, self.val_samples, self.spec, self.config.batch_size, order=mine
+            ):
+                logits[chunk] = self.model(torch.from_numpy(inputs)).reshape(-1).numpy()
+        labels = np.asarray([s.label for s in self.val_samples], dtype=np.float32)
+        return self._validate_logits(self.world.sum_rows(logits), labels)
 
     # -- epochs --------------------------------------------------------------------------------------
 
@@ -217,11 +226,26 @@ class Trainer:
     def _fresh_batches(self, epoch_seed: int, rng: np.random.Generator, *, frozen_base: bool):
         """Batches of freshly augmented images; with a frozen base, its pooled features (no graph kept)."""
         order = rng.permutation(len(self.train_samples))
+        if self.world.active and not frozen_base:  # Phase II: each global batch split between the processes
+            size, b = self.world.size, self.config.batch_size
+            starts = [s for s in range(0, len(order), b) if len(order[s : s + b]) >= size]
+            chunks = [self.world.share(order[s : s + b]) for s in starts]
+        else:
+            chunks = [None]
+        for chunk in chunks:
+            yield from self._batches_of(
+                epoch_seed,
+                order if chunk is None else chunk,
+                frozen_base,
+                self.config.batch_size if chunk is None else len(chunk),
+            )
+
+    def _batches_of(self, epoch_seed: int, order, frozen_base: bool, batch_size: int):
         for inputs, labels, _ in input_batches(
             self.dataset,
             self.train_samples,
             self.spec,
-            self.config.batch_size,
+            batch_size,
             augmentation=self.config.augmentation,
             seed=self.config.seed,
             draw=epoch_seed,
@@ -280,6 +304,7 @@ class Trainer:
                 batch_size=cfg.batch_size,
                 progress=self.progress,
                 desc="caching train features",
+                world=self.world,
             )
             val_cache = FeatureCache.build(
                 self.model,
@@ -292,6 +317,7 @@ class Trainer:
                 batch_size=cfg.batch_size,
                 progress=self.progress,
                 desc="caching val features",
+                world=self.world,
             )
             self.timings["phase1_feature_cache_s"] = time.perf_counter() - start
         start_phase = time.perf_counter()
@@ -325,6 +351,10 @@ class Trainer:
         unfrozen = unfreeze_top(self.model, cfg.unfreeze_fraction, train_batchnorm=cfg.train_batchnorm)
         groups = layerwise_groups(self.model, cfg.phase2_lr, cfg.layer_decay)
         optimizer = torch.optim.Adam(groups, lr=cfg.phase2_lr)
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        forward = self.model
+        if self.world.active:  # gradients averaged over the processes; frozen parameters are left out
+            forward = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
         cosine = cfg.phase2_schedule == "cosine"
         control = _PhaseControl(optimizer, cfg, self.best["val_loss"], cfg.early_stopping_patience, plateau=not cosine)
         rng = np.random.default_rng([cfg.seed, 2])
@@ -332,18 +362,17 @@ class Trainer:
         planned = cfg.phase2_epochs  # the cosine's length: cut to what fits into the budget after epoch 1
         for epoch in range(1, cfg.phase2_epochs + 1):
             if cosine:
-                set_lr(
-                    optimizer, groups, cosine_factor(epoch - 1, planned, cfg.warmup_epochs, cfg.min_lr / cfg.phase2_lr)
-                )
+                floor = cfg.min_lr / cfg.phase2_lr
+                set_lr(optimizer, base_lrs, cosine_factor(epoch - 1, planned, cfg.warmup_epochs, floor))
             start = time.perf_counter()
             # Draw numbers continue after Phase I's, so Phase II never repeats a cached augmentation.
             batches = self._fresh_batches(max(cfg.phase1_epochs, cfg.cache_draws) + epoch, rng, frozen_base=False)
-            train = self._run_epoch(batches, self.model, optimizer, f"phase II epoch {epoch}")
+            train = self._run_epoch(batches, forward, optimizer, f"phase II epoch {epoch}")
             val = self._validate_full()
-            seconds = time.perf_counter() - start
+            seconds = self.world.agree(time.perf_counter() - start)
             if self._record(2, epoch, optimizer, train, val, seconds, control):
                 break
-            left = self._budget_left()
+            left = self.world.agree(self._budget_left())
             if epoch == 1 and math.isfinite(left):
                 planned = max(1, min(cfg.phase2_epochs, 1 + int(left // max(seconds, 1e-6))))
                 if planned < cfg.phase2_epochs:
