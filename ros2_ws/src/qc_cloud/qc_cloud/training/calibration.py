@@ -36,28 +36,66 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, kind: str = "platt")
         return None
     if kind not in ("platt", "temperature"):
         raise ValueError(f"unknown calibration {kind!r}")
-    spread = float(np.std(z)) or 1.0
-    zn = z / spread  # well-conditioned; the answer is rescaled at the end
+    center, spread = float(np.mean(z)), float(np.std(z)) or 1.0
+    zn = (z - center) / spread  # well-conditioned; the answer is mapped back at the end
     # Targets softened as Platt (1999) recommends: no infinite scale on separable data.
     n_pos, n_neg = y.sum(), len(y) - y.sum()
     t = np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    a, b, ridge = 1.0, 0.0, 1e-3
+    ridge = 1e-3
+
+    def loss(a: float, b: float) -> float:
+        p = np.clip(_sigmoid(a * zn + b), 1e-12, 1 - 1e-12)
+        return float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).sum() + ridge * (a - 1.0) ** 2 / 2)
+
+    a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(100):
         p = _sigmoid(a * zn + b)
         g = p - t
         w = np.maximum(p * (1 - p), 1e-12)
         grad = np.array([np.dot(g, zn) + ridge * (a - 1.0), g.sum()])
         hess = np.array([[np.dot(w, zn * zn) + ridge, np.dot(w, zn)], [np.dot(w, zn), w.sum()]])
-        if kind == "temperature":
-            grad[1], hess[0, 1], hess[1, 0], hess[1, 1] = 0.0, 0.0, 0.0, 1.0
         step = np.linalg.solve(hess + 1e-9 * np.eye(2), grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        factor = 1.0
+        while factor > 1e-4:  # backtracking: Newton steps never increase the loss
+            trial = loss(a - factor * step[0], b - factor * step[1])
+            if trial <= current:
+                break
+            factor /= 2
+        a, b, current = a - factor * step[0], b - factor * step[1], trial
+        if np.abs(factor * step).max() < 1e-10:
             break
-    scale = a / spread
-    if not (math.isfinite(scale) and math.isfinite(b)) or scale <= 0:
+    # sigmoid(a * (z - center) / spread + b) = sigmoid(scale * z + shift)
+    scale, shift = a / spread, b - a * center / spread
+    if kind == "temperature":
+        scale, shift = _fit_scale_only(z, t, ridge)
+    if not (math.isfinite(scale) and math.isfinite(shift)) or scale <= 0:
         return None  # an inverted or degenerate model: leave the scores as they are (the report says so)
-    return float(scale), float(b)
+    return float(scale), float(shift)
+
+
+def _fit_scale_only(z: np.ndarray, t: np.ndarray, ridge: float) -> tuple[float, float]:
+    """Temperature scaling: sigmoid(scale * z), scale by a 1-D Newton search with backtracking."""
+    spread = float(np.std(z)) or 1.0
+    zn = z / spread
+
+    def loss(a: float) -> float:
+        p = np.clip(_sigmoid(a * zn), 1e-12, 1 - 1e-12)
+        return float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).sum() + ridge * (a - 1.0) ** 2 / 2)
+
+    a, current = 1.0, loss(1.0)
+    for _ in range(100):
+        p = _sigmoid(a * zn)
+        grad = float(np.dot(p - t, zn)) + ridge * (a - 1.0)
+        hess = float(np.dot(np.maximum(p * (1 - p), 1e-12), zn * zn)) + ridge
+        step, factor = grad / hess, 1.0
+        while factor > 1e-4 and loss(a - factor * step) > current:
+            factor /= 2
+        a -= factor * step
+        current = loss(a)
+        if abs(factor * step) < 1e-10:
+            break
+    return a / spread, 0.0
 
 
 def apply_calibration(logits: np.ndarray, calibration: tuple[float, float] | None) -> np.ndarray:
