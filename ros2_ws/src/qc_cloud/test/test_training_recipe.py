@@ -168,6 +168,15 @@ def test_manifest_refuses_a_bad_calibration():
         data["output"]["calibration"] = list(bad)
         with pytest.raises(ManifestError, match=message):
             Manifest.from_dict(data)
+    # Schema 2 added the fields: version 1 manifests are still read, without them; unknown versions are refused.
+    old = good.to_dict()
+    old["schema_version"] = 1
+    del old["output"]["calibration"], old["output"]["anomaly_map"]
+    assert Manifest.from_dict(old).output.calibration is None
+    with pytest.raises(ManifestError, match="schema_version 1 manifest cannot carry"):
+        Manifest.from_dict({**good.to_dict(), "schema_version": 1})
+    with pytest.raises(ManifestError, match="unsupported manifest schema_version 3"):
+        Manifest.from_dict({**good.to_dict(), "schema_version": 3})
 
 
 # -- end to end: calibration round trip, anomaly model through the cell -----------------------------------

@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+# 2 added output.calibration and output.anomaly_map (issue 25). Version 1 manifests (without them) are still
+# read; an edge that knows only version 1 refuses a version 2 manifest by its version, with that reason.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 OUTPUT_SEMANTICS = ("sigmoid_logit", "softmax", "probability")
 COLOR_ORDERS = ("RGB", "BGR")
@@ -108,8 +111,13 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError("manifest must be a JSON object")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ManifestError(f"unsupported manifest schema_version {data.get('schema_version')!r}")
+        if data.get("schema_version") not in READABLE_VERSIONS:
+            raise ManifestError(
+                f"unsupported manifest schema_version {data.get('schema_version')!r} (this edge reads "
+                f"{list(READABLE_VERSIONS)})"
+            )
+        if data.get("schema_version") == 1 and any(k in data.get("output", {}) for k in ("calibration", "anomaly_map")):
+            raise ManifestError("a schema_version 1 manifest cannot carry output.calibration or output.anomaly_map")
         try:
             pre = dict(data.get("preprocessing", {}))
             norm_values = pre.pop("normalization", {})
