@@ -12,7 +12,7 @@ bands (0.5 / 0.8), the expected calibration error, the training wall time, and t
 (qc_cloud.training.pipeline.train), as `qc_cloud train` does.
 
 The adaptive recipe's time budget is cut with --budget-minutes so the whole benchmark fits into ~30 minutes on a
-shared 2-core machine; its default (30 minutes) is meant for a whole real data set.
+shared 2-core machine; its default (25 minutes) is meant for a whole real data set.
 """
 
 from __future__ import annotations

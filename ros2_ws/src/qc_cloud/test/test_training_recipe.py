@@ -274,5 +274,7 @@ def test_two_processes_under_torchrun_train_as_well_as_one(bottles, tmp_path):
     assert len([h for h in two["history"] if h["phase"] == 2]) >= 1
     lrs = [h["lr"] for h in two["history"] if h["phase"] == 2]
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(2e-4)  # warm-up, then the full rate
-    for key in ("roc_auc", "accuracy"):
-        assert abs(one["test"][key] - two["test"][key]) <= 0.2, key
+    # Phase II differs only by the order of floating-point sums and dropout draws: the same quality. (On 9 test
+    # images one part is 0.11 of accuracy, so the test compares ranking and the best validation loss.)
+    assert abs(one["test"]["roc_auc"] - two["test"]["roc_auc"]) <= 0.2
+    assert two["training"]["best"]["val_loss"] == pytest.approx(one["training"]["best"]["val_loss"], rel=0.25)
