@@ -162,6 +162,9 @@ def main() -> int:
     parser.add_argument("--budget-minutes", type=float, default=5.0, help="the adaptive recipe's time budget")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--only", choices=("surface", "bottle"), help="one benchmark only")
+    parser.add_argument(
+        "--methods", default="logistic,paper,adaptive,anomaly", help="comma-separated subset of the methods"
+    )
     args = parser.parse_args()
     logging.getLogger("qc_cloud").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -191,22 +194,24 @@ def main() -> int:
             split_path = split.save(Path(tmp) / f"{product}_split.json", dataset)
             print(f"\n[{product}] {len(dataset.samples)} images {dataset.counts()}; split {split.counts(dataset)}")
             rows: dict[str, dict[str, float]] = {}
-            rows["logistic regression, 224"] = logistic_baseline(dataset, split, 224, args.threads)
-            print_table(f"{product}: results so far", rows)
+            methods = set(args.methods.split(","))
+            if "logistic" in methods:
+                rows["logistic regression, 224"] = logistic_baseline(dataset, split, 224, args.threads)
+                print_table(f"{product}: results so far", rows)
             common = {"threads": args.threads, "golden_per_class": 1}
-            rows["paper preset"] = run_pipeline(
-                "paper", TrainConfig.preset_config("paper", **common), root, split_path, Path(tmp) / f"{product}_paper"
-            )
-            print_table(f"{product}: results so far", rows)
-            adaptive = TrainConfig.preset_config("adaptive", budget_minutes=args.budget_minutes, **common)
-            rows["adaptive (default)"] = run_pipeline(
-                "adaptive", adaptive, root, split_path, Path(tmp) / f"{product}_adaptive"
-            )
-            print_table(f"{product}: results so far", rows)
-            anomaly = TrainConfig.preset_config("adaptive", method="anomaly", **common)
-            rows["anomaly (good parts only)"] = run_pipeline(
-                "anomaly", anomaly, root, split_path, Path(tmp) / f"{product}_anomaly"
-            )
+            if "paper" in methods:
+                paper = TrainConfig.preset_config("paper", **common)
+                rows["paper preset"] = run_pipeline("paper", paper, root, split_path, Path(tmp) / f"{product}_paper")
+                print_table(f"{product}: results so far", rows)
+            if "adaptive" in methods:
+                adaptive = TrainConfig.preset_config("adaptive", budget_minutes=args.budget_minutes, **common)
+                out = Path(tmp) / f"{product}_adaptive"
+                rows["adaptive (default)"] = run_pipeline("adaptive", adaptive, root, split_path, out)
+                print_table(f"{product}: results so far", rows)
+            if "anomaly" in methods:
+                anomaly = TrainConfig.preset_config("adaptive", method="anomaly", **common)
+                out = Path(tmp) / f"{product}_anomaly"
+                rows["anomaly (good parts only)"] = run_pipeline("anomaly", anomaly, root, split_path, out)
             print_table(f"[{product}] held-out test split, bands 0.5 / 0.8", rows)
     return 0
 

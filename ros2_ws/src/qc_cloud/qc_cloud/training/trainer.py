@@ -49,6 +49,7 @@ from qc_contract.model_manifest import Preprocessing
 log = logging.getLogger(__name__)
 
 MIN_IMPROVEMENT = 1e-4  # a validation loss must drop by this much to count as better
+CACHE_BUDGET_SHARE = 0.25  # at most this share of the time budget goes into the Phase I feature cache
 
 
 @dataclass
@@ -293,19 +294,6 @@ class Trainer:
         train_cache = val_cache = None
         if cfg.feature_cache:
             start = time.perf_counter()
-            train_cache = FeatureCache.build(
-                self.model,
-                self.dataset,
-                self.train_samples,
-                self.spec,
-                augmentation=cfg.augmentation,
-                draws=cfg.cache_draws,
-                seed=cfg.seed,
-                batch_size=cfg.batch_size,
-                progress=self.progress,
-                desc="caching train features",
-                world=self.world,
-            )
             val_cache = FeatureCache.build(
                 self.model,
                 self.dataset,
@@ -317,6 +305,20 @@ class Trainer:
                 batch_size=cfg.batch_size,
                 progress=self.progress,
                 desc="caching val features",
+                world=self.world,
+            )
+            draws = self._affordable_draws(time.perf_counter() - start)
+            train_cache = FeatureCache.build(
+                self.model,
+                self.dataset,
+                self.train_samples,
+                self.spec,
+                augmentation=cfg.augmentation,
+                draws=draws,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                progress=self.progress,
+                desc="caching train features",
                 world=self.world,
             )
             self.timings["phase1_feature_cache_s"] = time.perf_counter() - start
@@ -344,6 +346,21 @@ class Trainer:
         if not self.config.budget_minutes:
             return math.inf
         return self.config.budget_minutes * 60.0 - (time.perf_counter() - self._started)
+
+    def _affordable_draws(self, val_seconds: float) -> int:
+        """Augmentation draws of the train cache that fit into CACHE_BUDGET_SHARE of the time budget, measured on
+        the validation cache just built (so Phase II, where fine-tuning pays most, keeps most of the budget)."""
+        cfg = self.config
+        if not cfg.budget_minutes or not self.val_samples:
+            return cfg.cache_draws
+        per_image = self.world.agree(val_seconds / len(self.val_samples))
+        allowed = CACHE_BUDGET_SHARE * cfg.budget_minutes * 60.0
+        draws = int(max(1, min(cfg.cache_draws, allowed // max(per_image * len(self.train_samples), 1e-9))))
+        if draws < cfg.cache_draws:
+            log.info(
+                f"feature cache: {draws} augmentation draw(s) per image fit into the budget (of {cfg.cache_draws})"
+            )
+        return draws
 
     def phase2(self) -> int:
         cfg = self.config
