@@ -95,7 +95,13 @@ def main() -> int:
         split = stratified_split(dataset, val_fraction=0.15, test_fraction=0.25, seed=0)
         n_train = len(split.samples(dataset, "train"))
         print(f"data: {len(dataset.samples)} synthetic 512x512 images, {n_train} in the train split\n")
-        base = TrainConfig(backbone=args.backbone, batch_size=16, early_stopping_patience=1000, cache_draws=args.draws)
+        base = TrainConfig(
+            backbone=args.backbone,
+            batch_size=16,
+            early_stopping_patience=1000,
+            cache_draws=args.draws,
+            budget_minutes=0,
+        )
 
         # 1. Phase I without the cache
         t = trainer_for(

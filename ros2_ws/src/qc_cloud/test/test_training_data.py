@@ -183,14 +183,15 @@ def test_augmentation_is_deterministic_per_draw_and_keeps_shape():
 def test_flip_only_mirrors_and_brightness_stays_in_range():
     image = np.zeros((9, 12, 3), np.uint8)
     image[:, :3] = 200  # bright left edge
-    flip = Augmentation(rotation_deg=0, zoom=0, hflip=True, brightness=(1.0, 1.0))
+    only = {"vflip": False, "rot90": False, "contrast": 0.0, "blur_sigma": 0.0, "noise_std": 0.0}
+    flip = Augmentation(rotation_deg=0, zoom=0, hflip=True, brightness=(1.0, 1.0), **only)
     outcomes = {bool(flip.apply(image, draw_rng(0, 0, d))[:, -1].mean() > 100) for d in range(20)}
     assert outcomes == {True, False}, "about half the draws mirror the image"
     mirrored = next(
         flip.apply(image, draw_rng(0, 0, d)) for d in range(20) if flip.apply(image, draw_rng(0, 0, d))[0, -1, 0]
     )
     assert np.array_equal(mirrored, image[:, ::-1])
-    bright = Augmentation(rotation_deg=0, zoom=0, hflip=False, brightness=(0.8, 1.2))
+    bright = Augmentation(rotation_deg=0, zoom=0, hflip=False, brightness=(0.8, 1.2), **only)
     flat = np.full((4, 4, 3), 100, np.uint8)
     values = [int(bright.apply(flat, draw_rng(0, 0, d))[0, 0, 0]) for d in range(30)]
     assert 80 <= min(values) < 95 and 105 < max(values) <= 120

@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+# 2 added output.calibration and output.anomaly_map (issue 25). Version 1 manifests (without them) are still
+# read; an edge that knows only version 1 refuses a version 2 manifest by its version, with that reason.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 OUTPUT_SEMANTICS = ("sigmoid_logit", "softmax", "probability")
 COLOR_ORDERS = ("RGB", "BGR")
@@ -65,6 +68,10 @@ class Output:
     defect_index: int = 1  # class index of "defective" when semantics == "softmax"
     features: str | None = None  # optional output with the last feature map (N, C, h, w), for CAM heatmaps
     classifier_weights: tuple[float, ...] | None = None  # head weights over C, for CAM (sigmoid head)
+    # (scale, shift) fitted on the validation split: P(defect) = sigmoid(scale * logit + shift). None = plain
+    # sigmoid. Only with sigmoid_logit semantics; for an anomaly model the "logit" is its raw distance score.
+    calibration: tuple[float, float] | None = None
+    anomaly_map: str | None = None  # optional output (N, 1, h, w) of an anomaly model: per-pixel map in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,13 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError("manifest must be a JSON object")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ManifestError(f"unsupported manifest schema_version {data.get('schema_version')!r}")
+        if data.get("schema_version") not in READABLE_VERSIONS:
+            raise ManifestError(
+                f"unsupported manifest schema_version {data.get('schema_version')!r} (this edge reads "
+                f"{list(READABLE_VERSIONS)})"
+            )
+        if data.get("schema_version") == 1 and any(k in data.get("output", {}) for k in ("calibration", "anomaly_map")):
+            raise ManifestError("a schema_version 1 manifest cannot carry output.calibration or output.anomaly_map")
         try:
             pre = dict(data.get("preprocessing", {}))
             norm_values = pre.pop("normalization", {})
@@ -115,6 +127,8 @@ class Manifest:
             out = dict(data.get("output", {}))
             if out.get("classifier_weights") is not None:
                 out["classifier_weights"] = tuple(float(v) for v in out["classifier_weights"])
+            if out.get("calibration") is not None:
+                out["calibration"] = tuple(float(v) for v in out["calibration"])
             manifest = cls(
                 **{
                     **{k: v for k, v in data.items() if k not in ("preprocessing", "output", "golden")},
@@ -160,6 +174,13 @@ class Manifest:
             problems.append("normalization scale must be > 0")
         if out.semantics not in OUTPUT_SEMANTICS:
             problems.append(f"output semantics must be one of {OUTPUT_SEMANTICS}")
+        if out.calibration is not None:
+            if out.semantics != "sigmoid_logit":
+                problems.append("output calibration needs sigmoid_logit semantics")
+            if len(out.calibration) != 2 or not all(math.isfinite(v) for v in out.calibration):
+                problems.append("output calibration must be two finite numbers (scale, shift)")
+            elif out.calibration[0] <= 0:
+                problems.append("output calibration scale must be > 0")
         if problems:
             raise ManifestError("invalid manifest: " + "; ".join(problems))
 

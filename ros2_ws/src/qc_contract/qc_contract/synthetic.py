@@ -402,6 +402,22 @@ _DEFECT_PAINTERS = {
 }
 
 
+PRODUCTS = ("bottle", "surface")
+
+
+def make_generator(product: str = "bottle", *, defect_types: Sequence[str] | None = None, **kwargs):
+    """The part generator of a product: "bottle" (SyntheticPartGenerator) or "surface" (the harder benchmark,
+    qc_contract.synthetic_surface.SurfacePartGenerator); both have the same interface."""
+    if product == "bottle":
+        return SyntheticPartGenerator(defect_types=DEFECT_TYPES if defect_types is None else defect_types, **kwargs)
+    if product == "surface":
+        from qc_contract.synthetic_surface import SURFACE_DEFECT_TYPES, SurfacePartGenerator
+
+        types = SURFACE_DEFECT_TYPES if defect_types is None else defect_types
+        return SurfacePartGenerator(defect_types=types, **kwargs)
+    raise ValueError(f"unknown product {product!r}; known: {list(PRODUCTS)}")
+
+
 def _write_png(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"could not write {path}")
@@ -416,7 +432,8 @@ def write_mvtec_dataset(
     width: int = 512,
     height: int = 512,
     seed: int = 0,
-    defect_types: Sequence[str] = DEFECT_TYPES,
+    defect_types: Sequence[str] | None = None,
+    product: str = "bottle",
 ) -> Path:
     """Write an MVTec-AD-layout data set and return its root:
 
@@ -426,14 +443,18 @@ def write_mvtec_dataset(
         root/ground_truth/<defect>/000_mask.png   binary masks (255 = defect) of the defective test parts
         root/synthetic.json                    the generator settings, to reproduce the set
 
-    Every image is a different part (disjoint index ranges of one generator).
+    Every image is a different part (disjoint index ranges of one generator). `product` picks the generator:
+    "bottle" (this module, easy) or "surface" (qc_contract.synthetic_surface: the harder benchmark with fine,
+    low-contrast defects on textured grey parts and lighting drift). Class imbalance comes from the counts.
     """
+    if product not in PRODUCTS:
+        raise ValueError(f"unknown product {product!r}; known: {list(PRODUCTS)}")
     counts = {"n_train_good": n_train_good, "n_test_good": n_test_good, "n_test_per_defect": n_test_per_defect}
     for name, n in counts.items():
         if n < 0:
             raise ValueError(f"{name} = {n} must be >= 0")
-    generator = SyntheticPartGenerator(
-        seed=seed, width=width, height=height, defect_rate=0.0, defect_types=defect_types
+    generator = make_generator(
+        product, seed=seed, width=width, height=height, defect_rate=0.0, defect_types=defect_types
     )
     root = Path(root)
     digits = max(3, len(str(max(n_train_good, n_test_good, n_test_per_defect, 1) - 1)))
@@ -456,7 +477,14 @@ def write_mvtec_dataset(
     write_split(root / "test" / "good", n_test_good, None)
     for defect_type in generator.defect_types:
         write_split(root / "test" / defect_type, n_test_per_defect, defect_type)
-    meta = {"generator": "qc_contract.synthetic", "seed": seed, "width": width, "height": height, **counts}
+    meta = {
+        "generator": "qc_contract.synthetic",
+        "product": product,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        **counts,
+    }
     meta["defect_types"] = list(generator.defect_types)
     (root / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root

@@ -1,4 +1,4 @@
-"""qc_synthetic_parts: write an MVTec-AD-layout data set of synthetic bottle images.
+"""qc_synthetic_parts: write an MVTec-AD-layout data set of synthetic bottle (or textured surface) images.
 
 qc_synthetic_parts --out data/bottle_synth --train-good 200 --test-good 50 --test-per-defect 20
 python -m qc_cell.camera.synthetic_cli --out /tmp/tiny --train-good 4 --test-good 2 --test-per-defect 1 --size 256
@@ -7,18 +7,21 @@ python -m qc_cell.camera.synthetic_cli --out /tmp/tiny --train-good 4 --test-goo
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
-from qc_contract.synthetic import DEFECT_TYPES, write_mvtec_dataset
+from qc_contract.synthetic import DEFECT_TYPES, PRODUCTS, write_mvtec_dataset
+from qc_contract.synthetic_surface import SURFACE_DEFECT_TYPES
 
 
 def _defect_types(text: str) -> tuple[str, ...]:
     types = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [t for t in types if t not in DEFECT_TYPES]
+    known = DEFECT_TYPES + SURFACE_DEFECT_TYPES  # which of them fit the product is checked by the writer
+    unknown = [t for t in types if t not in known]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown defect types {unknown}; known: {', '.join(DEFECT_TYPES)}")
+        raise argparse.ArgumentTypeError(f"unknown defect types {unknown}; known: {', '.join(known)}")
     return types
 
 
@@ -47,10 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=_size, default=512, help="image height in pixels (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed: same seed, same data set (default 0)")
     parser.add_argument(
+        "--product",
+        choices=PRODUCTS,
+        default="bottle",
+        help="bottle (easy) or surface (the harder benchmark: fine low-contrast defects on textured grey parts, "
+        "lighting drift; defect types crack, scratch, pit, stain)",
+    )
+    parser.add_argument(
         "--defect-types",
         type=_defect_types,
-        default=DEFECT_TYPES,
-        help=f"comma-separated defect types (default: {','.join(DEFECT_TYPES)})",
+        default=None,
+        help=f"comma-separated defect types (default: all of the product's; bottle: {','.join(DEFECT_TYPES)}; "
+        f"surface: {','.join(SURFACE_DEFECT_TYPES)})",
     )
     return parser
 
@@ -69,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             height=height,
             seed=args.seed,
             defect_types=args.defect_types,
+            product=args.product,
         )
     except (OSError, ValueError) as exc:
         print(f"qc_synthetic_parts: {exc}", file=sys.stderr)
         return 1
-    total = args.train_good + args.test_good + args.test_per_defect * len(args.defect_types)
+    n_types = len(json.loads((root / "synthetic.json").read_text())["defect_types"])
+    total = args.train_good + args.test_good + args.test_per_defect * n_types
     print(f"wrote {total} images ({width}x{height}) to {root} in {time.monotonic() - start:.1f} s")
     return 0
 

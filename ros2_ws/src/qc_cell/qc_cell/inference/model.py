@@ -38,10 +38,15 @@ class LoadedModel:
         names = {spec.name for spec in backend.outputs}
         if out.name not in names:
             raise BackendError(f"model has no output '{out.name}' named in its manifest (outputs: {sorted(names)})")
-        self._features_name = out.features if out.features in names else None
+        # An anomaly model exports its per-pixel map (N, 1, H, W) in [0, 1] directly: that is the heatmap.
+        self._anomaly_map = out.anomaly_map is not None and out.anomaly_map in names
+        if self._anomaly_map:
+            self._features_name = out.anomaly_map
+        else:
+            self._features_name = out.features if out.features in names else None
         self._cam_weights = (
             np.asarray(out.classifier_weights, dtype=np.float32)
-            if self._features_name and out.classifier_weights
+            if self._features_name and out.classifier_weights and not self._anomaly_map
             else None
         )
 
@@ -60,7 +65,7 @@ class LoadedModel:
 
     @property
     def has_heatmap(self) -> bool:
-        return self._cam_weights is not None
+        return self._cam_weights is not None or self._anomaly_map
 
     def score(self, batch: np.ndarray, want_features: bool = False) -> BatchScores:
         """Run a preprocessed batch. BackendError: the whole batch failed (runtime error)."""
@@ -80,7 +85,11 @@ class LoadedModel:
         return BatchScores(probabilities, problems, features, inference_ms)
 
     def heatmap(self, features: np.ndarray) -> np.ndarray | None:
-        """CAM (h, w) in [0, 1] for one part's features (C, h, w), None when the model exports none."""
+        """CAM (h, w) in [0, 1] for one part's features (C, h, w), or an anomaly model's own map (1, h, w);
+        None when the model exports none."""
+        if self._anomaly_map:
+            heat = np.asarray(features, dtype=np.float32).reshape(features.shape[-2:])
+            return np.clip(heat, 0.0, 1.0) if np.isfinite(heat).all() else None
         if self._cam_weights is None:
             return None
         return class_activation_map(features, self._cam_weights)

@@ -42,6 +42,9 @@ def defect_probabilities(raw: np.ndarray, output: Output) -> tuple[np.ndarray, l
                 f"output '{output.name}' has {width} values per part; {output.semantics} semantics need exactly 1"
             )
         values = rows[:, 0]
+        if output.semantics == "sigmoid_logit" and output.calibration is not None:
+            scale, shift = output.calibration  # fitted on the validation split at training (manifest)
+            values = scale * values + shift
         probs = _sigmoid(values) if output.semantics == "sigmoid_logit" else values
     finite_rows = np.isfinite(rows).all(axis=1) & np.isfinite(probs)
     problems: list[str | None] = []

@@ -25,7 +25,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="also save the best weights here (for `qc_cloud export`)")
     p.add_argument("--keep-data", type=Path, help="synthetic data: generate into (or reuse) this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--preset",
+        choices=("adaptive", "paper"),
+        help="start from a named preset instead of the defaults: adaptive (the default recipe) or paper (the "
+        "paper's two-phase method, for comparison); --config and the options below override it",
+    )
     o = p.add_argument_group("overrides of configuration values")
+    o.add_argument(
+        "--method",
+        choices=("classifier", "anomaly"),
+        help="classifier (good and defective images) or anomaly (PatchCore-style, trained on good parts only)",
+    )
+    o.add_argument("--budget-minutes", type=float, dest="budget_minutes", help="training time budget (0 = none)")
+    o.add_argument("--calibration", choices=("platt", "temperature", "none"))
+    o.add_argument(
+        "--max-false-reject", type=float, dest="max_false_reject", help="band proposal: false reject rate limit"
+    )
+    o.add_argument("--target-escape", type=float, dest="target_escape", help="band proposal: escape rate target")
+    o.add_argument(
+        "--reinspect-budget", type=float, dest="reinspect_budget", help="band proposal: re-inspection share budget"
+    )
     o.add_argument("--backbone", choices=("efficientnet_b0", "efficientnet_lite0"))
     o.add_argument("--weights", help="backbone weights file (efficientnet-pytorch state dict)")
     o.add_argument("--input-size", type=int, dest="input_size")
@@ -55,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 OVERRIDES = (
+    "method",
+    "budget_minutes",
+    "calibration",
+    "target_escape",
+    "reinspect_budget",
+    "max_false_reject",
     "backbone",
     "weights",
     "input_size",
@@ -77,6 +103,9 @@ def _train(args: argparse.Namespace) -> int:
     from qc_cloud.training.pipeline import resolved_data, train
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    if args.preset:  # the preset's values, then the keys the config file sets (the file wins)
+        written = TrainConfig.keys_in(args.config) if args.config else {}
+        config = TrainConfig.preset_config(args.preset, **{k: getattr(config, k) for k in written})
     config = config.replace(**{name: getattr(args, name) for name in OVERRIDES})
     if args.data is not None and config.synthetic is not None:  # real data given: the synthetic recipe is unused
         config = TrainConfig.from_dict({**config.to_dict(), "synthetic": None})
@@ -89,7 +118,8 @@ def _train(args: argparse.Namespace) -> int:
             checkpoint_path=args.checkpoint,
             progress=not args.no_progress,
         )
-    print_summary(run)
+    if run is not None:  # under torchrun only rank 0 packages (and reports)
+        print_summary(run)
     return 0
 
 

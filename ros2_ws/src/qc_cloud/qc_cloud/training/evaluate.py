@@ -225,7 +225,12 @@ class OnnxScorer:
     """The exported model in ONNX Runtime (CPU), as the edge runs it without TensorRT."""
 
     def __init__(
-        self, model_path: Path, input_name: str = "input", output_name: str = "logit", semantics: str = "sigmoid_logit"
+        self,
+        model_path: Path,
+        input_name: str = "input",
+        output_name: str = "logit",
+        semantics: str = "sigmoid_logit",
+        calibration: tuple[float, float] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -245,6 +250,7 @@ class OnnxScorer:
         if semantics != "sigmoid_logit":
             raise ManifestError(f"output semantics {semantics!r} not supported by the training tools (sigmoid_logit)")
         self.input_name, self.output_name = input_name, output_name
+        self.calibration = calibration  # (scale, shift) of the manifest, applied as the edge does
         self.input_shape = self.session.get_inputs()[inputs.index(input_name)].shape
 
     @classmethod
@@ -253,7 +259,8 @@ class OnnxScorer:
         file (sha256, size, tensor names or input size)."""
         manifest = Manifest.load(package_dir)
         model_path = manifest.verify_model_file(package_dir)
-        scorer = cls(model_path, manifest.input_name, manifest.output.name, manifest.output.semantics)
+        out = manifest.output
+        scorer = cls(model_path, manifest.input_name, out.name, out.semantics, out.calibration)
         pre = manifest.preprocessing
         expected = [3, pre.input_height, pre.input_width]
         if [d if isinstance(d, int) else None for d in scorer.input_shape[1:]] != expected:
@@ -267,4 +274,7 @@ class OnnxScorer:
         return self.session.run([self.output_name], {self.input_name: inputs})[0].reshape(-1)
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        return sigmoid(self.logits(inputs))
+        z = self.logits(inputs)
+        if self.calibration is not None:
+            z = self.calibration[0] * z + self.calibration[1]
+        return sigmoid(z)

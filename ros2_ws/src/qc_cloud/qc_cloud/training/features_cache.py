@@ -24,6 +24,7 @@ from tqdm import tqdm
 from qc_cloud.training.augment import Augmentation
 from qc_cloud.training.batches import input_batches
 from qc_cloud.training.datasets import Dataset, Sample
+from qc_cloud.training.distributed import World
 from qc_cloud.training.models import DefectClassifier
 from qc_contract.model_manifest import Preprocessing
 
@@ -54,20 +55,25 @@ class FeatureCache:
         batch_size: int,
         progress: bool = True,
         desc: str = "caching features",
+        world: World | None = None,
     ) -> FeatureCache:
-        """Run the (frozen, eval-mode) base over every sample `draws` times (once when not augmenting)."""
+        """Run the (frozen, eval-mode) base over every sample `draws` times (once when not augmenting). Under
+        torchrun each process computes its share of the images and every process gets the whole cache."""
+        world = world or World()
+        mine = world.share(range(len(samples)))
         if augmentation is None or augmentation.is_identity:
             augmentation, draws = None, 1
         features = np.zeros((len(samples), draws, model.head.in_features), dtype=np.float32)
         model.eval()
-        total = len(samples) * draws
+        total = len(mine) * draws
         with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
             for draw in range(draws):
                 for inputs, _, chunk in input_batches(
-                    dataset, samples, spec, batch_size, augmentation=augmentation, seed=seed, draw=draw
+                    dataset, samples, spec, batch_size, augmentation=augmentation, seed=seed, draw=draw, order=mine
                 ):
                     features[chunk, draw] = model.pooled(torch.from_numpy(inputs)).numpy()
                     bar.update(len(chunk))
+        features = world.sum_rows(features)
         labels = np.asarray([s.label for s in samples], dtype=np.float32)
         return cls(features, labels)
 

@@ -216,3 +216,30 @@ def set_train_mode(model: DefectClassifier, *, train_batchnorm: bool = False) ->
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def _depth_of(model: DefectClassifier) -> dict[int, int]:
+    """id(parameter) -> depth below the top of the network: head and head conv 0, the last block 1, ..., stem."""
+    depth: dict[int, int] = {id(p): 0 for p in model.head.parameters()}
+    base = model.base
+    blocks = list(getattr(base, "_blocks", []))
+    for i, block in enumerate(blocks):
+        for p in block.parameters():
+            depth[id(p)] = len(blocks) - i
+    for p in base.parameters():
+        if id(p) not in depth:  # stem (below the first block) or head conv/norm (above the last)
+            depth[id(p)] = 0
+    for name in ("_conv_stem", "_bn0"):
+        for p in getattr(base, name, nn.Identity()).parameters():
+            depth[id(p)] = len(blocks) + 1
+    return depth
+
+
+def layerwise_groups(model: DefectClassifier, lr: float, decay: float) -> list[dict]:
+    """Optimizer parameter groups of the trainable parameters with discriminative learning rates:
+    lr x decay**depth (depth 0 = head and head conv, 1 = the last block, ... the stem deepest)."""
+    depth = _depth_of(model)
+    by_depth: dict[int, list[nn.Parameter]] = {}
+    for p in trainable_parameters(model):
+        by_depth.setdefault(depth.get(id(p), 0), []).append(p)
+    return [{"params": ps, "lr": lr * decay**d} for d, ps in sorted(by_depth.items())]

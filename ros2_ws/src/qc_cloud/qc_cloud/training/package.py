@@ -37,6 +37,8 @@ class PackageContents:
     dataset: dict[str, Any]
     training: dict[str, Any]
     classifier_weights: tuple[float, ...] | None  # head weights, when the model has a "features" output
+    calibration: tuple[float, float] | None = None  # (scale, shift) of the logit, fitted on the validation split
+    anomaly_map: str | None = None  # name of the anomaly model's per-pixel map output
 
 
 def pick_golden(samples: Sequence[Sample], per_class: int, seed: int) -> list[Sample]:
@@ -98,6 +100,8 @@ def write_manifest(
             semantics="sigmoid_logit",
             features=FEATURES_NAME if features else None,
             classifier_weights=contents.classifier_weights if features else None,
+            calibration=contents.calibration,
+            anomaly_map=contents.anomaly_map,
         ),
         golden=golden,
         golden_tolerance=GOLDEN_TOLERANCE,

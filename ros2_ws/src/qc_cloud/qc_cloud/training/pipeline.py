@@ -28,14 +28,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER, input_batches
+from qc_cloud.training.calibration import apply_calibration, fit_calibration, propose_bands, reliability
 from qc_cloud.training.checkpoint import Checkpoint, save_checkpoint
-from qc_cloud.training.config import SyntheticData, TrainConfig
+from qc_cloud.training.config import AUTO, SyntheticData, TrainConfig, resolve_input_size
 from qc_cloud.training.datasets import Dataset, load_dataset, read_image
+from qc_cloud.training.distributed import World
 from qc_cloud.training.errors import ConfigError, DatasetError
-from qc_cloud.training.evaluate import Evaluation, OnnxScorer, evaluate
+from qc_cloud.training.evaluate import Evaluation, OnnxScorer, evaluate, score_samples
 from qc_cloud.training.export import OPSET, check_parity, export_onnx
 from qc_cloud.training.models import DefectClassifier, backbone_spec, build_model
 from qc_cloud.training.package import PackageContents, pick_golden, write_golden, write_manifest
@@ -108,6 +111,7 @@ def resolved_data(config: TrainConfig, data: Path | None, keep_data: Path | None
                 width=syn.width,
                 height=syn.height,
                 seed=syn.seed,
+                product=syn.product,
             )
         yield root
 
@@ -126,6 +130,68 @@ def _check_synthetic_recipe(recipe: Path, syn: SyntheticData) -> None:
             f"{recipe.parent} holds a synthetic data set generated with other settings ({changes}); "
             "use another --keep-data folder"
         )
+
+
+def sample_image_sizes(dataset: Dataset, n: int = 16) -> list[tuple[int, int]]:
+    """(width, height) of up to n images spread over the data set (for the automatic input size)."""
+    samples = dataset.samples[:: max(1, len(dataset.samples) // n)][:n]
+    sizes = []
+    for s in samples:
+        image = dataset.image(s)
+        sizes.append((image.shape[1], image.shape[0]))
+    return sizes
+
+
+def calibrate_scorer(
+    scorer: OnnxScorer, dataset: Dataset, split: Split, config: TrainConfig, spec: Preprocessing, progress: bool
+) -> dict[str, Any]:
+    """Fit the calibration on the validation split's logits (the exported model, as the edge runs it), set it on
+    `scorer`, and propose bands for the configured targets on the calibrated validation scores."""
+    val = split.samples(dataset, "val")
+    logits = score_samples(
+        scorer.logits, dataset, val, spec, batch_size=config.batch_size, progress=progress, desc="calibrating on val"
+    )
+    labels = np.asarray([s.label for s in val], dtype=np.float64)
+    calibration = fit_calibration(logits, labels, config.calibration)
+    scorer.calibration = calibration
+    probs = apply_calibration(logits, calibration)
+    return {
+        "method": config.calibration,
+        "scale_shift": list(calibration) if calibration else None,
+        "temperature": (1.0 / calibration[0]) if calibration else None,
+        "n_val": len(val),
+        "val_ece_before": reliability(apply_calibration(logits, None), labels)["ece"],
+        "val_ece_after": reliability(probs, labels)["ece"],
+        "proposed_bands": propose_bands(
+            probs,
+            labels,
+            target_escape=config.target_escape,
+            reinspect_budget=config.reinspect_budget,
+            max_false_reject=config.max_false_reject,
+        ),
+    }
+
+
+def test_calibration_section(
+    calibration: dict[str, Any], evaluation: Evaluation, raw_logits: np.ndarray, config: TrainConfig
+) -> dict[str, Any]:
+    """The test split's reliability before/after calibration and its figures under the proposed bands."""
+    labels = evaluation.labels
+    before = reliability(apply_calibration(raw_logits, None), labels)
+    after = reliability(evaluation.scores, labels)
+    section = {
+        **calibration,
+        "test_ece_before": before["ece"],
+        "test_ece_after": after["ece"],
+        "reliability_before": before["bins"],
+        "reliability_after": after["bins"],
+    }
+    bands = calibration["proposed_bands"]
+    if bands.get("low") is not None:
+        from qc_cloud.training.evaluate import band_analysis
+
+        section["proposed_bands_on_test"] = band_analysis(labels, evaluation.scores, bands["low"], bands["high"])
+    return section
 
 
 def prepare_split(dataset: Dataset, config: TrainConfig, split_path: Path | None) -> Split:
@@ -152,6 +218,11 @@ def _dataset_info(dataset: Dataset, split: Split, config: TrainConfig) -> dict[s
     if config.synthetic is not None:
         info["synthetic"] = asdict(config.synthetic)
     return info
+
+
+def edge_cost(input_size: int) -> dict[str, Any]:
+    """What the input size costs on the edge, relative to the paper's 224 px (compute grows with the area)."""
+    return {"input_size": input_size, "relative_to_224": round((input_size / 224) ** 2, 3)}
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +305,10 @@ def _build_package(
     parity = check_parity(model, model_path, parity_inputs, fp16=config.fp16)
     log.info(f"evaluating the exported model on the {len(test_samples)} test images (ONNX Runtime)")
     scorer = OnnxScorer(model_path)
+    calibration = calibrate_scorer(scorer, dataset, split, config, spec, progress)
+    raw_test_logits = score_samples(
+        scorer.logits, dataset, test_samples, spec, batch_size=config.batch_size, progress=False
+    )
     evaluation = evaluate(
         scorer,
         dataset,
@@ -244,6 +319,7 @@ def _build_package(
         batch_size=config.batch_size,
         progress=progress,
     )
+    cal_section = test_calibration_section(calibration, evaluation, raw_test_logits, config)
     golden = write_golden(
         out_dir, dataset, pick_golden(test_samples, config.golden_per_class, config.seed), scorer, spec
     )
@@ -256,10 +332,15 @@ def _build_package(
             architecture=config.backbone,
             version=version,
             preprocessing=spec,
-            metrics=_headline(evaluation.metrics),
+            metrics={
+                **_headline(evaluation.metrics),
+                "ece": cal_section["test_ece_after"],
+                "proposed_bands": cal_section["proposed_bands"],
+            },
             dataset=dataset_info,
             training={k: v for k, v in (training or {}).items() if k not in ("timings",)},
             classifier_weights=weights,
+            calibration=scorer.calibration,
         ),
         golden,
         features=config.export_features,
@@ -286,6 +367,8 @@ def _build_package(
         },
         "dataset": {**dataset_info, "root": str(dataset.root)},
         "test": evaluation.metrics,
+        "calibration": cal_section,
+        "edge_cost": edge_cost(config.input_size),
         "golden": [asdict(g) for g in golden],
         "caveats": caveats,
     }
@@ -307,9 +390,13 @@ def train(
     checkpoint_path: Path | None = None,
     progress: bool = True,
     command: str | None = None,
-) -> RunResult:
+) -> RunResult | None:
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    world = World.from_environment()  # several processes under torchrun (distributed.py), else one
+    if not world.is_main:
+        progress = False
+        logging.getLogger("qc_cloud").setLevel(logging.WARNING)
     dataset = load_dataset(data_root, progress=progress)
     split = prepare_split(dataset, config, split_path)
     log.info(f"data set {dataset.root} ({dataset.layout} layout): {dataset.counts()}")
@@ -319,14 +406,36 @@ def train(
         log.info(f"note: {MVTEC_CAVEAT}")
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.input_size == AUTO:
+        size = resolve_input_size(config, sample_image_sizes(dataset))
+        log.info(f"input size {size} x {size} px, chosen from the images (set input_size to override)")
+        config = config.replace(input_size=size)
     torch.manual_seed(config.seed)
+    if config.method == "anomaly":
+        from qc_cloud.training.anomaly import train_anomaly
+
+        if world.active:
+            raise ConfigError("the anomaly model is built in one process; run it without torchrun")
+        return train_anomaly(
+            config,
+            dataset,
+            split,
+            out_dir,
+            progress=progress,
+            command=command or command_line(),
+            started=started,
+            started_at=started_at,
+        )
     model = build_model(
         config.backbone,
         input_size=config.input_size,
         weights=Path(config.weights) if config.weights else None,
         dropout=config.dropout,
     )
-    result = Trainer(model, config, dataset, split, preprocessing_for(config), progress=progress).run()
+    result = Trainer(model, config, dataset, split, preprocessing_for(config), progress=progress, world=world).run()
+    if not world.is_main:  # rank 0 exports and packages; the others wait for it and leave
+        world.barrier()
+        return None
     history = result.history_dicts()
     training = {
         "command": command or command_line(),
@@ -340,11 +449,17 @@ def train(
         "started_at": started_at,
         "torch": torch.__version__,
     }
-    if checkpoint_path is not None:
-        save_checkpoint(checkpoint_path, Checkpoint(result.model, config, split.to_dict(dataset), history, training))
-    return package_model(
-        result.model, config, dataset, split, out_dir, training=training, history=history, progress=progress
-    )
+    training["processes"] = world.size
+    try:
+        if checkpoint_path is not None:
+            save_checkpoint(
+                checkpoint_path, Checkpoint(result.model, config, split.to_dict(dataset), history, training)
+            )
+        return package_model(
+            result.model, config, dataset, split, out_dir, training=training, history=history, progress=progress
+        )
+    finally:
+        world.barrier()
 
 
 def check_golden(package_dir: Path, manifest: Manifest, scorer: OnnxScorer) -> list[dict[str, Any]]:

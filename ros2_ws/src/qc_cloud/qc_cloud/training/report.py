@@ -100,6 +100,26 @@ def plot_histogram(evaluation: Evaluation, path: Path, low: float, high: float) 
     return _save(fig, path)
 
 
+def plot_reliability(calibration: dict[str, Any], path: Path) -> Path:
+    """Reliability diagram of the test split before and after calibration (observed defect frequency against the
+    mean predicted probability per bin; the diagonal is perfect calibration)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for key, name, colour in (
+        ("reliability_before", "before", "tab:orange"),
+        ("reliability_after", "after", "tab:blue"),
+    ):
+        rows = [r for r in calibration.get(key, []) if r["n"]]
+        ece = calibration.get(f"test_ece_{name}")
+        label = f"{name} (ECE {ece:.3f})" if ece is not None else name
+        ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], marker="o", label=label, color=colour)
+    ax.set(xlabel="mean predicted P(defect)", ylabel="observed defect frequency", title="Reliability (test split)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
 def plot_training(history: list[dict[str, Any]], path: Path) -> Path:
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.5))
     step = np.arange(1, len(history) + 1)
@@ -183,7 +203,23 @@ def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
                 f"| {split_name} | " + " | ".join(str(counts.get(t, 0)) for t in sorted(data["per_type"])) + " |"
             )
     training = report.get("training")
-    if training:
+    anomaly = report["model"].get("anomaly")
+    if anomaly:
+        mapping, parity = training["score_mapping"]["scale_shift"], anomaly["parity"]
+        lines += [
+            "",
+            "## Anomaly model (good parts only, PatchCore-style)",
+            "",
+            f"- memory bank: {anomaly['bank']} patch features ({anomaly['feature_dim']}-d, base blocks "
+            f"{anomaly['layers']}) coreset-subsampled from {anomaly['patches']} patches of the good training images",
+            f"- image AUROC {_fmt(anomaly['image_auroc'])}, pixel AUROC {_fmt(anomaly['pixel_auroc'])} (test split)",
+            f"- score mapped to [0, 1] on held-out good parts: "
+            f"P = sigmoid({mapping[0]:.4g} * score + {mapping[1]:.4g})",
+            f"- PyTorch vs ONNX Runtime: max |score diff| {parity['max_abs_score_diff']:.1e}, max |map diff| "
+            f"{parity['max_abs_map_diff']:.1e}",
+            f"- training wall time: {_fmt(training['seconds'], 0)} s; command: `{training['command']}`",
+        ]
+    elif training:
         best, cfg = training["best"], training["config"]
         cache = f"on ({cfg['cache_draws']} augmentation draws per image)" if cfg["feature_cache"] else "off"
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in training["timings"].items())
@@ -204,6 +240,7 @@ def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
             f"- training wall time: {_fmt(training['seconds'], 0)} s ({stages})",
             f"- command: `{training['command']}`",
         ]
+    lines += _calibration_lines(report.get("calibration"), report.get("edge_cost"))
     parity = model.get("parity")
     if parity:
         lines += [
@@ -221,6 +258,56 @@ def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _calibration_lines(cal: dict[str, Any] | None, cost: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
+    if cost:
+        lines += [
+            "",
+            "## Input size and edge cost",
+            "",
+            f"- model input {cost['input_size']} x {cost['input_size']} px: about x{cost['relative_to_224']} the "
+            "compute of a 224 px input per part (see bench/bench_training.py for measured latency)",
+        ]
+    if not cal:
+        return lines
+    lines += ["", "## Calibration and proposed bands", ""]
+    if cal.get("scale_shift"):
+        scale, shift = cal["scale_shift"]
+        lines.append(
+            f"- {cal['method']} calibration fitted on {cal['n_val']} validation images: "
+            f"P = sigmoid({scale:.4g} * logit + {shift:.4g}) (stored in the manifest, applied by the edge)"
+        )
+    else:
+        lines.append(f"- no calibration applied (method {cal['method']})")
+    lines.append(
+        f"- expected calibration error, test split: {_fmt(cal.get('test_ece_before'))} before, "
+        f"{_fmt(cal.get('test_ece_after'))} after (validation: {_fmt(cal.get('val_ece_before'))} -> "
+        f"{_fmt(cal.get('val_ece_after'))})"
+    )
+    bands = cal.get("proposed_bands") or {}
+    if bands.get("low") is not None:
+        verdict = "can be met" if bands["feasible"] else "can NOT be met"
+        lines.append(
+            f"- targets: escape <= {_pct(bands['target_escape'])}, re-inspection <= {_pct(bands['reinspect_budget'])}, "
+            f"false reject <= {_pct(bands['max_false_reject'])}: "
+            f"{verdict} on the validation split with bands low {bands['low']:.4f} / high {bands['high']:.4f} "
+            f"(escape {_pct(bands['escape_rate'])}, re-inspect {_pct(bands['reinspect_share'])}, false reject "
+            f"{_pct(bands['false_reject_rate'])})"
+        )
+        on_test = cal.get("proposed_bands_on_test")
+        if on_test:
+            lines.append(
+                f"- the same bands on the test split: escape {_pct(on_test['defect_escape_rate'])}, re-inspect "
+                f"{_pct(on_test['fraction_reinspect'])}, false reject {_pct(on_test['false_reject_rate'])}"
+            )
+        if bands.get("reason"):
+            lines.append(f"- {bands['reason']}")
+        lines.append(
+            "- to use them, set the decision node's `reinspect_threshold` / `defective_threshold` to these values"
+        )
+    return lines
+
+
 def write_report(
     out_dir: Path, report: dict[str, Any], evaluation: Evaluation, history: list[dict[str, Any]] | None = None
 ) -> dict[str, Path]:
@@ -236,6 +323,8 @@ def write_report(
     }
     if history:
         written["training_curves"] = plot_training(history, plots_dir / "training_curves.png")
+    if report.get("calibration", {}).get("reliability_after"):
+        written["reliability"] = plot_reliability(report["calibration"], plots_dir / "reliability.png")
     rel = {name: path.relative_to(out_dir).as_posix() for name, path in written.items()}
     full = {**report, "plots": rel, "test_images": evaluation.per_image()}
     if history:
