@@ -8,5 +8,10 @@ import os
 import random
 
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 200)))
+# pytest-xdist workers inherit the controller's domain: each takes its own next to it (domains go up to 232).
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw") and "QC_TEST_DOMAIN_BASE" not in os.environ:
+    os.environ["QC_TEST_DOMAIN_BASE"] = os.environ["ROS_DOMAIN_ID"]
+    os.environ["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) + 1 + int(_worker[2:])) % 233)
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
