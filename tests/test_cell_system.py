@@ -3,6 +3,7 @@ parts with ground truth. Each test fails for one reason and says what it expecte
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ import pytest
 from qc_cell.bringup.demo import run_demo
 
 REPO = Path(__file__).resolve().parents[1]
+# The demo runs the fleet service where its packages (requirements/fleet.txt) are installed.
+FLEET_INSTALLED = all(importlib.util.find_spec(m) for m in ("fastapi", "sqlalchemy", "alembic", "uvicorn"))
 PARAMS = REPO / "params" / "demo.yaml"
 pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -38,7 +41,10 @@ def test_full_run_every_part_one_verdict_one_reject_one_summary(tmp_path):
     assert result["mqtt"]["part_records_vs_parts"] == "300/300", f"MQTT summaries: {result['mqtt']}"
     # The fleet service (qc_cloud serve, embedded) stored every decided part, read back through its HTTP API.
     fleet = result["fleet"]
-    assert fleet is not None, "the fleet service did not run (requirements/fleet.txt)"
+    if not FLEET_INSTALLED:  # the Jazzy and Python 3.10 runs have the edge's packages only
+        assert fleet is None
+        return
+    assert fleet is not None, "the fleet service did not run"
     assert fleet["parts_stored_vs_parts"] == "300/300", f"fleet service: {fleet}"
     assert fleet["totals"]["quarantined"] == 0 and fleet["totals"]["missing"] == 0, f"fleet service: {fleet}"
     assert [c["presence"] for c in fleet["cells"]] == ["online"], f"fleet service: {fleet}"
@@ -100,7 +106,8 @@ def test_broker_outage_loses_no_summary(tmp_path):
     assert result["mqtt"]["part_records_vs_parts"] == "300/300", f"summaries lost in the outage: {result['mqtt']}"
     assert result["mqtt"]["parts_sent_twice"] == 0, f"summaries sent twice: {result['mqtt']}"
     # The fleet service's persistent session outlived the outage too: every part stored once.
-    assert result["fleet"]["parts_stored_vs_parts"] == "300/300", f"fleet service: {result['fleet']}"
+    if FLEET_INSTALLED:
+        assert result["fleet"]["parts_stored_vs_parts"] == "300/300", f"fleet service: {result['fleet']}"
 
 
 def test_a_bridge_crash_loses_no_summary_and_sends_none_twice(tmp_path):

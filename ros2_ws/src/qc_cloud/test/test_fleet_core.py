@@ -205,3 +205,15 @@ def test_the_compiled_schema_check_agrees_with_jsonschema():
             assert schema_check.is_valid(kind, variant) == schemas.validator(kind).is_valid(variant), (kind, variant)
             checked += 1
     assert checked > 1000
+
+
+def test_serve_refuses_bad_settings_with_one_line_and_tokens_are_managed_by_name(tmp_path, capsys):
+    from qc_cloud import cli
+
+    assert cli.main(["serve", "--ingest-workers", "0", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: ingest_workers 0: within [1, 64]"]
+    assert cli.main(["fleet-token", "create", "--name", "grafana", "--role", "read", "--data-dir", str(tmp_path)]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith(auth.PREFIX)
+    assert cli.main(["fleet-token", "revoke", "--name", "grafana", "--data-dir", str(tmp_path)]) == 0
+    assert cli.main(["fleet-token", "revoke", "--name", "grafana", "--data-dir", str(tmp_path)]) == 1

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "serve", help="the fleet service: MQTT ingest + database + HTTP API", description=_serve_doc()
+        "serve", help="the fleet service: MQTT ingest + database + HTTP API", description=SERVE_DOC
     )
     p.add_argument("--config", default=os.environ.get("QC_FLEET_SETTINGS_FILE"), help="YAML settings file")
     p.add_argument("--data-dir", help="SQLite file, samples, bootstrap tokens (default ./fleet-data)")
@@ -52,10 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.set_defaults(func=broker_config_command)
 
 
-def _serve_doc() -> str:
-    from qc_cloud.fleet import service
-
-    return service.__doc__ or ""
+SERVE_DOC = """The fleet service: MQTT ingest (exactly once per record, acknowledged after commit) into SQLite or
+PostgreSQL, and the HTTP API (OpenAPI at /docs). Settings: --config YAML < QC_FLEET_* environment < these flags;
+secrets from files or the environment only. Needs requirements/fleet.txt. See docs/fleet.md."""
 
 
 SERVE_KEYS = (
@@ -77,7 +77,21 @@ SERVE_KEYS = (
 )
 
 
+def _missing_packages() -> str:
+    try:
+        import alembic  # noqa: F401
+        import fastapi  # noqa: F401
+        import sqlalchemy  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        return f"error: the fleet service needs requirements/fleet.txt ({exc})"
+    return ""
+
+
 def serve(args: argparse.Namespace) -> int:
+    if _missing_packages():
+        print(_missing_packages(), file=sys.stderr)
+        return 2
     from qc_cloud.fleet import settings as settings_module
     from qc_cloud.fleet.service import FleetService
 
@@ -104,6 +118,10 @@ def serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
             if settings.api_workers > 1:
+                # uvicorn starts the API processes itself: they read the settings this process resolved
+                for name, value in dataclasses.asdict(settings).items():
+                    if name != "extra":
+                        os.environ[f"QC_FLEET_{name.upper()}"] = str(value)
                 uvicorn.run(
                     "qc_cloud.fleet.service:app_from_environment",
                     factory=True,
@@ -127,6 +145,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def fleet_token(args: argparse.Namespace) -> int:
+    if _missing_packages():
+        print(_missing_packages(), file=sys.stderr)
+        return 2
     from qc_cloud.fleet import db
     from qc_cloud.fleet import settings as settings_module
     from qc_cloud.fleet.service import create_token, revoke_token

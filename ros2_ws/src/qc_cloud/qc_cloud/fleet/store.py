@@ -8,6 +8,7 @@ counted duplicate. A TransientError means: nothing was committed, retry the same
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -166,6 +167,13 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
     raise ValueError(kind)
 
 
+JSON_COLUMNS = ("reasons", "simulated")
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
 TABLES = {
     "part": models.Part,
     "kpi": models.Kpi,
@@ -251,7 +259,20 @@ class Store:
                 unique[key] = (r, t)
         keys = sorted(unique)
         new: set[tuple[str, str]] = set()
-        if keys:
+        if keys and self.postgres:  # one statement with array parameters: no per-row work in SQLAlchemy
+            rows = conn.exec_driver_sql(
+                "INSERT INTO record_ids (cell, id, kind, received_at) SELECT * FROM unnest("
+                "%(c)s::varchar[], %(i)s::varchar[], %(k)s::varchar[], %(t)s::timestamp[]) "
+                "ON CONFLICT DO NOTHING RETURNING cell, id",
+                {
+                    "c": [c for c, _ in keys],
+                    "i": [i for _, i in keys],
+                    "k": [unique[key][0].kind for key in keys],
+                    "t": [unique[key][1] for key in keys],
+                },
+            )
+            new = {(c, i) for c, i in rows}
+        elif keys:
             stmt = self._insert(models.RecordId).on_conflict_do_nothing(index_elements=["cell", "id"])
             rows = conn.execute(
                 stmt.returning(models.RecordId.cell, models.RecordId.id),
@@ -277,6 +298,8 @@ class Store:
             if kind == "alert":
                 for alert_id, cell in conn.execute(self._insert(table).returning(table.id, table.cell), rows):
                     alert_ids[cell] = max(alert_id, alert_ids.get(cell, 0))
+            elif kind == "part" and self.postgres:
+                self._copy_parts(conn, rows)
             else:
                 conn.execute(self._insert(table), rows)
         self._rollups(conn, by_kind.get("part", []))
@@ -299,6 +322,14 @@ class Store:
                 for m, reason, t in refused
             ],
         )
+
+    def _copy_parts(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """PostgreSQL: COPY the new parts (record_ids made them unique: no conflict possible) in this transaction."""
+        columns = list(rows[0])
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY parts ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([_json_text(row[c]) if c in JSON_COLUMNS else row[c] for c in columns])
 
     def _rollups(self, conn: Connection, part_rows: list[dict[str, Any]]) -> None:
         increments = rollups.increments(
