@@ -55,7 +55,8 @@ def fleet(conn: Connection, now: datetime, hours: int) -> dict[str, Any]:
     for cell in cells:
         s = sums.get(cell["name"])
         parts = int(s.parts or 0) if s else 0
-        minutes = hours * 60.0
+        # per minute over the window, or since the cell first reported when that is later
+        minutes = max(1.0, min(hours * 60.0, (now - cell["first_seen"]).total_seconds() / 60.0))
         line_model = line_versions[_line(cell["name"])].most_common(1)
         flags = []
         if line_model and cell["model_version"] and cell["model_version"] != line_model[0][0]:
@@ -122,7 +123,12 @@ def cell_charts(conn: Connection, cell: str, start: datetime, end: datetime) -> 
         .limit(MAX_POINTS * 4)
     ).all()
     latency = [
-        {"t": queries.iso(r.time), "p50": (r.latency_ms or {}).get("p50"), "p99": (r.latency_ms or {}).get("p99")}
+        {
+            "t": queries.iso(r.time),
+            "p50": (r.latency_ms or {}).get("p50"),
+            "p99": (r.latency_ms or {}).get("p99"),
+            "pps": r.throughput_pps,
+        }
         for r in _thin(list(reversed(kpis)))
     ]
     probs = [

@@ -21,9 +21,10 @@
       type: "line",
       data: { datasets: [
         { label: "parts", data: trend.map(function (b) { return { x: b.x, y: b.parts }; }), borderColor: "#1f5fbf", pointRadius: 2 },
+        { label: "parts/s (cell KPI)", data: c.latency.map(function (p) { return { x: ms(p.t), y: p.pps }; }), borderColor: "#1a7f37", pointRadius: 0, yAxisID: "y2" },
         { label: "alerts", type: "scatter", data: alertPoints, backgroundColor: "#b42318", pointStyle: "triangle", pointRadius: 7 }
       ] },
-      options: { scales: { x: timeAxis(), y: { beginAtZero: true } } }
+      options: { scales: { x: timeAxis(), y: { beginAtZero: true }, y2: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } } } }
     });
     var colors = { normal: "#1a7f37", reinspect: "#b54708", defective: "#b42318", not_inspected: "#8c959f" };
     chart("chart-verdicts", {
