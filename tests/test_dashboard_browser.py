@@ -103,7 +103,9 @@ def plant(tmp_path):
             PARAMS, namespace=f"dash{os.getpid()}", overrides=overrides, flags=DEMO_FLAGS, run_dir=tmp_path / "cell"
         )
         stop = threading.Event()
-        ticker = threading.Thread(target=lambda: [runner.tick() for _ in iter(lambda: stop.wait(0.1), True)], daemon=True)
+        ticker = threading.Thread(
+            target=lambda: [runner.tick() for _ in iter(lambda: stop.wait(0.1), True)], daemon=True
+        )
         runner.start()
         ticker.start()
         try:
@@ -169,7 +171,9 @@ def test_dashboard_in_a_browser(plant, tmp_path):
         wait_for(lambda: operator.driver.find_elements(By.CSS_SELECTOR, "figure.sample img"), 10, "part image")
         assert operator.find("#part-id").text == imaged
         wait_for(
-            lambda: operator.driver.execute_script("return document.querySelector('figure.sample img').naturalWidth > 0"),
+            lambda: operator.driver.execute_script(
+                "return document.querySelector('figure.sample img').naturalWidth > 0"
+            ),
             10,
             "the image loaded",
         )

@@ -72,7 +72,9 @@ def login(client: TestClient, user: str, password: str = PASSWORD):
     page = client.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     return client.post(
-        "/login", data={"username": user, "password": password, "csrf_token": token, "next": "/fleet"}, follow_redirects=False
+        "/login",
+        data={"username": user, "password": password, "csrf_token": token, "next": "/fleet"},
+        follow_redirects=False,
     )
 
 
@@ -101,7 +103,15 @@ def test_session_cookie_flags_and_every_page_renders(service):
         stored = conn.execute(select(models.Session.token_hash)).scalars().all()
     assert client.cookies["qc_session"] not in stored and accounts.token_hash(client.cookies["qc_session"]) in stored
     part_id = simulate.part_record(CELL, "0badcafe", 1)["part_id"]
-    for path in ("/fleet", f"/cells/{CELL}?hours=8", f"/parts/{CELL}/{part_id}", "/review", "/alerts", "/export", "/users"):
+    for path in (
+        "/fleet",
+        f"/cells/{CELL}?hours=8",
+        f"/parts/{CELL}/{part_id}",
+        "/review",
+        "/alerts",
+        "/export",
+        "/users",
+    ):
         page = client.get(path)
         assert page.status_code == 200, (path, page.status_code, page.text[:500])
     assert CELL in client.get("/fleet").text
@@ -125,7 +135,9 @@ def test_roles_and_csrf(service):
     login(operator, "operator")
     assert operator.post(f"/review/{first}", data={"answer": "good"}).status_code == 403  # missing token
     assert operator.post(f"/review/{first}", data={"answer": "good", "csrf_token": "0" * 64}).status_code == 403
-    assert operator.post(f"/review/{first}", data={"answer": "good", "csrf_token": token}).status_code == 403  # another session's
+    assert (
+        operator.post(f"/review/{first}", data={"answer": "good", "csrf_token": token}).status_code == 403
+    )  # another session's
     assert operator.post("/export", data={"csrf_token": csrf(operator)}).status_code == 403
     with service.engine.connect() as conn:
         assert conn.execute(select(models.Label)).first() is None
@@ -139,13 +151,23 @@ def test_labels_corrections_agreement_and_export(service, tmp_path):
     token = csrf(client)
     items = re.findall(r'href="/review/([^"?]+)\?', client.get("/review").text)
     assert len(items) == 6
-    answers = [("good", ""), ("defective", "crack"), ("defective", "scratch"), ("good", ""), ("unsure", ""), ("good", "")]
+    answers = [
+        ("good", ""),
+        ("defective", "crack"),
+        ("defective", "scratch"),
+        ("good", ""),
+        ("unsure", ""),
+        ("good", ""),
+    ]
     for item, (answer, kind) in zip(items, answers, strict=True):
         r = client.post(f"/review/{item}", data={"answer": answer, "defect_type": kind, "csrf_token": token})
         assert r.status_code == 200, r.text[:300]
     assert "Nothing to re-inspect" in client.get("/review").text
     # a correction keeps the history
-    client.post(f"/review/{items[0]}", data={"answer": "defective", "defect_type_other": "Dent", "csrf_token": token, "then": "stay"})
+    client.post(
+        f"/review/{items[0]}",
+        data={"answer": "defective", "defect_type_other": "Dent", "csrf_token": token, "then": "stay"},
+    )
     with service.engine.connect() as conn:
         rows = conn.execute(select(models.Label).order_by(models.Label.id)).all()
     assert len(rows) == 7 and sum(r.current for r in rows) == 6
@@ -169,7 +191,9 @@ def test_labels_corrections_agreement_and_export(service, tmp_path):
     from pathlib import Path
 
     manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    assert manifest["images"] == 5 and all(i["cell"] == CELL and i["labelled_by"] == "operator" for i in manifest["items"])
+    assert manifest["images"] == 5 and all(
+        i["cell"] == CELL and i["labelled_by"] == "operator" for i in manifest["items"]
+    )
     assert {i["path"].split("/")[0] for i in manifest["items"]} == {"good", "crack", "scratch", "dent"}
     with pytest.raises(dataset.ExportError):
         dataset.export(service.engine, service.samples, Path(folder))

@@ -128,7 +128,9 @@ def set_password(conn: Connection, username: str, password: str) -> None:
     if row is None:
         raise AccountError(f"no user {username}")
     conn.execute(
-        u.update().where(u.c.id == row.id).values(password_hash=hash_password(password), password_changed_at=rules.utcnow())
+        u.update()
+        .where(u.c.id == row.id)
+        .values(password_hash=hash_password(password), password_changed_at=rules.utcnow())
     )
     conn.execute(s.delete().where(s.c.user_id == row.id))  # a new password logs every browser out
 
@@ -188,7 +190,9 @@ def session_user(conn: Connection, token: str, now: datetime | None = None) -> d
     row = conn.execute(
         select(u.c.username, u.c.role)
         .select_from(s.join(u, u.c.id == s.c.user_id))
-        .where(s.c.token_hash == token_hash(token[:128]), s.c.expires_at > (now or rules.utcnow()), u.c.disabled.is_(False))
+        .where(
+            s.c.token_hash == token_hash(token[:128]), s.c.expires_at > (now or rules.utcnow()), u.c.disabled.is_(False)
+        )
     ).first()
     return {"username": row.username, "role": row.role} if row else None
 

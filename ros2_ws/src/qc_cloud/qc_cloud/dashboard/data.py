@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from qc_cloud.dashboard import review
 from qc_cloud.fleet import models, queries, rollups
 
-MAX_POINTS = 600  # per chart series
+MAX_POINTS = 300  # per chart series
 PROB_SAMPLE = 5000  # newest parts of the range used for the probability histogram
 
 
@@ -22,8 +22,9 @@ def _line(cell: str) -> str:
     return cell.rsplit("/", 1)[0]
 
 
-def fleet(conn: Connection, now: datetime, hours: int) -> dict[str, Any]:
-    """Every cell with presence, model, rates over the window (rollups), open alerts and mismatch flags."""
+def fleet(conn: Connection, now: datetime, hours: int, only: str | None = None) -> dict[str, Any]:
+    """Every cell (or `only` that one, its line's cells still deciding the line's model) with presence, model,
+    rates over the window (rollups), open alerts and mismatch flags."""
     r, c, a, g = (models.PartRollup.__table__, models.Cell.__table__, models.Alert.__table__, models.Gap.__table__)
     since = rollups.hour_of(now - timedelta(hours=hours - 1))
     sums = {
@@ -38,21 +39,33 @@ def fleet(conn: Connection, now: datetime, hours: int) -> dict[str, Any]:
                 func.sum(r.c.not_inspected).label("not_inspected"),
                 func.min(r.c.hour).label("first_hour"),
             )
-            .where(r.c.hour >= since)
+            .where(and_(r.c.hour >= since, *([r.c.cell == only] if only else [])))
             .group_by(r.c.cell)
         )
     }
+    mine = [a.c.cell == only] if only else []
     open_alerts = dict(
-        conn.execute(select(a.c.cell, func.count()).where(a.c.acked_at.is_(None)).group_by(a.c.cell)).all()
+        conn.execute(select(a.c.cell, func.count()).where(and_(a.c.acked_at.is_(None), *mine)).group_by(a.c.cell)).all()
     )
-    gaps = dict(conn.execute(select(g.c.cell, func.sum(g.c.last_seq - g.c.first_seq + 1)).group_by(g.c.cell)).all())
-    cells = [dict(row._mapping) for row in conn.execute(select(c).order_by(c.c.name))]
+    gaps = dict(
+        conn.execute(
+            select(g.c.cell, func.sum(g.c.last_seq - g.c.first_seq + 1))
+            .where(and_(True, *([g.c.cell == only] if only else [])))
+            .group_by(g.c.cell)
+        ).all()
+    )
+    query = select(c).order_by(c.c.name)
+    if only:
+        query = query.where(c.c.name.like(_line(only).replace("_", "\\_") + "/%", escape="\\"))
+    cells = [dict(row._mapping) for row in conn.execute(query)]
     line_versions: dict[str, Counter] = defaultdict(Counter)
     for cell in cells:
         if cell["model_version"]:
             line_versions[_line(cell["name"])][cell["model_version"]] += 1
     out = []
     for cell in cells:
+        if only and cell["name"] != only:
+            continue
         s = sums.get(cell["name"])
         parts = int(s.parts or 0) if s else 0
         # per minute over the window, or since the cell first reported when that is later
@@ -64,7 +77,10 @@ def fleet(conn: Connection, now: datetime, hours: int) -> dict[str, Any]:
         missing = int(gaps.get(cell["name"]) or 0)
         if missing:
             flags.append(f"{missing} record(s) missing (sequence gaps)")
-        rate = (lambda k: (int(getattr(s, k) or 0) / parts) if parts else None)  # noqa: E731
+
+        def rate(key: str, s=s, parts=parts) -> float | None:
+            return int(getattr(s, key) or 0) / parts if parts else None
+
         since_t = cell["presence_time"] or cell["first_seen"]
         out.append(
             {
@@ -117,16 +133,21 @@ def cell_charts(conn: Connection, cell: str, start: datetime, end: datetime) -> 
         models.ModelStatus.__table__,
     )
     kpis = conn.execute(
-        select(k.c.time, k.c.latency_ms, k.c.throughput_pps)
+        select(
+            k.c.time,
+            k.c.latency_ms["p50"].as_float().label("p50"),  # extracted by the database, not decoded here
+            k.c.latency_ms["p99"].as_float().label("p99"),
+            k.c.throughput_pps,
+        )
         .where(and_(k.c.cell == cell, k.c.time >= start, k.c.time < end))
         .order_by(desc(k.c.time))
-        .limit(MAX_POINTS * 4)
+        .limit(1440)
     ).all()
     latency = [
         {
             "t": queries.iso(r.time),
-            "p50": (r.latency_ms or {}).get("p50"),
-            "p99": (r.latency_ms or {}).get("p99"),
+            "p50": r.p50,
+            "p99": r.p99,
             "pps": r.throughput_pps,
         }
         for r in _thin(list(reversed(kpis)))
@@ -148,7 +169,7 @@ def cell_charts(conn: Connection, cell: str, start: datetime, end: datetime) -> 
         select(ps.c.time, ps.c.temperature_c, ps.c.pressure_pa, ps.c.vibration_rms, ps.c.anomaly_score)
         .where(and_(ps.c.cell == cell, ps.c.time >= start, ps.c.time < end))
         .order_by(desc(ps.c.time))
-        .limit(MAX_POINTS * 4)
+        .limit(1440)
     ).all()
     process_series = [
         {
@@ -354,15 +375,18 @@ def labelled_samples(conn: Connection) -> list[dict]:
 # --- alerts ---
 
 
-def alerts(conn: Connection, cell, severity, code, acked, limit: int, offset: int, after_id: int = 0) -> list[dict]:
+def alerts(
+    conn: Connection, cell, severity, code, acked, limit: int, offset: int, after_id: int | None = None
+) -> list[dict]:
+    """Newest first; with after_id (the live stream) the ones after it, oldest first."""
     a = models.Alert.__table__
-    where = [a.c.id > after_id] if after_id else []
+    where = [a.c.id > after_id] if after_id is not None else []
     for col, val in ((a.c.cell, cell), (a.c.severity, severity), (a.c.code, code)):
         if val:
             where.append(col == val)
     if acked is not None:
         where.append(a.c.acked_at.isnot(None) if acked else a.c.acked_at.is_(None))
-    order = a.c.id if after_id else desc(a.c.id)
+    order = a.c.id if after_id is not None else desc(a.c.id)
     rows = conn.execute(select(a).where(and_(True, *where)).order_by(order).limit(limit).offset(offset))
     return [queries._json(r) for r in rows]
 

@@ -34,7 +34,7 @@ SSE_LIFETIME_S = 15.0  # a stream ends after this; EventSource reconnects with L
 SSE_POLL_S = 0.2
 
 
-class LoginRequired(Exception):
+class LoginRequiredError(Exception):
     pass
 
 
@@ -75,7 +75,7 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
     def require(request: Request, permission: str = "view") -> dict:
         user = current(request)
         if user is None:
-            raise LoginRequired()
+            raise LoginRequiredError()
         if not accounts.allows(user["role"], permission):
             raise HTTPException(403, f"your role ({user['role']}) cannot {permission}")
         return user
@@ -95,8 +95,8 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    @app.exception_handler(LoginRequired)
-    async def _login_required(request: Request, exc: LoginRequired) -> Response:
+    @app.exception_handler(LoginRequiredError)
+    async def _login_required(request: Request, exc: LoginRequiredError) -> Response:
         if request.method == "GET" and "text/event-stream" not in request.headers.get("accept", ""):
             return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
         return Response("login required", status_code=401)
@@ -136,7 +136,9 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_page(request: Request, next: str = "/fleet", error: str = "") -> Response:
         token = secrets.token_urlsafe(24)
-        response = render(request, "login.html", None, csrf=token, next=next if next.startswith("/") else "/fleet", error=error)
+        response = render(
+            request, "login.html", None, csrf=token, next=next if next.startswith("/") else "/fleet", error=error
+        )
         response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=secure(request), max_age=3600)
         return response
 
@@ -209,7 +211,7 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
                 raise HTTPException(404, f"no cell {name}")
             charts = data.cell_charts(conn, name, start, end)
             parts = data.recent_parts(conn, name)
-            fleet_row = next((c for c in data.fleet(conn, end, hours)["cells"] if c["cell"] == name), None)
+            fleet_row = next(iter(data.fleet(conn, end, hours, only=name)["cells"]), None)
         return render(
             request,
             "cell.html",
@@ -272,12 +274,12 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         with engine.connect() as conn:
             items = data.queue(conn, order, kind or None, 50, offset)
             figures = data.agreement(conn)
-        return render(
-            request, "review.html", user, items=items, figures=figures, order=order, kind=kind, offset=offset
-        )
+        return render(request, "review.html", user, items=items, figures=figures, order=order, kind=kind, offset=offset)
 
     @app.get("/review/{site}/{line}/{cell}/{record_id}", response_class=HTMLResponse, include_in_schema=False)
-    def review_item(request: Request, site: str, line: str, cell: str, record_id: str, order: str = "newest", kind: str = "") -> Response:
+    def review_item(
+        request: Request, site: str, line: str, cell: str, record_id: str, order: str = "newest", kind: str = ""
+    ) -> Response:
         user = require(request)
         name = cell_name(site, line, cell)
         with engine.connect() as conn:
@@ -285,7 +287,9 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
             types = data.defect_types(conn)
         if item is None:
             raise HTTPException(404, f"no sample {record_id} of {name}")
-        return render(request, "review_item.html", user, item=item, types=types, keys=review.KEYS, order=order, kind=kind)
+        return render(
+            request, "review_item.html", user, item=item, types=types, keys=review.KEYS, order=order, kind=kind
+        )
 
     @app.post("/review/{site}/{line}/{cell}/{record_id}", include_in_schema=False)
     async def label(request: Request, site: str, line: str, cell: str, record_id: str) -> Response:
@@ -297,12 +301,21 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         try:
             with engine.begin() as conn:
                 stored = data.add_label(
-                    conn, name, record_id[:128], answer, defect_type, str(form.get("note", "")), user["username"], rules.utcnow()
+                    conn,
+                    name,
+                    record_id[:128],
+                    answer,
+                    defect_type,
+                    str(form.get("note", "")),
+                    user["username"],
+                    rules.utcnow(),
                 )
                 nxt = None
                 if stored is not None and form.get("then") != "stay":
                     order, kind = str(form.get("order", "newest")), str(form.get("kind", ""))
-                    queue = data.queue(conn, order if order in ("newest", "uncertain") else "newest", kind or None, 1, 0)
+                    queue = data.queue(
+                        conn, order if order in ("newest", "uncertain") else "newest", kind or None, 1, 0
+                    )
                     nxt = queue[0] if queue else None
         except review.LabelError as exc:
             raise HTTPException(400, str(exc)) from None
@@ -313,7 +326,8 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         if nxt is None:
             return RedirectResponse("/review?done=1", status_code=303)
         return RedirectResponse(
-            f"/review/{nxt['cell']}/{quote(nxt['record_id'])}?order={form.get('order', 'newest')}&kind={form.get('kind', '')}",
+            f"/review/{nxt['cell']}/{quote(nxt['record_id'])}"
+            f"?order={quote(str(form.get('order', 'newest')))}&kind={quote(str(form.get('kind', '')))}",
             status_code=303,
         )
 
@@ -343,7 +357,9 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         )
 
     @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
-    def alerts_page(request: Request, cell: str = "", severity: str = "", code: str = "", state: str = "open", offset: int = 0) -> Response:
+    def alerts_page(
+        request: Request, cell: str = "", severity: str = "", code: str = "", state: str = "open", offset: int = 0
+    ) -> Response:
         user = require(request)
         f = alert_filter_values(cell, severity, code, state)
         offset = min(max(offset, 0), 1_000_000)
@@ -375,19 +391,26 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         if row is None:
             raise HTTPException(404, f"no alert {alert_id}")
         back = str(form.get("back", "/alerts"))
-        return RedirectResponse(back if back.startswith("/") and not back.startswith("//") else "/alerts", status_code=303)
+        return RedirectResponse(
+            back if back.startswith("/") and not back.startswith("//") else "/alerts", status_code=303
+        )
 
     @app.get("/alerts/stream", include_in_schema=False)
-    async def alert_stream(request: Request, cell: str = "", severity: str = "", code: str = "", after: int = 0) -> Response:
+    async def alert_stream(
+        request: Request, cell: str = "", severity: str = "", code: str = "", after: int = -1
+    ) -> Response:
         require(request)
         f = alert_filter_values(cell, severity, code, "all")
-        last = int(request.headers.get("last-event-id") or after or 0)
+        try:
+            last = int(request.headers["last-event-id"]) if request.headers.get("last-event-id") else after
+        except ValueError:
+            raise HTTPException(400, "bad Last-Event-ID") from None
 
         def fetch(after_id: int) -> list[dict]:
             with engine.connect() as conn:
-                return data.alerts(conn, *f, 100, 0, after_id=after_id) if after_id else []
+                return data.alerts(conn, *f, 100, 0, after_id=after_id)
 
-        if not last:
+        if last < 0:  # no position given: from now on
             with engine.connect() as conn:
                 last = data.last_alert_id(conn)
 
@@ -423,7 +446,9 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         try:
             with engine.begin() as conn:
                 if action == "add":
-                    accounts.add_user(conn, str(form.get("username", "")), str(form.get("password", "")), str(form.get("role", "")))
+                    accounts.add_user(
+                        conn, str(form.get("username", "")), str(form.get("password", "")), str(form.get("role", ""))
+                    )
                 elif action == "role":
                     accounts.set_role(conn, str(form.get("username", "")), role=str(form.get("role", "")))
                 elif action in ("disable", "enable"):
@@ -443,7 +468,9 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
 
             return await http_exception_handler(request, exc)
         return templates.TemplateResponse(
-            request, "error.html", {"user": None, "status": exc.status_code, "detail": exc.detail, "can": lambda p: False},
+            request,
+            "error.html",
+            {"user": None, "status": exc.status_code, "detail": exc.detail, "can": lambda p: False},
             status_code=exc.status_code,
         )
 
