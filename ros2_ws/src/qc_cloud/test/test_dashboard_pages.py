@@ -233,3 +233,35 @@ def test_users_command(service, tmp_path, capsys, monkeypatch):
     assert stored.startswith("$argon2id$") and "a new long password" not in stored
     client = TestClient(service.app())
     assert login(client, "eve", "a new long password").headers["location"] == "/fleet"
+
+
+def test_migration_0002_adds_and_removes_only_the_dashboard_tables(database_url):
+    from sqlalchemy import inspect
+
+    from qc_cloud.fleet import db
+
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    dashboard = {"users", "sessions", "labels"}
+    assert dashboard <= set(inspect(engine).get_table_names())
+    db.downgrade(engine, "0001")
+    tables = set(inspect(engine).get_table_names())
+    assert not dashboard & tables and {"parts", "samples", "alerts"} <= tables
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision() == "0002"
+    engine.dispose()
+
+
+def test_cell_charts_are_counted_and_downsampled_by_the_database(service):
+    from datetime import timedelta
+
+    from qc_cloud.dashboard import data
+    from qc_cloud.fleet import rules
+
+    end = rules.utcnow() + timedelta(minutes=1)
+    with service.engine.connect() as conn:
+        charts = data.cell_charts(conn, CELL, end - timedelta(hours=24), end)
+    # P(defective) of the simulated parts 1..12 is 0.01..0.12: bins of 0.05
+    assert charts["histogram"][:3] == [4, 5, 3] and sum(charts["histogram"]) == 12
+    assert [round(p["p50"]) for p in charts["latency"]] == [40] and charts["latency"][0]["pps"] == 30.0
+    assert sum(b["parts"] for b in charts["trend"]) == 12

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, desc, func, select
+from sqlalchemy import Integer, and_, desc, func, select
 from sqlalchemy.engine import Connection
 
 from qc_cloud.dashboard import review
@@ -120,6 +120,26 @@ def _thin(rows: list, n: int = MAX_POINTS) -> list:
     return rows[::step]
 
 
+def _downsampled(conn: Connection, table, cell: str, start: datetime, end: datetime, values: dict) -> list:
+    """At most MAX_POINTS points of a per-cell time series: the rows of the range cut into MAX_POINTS tiles by
+    the database (ntile), each tile's first time and mean values."""
+    inner = (
+        select(
+            table.c.time.label("at"),
+            *[v.label(k) for k, v in values.items()],
+            func.ntile(MAX_POINTS).over(order_by=table.c.time).label("tile"),
+        )
+        .where(and_(table.c.cell == cell, table.c.time >= start, table.c.time < end))
+        .subquery()
+    )
+    query = (
+        select(func.min(inner.c.at).label("at"), *[func.avg(inner.c[k]).label(k) for k in values])
+        .group_by(inner.c.tile)
+        .order_by(inner.c.tile)
+    )
+    return conn.execute(query).all()
+
+
 def cell_charts(conn: Connection, cell: str, start: datetime, end: datetime) -> dict[str, Any]:
     hours = max(1, int((end - start).total_seconds() // 3600))
     bucket = max(1, hours // 48)
@@ -132,54 +152,54 @@ def cell_charts(conn: Connection, cell: str, start: datetime, end: datetime) -> 
         models.Part.__table__,
         models.ModelStatus.__table__,
     )
-    kpis = conn.execute(
-        select(
-            k.c.time,
-            k.c.latency_ms["p50"].as_float().label("p50"),  # extracted by the database, not decoded here
-            k.c.latency_ms["p99"].as_float().label("p99"),
-            k.c.throughput_pps,
-        )
-        .where(and_(k.c.cell == cell, k.c.time >= start, k.c.time < end))
-        .order_by(desc(k.c.time))
-        .limit(1440)
-    ).all()
-    latency = [
+    kpis = _downsampled(
+        conn,
+        k,
+        cell,
+        start,
+        end,
         {
-            "t": queries.iso(r.time),
-            "p50": r.p50,
-            "p99": r.p99,
-            "pps": r.throughput_pps,
-        }
-        for r in _thin(list(reversed(kpis)))
-    ]
-    probs = [
-        r[0]
-        for r in conn.execute(
-            select(p.c.defect_probability)
-            .where(and_(p.c.cell == cell, p.c.time >= start, p.c.time < end))
-            .order_by(desc(p.c.time))
-            .limit(PROB_SAMPLE)
-        )
-        if r[0] is not None
-    ]
+            "p50": k.c.latency_ms["p50"].as_float(),  # extracted by the database, not decoded here
+            "p99": k.c.latency_ms["p99"].as_float(),
+            "pps": k.c.throughput_pps,
+        },
+    )
+    latency = [{"t": queries.iso(r.at), "p50": r.p50, "p99": r.p99, "pps": r.pps} for r in kpis]
+    # The defect-probability histogram is counted by the database over the newest PROB_SAMPLE parts.
+    newest = (
+        select(p.c.defect_probability.label("v"))
+        .where(and_(p.c.cell == cell, p.c.time >= start, p.c.time < end, p.c.defect_probability.isnot(None)))
+        .order_by(desc(p.c.time))
+        .limit(PROB_SAMPLE)
+        .subquery()
+    )
+    scaled = newest.c.v * 20
+    bin_ = func.floor(scaled) if conn.dialect.name == "postgresql" else func.cast(scaled, Integer)
     histogram = [0] * 20
-    for v in probs:
-        histogram[min(19, int(v * 20))] += 1
-    process = conn.execute(
-        select(ps.c.time, ps.c.temperature_c, ps.c.pressure_pa, ps.c.vibration_rms, ps.c.anomaly_score)
-        .where(and_(ps.c.cell == cell, ps.c.time >= start, ps.c.time < end))
-        .order_by(desc(ps.c.time))
-        .limit(1440)
-    ).all()
+    for b, n in conn.execute(select(bin_.label("b"), func.count()).group_by("b")):
+        histogram[min(19, max(0, int(b)))] += int(n)
+    process = _downsampled(
+        conn,
+        ps,
+        cell,
+        start,
+        end,
+        {
+            "temperature_c": ps.c.temperature_c,
+            "pressure_pa": ps.c.pressure_pa,
+            "vibration_rms": ps.c.vibration_rms,
+            "anomaly": ps.c.anomaly_score,
+        },
+    )
     process_series = [
         {
-            "t": queries.iso(r.time),
+            "t": queries.iso(r.at),
             "temperature_c": r.temperature_c,
             "pressure_kpa": None if r.pressure_pa is None else r.pressure_pa / 1000,
             "vibration_rms": r.vibration_rms,
-            "anomaly": r.anomaly_score,
+            "anomaly": r.anomaly,
         }
-        for r in _thin(list(reversed(process)))
+        for r in process
     ]
     outcomes: dict[str, dict[str, int]] = defaultdict(Counter)
     origin = rollups.hour_of(start)
@@ -214,7 +234,7 @@ def cell_charts(conn: Connection, cell: str, start: datetime, end: datetime) -> 
         "trend": trend,
         "latency": latency,
         "histogram": histogram,
-        "histogram_n": len(probs),
+        "histogram_n": sum(histogram),
         "process": process_series,
         "rejects": [{"t": t, **counts} for t, counts in sorted(outcomes.items())],
         "alerts": alerts,
