@@ -1,12 +1,15 @@
 """Fleet service benchmark (docs/fleet.md): a real mosquitto and a throw-away PostgreSQL, started here.
 
-    python bench/bench_fleet.py [--records 30000] [--lag-rate 3000] [--lag-seconds 15] [--parts 1000000]
+    python bench/bench_fleet.py [--records 30000] [--lag-rates 1000,3000] [--lag-seconds 10] [--parts 1000000]
+
+Figures on a machine shared with other work vary with its load: the worker's CPU time per record (printed beside
+the wall-clock rate) does not.
 
 1. Sustained ingest (records/s) of one worker process into PostgreSQL and into SQLite: a backlog of part records
    queued by the broker for the worker's persistent session is drained; the rate is taken between the first
    and the last stored record. Baseline in the same run: a plain paho subscriber (manual acks, no database)
    draining the same backlog. Then 2 worker processes on one shared subscription: the speed-up over one.
-2. Ingest lag, published -> queryable, at a paced rate (3,000 records/s, a 100-cell plant at 30 parts/s): a
+2. Ingest lag, published -> queryable, at paced rates (3,000 records/s: a 100-cell plant at 30 parts/s): a
    publisher process stamps each record's decision_time when it sends it; a poller here reads the new rows
    and takes (seen - decision_time); p50/p95/p99.
 3. With --parts (1,000,000) parts stored over the last 24 h from 100 cells (bulk-loaded with COPY, rollups
@@ -197,7 +200,8 @@ def lag(database_url: str, broker: Mosquitto, rate: float, seconds: float, work:
     engine = db.make_engine(database_url)
     db.upgrade(engine)
     subscribe_session(broker.port, "lag-0", "qc/+/+/+/#")  # one worker: a plain subscription (share_group auto)
-    procs = start_workers({"lag": worker_env(database_url, broker.url, "lag", work / "lag")}, work)
+    env = {**worker_env(database_url, broker.url, "lag", work / "lag"), "QC_FLEET_BATCH_MS": "20"}
+    procs = start_workers({"lag": env}, work)
     time.sleep(8)  # the worker process starts and subscribes (its session existed before: nothing is missed)
     count = int(rate * seconds)
     publisher = subprocess.Popen(
@@ -213,19 +217,20 @@ def lag(database_url: str, broker: Mosquitto, rate: float, seconds: float, work:
             while len(lags) < count and time.monotonic() < deadline:
                 # rows received since the last poll (received_at is set on arrival; a row committed later than
                 # one with a newer received_at is picked up by the 2 s overlap, deduplicated by id)
+                # one worker commits in the order it received: the newest received_at seen is a watermark
                 rows = conn.execute(
-                    select(p.c.record_id, p.c.cell, p.c.decision_time).where(
-                        p.c.received_at > seen_until - timedelta(seconds=2)
+                    select(p.c.record_id, p.c.cell, p.c.decision_time, p.c.received_at).where(
+                        p.c.received_at >= seen_until
                     )
                 ).all()
                 conn.commit()
                 seen_at = datetime.now(timezone.utc).replace(tzinfo=None)
-                for record_id, cell, decided in rows:
+                for record_id, cell, decided, received in rows:
                     key = (cell, record_id)
                     if key not in _seen:
                         _seen.add(key)
                         lags.append((seen_at - decided).total_seconds() * 1000)
-                seen_until = max(seen_until, seen_at - timedelta(seconds=1))
+                    seen_until = max(seen_until, received)
                 time.sleep(0.02)
     finally:
         publisher.wait(60)
@@ -253,7 +258,7 @@ def publish_paced(port: int, rate: float, count: int) -> None:
             time.sleep(delay)
         cell = CELLS[i % len(CELLS)]
         seqs[cell] += 1
-        record = simulate.part_record(cell, "0000a1a9", seqs[cell], decision_ns=time.time_ns())
+        record = simulate.part_record(cell, f"{int(rate):08x}", seqs[cell], decision_ns=time.time_ns())
         publisher.client.publish(f"qc/{cell}/part", records.encode(record), qos=1)
     publisher.wait_acked(count, 120)
     publisher.close()
@@ -360,8 +365,8 @@ def api_latency(database_url: str, names: list[str], work: Path, requests: int =
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=30000, help="backlog drained per ingest measurement")
-    parser.add_argument("--lag-rate", type=float, default=3000.0)
-    parser.add_argument("--lag-seconds", type=float, default=15.0)
+    parser.add_argument("--lag-rates", default="1000,3000", help="records/s, comma-separated")
+    parser.add_argument("--lag-seconds", type=float, default=10.0)
     parser.add_argument("--parts", type=int, default=1_000_000, help="parts stored for the query latencies")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ingest", "lag", "queries"])
     parser.add_argument("--publish-paced", nargs=3, help=argparse.SUPPRESS)
@@ -396,16 +401,18 @@ def main() -> int:
                     f"{cpu * 1000:.0f} ms CPU/1000"
                 )
             if "lag" not in args.skip:
-                lags = lag(pg.create_database("lag"), broker, args.lag_rate, args.lag_seconds, work)
                 print(
-                    f"\n2. Ingest lag, published -> queryable, {args.lag_rate:.0f} records/s "
-                    f"for {args.lag_seconds:.0f} s "
-                    f"({len(lags)} records, PostgreSQL, 1 worker, poll every 20 ms)"
+                    "\n2. Ingest lag, published -> queryable (PostgreSQL, 1 worker, poll every 20 ms), "
+                    "goal p99 < 1000 ms at 3000 records/s"
                 )
-                print(
-                    f"   p50 {percentile(lags, 0.5):7.1f} ms   p95 {percentile(lags, 0.95):7.1f} ms   "
-                    f"p99 {percentile(lags, 0.99):7.1f} ms   max {max(lags):7.1f} ms   (goal p99 < 1000 ms)"
-                )
+                for rate in [float(r) for r in args.lag_rates.split(",")]:
+                    _seen.clear()
+                    lags = lag(pg.create_database(f"lag{int(rate)}"), broker, rate, args.lag_seconds, work)
+                    print(
+                        f"   {rate:6.0f} records/s for {args.lag_seconds:.0f} s ({len(lags)} records):  "
+                        f"p50 {percentile(lags, 0.5):7.1f} ms   p95 {percentile(lags, 0.95):7.1f} ms   "
+                        f"p99 {percentile(lags, 0.99):7.1f} ms   max {max(lags):7.1f} ms"
+                    )
         if "queries" not in args.skip:
             url = pg.create_database("queries")
             t = time.perf_counter()

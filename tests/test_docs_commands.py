@@ -163,6 +163,18 @@ def check_options_against_help(program_words: int, resolve: Callable[[str], str]
     return check
 
 
+def check_options_against_help_after_env(program_words: int):
+    """check_options_against_help for a command that starts with VAR=value settings (dropped for --help)."""
+
+    def check(command: Command, tmp_path: Path) -> None:
+        words = shlex.split(command.text)
+        while words and re.match(r"^[A-Z_]+=", words[0]):
+            words.pop(0)
+        check_options_against_help(program_words)(Command(command.path, command.line, shlex.join(words)), tmp_path)
+
+    return check
+
+
 def run_as_documented(timeout: float = 120) -> Callable[[Command, Path], None]:
     def check(command: Command, tmp_path: Path) -> None:
         expect_success(command, command.text, timeout=timeout)
@@ -276,6 +288,11 @@ RULES: list[Rule] = [
         check_options_against_help(2),
     ),
     Rule(
+        r"(QC_FLEET_[A-Z_]+=\S+ )?qc_cloud (serve|broker-config)\b",
+        "the fleet service runs until stopped (tested by test_fleet_*.py); broker-config writes to /etc: --help",
+        check_options_against_help_after_env(2),
+    ),
+    Rule(
         r"qc_cloud (users|dataset export) ",
         "needs the fleet database (the dashboard's tests run them): --help",
         check_options_against_help(2),
@@ -300,6 +317,7 @@ RULES: list[Rule] = [
         slow=True,
     ),
     # ---- cannot run here ----
+    not_here(r"echo 'postgresql\+psycopg://", "writes a secret into /etc for a PostgreSQL server of a plant"),
     not_here(r"source /opt/ros/", "a system ROS 2 install (the Jetson); this machine has ROS 2 from PyPI"),
     not_here(
         r"ros2 launch ",

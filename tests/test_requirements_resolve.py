@@ -92,8 +92,10 @@ def test_requirement_set_resolves_for_its_target(install, target):
 
 @pytest.mark.slow
 def test_make_setup_set_resolves_on_this_machine():
-    """`make setup` without a system ROS 2 (edge, dev, cloud) on this interpreter: the real resolution."""
-    args = [a for f in ("edge.txt", "dev.txt", "cloud.txt") for a in ("-r", str(REPO / "requirements" / f))]
+    """`make setup` without a system ROS 2 (edge, dev, cloud, fleet) on this interpreter: the real resolution."""
+    args = [
+        a for f in ("edge.txt", "dev.txt", "cloud.txt", "fleet.txt") for a in ("-r", str(REPO / "requirements" / f))
+    ]
     result = _pip(sys.executable, "install", "--dry-run", "--ignore-installed", "--quiet", *args)
     assert result.returncode == 0, result.stderr[-3000:]
 

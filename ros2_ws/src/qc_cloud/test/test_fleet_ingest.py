@@ -191,6 +191,7 @@ def test_sigkill_of_ingest_workers_during_a_stream_loses_and_doubles_nothing(tmp
         engine.dispose()
 
 
+@pytest.mark.slow  # waits out a PostgreSQL stop and start: 20-30 s on a loaded machine
 def test_postgres_restart_mid_stream_loses_nothing(tmp_path, broker, postgres_server, postgres_url):
     service = FleetService(_settings(tmp_path, broker, postgres_url)).start()
     publisher = simulate.Publisher("127.0.0.1", broker.port)
