@@ -265,3 +265,22 @@ def test_cell_charts_are_counted_and_downsampled_by_the_database(service):
     assert charts["histogram"][:3] == [4, 5, 3] and sum(charts["histogram"]) == 12
     assert [round(p["p50"]) for p in charts["latency"]] == [40] and charts["latency"][0]["pps"] == 30.0
     assert sum(b["parts"] for b in charts["trend"]) == 12
+
+
+def test_login_throttle_per_user_name():
+    throttle = accounts.LoginThrottle(attempts=3, window_s=60)
+    for t in (0, 1, 2):
+        assert throttle.blocked_for("eve", t) == 0
+        throttle.failed("eve", t)
+    assert throttle.blocked_for("eve", 3) == 57 and throttle.blocked_for("bob", 3) == 0
+    assert throttle.blocked_for("eve", 60.5) == 0  # the first failure left the window
+    throttle.succeeded("eve")
+    assert throttle.blocked_for("eve", 10) == 0
+
+
+def test_repeated_wrong_passwords_are_refused_for_a_while(service):
+    client = TestClient(service.app())
+    for _ in range(5):
+        assert login(client, "viewer", "wrong password").headers["location"].startswith("/login?error=1")
+    assert login(client, "viewer").status_code == 429  # even the right password, until the window passes
+    assert login(client, "operator").status_code == 303

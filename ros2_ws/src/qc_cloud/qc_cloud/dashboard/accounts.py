@@ -88,6 +88,37 @@ def csrf_ok(session_token: str, presented: str | None) -> bool:
     return bool(presented) and hmac.compare_digest(csrf_token(session_token), presented or "")
 
 
+class LoginThrottle:
+    """At most `attempts` failed log-ins per user name in `window_s`; then that name is refused until the oldest
+    failure leaves the window (in memory, per process: it slows guessing, the argon2 cost does the rest)."""
+
+    def __init__(self, attempts: int = 5, window_s: float = 300.0, max_names: int = 10000) -> None:
+        self.attempts, self.window_s, self.max_names = attempts, window_s, max_names
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, name: str, now: float) -> list[float]:
+        recent = [t for t in self._failures.get(name, []) if now - t < self.window_s]
+        if recent:
+            self._failures[name] = recent
+        else:
+            self._failures.pop(name, None)
+        return recent
+
+    def blocked_for(self, name: str, now: float) -> float:
+        """Seconds until `name` may try again (0: now)."""
+        recent = self._recent(name, now)
+        return max(0.0, recent[0] + self.window_s - now) if len(recent) >= self.attempts else 0.0
+
+    def failed(self, name: str, now: float) -> None:
+        if len(self._failures) >= self.max_names:
+            self._failures.clear()
+        self._recent(name, now)
+        self._failures.setdefault(name, []).append(now)
+
+    def succeeded(self, name: str) -> None:
+        self._failures.pop(name, None)
+
+
 # --- database side ---
 
 
