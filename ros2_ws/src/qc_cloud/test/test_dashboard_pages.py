@@ -284,3 +284,44 @@ def test_repeated_wrong_passwords_are_refused_for_a_while(service):
         assert login(client, "viewer", "wrong password").headers["location"].startswith("/login?error=1")
     assert login(client, "viewer").status_code == 429  # even the right password, until the window passes
     assert login(client, "operator").status_code == 303
+
+
+def test_fleet_flags_a_model_mismatch_and_sequence_gaps_and_alerts_filter(tmp_path):
+    s = settings.load(None, env={}, data_dir=str(tmp_path / "fleet"), ingest=False)
+    service = FleetService(s).start()
+    try:
+        one, two, three = simulate.cell_names(9)[0], simulate.cell_names(9)[4], simulate.cell_names(9)[8]  # line1
+        messages = []
+        for cell, model in ((one, "m-1"), (two, "m-1"), (three, "m-2")):
+            for seq in (1, 2, 5) if cell == two else (1, 2, 3):  # two misses 3 and 4
+                record = simulate.part_record(cell, "0badcafe", seq, model=model)
+                messages.append(Message(f"qc/{cell}/part", records.encode(record)))
+            state = records.model_state(
+                stamp_ns=10**18, version=model, sha256="a" * 64, backend="onnxruntime", precision="fp32", state=2,
+                message="",
+            )  # fmt: skip
+            status = records.envelope(cell, "0badcafe", "model_status", 1, state)
+            messages.append(Message(f"qc/{cell}/model/status", records.encode(status)))
+        alert = simulate.alert_record(two, "0badcafe", 1)
+        messages.append(Message(f"qc/{two}/alert", records.encode({**alert, "severity": "ERROR", "code": "JAM"})))
+        Store(service.engine, service.samples).write(messages)
+        with service.engine.begin() as conn:
+            accounts.add_user(conn, "v", PASSWORD, "viewer")
+        client = TestClient(service.app())
+        login(client, "v")
+        from qc_cloud.dashboard import data
+        from qc_cloud.fleet import rules
+
+        with service.engine.connect() as conn:
+            rows = {c["cell"]: c for c in data.fleet(conn, rules.utcnow(), 24)["cells"]}
+        assert rows[one]["flags"] == []
+        assert rows[two]["flags"] == ["2 record(s) missing (sequence gaps)"]
+        assert rows[three]["flags"] == ["model m-2 differs from its line (m-1)"]
+        assert rows[two]["open_alerts"] == 1
+        page = client.get("/fleet").text
+        assert "differs from its line" in page and "sequence gaps" in page
+        assert "<td>JAM</td>" in client.get(f"/alerts?cell={two}&severity=ERROR&code=JAM").text
+        assert "<td>JAM</td>" not in client.get(f"/alerts?cell={one}").text
+        assert "<td>JAM</td>" not in client.get("/alerts?severity=WARN").text
+    finally:
+        service.stop()
