@@ -53,8 +53,10 @@ def sample_messages(cell: str, n: int, epoch: str = "0badcafe", first_seq: int =
 
 
 @pytest.fixture
-def service(tmp_path):
-    s = settings.load(None, env={}, data_dir=str(tmp_path / "fleet"), ingest=False)
+def service(tmp_path, database_url):
+    url_file = tmp_path / "db-url"
+    url_file.write_text(database_url + "\n")
+    s = settings.load(None, env={}, data_dir=str(tmp_path / "fleet"), database_url_file=str(url_file), ingest=False)
     service = FleetService(s).start()
     messages = [Message(t, p) for t, p, _ in simulate.part_stream([CELL], 12)]
     messages += sample_messages(CELL, 6)
@@ -197,6 +199,13 @@ def test_labels_corrections_agreement_and_export(service, tmp_path):
     assert {i["path"].split("/")[0] for i in manifest["items"]} == {"good", "crack", "scratch", "dent"}
     with pytest.raises(dataset.ExportError):
         dataset.export(service.engine, service.samples, Path(folder))
+    # the same through the command line
+    from qc_cloud.cli import main
+
+    where = ["--data-dir", service.settings.data_dir, "--database-url-file", str(tmp_path / "db-url")]
+    assert main(["dataset", "export", "--out", str(tmp_path / "cli-export"), *where]) == 0
+    assert json.loads((tmp_path / "cli-export" / "manifest.json").read_text())["counts"] == manifest["counts"]
+    assert main(["dataset", "export", "--out", str(tmp_path / "cli-export"), *where]) == 2  # not over a data set
 
 
 def test_alert_ack_and_live_stream(service):
@@ -216,16 +225,16 @@ def test_alert_ack_and_live_stream(service):
 def test_users_command(service, tmp_path, capsys, monkeypatch):
     from qc_cloud.cli import main
 
-    data_dir = service.settings.data_dir
+    where = ["--data-dir", service.settings.data_dir, "--database-url-file", str(tmp_path / "db-url")]
     pw = tmp_path / "pw"
     pw.write_text("another long password\n")
-    assert main(["users", "add", "eve", "--role", "engineer", "--password-file", str(pw), "--data-dir", data_dir]) == 0
-    assert main(["users", "add", "eve", "--role", "viewer", "--password-file", str(pw), "--data-dir", data_dir]) == 2
+    assert main(["users", "add", "eve", "--role", "engineer", "--password-file", str(pw), *where]) == 0
+    assert main(["users", "add", "eve", "--role", "viewer", "--password-file", str(pw), *where]) == 2
     monkeypatch.setenv("QC_DASHBOARD_PASSWORD", "short")
-    assert main(["users", "passwd", "eve", "--data-dir", data_dir]) == 2
+    assert main(["users", "passwd", "eve", *where]) == 2
     monkeypatch.setenv("QC_DASHBOARD_PASSWORD", "a new long password")
-    assert main(["users", "passwd", "eve", "--data-dir", data_dir]) == 0
-    assert main(["users", "list", "--data-dir", data_dir]) == 0
+    assert main(["users", "passwd", "eve", *where]) == 0
+    assert main(["users", "list", *where]) == 0
     out = capsys.readouterr().out
     assert "eve\tengineer" in out
     with service.engine.connect() as conn:
