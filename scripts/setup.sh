@@ -198,6 +198,18 @@ install_postgresql() {
   fi
 }
 
+# The dashboard's browser tests (Debian's chromium + chromedriver, driven by Selenium) and its charts
+# (Chart.js from Debian's libjs-chart.js, served by the service itself: plants are offline, no CDN).
+install_dashboard_browser() {
+  [[ -x /usr/bin/chromedriver && -f /usr/share/javascript/chart.js/chart.min.js ]] && return
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    log "installing chromium, chromium-driver, libjs-chart.js (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver libjs-chart.js >/dev/null
+  else
+    log "WARNING: not root: apt-get install chromium chromium-driver libjs-chart.js (dashboard charts and browser tests)"
+  fi
+}
+
 # The interpreter the interface packages compile against: the venv's with the PyPI wheels (the only one with
 # their NumPy); with a system ROS 2 the system's, like the images (the NumPy headers apt's ROS 2 was built
 # with, which every newer 1.x loads). colcon itself runs on the venv's interpreter, so the nodes' entry points
@@ -252,6 +264,7 @@ install_python_dependencies
 install_mosquitto
 install_camera_packages
 install_postgresql
+install_dashboard_browser
 build_workspace
 install_console_scripts
 log "done. Interactive use: ${DISTRO:+QC_ROS_DISTRO=$DISTRO }${PYTHON_VERSION:+QC_PYTHON=$PYTHON_VERSION }source scripts/env.sh"

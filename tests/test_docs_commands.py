@@ -293,6 +293,11 @@ RULES: list[Rule] = [
         check_options_against_help_after_env(2),
     ),
     Rule(
+        r"qc_cloud (users|dataset export) ",
+        "needs the fleet database (the dashboard's tests run them): --help",
+        check_options_against_help(2),
+    ),
+    Rule(
         r"python -m qc_cloud\.cli (dataset|train|evaluate|export) ",
         "needs a data set and minutes of torch training: --help",
         check_options_against_help(4),

@@ -46,7 +46,28 @@ def start_fleet(out_dir: Path, broker_url: str):
     fleet = EmbeddedFleet(out_dir / "fleet", broker_url, client_id=f"qc-demo-fleet-{out_dir.name}")
     print(f"[demo] fleet service: {fleet.url} (OpenAPI {fleet.url}/docs; API tokens in "
           f"{out_dir / 'fleet' / 'api-tokens.txt'})", flush=True)  # fmt: skip
+    login = demo_login(fleet)
+    if login:
+        print(f"[demo] dashboard: {fleet.url}/ (login: {login[0]} / {login[1]}; role admin)", flush=True)
     return fleet
+
+
+def demo_login(fleet) -> tuple[str, str] | None:
+    """A dashboard account for the demo (admin, random password, printed once), or None without argon2."""
+    import secrets
+
+    try:
+        from qc_cloud.dashboard import accounts
+    except ImportError as exc:
+        print(f"[demo] dashboard accounts unavailable: {exc} (requirements/fleet.txt)", flush=True)
+        return None
+    password = secrets.token_urlsafe(9)
+    with fleet.service.engine.begin() as conn:
+        if any(u["username"] == "demo" for u in accounts.list_users(conn)):
+            accounts.set_password(conn, "demo", password)
+        else:
+            accounts.add_user(conn, "demo", password, "admin")
+    return "demo", password
 
 
 def fleet_summary(fleet, decided: set[str], wait_s: float = 30.0) -> dict:
@@ -151,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"[demo] the default model is missing or broken ({exc}); see docs/training.md", file=sys.stderr)
         return 2
-    result = run_demo(args.parts, args.params_file, out, namespace=args.namespace)
+    # The demo sends JPEG samples of re-inspect/defective parts, so the re-inspection station has a queue.
+    samples = {"cloud_bridge": {"sample_enabled": True, "sample_min_interval_s": 1.0}}
+    result = run_demo(args.parts, args.params_file, out, namespace=args.namespace, extra_overrides=samples)
     print()
     print(run_report.table(result))
     print(f"\n[demo] report: {result['report_path']}")
+    if result.get("fleet"):
+        print(f"[demo] browse the run's dashboard again: qc_cloud serve --data-dir {out / 'fleet'} --port 8080 "
+              "then http://127.0.0.1:8080/ with the demo login printed above", flush=True)  # fmt: skip
     return 0 if result["parts_without_verdict"] == 0 else 1
 
 

@@ -15,7 +15,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "counts per defect type, the fingerprint and the train/val/test split; --split-out records the split "
         "for `qc_cloud train --split`.",
     )
-    p.add_argument("--data", type=Path, required=True, help="data set folder")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("check", "export"),
+        default="check",
+        help="check (default): check --data; export: write the dashboard's labelled images to --out",
+    )
+    p.add_argument("--data", type=Path, help="data set folder (check)")
+    p.add_argument("--out", type=Path, help="export: a new folder for the labelled data set")
+    p.add_argument("--config", default=None, help="export: fleet settings file (QC_FLEET_SETTINGS_FILE)")
+    p.add_argument("--data-dir", help="export: the fleet service's data folder")
+    p.add_argument("--database-url-file", help="export: file holding the fleet database URL")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.25)
@@ -38,7 +49,41 @@ def _dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_main(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
+    from qc_cloud.dashboard import dataset
+    from qc_cloud.fleet import db
+    from qc_cloud.fleet import settings as settings_module
+    from qc_cloud.fleet.samples import SampleStore
+
+    if args.out is None:
+        print("error: dataset export needs --out DIR", file=sys.stderr)
+        return 2
+    try:
+        settings = settings_module.load(
+            args.config or os.environ.get("QC_FLEET_SETTINGS_FILE"),
+            data_dir=args.data_dir,
+            database_url_file=args.database_url_file,
+        )
+        engine = db.make_engine(settings.resolved_database_url())
+        db.upgrade(engine)
+        result = dataset.export(engine, SampleStore(settings.samples_dir), args.out, who=os.environ.get("USER", ""))
+    except (settings_module.SettingsError, dataset.ExportError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     from qc_cloud.training.commandline import run_guarded
+
+    if args.action == "export":
+        return export_main(args)
+    if args.data is None:
+        print("error: dataset check needs --data DIR", file=__import__("sys").stderr)
+        return 2
 
     return run_guarded("dataset", _dataset, args)

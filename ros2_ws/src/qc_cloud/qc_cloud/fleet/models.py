@@ -265,3 +265,54 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+# --- dashboard (migration 0002) ---
+
+
+class User(Base):
+    """A dashboard account: role viewer < operator < engineer < admin; password hashed with argon2id."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    password_changed_at: Mapped[datetime] = mapped_column(DateTime)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (UniqueConstraint("username", name="uq_users_username"),)
+
+
+class Session(Base):
+    """A logged-in browser: the cookie holds a random token, the database its SHA-256."""
+
+    __tablename__ = "sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigId)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (Index("ix_sessions_expires", "expires_at"),)
+
+
+class Label(Base):
+    """An operator's answer on an image sample. A correction adds a row (current) and clears `current` on the
+    row it replaces (kept: the history)."""
+
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    cell: Mapped[str] = mapped_column(String(CELL))
+    sample_record_id: Mapped[str] = mapped_column(String(RID))
+    part_id: Mapped[str] = mapped_column(String(256))
+    sha256: Mapped[str] = mapped_column(String(64))
+    answer: Mapped[str] = mapped_column(String(16))  # good / defective / unsure
+    defect_type: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(String(1024), default="")
+    labelled_by: Mapped[str] = mapped_column(String(64))
+    labelled_at: Mapped[datetime] = mapped_column(DateTime)
+    current: Mapped[bool] = mapped_column(Boolean)
+    replaces_id: Mapped[int | None] = mapped_column(BigId)
+    __table_args__ = (
+        Index("ix_labels_sample", "cell", "sample_record_id", "current"),
+        Index("ix_labels_time", "labelled_at"),
+    )

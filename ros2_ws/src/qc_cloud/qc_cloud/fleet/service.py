@@ -127,9 +127,11 @@ class FleetService:
         }
 
     def app(self):
+        from qc_cloud.dashboard import web
         from qc_cloud.fleet.api import create_app
 
-        return create_app(self.engine, self.samples, self.status)
+        app = create_app(self.engine, self.samples, self.status)
+        return web.mount(app, self.engine, self.samples, Path(self.settings.data_dir) / "exports")
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,5 +146,8 @@ def app_from_environment():
     from qc_cloud.fleet.api import create_app
 
     s = settings_module.load(os.environ.get("QC_FLEET_SETTINGS_FILE") or None)
+    from qc_cloud.dashboard import web
+
     engine = db.make_engine(s.resolved_database_url())
-    return create_app(engine, SampleStore(s.samples_dir))
+    samples = SampleStore(s.samples_dir)
+    return web.mount(create_app(engine, samples), engine, samples, Path(s.data_dir) / "exports")
