@@ -148,6 +148,14 @@ REJECT_ACTUATOR = NodeParams(
             range=(0.5, 600.0),
         ),
         Param(
+            "reconcile_grace_ms",
+            1000.0,
+            "verdict/eject reconciler: a part that must leave the line (verdict in eject/divert lists, or no verdict) "
+            "and has no terminal reject/event this long after its nominal arrival at its lane (belt_speed_mm_s) and "
+            "confirmation window is reported (CRITICAL alert naming it, stop-line); 0 = no reconciler",
+            range=(0.0, 600_000.0),
+        ),
+        Param(
             "journal_path",
             "",
             "durable journal of planned ejections (recovery after a restart; '' = none, no recovery)",
