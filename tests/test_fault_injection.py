@@ -64,6 +64,7 @@ class Watch:
         self.codes: list[str] = []
         self.stop_edges: list[tuple[int, bool]] = []  # (stamp, raised) of the stop-line
         self.ready_ns: list[int] = []  # CELL_READY: the heartbeat toggles (again)
+        self.clock_offsets_ns: list[int] = []
         node.create_subscription(PartTrigger, "camera/parts", self._part, qos.EVENTS)
         # The verdict record as the cloud bridge takes it (PART_RECORDS, transient local): a restarted decision node
         # may publish its first verdicts before a volatile reader of this process has matched its writer; those
@@ -77,6 +78,8 @@ class Watch:
         with self._lock:
             self.parts.add(msg.part_id)
             self.capture_ns.setdefault(msg.part_id, to_ns(msg.header.stamp))
+            # The cell's wall clock against this process's (not preloaded): shows the clock-step fault took effect.
+            self.clock_offsets_ns.append(to_ns(msg.header.stamp) - time.time_ns())
 
     def _decision(self, msg: QualityDecision) -> None:
         with self._lock:
@@ -277,6 +280,9 @@ def test_no_part_escapes_silently_under_a_fault(fault, tmp_path, monkeypatch):
         f"{len(late)}; verdicts a volatile reader missed: {missed_by_volatile}"
     )
     assert len(fates) >= PARTS * 0.95, f"only {len(fates)} of {PARTS} parts seen: {counts}"
+    if fault == "clock_step":  # the camera's stamps moved by +300 and -300 ms against this process's clock
+        spread_ms = (max(watch.clock_offsets_ns) - min(watch.clock_offsets_ns)) / 1e6
+        assert spread_ms > 450.0, f"the wall-clock steps did not reach the cell (stamp offsets spread {spread_ms} ms)"
     escapes = sorted(part for part, fate in fates.items() if fate == SILENT_ESCAPE)
     details = [
         f"{part}: verdict {watch.verdicts.get(part)}, events {watch.events.get(part)}, "
