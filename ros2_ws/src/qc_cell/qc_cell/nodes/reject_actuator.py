@@ -152,13 +152,17 @@ class RejectActuator(DeviceNode):
         self._diag_pub = diagnostics.create_publisher(self)
         subscriptions = Subscriptions(self, self.alerts, self._diag_pub)
         # Verdicts and parts are handled in every state, so parts that cannot be ejected are still reported.
-        # With a journal, the decision node's history (PART_RECORDS, transient local) is replayed to a restarted
-        # actuator: the verdicts decided while it was down are handled, the ones it already handled are known.
+        # The decision node's history (PART_RECORDS, transient local) reaches this reader whenever it matches a
+        # writer: a restarted decision node publishes its first verdicts before every reader has matched it (under
+        # load, seconds), and a volatile reader loses those (issue 17: 10 of 200 parts around a SIGKILL of decision).
+        # With a journal, the history also replays to a restarted actuator: the verdicts decided while it was down are
+        # handled, the ones it already handled are known. Without one, verdicts decided before this node started are
+        # old (their parts are gone) and ignored.
         self._journal_path: str = p["journal_path"]
         self._started_ns = self.get_clock().now().nanoseconds
         self._replayed: list[Decision] = []  # verdicts that came before activation (journal): handled on activate
-        decisions_qos = qos.PART_RECORDS if self._journal_path else qos.EVENTS
-        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, decisions_qos)
+        self._old_verdicts = 0
+        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
         subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
         subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
         if self.config.heartbeat_period_ms > 0:
@@ -259,7 +263,11 @@ class RejectActuator(DeviceNode):
             msg.header.frame_id,
             to_ns(msg.steady_stamp),
         )
-        replayed = bool(self._journal_path) and to_ns(msg.decision_stamp) < self._started_ns
+        decided_before_start = 0 < to_ns(msg.decision_stamp) < self._started_ns
+        if decided_before_start and not self._journal_path:
+            self._old_verdicts += 1  # history from before this actuator's time, nothing to reconcile it with
+            return
+        replayed = bool(self._journal_path) and decided_before_start
         controller = self.controller
         self._reconcile_decision(msg, decision, replayed)
         if self._journal_path and (controller is None or not controller.armed) and len(self._replayed) < MAX_HELD:
@@ -461,6 +469,7 @@ class RejectActuator(DeviceNode):
         else:
             health = controller.driver.health()
             values.update(controller.snapshot())
+            values["old_verdicts_ignored"] = self._old_verdicts
             if self.reconciler is not None:
                 with self._reconcile_lock:
                     values["reconcile_open"] = self.reconciler.open_count
