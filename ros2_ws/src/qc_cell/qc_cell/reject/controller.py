@@ -371,7 +371,9 @@ class RejectController:
         with self._lock:
             self.model.add_encoder_sample(part.capture_ns, part.encoder_count)
             if self.armed and self._watchdog is not None and part.part_id not in self._handled:
-                self._watchdog.part_seen(part, now)
+                # Timed from the capture (steady clock), not from when camera/parts got here: a part delivered late
+                # on a loaded host still gets its fail-safe before it reaches the ejector.
+                self._watchdog.part_seen(part, min(part.capture_ns, now))
                 if self.journal is not None:  # a restarted actuator watches it again (journal.waiting_parts)
                     self.journal.waiting(self._external(part))
 

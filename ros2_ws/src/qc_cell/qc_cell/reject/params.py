@@ -118,7 +118,8 @@ REJECT_ACTUATOR = NodeParams(
         Param(
             "watchdog_timeout_s",
             _C.watchdog_timeout_s,
-            "a part on camera/parts with no verdict this long is handled fail-safe (0 = off), s",
+            "a part on camera/parts with no verdict this long after its capture (steady clock) is handled fail-safe "
+            "(0 = off), s",
             range=(0.0, 600.0),
         ),
         Param(
