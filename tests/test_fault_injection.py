@@ -5,8 +5,11 @@ injected at a time while parts flow. Every registered part is audited (qc_cell.r
 missed response). The test fails on any silent escape and names the parts, and checks for every alarmed part that
 the line was stopped when it reached its lane: the stop-line raised (STOP_LINE_RAISED/RELEASED alerts, which the
 actuator sends on every edge) by then, within the time the station needs to notice a miss (the confirmation window
-and two ticks), or the PLC's heartbeat timed out (3 heartbeat periods after the actuator died, until it toggles
-again: CELL_READY).
+and two ticks; plus the step itself in the clock-step fault, whose stamps may straddle it), or the PLC's heartbeat
+timed out (3 heartbeat periods after the actuator died, until it toggles again: CELL_READY). Parts that reach their
+lane within that timeout after the actuator died cannot be stopped for by a heartbeat: they are listed (with their
+time after the death) and counted apart, not failed; they are reported MISSED with a CRITICAL alert after the
+restart.
 
 The wall-clock step fault (clock_step) preloads tests/fixtures/wall_clock_shift.c into every node process: a file
 the test writes shifts CLOCK_REALTIME of all of them at once by +300 ms, back, -300 ms and back, as an NTP step
@@ -273,11 +276,22 @@ def test_no_part_escapes_silently_under_a_fault(fault, tmp_path, monkeypatch):
     intervals = stopped_intervals(watch.stop_edges, watch.ready_ns, deaths, heartbeat_timeout_ns)
     alarmed = sorted(part for part, fate in fates.items() if fate == ALARMED)
     arrival = {part: watch.capture_ns[part] + travel_ns for part in alarmed if part in watch.capture_ns}
-    late = told_too_late(alarmed, arrival, intervals, notice_ns)
+    # Stamps of the cell compared across a wall-clock step can be off by the step.
+    slack_ns = CLOCK_STEP_NS if fault == "clock_step" else 0
+    late = told_too_late(alarmed, arrival, intervals, notice_ns + slack_ns)
+    # The limit of a heartbeat the PLC times out: parts that reach their lane within the timeout after the actuator
+    # died pass with the line running (their pulses died with the process); they are reported MISSED (CRITICAL) after
+    # the restart. Listed, with their distance to the death, not failed: what the PLC-side timeout allows.
+    in_timeout = [p for p in late if any(0 <= arrival[p] - d <= heartbeat_timeout_ns + notice_ns for d in deaths)]
+    for part in late:
+        since = [f"{(arrival[part] - d) / 1e6:+.0f} ms" for d in deaths]
+        print(f"  told late: {part} alerts {watch.alert_codes.get(part)}; lane reached after the death: {since}")
+    late = [p for p in late if p not in in_timeout]
     missed_by_volatile = len(set(watch.verdicts) - watch.volatile_verdicts)
     print(
         f"\n[fault-injection] {fault}: {len(fates)} parts {counts}; alarmed with the line not stopped in time: "
-        f"{len(late)}; verdicts a volatile reader missed: {missed_by_volatile}"
+        f"{len(late)} (+ {len(in_timeout)} within the PLC heartbeat timeout after the actuator died); "
+        f"verdicts a volatile reader missed: {missed_by_volatile}"
     )
     assert len(fates) >= PARTS * 0.95, f"only {len(fates)} of {PARTS} parts seen: {counts}"
     if fault == "clock_step":  # the camera's stamps moved by +300 and -300 ms against this process's clock
