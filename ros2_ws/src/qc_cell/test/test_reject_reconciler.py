@@ -69,3 +69,24 @@ def test_the_deadline_is_travel_at_the_nominal_speed_plus_actuation_confirmation
         confirm_window_ms=100.0,
     )
     assert due_ns(0, 800.0, config, 1000.0) == (1600 + 20 + 40 + 10 + 100 + 1000) * MS
+
+
+def test_a_part_held_for_a_stopped_belt_is_not_overdue_and_its_deadline_moves_by_the_stop():
+    r = Reconciler()
+    r.expect(Expected("held", "reject", Verdict.DEFECTIVE, True, capture_ns=0, due_ns=1000))
+    r.belt_stopped(False, 100)
+    r.belt_stopped(True, 400)  # the belt stands from 400 ...
+    assert r.overdue(5000) == [], "no deadline passes while the belt is known to stand"
+    r.belt_stopped(True, 5000)
+    r.belt_stopped(False, 3400)  # ... to 3400: 3000 more for the part
+    assert r.overdue(3900) == []
+    assert [(f.part.part_id, f.part.due_ns) for f in r.overdue(4001)] == [("held", 4000)]
+    # A verdict that comes after the stop gets the stop too; a part captured mid-stop only what was left of it.
+    r.expect(Expected("before", "reject", Verdict.DEFECTIVE, True, capture_ns=200, due_ns=1200))
+    r.expect(Expected("during", "reject", Verdict.DEFECTIVE, True, capture_ns=3000, due_ns=4000))
+    r.expect(Expected("after", "reject", Verdict.DEFECTIVE, True, capture_ns=3500, due_ns=4500))
+    assert [(f.part.part_id, f.part.due_ns) for f in r.overdue(10_000)] == [
+        ("before", 4200),
+        ("during", 4400),
+        ("after", 4500),
+    ]

@@ -402,8 +402,12 @@ class RejectActuator(DeviceNode):
     def _reconcile_tick(self) -> None:
         if self.reconciler is None:
             return
+        now = time.monotonic_ns()
+        controller = self.controller
+        stopped = controller is not None and controller.belt_stopped(now)
         with self._reconcile_lock:
-            findings = self.reconciler.overdue(time.monotonic_ns())
+            self.reconciler.belt_stopped(stopped, now)
+            findings = self.reconciler.overdue(now)
         for finding in findings:
             self._report(finding)
 

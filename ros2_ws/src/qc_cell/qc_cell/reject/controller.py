@@ -1207,11 +1207,16 @@ class RejectController:
         """A stop-line pulse requested from outside the controller (the reconciler's overdue part); False when the
         actuator has no stop-line output or is not armed."""
         with self._lock:
-            if not (self.armed and STOP_LINE in self.driver.channels and self._pulses):
+            if not (self.armed and STOP_LINE in self._outputs):
                 return False
             self.counts["stop_line_external"] += 1
             self._stop_pulse(self._clock_ns())
             return True
+
+    def belt_stopped(self, now: int) -> bool:
+        """Whether the belt tracking knows the belt stands now (False without belt tracking or while unknown)."""
+        with self._lock:
+            return self.belt is not None and self.belt.speed(now) == 0.0
 
     def _alert(self, severity: int, code: str, message: str, part_id: str) -> None:
         self.sink.alert(AlertRecord(severity, code, message, part_id))

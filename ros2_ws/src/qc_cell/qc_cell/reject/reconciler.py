@@ -5,7 +5,8 @@ Expected: every part registered at the camera (camera/parts: without a verdict t
 NOT_INSPECTED) and every verdict whose lane is the reject or the divert lane (DEFECTIVE, NOT_INSPECTED, REINSPECT
 with the shipped params). A NORMAL verdict (a verdict without a lane) releases the part. The part's deadline is when
 its terminal event must exist at the latest: capture + travel to its lane at the nominal belt speed + the actuation
-and confirmation time + a grace. Then exactly one of, per part:
+and confirmation time + a grace, moved later by every time the belt was known to stand while the part was on it
+(belt tracking: `belt_stopped`; a part held for a stopped belt is not overdue). Then exactly one of, per part:
 
 - RESOLVED: a terminal reject/event came by the deadline (whatever its outcome: a part not removed is alerted, with
   the missed response, by the actuator itself when it reports it);
@@ -24,8 +25,8 @@ audit (qc_cell.reject.escape_audit) checks it from outside the cell.
 from __future__ import annotations
 
 import heapq
-from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 from qc_cell.reject.config import RejectConfig
@@ -69,6 +70,9 @@ class Reconciler:
         self._settled: OrderedDict[str, tuple[Expected, int]] = OrderedDict()  # part -> (part, terminal events)
         self._remembered = remembered
         self._released: OrderedDict[str, None] = OrderedDict()  # parts a NORMAL verdict released
+        self._nominal_due: dict[str, int] = {}  # open part -> its deadline without the belt stops
+        self._stops: deque[tuple[int, int]] = deque(maxlen=1000)  # (stopped, restarted) of the belt, oldest first
+        self._stopped_since: int | None = None  # the belt is known to stand since then
         self.counts: Counter[str] = Counter()
 
     @property
@@ -85,6 +89,8 @@ class Reconciler:
             return []  # a late registration after the verdict
         if known is None:
             self.counts["expected"] += 1
+        self._nominal_due[part.part_id] = part.due_ns
+        part = replace(part, due_ns=self._after_stops(part.capture_ns, part.due_ns))
         self._open[part.part_id] = part
         heapq.heappush(self._due, (part.due_ns, part.part_id))
         findings = []
@@ -116,8 +122,36 @@ class Reconciler:
         self.counts["duplicate_events"] += 1
         return Finding(known, Status.DUPLICATE, outcome, events + 1)
 
+    def belt_stopped(self, stopped: bool, now_ns: int) -> None:
+        """Whether the belt is known to stand now (belt tracking). While it stands no deadline passes; when it runs
+        again every open part's deadline moves by the time it stood with the part on it."""
+        if stopped and self._stopped_since is None:
+            self._stopped_since = now_ns
+            self.counts["belt_stops"] += 1
+        elif not stopped and self._stopped_since is not None:
+            self._stops.append((self._stopped_since, now_ns))
+            self._stopped_since = None
+            for part_id, part in list(self._open.items()):
+                due = self._after_stops(part.capture_ns, self._nominal_due[part_id])
+                if due != part.due_ns:
+                    self._open[part_id] = replace(part, due_ns=due)
+                    heapq.heappush(self._due, (due, part_id))
+
+    def _after_stops(self, capture_ns: int, due_ns: int) -> int:
+        """A nominal deadline moved by the belt stops between the capture and it (the deadline grows with each)."""
+        for stopped, restarted in self._stops:
+            if restarted <= capture_ns:
+                continue
+            if stopped >= due_ns:
+                break
+            due_ns += restarted - max(stopped, capture_ns)
+        return due_ns
+
     def overdue(self, now_ns: int) -> list[Finding]:
-        """Parts whose deadline passed without a terminal event, oldest first (settled OVERDUE)."""
+        """Parts whose deadline passed without a terminal event, oldest first (settled OVERDUE). None while the belt
+        is known to stand."""
+        if self._stopped_since is not None:
+            now_ns = min(now_ns, self._stopped_since)
         findings = []
         while self._due and self._due[0][0] < now_ns:
             due_ns, part_id = heapq.heappop(self._due)
@@ -128,6 +162,7 @@ class Reconciler:
 
     def _settle(self, part: Expected, status: Status, outcome: int, events: int) -> Finding:
         del self._open[part.part_id]
+        self._nominal_due.pop(part.part_id, None)
         self._settled[part.part_id] = (part, events)
         if len(self._settled) > self._remembered:
             self._settled.popitem(last=False)
@@ -138,7 +173,8 @@ class Reconciler:
 def due_ns(capture_ns: int, distance_mm: float, config: RejectConfig, grace_ms: float) -> int:
     """When a part's terminal event is due at the latest: capture + travel to the lane at the nominal belt speed
     (the watchdog's timeout where no nominal speed is set) + actuation, pulse, late tolerance and confirmation window
-    + grace. A belt slower than nominal (encoder tracking) needs a grace that covers it."""
+    + grace. Belt stops are added by the Reconciler (belt_stopped); a belt slower than nominal (encoder tracking)
+    needs a grace that covers it."""
     speed = config.belt_speed_mm_s
     travel_ms = distance_mm / speed * 1000.0 if speed > 0 else config.watchdog_timeout_s * 1000.0
     extra_ms = config.actuator_latency_ms + config.pulse_width_ms + config.late_tolerance_ms
