@@ -1078,9 +1078,11 @@ class RejectController:
 
     # ---------------------------------------------------------------- stop line
 
-    def _stop_pulse(self, now: int) -> None:
+    def _stop_pulse(self, now: int, until_ns: int = 0) -> None:
+        """The stop-line for stop_line_pulse_ms, and at least until `until_ns` (a missed part's passing)."""
         self.counts["stop_line_requests"] += 1
-        self._stop_until_ns = max(self._stop_until_ns, now + int(self.config.stop_line_pulse_ms * NS_PER_MS))
+        pulse_end = now + int(self.config.stop_line_pulse_ms * NS_PER_MS)
+        self._stop_until_ns = max(self._stop_until_ns, pulse_end, until_ns)
         self._schedule_stop(now)
         self._schedule_stop(self._stop_until_ns)
 
@@ -1163,9 +1165,20 @@ class RejectController:
         if not respond:
             return
         if response == "stop_line":
-            self._stop_pulse(now)
+            # Until the part has passed its lane at the nominal speed at least: a part reported missed while still
+            # upstream (e.g. recovered after a restart and not placeable on the belt) must not pass a running line.
+            self._stop_pulse(now, self._nominal_passed_ns(part, lane))
         elif response == "divert" and lane == REJECT:
             self._act(part, verdict, DIVERT, now, note=f"divert after {OUTCOME_NAMES[outcome]} on the reject lane")
+
+    def _nominal_passed_ns(self, part: Part, lane: str) -> int:
+        """When the part has passed its lane's actuator and confirmation at the nominal belt speed (0: unknown)."""
+        speed = self.config.belt_speed_mm_s
+        if speed <= 0:
+            return 0
+        travel_ns = int(self.config.lane_distance_mm(lane) / speed * 1e9)
+        extra_ms = self.config.actuator_latency_ms + self.config.pulse_width_ms + self.config.confirm_window_ms
+        return part.capture_ns + travel_ns + int(extra_ms * NS_PER_MS)
 
     def _record(
         self,
