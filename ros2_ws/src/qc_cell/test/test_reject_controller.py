@@ -467,3 +467,20 @@ def test_a_wall_clock_step_after_the_verdict_changes_no_ejection(step_ms):
         assert event.outcome == DONE and abs(event.lateness_ms) < 5.0
     finally:
         controller.close()
+
+
+def test_a_part_missed_while_still_upstream_holds_the_stop_line_until_it_has_passed(cell):
+    # Captured before the belt tracking started (e.g. before a restart): it cannot be placed on the belt and is
+    # reported at once, 900 ms before it reaches the ejector; the stop-line must not end before it has passed.
+    capture = time.time_ns() - 100 * MS
+    controller, driver, rec = cell(
+        missed_response="stop_line", stop_line_pulse_ms=50.0, reject_distance_mm=1000.0, belt_source="running_input"
+    )
+    controller.on_decision(Decision("upstream", DEFECTIVE, capture))
+    (event,) = rec.events
+    assert "cannot place the part on the belt" in event.message
+    assert rec.wait(lambda: len(edges(driver, STOP_LINE)) == 2, timeout=5.0), driver.edges
+    (on, _), (off, t_off) = edges(driver, STOP_LINE)
+    assert (on, off) == (True, False)
+    passed = capture + 1000 * MS + (10 + 20) * MS  # travel + latency + pulse
+    assert t_off >= passed, f"stop-line released {(passed - t_off) / MS:.0f} ms before the part passed"
