@@ -2,11 +2,12 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 
-.PHONY: setup test test-jazzy test-py310 lint demo bench clean help
+.PHONY: setup test test-faults test-jazzy test-py310 lint demo bench clean help
 
 help:
 	@echo "make setup  - venv + ROS 2 (system or PyPI wheels) + dependencies + colcon build (idempotent)"
 	@echo "make test   - set-up if needed, then ruff and every test (unit, node, system)"
+	@echo "make test-faults - the fault-injection system test at scale: 2,000 parts per fault at 20 parts/s (~1 h)"
 	@echo "make test-jazzy - the node and system tests again on ROS 2 Jazzy's rclpy (own venv .venv-jazzy)"
 	@echo "make test-py310 - the edge's tests again on Python 3.10, Humble's on JetPack 6 (own venv .venv-py310)"
 	@echo "make demo   - run the whole cell on synthetic parts with a local broker; prints a report"
@@ -20,6 +21,14 @@ lint: setup
 
 test: lint
 	@$(ENV) bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+# The fault-injection system test (tests/test_fault_injection.py) at the issue's scale: every fault with 2,000 parts at
+# 20 parts/s. `make test` runs it with 200 parts at 10 parts/s (QC_FAULT_PARTS / QC_FAULT_RATE_HZ override both).
+FAULT_PARTS ?= 2000
+FAULT_RATE_HZ ?= 20
+test-faults: setup
+	@$(ENV) QC_FAULT_PARTS=$(FAULT_PARTS) QC_FAULT_RATE_HZ=$(FAULT_RATE_HZ) \
+	  python -m pytest tests/test_fault_injection.py -s -q $(PYTEST_ARGS)
 
 # The tests that exercise rclpy (every node test lives in the qc_cell test folder, the system tests in tests/),
 # on ROS 2 Jazzy from PyPI: the closest to Humble's rclpy API that installs here. Not the Dockerfile checks

@@ -194,7 +194,7 @@ def run_node(rate: int, seconds: float, rt_priority: int, spin_ms: float) -> tup
         node.trigger_configure()
         node.trigger_activate()
         probe = graph.node("bench_probe")
-        pub = probe.create_publisher(QualityDecision, "quality/decision", qos.EVENTS)
+        pub = probe.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
         probe.create_subscription(RejectEvent, "reject/event", events.append, qos.EVENTS)
         stop = threading.Event()
 

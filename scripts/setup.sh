@@ -150,6 +150,17 @@ install_mosquitto() {
   fi
 }
 
+# A C compiler: the fault-injection test's clock-step fault builds tests/fixtures/wall_clock_shift.c (LD_PRELOAD).
+install_compiler() {
+  command -v gcc >/dev/null && return
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    log "installing gcc (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
+  else
+    log "WARNING: gcc missing and not root: apt-get install gcc for the clock-step fault test"
+  fi
+}
+
 # Line cameras (camera_driver sources aravis and pylon, docs/camera.md): Aravis from Debian (library,
 # introspection data, arv-fake-gv-camera-0.8 and arv-tool-0.8 for the tests) and PyGObject to reach it, built in
 # the venv (requirements/genicam.txt) or apt's python3-gi with a system ROS 2; pypylon is an extra
@@ -262,6 +273,7 @@ make_venv
 install_ros_wheels
 install_python_dependencies
 install_mosquitto
+install_compiler
 install_camera_packages
 install_postgresql
 install_dashboard_browser

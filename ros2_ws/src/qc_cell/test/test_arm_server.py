@@ -40,7 +40,7 @@ class Cell:
             RejectActuator(context=graph.context, parameter_overrides=ACTUATOR, namespace=namespace)
         )
         self.probe = graph.node("probe", namespace=namespace)
-        self.decisions = self.probe.create_publisher(QualityDecision, "quality/decision", qos.EVENTS)
+        self.decisions = self.probe.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
         self.events: list[RejectEvent] = []
         self.alerts: list[Alert] = []
         self.probe.create_subscription(RejectEvent, "reject/event", self.events.append, qos.EVENTS)

@@ -488,3 +488,21 @@ def test_the_policy_sends_the_roi_at_the_cloud_size_and_reports_its_reasons(tmp_
         assert (r2["outcome"], r2["policy"]["reason"]) == ("not_sent", "no_slack")
         health = link.health()
         assert health["offload_policy_send_reinspect"] == 1 and health["offload_expired"] == 1
+
+
+def test_each_reconciliation_finding_is_one_valid_reconcile_record(tmp_path):
+    from qc_cell.bridge.inputs import ReconcileReport
+
+    with cloud_link(tmp_path) as link:
+        link.core.on_reconcile(ReconcileReport("p1", DEFECTIVE, True, "reject", 0, 0, 1, T0, T0 + 2 * S))
+        link.core.on_reconcile(ReconcileReport("p2", 3, False, "reject", 1, -1, 0, T0, T0 + 2 * S))
+        resolved, overdue = link.stored("reconcile")
+        assert (resolved["part_id"], resolved["status"], resolved["outcome"]) == ("p1", "RESOLVED", "DONE")
+        assert (overdue["part_id"], overdue["status"], overdue["outcome"], overdue["has_verdict"]) == (
+            "p2",
+            "OVERDUE",
+            None,
+            False,
+        )
+        for record in (resolved, overdue):
+            schemas.validator("reconcile").validate(record)

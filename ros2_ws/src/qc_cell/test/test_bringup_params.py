@@ -113,6 +113,7 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ),
         ("reject_actuator", "heartbeat_nodes"): ["camera_driver", "inference", "sensor_fusion", "decision"],
         ("reject_actuator", "heartbeat_stale_s"): 3.0,
+        ("reject_actuator", "reconcile_grace_ms"): 1000.0,
         ("reject_actuator", "gpio_heartbeat_pin"): 22,
         ("reject_actuator", "modbus_heartbeat_address"): 3,
         ("camera_driver", "frame_pool"): True,  # frames through shared memory (issue 24)

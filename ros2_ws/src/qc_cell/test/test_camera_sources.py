@@ -440,7 +440,8 @@ def write_bag(path: Path, storage: str, kind: str, count: int = 6, period_s: flo
                 msg = Compressed(header=header, format="png", data=png.ravel())
             else:
                 msg = PartFrame(
-                    header=header, part_id=f"rec-{i}", sequence=i, source="rec", encoder_count=-1, image=raw,
+                    header=header, steady_stamp=Time(sec=0, nanosec=0), part_id=f"rec-{i}", sequence=i, source="rec",
+                    encoder_count=-1, image=raw,
                     capture_ok=True, capture_error="", ground_truth=2 if i % 2 else 1,
                     defect_type="scratch" if i % 2 else "",
                 )  # fmt: skip

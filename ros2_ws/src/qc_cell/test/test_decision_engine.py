@@ -329,3 +329,21 @@ def test_every_part_gets_exactly_one_verdict_under_any_interleaving(plans, tick_
         elif plan["results"]:
             assert verdicts[f"p{i}"] == [Verdict.NOT_INSPECTED], plan  # too late, registered or not
     assert eng.pending_count == 0
+
+
+def test_deadlines_run_on_the_steady_clock_while_records_keep_the_wall_stamps():
+    """The node feeds the engine steady times (capture and now) and the wall stamp apart: a wall-clock step between
+    capture and result changes no deadline, and the verdict still carries the wall stamp and the steady one."""
+    engine = DecisionEngine(DecisionConfig(result_deadline_ms=500.0))
+    steady, wall = 10_000 * MS, 1_700_000_000_000 * MS
+    engine.on_part("p", steady, 7, "cam", steady, wall_ns=wall)
+    # The wall clock stepped back 300 ms meanwhile: irrelevant, the result comes 400 ms later on the steady clock.
+    claim, record = engine.on_result(
+        ResultInput("p", steady, "cam", True, "", 0.9, wall_ns=wall - 300 * MS), steady + 400 * MS
+    )
+    assert claim is Claim.DECIDE and record is not None
+    assert (record.capture_ns, record.steady_ns, record.encoder_count) == (wall, steady, 7)
+    engine.on_part("q", steady, -1, "cam", steady, wall_ns=wall)
+    assert engine.expire(steady + 499 * MS) == []
+    [late] = engine.expire(steady + 501 * MS)
+    assert (late.part_id, late.verdict, late.capture_ns) == ("q", Verdict.NOT_INSPECTED, wall)

@@ -352,3 +352,25 @@ def test_the_params_files_section_is_accepted_and_complete(params_file):
             assert declared - set(values) == set(), "parameters missing from the params file"
         finally:
             node.destroy_node()
+
+
+def test_deadlines_follow_the_steady_stamp_not_a_wall_stamp_off_by_a_clock_step():
+    """The camera's wall stamp is 300 ms off (an NTP step between capture and here): the deadline still runs from
+    the steady stamp, and the verdict carries both stamps."""
+    import time
+
+    with decision_cell(result_deadline_ms=400.0) as cell:
+        wall = cell.now_ns()
+        cell.process_state(wall)
+        steady = time.monotonic_ns()
+        for part_id, shift in (("ahead", +300 * MS), ("behind", -300 * MS)):
+            msg = PartTrigger(part_id=part_id, encoder_count=1, steady_stamp=from_ns(steady))
+            msg.header.stamp = from_ns(wall + shift)
+            cell.parts_pub.publish(msg)
+        decisions = cell.wait_decisions(2, timeout=10.0)
+        elapsed_ms = (time.monotonic_ns() - steady) / MS
+        for d in decisions:
+            assert to_ns(d.steady_stamp) == steady, "the steady capture stamp is passed on"
+            assert d.verdict == QualityDecision.NOT_INSPECTED
+            assert 400.0 <= d.capture_to_decision_ms <= elapsed_ms, "timed from the steady stamp"
+        assert {d.part_id: to_ns(d.header.stamp) - wall for d in decisions} == {"ahead": 300 * MS, "behind": -300 * MS}

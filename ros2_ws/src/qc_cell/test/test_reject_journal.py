@@ -87,3 +87,52 @@ def test_a_restarted_actuator_re_plans_parts_upstream_and_reports_those_past_mis
     finally:
         second.close()
     assert EjectionJournal(path).open_plans() == [], "every plan closed by its terminal event"
+
+
+def test_parts_awaiting_their_verdict_are_watched_again_after_a_restart(tmp_path):
+    """A part registered but not decided when the actuator died: the restarted one watches it, so without a replayed
+    verdict the watchdog fails it safe (NOT_INSPECTED, ejected), and a replayed verdict is acted on."""
+    from qc_cell.reject.records import NOT_INSPECTED, Part
+
+    path = tmp_path / "journal.jsonl"
+    config = RejectConfig(
+        reject_distance_mm=900.0, belt_speed_mm_s=1000.0, watchdog_timeout_s=0.3, late_tolerance_ms=100.0
+    )
+    first = RejectController(config, SimDriver(), RecordingSink(), journal=EjectionJournal(path))
+    first.open()
+    first.arm()
+    now = time.time_ns()
+    first.on_part(Part("orphan", now))  # its verdict was lost with the decision node's process
+    first.on_part(Part("decided", now))
+    first.on_part(Part("normal", now))
+    first.on_decision(Decision("normal", 0, now))  # NORMAL: decided, nothing to watch
+    first._scheduler.stop()  # SIGKILL
+    journal = EjectionJournal(path)
+    assert [p.part_id for p in journal.waiting_parts()] == ["orphan", "decided"]
+    driver, sink = SimDriver(), RecordingSink()
+    second = RejectController(config, driver, sink, journal=journal)
+    second.open()
+    second.arm()
+    try:
+        assert second.counts["recovered_waiting"] == 2
+        second.on_decision(Decision("decided", DEFECTIVE, now), replayed=True)  # from the decision node's history
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and len({e.part_id for e in sink.events if e.outcome == DONE}) < 2:
+            second.tick()
+            time.sleep(0.02)
+        done = {e.part_id: e.verdict for e in sink.events if e.outcome == DONE}
+        assert done == {"decided": DEFECTIVE, "orphan": NOT_INSPECTED}, sink.events
+    finally:
+        second.close()
+    assert EjectionJournal(path).waiting_parts() == [], "every waiting part closed"
+
+
+def test_steady_stamps_from_another_boot_are_not_trusted(tmp_path):
+    from dataclasses import asdict
+
+    from qc_cell.reject.records import Part
+
+    path = tmp_path / "journal.jsonl"
+    line = {"op": "wait", "part_id": "x", "part": asdict(Part("x", 5, steady_ns=123)), "boot": "another-boot"}
+    path.write_text(json.dumps(line) + "\n")
+    assert EjectionJournal(path).waiting_parts() == [Part("x", 5, steady_ns=0)]

@@ -41,7 +41,7 @@ GEOMETRY = [
 class Probe:
     def __init__(self, graph, namespace: str = "") -> None:
         self.node = graph.node("probe", namespace=namespace)
-        self.decisions = self.node.create_publisher(QualityDecision, "quality/decision", qos.EVENTS)
+        self.decisions = self.node.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
         self.parts = self.node.create_publisher(PartTrigger, "camera/parts", qos.EVENTS)
         self.events: list[RejectEvent] = []
         self.alerts: list[Alert] = []
@@ -374,3 +374,47 @@ def test_shipped_params_files_build_the_reject_nodes(name):
             assert not undeclared, f"{name}: {node_name} does not declare {undeclared}"
         expected = {"demo.yaml": "sim", "jetson.yaml": "gpio", "cell.yaml": "modbus"}[name]
         assert nodes["reject_actuator"].settings.driver == expected
+
+
+def test_the_reconciler_reports_each_part_and_alerts_a_part_without_its_reject_event():
+    from qc_interfaces.msg import Reconciliation
+
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
+        node = _actuator(
+            graph, Parameter("watchdog_timeout_s", value=0.1), Parameter("reconcile_grace_ms", value=100.0)
+        )
+        probe = Probe(graph)
+        findings: list[Reconciliation] = []
+        probe.node.create_subscription(Reconciliation, "reject/reconciliation", findings.append, qos.EVENTS)
+        _connected(graph, probe)
+        # Registered while the actuator is not configured: nothing will act on it, and nobody said so yet.
+        capture = time.time_ns()
+        probe.part("orphan", capture)
+        assert graph.spin_until(lambda: "RECONCILE_OVERDUE" in probe.codes(), timeout=5.0), probe.codes()
+        alert = next(a for a in probe.alerts if a.code == "RECONCILE_OVERDUE")
+        assert (alert.severity, alert.part_id) == (Alert.CRITICAL, "orphan")
+        assert graph.spin_until(lambda: len(findings) == 1, timeout=5.0)
+        overdue = findings[0]
+        assert (overdue.part_id, overdue.status, overdue.outcome, overdue.has_verdict) == (
+            "orphan",
+            Reconciliation.OVERDUE,
+            -1,
+            False,
+        )
+        # Due at capture + travel (100 ms) + latency, pulse, late tolerance (10 + 20 + 200 ms) + grace (100 ms).
+        assert to_ns(overdue.deadline) - capture == pytest.approx(430 * MS, abs=5 * MS)
+        node.trigger_configure()
+        node.trigger_activate()
+        probe.decide("bad", QualityDecision.DEFECTIVE, time.time_ns())
+        probe.decide("good", QualityDecision.NORMAL, time.time_ns())
+        assert graph.spin_until(lambda: len(findings) == 2, timeout=5.0), findings
+        resolved = findings[1]
+        assert (resolved.part_id, resolved.status, resolved.outcome, resolved.terminal_events) == (
+            "bad",
+            Reconciliation.RESOLVED,
+            RejectEvent.OUTCOME_DONE,
+            1,
+        )
+        graph.spin_until(lambda: False, timeout=0.6)  # the NORMAL part needs nothing: never reported overdue
+        assert [f.part_id for f in findings] == ["orphan", "bad"]
+        assert node.reconciler is not None and node.reconciler.counts["released"] == 0

@@ -29,7 +29,18 @@ CREATE TABLE IF NOT EXISTS invalid (topic TEXT NOT NULL, received_ns INTEGER NOT
     payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS status (cell TEXT PRIMARY KEY, received_ns INTEGER NOT NULL, payload TEXT NOT NULL);
 """
-STREAM_TYPES = ("part", "kpi", "alert", "reject", "process", "model_status", "sample", "verify_request", "verify")
+STREAM_TYPES = (
+    "part",
+    "kpi",
+    "alert",
+    "reject",
+    "reconcile",
+    "process",
+    "model_status",
+    "sample",
+    "verify_request",
+    "verify",
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,19 @@ class SummaryStore:
             (kind, cell, cell),
         )
         return [json.loads(r[0]) for r in rows]
+
+    def reconcile_findings(self, cell: str | None = None) -> list[tuple[str, str, str]]:
+        """The fleet's check of the cells' verdict/eject reconciliation: (cell, part_id, finding) for every part the
+        cell reported OVERDUE or DUPLICATE, and every RESOLVED part without a reject record (schemas/reconcile)."""
+        findings = []
+        rejected = {(r["cell"], r["part_id"]) for r in self.records("reject", cell)}
+        for record in self.records("reconcile", cell):
+            key = (record["cell"], record["part_id"])
+            if record["status"] != "RESOLVED":
+                findings.append((*key, record["status"]))
+            elif key not in rejected:
+                findings.append((*key, "NO_REJECT_RECORD"))
+        return findings
 
     def close(self) -> None:
         self._db.close()

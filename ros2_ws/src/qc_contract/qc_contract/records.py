@@ -169,6 +169,37 @@ def reject(
     }
 
 
+RECONCILE_STATUS_NAMES = {0: "RESOLVED", 1: "OVERDUE", 2: "DUPLICATE"}  # msg/Reconciliation.msg constants
+
+
+def reconcile(
+    *,
+    part_id: str,
+    verdict: int,
+    has_verdict: bool,
+    lane: str,
+    status: int,
+    outcome: int,
+    terminal_events: int,
+    capture_ns: int,
+    deadline_ns: int,
+    simulated_inputs: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The reconciler's finding on one part (schemas/reconcile.schema.json); outcome -1: no terminal event."""
+    return {
+        "part_id": part_id,
+        "verdict": name_of(VERDICT_NAMES, verdict),
+        "has_verdict": bool(has_verdict),
+        "lane": lane,
+        "status": name_of(RECONCILE_STATUS_NAMES, status),
+        "outcome": None if outcome < 0 else name_of(OUTCOME_NAMES, outcome),
+        "terminal_events": int(terminal_events),
+        "capture_time": iso_time(capture_ns),
+        "deadline_time": iso_time(deadline_ns),
+        **simulated(simulated_inputs),
+    }
+
+
 def process(
     *,
     stamp_ns: int,

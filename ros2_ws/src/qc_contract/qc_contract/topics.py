@@ -15,6 +15,7 @@ STREAM_TOPICS: dict[str, str] = {
     "kpi": "kpi",
     "alert": "alert",
     "reject": "reject",
+    "reconcile": "reconcile",
     "process": "process",
     "model_status": "model/status",
     "sample": "sample",

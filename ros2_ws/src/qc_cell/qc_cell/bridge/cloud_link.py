@@ -34,6 +34,7 @@ from qc_cell.bridge.inputs import (
     PartImage,
     PartVerdict,
     ProcessReport,
+    ReconcileReport,
     RejectReport,
 )
 from qc_cell.bridge.model_updater import LoadModel, ModelUpdater, UpdateOutcome
@@ -190,6 +191,10 @@ class CloudLink:
     def on_reject(self, event: RejectReport) -> None:
         body = asdict(replace(event, message=event.message[:MAX_TEXT]))
         self.bridge.send("reject", records.reject(**body, simulated_inputs=self.settings.simulated_inputs))
+
+    def on_reconcile(self, finding: ReconcileReport) -> None:
+        body = asdict(finding)
+        self.bridge.send("reconcile", records.reconcile(**body, simulated_inputs=self.settings.simulated_inputs))
 
     def on_process(self, state: ProcessReport) -> None:
         """Forwarded on a change of flags, out_of_spec or stale, else at most once per process_period_s."""

@@ -84,6 +84,19 @@ class RejectReport:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    part_id: str
+    verdict: int
+    has_verdict: bool
+    lane: str
+    status: int
+    outcome: int
+    terminal_events: int
+    capture_ns: int
+    deadline_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessReport:
     stamp_ns: int
     temperature_c: float

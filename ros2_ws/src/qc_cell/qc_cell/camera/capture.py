@@ -79,6 +79,7 @@ class CaptureResult:
     frame: Frame | None  # None: no frame could be had for this part (error says why)
     image: np.ndarray | None = None  # the framed (ROI, downscaled) image of `frame`
     error: str = ""
+    steady_ns: int = 0  # the same moment on the host's steady (monotonic) clock; 0 = unknown
 
 
 class Backoff:
@@ -326,7 +327,8 @@ class CaptureLoop:
             self._on_event("warn", "FRAME_LOST", message)
             self._lose(request, message)
             return
-        stamp_ns = frame.stamp_ns or self._clock_ns()
+        # wall stamp from the camera's clock when it has one (for records); steady time of receipt (deadlines)
+        stamp_ns, steady_ns = frame.stamp_ns or self._clock_ns(), time.monotonic_ns()
         try:
             image = self.framing.apply(frame.image)
         except ValueError as exc:
@@ -341,9 +343,9 @@ class CaptureLoop:
                 self._on_event("error", "PART_ID_FAILED", str(exc))
                 self._lose(None, str(exc))
                 return
-            result = CaptureResult(part_id, stamp_ns, -1, frame, image)
+            result = CaptureResult(part_id, stamp_ns, -1, frame, image, steady_ns=steady_ns)
         else:
-            result = CaptureResult(request.part_id, stamp_ns, request.encoder_count, frame, image)
+            result = CaptureResult(request.part_id, stamp_ns, request.encoder_count, frame, image, steady_ns=steady_ns)
         with self._lock:
             self._frame_times.append(time.monotonic())
             self.frames += 1
@@ -361,7 +363,11 @@ class CaptureLoop:
         with self._lock:
             self.failed_parts += 1
             self.dropped_frames += 1
-        self._emit(CaptureResult(request.part_id, request.trigger_ns, request.encoder_count, None, None, reason))
+        # The trigger's moment on the steady clock: its receipt (the trigger carries no steady stamp of its own).
+        steady_ns = int(request.received * 1e9)
+        self._emit(
+            CaptureResult(request.part_id, request.trigger_ns, request.encoder_count, None, None, reason, steady_ns)
+        )
 
     def _emit(self, result: CaptureResult) -> None:
         with self._lock:

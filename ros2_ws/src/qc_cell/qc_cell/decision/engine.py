@@ -67,12 +67,13 @@ class ResultInput(NamedTuple):
     model_version: str = ""
     ground_truth: int = 0
     defect_type: str = ""
+    wall_ns: int = 0  # the capture's wall stamp when capture_ns is on the steady clock (0: capture_ns is wall time)
 
 
 @dataclass(frozen=True)
 class DecisionRecord:
     part_id: str
-    capture_ns: int
+    capture_ns: int  # wall clock (the records' time)
     frame_id: str
     verdict: Verdict
     reasons: list[str]
@@ -82,6 +83,7 @@ class DecisionRecord:
     encoder_count: int
     ground_truth: int
     defect_type: str
+    steady_ns: int = 0  # the capture on the steady clock the engine's deadlines ran on (0: unknown)
 
     @property
     def fail_safe(self) -> bool:
@@ -138,14 +140,25 @@ class DecisionEngine:
         self._history.add(stamp_ns, ctx)
 
     def on_part(
-        self, part_id: str, capture_ns: int, encoder_count: int, frame_id: str, now_ns: int, from_camera: bool = True
+        self,
+        part_id: str,
+        capture_ns: int,
+        encoder_count: int,
+        frame_id: str,
+        now_ns: int,
+        from_camera: bool = True,
+        wall_ns: int = 0,
     ) -> tuple[Registration, DecisionRecord | None]:
         """Register a part from camera/parts (or from camera/trigger: from_camera False); returns the verdict
-        if its result was already waiting for this registration."""
+        if its result was already waiting for this registration. capture_ns and now_ns are on one clock (the node
+        uses the steady clock: a wall-clock step changes no deadline); wall_ns is the capture's wall stamp for the
+        records and the process-state join (0: capture_ns is wall time)."""
         if not part_id:
             self.counters.invalid_parts += 1
             raise ValueError("part registration without part_id cannot be tracked")
-        outcome, part = self._ledger.register(part_id, capture_ns, encoder_count, frame_id, now_ns, from_camera)
+        outcome, part = self._ledger.register(
+            part_id, capture_ns, encoder_count, frame_id, now_ns, from_camera, wall_ns
+        )
         if outcome is Registration.NEW:
             self.counters.parts_registered += 1
             if not from_camera:
@@ -170,7 +183,9 @@ class DecisionEngine:
             raise ValueError("inspection result without part_id cannot be matched to a part")
         self.counters.results += 1
         hold_ns = int(self.config.registration_wait_ms * NS_PER_MS) if registration_expected else 0
-        claim, part = self._ledger.claim(result.part_id, result.capture_ns, result.frame_id, now_ns, hold_ns, result)
+        claim, part = self._ledger.claim(
+            result.part_id, result.capture_ns, result.frame_id, now_ns, hold_ns, result, result.wall_ns
+        )
         if claim is Claim.DUPLICATE:
             self.counters.duplicate_results += 1
             return claim, None
@@ -183,14 +198,14 @@ class DecisionEngine:
         assert part is not None
         if claim is Claim.EXPIRED:
             self.counters.late_results += 1
-            ctx = self._history.at(part.capture_ns)
+            ctx = self._history.at(part.record_ns)
             verdict, reasons = fail_safe(Reason.LATE_RESULT, ctx, self.config.policy, self.config.not_inspected_as)
             return claim, self._record(part, verdict, reasons, math.nan, ctx, result)
         return claim, self._decide(part, result)
 
     def _decide(self, part: PendingPart, result: ResultInput) -> DecisionRecord:
         """The verdict from an in-time result: the rule, or fail safe if the result carries no valid score."""
-        ctx = self._history.at(part.capture_ns)
+        ctx = self._history.at(part.record_ns)
         cfg = self.config
         if not result.inspected:
             verdict, reasons = fail_safe(result.reason, ctx, cfg.policy, cfg.not_inspected_as)
@@ -213,7 +228,7 @@ class DecisionEngine:
                 records.append(self._decide(part, part.held_result))
                 continue
             self.counters.deadline_expired += 1
-            ctx = self._history.at(part.capture_ns)
+            ctx = self._history.at(part.record_ns)
             verdict, reasons = fail_safe(Reason.NO_RESULT, ctx, self.config.policy, self.config.not_inspected_as)
             records.append(self._record(part, verdict, reasons, math.nan, ctx, None))
         return records
@@ -231,7 +246,8 @@ class DecisionEngine:
             self.counters.unregistered_verdicts += 1
         return DecisionRecord(
             part_id=part.part_id,
-            capture_ns=part.capture_ns,
+            capture_ns=part.record_ns,
+            steady_ns=part.capture_ns if part.wall_ns else 0,
             frame_id=part.frame_id or (result.frame_id if result else ""),
             verdict=verdict,
             reasons=reasons,

@@ -35,6 +35,12 @@ class PendingPart:
     hold_until_ns: int = 0
     from_camera: bool = True  # False: known from its trigger only, the camera has not registered it (yet)
     registered: bool = True  # False: known from its result only (no camera/parts or trigger before the verdict)
+    wall_ns: int = 0  # the capture's wall-clock stamp, for the records, when capture_ns is on a steady clock (0: same)
+
+    @property
+    def record_ns(self) -> int:
+        """The capture time records carry (wall clock)."""
+        return self.wall_ns or self.capture_ns
 
     @property
     def due_ns(self) -> int:
@@ -93,7 +99,14 @@ class PartLedger:
         return self._decided.get(part_id)
 
     def register(
-        self, part_id: str, capture_ns: int, encoder_count: int, frame_id: str, now_ns: int, from_camera: bool = True
+        self,
+        part_id: str,
+        capture_ns: int,
+        encoder_count: int,
+        frame_id: str,
+        now_ns: int,
+        from_camera: bool = True,
+        wall_ns: int = 0,
     ) -> tuple[Registration, PendingPart | None]:
         """Register a part seen by the camera (or its trigger: from_camera False). COMPLETES_HELD returns the part
         (with its held result and the registration's encoder count), marked decided."""
@@ -109,10 +122,18 @@ class PartLedger:
                 frame_id=frame_id or pending.frame_id,
                 from_camera=from_camera,
                 registered=True,
+                capture_ns=capture_ns,
+                wall_ns=wall_ns or pending.wall_ns,
             )
             return Registration.COMPLETES_HELD, registered
         part = PendingPart(
-            part_id, capture_ns, self._deadline(capture_ns, now_ns), encoder_count, frame_id, from_camera=from_camera
+            part_id,
+            capture_ns,
+            self._deadline(capture_ns, now_ns),
+            encoder_count,
+            frame_id,
+            from_camera=from_camera,
+            wall_ns=wall_ns,
         )
         if pending is None:
             self._add(part)
@@ -130,7 +151,14 @@ class PartLedger:
         heapq.heappush(self._due, (part.due_ns, part.part_id))
 
     def claim(
-        self, part_id: str, capture_ns: int, frame_id: str, now_ns: int, hold_ns: int = 0, result: Any = None
+        self,
+        part_id: str,
+        capture_ns: int,
+        frame_id: str,
+        now_ns: int,
+        hold_ns: int = 0,
+        result: Any = None,
+        wall_ns: int = 0,
     ) -> tuple[Claim, PendingPart | None]:
         """Classify an arriving result. DECIDE and EXPIRED return the part, marked decided (by RESULT or
         FAIL_SAFE). An unregistered part is decided at once (encoder count unknown) unless hold_ns > 0: then
@@ -147,7 +175,9 @@ class PartLedger:
             del self._pending[part_id]
         else:
             deadline = self._deadline(capture_ns, now_ns)
-            part = PendingPart(part_id, capture_ns, deadline, -1, frame_id, from_camera=False, registered=False)
+            part = PendingPart(
+                part_id, capture_ns, deadline, -1, frame_id, from_camera=False, registered=False, wall_ns=wall_ns
+            )
             if now_ns <= part.deadline_ns and hold_ns > 0:
                 self._add(replace(part, held_result=result, hold_until_ns=min(now_ns + hold_ns, part.deadline_ns)))
                 return Claim.HELD, None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,8 @@ class CameraDriver(DeviceNode):
         loop = self.loop
         if loop is None or not loop.running:
             error = f"camera driver is {self.lifecycle_state}: not capturing"
-            self._publish_result(CaptureResult(part_id, trigger_ns, msg.encoder_count, None, None, error))
+            steady_ns = time.monotonic_ns()
+            self._publish_result(CaptureResult(part_id, trigger_ns, msg.encoder_count, None, None, error, steady_ns))
         else:
             loop.request(request)
 
@@ -196,7 +198,11 @@ class CameraDriver(DeviceNode):
             sequence = self._sequence
             self._sequence += 1
         header = Header(stamp=from_ns(result.stamp_ns), frame_id=self.frame_id)
-        self.parts_pub.publish(PartTrigger(header=header, part_id=result.part_id, encoder_count=result.encoder_count))
+        # Wall stamp for the records, steady stamp for every deadline and the ejection (msg/PartTrigger.msg).
+        steady = from_ns(result.steady_ns or time.monotonic_ns())
+        self.parts_pub.publish(
+            PartTrigger(header=header, part_id=result.part_id, encoder_count=result.encoder_count, steady_stamp=steady)
+        )
         frame = result.frame
         msg = PartFrame(
             header=header,
@@ -204,6 +210,7 @@ class CameraDriver(DeviceNode):
             sequence=sequence,
             source=frame.origin if frame is not None else self.source.description,
             encoder_count=result.encoder_count,
+            steady_stamp=steady,
             capture_ok=False,
             capture_error=result.error,
         )

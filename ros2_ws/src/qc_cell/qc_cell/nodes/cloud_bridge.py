@@ -27,6 +27,7 @@ from qc_cell.bridge.inputs import (
     PartImage,
     PartVerdict,
     ProcessReport,
+    ReconcileReport,
     RejectReport,
 )
 from qc_cell.bridge.outputs import CloudVerdict, LinkAlert
@@ -40,7 +41,16 @@ from qc_cell.ros.params import ParameterError, declare_parameters, handle_parame
 from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
 from qc_contract.vocabulary import Severity
-from qc_interfaces.msg import Alert, CellKpi, ModelInfo, PartFrame, ProcessState, QualityDecision, RejectEvent
+from qc_interfaces.msg import (
+    Alert,
+    CellKpi,
+    ModelInfo,
+    PartFrame,
+    ProcessState,
+    QualityDecision,
+    Reconciliation,
+    RejectEvent,
+)
 from qc_interfaces.srv import LoadModel
 
 T = TypeVar("T")
@@ -89,6 +99,7 @@ class CloudBridgeNode(Node):
         subscribe(CellKpi, "quality/kpi", self._on_kpi, qos.EVENTS)
         subscribe(Alert, "alerts", self._on_alert, qos.EVENTS)
         subscribe(RejectEvent, "reject/event", self._on_reject, qos.EVENTS)
+        subscribe(Reconciliation, "reject/reconciliation", self._on_reconcile, qos.EVENTS)
         subscribe(ProcessState, "process/state", self._on_process, qos.LATCHED)
         subscribe(ModelInfo, "model/active", self._on_model, qos.LATCHED)
         if settings.wants_frames:
@@ -157,6 +168,11 @@ class CloudBridgeNode(Node):
                 planned_ns=to_ns(msg.planned_time),
                 actual_ns=to_ns(msg.actual_time),
             )
+        )
+
+    def _on_reconcile(self, msg: Reconciliation) -> None:
+        self._link.on_reconcile(
+            plain(ReconcileReport, msg, capture_ns=to_ns(msg.header.stamp), deadline_ns=to_ns(msg.deadline))
         )
 
     def _on_process(self, msg: ProcessState) -> None:

@@ -4,6 +4,10 @@ Parts come from camera/parts (and camera/trigger when it carries the part id) an
 the process state in force at each part's capture time comes from the node's own history of process/state
 (latched), so the verdict never waits for fusion.
 A real timer gives parts without a result their fail-safe verdict at `capture + result_deadline_ms`.
+Deadlines and timers run on ROS steady time (the capture's steady_stamp against the host's steady clock, timers
+created on a STEADY_TIME clock, which Humble's rclpy offers too): a wall-clock step (NTP) neither shortens nor
+extends a part's deadline, and does not stall the timers (rclpy timers on the wall clock stall on a backward step,
+ros2/rclpy#1490). Records keep the wall stamps.
 The rule itself lives in qc_cell.decision; this node declares parameters and converts messages.
 """
 
@@ -14,6 +18,7 @@ import math
 from collections import Counter
 from typing import Any
 
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Header
 
@@ -42,6 +47,8 @@ class DecisionNode(Node):
         except ValueError as exc:
             raise ParameterError(str(exc)) from exc
 
+        # The clock of every deadline and timer (a wall-clock step changes none of them).
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         now_ns = self._now_ns()
         self._engine = DecisionEngine(config)
         self._kpi = RollingKpi(p["kpi_window_s"], now_ns)
@@ -67,10 +74,12 @@ class DecisionNode(Node):
         # LATCHED matches sensor_fusion's publisher, so a (re)started decision node gets the current state at once.
         subscriptions.create(ProcessState, "process/state", self._on_process_state, qos.LATCHED)
         # Runs only while parts are pending (cancelled when idle, reset on the next registration).
-        self._deadline_timer = self.create_timer(p["deadline_check_period_ms"] / 1000.0, self._on_deadline_tick)
+        self._deadline_timer = self.create_timer(
+            p["deadline_check_period_ms"] / 1000.0, self._on_deadline_tick, clock=self._steady
+        )
         self._deadline_timer.cancel()
-        self.create_timer(p["kpi_period_s"], self._publish_kpi)
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
+        self.create_timer(p["kpi_period_s"], self._publish_kpi, clock=self._steady)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics, clock=self._steady)
         self.get_logger().info(
             f"decision ready: normal < {config.thresholds.reinspect} <= reinspect < {config.thresholds.defective} "
             f"<= defective; deadline {config.result_deadline_ms:g} ms; fail-safe parts published as "
@@ -79,6 +88,21 @@ class DecisionNode(Node):
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
+
+    def _steady_ns(self) -> int:
+        return self._steady.now().nanoseconds
+
+    def _capture(self, header_stamp, steady_stamp) -> tuple[int, int, int]:
+        """(capture on the steady clock, capture wall stamp, steady now) of a message. Without a steady stamp
+        (a producer that has none, e.g. a PLC trigger) the capture is placed on the steady clock by its age now."""
+        steady_now, wall_now = self._steady_ns(), self._now_ns()
+        wall = to_ns(header_stamp)
+        steady = to_ns(steady_stamp)
+        if wall <= 0:
+            wall = wall_now
+        if steady <= 0:
+            steady = steady_now - (wall_now - wall)
+        return steady, wall, steady_now
 
     # ---- parameters ---------------------------------------------------------------------------------------
     def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
@@ -97,14 +121,16 @@ class DecisionNode(Node):
 
     def _register(self, msg: PartTrigger, from_camera: bool) -> None:
         topic = "camera/parts" if from_camera else "camera/trigger"
+        steady, wall, steady_now = self._capture(msg.header.stamp, msg.steady_stamp)
         try:
             registration, record = self._engine.on_part(
                 msg.part_id,
-                to_ns(msg.header.stamp),
+                steady,
                 msg.encoder_count,
                 msg.header.frame_id,
-                self._now_ns(),
+                steady_now,
                 from_camera=from_camera,
+                wall_ns=wall,
             )
         except ValueError as exc:
             self.get_logger().error(f"{topic}: {exc}", throttle_duration_sec=1.0)
@@ -125,9 +151,11 @@ class DecisionNode(Node):
             self._deadline_timer.reset()
 
     def _on_result(self, msg: InspectionResult) -> None:
+        steady, wall, steady_now = self._capture(msg.header.stamp, msg.steady_stamp)
         result = ResultInput(
             part_id=msg.part_id,
-            capture_ns=to_ns(msg.header.stamp),
+            capture_ns=steady,
+            wall_ns=wall,
             frame_id=msg.header.frame_id,
             inspected=msg.status == InspectionResult.STATUS_OK,
             reason=msg.reason,
@@ -139,7 +167,7 @@ class DecisionNode(Node):
         try:
             if not self._parts_published:
                 self._parts_published = self.count_publishers("camera/parts") > 0
-            claim, record = self._engine.on_result(result, self._now_ns(), registration_expected=self._parts_published)
+            claim, record = self._engine.on_result(result, steady_now, registration_expected=self._parts_published)
         except ValueError as exc:
             self.get_logger().error(f"inspection/result: {exc}", throttle_duration_sec=1.0)
             return
@@ -164,7 +192,7 @@ class DecisionNode(Node):
         self._engine.on_process_state(to_ns(msg.header.stamp), ctx)
 
     def _on_deadline_tick(self) -> None:
-        for record in self._engine.expire(self._now_ns()):
+        for record in self._engine.expire(self._steady_ns()):
             self._publish(record)
             if record.reasons[0] != Reason.NO_RESULT:
                 continue  # a held result whose registration never came: decided from the result
@@ -179,10 +207,14 @@ class DecisionNode(Node):
     # ---- outputs ------------------------------------------------------------------------------------------
     def _publish(self, record: DecisionRecord) -> None:
         now_ns = self._now_ns()
-        latency_ms = (now_ns - record.capture_ns) / 1e6
+        if record.steady_ns:
+            latency_ms = (self._steady_ns() - record.steady_ns) / 1e6
+        else:
+            latency_ms = (now_ns - record.capture_ns) / 1e6
         # One constructor call: rosidl would otherwise build every default field first and then replace it.
         msg = QualityDecision(
             header=Header(stamp=from_ns(record.capture_ns), frame_id=record.frame_id),
+            steady_stamp=from_ns(record.steady_ns),
             part_id=record.part_id,
             verdict=int(record.verdict),
             reasons=record.reasons,

@@ -191,8 +191,14 @@ class InferenceNode(Node):
             )
         expires = None
         if self._deadline_ns > 0:
-            capture_ns = to_ns(msg.header.stamp)
-            age = max(0, self.get_clock().now().nanoseconds - capture_ns) if capture_ns > 0 else 0
+            # The part's age on the steady clock (a wall-clock step changes no deadline); the wall stamps of a
+            # producer without a steady stamp otherwise.
+            steady_ns = to_ns(msg.steady_stamp)
+            if steady_ns > 0:
+                age = max(0, received - steady_ns)
+            else:
+                capture_ns = to_ns(msg.header.stamp)
+                age = max(0, self.get_clock().now().nanoseconds - capture_ns) if capture_ns > 0 else 0
             expires = received + self._deadline_ns - age
         pixels = self._frames.receive(msg)
         self._pipeline.submit(
@@ -214,6 +220,7 @@ class InferenceNode(Node):
         frame: PartFrame = outcome.job.context
         msg = InspectionResult()
         msg.header = frame.header
+        msg.steady_stamp = frame.steady_stamp
         msg.part_id = frame.part_id
         msg.status = InspectionResult.STATUS_OK if outcome.ok else InspectionResult.STATUS_NOT_INSPECTED
         msg.reason = outcome.reason

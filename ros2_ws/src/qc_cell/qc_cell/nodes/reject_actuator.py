@@ -7,16 +7,23 @@ Subscribes /diagnostics (the heartbeat toggles only while the heartbeat_nodes re
 quality/decision, quality/cloud_verdict (a cloud re-inspection verdict replaces the local one while
 the part's actuation has not begun) and camera/parts (encoder samples, watchdog). Publishes reject/event for every
 acted-on part, alerts, /diagnostics and, with the sim driver, reject/markers for RViz.
+
+The verdict/eject reconciler (qc_cell.reject.reconciler) checks the actuator from its inputs and published events:
+every registered part and every verdict with a lane must get exactly one terminal reject/event by its deadline;
+one without is a CRITICAL alert naming it and a stop-line pulse; each settled part is published on
+reject/reconciliation (the cloud bridge forwards it as a `reconcile` record).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from visualization_msgs.msg import MarkerArray
 
@@ -28,7 +35,9 @@ from qc_cell.reject.drivers.factory import build_driver, build_signals
 from qc_cell.reject.drivers.sim import SimDriver, sim_faults
 from qc_cell.reject.journal import EjectionJournal
 from qc_cell.reject.params import REJECT_ACTUATOR, checked_settings
+from qc_cell.reject.reconciler import Expected, Finding, Reconciler, Status, due_ns
 from qc_cell.reject.records import (
+    NOT_INSPECTED,
     SKIPPED,
     AlertRecord,
     Decision,
@@ -45,7 +54,7 @@ from qc_cell.ros.reject_markers import RejectMarkers
 from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
 from qc_contract.vocabulary import OUTCOME_NAMES, VERDICT_NAMES
-from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
+from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, Reconciliation, RejectEvent
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 # One executor thread: every callback is short (the ejections run on the controller's own thread), and a
@@ -78,6 +87,8 @@ class _Publisher:
         msg.header.stamp = from_ns(record.capture_ns)
         msg.header.frame_id = record.frame_id
         published = self._publish(node.event_pub, msg, f"part {record.part_id}: {OUTCOME_NAMES[record.outcome]}")
+        if record.terminal:
+            node.reconcile_event(record.part_id, record.outcome)
         if published and node.marker_pub is not None and record.lane:
             markers = node.markers.build(record, node.get_clock().now().nanoseconds)
             self._publish(node.marker_pub, markers, "marker")
@@ -117,6 +128,9 @@ class RejectActuator(DeviceNode):
         self._rt_priority: int = p["scheduler_rt_priority"]
         tick_s, diag_s = p["tick_period_s"], p["diagnostics_period_s"]
         self.cell_health = CellHealth(p["heartbeat_nodes"], int(p["heartbeat_stale_s"] * 1e9))
+        self._reconcile_grace_ms: float = p["reconcile_grace_ms"]
+        self.reconciler = Reconciler() if self._reconcile_grace_ms > 0 else None
+        self._reconcile_lock = threading.Lock()  # events come from the controller's threads
         if self.get_parameter("use_sim_time").value:
             raise ParameterError(
                 "use_sim_time must be false: the actuator fires on the wall clock of the capture stamps"
@@ -130,6 +144,7 @@ class RejectActuator(DeviceNode):
         self.markers = RejectMarkers(self.marker_frame, self.marker_lifetime_s)
 
         self.event_pub = self.create_publisher(RejectEvent, "reject/event", qos.EVENTS)
+        self.reconciliation_pub = self.create_publisher(Reconciliation, "reject/reconciliation", qos.EVENTS)
         self.alerts = AlertPublisher(self, log_throttle_s=1.0)
         self.marker_pub = (
             self.create_publisher(MarkerArray, "reject/markers", qos.EVENTS) if self.settings.driver == "sim" else None
@@ -137,19 +152,26 @@ class RejectActuator(DeviceNode):
         self._diag_pub = diagnostics.create_publisher(self)
         subscriptions = Subscriptions(self, self.alerts, self._diag_pub)
         # Verdicts and parts are handled in every state, so parts that cannot be ejected are still reported.
-        # With a journal, the decision node's history (PART_RECORDS, transient local) is replayed to a restarted
-        # actuator: the verdicts decided while it was down are handled, the ones it already handled are known.
+        # The decision node's history (PART_RECORDS, transient local) reaches this reader whenever it matches a
+        # writer: a restarted decision node publishes its first verdicts before every reader has matched it (under
+        # load, seconds), and a volatile reader loses those (issue 17: 10 of 200 parts around a SIGKILL of decision).
+        # With a journal, the history also replays to a restarted actuator: the verdicts decided while it was down are
+        # handled, the ones it already handled are known. Without one, verdicts decided before this node started are
+        # old (their parts are gone) and ignored.
         self._journal_path: str = p["journal_path"]
         self._started_ns = self.get_clock().now().nanoseconds
         self._replayed: list[Decision] = []  # verdicts that came before activation (journal): handled on activate
-        decisions_qos = qos.PART_RECORDS if self._journal_path else qos.EVENTS
-        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, decisions_qos)
+        self._old_verdicts = 0
+        subscriptions.create(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
         subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
         subscriptions.create(PartTrigger, "camera/parts", self._on_part, qos.EVENTS)
         # The cell's health (heartbeat) and its stop-line requests (a free-run camera outage).
         subscriptions.create(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.DIAGNOSTICS)
-        self.create_timer(tick_s, self._tick)
-        self.create_timer(diag_s, self._publish_diagnostics)
+        # Steady time: rclpy timers on the wall clock stall on a backward step (ros2/rclpy#1490), and the watchdog,
+        # the belt tracking, the reconciler and the heartbeat run on this tick.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(tick_s, self._tick, clock=steady)
+        self.create_timer(diag_s, self._publish_diagnostics, clock=steady)
         handle_parameter_changes(self, REJECT_ACTUATOR, self._apply_parameters)
 
     # ------------------------------------------------------------ parameters
@@ -234,9 +256,21 @@ class RejectActuator(DeviceNode):
     # ------------------------------------------------------------ inputs
 
     def _on_decision(self, msg: QualityDecision) -> None:
-        decision = Decision(msg.part_id, msg.verdict, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id)
-        replayed = bool(self._journal_path) and to_ns(msg.decision_stamp) < self._started_ns
+        decision = Decision(
+            msg.part_id,
+            msg.verdict,
+            to_ns(msg.header.stamp),
+            msg.encoder_count,
+            msg.header.frame_id,
+            to_ns(msg.steady_stamp),
+        )
+        decided_before_start = 0 < to_ns(msg.decision_stamp) < self._started_ns
+        if decided_before_start and not self._journal_path:
+            self._old_verdicts += 1  # history from before this actuator's time, nothing to reconcile it with
+            return
+        replayed = bool(self._journal_path) and decided_before_start
         controller = self.controller
+        self._reconcile_decision(msg, decision, replayed)
         if self._journal_path and (controller is None or not controller.armed) and len(self._replayed) < MAX_HELD:
             # A (re)starting actuator with a journal: every verdict until it is armed is handled then (ejected when
             # still in time, MISSED otherwise), not reported SKIPPED at once from a node that cannot act yet.
@@ -278,12 +312,30 @@ class RejectActuator(DeviceNode):
     def _on_cloud_verdict(self, msg: QualityDecision) -> None:
         if self.controller is not None:
             self.controller.on_cloud_verdict(
-                Decision(msg.part_id, msg.verdict, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id)
+                Decision(
+                    msg.part_id,
+                    msg.verdict,
+                    to_ns(msg.header.stamp),
+                    msg.encoder_count,
+                    msg.header.frame_id,
+                    to_ns(msg.steady_stamp),
+                )
             )
 
     def _on_part(self, msg: PartTrigger) -> None:
+        if self.config.watchdog_timeout_s > 0:  # the watchdog fails a part without a verdict safe: it must go out
+            lane = self.config.lane_for(NOT_INSPECTED)
+            if lane is not None:
+                self._reconcile_expect(msg, NOT_INSPECTED, lane, has_verdict=False)
         if self.controller is not None:
-            self.controller.on_part(Part(msg.part_id, to_ns(msg.header.stamp), msg.encoder_count, msg.header.frame_id))
+            part = Part(
+                msg.part_id,
+                to_ns(msg.header.stamp),
+                msg.encoder_count,
+                msg.header.frame_id,
+                steady_ns=to_ns(msg.steady_stamp),
+            )
+            self.controller.on_part(part)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         now = time.monotonic_ns()  # freshness: immune to wall-clock steps
@@ -292,7 +344,114 @@ class RejectActuator(DeviceNode):
             values = {kv.key: kv.value for kv in status.values}
             self.cell_health.on_status(status.name, level, status.message, values, now)
 
+    # ------------------------------------------------------------ reconciler
+
+    def _steady_capture(self, msg) -> tuple[int, int]:
+        """(capture on the steady clock, wall - steady offset) of a part message (its steady stamp, else its age)."""
+        wall = to_ns(msg.header.stamp)
+        steady = to_ns(msg.steady_stamp)
+        if steady <= 0:
+            steady = time.monotonic_ns() - max(0, time.time_ns() - wall)
+        return steady, wall - steady
+
+    def _reconcile_expect(self, msg, verdict: int, lane: str, has_verdict: bool) -> None:
+        if self.reconciler is None:
+            return
+        capture, offset = self._steady_capture(msg)
+        distance = self.config.lane_distance_mm(lane)
+        if self.config.missed_response == "divert":  # a miss on the reject lane is settled on the divert lane
+            distance = max(distance, self.config.lane_distance_mm("divert"))
+        part = Expected(
+            msg.part_id,
+            lane,
+            verdict,
+            has_verdict,
+            capture,
+            due_ns(capture, distance, self.config, self._reconcile_grace_ms),
+            offset,
+            msg.header.frame_id,
+        )
+        with self._reconcile_lock:
+            findings = self.reconciler.expect(part)
+        for finding in findings:
+            self._report(finding)
+
+    def _reconcile_decision(self, msg: QualityDecision, decision: Decision, replayed: bool) -> None:
+        if self.reconciler is None:
+            return
+        controller = self.controller
+        journal = controller.journal if controller is not None else None
+        if replayed and journal is not None and journal.handled(decision.part_id):
+            return  # settled before this actuator started (the controller ignores it too)
+        lane = self.config.lane_for(decision.verdict)
+        if lane is None:
+            with self._reconcile_lock:
+                self.reconciler.release(decision.part_id)
+            return
+        self._reconcile_expect(msg, decision.verdict, lane, has_verdict=True)
+
+    def reconcile_event(self, part_id: str, outcome: int) -> None:
+        """A terminal reject/event as published (any of the controller's threads)."""
+        if self.reconciler is None:
+            return
+        with self._reconcile_lock:
+            finding = self.reconciler.terminal_event(part_id, outcome)
+        if finding is not None:
+            self._report(finding)
+
+    def _reconcile_tick(self) -> None:
+        if self.reconciler is None:
+            return
+        now = time.monotonic_ns()
+        controller = self.controller
+        stopped = controller is not None and controller.belt_stopped(now)
+        with self._reconcile_lock:
+            self.reconciler.belt_stopped(stopped, now)
+            findings = self.reconciler.overdue(now)
+        for finding in findings:
+            self._report(finding)
+
+    def _report(self, finding: Finding) -> None:
+        part = finding.part
+        msg = Reconciliation(
+            part_id=part.part_id,
+            verdict=int(part.verdict),
+            has_verdict=part.has_verdict,
+            lane=part.lane,
+            status=int(finding.status),
+            outcome=int(finding.outcome),
+            terminal_events=finding.terminal_events,
+            deadline=from_ns(part.due_ns + part.wall_offset_ns),
+        )
+        msg.header.stamp = from_ns(part.capture_ns + part.wall_offset_ns)
+        msg.header.frame_id = part.frame_id
+        self._publisher._publish(self.reconciliation_pub, msg, f"reconciliation of part {part.part_id}")
+        verdict = VERDICT_NAMES.get(part.verdict, str(part.verdict)) if part.has_verdict else "no verdict"
+        if finding.status is Status.OVERDUE:
+            controller = self.controller
+            stopped = controller is not None and controller.raise_stop_line(f"part {part.part_id} overdue")
+            line = "stop-line raised" if stopped else "no stop-line could be raised (actuator not active)"
+            self._publisher.alert(
+                AlertRecord(
+                    Alert.CRITICAL,
+                    "RECONCILE_OVERDUE",
+                    f"part {part.part_id} ({verdict}) had to go to the {part.lane} lane and has no reject event by its "
+                    f"deadline: it may have left the line unremoved; {line}",
+                    part.part_id,
+                )
+            )
+        elif finding.status is Status.DUPLICATE:
+            self._publisher.alert(
+                AlertRecord(
+                    Alert.ERROR,
+                    "RECONCILE_DUPLICATE_EVENT",
+                    f"part {part.part_id} ({verdict}): {finding.terminal_events} terminal reject events, expected one",
+                    part.part_id,
+                )
+            )
+
     def _tick(self) -> None:
+        self._reconcile_tick()
         controller = self.controller
         if controller is not None:
             now = time.monotonic_ns()
@@ -317,6 +476,11 @@ class RejectActuator(DeviceNode):
         else:
             health = controller.health()
             values.update(controller.snapshot())
+            values["old_verdicts_ignored"] = self._old_verdicts
+            if self.reconciler is not None:
+                with self._reconcile_lock:
+                    values["reconcile_open"] = self.reconciler.open_count
+                    values.update({f"reconcile_{k}": v for k, v in sorted(self.reconciler.counts.items())})
             values.update({f"driver_{k}": v for k, v in health.values.items()})
             if not health.ok:
                 level, message = diagnostics.ERROR, f"actuator fault: {health.message}"

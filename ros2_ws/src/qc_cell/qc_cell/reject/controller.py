@@ -213,6 +213,8 @@ class RejectController:
         self.driver = driver
         self.sink = sink
         self._clock_ns = clock_ns
+        # Steady stamps (msg steady_stamp: CLOCK_MONOTONIC of this host) are only comparable with that clock.
+        self._steady_stamps = clock_ns is time.monotonic_ns
         self._pulses = isinstance(driver, PulseDriver)
         self.model = build_model(config)
         self.timing = build_timing(config, self._pulses)
@@ -315,7 +317,11 @@ class RejectController:
             self._recover(self._clock_ns())
 
     def _internal(self, part: Part) -> Part:
-        """A part as received (wall-clock capture stamp) moved onto the monotonic clock, its offset kept."""
+        """A part as received (wall-clock capture stamp) on the monotonic clock, its wall offset kept: its steady
+        stamp when it has one (the camera's, immune to a wall-clock step between capture and arrival) and the
+        controller runs on the steady clock, else the wall stamp moved by the wall - monotonic offset now."""
+        if part.steady_ns > 0 and self._steady_stamps:
+            return replace(part, capture_ns=part.steady_ns, wall_offset_ns=part.capture_ns - part.steady_ns)
         offset = self._wall_ns() - self._clock_ns()
         return replace(part, capture_ns=part.capture_ns - offset, wall_offset_ns=offset)
 
@@ -328,6 +334,14 @@ class RejectController:
         upstream of its actuator, MISSED once it has passed."""
         if self.journal is None:
             return
+        if self._watchdog is not None:
+            # Registered but not decided before the restart: watched again from their capture, so a part whose
+            # verdict is not replayed is failed safe (NOT_INSPECTED) by the watchdog rather than passing unnoticed.
+            for waiting in self.journal.waiting_parts():
+                part = self._internal(waiting)
+                if part.part_id not in self._handled:
+                    self.counts["recovered_waiting"] += 1
+                    self._watchdog.part_seen(part, min(part.capture_ns, now))
         for planned in self.journal.open_plans():
             part, verdict, lane = self._internal(planned.part), planned.verdict, planned.lane
             if not self._handled.add(part.part_id, "recovered from the journal"):
@@ -429,7 +443,11 @@ class RejectController:
             if self.belt is not None:
                 self.belt.encoder(part.capture_ns, part.encoder_count)
             if self.armed and self._watchdog is not None and part.part_id not in self._handled:
-                self._watchdog.part_seen(part, now)
+                # Timed from the capture (steady clock), not from when camera/parts got here: a part delivered late
+                # on a loaded host still gets its fail-safe before it reaches the ejector.
+                self._watchdog.part_seen(part, min(part.capture_ns, now))
+                if self.journal is not None:  # a restarted actuator watches it again (journal.waiting_parts)
+                    self.journal.waiting(self._external(part))
 
     def on_decision(self, decision: Decision, replayed: bool = False) -> None:
         """A verdict. `replayed`: decided before this actuator started (the decision node's history after a
@@ -441,6 +459,8 @@ class RejectController:
             if replayed and self.journal is not None and self.journal.handled(decision.part_id):
                 self.counts["replayed_known"] += 1
                 return
+            if self.journal is not None:
+                self.journal.decided(decision.part_id)
             if self._watchdog is not None and self._watchdog.decision_seen(decision.part_id, now):
                 self._alert(INFO, "DECISION_STREAM_RESTORED", "verdicts are arriving again", "")
                 if self.config.watchdog_action == "stop_line":
@@ -1058,9 +1078,11 @@ class RejectController:
 
     # ---------------------------------------------------------------- stop line
 
-    def _stop_pulse(self, now: int) -> None:
+    def _stop_pulse(self, now: int, until_ns: int = 0) -> None:
+        """The stop-line for stop_line_pulse_ms, and at least until `until_ns` (a missed part's passing)."""
         self.counts["stop_line_requests"] += 1
-        self._stop_until_ns = max(self._stop_until_ns, now + int(self.config.stop_line_pulse_ms * NS_PER_MS))
+        pulse_end = now + int(self.config.stop_line_pulse_ms * NS_PER_MS)
+        self._stop_until_ns = max(self._stop_until_ns, pulse_end, until_ns)
         self._schedule_stop(now)
         self._schedule_stop(self._stop_until_ns)
 
@@ -1081,7 +1103,13 @@ class RejectController:
             if want == self._stop_on:
                 return
             self._stop_on = want
+            reasons = ", ".join(sorted(self._stop_holds)) or "missed part"
         self._switch(STOP_LINE, want, "stop-line output" + (" on" if want else " off"))
+        with self._lock:  # every edge is an alert: when the cell stopped the line, and when it let it run again
+            if want:
+                self._alert(WARN, "STOP_LINE_RAISED", f"stop-line raised ({reasons})", "")
+            else:
+                self._alert(INFO, "STOP_LINE_RELEASED", "stop-line released", "")
 
     # ---------------------------------------------------------------- records
 
@@ -1124,7 +1152,9 @@ class RejectController:
     ) -> None:
         """A part that had to go out and (probably) did not: record, alert, missed_response."""
         text = ", ".join(filter(None, [note, message]))
-        self._record(part, verdict, outcome, lane, planned, actual, lateness_ms, text)
+        response = self.config.missed_response
+        follow_up = respond and response == "divert" and lane == REJECT  # the divert lane's event settles the part
+        self._record(part, verdict, outcome, lane, planned, actual, lateness_ms, text, terminal=not follow_up)
         verdict_name = VERDICT_NAMES.get(verdict, str(verdict))
         self._alert(
             CRITICAL,
@@ -1134,11 +1164,21 @@ class RejectController:
         )
         if not respond:
             return
-        response = self.config.missed_response
         if response == "stop_line":
-            self._stop_pulse(now)
+            # Until the part has passed its lane at the nominal speed at least: a part reported missed while still
+            # upstream (e.g. recovered after a restart and not placeable on the belt) must not pass a running line.
+            self._stop_pulse(now, self._nominal_passed_ns(part, lane))
         elif response == "divert" and lane == REJECT:
             self._act(part, verdict, DIVERT, now, note=f"divert after {OUTCOME_NAMES[outcome]} on the reject lane")
+
+    def _nominal_passed_ns(self, part: Part, lane: str) -> int:
+        """When the part has passed its lane's actuator and confirmation at the nominal belt speed (0: unknown)."""
+        speed = self.config.belt_speed_mm_s
+        if speed <= 0:
+            return 0
+        travel_ns = int(self.config.lane_distance_mm(lane) / speed * 1e9)
+        extra_ms = self.config.actuator_latency_ms + self.config.pulse_width_ms + self.config.confirm_window_ms
+        return part.capture_ns + travel_ns + int(extra_ms * NS_PER_MS)
 
     def _record(
         self,
@@ -1172,8 +1212,24 @@ class RejectController:
                 message=message,
                 frame_id=part.frame_id,
                 position_m=distance / 1000.0,
+                terminal=terminal,
             )
         )
+
+    def raise_stop_line(self, reason: str) -> bool:
+        """A stop-line pulse requested from outside the controller (the reconciler's overdue part); False when the
+        actuator has no stop-line output or is not armed."""
+        with self._lock:
+            if not (self.armed and STOP_LINE in self._outputs):
+                return False
+            self.counts["stop_line_external"] += 1
+            self._stop_pulse(self._clock_ns())
+            return True
+
+    def belt_stopped(self, now: int) -> bool:
+        """Whether the belt tracking knows the belt stands now (False without belt tracking or while unknown)."""
+        with self._lock:
+            return self.belt is not None and self.belt.speed(now) == 0.0
 
     def _alert(self, severity: int, code: str, message: str, part_id: str) -> None:
         self.sink.alert(AlertRecord(severity, code, message, part_id))

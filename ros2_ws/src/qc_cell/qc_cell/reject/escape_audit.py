@@ -11,8 +11,9 @@ For every part registered at the camera, exactly one of:
   missed_response);
 - `silent_escape`: none of these.
 
-Used by the fault-injection system test (tests/test_fault_injection.py); the same rule is what an edge reconciler
-or the fleet service checks against the part and reject records.
+Used by the fault-injection system test (tests/test_fault_injection.py), from outside the cell. Inside it, the
+reject actuator's reconciler (qc_cell.reject.reconciler) checks the same promise on the edge, part by part against a
+deadline, and the fleet checks the `reconcile` records it sends (docs/mqtt.md).
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ REJECT_ACTUATOR = NodeParams(
         Param(
             "watchdog_timeout_s",
             _C.watchdog_timeout_s,
-            "a part on camera/parts with no verdict this long is handled fail-safe (0 = off), s",
+            "a part on camera/parts with no verdict this long after its capture (steady clock) is handled fail-safe "
+            "(0 = off), s",
             range=(0.0, 600.0),
         ),
         Param(
@@ -168,6 +169,14 @@ REJECT_ACTUATOR = NodeParams(
             3.0,
             "a heartbeat node silent on /diagnostics this long makes the cell not ready (s)",
             range=(0.5, 600.0),
+        ),
+        Param(
+            "reconcile_grace_ms",
+            1000.0,
+            "verdict/eject reconciler: a part that must leave the line (verdict in eject/divert lists, or no verdict) "
+            "and has no terminal reject/event this long after its nominal arrival at its lane (belt_speed_mm_s) and "
+            "confirmation window is reported (CRITICAL alert naming it, stop-line); 0 = no reconciler",
+            range=(0.0, 600_000.0),
         ),
         Param(
             "journal_path",

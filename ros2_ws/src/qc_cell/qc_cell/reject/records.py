@@ -32,6 +32,9 @@ class Part:
     # Inside the controller capture_ns is on its monotonic clock; this is the wall - monotonic offset taken when the
     # part arrived, to report its times as wall time again (0 for a part as received: a wall-clock stamp).
     wall_offset_ns: int = 0
+    # The capture on the host's steady (monotonic) clock, as the camera stamped it (0: unknown; the controller then
+    # places the part on its clock by the wall stamp's age at arrival).
+    steady_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,11 @@ class Decision:
     capture_ns: int
     encoder_count: int = -1
     frame_id: str = ""
+    steady_ns: int = 0  # the capture on the host's steady clock (0: unknown)
 
     @property
     def part(self) -> Part:
-        return Part(self.part_id, self.capture_ns, self.encoder_count, self.frame_id)
+        return Part(self.part_id, self.capture_ns, self.encoder_count, self.frame_id, steady_ns=self.steady_ns)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ class RejectRecord:
     message: str = ""
     frame_id: str = ""
     position_m: float = 0.0  # where along the belt (downstream of the camera) the part was acted on
+    # False for a report that settles nothing: a duplicate verdict, or a miss on the reject lane that the divert lane
+    # follows up (missed_response divert). The reconciler counts the terminal ones (exactly one per part).
+    terminal: bool = True
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ Pairs meant to match:
 - PART_RECORDS: quality/decision. As EVENTS, but the publisher keeps its last 1000 verdicts for late joiners:
   a subscriber asking for them (the cloud bridge) also gets the verdicts published before its reader was
   matched, which at start-up can happen after the first parts (discovery between two processes takes its
-  time). Subscribers that must not act on old verdicts (the reject actuator) subscribe with EVENTS: a volatile
-  reader matches and gets no history.
+  time), and after a restart of the decision node (its first verdicts go out before every reader matched its new
+  writer). The reject actuator subscribes with PART_RECORDS too, and tells old verdicts by their decision_stamp
+  (a journal says which it handled already); a volatile reader would lose a restarted decision node's first
+  verdicts (issue 17).
 - LATCHED: state that a late joiner must see (model/active, process/state). Reliable, transient local.
 - SENSOR_INPUT: subscriptions to process sensors. Best effort, so they match both best-effort and reliable
   sensor drivers; SENSOR_OUTPUT is what our simulator publishes with.
