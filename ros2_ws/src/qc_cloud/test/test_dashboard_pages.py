@@ -244,7 +244,7 @@ def test_users_command(service, tmp_path, capsys, monkeypatch):
     assert login(client, "eve", "a new long password").headers["location"] == "/fleet"
 
 
-def test_migration_0002_adds_and_removes_only_the_dashboard_tables(database_url):
+def test_migrations_0002_and_0003_add_and_remove_only_their_own_tables_and_columns(database_url):
     from sqlalchemy import inspect
 
     from qc_cloud.fleet import db
@@ -257,7 +257,15 @@ def test_migration_0002_adds_and_removes_only_the_dashboard_tables(database_url)
     tables = set(inspect(engine).get_table_names())
     assert not dashboard & tables and {"parts", "samples", "alerts"} <= tables
     db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision() == "0002"
+    assert db.current_revision(engine) == db.head_revision() == "0003"
+    columns = {c["name"] for c in inspect(engine).get_columns("samples")}
+    assert {"heatmap_sha256", "random_sample"} <= columns and "login_failures" in inspect(engine).get_table_names()
+    db.downgrade(engine, "0002")
+    columns = {c["name"] for c in inspect(engine).get_columns("samples")}
+    assert not {"heatmap_sha256", "random_sample"} & columns and "login_failures" not in inspect(engine).get_table_names()
+    assert dashboard <= set(inspect(engine).get_table_names())
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0003"
     engine.dispose()
 
 
@@ -276,15 +284,23 @@ def test_cell_charts_are_counted_and_downsampled_by_the_database(service):
     assert sum(b["parts"] for b in charts["trend"]) == 12
 
 
-def test_login_throttle_per_user_name():
-    throttle = accounts.LoginThrottle(attempts=3, window_s=60)
-    for t in (0, 1, 2):
-        assert throttle.blocked_for("eve", t) == 0
-        throttle.failed("eve", t)
-    assert throttle.blocked_for("eve", 3) == 57 and throttle.blocked_for("bob", 3) == 0
-    assert throttle.blocked_for("eve", 60.5) == 0  # the first failure left the window
-    throttle.succeeded("eve")
-    assert throttle.blocked_for("eve", 10) == 0
+def test_login_throttle_per_user_name_is_kept_in_the_database(service):
+    from datetime import datetime, timedelta
+
+    t0 = datetime(2026, 12, 6, 8, 0, 0)
+    at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    worker_a = accounts.LoginThrottle(service.engine, attempts=3, window_s=60)
+    worker_b = accounts.LoginThrottle(service.engine, attempts=3, window_s=60)  # another API worker, same DB
+    for t, worker in ((0, worker_a), (1, worker_b), (2, worker_a)):
+        assert worker.blocked_for("eve", at(t)) == 0
+        worker.failed("eve", at(t))
+    assert worker_b.blocked_for("eve", at(3)) == 57 and worker_a.blocked_for("eve", at(3)) == 57
+    assert worker_b.blocked_for("bob", at(3)) == 0
+    assert worker_a.blocked_for("eve", at(60.5)) == 0  # the first failure left the window
+    worker_b.succeeded("eve")
+    assert worker_a.blocked_for("eve", at(10)) == 0
+    with service.engine.connect() as conn:
+        assert conn.execute(select(models.LoginFailure.id)).first() is None
 
 
 def test_repeated_wrong_passwords_are_refused_for_a_while(service):
@@ -293,6 +309,8 @@ def test_repeated_wrong_passwords_are_refused_for_a_while(service):
         assert login(client, "viewer", "wrong password").headers["location"].startswith("/login?error=1")
     assert login(client, "viewer").status_code == 429  # even the right password, until the window passes
     assert login(client, "operator").status_code == 303
+    other_worker = TestClient(service.app())  # a second app on the same database: the count is shared
+    assert login(other_worker, "viewer").status_code == 429
 
 
 def test_fleet_flags_a_model_mismatch_and_sequence_gaps_and_alerts_filter(tmp_path):

@@ -236,8 +236,12 @@ def image_record(
     height: int,
     jpeg_b64: str,
     deadline_ns: int | None = None,
+    heatmap_b64: str | None = None,
+    random_sample: bool = False,
 ) -> dict[str, Any]:
-    """A JPEG of one part with its metadata: the sample channel (retraining) and verify requests."""
+    """A JPEG of one part with its metadata: the sample channel (retraining) and verify requests.
+    Samples only: `heatmap_b64` (greyscale JPEG of the class-activation map, same size) and `random_sample`
+    (picked by the random rate, not by its verdict) are optional fields, left out when absent/false."""
     body: dict[str, Any] = {
         "part_id": part_id,
         "verdict": name_of(VERDICT_NAMES, verdict),
@@ -252,6 +256,10 @@ def image_record(
     }
     if deadline_ns is not None:
         body["deadline"] = iso_time(deadline_ns)
+    if heatmap_b64:
+        body["heatmap_b64"] = heatmap_b64
+    if random_sample:
+        body["random_sample"] = True
     return body
 
 

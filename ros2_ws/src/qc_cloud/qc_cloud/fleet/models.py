@@ -206,6 +206,8 @@ class Sample(Base):
     height: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
+    heatmap_sha256: Mapped[str | None] = mapped_column(String(64))  # migration 0003: CAM JPEG in the same store
+    random_sample: Mapped[bool] = mapped_column(Boolean, default=False)  # 0003: picked by the cell's random rate
     __table_args__ = (Index("ix_samples_cell_part", "cell", "part_id"), Index("ix_samples_time", "time"))
 
 
@@ -316,3 +318,13 @@ class Label(Base):
         Index("ix_labels_sample", "cell", "sample_record_id", "current"),
         Index("ix_labels_time", "labelled_at"),
     )
+
+
+class LoginFailure(Base):
+    """A failed log-in (migration 0003): the throttle counts these, so every API worker sees the same count."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (Index("ix_login_failures_name_at", "username", "at"),)

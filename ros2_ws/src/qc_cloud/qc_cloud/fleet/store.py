@@ -152,6 +152,8 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
             "height": b["height"],
             "sha256": r.extra["sha256"],
             "size": len(r.image or b""),
+            "heatmap_sha256": r.extra.get("heatmap_sha256"),
+            "random_sample": bool(b.get("random_sample", False)),
         }
     if kind == "verify":
         return {
@@ -219,6 +221,8 @@ class Store:
         for record, _ in accepted:
             if record.image is not None:
                 self.samples.put(record.extra["sha256"], record.image)
+            if record.heatmap is not None:
+                self.samples.put(record.extra["heatmap_sha256"], record.heatmap)
         self._ensure_partitions([r for r, _ in accepted if r.kind == "part"], now)
         try:
             with self.engine.begin() as conn:
