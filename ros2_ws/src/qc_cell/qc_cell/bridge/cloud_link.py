@@ -181,6 +181,9 @@ class CloudLink:
     def on_frame(self, frame: PartImage) -> None:
         self.images.on_frame(frame)
 
+    def on_heatmap(self, heatmap: PartImage) -> None:
+        self.images.on_heatmap(heatmap)
+
     def on_kpi(self, kpi: KpiReport) -> None:
         self.bridge.send("kpi", records.kpi(**asdict(kpi)))
 
