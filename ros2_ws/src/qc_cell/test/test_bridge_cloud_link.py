@@ -219,7 +219,7 @@ def test_random_samples_cover_every_verdict_and_carry_the_flag_and_the_heatmap(t
         core = link.core
         cam = np.zeros((24, 32), np.uint8)
         cam[:, 16:] = 255  # the model looked at the right half
-        for pid, verdict in zip(picked, (NORMAL, REINSPECT, NORMAL)):
+        for pid, verdict in zip(picked, (NORMAL, REINSPECT, NORMAL), strict=True):
             core.on_frame(image(pid))
             core.on_heatmap(PartImage(pid, True, lambda: cam))
             core.on_part(part(pid, verdict))
@@ -432,6 +432,22 @@ def test_updates_are_ordered_against_the_store_not_the_model_report(tmp_path):
         store.activate(manifest)  # what inference does once the model serves
         assert (link.health()["model_active"], link.health()["model_installed"]) == ("1.2.0", "")
         assert CELL.model_chunks in link.core.settings.bridge_settings().subscriptions, "chunks need updates on"
+
+
+def test_the_model_status_names_the_defect_types_of_the_active_model_from_its_manifest(tmp_path):
+    updates = UpdateSettings(
+        update_dir=tmp_path / "updates", keys={}, cell_path=CELL.path, model_store_dir=tmp_path / "store"
+    )
+    with cloud_link(tmp_path, updates=updates, load_model=lambda *a: (False, "unused", "")) as link:
+        store = ModelStore(tmp_path / "store")
+        trained = {"dataset": {"name": "screws", "defect_types": ["crack", "scratch"]}}
+        manifest = write_package(tmp_path / "pkg", "2.0.0", manifest_overrides=trained)
+        store.install(tmp_path / "pkg", manifest, ORIGIN_UPDATE)
+        link.core.on_model(ModelReport(T0, "2.0.0", manifest.sha256, "onnxruntime", "fp32", 2, ""))
+        link.core.on_model(ModelReport(T0, "9.9.9", "b" * 64, "onnxruntime", "fp32", 2, ""))  # not in the store
+        first, second = link.stored("model_status")
+        assert first["defect_types"] == ["crack", "scratch"] and "defect_types" not in second
+        schemas.validator("model_status").validate(first)
 
 
 # -- losses and health -----------------------------------------------------------------------------------------

@@ -97,6 +97,13 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def defect_types(self) -> tuple[str, ...]:
+        """The defect types the model was trained on (the data set's class folders other than good), as
+        `qc_cloud train` writes them into dataset.defect_types; () for manifests without them."""
+        types = self.dataset.get("defect_types") if isinstance(self.dataset, dict) else None
+        return tuple(str(t) for t in types) if isinstance(types, (list, tuple)) else ()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -195,10 +195,19 @@ def process(
 
 
 def model_state(
-    *, stamp_ns: int, version: str, sha256: str, backend: str, precision: str, state: int, message: str
+    *,
+    stamp_ns: int,
+    version: str,
+    sha256: str,
+    backend: str,
+    precision: str,
+    state: int,
+    message: str,
+    defect_types: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The inference node's model (model/active) as the cloud sees it on model/status."""
-    return {
+    """The inference node's model (model/active) as the cloud sees it on model/status. `defect_types`
+    (optional, left out when unknown): the types the active model was trained on, from its manifest."""
+    body = {
         "time": iso_time(stamp_ns),
         "event": "model_state",
         "state": name_of(MODEL_STATE_NAMES, state),
@@ -208,6 +217,10 @@ def model_state(
         "precision": precision,
         "message": message,
     }
+    types = [str(t)[:64] for t in defect_types][:64]
+    if types:
+        body["defect_types"] = types
+    return body
 
 
 def update_outcome(

@@ -290,10 +290,19 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         with engine.connect() as conn:
             item = data.sample(conn, name, record_id[:128])
             types = data.defect_types(conn)
+            model_types = data.model_defect_types(conn, item["model_version"]) if item else []
         if item is None:
             raise HTTPException(404, f"no sample {record_id} of {name}")
         return render(
-            request, "review_item.html", user, item=item, types=types, keys=review.KEYS, order=order, kind=kind
+            request,
+            "review_item.html",
+            user,
+            item=item,
+            types=types,
+            model_types=model_types,
+            keys=review.KEYS,
+            order=order,
+            kind=kind,
         )
 
     @app.post("/review/{site}/{line}/{cell}/{record_id}", include_in_schema=False)

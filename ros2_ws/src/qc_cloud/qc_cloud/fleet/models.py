@@ -186,6 +186,7 @@ class ModelStatus(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     backend: Mapped[str | None] = mapped_column(String(64))
     precision: Mapped[str | None] = mapped_column(String(32))
+    defect_types: Mapped[list | None] = mapped_column(JSON)  # migration 0003: types the model was trained on
     __table_args__ = (Index("ix_model_cell_time", "cell", "time"),)
 
 

@@ -138,6 +138,7 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
             "active_version": b["active_version"],
             "message": b["message"][:4096],
             **{k: b.get(k) for k in ("state", "version", "reason", "sha256", "backend", "precision")},
+            "defect_types": b.get("defect_types"),
         }
     if kind in rules.IMAGE_TYPES:
         return {
@@ -169,7 +170,7 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
     raise ValueError(kind)
 
 
-JSON_COLUMNS = ("reasons", "simulated")
+JSON_COLUMNS = ("reasons", "simulated", "defect_types")
 
 
 def _json_text(value: Any) -> str | None:
