@@ -226,9 +226,9 @@ class InferencePipeline:
                 outcomes = [
                     _not_inspected(j, MODEL_ERROR, f"internal error: {type(exc).__name__}: {exc}") for j in jobs
                 ]
+            self._heatmaps(outcomes)  # before the results: the bridge pairs a part's map with its verdict
             self._emit(outcomes)
             self._overlay(outcomes)
-            self._heatmaps(outcomes)
             _release(jobs)
 
     def _process(self, jobs: list[FrameJob]) -> list[Outcome]:
