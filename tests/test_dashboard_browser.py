@@ -97,7 +97,9 @@ def plant(tmp_path):
             for role in accounts.ROLES:
                 accounts.add_user(conn, role, PASSWORD, role)
         overrides = demo_overrides(PARTS, broker.url, tmp_path / "cell")
-        overrides["cloud_bridge"].update({"sample_enabled": True, "sample_min_interval_s": 0.0})
+        overrides["cloud_bridge"].update(
+            {"sample_enabled": True, "sample_min_interval_s": 0.0, "sample_random_rate": 0.25}
+        )
         overrides["camera_driver"]["rate_hz"] = 10.0
         runner = CellRunner(
             PARAMS, namespace=f"dash{os.getpid()}", overrides=overrides, flags=DEMO_FLAGS, run_dir=tmp_path / "cell"
@@ -141,10 +143,12 @@ def test_dashboard_in_a_browser(plant, tmp_path):
         # enough parts and samples for the pages
         def enough():
             with engine.connect() as conn:
-                n = conn.execute(select(models.Sample.record_id).where(models.Sample.cell == cell)).all()
-            return len(n) >= 4
+                rows = conn.execute(
+                    select(models.Sample.heatmap_sha256, models.Sample.random_sample).where(models.Sample.cell == cell)
+                ).all()
+            return len(rows) >= 4 and any(r[0] for r in rows) and any(r[1] for r in rows)
 
-        wait_for(enough, 180, "4 image samples from the cell", step=1.0)
+        wait_for(enough, 180, "4 image samples, one with a heatmap and one random, from the cell", step=1.0)
         operator.get("/fleet")
         operator.shot("fleet")
 
@@ -165,7 +169,15 @@ def test_dashboard_in_a_browser(plant, tmp_path):
         assert operator.find("#part-verdict").text == verdict
         # search by part id finds the part with an image
         with engine.connect() as conn:
-            imaged = conn.execute(select(models.Sample.part_id).where(models.Sample.cell == cell)).scalars().first()
+            imaged = (
+                conn.execute(
+                    select(models.Sample.part_id).where(
+                        models.Sample.cell == cell, models.Sample.heatmap_sha256.isnot(None)
+                    )
+                )
+                .scalars()
+                .first()
+            )
         box = operator.find("#search-part")
         box.send_keys(imaged, Keys.ENTER)
         wait_for(lambda: operator.driver.find_elements(By.CSS_SELECTOR, "figure.sample img"), 10, "part image")
@@ -177,7 +189,21 @@ def test_dashboard_in_a_browser(plant, tmp_path):
             10,
             "the image loaded",
         )
+        # the class-activation heatmap lies over the image; its checkbox hides and shows it
+        heat = operator.find("figure.sample img.heat")
+        wait_for(lambda: operator.driver.execute_script("return arguments[0].naturalWidth > 0", heat), 10, "heatmap")
+        assert heat.is_displayed()
+        toggle = operator.find("input.heat-toggle")
+        toggle.click()
+        wait_for(lambda: not heat.is_displayed(), 5, "heatmap hidden by its toggle")
+        toggle.click()
+        wait_for(heat.is_displayed, 5, "heatmap shown again")
         operator.shot("part")
+
+        # the cell's random samples (any verdict) have their own queue
+        operator.get("/review?kind=random")
+        assert operator.driver.find_elements(By.CSS_SELECTOR, "tr.queue-item"), "no random sample in the queue"
+        assert "random sample" in operator.find("#queue").text
 
         # re-inspection: three labels, the third by keyboard
         operator.get("/review")

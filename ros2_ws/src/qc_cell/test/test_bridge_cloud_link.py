@@ -201,6 +201,49 @@ def test_a_sample_without_its_frame_or_with_an_unreadable_one_is_counted_not_sen
         assert any(level == "warn" and "odd" in message for level, message in link.logs)
 
 
+def test_random_samples_cover_every_verdict_and_carry_the_flag_and_the_heatmap(tmp_path):
+    import base64
+
+    import cv2
+
+    from qc_cell.bridge.sampler import random_pick
+
+    # the pick is a hash of the part id: about `rate` of all parts, the same parts every time, any verdict
+    ids = [f"p{i}" for i in range(20000)]
+    share = sum(random_pick(i, 0.01) for i in ids) / len(ids)
+    assert 0.008 < share < 0.012 and not any(random_pick(i, 0.0) for i in ids) and all(random_pick(i, 1.0) for i in ids)
+    picked = [i for i in ids if random_pick(i, 0.01)][:3]
+    not_picked = next(i for i in ids if not random_pick(i, 0.01))
+    sample = SampleSettings(enabled=True, verdicts=("DEFECTIVE",), min_interval_s=0.0, random_rate=0.01)
+    with cloud_link(tmp_path, sample=sample) as link:
+        core = link.core
+        cam = np.zeros((24, 32), np.uint8)
+        cam[:, 16:] = 255  # the model looked at the right half
+        for pid, verdict in zip(picked, (NORMAL, REINSPECT, NORMAL), strict=True):
+            core.on_frame(image(pid))
+            core.on_heatmap(PartImage(pid, True, lambda: cam))
+            core.on_part(part(pid, verdict))
+        core.on_frame(image(not_picked))
+        core.on_part(part(not_picked, NORMAL))  # neither picked nor a sampled verdict
+        core.on_frame(image("d1"))
+        core.on_part(part("d1", DEFECTIVE))  # sampled for its verdict, no heatmap sent for it
+        samples = {s["part_id"]: s for s in link.stored("sample")}
+        assert set(samples) == {*picked, "d1"}
+        for pid in picked:
+            schemas.validator("sample").validate(samples[pid])
+            assert samples[pid]["random_sample"] is True
+            heat = cv2.imdecode(np.frombuffer(base64.b64decode(samples[pid]["heatmap_b64"]), np.uint8), 0)
+            assert heat.shape == (48, 64)  # scaled to the sample image
+            assert heat[:, 40:].mean() > 200 and heat[:, :24].mean() < 30
+        assert "random_sample" not in samples["d1"] and "heatmap_b64" not in samples["d1"]
+        assert link.health()["random_samples_sent"] == 3
+
+
+def test_the_random_rate_is_a_share():
+    with pytest.raises(BridgeConfigError, match="sample_random_rate"):
+        SampleSettings(random_rate=1.5)
+
+
 def test_retune_changes_the_sample_budget_and_refuses_what_cannot_change(tmp_path):
     sample = SampleSettings(enabled=True, bytes_per_hour=0, min_interval_s=0.0)
     with cloud_link(tmp_path, sample=sample) as link:
@@ -389,6 +432,22 @@ def test_updates_are_ordered_against_the_store_not_the_model_report(tmp_path):
         store.activate(manifest)  # what inference does once the model serves
         assert (link.health()["model_active"], link.health()["model_installed"]) == ("1.2.0", "")
         assert CELL.model_chunks in link.core.settings.bridge_settings().subscriptions, "chunks need updates on"
+
+
+def test_the_model_status_names_the_defect_types_of_the_active_model_from_its_manifest(tmp_path):
+    updates = UpdateSettings(
+        update_dir=tmp_path / "updates", keys={}, cell_path=CELL.path, model_store_dir=tmp_path / "store"
+    )
+    with cloud_link(tmp_path, updates=updates, load_model=lambda *a: (False, "unused", "")) as link:
+        store = ModelStore(tmp_path / "store")
+        trained = {"dataset": {"name": "screws", "defect_types": ["crack", "scratch"]}}
+        manifest = write_package(tmp_path / "pkg", "2.0.0", manifest_overrides=trained)
+        store.install(tmp_path / "pkg", manifest, ORIGIN_UPDATE)
+        link.core.on_model(ModelReport(T0, "2.0.0", manifest.sha256, "onnxruntime", "fp32", 2, ""))
+        link.core.on_model(ModelReport(T0, "9.9.9", "b" * 64, "onnxruntime", "fp32", 2, ""))  # not in the store
+        first, second = link.stored("model_status")
+        assert first["defect_types"] == ["crack", "scratch"] and "defect_types" not in second
+        schemas.validator("model_status").validate(first)
 
 
 # -- losses and health -----------------------------------------------------------------------------------------

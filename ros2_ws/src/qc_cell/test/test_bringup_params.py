@@ -101,6 +101,7 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
     """Parameters added after the files became overlays, with their value in each shipped file."""
     return {
         ("cloud_bridge", "simulated_inputs"): "",
+        ("cloud_bridge", "sample_random_rate"): 0.01,  # random samples of every verdict (issue 20)
         ("reject_actuator", "divert_verdicts"): ["REINSPECT"],  # unset before: no lane for re-inspect parts
         ("reject_actuator", "sim_faults"): "",
         # the demo's sim driver simulates a confirmation sensor; the production files have none wired yet

@@ -313,6 +313,24 @@ def test_overlay_only_while_subscribed(tmp_path):
         assert np.abs(below_text[:, 44:56] - 250).max() > 30  # bright side: the class-activation heatmap
 
 
+def test_each_scored_part_gets_its_heatmap_on_inspection_heatmap_only_while_subscribed(tmp_path):
+    """What cloud_bridge sends with a sample: the CAM on the image (mono8), tagged with the part id."""
+    with inference_cell(tmp_path) as cell:
+        cell.wait_model(ModelInfo.STATE_ACTIVE)
+        heatmaps: list[PartFrame] = []
+        cell.probe.create_subscription(PartFrame, "inspection/heatmap", heatmaps.append, qos.IMAGE_VIEW)
+        assert cell.graph.spin_until(lambda: cell.node._heatmap_pub.get_subscription_count() > 0, 5.0)
+        image = uniform_image(60)
+        image[:, 40:] = 250
+        for part_id in ("h1", "h2"):
+            cell.frame(part_id=part_id, image=array_to_image(image, "bgr8"))
+        assert cell.graph.spin_until(lambda: len(heatmaps) >= 2, 10.0), "no heatmaps while subscribed"
+        assert [h.part_id for h in heatmaps] == ["h1", "h2"]
+        heat = image_to_array(heatmaps[-1].image)
+        assert heatmaps[-1].image.encoding == "mono8" and heat.shape[:2] == image.shape[:2]
+        assert heat[:, 44:56].mean() > heat[:, 8:24].mean() + 30  # the bright side is where the model looked
+
+
 def test_diagnostics_report_model_and_counts(tmp_path):
     with inference_cell(tmp_path, diagnostics_period_s=0.2) as cell:
         arrays: list[DiagnosticArray] = []

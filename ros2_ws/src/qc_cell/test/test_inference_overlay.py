@@ -60,3 +60,15 @@ def test_heatmap_lands_where_the_model_looked_through_roi_and_letterbox():
     assert inside_roi[:, 120:].mean() > 0.3  # right part of the ROI coloured
     assert inside_roi[:, :40].mean() < 0.05  # left part not
     assert not changed[170:280, 20:380].any()  # nothing outside the ROI (below it)
+
+
+def test_the_heatmap_sent_with_samples_is_greyscale_on_the_image_through_roi_and_letterbox():
+    from qc_cell.inference.overlay import heatmap_image
+
+    spec = Preprocessing(input_height=32, input_width=32, letterbox=True, roi=(100, 50, 200, 100))
+    cam = np.zeros((8, 8), np.float32)
+    cam[2:6, 6:8] = 1.0
+    heat = heatmap_image(cam, (600, 800), spec, max_side=400)  # scaled to 300 x 400: the ROI halves too
+    assert heat.dtype == np.uint8 and heat.shape == (300, 400)
+    roi = heat[25:75, 50:150]
+    assert roi[:, 60:].mean() > 60 and roi[:, :20].max() == 0 and heat[100:, :].max() == 0

@@ -208,6 +208,64 @@ def test_labels_corrections_agreement_and_export(service, tmp_path):
     assert main(["dataset", "export", "--out", str(tmp_path / "cli-export"), *where]) == 2  # not over a data set
 
 
+def test_heatmap_random_samples_model_defect_types_and_the_escape_estimate(service):
+    from qc_cloud.dashboard import review
+
+    epoch, heat = "0ddba11e", _jpeg(200)
+    status = records.model_state(
+        stamp_ns=10**18, version="m-2", sha256="c" * 64, backend="onnxruntime", precision="fp32", state=2,
+        message="", defect_types=["crack", "dent"],
+    )  # fmt: skip
+    messages = [
+        Message(f"qc/{CELL}/model/status", records.encode(records.envelope(CELL, epoch, "model_status", 1, status)))
+    ]
+    for seq, (part_id, verdict, random_sample) in enumerate(
+        (("rnd-1", 0, True), ("rnd-2", 0, True), ("nr-1", 0, False)), 1
+    ):
+        body = records.image_record(
+            part_id=part_id, verdict=verdict, defect_probability=0.02, reasons=[], model_version="m-2",
+            capture_ns=2 * 10**18 + seq, width=16, height=16, jpeg_b64=base64.b64encode(_jpeg(seq)).decode(),
+            heatmap_b64=base64.b64encode(heat).decode() if part_id == "rnd-1" else None, random_sample=random_sample,
+        )  # fmt: skip
+        envelope = records.envelope(CELL, epoch, "sample", seq, body)
+        messages.append(Message(f"qc/{CELL}/sample", records.encode(envelope)))
+    decided = simulate.part_record(CELL, epoch, 1, model="m-2")
+    decided["part_id"] = "rnd-1"  # the part page of rnd-1 needs its decision
+    messages.append(Message(f"qc/{CELL}/part", records.encode(decided)))
+    result = Store(service.engine, service.samples).write(messages)
+    assert result.quarantined == 0, result
+    client = TestClient(service.app())
+    login(client, "operator")
+    token = csrf(client)
+    queue = client.get("/review?kind=random").text
+    randoms = re.findall(r'href="/review/([^"?]+)\?', queue)
+    assert len(randoms) == 2 and "random sample" in queue  # only the random ones, marked
+    item = next(i for i in randoms if 'id="item-part">rnd-1<' in client.get(f"/review/{i}").text)
+    page = client.get(f"/review/{item}").text
+    assert 'id="item-heatmap"' in page and 'id="heat-toggle"' in page and 'id="item-random"' in page
+    heat_sha = re.search(r'src="/img/([0-9a-f]{64})" alt="class-activation heatmap"', page).group(1)
+    assert client.get(f"/img/{heat_sha}").content == heat  # content-addressed, like the image
+    types = re.search(r'<optgroup label="known to the model" id="model-types">(.*?)</optgroup>', page).group(1)
+    assert re.findall(r"<option>([^<]+)</option>", types) == ["crack", "dent"]  # offered first
+    assert "<option>crack</option>" not in page.split('id="model-types"')[0]
+    part_page = client.get(f"/parts/{CELL}/rnd-1").text
+    assert 'class="heat-toggle"' in part_page and "random sample" in part_page
+    # escape estimate: only labelled random samples of passed parts count
+    other = next(i for i in randoms if i != item)
+    nonrandom = next(
+        i
+        for i in re.findall(r'href="/review/([^"?]+)\?', client.get("/review").text)
+        if "nr-1" in client.get(f"/review/{i}").text
+    )
+    for target, answer in ((item, "defective"), (other, "good"), (nonrandom, "defective")):
+        data = {"answer": answer, "defect_type": "crack" if answer == "defective" else "", "csrf_token": token}
+        assert client.post(f"/review/{target}", data=data).status_code == 200
+    figures = client.get("/review").text
+    assert re.search(r'id="escape-estimate">50.0 ?%<', figures) and 'id="escape-n">2<' in figures, figures[-1500:]
+    low, high = review.wilson(1, 2)
+    assert 0.0 < low < 0.5 < high < 1.0 and review.wilson(0, 0) is None
+
+
 def test_alert_ack_and_live_stream(service):
     client = TestClient(service.app())
     login(client, "operator")
@@ -244,7 +302,7 @@ def test_users_command(service, tmp_path, capsys, monkeypatch):
     assert login(client, "eve", "a new long password").headers["location"] == "/fleet"
 
 
-def test_migration_0002_adds_and_removes_only_the_dashboard_tables(database_url):
+def test_migrations_0002_and_0003_add_and_remove_only_their_own_tables_and_columns(database_url):
     from sqlalchemy import inspect
 
     from qc_cloud.fleet import db
@@ -257,7 +315,16 @@ def test_migration_0002_adds_and_removes_only_the_dashboard_tables(database_url)
     tables = set(inspect(engine).get_table_names())
     assert not dashboard & tables and {"parts", "samples", "alerts"} <= tables
     db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision() == "0002"
+    assert db.current_revision(engine) == db.head_revision() == "0003"
+    columns = {c["name"] for c in inspect(engine).get_columns("samples")}
+    assert {"heatmap_sha256", "random_sample"} <= columns and "login_failures" in inspect(engine).get_table_names()
+    db.downgrade(engine, "0002")
+    columns = {c["name"] for c in inspect(engine).get_columns("samples")}
+    assert not {"heatmap_sha256", "random_sample"} & columns
+    assert "login_failures" not in inspect(engine).get_table_names()
+    assert dashboard <= set(inspect(engine).get_table_names())
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0003"
     engine.dispose()
 
 
@@ -276,15 +343,23 @@ def test_cell_charts_are_counted_and_downsampled_by_the_database(service):
     assert sum(b["parts"] for b in charts["trend"]) == 12
 
 
-def test_login_throttle_per_user_name():
-    throttle = accounts.LoginThrottle(attempts=3, window_s=60)
-    for t in (0, 1, 2):
-        assert throttle.blocked_for("eve", t) == 0
-        throttle.failed("eve", t)
-    assert throttle.blocked_for("eve", 3) == 57 and throttle.blocked_for("bob", 3) == 0
-    assert throttle.blocked_for("eve", 60.5) == 0  # the first failure left the window
-    throttle.succeeded("eve")
-    assert throttle.blocked_for("eve", 10) == 0
+def test_login_throttle_per_user_name_is_kept_in_the_database(service):
+    from datetime import datetime, timedelta
+
+    t0 = datetime(2026, 12, 6, 8, 0, 0)
+    at = lambda s: t0 + timedelta(seconds=s)  # noqa: E731
+    worker_a = accounts.LoginThrottle(service.engine, attempts=3, window_s=60)
+    worker_b = accounts.LoginThrottle(service.engine, attempts=3, window_s=60)  # another API worker, same DB
+    for t, worker in ((0, worker_a), (1, worker_b), (2, worker_a)):
+        assert worker.blocked_for("eve", at(t)) == 0
+        worker.failed("eve", at(t))
+    assert worker_b.blocked_for("eve", at(3)) == 57 and worker_a.blocked_for("eve", at(3)) == 57
+    assert worker_b.blocked_for("bob", at(3)) == 0
+    assert worker_a.blocked_for("eve", at(60.5)) == 0  # the first failure left the window
+    worker_b.succeeded("eve")
+    assert worker_a.blocked_for("eve", at(10)) == 0
+    with service.engine.connect() as conn:
+        assert conn.execute(select(models.LoginFailure.id)).first() is None
 
 
 def test_repeated_wrong_passwords_are_refused_for_a_while(service):
@@ -293,6 +368,8 @@ def test_repeated_wrong_passwords_are_refused_for_a_while(service):
         assert login(client, "viewer", "wrong password").headers["location"].startswith("/login?error=1")
     assert login(client, "viewer").status_code == 429  # even the right password, until the window passes
     assert login(client, "operator").status_code == 303
+    other_worker = TestClient(service.app())  # a second app on the same database: the count is shared
+    assert login(other_worker, "viewer").status_code == 429
 
 
 def test_fleet_flags_a_model_mismatch_and_sequence_gaps_and_alerts_filter(tmp_path):

@@ -50,6 +50,8 @@ def test_package_manifest_is_what_the_edge_reads(lite0_run):
     assert len(manifest.output.classifier_weights) == 1280
     assert manifest.dataset["fingerprint"] == load_dataset(data, progress=False).fingerprint
     assert manifest.dataset["layout"] == "mvtec"
+    types = sorted(t for t in manifest.dataset["per_type"] if t != "good")  # the class folders but good
+    assert types and manifest.dataset["defect_types"] == types and manifest.defect_types == tuple(types)
     assert manifest.training["command"] and manifest.training["config"]["seed"] == 0
     assert set(manifest.metrics) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "defect_escape_rate"}
     assert len(manifest.golden) == 6 and all((out / g.file).is_file() for g in manifest.golden)

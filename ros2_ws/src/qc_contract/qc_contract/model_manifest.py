@@ -97,6 +97,18 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def defect_types(self) -> tuple[str, ...]:
+        """The defect types the model was trained on (the data set's class folders other than good), as
+        `qc_cloud train` writes them into dataset.defect_types (older packages: the keys of dataset.per_type other
+        than good); () for manifests without either."""
+        data = self.dataset if isinstance(self.dataset, dict) else {}
+        types = data.get("defect_types")
+        if not isinstance(types, (list, tuple)):
+            per_type = data.get("per_type")
+            types = sorted(k for k in per_type if k != "good") if isinstance(per_type, dict) else ()
+        return tuple(str(t) for t in types)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -226,10 +226,19 @@ def process(
 
 
 def model_state(
-    *, stamp_ns: int, version: str, sha256: str, backend: str, precision: str, state: int, message: str
+    *,
+    stamp_ns: int,
+    version: str,
+    sha256: str,
+    backend: str,
+    precision: str,
+    state: int,
+    message: str,
+    defect_types: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The inference node's model (model/active) as the cloud sees it on model/status."""
-    return {
+    """The inference node's model (model/active) as the cloud sees it on model/status. `defect_types`
+    (optional, left out when unknown): the types the active model was trained on, from its manifest."""
+    body = {
         "time": iso_time(stamp_ns),
         "event": "model_state",
         "state": name_of(MODEL_STATE_NAMES, state),
@@ -239,6 +248,10 @@ def model_state(
         "precision": precision,
         "message": message,
     }
+    types = [str(t)[:64] for t in defect_types][:64]
+    if types:
+        body["defect_types"] = types
+    return body
 
 
 def update_outcome(
@@ -267,8 +280,12 @@ def image_record(
     height: int,
     jpeg_b64: str,
     deadline_ns: int | None = None,
+    heatmap_b64: str | None = None,
+    random_sample: bool = False,
 ) -> dict[str, Any]:
-    """A JPEG of one part with its metadata: the sample channel (retraining) and verify requests."""
+    """A JPEG of one part with its metadata: the sample channel (retraining) and verify requests.
+    Samples only: `heatmap_b64` (greyscale JPEG of the class-activation map, same size) and `random_sample`
+    (picked by the random rate, not by its verdict) are optional fields, left out when absent/false."""
     body: dict[str, Any] = {
         "part_id": part_id,
         "verdict": name_of(VERDICT_NAMES, verdict),
@@ -283,6 +300,10 @@ def image_record(
     }
     if deadline_ns is not None:
         body["deadline"] = iso_time(deadline_ns)
+    if heatmap_b64:
+        body["heatmap_b64"] = heatmap_b64
+    if random_sample:
+        body["random_sample"] = True
     return body
 
 

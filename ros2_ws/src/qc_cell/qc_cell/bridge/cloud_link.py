@@ -42,8 +42,10 @@ from qc_cell.bridge.outputs import CloudVerdict, Health, HealthLevel, LinkAlert
 from qc_cell.bridge.part_images import PartImages
 from qc_cell.bridge.session import Log, python_log
 from qc_cell.bridge.settings import RUNTIME_SETTINGS, CloudLinkSettings
+from qc_cell.inference.model_store import StoreError
 from qc_contract import records
 from qc_contract.inbound import InboundError
+from qc_contract.model_manifest import Manifest, ManifestError
 
 REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
 MAX_TEXT = 4096  # longest free text (messages, details) in a record or alert
@@ -182,6 +184,9 @@ class CloudLink:
     def on_frame(self, frame: PartImage) -> None:
         self.images.on_frame(frame)
 
+    def on_heatmap(self, heatmap: PartImage) -> None:
+        self.images.on_heatmap(heatmap)
+
     def on_kpi(self, kpi: KpiReport) -> None:
         self.bridge.send("kpi", records.kpi(**asdict(kpi)))
 
@@ -212,8 +217,19 @@ class CloudLink:
         if key == self._last_model:
             return
         self._last_model = key
-        record = records.model_state(**asdict(replace(model, message=model.message[:MAX_TEXT])))
+        record = records.model_state(
+            **asdict(replace(model, message=model.message[:MAX_TEXT])), defect_types=self._defect_types(model.version)
+        )
         self.bridge.send("model_status", record, retain=True)
+
+    def _defect_types(self, version: str) -> tuple[str, ...]:
+        """The defect types in the manifest of `version` in the cell's model store (updates on), else ()."""
+        if self.updater is None or not version:
+            return ()
+        try:
+            return Manifest.load(self.updater.store.path(version)).defect_types
+        except (ManifestError, StoreError, OSError):
+            return ()
 
     # -- inbound (MQTT thread: keep it short) ----------------------------------------------------------
 

@@ -75,6 +75,12 @@ CLOUD_BRIDGE = NodeParams(
         ),
         Param("sample_jpeg_quality", 85, "sample JPEG quality", range=(10, 100)),
         Param("sample_max_side", 0, "downscale samples to this longer side (0 = keep)", range=(0, 8192)),
+        Param(
+            "sample_random_rate",
+            0.01,
+            "share of all parts (any verdict, NORMAL too) also sampled at random, for the escape estimate",
+            range=(0.0, 1.0),
+        ),
         Param("sample_outbox_max_mb", 50, "outbox quota for samples (MiB)", range=(1, 100_000)),
         Param("offload_enabled", False, "send re-inspect parts to the cloud for a second opinion"),
         Param(

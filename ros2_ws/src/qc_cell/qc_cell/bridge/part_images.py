@@ -3,6 +3,11 @@
 - Frames: the last `frame_buffer` captured frames by part id, decoded only when one is sent.
 - Samples (retraining): JPEGs of the chosen verdicts, within a byte budget per sliding hour and at most one per
   min_interval_s (sampler.ByteBudget); what does not fit is counted (`samples_over_budget`).
+- Random samples: a share `random_rate` of all parts, whatever their verdict (NORMAL included), is sampled too
+  and marked `random_sample`: the labels of these passed parts give the plant its escape estimate. The pick
+  is a hash of the part id (sampler.random_pick), so it does not depend on the verdict or the score.
+- Heatmaps: the inference node's class-activation map of a part (inspection/heatmap, greyscale on the image),
+  when it sent one, goes with that part's sample as a greyscale JPEG of the same size (`heatmap_b64`).
 - Offload: the latency-aware policy (offload.OffloadPolicy) decides for each REINSPECT part (and, when the edge
   is overloaded, each part it could not inspect in time) whether its image goes to verify/request, and as what
   image (ROI crop, size, JPEG quality); the request expires unsent at the part's deadline. A part kept local gets
@@ -24,7 +29,7 @@ from qc_cell.bridge.inputs import Clock, PartImage, PartVerdict
 from qc_cell.bridge.offload import Decision, OffloadPolicy, OffloadTracker
 from qc_cell.bridge.outbox import PutResult
 from qc_cell.bridge.outputs import CloudVerdict
-from qc_cell.bridge.sampler import ByteBudget, encode_jpeg
+from qc_cell.bridge.sampler import ByteBudget, encode_heatmap, encode_jpeg, random_pick
 from qc_cell.bridge.session import Log
 from qc_cell.bridge.settings import OffloadSettings, SampleSettings
 from qc_contract import records
@@ -67,6 +72,7 @@ class PartImages:
         self.offload = OffloadTracker(offload.slack_ms, offload.min_remaining_ms, offload.late_grace_s)
         self.policy = OffloadPolicy(offload.policy())
         self._frames: OrderedDict[str, PartImage] = OrderedDict()
+        self._heatmaps: OrderedDict[str, PartImage] = OrderedDict()  # decode() gives a greyscale (H, W) uint8
 
     def on_frame(self, frame: PartImage) -> None:
         if frame.captured:
@@ -74,16 +80,27 @@ class PartImages:
             while len(self._frames) > self.frame_buffer:
                 self._frames.popitem(last=False)
 
+    def on_heatmap(self, heatmap: PartImage) -> None:
+        """A part's class-activation map from the inference node (only kept while samples are on)."""
+        if self.sample_settings.enabled and heatmap.captured:
+            self._heatmaps[heatmap.part_id] = heatmap
+            while len(self._heatmaps) > self.frame_buffer:
+                self._heatmaps.popitem(last=False)
+
     def on_part(self, part: PartVerdict) -> None:
         """A verdict decided while the link runs (a recovered one has no frame and no deadline left)."""
         frame = self._frames.pop(part.part_id, None)
+        heatmap = self._heatmaps.pop(part.part_id, None)
         if self.offload_settings.enabled:
             self.policy.observe_part(part.verdict, tuple(part.reasons))
             if self.policy.candidate(part.verdict, tuple(part.reasons)):
                 self._offload(part, frame)
         sample = self.sample_settings
-        if sample.enabled and name_of(VERDICT_NAMES, part.verdict) in sample.verdicts:
-            self._sample(part, frame)
+        if not sample.enabled:
+            return
+        picked = random_pick(part.part_id, sample.random_rate)
+        if picked or name_of(VERDICT_NAMES, part.verdict) in sample.verdicts:
+            self._sample(part, frame, heatmap, picked)
 
     # -- outbound --------------------------------------------------------------------------------------
 
@@ -114,7 +131,17 @@ class PartImages:
             **extra,
         )
 
-    def _sample(self, part: PartVerdict, frame: PartImage | None) -> None:
+    def _heatmap_jpeg(self, heatmap: PartImage | None, width: int, height: int) -> str | None:
+        if heatmap is None:
+            return None
+        try:
+            return encode_heatmap(heatmap.decode(), width, height, self.sample_settings.jpeg_quality)
+        except (ValueError, cv2.error) as exc:
+            self.counts["heatmap_errors"] += 1
+            self._log("warn", f"cannot encode the heatmap of {heatmap.part_id}: {exc}")
+            return None
+
+    def _sample(self, part: PartVerdict, frame: PartImage | None, heatmap: PartImage | None, picked: bool) -> None:
         now = self._clock.monotonic_ns()
         if not self.budget.allows(0, now):  # check before spending CPU on the JPEG
             self.counts["samples_over_budget"] += 1
@@ -122,7 +149,7 @@ class PartImages:
         jpeg = self._jpeg(frame, self.sample_settings.jpeg_quality, self.sample_settings.max_side)
         if jpeg is None:
             return
-        body = self._body(part, jpeg)
+        body = self._body(part, jpeg, heatmap_b64=self._heatmap_jpeg(heatmap, jpeg[1], jpeg[2]), random_sample=picked)
         if not self.budget.allows(len(records.encode(body)) + ENVELOPE_BYTES, now):
             self.counts["samples_over_budget"] += 1
             return
@@ -130,6 +157,7 @@ class PartImages:
         if result.accepted:
             self.budget.spend(len(result.entry.payload), now)
             self.counts["samples_sent"] += 1
+            self.counts["random_samples_sent"] += picked
 
     def _offload(self, part: PartVerdict, frame: PartImage | None) -> None:
         now_ns = self._clock.wall_ns()

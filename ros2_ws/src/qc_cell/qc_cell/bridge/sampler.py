@@ -4,6 +4,7 @@ budget per sliding hour (and a minimum interval, so one bad batch does not use t
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections import deque
 
 import cv2
@@ -49,3 +50,26 @@ def encode_jpeg(image: np.ndarray, quality: int, max_side: int = 0) -> tuple[str
     if not ok:
         raise ValueError("JPEG encoding failed")
     return base64.b64encode(data.tobytes()).decode(), width, height
+
+
+def random_pick(part_id: str, rate: float) -> bool:
+    """Whether a part is one of the random samples: a uniform hash of its id below `rate` (0..1). The same part
+    is always picked or not (a replay samples the same parts), and the pick ignores verdict and score."""
+    if rate <= 0.0:
+        return False
+    digest = hashlib.blake2b(part_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2**64
+
+
+def encode_heatmap(heatmap: np.ndarray, width: int, height: int, quality: int) -> str:
+    """Base64 greyscale JPEG of a class-activation map (uint8, or float in [0, 1]) at the sample's size."""
+    if heatmap.ndim != 2:
+        raise ValueError(f"a heatmap is one channel, got shape {heatmap.shape}")
+    if heatmap.dtype != np.uint8:
+        heatmap = (np.clip(heatmap, 0.0, 1.0) * 255).astype(np.uint8)
+    if heatmap.shape != (height, width):
+        heatmap = cv2.resize(heatmap, (width, height), interpolation=cv2.INTER_LINEAR)
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(heatmap), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return base64.b64encode(data.tobytes()).decode()

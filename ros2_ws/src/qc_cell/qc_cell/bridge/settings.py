@@ -42,8 +42,11 @@ class SampleSettings:
     min_interval_s: float = 10.0
     jpeg_quality: int = 85
     max_side: int = 0  # downscale to this longer side (0 = keep)
+    random_rate: float = 0.01  # share of ALL parts (any verdict) sampled at random, marked random_sample
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.random_rate <= 1.0:
+            raise BridgeConfigError(f"sample_random_rate {self.random_rate}: a share between 0 and 1")
         unknown = set(self.verdicts) - set(IMAGE_VERDICTS)
         if unknown:
             raise BridgeConfigError(f"sample_verdicts {sorted(unknown)}: only {IMAGE_VERDICTS} can be sampled")
@@ -189,6 +192,7 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
         min_interval_s=v["sample_min_interval_s"],
         jpeg_quality=v["sample_jpeg_quality"],
         max_side=v["sample_max_side"],
+        random_rate=v["sample_random_rate"],
     )
     limits = OutboxLimits(
         max_records=v["outbox_max_records"],

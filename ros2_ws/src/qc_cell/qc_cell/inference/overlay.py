@@ -52,6 +52,17 @@ def _heatmap_on_image(
     return full
 
 
+def heatmap_image(
+    heatmap: np.ndarray, image_hw: tuple[int, int], spec: Preprocessing, max_side: int = 256
+) -> np.ndarray:
+    """The CAM mapped onto the image (letterbox and ROI undone) as greyscale uint8, scaled so the longer side is
+    at most max_side: what the cloud bridge sends with a sample (inspection/heatmap)."""
+    scale = min(1.0, max_side / max(image_hw))
+    out_hw = (max(1, round(image_hw[0] * scale)), max(1, round(image_hw[1] * scale)))
+    cam = _heatmap_on_image(heatmap, image_hw, spec, out_hw)
+    return (np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)
+
+
 def render(
     image: np.ndarray,
     channel_order: str,

@@ -104,6 +104,8 @@ class InferencePipeline:
         max_batch: int = 1,
         overlay_wanted: Callable[[], bool] = lambda: False,
         on_overlay: Callable[[Outcome], None] | None = None,
+        heatmaps_wanted: Callable[[], bool] = lambda: False,
+        on_heatmap: Callable[[Outcome], None] | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         latency_window: int = 1000,
     ) -> None:
@@ -114,6 +116,8 @@ class InferencePipeline:
         self._max_batch = max_batch
         self._overlay_wanted = overlay_wanted
         self._on_overlay = on_overlay
+        self._heatmaps_wanted = heatmaps_wanted  # e.g. the cloud bridge sends heatmaps with its samples
+        self._on_heatmap = on_heatmap
         self._clock = clock
         self._queue: deque[FrameJob] = deque()
         self._cond = threading.Condition()
@@ -222,6 +226,7 @@ class InferencePipeline:
                 outcomes = [
                     _not_inspected(j, MODEL_ERROR, f"internal error: {type(exc).__name__}: {exc}") for j in jobs
                 ]
+            self._heatmaps(outcomes)  # before the results: the bridge pairs a part's map with its verdict
             self._emit(outcomes)
             self._overlay(outcomes)
             _release(jobs)
@@ -265,7 +270,7 @@ class InferencePipeline:
         spec = model.manifest.preprocessing
         if self._buffer is None or self._buffer.shape[0] < model.max_batch:
             self._buffer = np.zeros((max(model.max_batch, 1), *model.input_chw), dtype=np.float32)
-        keep_images = self._overlay_wanted()
+        keep_images = self._overlay_wanted() or (self._on_heatmap is not None and self._heatmaps_wanted())
         ready: list[tuple[int, Outcome]] = []
         for i in live:
             job = jobs[i]
@@ -333,6 +338,17 @@ class InferencePipeline:
                 else:
                     self._stats.not_inspected[outcome.reason] += 1
                 self._latency.append(latency)
+
+    def _heatmaps(self, outcomes: list[Outcome]) -> None:
+        """Every scored part's heatmap (not one per batch like the overlay): samples need the part's own map."""
+        if self._on_heatmap is None:
+            return
+        for outcome in outcomes:
+            if outcome.heatmap is not None and outcome.image is not None:
+                try:
+                    self._on_heatmap(outcome)
+                except Exception:
+                    _log.exception("heatmap failed for part %s", outcome.job.part_id)
 
     def _overlay(self, outcomes: list[Outcome]) -> None:
         """One overlay per batch (the newest part): viewers need a live picture, not every frame."""

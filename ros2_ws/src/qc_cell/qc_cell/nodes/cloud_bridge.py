@@ -17,6 +17,7 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from rclpy.node import Node
+from sensor_msgs.msg import Image
 
 from qc_cell.bridge.cloud_link import CloudLink, CloudLinkError
 from qc_cell.bridge.inputs import (
@@ -35,7 +36,7 @@ from qc_cell.bridge.params import CLOUD_BRIDGE
 from qc_cell.bridge.settings import from_values
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.alerts import AlertPublisher
-from qc_cell.ros.images import decode_bgr8
+from qc_cell.ros.images import decode_bgr8, image_to_array
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.subscriptions import Subscriptions
@@ -61,6 +62,13 @@ def plain(kind: type[T], msg: Any, **converted: Any) -> T:
     fields of the same name."""
     copied = {f.name: getattr(msg, f.name) for f in fields(kind) if f.name not in converted}  # type: ignore[arg-type]
     return kind(**copied, **converted)
+
+
+def _mono8(image: Image):
+    """A heatmap message's pixels as (H, W) uint8; ValueError for anything else."""
+    if image.encoding != "mono8":
+        raise ValueError(f"heatmap encoding {image.encoding!r}, expected mono8")
+    return image_to_array(image, copy=True).reshape(image.height, image.width)
 
 
 class CloudBridgeNode(Node):
@@ -105,6 +113,9 @@ class CloudBridgeNode(Node):
         if settings.wants_frames:
             # Only then: every frame is an image, and the bridge must not cost the cell a copy of each.
             subscribe(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
+        if settings.sample.enabled:
+            # inference publishes heatmaps only while someone listens: only when samples leave the cell.
+            subscribe(PartFrame, "inspection/heatmap", self._on_heatmap, qos.IMAGE_VIEW)
         handle_parameter_changes(self, CLOUD_BRIDGE, self._apply_parameters)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self.create_timer(p["status_period_s"], self._link.publish_status)
@@ -142,6 +153,10 @@ class CloudBridgeNode(Node):
     def _on_frame(self, msg: PartFrame) -> None:
         image = msg.image
         self._link.on_frame(PartImage(msg.part_id, msg.capture_ok, lambda: decode_bgr8(image)))
+
+    def _on_heatmap(self, msg: PartFrame) -> None:
+        image = msg.image
+        self._link.on_heatmap(PartImage(msg.part_id, msg.capture_ok, lambda: _mono8(image)))
 
     def _on_kpi(self, msg: CellKpi) -> None:
         counts = {"NORMAL": msg.normal, "REINSPECT": msg.reinspect, "DEFECTIVE": msg.defective}

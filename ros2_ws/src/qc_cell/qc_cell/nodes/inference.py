@@ -104,6 +104,9 @@ class InferenceNode(Node):
         # viewers; model/active is LATCHED so a late cloud_bridge/operator sees the serving model at once.
         self._result_pub = self.create_publisher(InspectionResult, "inspection/result", qos.EVENTS)
         self._overlay_pub = self.create_publisher(Image, "inspection/overlay", qos.IMAGE_VIEW)
+        # Each scored part's class-activation map (greyscale on the image, part_id set), only while subscribed:
+        # cloud_bridge sends it with the part's sample. IMAGE_VIEW: a lost one only means a sample without map.
+        self._heatmap_pub = self.create_publisher(PartFrame, "inspection/heatmap", qos.IMAGE_VIEW)
         self._model_pub = self.create_publisher(ModelInfo, "model/active", qos.LATCHED)
         self._alerts = AlertPublisher(self)
         self._diag_pub = diagnostics.create_publisher(self)
@@ -119,6 +122,8 @@ class InferenceNode(Node):
             max_batch=p["max_batch"],
             overlay_wanted=lambda: self._overlay_pub.get_subscription_count() > 0,
             on_overlay=self._publish_overlay,
+            heatmaps_wanted=lambda: self._heatmap_pub.get_subscription_count() > 0,
+            on_heatmap=self._publish_heatmap,
         )
         self._manager = ModelManager(
             self._pipeline, choice, options, store, p["require_golden_set"], on_state=self._publish_model_state
@@ -251,6 +256,15 @@ class InferenceNode(Node):
             self._style,
         )
         self._overlay_pub.publish(array_to_image(picture, "bgr8", header=outcome.job.context.header))
+
+    def _publish_heatmap(self, outcome: Outcome) -> None:
+        if outcome.preprocessing is None or self._heatmap_pub.get_subscription_count() == 0:
+            return
+        frame: PartFrame = outcome.job.context
+        msg = PartFrame(header=frame.header, part_id=frame.part_id, sequence=frame.sequence, capture_ok=True)
+        cam = overlay.heatmap_image(outcome.heatmap, outcome.image.shape[:2], outcome.preprocessing)
+        msg.image = array_to_image(cam, "mono8", header=frame.header)
+        self._heatmap_pub.publish(msg)
 
     # ---- parameters, health ---------------------------------------------------------------------------
     def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, and_, select
 from sqlalchemy.engine import Connection
 
 from qc_cloud.fleet import models, rules
@@ -90,33 +90,39 @@ def csrf_ok(session_token: str, presented: str | None) -> bool:
 
 class LoginThrottle:
     """At most `attempts` failed log-ins per user name in `window_s`; then that name is refused until the oldest
-    failure leaves the window (in memory, per process: it slows guessing, the argon2 cost does the rest)."""
+    failure leaves the window. The failures are rows of `login_failures`, so every API worker (and every
+    replica on the same database) counts the same failures: a guesser gains nothing from being spread over
+    several workers. It slows guessing; the argon2 cost does the rest."""
 
-    def __init__(self, attempts: int = 5, window_s: float = 300.0, max_names: int = 10000) -> None:
-        self.attempts, self.window_s, self.max_names = attempts, window_s, max_names
-        self._failures: dict[str, list[float]] = {}
+    def __init__(self, engine: Engine, attempts: int = 5, window_s: float = 300.0) -> None:
+        self.engine, self.attempts, self.window_s = engine, attempts, window_s
 
-    def _recent(self, name: str, now: float) -> list[float]:
-        recent = [t for t in self._failures.get(name, []) if now - t < self.window_s]
-        if recent:
-            self._failures[name] = recent
-        else:
-            self._failures.pop(name, None)
-        return recent
-
-    def blocked_for(self, name: str, now: float) -> float:
+    def blocked_for(self, name: str, now: datetime) -> float:
         """Seconds until `name` may try again (0: now)."""
-        recent = self._recent(name, now)
-        return max(0.0, recent[0] + self.window_s - now) if len(recent) >= self.attempts else 0.0
+        f = models.LoginFailure.__table__
+        since = now - timedelta(seconds=self.window_s)
+        with self.engine.connect() as conn:
+            times = [
+                r[0]
+                for r in conn.execute(
+                    select(f.c.at).where(and_(f.c.username == name, f.c.at > since)).order_by(f.c.at.desc())
+                    .limit(self.attempts)
+                )
+            ]  # fmt: skip
+        if len(times) < self.attempts:
+            return 0.0
+        return max(0.0, (times[-1] + timedelta(seconds=self.window_s) - now).total_seconds())
 
-    def failed(self, name: str, now: float) -> None:
-        if len(self._failures) >= self.max_names:
-            self._failures.clear()
-        self._recent(name, now)
-        self._failures.setdefault(name, []).append(now)
+    def failed(self, name: str, now: datetime) -> None:
+        f = models.LoginFailure.__table__
+        with self.engine.begin() as conn:
+            conn.execute(f.delete().where(f.c.at <= now - timedelta(seconds=self.window_s)))  # out of every window
+            conn.execute(f.insert().values(username=name, at=now))
 
     def succeeded(self, name: str) -> None:
-        self._failures.pop(name, None)
+        f = models.LoginFailure.__table__
+        with self.engine.begin() as conn:
+            conn.execute(f.delete().where(f.c.username == name))
 
 
 # --- database side ---

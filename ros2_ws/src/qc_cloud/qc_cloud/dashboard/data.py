@@ -281,6 +281,7 @@ def queue(conn: Connection, order: str, kind: str | None, limit: int, offset: in
             s.c.defect_probability,
             s.c.model_version,
             s.c.sha256,
+            s.c.random_sample,
         )
         .select_from(
             s.outerjoin(
@@ -294,7 +295,7 @@ def queue(conn: Connection, order: str, kind: str | None, limit: int, offset: in
     elif kind == "rejected":
         query = query.where(s.c.verdict == "DEFECTIVE")
     elif kind == "random":
-        query = query.where(s.c.verdict == "NORMAL")
+        query = query.where(s.c.random_sample.is_(True))
     if order == "uncertain":
         query = query.order_by(func.abs(func.coalesce(s.c.defect_probability, 0.0) - 0.5), desc(s.c.time))
     else:
@@ -356,14 +357,27 @@ def defect_types(conn: Connection) -> list[str]:
     return sorted(set(review.DEFAULT_DEFECT_TYPES) | set(used))
 
 
+def model_defect_types(conn: Connection, version: str) -> list[str]:
+    """The defect types model `version` was trained on, as the newest model_status naming it reported them."""
+    m = models.ModelStatus.__table__
+    row = conn.execute(
+        select(m.c.defect_types)
+        .where(and_(m.c.active_version == version, m.c.defect_types.isnot(None)))
+        .order_by(desc(m.c.time))
+        .limit(1)
+    ).first()
+    types = row[0] if row else None
+    return [t for t in (types or []) if isinstance(t, str) and review.DEFECT_TYPE.match(t)]
+
+
 def agreement(conn: Connection) -> dict:
     s, lab = models.Sample.__table__, models.Label.__table__
     rows = conn.execute(
-        select(s.c.verdict, s.c.model_version, lab.c.answer)
+        select(s.c.verdict, s.c.model_version, lab.c.answer, s.c.random_sample)
         .select_from(lab.join(s, and_(s.c.cell == lab.c.cell, s.c.record_id == lab.c.sample_record_id)))
         .where(lab.c.current.is_(True))
     ).all()
-    return review.agreement((r[0], r[1], r[2]) for r in rows)
+    return review.agreement((r[0], r[1], r[2], bool(r[3])) for r in rows)
 
 
 def labelled_samples(conn: Connection) -> list[dict]:

@@ -4,11 +4,15 @@ Bands follow the cell's verdict: NORMAL = passed, REINSPECT = the uncertain band
 DEFECTIVE = rejected. An operator's answer is good / defective / unsure; unsure answers count nowhere.
 - agreement (passed): share of labelled passed parts the operators call good; (rejected): share called defective.
 - false-reject estimate: share of labelled rejected parts called good.
-- escape estimate: share of labelled passed parts (the cell's random samples) called defective.
+- escape estimate: share of labelled random samples of passed parts called defective. Only random samples
+  count: the cell picks them by a hash of the part id at `sample_random_rate`, whatever the verdict or score,
+  so the NORMAL ones are a uniform sample of all passed parts; passed parts sent for another reason are not.
+  With it a 95 % Wilson interval, since escapes are rare and the counts small.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -56,13 +60,26 @@ class Tally:
         return getattr(self, answer) / self.decided if self.decided else None
 
 
-def agreement(rows: Iterable[tuple[str, str, str]]) -> dict:
-    """rows: (cell verdict, model version, operator answer) of the current labels."""
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a share hits/n (None without data)."""
+    if n <= 0:
+        return None
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def agreement(rows: Iterable[tuple[str, str, str, bool]]) -> dict:
+    """rows: (cell verdict, model version, operator answer, random sample?) of the current labels."""
     by_band: dict[str, Tally] = defaultdict(Tally)
     by_version: dict[tuple[str, str], Tally] = defaultdict(Tally)
-    for verdict, version, answer in rows:
+    random_passed = Tally()
+    for verdict, version, answer, random_sample in rows:
         band = BANDS.get(verdict, verdict)
         by_band[band].add(answer)
+        if random_sample and band == "passed":
+            random_passed.add(answer)
         by_version[(version, band)].add(answer)
 
     def agree(band: str, t: Tally) -> float | None:
@@ -84,12 +101,13 @@ def agreement(rows: Iterable[tuple[str, str, str]]) -> dict:
         {"model_version": v, "band": band, "labelled": t.labelled, "agreement": agree(band, t)}
         for (v, band), t in sorted(by_version.items())
     ]
-    passed, rejected = by_band.get("passed", Tally()), by_band.get("rejected", Tally())
+    rejected = by_band.get("rejected", Tally())
     return {
         "bands": bands,
         "versions": versions,
         "false_reject_estimate": rejected.share("good"),
         "false_reject_n": rejected.decided,
-        "escape_estimate": passed.share("defective"),
-        "escape_n": passed.decided,
+        "escape_estimate": random_passed.share("defective"),
+        "escape_interval": wilson(random_passed.defective, random_passed.decided),
+        "escape_n": random_passed.decided,
     }

@@ -55,7 +55,7 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
     templates.env.filters["pct"] = _fmt_pct
     templates.env.filters["t"] = _fmt_time
     templates.env.globals["quote"] = lambda s: quote(str(s), safe="")
-    throttle = accounts.LoginThrottle()
+    throttle = accounts.LoginThrottle(engine)  # in the database: shared by all API workers
     timings: dict[str, list[float]] = {}
     app.state.dashboard_timings = timings
 
@@ -154,14 +154,14 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         nxt = str(form.get("next", "/fleet"))
         if not nxt.startswith("/") or nxt.startswith("//"):
             nxt = "/fleet"
-        wait = throttle.blocked_for(username, time.monotonic())
+        wait = await asyncio.to_thread(throttle.blocked_for, username, rules.utcnow())
         if wait:
             raise HTTPException(429, f"too many failed log-ins for {username}: try again in {wait:.0f} s")
         token = await asyncio.to_thread(accounts.login, engine, username, str(form.get("password", ""))[:1024])
         if token is None:
-            throttle.failed(username, time.monotonic())
+            await asyncio.to_thread(throttle.failed, username, rules.utcnow())
             return RedirectResponse(f"/login?error=1&next={quote(nxt)}", status_code=303)
-        throttle.succeeded(username)
+        await asyncio.to_thread(throttle.succeeded, username)
         response = RedirectResponse(nxt, status_code=303)
         response.set_cookie(
             COOKIE, token, httponly=True, samesite="lax", secure=secure(request), max_age=accounts.SESSION_HOURS * 3600
@@ -290,10 +290,19 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         with engine.connect() as conn:
             item = data.sample(conn, name, record_id[:128])
             types = data.defect_types(conn)
+            model_types = data.model_defect_types(conn, item["model_version"]) if item else []
         if item is None:
             raise HTTPException(404, f"no sample {record_id} of {name}")
         return render(
-            request, "review_item.html", user, item=item, types=types, keys=review.KEYS, order=order, kind=kind
+            request,
+            "review_item.html",
+            user,
+            item=item,
+            types=types,
+            model_types=model_types,
+            keys=review.KEYS,
+            order=order,
+            kind=kind,
         )
 
     @app.post("/review/{site}/{line}/{cell}/{record_id}", include_in_schema=False)

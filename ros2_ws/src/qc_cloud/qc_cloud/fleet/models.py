@@ -186,6 +186,7 @@ class ModelStatus(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     backend: Mapped[str | None] = mapped_column(String(64))
     precision: Mapped[str | None] = mapped_column(String(32))
+    defect_types: Mapped[list | None] = mapped_column(JSON)  # migration 0003: types the model was trained on
     __table_args__ = (Index("ix_model_cell_time", "cell", "time"),)
 
 
@@ -206,6 +207,8 @@ class Sample(Base):
     height: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
+    heatmap_sha256: Mapped[str | None] = mapped_column(String(64))  # migration 0003: CAM JPEG in the same store
+    random_sample: Mapped[bool] = mapped_column(Boolean, default=False)  # 0003: picked by the cell's random rate
     __table_args__ = (Index("ix_samples_cell_part", "cell", "part_id"), Index("ix_samples_time", "time"))
 
 
@@ -316,3 +319,13 @@ class Label(Base):
         Index("ix_labels_sample", "cell", "sample_record_id", "current"),
         Index("ix_labels_time", "labelled_at"),
     )
+
+
+class LoginFailure(Base):
+    """A failed log-in (migration 0003): the throttle counts these, so every API worker sees the same count."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (Index("ix_login_failures_name_at", "username", "at"),)

@@ -43,6 +43,7 @@ class Record:
     body: dict[str, Any]
     time: datetime | None = None  # the record's own time (naive UTC), None when it has none
     image: bytes | None = None  # decoded JPEG of sample / verify_request (not kept in body)
+    heatmap: bytes | None = None  # decoded greyscale JPEG of a sample's class-activation map (optional)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -173,6 +174,14 @@ def classify(topic: str, payload: bytes) -> Record | Ignored:
         if not record.image.startswith(b"\xff\xd8"):
             raise Refused("image_b64 is not a JPEG")
         record.extra["sha256"] = hashlib.sha256(record.image).hexdigest()
+        if body.get("heatmap_b64"):
+            try:
+                record.heatmap = base64.b64decode(body["heatmap_b64"], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise Refused(f"heatmap_b64: {exc}") from None
+            if not record.heatmap.startswith(b"\xff\xd8"):
+                raise Refused("heatmap_b64 is not a JPEG")
+            record.extra["heatmap_sha256"] = hashlib.sha256(record.heatmap).hexdigest()
     return record
 
 

@@ -138,6 +138,7 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
             "active_version": b["active_version"],
             "message": b["message"][:4096],
             **{k: b.get(k) for k in ("state", "version", "reason", "sha256", "backend", "precision")},
+            "defect_types": b.get("defect_types"),
         }
     if kind in rules.IMAGE_TYPES:
         return {
@@ -152,6 +153,8 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
             "height": b["height"],
             "sha256": r.extra["sha256"],
             "size": len(r.image or b""),
+            "heatmap_sha256": r.extra.get("heatmap_sha256"),
+            "random_sample": bool(b.get("random_sample", False)),
         }
     if kind == "verify":
         return {
@@ -167,7 +170,7 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
     raise ValueError(kind)
 
 
-JSON_COLUMNS = ("reasons", "simulated")
+JSON_COLUMNS = ("reasons", "simulated", "defect_types")
 
 
 def _json_text(value: Any) -> str | None:
@@ -219,6 +222,8 @@ class Store:
         for record, _ in accepted:
             if record.image is not None:
                 self.samples.put(record.extra["sha256"], record.image)
+            if record.heatmap is not None:
+                self.samples.put(record.extra["heatmap_sha256"], record.heatmap)
         self._ensure_partitions([r for r, _ in accepted if r.kind == "part"], now)
         try:
             with self.engine.begin() as conn:

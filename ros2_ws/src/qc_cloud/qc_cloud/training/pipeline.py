@@ -35,7 +35,7 @@ from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER, input_batches
 from qc_cloud.training.calibration import apply_calibration, fit_calibration, propose_bands, reliability
 from qc_cloud.training.checkpoint import Checkpoint, save_checkpoint
 from qc_cloud.training.config import AUTO, SyntheticData, TrainConfig, resolve_input_size
-from qc_cloud.training.datasets import Dataset, load_dataset, read_image
+from qc_cloud.training.datasets import GOOD, Dataset, load_dataset, read_image
 from qc_cloud.training.distributed import World
 from qc_cloud.training.errors import ConfigError, DatasetError
 from qc_cloud.training.evaluate import Evaluation, OnnxScorer, evaluate, score_samples
@@ -214,6 +214,9 @@ def _dataset_info(dataset: Dataset, split: Split, config: TrainConfig) -> dict[s
         "split": split.counts(dataset),
         "split_seed": split.seed,
         "split_file": "split.json",
+        # The class folders other than good: the defect types this model was trained on. The re-inspection
+        # station offers them first (Manifest.defect_types; the cell's model_status record carries them).
+        "defect_types": sorted(t for t in dataset.counts() if t != GOOD),
     }
     if config.synthetic is not None:
         info["synthetic"] = asdict(config.synthetic)

@@ -99,6 +99,15 @@
   }
   if (window.QC_ALERTS) liveAlerts(window.QC_ALERTS);
 
+  // --- heatmaps over sample images: a checkbox per figure, H on the review screen ---
+  function heatToggle(box) {
+    var heat = box.closest("figure").querySelector("img.heat");
+    if (heat) heat.hidden = !box.checked;
+  }
+  document.querySelectorAll("input.heat-toggle").forEach(function (box) {
+    box.addEventListener("change", function () { heatToggle(box); });
+  });
+
   // --- review screen: buttons and keyboard shortcuts ---
   var form = document.getElementById("label-form");
   if (form) {
@@ -110,6 +119,8 @@
     document.addEventListener("keydown", function (ev) {
       var tag = (ev.target.tagName || "").toLowerCase();
       if (tag === "input" || tag === "select" || tag === "textarea" || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+      var box = document.getElementById("heat-toggle");
+      if (ev.key.toLowerCase() === "h" && box) { ev.preventDefault(); box.checked = !box.checked; heatToggle(box); return; }
       var a = keys[ev.key.toLowerCase()];
       if (!a) return;
       ev.preventDefault();
