@@ -214,8 +214,25 @@ def create_app(engine: Engine, samples: SampleStore, status: Callable[[], dict[s
         part_id: Annotated[str | None, Query(max_length=256)] = None,
         limit: Limit = 100,
         offset: Offset = 0,
+        cursor: Annotated[
+            str | None,
+            Query(
+                max_length=512,
+                description="keyset pagination: the next_cursor of the previous page (instead of offset; "
+                "as fast on page 10,000 as on page 1)",
+            ),
+        ] = None,
     ) -> dict:
         start, end = _window(start, end)
+        after = None
+        if cursor is not None:
+            if offset:
+                raise HTTPException(400, "give either cursor or offset, not both")
+            try:
+                after = queries.decode_cursor(cursor)
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from None
+            _utc(after[0], "cursor time")
         with engine.connect() as conn:
             items = queries.parts(
                 conn,
@@ -227,8 +244,13 @@ def create_app(engine: Engine, samples: SampleStore, status: Callable[[], dict[s
                 part_id=part_id,
                 limit=limit,
                 offset=offset,
+                after=after,
             )
-        return queries.page(items, limit, offset)
+        result = queries.page(items, limit, offset)
+        result["next_cursor"] = queries.encode_cursor(items[-1]) if len(items) == limit else None
+        if after is not None:
+            result["next_offset"] = None  # a cursor page continues by cursor
+        return result
 
     @app.get("/api/v1/parts/{site}/{line}/{cell}/{part_id}", tags=["parts"])
     def part_story(

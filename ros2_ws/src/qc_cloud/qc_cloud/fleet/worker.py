@@ -84,7 +84,7 @@ class IngestWorker:
         except BridgeConfigError as exc:
             raise ValueError(f"broker: {exc}") from None
         self.stats = WorkerStats()
-        self._queue: queue.Queue[_Inbound] = queue.Queue()
+        self._queue: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()  # C-implemented: one put per message
         self._generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
