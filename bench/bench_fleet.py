@@ -232,8 +232,16 @@ def lag(database_url: str, broker: Mosquitto, rate: float, seconds: float, work:
     db.upgrade(engine)
     subscribe_session(broker.port, "lag-0", "qc/+/+/+/#")  # one worker: a plain subscription (share_group auto)
     env = {**worker_env(database_url, broker.url, "lag", work / "lag"), "QC_FLEET_BATCH_MS": "20"}
+    log = work / "lag.log"
+    log_start = log.stat().st_size if log.exists() else 0  # the log of an earlier rate is in the same file
     procs = start_workers({"lag": env}, work)
-    time.sleep(8)  # the worker process starts and subscribes (its session existed before: nothing is missed)
+    # the worker process starts and subscribes (its session existed before: nothing is missed, but what is
+    # published before it runs would count its start-up as lag); on a loaded machine that takes 5-30 s
+    started = time.monotonic()
+    while b"[fleet] ingesting with" not in log.read_bytes()[log_start:]:
+        if time.monotonic() - started > 180 or procs[0].poll() is not None:
+            raise RuntimeError(f"the lag worker did not start: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.2)
     count = int(rate * seconds)
     paced = ["--publish-paced", str(broker.port), str(rate), str(count)]
     publisher = subprocess.Popen(
