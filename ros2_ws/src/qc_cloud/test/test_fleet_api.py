@@ -141,6 +141,14 @@ BAD_PARAMS = [
     "acked=maybe",
     "type=everything",
     "part_id=" + "x" * 300,
+    "cursor=%%%",
+    "cursor=" + "A" * 600,
+    "cursor=bm90IGpzb24",
+    "cursor=WyIyMDI2LTAxLTAxVDAwOjAwOjAwWiIsImEiLCJiIl0&offset=5",
+    "cursor=WyIwMDAxLTAxLTAxVDAwOjAwOjAwWiIsICJhIiwgImIiXQ",
+    "cursor=WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzA1OjAwWiIsICJhIiwgImIiXQ",
+    "cursor=WzEsIDIsIDNd",
+    "cursor=eyJhIjogMX0",
     "start=2000-01-01T00:00:00Z&end=2026-01-01T00:00:00Z",
     "model_version=" + "m" * 300,
 ]
@@ -194,3 +202,115 @@ def test_fleet_trend_parts_story_gaps_and_exports(client, tokens):
     assert pq.read_table(io.BytesIO(parquet.content)).num_rows == 20
     assert client.get("/healthz").status_code == 200 and client.get("/readyz").json()["ready"]
     assert client.get("/docs").status_code == 200 and "/api/v1/parts" in client.get("/openapi.json").json()["paths"]
+
+
+def test_parts_keyset_pagination_walks_every_part_once_in_order(client, tokens, service):
+    """Cursor pages give the same parts in the same order as one big page, also where many parts share one
+    decision time (the tie is broken by cell, then record id); a bad cursor is a 400."""
+    same_instant = 1_900_000_000 * 10**9
+    messages = [
+        Message(f"qc/{cell}/part", records.encode(simulate.part_record(cell, "0000feed", seq, same_instant)))
+        for seq in range(1, 8)
+        for cell in CELLS
+    ]
+    Store(service.engine, service.samples).write(messages)
+    h = tokens["read"]
+    everything = client.get("/api/v1/parts?limit=1000", headers=h).json()["items"]
+    assert len(everything) == 40 + 14
+    walked, cursor, pages = [], None, 0
+    while True:
+        response = client.get("/api/v1/parts?limit=6" + (f"&cursor={cursor}" if cursor else ""), headers=h).json()
+        walked += response["items"]
+        pages += 1
+        cursor = response["next_cursor"]
+        if cursor is None:
+            break
+        assert response["next_offset"] is None or pages == 1
+    key = [(p["cell"], p["record_id"]) for p in walked]
+    assert key == [(p["cell"], p["record_id"]) for p in everything] and len(set(key)) == len(key)
+    assert pages == 10  # 54 parts, 6 a page: the 10th page is the short one
+    one_cell = client.get(f"/api/v1/parts?limit=5&cell={CELLS[1]}", headers=h).json()
+    more = client.get(f"/api/v1/parts?limit=5&cell={CELLS[1]}&cursor={one_cell['next_cursor']}", headers=h).json()
+    assert {p["cell"] for p in one_cell["items"] + more["items"]} == {CELLS[1]}
+    of_cell = [p["record_id"] for p in everything if p["cell"] == CELLS[1]]
+    assert [p["record_id"] for p in more["items"]] == of_cell[5:10]
+    assert client.get("/api/v1/parts?cursor=bm90IGpzb24", headers=h).status_code == 400
+
+
+def test_serve_with_two_api_worker_processes_checks_tokens_in_each(tmp_path):
+    """`qc_cloud serve --api-workers 2` (uvicorn's worker processes, settings passed by environment): both
+    processes answer (told apart by X-QC-Fleet-Instance), and each refuses a missing or unknown token and a write
+    with a read token, and accepts the right ones."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "fleet"
+    cmd = [sys.executable, "-m", "qc_cloud.cli", "serve", "--no-ingest", "--api-workers", "2", "--port", str(port)]
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (closed below)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QC_FLEET_")}
+    proc = subprocess.Popen(
+        [*cmd, "--data-dir", str(data), "--log-level", "WARNING"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def call(path: str, headers: dict, method: str = "GET") -> tuple[int, str]:
+        request = urllib.request.Request(url + path, headers={**headers, "Connection": "close"}, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, r.headers["X-QC-Fleet-Instance"]
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers["X-QC-Fleet-Instance"]
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "serve did not answer /healthz within 90 s"
+            try:
+                if call("/healthz", {})[0] == 200 and (data / "api-tokens.txt").exists():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        tokens = read_tokens(data)
+        read, write = ({"Authorization": f"Bearer {tokens[r]}"} for r in ("read", "write"))
+        checks = {  # name -> (path, headers, method, expected status)
+            "no token": ("/api/v1/cells", {}, "GET", 401),
+            "unknown token": ("/api/v1/cells", {"Authorization": "Bearer qcf_nope"}, "GET", 401),
+            "read token reads": ("/api/v1/cells", read, "GET", 200),
+            "read token writes": ("/api/v1/alerts/1/ack", read, "POST", 403),
+            "write token writes": ("/api/v1/alerts/1/ack", write, "POST", 404),  # authorised; no such alert
+        }
+        seen: dict[str, set[str]] = {name: set() for name in checks}
+        with ThreadPoolExecutor(8) as pool:  # concurrent connections: the kernel spreads them over both processes
+            while any(len(s) < 2 for s in seen.values()):
+                assert time.monotonic() < deadline, f"not every check reached both processes: {seen}"
+                names = [n for n in checks for _ in range(4)]
+                for name, (status, instance) in zip(
+                    names, pool.map(lambda n: call(checks[n][0], checks[n][1], checks[n][2]), names), strict=True
+                ):
+                    assert status == checks[name][3], (name, status)
+                    seen[name].add(instance)
+        assert len(set().union(*seen.values())) == 2, seen
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()

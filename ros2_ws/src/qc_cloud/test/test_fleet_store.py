@@ -193,3 +193,74 @@ def test_a_partition_created_later_takes_its_rows_from_the_default_partition(pos
         assert conn.execute(text("SELECT count(*) FROM parts_default")).scalar_one() == 0
         assert conn.execute(text(f"SELECT count(*) FROM {db.partition_name(day.date())}")).scalar_one() == 1
     engine.dispose()
+
+
+def _sample(cell: str, seq: int, jpeg: bytes, capture_ns: int, heatmap: bytes | None = None) -> Message:
+    import base64
+
+    body = records.image_record(
+        part_id=f"p-{seq}",
+        verdict=2,
+        defect_probability=0.9,
+        reasons=["visual_defect"],
+        model_version="m-1",
+        capture_ns=capture_ns,
+        width=8,
+        height=8,
+        jpeg_b64=base64.b64encode(jpeg).decode(),
+        heatmap_b64=base64.b64encode(heatmap).decode() if heatmap is not None else None,
+    )
+    return Message(f"qc/{cell}/sample", records.encode(records.envelope(cell, "0badcafe", "sample", seq, body)))
+
+
+def test_retention_deletes_sample_files_no_row_references_any_more(engine, tmp_path):
+    """Content-addressed files: an expired row's file goes, unless a younger row holds the same image or the file
+    was touched within the grace period (an ingest batch may be about to reference it)."""
+    import hashlib
+    import os
+
+    store = _store(engine, tmp_path)
+    now = rules.utcnow()
+    old_ns = int((now - timedelta(days=40) - datetime(1970, 1, 1)).total_seconds()) * 10**9
+    new_ns = int((now - datetime(1970, 1, 1)).total_seconds()) * 10**9
+    only_old, shared, only_new, touched, old_heatmap, new_heatmap = (
+        b"\xff\xd8\xff\xe0" + bytes([i]) * 64 for i in range(6)
+    )
+    cell = CELLS[0]
+    result = store.write(
+        [
+            _sample(cell, 1, only_old, old_ns, heatmap=old_heatmap),
+            _sample(cell, 2, shared, old_ns),
+            _sample(cell, 3, shared, new_ns),
+            _sample(cell, 4, only_new, new_ns, heatmap=new_heatmap),
+            _sample(cell, 5, touched, old_ns),
+        ]
+    )
+    assert result.stored == 5
+    path = {
+        name: store.samples.path(hashlib.sha256(data).hexdigest())
+        for name, data in (
+            ("only_old", only_old),
+            ("shared", shared),
+            ("only_new", only_new),
+            ("touched", touched),
+            ("old_heatmap", old_heatmap),
+            ("new_heatmap", new_heatmap),
+        )
+    }
+    an_hour_ago = now.timestamp() - 7200
+    for name in ("only_old", "shared", "only_new", "old_heatmap", "new_heatmap"):
+        os.utime(path[name], (an_hour_ago, an_hour_ago))
+    dropped = db.apply_retention(engine, now, retention_days=30, samples=store.samples, grace_s=3600)
+    assert dropped["samples"] == 3 and _count(engine, models.Sample) == 2
+    assert dropped["sample_files"] == 2, dropped
+    assert not path["only_old"].exists(), "no row references it: deleted"
+    assert not path["old_heatmap"].exists(), "an expired row's heatmap file goes with it"
+    assert path["new_heatmap"].exists(), "a heatmap a young row references stays"
+    assert path["shared"].exists() and path["only_new"].exists(), "still referenced by a younger row"
+    assert path["touched"].exists(), "unreferenced but written within the grace period: kept for now"
+    assert db.collect_sample_files(engine, store.samples, {path["touched"].stem}, grace_s=0) == 1
+    assert not path["touched"].exists()
+    # a record arriving again with a deleted image writes the file again
+    store.samples.put(hashlib.sha256(only_old).hexdigest(), only_old)
+    assert path["only_old"].read_bytes() == only_old

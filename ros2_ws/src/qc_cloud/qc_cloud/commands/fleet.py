@@ -141,6 +141,13 @@ def serve(args: argparse.Namespace) -> int:
         pass
     finally:
         service.stop()
+        for w in service.workers:  # one line per ingest worker: what it did in this process's life
+            st = w.stats
+            print(
+                f"[fleet] worker {w.client_id}: received {st.received} stored {st.stored} duplicates "
+                f"{st.duplicates} quarantined {st.quarantined} batches {st.batches} retries {st.retries}",
+                flush=True,
+            )
     return 0
 
 

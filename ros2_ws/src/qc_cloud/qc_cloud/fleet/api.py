@@ -7,6 +7,7 @@ No `from __future__ import annotations` here: FastAPI reads the route annotation
 import csv
 import io
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -81,6 +82,25 @@ class TokenCache:
         return value
 
 
+class _InstanceHeader:
+    """Pure ASGI middleware (no per-request task, unlike @app.middleware): adds X-QC-Fleet-Instance."""
+
+    def __init__(self, app: Any, value: bytes) -> None:
+        self.app, self.value = app, value
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-qc-fleet-instance", self.value)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 def create_app(engine: Engine, samples: SampleStore, status: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     app = FastAPI(
         title="QC fleet service",
@@ -90,6 +110,10 @@ def create_app(engine: Engine, samples: SampleStore, status: Callable[[], dict[s
     )
     tokens = TokenCache(engine)
     bearer = HTTPBearer(auto_error=False)
+    # A random name of this API process (X-QC-Fleet-Instance on every response): tells the processes of
+    # `serve --api-workers N` apart in logs and tests, without giving away anything about the host.
+    instance = secrets.token_hex(6)
+    app.add_middleware(_InstanceHeader, value=instance.encode())
 
     def principal(creds: HTTPAuthorizationCredentials | None, needed: str) -> str:
         if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
@@ -214,8 +238,25 @@ def create_app(engine: Engine, samples: SampleStore, status: Callable[[], dict[s
         part_id: Annotated[str | None, Query(max_length=256)] = None,
         limit: Limit = 100,
         offset: Offset = 0,
+        cursor: Annotated[
+            str | None,
+            Query(
+                max_length=512,
+                description="keyset pagination: the next_cursor of the previous page (instead of offset; "
+                "as fast on page 10,000 as on page 1)",
+            ),
+        ] = None,
     ) -> dict:
         start, end = _window(start, end)
+        after = None
+        if cursor is not None:
+            if offset:
+                raise HTTPException(400, "give either cursor or offset, not both")
+            try:
+                after = queries.decode_cursor(cursor)
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from None
+            _utc(after[0], "cursor time")
         with engine.connect() as conn:
             items = queries.parts(
                 conn,
@@ -227,8 +268,13 @@ def create_app(engine: Engine, samples: SampleStore, status: Callable[[], dict[s
                 part_id=part_id,
                 limit=limit,
                 offset=offset,
+                after=after,
             )
-        return queries.page(items, limit, offset)
+        result = queries.page(items, limit, offset)
+        result["next_cursor"] = queries.encode_cursor(items[-1]) if len(items) == limit else None
+        if after is not None:
+            result["next_offset"] = None  # a cursor page continues by cursor
+        return result
 
     @app.get("/api/v1/parts/{site}/{line}/{cell}/{part_id}", tags=["parts"])
     def part_story(

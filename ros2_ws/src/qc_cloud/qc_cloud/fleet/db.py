@@ -10,10 +10,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import Connection
 
 from qc_cloud.fleet import models
+from qc_cloud.fleet.samples import SampleStore
 
 log = logging.getLogger("qc_fleet.db")
 # Serialises partition DDL between processes (any constant; pg_advisory_xact_lock).
@@ -123,11 +124,16 @@ def ensure_partitions(engine: Engine, days: set[date], known: set[str] | None = 
     return known
 
 
-def apply_retention(engine: Engine, now: datetime, retention_days: int) -> dict[str, int]:
+def apply_retention(
+    engine: Engine, now: datetime, retention_days: int, samples: SampleStore | None = None, grace_s: float = 3600.0
+) -> dict[str, int]:
     """Drop what is older than the retention period: whole `parts` partitions on PostgreSQL (and rows of the
-    default partition), rows by time elsewhere. Returns what was dropped."""
+    default partition), rows by time elsewhere. With `samples`, also the image files that no row references
+    any more once the expired sample rows are gone (files are content-addressed: one file may serve several
+    rows, of which only some expired). Returns what was dropped."""
     cutoff = now - timedelta(days=retention_days)
     dropped: dict[str, int] = {}
+    expired_images: set[str] = set()
     with engine.begin() as conn:
         if is_postgres(conn):
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PARTITION_LOCK})
@@ -144,12 +150,33 @@ def apply_retention(engine: Engine, now: datetime, retention_days: int) -> dict[
             dropped["parts_default"] = conn.execute(
                 text("DELETE FROM parts_default WHERE time < :c"), {"c": cutoff}
             ).rowcount
-        for table in (models.Kpi, models.RejectEvent, models.ProcessState, models.Sample, models.VerifyResult):
+        for table in (models.Kpi, models.RejectEvent, models.ProcessState, models.VerifyResult):
             dropped[table.__tablename__] = conn.execute(table.__table__.delete().where(table.time < cutoff)).rowcount
+        s = models.Sample.__table__
+        gone = conn.execute(s.delete().where(s.c.time < cutoff).returning(s.c.sha256, s.c.heatmap_sha256)).all()
+        dropped["samples"] = len(gone)
+        expired_images.update(digest for row in gone for digest in row if digest is not None)
         dropped["part_rollups"] = conn.execute(
             models.PartRollup.__table__.delete().where(models.PartRollup.hour < cutoff)
         ).rowcount
         dropped["record_ids"] = conn.execute(
             models.RecordId.__table__.delete().where(models.RecordId.received_at < cutoff)
         ).rowcount
+    if samples is not None:  # after the commit: only rows that are really gone release their files
+        dropped["sample_files"] = collect_sample_files(engine, samples, expired_images, grace_s)
     return dropped
+
+
+def collect_sample_files(engine: Engine, samples: SampleStore, candidates: set[str], grace_s: float = 3600.0) -> int:
+    """Delete the files among `candidates` (SHA-256 digests) that no sample row references, as image or heatmap.
+    Returns how many."""
+    s = models.Sample.__table__
+    wanted = sorted(candidates)
+    deleted = 0
+    for i in range(0, len(wanted), 500):
+        chunk = wanted[i : i + 500]
+        with engine.connect() as conn:
+            referenced = set(conn.execute(select(s.c.sha256).where(s.c.sha256.in_(chunk))).scalars())
+            referenced.update(conn.execute(select(s.c.heatmap_sha256).where(s.c.heatmap_sha256.in_(chunk))).scalars())
+        deleted += sum(samples.discard(sha, grace_s) for sha in chunk if sha not in referenced)
+    return deleted

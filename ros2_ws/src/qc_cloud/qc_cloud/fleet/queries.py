@@ -4,11 +4,14 @@ index or the hourly rollups, never a full-table scan per request."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, desc, func, select
+from sqlalchemy import and_, desc, func, or_, select
 from sqlalchemy.engine import Connection
 
 from qc_cloud.fleet import models, rollups
@@ -189,9 +192,19 @@ def parts(
     part_id: str | None,
     limit: int,
     offset: int,
+    after: tuple[datetime, str, str] | None = None,
 ) -> list[dict]:
+    """Parts newest first, in (time desc, cell, record_id) order. `after` (keyset pagination, see
+    encode_cursor): only the parts after that key in this order; an index range scan however deep the page."""
     p = models.Part.__table__
     where = _range(p.c.time, start, end)
+    if after is not None:
+        t, c, r = after
+        # time <= t bounds the index scan; the OR places the rows of the same instant
+        where += [
+            p.c.time <= t,
+            or_(p.c.time < t, p.c.cell > c, and_(p.c.cell == c, p.c.record_id > r)),
+        ]
     for column, value in (
         (p.c.cell, cell),
         (p.c.verdict, verdict),
@@ -203,6 +216,27 @@ def parts(
     query = select(*[p.c[k] for k in PART_COLUMNS]).where(and_(True, *where))
     query = query.order_by(desc(p.c.time), p.c.cell, p.c.record_id).limit(limit).offset(offset)
     return [_json(row) for row in conn.execute(query)]
+
+
+def encode_cursor(item: dict[str, Any]) -> str:
+    """The opaque keyset cursor after a part item of parts(): its (time, cell, record_id)."""
+    raw = json.dumps([item["time"], item["cell"], item["record_id"]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str, str]:
+    """The inverse of encode_cursor; ValueError with a reason for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        t, c, r = json.loads(raw)
+        if not (isinstance(t, str) and isinstance(c, str) and isinstance(r, str) and t.endswith("Z")):
+            raise ValueError
+        time = datetime.fromisoformat(t[:-1])
+        if time.tzinfo is not None or len(c) > 256 or len(r) > 256:
+            raise ValueError
+        return time, c, r
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise ValueError("cursor is not one this API returned") from None
 
 
 def part_story(conn: Connection, cell: str, part_id: str) -> dict[str, Any] | None:

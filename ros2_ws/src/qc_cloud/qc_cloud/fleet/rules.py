@@ -96,6 +96,7 @@ def _check_values(value: Any, depth: int = 0) -> None:
             _check_values(item, depth + 1)
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one decoder, not one per record
 _TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z$")
 
 
@@ -134,7 +135,7 @@ def classify(topic: str, payload: bytes) -> Record | Ignored:
     if len(payload) > limit:
         raise Refused(f"{len(payload)} bytes: more than the {limit} a {kind} record may have")
     try:
-        body = json.loads(payload, parse_constant=_reject_constant)
+        body = _DECODER.decode(payload.decode())  # UTF-8 only (RFC 8259); NaN and Infinity refused
     except RecursionError:
         raise Refused("not JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -156,7 +157,12 @@ def classify(topic: str, payload: bytes) -> Record | Ignored:
         _check_values(body)
     else:  # the schema fixes the shape: integers sit at the top or one level down (KPI maps)
         for value in body.values():
-            _check_values(value, 31) if type(value) in (dict, list) else _check_values(value)
+            t = type(value)
+            if t is int:
+                if not -INT64 <= value < INT64:
+                    raise Refused(f"integer {str(value)[:40]} does not fit 64 bits")
+            elif t is dict or t is list:
+                _check_values(value, 31)
     if body["cell"] != cell:
         raise Refused(f"cell {body['cell']!r} published on the topic of {cell!r}")
     if kind != "status":
@@ -165,7 +171,12 @@ def classify(topic: str, payload: bytes) -> Record | Ignored:
         expected = f"{body['epoch']}-{kind}-{body['seq']}"
         if body["id"] != expected:
             raise Refused(f"id {body['id'][:128]!r} is not <epoch>-<type>-<seq> ({expected})")
-    record = Record(kind, cell, body, record_time(kind, body))
+    if kind == "part":  # both times are columns: parse each once
+        capture, decision = parse_time(body["capture_time"]), parse_time(body["decision_time"])
+        times = {"capture_time": capture, "decision_time": decision}
+        record = Record(kind, cell, body, decision or capture, extra=times)
+    else:
+        record = Record(kind, cell, body, record_time(kind, body))
     if kind in IMAGE_TYPES:
         try:
             record.image = base64.b64decode(body["image_b64"], validate=True)

@@ -1,11 +1,14 @@
 """Content-addressed image files, outside the database: <root>/<sha[:2]>/<sha>.jpg, written atomically (a
-redelivered sample rewrites nothing), read back by hash."""
+redelivered sample rewrites nothing), read back by hash. Retention (db.apply_retention) deletes a file once no
+row references it any more; put() refreshes an existing file's mtime so that a file a new record is about to
+reference is never taken by a retention pass running at the same time (discard() spares recent files)."""
 
 from __future__ import annotations
 
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -23,7 +26,11 @@ class SampleStore:
     def put(self, sha256: str, data: bytes) -> Path:
         target = self.path(sha256)
         if target.exists():
-            return target
+            try:
+                os.utime(target)  # "in use again": retention spares files touched within its grace period
+                return target
+            except FileNotFoundError:  # deleted by retention just now: write it again
+                pass
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
@@ -42,3 +49,15 @@ class SampleStore:
             return self.path(sha256).read_bytes()
         except (OSError, ValueError):
             return None
+
+    def discard(self, sha256: str, grace_s: float = 3600.0) -> bool:
+        """Delete the file of an image no row references any more, unless it was written or touched within the
+        last grace_s seconds (an ingest batch may be about to commit a row that references it). True: deleted."""
+        try:
+            target = self.path(sha256)
+            if time.time() - target.stat().st_mtime < grace_s:
+                return False
+            target.unlink()
+        except (OSError, ValueError):
+            return False
+        return True  # the <sha[:2]> directory stays (at most 256; put() may be writing into it right now)

@@ -101,7 +101,7 @@ class FleetService:
             try:
                 days = {(now + timedelta(days=d)).date() for d in range(-1, self.settings.partition_days_ahead + 1)}
                 db.ensure_partitions(self.engine, days)
-                dropped = db.apply_retention(self.engine, now, self.settings.retention_days)
+                dropped = db.apply_retention(self.engine, now, self.settings.retention_days, self.samples)
                 if any(dropped.values()):
                     log.info("retention (%d days): dropped %s", self.settings.retention_days, dropped)
             except Exception as exc:  # the database may be down: ingest retries on its own

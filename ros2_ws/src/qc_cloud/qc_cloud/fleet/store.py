@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, and_, bindparam, case, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -63,24 +63,7 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
     b = r.body
     base = {"cell": r.cell, "record_id": b["id"], "time": r.time or received}
     if kind == "part":
-        return {
-            **base,
-            "epoch": b["epoch"],
-            "seq": b["seq"],
-            "part_id": b["part_id"],
-            "verdict": b["verdict"],
-            "reasons": b["reasons"],
-            "defect_probability": b["defect_probability"],
-            "process_anomaly_score": b["process_anomaly_score"],
-            "process_flags": b["process_flags"],
-            "model_version": b["model_version"],
-            "encoder_count": b["encoder_count"],
-            "capture_time": _t(b["capture_time"]),
-            "decision_time": _t(b["decision_time"]),
-            "capture_to_decision_ms": b["capture_to_decision_ms"],
-            "simulated": b.get("simulated"),
-            "received_at": received,
-        }
+        return dict(zip(PART_COLUMNS, _part_values(r, received), strict=True))
     if kind == "kpi":
         return {
             **base,
@@ -171,6 +154,54 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
 
 
 JSON_COLUMNS = ("reasons", "simulated", "defect_types")
+PART_COLUMNS = (
+    "cell",
+    "record_id",
+    "time",
+    "epoch",
+    "seq",
+    "part_id",
+    "verdict",
+    "reasons",
+    "defect_probability",
+    "process_anomaly_score",
+    "process_flags",
+    "model_version",
+    "encoder_count",
+    "capture_time",
+    "decision_time",
+    "capture_to_decision_ms",
+    "simulated",
+    "received_at",
+)
+_PART_TIME, _PART_VERDICT, _PART_LATENCY = (
+    PART_COLUMNS.index(c) for c in ("time", "verdict", "capture_to_decision_ms")
+)
+
+
+def _part_values(r: rules.Record, received: datetime) -> tuple:
+    """A part's column values in PART_COLUMNS order (the hot path: one tuple, no dict per row)."""
+    b, x = r.body, r.extra
+    return (
+        r.cell,
+        b["id"],
+        r.time or received,
+        b["epoch"],
+        b["seq"],
+        b["part_id"],
+        b["verdict"],
+        b["reasons"],
+        b["defect_probability"],
+        b["process_anomaly_score"],
+        b["process_flags"],
+        b["model_version"],
+        b["encoder_count"],
+        x["capture_time"],
+        x["decision_time"],
+        b["capture_to_decision_ms"],
+        b.get("simulated"),
+        received,
+    )
 
 
 def _json_text(value: Any) -> str | None:
@@ -188,6 +219,67 @@ TABLES = {
     "verify_request": models.Sample,
     "verify": models.VerifyResult,
 }
+
+
+CELL_UPDATE_COLUMNS = (
+    "presence",
+    "presence_reason",
+    "presence_time",
+    "presence_details",
+    "model_version",
+    "model_state",
+    "throughput_pps",
+    "yield_ratio",
+    "kpi_time",
+    "last_alert_id",
+)
+
+_CELL_TYPES = {
+    "presence": "varchar",
+    "presence_reason": "varchar",
+    "presence_time": "timestamp",
+    "presence_details": "json",
+    "model_version": "varchar",
+    "model_state": "varchar",
+    "throughput_pps": "float8",
+    "yield_ratio": "float8",
+    "kpi_time": "timestamp",
+    "last_alert_id": "bigint",
+}
+_PG_CELLS = (
+    f"INSERT INTO cells (name, first_seen, last_seen, {', '.join(CELL_UPDATE_COLUMNS)}) "
+    f"SELECT n, %(now)s, %(now)s, {', '.join(f'v{i}' for i in range(len(CELL_UPDATE_COLUMNS)))} FROM unnest("
+    "%(name)s::varchar[], "
+    + ", ".join(f"%({c})s::{_CELL_TYPES[c]}[]" for c in CELL_UPDATE_COLUMNS)
+    + f") AS u(n, {', '.join(f'v{i}' for i in range(len(CELL_UPDATE_COLUMNS)))}) "
+    "ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, "
+    + ", ".join(
+        f"{c} = CASE WHEN excluded.presence IS NOT NULL THEN excluded.{c} ELSE cells.{c} END"
+        if c == "presence_details"
+        else f"{c} = COALESCE(excluded.{c}, cells.{c})"
+        for c in CELL_UPDATE_COLUMNS
+    )
+)
+_ROLLUP_COLUMNS = (
+    "cell",
+    "hour",
+    "parts",
+    "normal",
+    "reinspect",
+    "defective",
+    "not_inspected",
+    "latency_sum_ms",
+    "latency_n",
+    "latency_max_ms",
+)
+_PG_ROLLUPS = (
+    f"INSERT INTO part_rollups ({', '.join(_ROLLUP_COLUMNS)}) SELECT * FROM unnest(%(cell)s::varchar[], "
+    "%(hour)s::timestamp[], %(parts)s::bigint[], %(normal)s::bigint[], %(reinspect)s::bigint[], "
+    "%(defective)s::bigint[], %(not_inspected)s::bigint[], %(latency_sum_ms)s::float8[], %(latency_n)s::bigint[], "
+    "%(latency_max_ms)s::float8[]) ON CONFLICT (cell, hour) DO UPDATE SET "
+    + ", ".join(f"{c} = part_rollups.{c} + excluded.{c}" for c in _ROLLUP_COLUMNS[2:-1])
+    + ", latency_max_ms = greatest(part_rollups.latency_max_ms, excluded.latency_max_ms)"
+)
 
 
 class Store:
@@ -294,20 +386,28 @@ class Store:
         fresh = [unique[k] for k in keys if k in new]
         result.stored += len(fresh)
         result.duplicates += sum(dup_counts.values())
+        parts: list[tuple] = []
         by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r, t in fresh:
-            by_kind[r.kind].append(_row(r.kind, r, t))
+            if r.kind == "part":
+                parts.append(_part_values(r, t))
+            else:
+                by_kind[r.kind].append(_row(r.kind, r, t))
+        if parts:
+            if self.postgres:
+                self._copy_parts(conn, parts)
+            else:
+                rows = [dict(zip(PART_COLUMNS, p, strict=True)) for p in parts]
+                conn.execute(self._insert(models.Part.__table__), rows)
         alert_ids: dict[str, int] = {}
         for kind, rows in sorted(by_kind.items()):
             table = TABLES[kind]
             if kind == "alert":
                 for alert_id, cell in conn.execute(self._insert(table).returning(table.id, table.cell), rows):
                     alert_ids[cell] = max(alert_id, alert_ids.get(cell, 0))
-            elif kind == "part" and self.postgres:
-                self._copy_parts(conn, rows)
             else:
                 conn.execute(self._insert(table), rows)
-        self._rollups(conn, by_kind.get("part", []))
+        self._rollups(conn, parts)
         self._streams(conn, fresh, dup_counts, now)
         self._cells(conn, fresh, statuses, alert_ids, now)
         result.status += len(statuses)
@@ -328,19 +428,25 @@ class Store:
             ],
         )
 
-    def _copy_parts(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def _copy_parts(self, conn: Connection, parts: list[tuple]) -> None:
         """PostgreSQL: COPY the new parts (record_ids made them unique: no conflict possible) in this transaction."""
-        columns = list(rows[0])
+        reasons, simulated = PART_COLUMNS.index("reasons"), PART_COLUMNS.index("simulated")
         cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy(f"COPY parts ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([_json_text(row[c]) if c in JSON_COLUMNS else row[c] for c in columns])
+        with cursor.copy(f"COPY parts ({', '.join(PART_COLUMNS)}) FROM STDIN") as copy:
+            write = copy.write_row
+            for p in parts:
+                row = list(p)
+                row[reasons] = _json_text(row[reasons])
+                if row[simulated] is not None:
+                    row[simulated] = _json_text(row[simulated])
+                write(row)
 
-    def _rollups(self, conn: Connection, part_rows: list[dict[str, Any]]) -> None:
-        increments = rollups.increments(
-            (p["cell"], p["time"], p["verdict"], p["capture_to_decision_ms"]) for p in part_rows
-        )
+    def _rollups(self, conn: Connection, parts: list[tuple]) -> None:
+        increments = rollups.increments((p[0], p[_PART_TIME], p[_PART_VERDICT], p[_PART_LATENCY]) for p in parts)
         if not increments:
+            return
+        if self.postgres:  # one statement with array parameters
+            conn.exec_driver_sql(_PG_ROLLUPS, {c: [row[c] for row in increments] for c in _ROLLUP_COLUMNS})
             return
         t = models.PartRollup.__table__
         stmt = self._insert(t)
@@ -348,42 +454,74 @@ class Store:
         update_set = {c: t.c[c] + stmt.excluded[c] for c in columns}
         greatest = func.greatest if self.postgres else func.max  # SQLite's two-argument max() is a scalar
         update_set["latency_max_ms"] = greatest(t.c.latency_max_ms, stmt.excluded.latency_max_ms)
-        # one statement: the rows are distinct (cell, hour) keys, in key order (the lock order)
-        conn.execute(stmt.values(increments).on_conflict_do_update(index_elements=["cell", "hour"], set_=update_set))
+        # one statement (executemany becomes one multi-row INSERT): distinct (cell, hour) keys in key order
+        conn.execute(stmt.on_conflict_do_update(index_elements=["cell", "hour"], set_=update_set), increments)
 
     def _streams(self, conn: Connection, fresh, dup_counts, now: datetime) -> None:
+        """Stream counters and gaps of every (cell, type, epoch) in the batch in a fixed number of statements:
+        one SELECT ... FOR UPDATE of the rows (in key order: the lock order), an INSERT for streams not seen
+        before, one executemany UPDATE; gap rows only where a gap opens or closes."""
         seqs: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         for r, _ in fresh:
             seqs[(r.cell, r.kind, r.body["epoch"])].append(r.body["seq"])
+        keys = sorted(set(seqs) | set(dup_counts))
+        if not keys:
+            return
         streams = models.Stream.__table__
-        for key in sorted(set(seqs) | set(dup_counts)):
-            cell, kind, epoch = key
+        c = streams.c
+        key_columns = tuple_(c.cell, c.kind, c.epoch)
+
+        def load(wanted: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple[int, int]]:
+            if self.postgres:  # array parameters: one cached plan whatever the number of streams
+                rows = conn.exec_driver_sql(
+                    "SELECT cell, kind, epoch, max_seq, missing FROM streams WHERE (cell, kind, epoch) IN "
+                    "(SELECT * FROM unnest(%(c)s::varchar[], %(k)s::varchar[], %(e)s::varchar[])) "
+                    "ORDER BY cell, kind, epoch FOR UPDATE",
+                    {"c": [w[0] for w in wanted], "k": [w[1] for w in wanted], "e": [w[2] for w in wanted]},
+                )
+                return {(cell, kind, epoch): (m, g) for cell, kind, epoch, m, g in rows}
+            query = (
+                select(c.cell, c.kind, c.epoch, c.max_seq, c.missing)
+                .where(key_columns.in_(wanted))
+                .order_by(c.cell, c.kind, c.epoch)
+            )
+            rows = conn.execute(query.with_for_update() if self.postgres else query)
+            return {(cell, kind, epoch): (m, g) for cell, kind, epoch, m, g in rows}
+
+        state = load(keys)
+        unseen = [k for k in keys if k not in state]
+        if unseen:
             conn.execute(
                 self._insert(streams).on_conflict_do_nothing(index_elements=["cell", "kind", "epoch"]),
-                {
-                    "cell": cell,
-                    "kind": kind,
-                    "epoch": epoch,
-                    "max_seq": 0,
-                    "records": 0,
-                    "duplicates": 0,
-                    "missing": 0,
-                    "last_received": now,
-                },
+                [
+                    {
+                        "cell": cell,
+                        "kind": kind,
+                        "epoch": epoch,
+                        "max_seq": 0,
+                        "records": 0,
+                        "duplicates": 0,
+                        "missing": 0,
+                        "last_received": now,
+                    }
+                    for cell, kind, epoch in unseen
+                ],
             )
-            where = and_(streams.c.cell == cell, streams.c.kind == kind, streams.c.epoch == epoch)
-            query = select(streams.c.max_seq, streams.c.missing).where(where)
-            max_seq, missing = conn.execute(query.with_for_update() if self.postgres else query).one()
+            state.update(load(unseen))
+        g = models.Gap.__table__
+        updates = []
+        for key in keys:
+            cell, kind, epoch = key
+            max_seq, missing = state[key]
             new_seqs = seqs.get(key, [])
-            values: dict[str, Any] = {"duplicates": streams.c.duplicates + dup_counts.get(key, 0), "last_received": now}
+            new_max = max_seq
             if new_seqs:
-                g = models.Gap.__table__
-                gwhere = and_(g.c.cell == cell, g.c.kind == kind, g.c.epoch == epoch)
                 old: list[tuple[int, int]] = []
-                if min(new_seqs) <= max_seq and missing:
+                if min(new_seqs) <= max_seq and missing:  # a late record may close a gap: load the stream's gaps
+                    gwhere = and_(g.c.cell == cell, g.c.kind == kind, g.c.epoch == epoch)
                     old = [(a, b) for a, b in conn.execute(select(g.c.first_seq, g.c.last_seq).where(gwhere))]
                 new_max, new_gaps = gaps.apply(max_seq, old, new_seqs)
-                if new_gaps != sorted(old) or new_max != max_seq:
+                if new_gaps != sorted(old):
                     changed_old = set(old) - set(new_gaps)
                     added = [x for x in new_gaps if x not in set(old)]
                     for a, b in changed_old:
@@ -404,10 +542,55 @@ class Store:
                             ],
                         )
                     # old holds every gap of the stream when loaded; else only new ones opened
-                    values["missing"] = gaps.missing(new_gaps) if old else missing + gaps.missing(added)
-                values["max_seq"] = new_max
-                values["records"] = streams.c.records + len(new_seqs)
-            conn.execute(update(streams).where(where).values(**values))
+                    missing = gaps.missing(new_gaps) if old else missing + gaps.missing(added)
+            updates.append(
+                {
+                    "k_cell": cell,
+                    "k_kind": kind,
+                    "k_epoch": epoch,
+                    "v_max": new_max,
+                    "v_missing": missing,
+                    "v_records": len(new_seqs),
+                    "v_duplicates": dup_counts.get(key, 0),
+                    "v_now": now,
+                }
+            )
+        if self.postgres:  # one statement with array parameters (an executemany would be one per stream)
+            conn.exec_driver_sql(
+                "UPDATE streams s SET max_seq = v.max_seq, missing = v.missing, records = s.records + v.records, "
+                "duplicates = s.duplicates + v.duplicates, last_received = %(now)s FROM unnest(%(c)s::varchar[], "
+                "%(k)s::varchar[], %(e)s::varchar[], %(m)s::bigint[], %(g)s::bigint[], %(r)s::bigint[], "
+                "%(d)s::bigint[]) AS v(cell, kind, epoch, max_seq, missing, records, duplicates) "
+                "WHERE s.cell = v.cell AND s.kind = v.kind AND s.epoch = v.epoch",
+                {
+                    "now": now,
+                    **{
+                        name: [u[field] for u in updates]
+                        for name, field in (
+                            ("c", "k_cell"),
+                            ("k", "k_kind"),
+                            ("e", "k_epoch"),
+                            ("m", "v_max"),
+                            ("g", "v_missing"),
+                            ("r", "v_records"),
+                            ("d", "v_duplicates"),
+                        )
+                    },
+                },
+            )
+            return
+        stmt = (
+            update(streams)
+            .where(and_(c.cell == bindparam("k_cell"), c.kind == bindparam("k_kind"), c.epoch == bindparam("k_epoch")))
+            .values(
+                max_seq=bindparam("v_max"),
+                missing=bindparam("v_missing"),
+                records=c.records + bindparam("v_records"),
+                duplicates=c.duplicates + bindparam("v_duplicates"),
+                last_received=bindparam("v_now"),
+            )
+        )
+        conn.execute(stmt, updates)  # executemany: psycopg 3 sends it as one pipeline
 
     def _cells(self, conn: Connection, fresh, statuses, alert_ids: dict[str, int], now: datetime) -> None:
         updates: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -430,11 +613,35 @@ class Store:
             )
         for cell, alert_id in alert_ids.items():
             updates[cell]["last_alert_id"] = alert_id
+        if not updates:
+            return
+        # One upsert for every cell of the batch, in name order (the lock order): a column a cell's update does
+        # not carry is None and keeps its stored value (COALESCE); presence_details changes with presence only.
+        if self.postgres:  # one statement with array parameters
+            names = sorted(updates)
+            params = {"name": names, "now": now}
+            for column in CELL_UPDATE_COLUMNS:
+                values = [updates[n].get(column) for n in names]
+                params[column] = [_json_text(v) for v in values] if column == "presence_details" else values
+            conn.exec_driver_sql(_PG_CELLS, params)
+            return
         cells = models.Cell.__table__
-        for cell in sorted(updates):  # one upsert per cell, in name order (the lock order)
-            values = {k: v for k, v in updates[cell].items() if v is not None or k == "presence_details"}
-            stmt = self._insert(cells).values(name=cell, first_seen=now, last_seen=now, **values)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"last_seen": now, **values}))
+        stmt = self._insert(cells)
+        set_: dict[str, Any] = {"last_seen": stmt.excluded.last_seen}
+        for column in CELL_UPDATE_COLUMNS:
+            if column == "presence_details":
+                set_[column] = case(
+                    (stmt.excluded.presence.is_not(None), stmt.excluded.presence_details), else_=cells.c[column]
+                )
+            else:
+                set_[column] = func.coalesce(stmt.excluded[column], cells.c[column])
+        rows = []
+        for cell in sorted(updates):
+            u = updates[cell]
+            rows.append(
+                {"name": cell, "first_seen": now, "last_seen": now, **{k: u.get(k) for k in CELL_UPDATE_COLUMNS}}
+            )
+        conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=set_), rows)
 
     def _ensure_partitions(self, parts: list[rules.Record], now: datetime) -> None:
         if not self.postgres or not parts:

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 
 from qc_cloud.fleet.settings import FleetSettings
@@ -84,7 +85,7 @@ class IngestWorker:
         except BridgeConfigError as exc:
             raise ValueError(f"broker: {exc}") from None
         self.stats = WorkerStats()
-        self._queue: queue.Queue[_Inbound] = queue.Queue()
+        self._queue: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()  # C-implemented: one put per message
         self._generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,6 +122,7 @@ class IngestWorker:
     def start(self, wait_s: float = 15.0) -> IngestWorker:
         client = create_client(self.broker, inflight_window=20, paho_reconnects=True)
         client.manual_ack_set(True)
+        _read_packets_per_wakeup(client, READ_PACKETS_PER_WAKEUP)
         client.reconnect_delay_set(1, 10)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -227,6 +229,34 @@ class IngestWorker:
         s.lag_ms.extend((now - m.received_at) * 1000 for m in batch)
         for reason in result.reasons[:3]:
             log.info("worker %d: quarantined: %s", self.index, reason)
+
+
+READ_PACKETS_PER_WAKEUP = 64
+
+
+def _read_packets_per_wakeup(client: mqtt.Client, most: int) -> None:
+    """paho-mqtt 2.1's loop_read() reads ONE packet per select() wake-up of its network thread while none of
+    the client's own QoS > 0 messages are in flight (always so for a subscriber): a select() and the loop's
+    upkeep per message. Read up to `most` packets per wake-up instead, until the socket would block (then
+    paho's own loop resumes: PUBACKs written, keepalive kept). Left as it is on another paho version."""
+    if not paho.mqtt.__version__.startswith("2.1.") or not all(
+        hasattr(client, name) for name in ("_sock", "_packet_read", "_loop_rc_handle")
+    ):
+        return
+    codes = mqtt.MQTTErrorCode
+
+    def loop_read(max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        for _ in range(most):
+            if client._sock is None:
+                return codes.MQTT_ERR_NO_CONN
+            rc = client._packet_read()
+            if rc > 0:
+                return client._loop_rc_handle(rc)
+            if rc == codes.MQTT_ERR_AGAIN:
+                break
+        return codes.MQTT_ERR_SUCCESS
+
+    client.loop_read = loop_read  # paho's _loop() calls self.loop_read()
 
 
 def _utc(seconds: float) -> datetime:
