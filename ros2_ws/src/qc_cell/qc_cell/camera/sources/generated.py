@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from qc_cell.camera.sources.base import Frame, FrameSource, SourceConfigError
 from qc_contract.synthetic import SyntheticPart, SyntheticPartGenerator
 
@@ -56,7 +58,13 @@ class SyntheticSource(FrameSource):
                 part.image.flags.writeable = False  # shown again and again: nobody may draw on it
         else:
             part = self._generator.part(index)
-        return Frame(part.image, "bgr8", f"synthetic:{self._generator.seed}:{index}", part.label, part.defect_type)
+        image = part.image
+        if self.frame_allocator is not None:
+            # The "exposure" lands in the buffer the driver gives (a frame-pool slot): as a camera whose DMA
+            # target is the slot, the frame is captured once it is there and nothing copies it after.
+            image = self.frame_buffer(image.shape, image.dtype)
+            np.copyto(image, part.image)
+        return Frame(image, "bgr8", f"synthetic:{self._generator.seed}:{index}", part.label, part.defect_type)
 
     def stats(self) -> dict[str, object]:
         values: dict[str, object] = {"next_index": self._next}
