@@ -443,6 +443,9 @@ def write_bag(path: Path, storage: str, kind: str, count: int = 6, period_s: flo
                     header=header, part_id=f"rec-{i}", sequence=i, source="rec", encoder_count=-1, image=raw,
                     capture_ok=True, capture_error="", ground_truth=2 if i % 2 else 1,
                     defect_type="scratch" if i % 2 else "",
+                    # a recorder is not attached to the frame pool: it records the pixels inline
+                    pool_frame=types["qc_interfaces/msg/FrameHandle"](pool="qc_frames_x", in_pool=False, slot=0,
+                                                                      generation=0),
                 )  # fmt: skip
             writer.write(connection, stamp, store.serialize_cdr(msg, msgtype))
     return images
