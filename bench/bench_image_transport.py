@@ -37,6 +37,8 @@ Configs (environment of both processes; the caller's own Fast DDS variables are 
 - shm_direct: as shm, but the frame is captured straight into a slot the sender reserved (FrameSender.reserve,
   the camera driver's FrameSource.frame_allocator: what the synthetic, Aravis and pylon sources do): the capture
   stamp is taken when the frame is in the slot, and fill() commits it without a copy.
+- shm_direct_sync: shm_direct with RMW_FASTRTPS_PUBLICATION_MODE=SYNCHRONOUS (the small handle message is sent
+  from the publishing thread, no hand-off to Fast DDS's asynchronous writer thread): what that hop would gain.
 - cell_shm_only: the cell's profile without its UDPv4 transport, under discovery range SUBNET (the LOCALHOST range
   adds a UDP transport back). Not shippable (nothing off this machine would see the cell); it shows what the
   fragmentation costs: a participant fragments every message larger than the smallest maximum message size of its
@@ -72,8 +74,9 @@ CONFIGS: dict[str, dict[str, str]] = {
     "cell_shm_only": {**ENVIRONMENT, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"},  # profile: _shm_only_profile()
     "shm": dict(ENVIRONMENT),
     "shm_direct": dict(ENVIRONMENT),
+    "shm_direct_sync": {**ENVIRONMENT, "RMW_FASTRTPS_PUBLICATION_MODE": "SYNCHRONOUS"},
 }
-POOL_CONFIGS = ("shm", "shm_direct")
+POOL_CONFIGS = ("shm", "shm_direct", "shm_direct_sync")
 _VARIABLES = (
     "FASTDDS_BUILTIN_TRANSPORTS",
     "RMW_FASTRTPS_PUBLICATION_MODE",
@@ -138,7 +141,7 @@ def run_publisher(
             time.sleep(delay)
         next_tick += period
         msg = PartFrame(part_id=f"bench-{seq}", sequence=seq, capture_ok=True, source="bench")
-        if pool == "shm_direct":  # the driver's path for a source that captures into the slot it is given
+        if pool.startswith("shm_direct"):  # the driver's path for a source that captures into the slot it is given
             target = sender.reserve(frames[0].shape, frames[0].dtype)  # (FrameSource.frame_allocator)
             if target is None:
                 print("publisher: no slot to capture into", file=sys.stderr)
