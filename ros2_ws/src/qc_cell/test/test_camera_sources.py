@@ -372,6 +372,24 @@ def test_pylon_emulation_free_run_with_the_same_parameters():
 
 
 @needs_pylon
+def test_pylon_shifts_12_bit_frames_straight_into_the_buffer_the_driver_gives():
+    source = pylon(guid="0815-0001", pixel_format="Mono12", width=64, height=48, fps=40.0)
+    given: list[np.ndarray] = []
+    source.frame_allocator = lambda shape, dtype: given.append(np.zeros(shape, dtype)) or given[-1]
+    rec = Recorder(source, rate_hz=1.0)
+    assert rec.loop.open()
+    rec.loop.start()
+    try:
+        assert rec.wait(lambda: len(rec.results) >= 3, 10.0), rec.events
+    finally:
+        rec.loop.close()
+    frames = [r.frame for r in rec.results]
+    assert len(given) >= len(frames) and all(any(f.image is g for g in given) for f in frames)  # the decode's target
+    image = frames[-1].image
+    assert image.dtype == np.uint16 and int(image.max()) > 4095 and not (image & 0xF).any()  # shifted into it
+
+
+@needs_pylon
 def test_pylon_emulation_software_trigger_and_clear_errors():
     source = pylon("triggered", trigger_source="Software", pixel_format="BayerRG8", trigger_timeout_s=3.0)
     rec = Recorder(source, "triggered", max_trigger_age_s=5.0)
