@@ -166,7 +166,7 @@ def main() -> int:
     print(f"frames camera -> inference: {'shared-memory frame pool' if pool else 'inline through DDS'}")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; model {MODEL}, {THREADS} thread(s)")
     header = f"{'size':>9} {'parts/s':>7} | {'bare p50':>8} {'p99':>6} | {'cell p50':>8} {'p95':>7} {'p99':>7} | "
-    header += f"{'p50/bare':>8} {'p99/p50':>7} | {'achieved':>8} {'not_insp':>8} {'cpu %':>6}"
+    header += f"{'p50/bare':>8} {'p99/p50':>7} | {'achieved':>8} {'not_insp':>8} {'cpu %':>6} {'load':>5}"
     print(header)
     for width, height in sizes:
         bare_p50, bare_p99 = bare_latency(width, height)
@@ -176,7 +176,7 @@ def main() -> int:
                 f"{width}x{height:<4} {rate:7.0f} | {bare_p50:8.2f} {bare_p99:6.2f} | "
                 f"{r['p50']:8.2f} {r['p95']:7.2f} {r['p99']:7.2f} | "
                 f"{r['p50'] / bare_p50:8.2f} {r['p99'] / r['p50']:7.2f} | {r['rate']:8.1f} {r['not_inspected']:8d} "
-                f"{r['cpu_pct']:6.0f}",
+                f"{r['cpu_pct']:6.0f} {os.getloadavg()[0]:5.1f}",
                 flush=True,
             )
             print(cpu_line(r), flush=True)

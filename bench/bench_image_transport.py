@@ -34,9 +34,11 @@ Configs (environment of both processes; the caller's own Fast DDS variables are 
   for that small message); the subscriber's FrameReceiver leases the slot and takes a view of the pixels, then
   checks the slot's generation (a frame overwritten would not count). The copy into the slot is part of the hop.
   The first frames go inline until the subscriber has attached to the pool; they are not measured.
-- shm_direct: as shm, but the frame is captured straight into a reserved slot (FramePool.reserve/commit), as a
-  camera whose driver buffers are the pool's slots would do (Aravis, Argus): the capture stamp is taken when the
-  frame is in the slot, so no copy is in the hop.
+- shm_direct: as shm, but the frame is captured straight into a slot the sender reserved (FrameSender.reserve,
+  the camera driver's FrameSource.frame_allocator: what the synthetic, Aravis and pylon sources do): the capture
+  stamp is taken when the frame is in the slot, and fill() commits it without a copy.
+- shm_direct_sync: shm_direct with RMW_FASTRTPS_PUBLICATION_MODE=SYNCHRONOUS (the small handle message is sent
+  from the publishing thread, no hand-off to Fast DDS's asynchronous writer thread): what that hop would gain.
 - cell_shm_only: the cell's profile without its UDPv4 transport, under discovery range SUBNET (the LOCALHOST range
   adds a UDP transport back). Not shippable (nothing off this machine would see the cell); it shows what the
   fragmentation costs: a participant fragments every message larger than the smallest maximum message size of its
@@ -72,8 +74,9 @@ CONFIGS: dict[str, dict[str, str]] = {
     "cell_shm_only": {**ENVIRONMENT, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"},  # profile: _shm_only_profile()
     "shm": dict(ENVIRONMENT),
     "shm_direct": dict(ENVIRONMENT),
+    "shm_direct_sync": {**ENVIRONMENT, "RMW_FASTRTPS_PUBLICATION_MODE": "SYNCHRONOUS"},
 }
-POOL_CONFIGS = ("shm", "shm_direct")
+POOL_CONFIGS = ("shm", "shm_direct", "shm_direct_sync")
 _VARIABLES = (
     "FASTDDS_BUILTIN_TRANSPORTS",
     "RMW_FASTRTPS_PUBLICATION_MODE",
@@ -103,9 +106,9 @@ def run_publisher(
 
     from qc_cell.ros import qos
     from qc_cell.ros.frame_transport import FrameSender, PoolSettings
-    from qc_cell.ros.images import array_to_image, image_description
+    from qc_cell.ros.images import array_to_image
     from qc_cell.ros.time import from_ns
-    from qc_interfaces.msg import FrameHandle, PartFrame
+    from qc_interfaces.msg import PartFrame
 
     rclpy.init()
     node = rclpy.create_node("bench_image_pub")
@@ -120,7 +123,7 @@ def run_publisher(
     time.sleep(0.5)  # let the reader's side of the match settle too
     frames = _frames(width, height, encoding)
     period = 1.0 / fps
-    if sender is not None:  # one inline frame (not measured) names the pool; the subscriber attaches
+    if sender is not None:  # one frame (not measured) creates the pool; announced, the subscriber attaches first
         msg = PartFrame(part_id="warmup", capture_ok=True, source="bench")
         sender.fill(msg, frames[0], encoding, msg.header)
         pub.publish(msg)
@@ -138,16 +141,15 @@ def run_publisher(
             time.sleep(delay)
         next_tick += period
         msg = PartFrame(part_id=f"bench-{seq}", sequence=seq, capture_ok=True, source="bench")
-        if pool == "shm_direct":  # the camera writes into a pool slot; the frame is captured once it is there
-            target = None
-            while target is None:
-                target = sender.pool.reserve(frames[0].shape, frames[0].dtype)
-            np.copyto(target, frames[seq % 2])
+        if pool.startswith("shm_direct"):  # the driver's path for a source that captures into the slot it is given
+            target = sender.reserve(frames[0].shape, frames[0].dtype)  # (FrameSource.frame_allocator)
+            if target is None:
+                print("publisher: no slot to capture into", file=sys.stderr)
+                target = np.empty_like(frames[0])
+            np.copyto(target, frames[seq % 2])  # the camera's exposure / decode into the slot
             capture_ns = time.time_ns()
-            ref = sender.pool.commit()
             msg.header.stamp = from_ns(capture_ns)
-            msg.image = image_description(frames[0], encoding, msg.header)
-            msg.pool_frame = FrameHandle(pool=ref.pool, in_pool=True, slot=ref.slot, generation=ref.generation)
+            sender.fill(msg, target, encoding, msg.header)  # commits the slot: no copy
         else:
             pixels = frames[seq % 2]  # "capture"
             capture_ns = time.time_ns()
@@ -182,6 +184,8 @@ def run_subscriber(count: int, timeout_s: float, pool: str, topic: str) -> int:
     node = rclpy.create_node("bench_image_sub")
     samples: list[tuple[int, int, int]] = []  # (sequence, capture ns, receive ns)
     receiver = FrameReceiver(node.get_fully_qualified_name()) if pool else None
+    if receiver is not None:
+        receiver.subscribe(node)  # camera/frame_pool: attached before the first frame, as inference is
     problems: list[str] = []
 
     def on_frame(msg: PartFrame) -> None:

@@ -340,6 +340,81 @@ def test_sample_channel_sends_jpegs_within_the_byte_budget(tmp_path):
             cloud.close()
 
 
+_POOL_WRITER = """
+import json, secrets, sys
+import numpy as np
+from qc_cell.camera.frame_pool import FramePool
+pool = FramePool.create("qc_frames_bridgetest_" + secrets.token_hex(3), 2, 48 * 64 * 3, lease_s=0.05)
+print(pool.name, flush=True)
+for line in sys.stdin:  # a value per line: a frame of that grey with a red block, into the next free slot
+    image = np.full((48, 64, 3), int(line), np.uint8)
+    image[10:20, 10:30] = (0, 0, 255)
+    ref = pool.write(image)
+    print(json.dumps([ref.slot, ref.generation]), flush=True)
+pool.close()
+"""
+
+
+def test_the_bridge_reads_sampled_frames_from_the_camera_drivers_pool_in_another_process(tmp_path):
+    """cloud_bridge as a registered reader of the frame pool: it attaches when the pool is announced, leases a
+    frame only when it sends it, and a frame overwritten by then is not sent (counted), never another part's."""
+    import subprocess
+    import sys
+
+    from qc_cell.camera import frame_pool
+    from qc_cell.ros.images import image_description
+    from qc_interfaces.msg import FrameHandle
+
+    if not frame_pool.SHM_DIR.is_dir():
+        pytest.skip("no /dev/shm")
+    writer = subprocess.Popen([sys.executable, "-c", _POOL_WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    pool = writer.stdout.readline().strip()
+
+    def write(value: int) -> FrameHandle:
+        writer.stdin.write(f"{value}\n")
+        writer.stdin.flush()
+        slot, generation = json.loads(writer.stdout.readline())
+        return FrameHandle(pool=pool, in_pool=True, slot=slot, generation=generation)
+
+    def by_handle(part_id: str, handle: FrameHandle) -> PartFrame:
+        msg = PartFrame(part_id=part_id, capture_ok=True, pool_frame=handle)
+        msg.image = image_description(np.zeros((48, 64, 3), np.uint8), "bgr8")
+        return msg
+
+    with Mosquitto() as broker:
+        cloud = Subscriber("127.0.0.1", broker.port)
+        try:
+            with bridge_cell(tmp_path, broker.url, sample_enabled=True, sample_min_interval_s=0.0) as cell:
+                announce = cell.graph.node("driver").create_publisher(FrameHandle, "camera/frame_pool", qos.LATCHED)
+                announce.publish(FrameHandle(pool=pool))
+                name = cell.node.get_fully_qualified_name()
+                assert cell.graph.spin_until(lambda: cell.node._frames.reader.pool == pool, 10.0)
+                assert cell.graph.spin_until(lambda: cell.node.count_publishers("camera/frames") > 0, 5.0)
+                cell.publish("camera/frames", by_handle("d1", write(90)))
+                cell.graph.spin_for(0.1)
+                cell.publish("quality/decision", decision("d1", QualityDecision.DEFECTIVE, 0.95))
+                assert cell.graph.spin_until(lambda: len(cloud.records("/sample")) == 1, 10), cell.health()
+                sample = cloud.records("/sample")[0]
+                image = cv2.imdecode(np.frombuffer(base64.b64decode(sample["image_b64"]), np.uint8), 1)
+                assert sample["part_id"] == "d1" and image.shape == (48, 64, 3)
+                assert abs(int(image[15, 20, 2]) - 255) < 40 and abs(int(image[40, 50, 0]) - 90) < 20
+
+                # A frame the driver overwrote before the bridge sent it (both slots written again): not sent.
+                cell.publish("camera/frames", by_handle("d2", write(30)))
+                cell.graph.spin_for(0.2)  # its 50 ms hand-off expires: the slots are the writer's again
+                write(200), write(210)
+                cell.publish("quality/decision", decision("d2", QualityDecision.DEFECTIVE, 0.95))
+                assert cell.wait_health(lambda h: int(h.get("frames_gone_when_read", 0)) == 1), cell.health()
+                assert int(cell.health()["frames_by_handle"]) == 2
+                assert [r["part_id"] for r in cloud.records("/sample")] == ["d1"]
+                assert name.endswith("cloud_bridge")
+        finally:
+            cloud.close()
+            writer.stdin.close()
+            writer.wait(10)
+
+
 def test_reinspection_offload_uses_only_a_verdict_within_the_deadline(tmp_path):
     with Mosquitto() as broker:
         cloud = Subscriber("127.0.0.1", broker.port, PREFIX + "#")

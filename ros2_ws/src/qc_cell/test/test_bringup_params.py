@@ -121,6 +121,8 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("camera_driver", "frame_pool_slots"): 12,
         ("camera_driver", "frame_pool_lease_s"): 2.0,
         ("inference", "frame_pool"): True,
+        ("camera_driver", "frame_pool_attach_wait_s"): 1.0,  # frame pool announced before its first frame
+        ("cloud_bridge", "frame_pool"): True,  # the bridge reads sampled frames from the pool
         **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
         **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
         # belt tracking: the demo tracks the sim driver's belt input; production until a belt input is wired: none

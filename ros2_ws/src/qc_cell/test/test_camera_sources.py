@@ -372,6 +372,24 @@ def test_pylon_emulation_free_run_with_the_same_parameters():
 
 
 @needs_pylon
+def test_pylon_shifts_12_bit_frames_straight_into_the_buffer_the_driver_gives():
+    source = pylon(guid="0815-0001", pixel_format="Mono12", width=64, height=48, fps=40.0)
+    given: list[np.ndarray] = []
+    source.frame_allocator = lambda shape, dtype: given.append(np.zeros(shape, dtype)) or given[-1]
+    rec = Recorder(source, rate_hz=1.0)
+    assert rec.loop.open()
+    rec.loop.start()
+    try:
+        assert rec.wait(lambda: len(rec.results) >= 3, 10.0), rec.events
+    finally:
+        rec.loop.close()
+    frames = [r.frame for r in rec.results]
+    assert len(given) >= len(frames) and all(any(f.image is g for g in given) for f in frames)  # the decode's target
+    image = frames[-1].image
+    assert image.dtype == np.uint16 and int(image.max()) > 4095 and not (image & 0xF).any()  # shifted into it
+
+
+@needs_pylon
 def test_pylon_emulation_software_trigger_and_clear_errors():
     source = pylon("triggered", trigger_source="Software", pixel_format="BayerRG8", trigger_timeout_s=3.0)
     rec = Recorder(source, "triggered", max_trigger_age_s=5.0)
@@ -444,6 +462,9 @@ def write_bag(path: Path, storage: str, kind: str, count: int = 6, period_s: flo
                     encoder_count=-1, image=raw,
                     capture_ok=True, capture_error="", ground_truth=2 if i % 2 else 1,
                     defect_type="scratch" if i % 2 else "",
+                    # a recorder is not attached to the frame pool: it records the pixels inline
+                    pool_frame=types["qc_interfaces/msg/FrameHandle"](pool="qc_frames_x", in_pool=False, slot=0,
+                                                                      generation=0),
                 )  # fmt: skip
             writer.write(connection, stamp, store.serialize_cdr(msg, msgtype))
     return images
@@ -532,3 +553,68 @@ def test_golden_bayer_and_12_bit_camera_frames_score_identically_at_the_edge_and
         training = preprocess(decode_image(png.tobytes(), "frame.png"), spec, "BGR")
         np.testing.assert_array_equal(edge, training)
     assert encoding == "bayer_rggb8" and encoding12 == "mono16"
+
+
+def test_golden_bayer_frames_demosaiced_over_the_roi_only_give_the_training_input():
+    """With a model ROI the edge demosaics only the ROI of the raw mosaic; training demosaics the whole saved
+    frame and crops: the model inputs must be identical (ROIs at odd offsets, at the frame's edges, 8 and 16 bit)."""
+    from qc_cell.ros.images import array_to_image, decode_for_model
+    from qc_contract.model_manifest import Preprocessing
+    from qc_contract.preprocess import preprocess
+
+    rng = np.random.default_rng(11)
+    for pixel_format, width, height in (("BayerRG8", 64, 48), ("BayerGB8", 70, 50), ("BayerBG16", 64, 48)):
+        dtype = np.uint8 if pixel_format.endswith("8") else "<u2"
+        high = 256 if dtype is np.uint8 else 65536
+        mosaic, encoding = pixels_from_buffer(rng.integers(0, high, width * height, dtype).tobytes(), width, height,
+                                              pixel_format)  # fmt: skip
+        edge_pixels, order = decode_for_model(array_to_image(np.ascontiguousarray(mosaic), encoding))
+        assert order == encoding[:10] and np.shares_memory(edge_pixels, edge_pixels)  # raw, not demosaiced
+        for roi in ((0, 0, width, height), (1, 3, 20, 17), (5, 0, 30, height), (width - 9, height - 7, 9, 7)):
+            spec = Preprocessing(input_width=16, input_height=12, roi=roi)
+            saved = to_bgr8(mosaic, encoding)  # what a data set keeps of the frame (the whole frame, demosaiced)
+            np.testing.assert_array_equal(preprocess(edge_pixels, spec, order), preprocess(saved, spec, "BGR"))
+
+
+# ---------------------------------------------------------------------------------- capture into given buffers
+
+
+def test_the_decode_step_writes_into_a_given_buffer_with_the_same_pixels():
+    from qc_cell.camera.sources.stream import finish_pixels
+
+    rng = np.random.default_rng(3)
+    for pixel_format, data in (
+        ("Mono8", rng.integers(0, 256, 24 * 16, np.uint8).tobytes()),
+        ("Mono12", rng.integers(0, 4096, 24 * 16, "<u2").tobytes()),
+        ("BayerRG16", rng.integers(0, 65536, 24 * 16, "<u2").tobytes()),
+    ):
+        decoded, _ = pixels_from_buffer(data, 24, 16, pixel_format)
+        raw, _ = pixels_from_buffer(data, 24, 16, pixel_format, finish=False)
+        target = np.empty(decoded.shape, decoded.dtype.newbyteorder("="))
+        assert finish_pixels(raw, pixel_format, target) is target
+        np.testing.assert_array_equal(target, decoded)
+
+
+@needs_aravis
+def test_aravis_decodes_each_frame_straight_into_the_buffer_the_driver_gives(gv_camera):
+    source = aravis(guid=gv_camera.serial, pixel_format="Mono8", width=64, height=48)
+    given: list[np.ndarray] = []
+
+    def allocate(shape, dtype):
+        given.append(np.full(shape, 7, dtype))  # stands for a frame-pool slot
+        return given[-1]
+
+    source.frame_allocator = allocate
+    source.open()
+    try:
+        frames = []
+        end = time.monotonic() + 10.0
+        while len(frames) < 3 and time.monotonic() < end:
+            with contextlib.suppress(NoFrameYetError):
+                frames.append(source.read())
+    finally:
+        source.close()
+    assert len(frames) == 3 and len(given) == 3
+    for frame, buffer in zip(frames, given, strict=True):
+        assert frame.image is buffer and frame.image.shape == (48, 64) and frame.encoding == "mono8"
+    assert not all((f.image == 7).all() for f in frames)  # the camera's pixels, not the buffer's fill

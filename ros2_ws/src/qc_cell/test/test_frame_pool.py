@@ -77,6 +77,33 @@ def test_a_frame_goes_through_by_handle_and_the_slot_comes_back_after_release(pr
     assert not pool.path.exists()
 
 
+def test_a_frame_captured_into_a_reserved_slot_is_committed_without_a_copy_or_given_up(prefix):
+    pool = FramePool.create(prefix, slots=2, slot_bytes=frame(0).nbytes, lease_s=0.05)
+    reader = PoolReader("/cell/inference")
+    try:
+        old = pool.write(frame(1))
+        assert wait_until(lambda: pool.leased() == 0, 5.0)  # its hand-off ran out: the slot may be taken again
+        target = pool.reserve(frame(0).shape, np.uint8)
+        assert pool.reserved(target) and not pool.reserved(frame(0))
+        target[...] = 42  # the camera's exposure / decode lands in the slot
+        ref = pool.commit()
+        assert np.all(reader.lease(ref).pixels() == 42)
+        # A frame dropped after its slot was reserved: the next reservation replaces it, and the slot's
+        # previous frame, partly overwritten, is never readable again.
+        slot = pool.reserve(frame(0).shape, np.uint8)
+        slot[...] = 99
+        again = pool.reserve(frame(0).shape, np.uint8)
+        assert not pool.reserved(slot) and pool.reserved(again)
+        pool.cancel()
+        assert not pool.reserved(again)
+        with pytest.raises(FrameGoneError) as gone:
+            reader.lease(old)
+        assert gone.value.reason == OVERWRITTEN
+    finally:
+        reader.close()
+        pool.close()
+
+
 def test_an_unleased_handle_is_overwritten_once_its_hand_off_expires(prefix):
     pool = FramePool.create(prefix, slots=2, slot_bytes=frame(0).nbytes, lease_s=0.05)
     reader = PoolReader("r")

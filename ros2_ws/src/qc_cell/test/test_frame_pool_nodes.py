@@ -224,6 +224,44 @@ def test_the_driver_sends_handles_only_while_every_subscriber_is_attached(tmp_pa
         assert not pool_path.exists()  # the pool goes with the driver's cleanup
 
 
+def test_the_pool_is_announced_so_the_first_frame_goes_by_handle_captured_straight_into_its_slot(tmp_path):
+    """Start-up: the driver announces its new pool (camera/frame_pool, latched) and waits for its subscribers to
+    attach before the first frame, so no frame goes inline; the synthetic source renders into the pool slots."""
+    from qc_contract.synthetic import SyntheticPartGenerator
+
+    with ros_graph(threads=2) as graph:
+        local = graph.node("local_consumer")
+        receiver = FrameReceiver(local.get_fully_qualified_name())
+        receiver.subscribe(local)
+        frames: list[tuple[PartFrame, np.ndarray]] = []
+
+        def on_frame(msg: PartFrame) -> None:
+            got = receiver.receive(msg)
+            pixels = np.array(got.decode()[0])
+            assert got.verify is None or got.verify() == ""
+            if got.release is not None:
+                got.release()
+            frames.append((msg, pixels))
+
+        local.create_subscription(PartFrame, "camera/frames", on_frame, qos.PART_FRAMES)
+        driver = make_driver(graph, tmp_path, max_parts=6, seed=5)
+        assert graph.spin_until(lambda: driver.frames_pub.get_subscription_count() == 1, 5.0)
+        assert driver.trigger_activate() == SUCCESS
+        try:
+            assert graph.spin_until(lambda: len(frames) >= 6, 15.0), len(frames)
+            assert [m.pool_frame.in_pool for m, _ in frames] == [True] * 6  # the first one too
+            stats = driver.frame_sender.stats()
+            assert (stats["frames_inline"], stats["frames_by_handle"], stats["frames_captured_into_pool"]) == (0, 6, 6)
+            assert len(driver.frame_sender.attach_waits) == 1 and driver.frame_sender.attach_waits[0] < 1.0
+            generator = SyntheticPartGenerator(seed=5, width=96, height=64)
+            for msg, pixels in frames:  # the pixels the consumer read are the part's
+                np.testing.assert_array_equal(pixels, generator.part(int(msg.source.rsplit(":", 1)[1])).image)
+        finally:
+            driver.trigger_deactivate()
+            driver.trigger_cleanup()
+            receiver.close()
+
+
 def test_without_shared_memory_frames_go_inline(tmp_path, monkeypatch):
     monkeypatch.setattr(frame_pool, "SHM_DIR", tmp_path / "no_shm")
     with ros_graph(threads=2) as graph:
@@ -261,10 +299,10 @@ def test_camera_to_inference_at_5_mp_goes_by_handle(tmp_path):
             assert [r.status for r in cell.results] == [InspectionResult.STATUS_OK] * 5, [
                 r.reason for r in cell.results
             ]
-            assert cell.node._frames.by_handle >= 2  # after the first frame(s), which name the pool inline
+            assert (cell.node._frames.by_handle, cell.node._frames.inline) == (5, 0)  # the first frame too
             stats = driver.frame_sender.stats()
             assert stats["frame_pool_slots"] == f"12 x {2448 * 2048 * 3 / 1e6:.1f} MB"
-            assert stats["frames_by_handle"] == cell.node._frames.by_handle
+            assert stats["frames_by_handle"] == stats["frames_captured_into_pool"] == 5  # no copy in the driver
         finally:
             driver.trigger_deactivate()
             driver.trigger_cleanup()

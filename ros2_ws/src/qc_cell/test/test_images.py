@@ -182,12 +182,20 @@ def test_to_bgr8():
     assert (to_bgr8(np.full((8, 10), 90, np.uint8), "bayer_rggb8") == 90).all()
 
 
-def test_decode_for_model_keeps_the_channel_order_and_demosaics_bayer():
+def test_decode_for_model_keeps_the_channel_order_and_the_bayer_mosaic_raw():
     bgr = _random(np.uint8, (8, 10, 3))
     pixels, order = decode_for_model(array_to_image(bgr[:, :, ::-1].copy(), "rgb8"))
     assert order == "RGB" and np.array_equal(pixels[:, :, ::-1], bgr), "rgb8 is handed on as RGB, not converted"
-    pixels, order = decode_for_model(array_to_image(np.full((8, 10), 90, np.uint8), "bayer_grbg8"))
-    assert order == "BGR" and pixels.shape == (8, 10, 3) and (pixels == 90).all()
+    msg = array_to_image(np.full((8, 10), 90, np.uint8), "bayer_grbg8")
+    pixels, order = decode_for_model(msg)  # preprocessing demosaics it (over the model's ROI only)
+    assert (
+        order == "bayer_grbg"
+        and pixels.shape == (8, 10)
+        and np.shares_memory(pixels, np.frombuffer(msg.data, np.uint8))
+    )
+    from qc_contract.preprocess import demosaic
+
+    assert (demosaic(pixels, order) == 90).all() and demosaic(pixels, order).shape == (8, 10, 3)
     with pytest.raises(ImageConversionError, match="'32FC1' cannot be scored"):
         decode_for_model(array_to_image(_random(np.float32, (5, 7)), "32FC1"))
 

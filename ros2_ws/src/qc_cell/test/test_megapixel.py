@@ -51,3 +51,24 @@ def test_a_12_mp_overlay_is_drawn_scaled_down_with_the_heatmap_in_place():
     assert not changed[y0:y1, left : (left + mid) // 2].any()  # left quarter not (bilinear edge in between)
     assert not changed[y1 + 10 : 460, 20:620].any()  # nothing below the ROI
     assert elapsed < 5.0, f"{elapsed:.2f} s for one overlay"  # generous: only catches a full-size blend (loaded CI)
+
+
+def test_the_synthetic_source_renders_into_the_buffer_the_driver_gives():
+    source = SyntheticSource(seed=2, width=96, height=64)
+    given: list[np.ndarray] = []
+    source.frame_allocator = lambda shape, dtype: given.append(np.zeros(shape, dtype)) or given[-1]
+    source.open()
+    frame = source.read()
+    assert len(given) == 1 and frame.image is given[0]  # captured into the slot: nothing copies it afterwards
+    np.testing.assert_array_equal(frame.image, SyntheticPartGenerator(seed=2, width=96, height=64).part(0).image)
+    source.frame_allocator = lambda shape, dtype: None  # the pool is full: a fresh array
+    assert source.read().image.shape == (64, 96, 3)
+
+
+def test_a_bayer_overlay_is_demosaiced_small_never_at_full_size():
+    mosaic = np.zeros((3000, 4096), np.uint8)
+    mosaic[0::2, 0::2] = 200  # rggb: red sites only -> a red picture
+    picture = render(mosaic, "bayer_rggb", True, 0.1, "1.0.0", style=OverlayStyle(max_side=640))
+    assert max(picture.shape[:2]) <= 640 and picture.shape[2] == 3
+    centre = picture[picture.shape[0] // 2, picture.shape[1] // 2]
+    assert centre[2] > 150 and centre[0] < 50 and centre[1] < 50, centre

@@ -4,6 +4,11 @@ cloud training/export tools both call this module, so there is no train/serve sk
 Steps: ROI crop, grayscale -> 3 channels, colour order, resize (or letterbox), normalise, NCHW float32.
 All vectorised (OpenCV + NumPy); no per-pixel Python.
 
+Bayer mosaics (a camera's raw frames, channel order "bayer_rggb" etc.) are demosaiced here, and only over the
+ROI (plus a few pixels of margin, the phase of the pattern kept): the same pixels as demosaicing the whole frame
+and cropping, so a model input from a raw frame at the edge is identical to one from the demosaiced frame saved
+for training, without the full-size BGR copy of a 5-12 MP frame.
+
 Speed (the node runs this per part): resizing is per channel, so the colour reordering and the grey ->
 3-channel expansion are done on the small resized image, while it is written out as NCHW planes; and
 normalisation is a per-channel 256-entry lookup table built with the very float32 formula
@@ -22,6 +27,15 @@ import numpy as np
 from qc_contract.model_manifest import Normalization, Preprocessing
 
 CHANNEL_ORDERS = ("BGR", "RGB")
+# Bayer mosaic layouts (ROS encoding names without the bit depth) -> OpenCV demosaicing code (OpenCV names the
+# pattern by the second row, as cv_bridge does). A raw mosaic's "channel order" is its layout.
+BAYER_CODES = {
+    "bayer_rggb": cv2.COLOR_BayerBG2BGR,
+    "bayer_bggr": cv2.COLOR_BayerRG2BGR,
+    "bayer_gbrg": cv2.COLOR_BayerGR2BGR,
+    "bayer_grbg": cv2.COLOR_BayerGB2BGR,
+}
+_DEMOSAIC_MARGIN = 4  # px around a region: bilinear demosaicing reads 1 px around each pixel (even: pattern phase)
 
 
 class PreprocessError(ValueError):
@@ -61,6 +75,27 @@ def _colour_planes(image: np.ndarray) -> np.ndarray:
     raise PreprocessError(f"unsupported image shape {image.shape}")
 
 
+def demosaic(mosaic: np.ndarray, layout: str, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """BGR of a Bayer mosaic (H x W, uint8 or uint16) in `layout` (a BAYER_CODES key), of the whole frame or only of
+    `roi` (x, y, width, height): identical to demosaicing the whole frame and cropping, at the cost of the ROI."""
+    try:
+        code = BAYER_CODES[layout]
+    except KeyError:
+        raise PreprocessError(f"unknown bayer layout {layout!r} (known: {', '.join(BAYER_CODES)})") from None
+    if mosaic.ndim != 2:
+        raise PreprocessError(f"a bayer mosaic has one channel, not shape {mosaic.shape}")
+    if roi is None:
+        return cv2.cvtColor(mosaic, code)
+    x, y, w, h = roi
+    height, width = mosaic.shape
+    if x < 0 or y < 0 or x + w > width or y + h > height or w <= 0 or h <= 0:
+        raise PreprocessError(f"roi {roi} outside image of {width}x{height}")
+    x0, y0 = max(0, x - _DEMOSAIC_MARGIN) & ~1, max(0, y - _DEMOSAIC_MARGIN) & ~1  # even: same pattern phase
+    x1, y1 = min(width, x + w + _DEMOSAIC_MARGIN), min(height, y + h + _DEMOSAIC_MARGIN)
+    bgr = cv2.cvtColor(np.ascontiguousarray(mosaic[y0:y1, x0:x1]), code)
+    return bgr[y - y0 : y - y0 + h, x - x0 : x - x0 + w]
+
+
 def _resize(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """H x W x C (C = 1 or 3) -> input_height x input_width x C, stretched or letterboxed."""
     h, w, channels = spec.input_height, spec.input_width, image.shape[2]
@@ -79,13 +114,21 @@ def _resize(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
 def preprocess_into(image: np.ndarray, spec: Preprocessing, channel_order: str, out: np.ndarray) -> np.ndarray:
     """Preprocess one image into `out`, a writable float32 (3, input_height, input_width) array (e.g. one
     slot of a preallocated batch). Returns `out`."""
-    if channel_order not in CHANNEL_ORDERS:
-        raise PreprocessError(f"channel_order must be one of {CHANNEL_ORDERS}, not {channel_order!r}")
+    if channel_order in BAYER_CODES:  # a raw mosaic: demosaiced over the ROI only
+        image = demosaic(_to_uint8(image), channel_order, spec.roi)
+        channel_order, roi = "BGR", None
+    elif channel_order not in CHANNEL_ORDERS:
+        raise PreprocessError(
+            f"channel_order must be one of {CHANNEL_ORDERS} or a bayer layout {tuple(BAYER_CODES)}, "
+            f"not {channel_order!r}"
+        )
+    else:
+        roi = spec.roi
     image = _colour_planes(_to_uint8(image))
-    if spec.roi is not None:
-        x, y, w, h = spec.roi
+    if roi is not None:
+        x, y, w, h = roi
         if x < 0 or y < 0 or x + w > image.shape[1] or y + h > image.shape[0]:
-            raise PreprocessError(f"roi {spec.roi} outside image of {image.shape[1]}x{image.shape[0]}")
+            raise PreprocessError(f"roi {roi} outside image of {image.shape[1]}x{image.shape[0]}")
         image = image[y : y + h, x : x + w]
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise PreprocessError("empty image")
@@ -105,7 +148,8 @@ def preprocess_into(image: np.ndarray, spec: Preprocessing, channel_order: str, 
 def preprocess(image: np.ndarray, spec: Preprocessing, channel_order: str = "BGR") -> np.ndarray:
     """One image (H x W, H x W x 1/3/4; uint8, or uint16 scaled down to 8 bit) -> (1, 3, h, w) float32.
 
-    channel_order is the order of `image` ("BGR" for OpenCV-read files and bgr8 frames, "RGB" for rgb8).
+    channel_order is the order of `image` ("BGR" for OpenCV-read files and bgr8 frames, "RGB" for rgb8), or the
+    layout of a raw Bayer mosaic ("bayer_rggb", ...: demosaiced over the ROI only).
     """
     out = np.zeros((1, 3, spec.input_height, spec.input_width), dtype=np.float32)
     preprocess_into(image, spec, channel_order, out[0])

@@ -40,6 +40,12 @@ CLOUD_BRIDGE = NodeParams(
             runtime=True,
         ),
         Param("status_period_s", 30.0, "retained online status refresh (s)", range=(1.0, 3600.0)),
+        Param(
+            "frame_pool",
+            True,
+            "read the frames it sends (samples, offload) from the camera driver's shared-memory pool when on its "
+            "host (the driver sends handles only while every frame subscriber reads the pool)",
+        ),
         Param("diagnostics_period_s", 1.0, "/diagnostics period (s)", range=(0.1, 60.0)),
         Param("loss_alert_period_s", 10.0, "at most one OUTBOX_FULL alert per period (s)", range=(1.0, 3600.0)),
         Param("updates_enabled", False, "accept signed model updates on .../model/update"),

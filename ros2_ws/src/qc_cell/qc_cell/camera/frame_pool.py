@@ -148,7 +148,7 @@ class FramePool:
         self.written = 0
         self.full = 0  # writes refused because every slot was leased
         self.reclaimed = 0  # frames handed off but not yet leased, overwritten because no slot was free
-        self._pending: tuple[int, int, tuple[int, ...], np.dtype] | None = None  # reserved, not yet committed
+        self._pending: tuple[int, int, tuple[int, ...], np.dtype, np.ndarray] | None = None  # reserved, uncommitted
         self.closed = False
 
     @classmethod
@@ -237,13 +237,13 @@ class FramePool:
 
     def reserve(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
         """A free slot as a writable C-order array, for a source that captures straight into the pool (as a camera
-        whose driver buffers are pool slots would): fill it, then commit(). None when every slot is held."""
+        whose driver buffers are pool slots would): fill it, then commit(), or cancel() when the frame is dropped
+        (a second reserve() cancels the first). None when every slot is held."""
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         if nbytes > self._m.slot_bytes:
             raise PoolError(f"frame of {nbytes} bytes does not fit a {self._m.slot_bytes}-byte slot")
-        if self._pending is not None:
-            raise PoolError("reserve() again before commit()")
+        self.cancel()  # a reservation never committed (the frame was dropped): its slot is free again
         slot = self._free_slot(now_ns())
         if slot is None:
             self.full += 1
@@ -253,14 +253,25 @@ class FramePool:
         generation += 2 if generation % 2 == 0 else 1  # an odd value left by a writer that died mid-copy
         row[_GEN] = generation - 1  # odd: being written
         row[_NBYTES] = nbytes
-        self._pending = (slot, generation, tuple(shape), dtype)
-        return self._m.pixels(slot, tuple(shape), dtype)
+        view = self._m.pixels(slot, tuple(shape), dtype)
+        self._pending = (slot, generation, tuple(shape), dtype, view)
+        return view
+
+    def reserved(self, pixels: np.ndarray) -> bool:
+        """Whether `pixels` is the slot reserve() gave (the frame was captured straight into the pool)."""
+        pending = self._pending
+        return pending is not None and pixels is pending[4]
+
+    def cancel(self) -> None:
+        """Give up the reserved slot (no-op without one). Its generation stays odd: the slot's old frame was
+        partly overwritten, so no handle to it is valid any more; the next reserve() may take the slot."""
+        self._pending = None
 
     def commit(self) -> FrameRef:
         """The reserved slot's frame is complete: its handle (the slot is held for the consumer for lease_s)."""
         if self._pending is None:
             raise PoolError("commit() without reserve()")
-        slot, generation, shape, dtype = self._pending
+        slot, generation, shape, dtype, _ = self._pending
         self._pending = None
         row = self._m.table[slot]
         row[_HANDOFF] = now_ns() + self._m.lease_ns  # held for the consumer until it takes its lease

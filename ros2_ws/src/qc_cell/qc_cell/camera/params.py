@@ -127,6 +127,13 @@ CAMERA_DRIVER = NodeParams(
             "how long a consumer holds a frame at most; a consumer that dies frees its slots after this time",
             range=(0.05, 60.0),
         ),
+        Param(
+            "frame_pool_attach_wait_s",
+            1.0,
+            "the first frame into a new pool waits at most this long for the subscribers of camera/frames to "
+            "attach (the pool is announced on camera/frame_pool first), so it goes by handle, not inline",
+            range=(0.0, 30.0),
+        ),
         Param("diagnostics_period_s", 1.0, "/diagnostics period (s)", range=(0.1, 60.0)),
     ),
 )

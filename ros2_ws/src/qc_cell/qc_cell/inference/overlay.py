@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from qc_contract.model_manifest import Preprocessing
+from qc_contract.preprocess import BAYER_CODES, demosaic
 
 GREEN, AMBER, RED, GREY = (60, 180, 75), (0, 165, 255), (40, 40, 220), (150, 150, 150)  # BGR
 
@@ -20,6 +21,16 @@ class OverlayStyle:
     defective_threshold: float = 0.8
     max_side: int = 640  # overlays are for viewers: larger frames are scaled down before drawing
     heatmap_alpha: float = 0.45
+
+
+def _small_demosaic(mosaic: np.ndarray, layout: str, scale: float) -> np.ndarray:
+    """BGR of a Bayer mosaic reduced by whole 2x2 cells to about `scale` (viewers only: never at full size)."""
+    if mosaic.dtype == np.uint16:
+        mosaic = (mosaic >> 8).astype(np.uint8)
+    k = max(1, int(1.0 / scale)) if scale < 1.0 else 1
+    h, w = mosaic.shape[0] // 2, mosaic.shape[1] // 2
+    cells = mosaic[: 2 * h, : 2 * w].reshape(h, 2, w, 2)[::k, :, ::k, :]
+    return demosaic(np.ascontiguousarray(cells).reshape(2 * cells.shape[0], 2 * cells.shape[2]), layout)
 
 
 def _to_bgr8(image: np.ndarray, channel_order: str) -> np.ndarray:
@@ -78,8 +89,11 @@ def render(
     is read once by the resize, never converted or blended at full size)."""
     image_hw = image.shape[:2]
     scale = style.max_side / max(image_hw)
+    if channel_order in BAYER_CODES:  # a raw mosaic: every k-th 2x2 cell, demosaiced (small), then as BGR
+        image, channel_order = _small_demosaic(image, channel_order, scale), "BGR"
+        scale = style.max_side / max(image.shape[:2])
     if scale < 1.0:
-        size = (max(1, round(image_hw[1] * scale)), max(1, round(image_hw[0] * scale)))
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR)
     bgr = _to_bgr8(image, channel_order)
     if heatmap is not None and spec is not None and ok:

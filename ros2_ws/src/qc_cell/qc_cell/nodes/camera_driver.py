@@ -101,10 +101,16 @@ class CameraDriver(DeviceNode):
         self.frame_sender = FrameSender(
             self,
             self.frames_pub,
-            PoolSettings(p["frame_pool"], p["frame_pool_slots"], p["frame_pool_lease_s"]),
+            PoolSettings(
+                p["frame_pool"], p["frame_pool_slots"], p["frame_pool_lease_s"], p["frame_pool_attach_wait_s"]
+            ),
             f"{prefix}_{self.get_name()}",
             self._warn_source,
         )
+        if p["frame_pool"] and self.framing.roi is None and self.framing.scale == 1.0:
+            # Sources that can (synthetic, Aravis, pylon) capture each frame straight into a pool slot: no copy
+            # in the driver. With a ROI or downscale the framed image is a new, smaller one and is copied in.
+            self.source.frame_allocator = self.frame_sender.reserve
         self.alerts = AlertPublisher(self)
         self._diag_pub = diagnostics.create_publisher(self)
         if self.capture.mode == "triggered":

@@ -36,6 +36,7 @@ from qc_cell.bridge.params import CLOUD_BRIDGE
 from qc_cell.bridge.settings import from_values
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.alerts import AlertPublisher
+from qc_cell.ros.frame_transport import FrameReceiver
 from qc_cell.ros.images import decode_bgr8, image_to_array
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
@@ -102,6 +103,8 @@ class CloudBridgeNode(Node):
         # Subscriptions: the QoS each topic's publisher uses (qc_cell.ros.qos), so the pairs match.
         # With the publisher's history, so the first verdicts are not lost when the decision node's writer
         # matches this reader only after them, nor those decided while this bridge was down (CloudLink.on_part).
+        # Frames by handle from the camera driver's shared-memory pool (read only for the frames it sends).
+        self._frames = FrameReceiver(self.get_fully_qualified_name(), p["frame_pool"])
         subscribe = Subscriptions(self, self._alerts, self._diag_pub).create
         subscribe(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
         subscribe(CellKpi, "quality/kpi", self._on_kpi, qos.EVENTS)
@@ -113,6 +116,9 @@ class CloudBridgeNode(Node):
         if settings.wants_frames:
             # Only then: every frame is an image, and the bridge must not cost the cell a copy of each.
             subscribe(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
+            # A same-host reader of the camera driver's frame pool: the driver sends handles only while every
+            # subscriber has attached; the bridge leases a frame only when it sends its pixels (few are).
+            self._frames.subscribe(self)
         if settings.sample.enabled:
             # inference publishes heatmaps only while someone listens: only when samples leave the cell.
             subscribe(PartFrame, "inspection/heatmap", self._on_heatmap, qos.IMAGE_VIEW)
@@ -151,8 +157,7 @@ class CloudBridgeNode(Node):
         )
 
     def _on_frame(self, msg: PartFrame) -> None:
-        image = msg.image
-        self._link.on_frame(PartImage(msg.part_id, msg.capture_ok, lambda: decode_bgr8(image)))
+        self._link.on_frame(PartImage(msg.part_id, msg.capture_ok, self._frames.deferred_bgr8(msg)))
 
     def _on_heatmap(self, msg: PartFrame) -> None:
         image = msg.image
@@ -246,13 +251,19 @@ class CloudBridgeNode(Node):
         return response.success, response.message, response.active_version
 
     def _publish_diagnostics(self) -> None:
+        self._frames.keep_attached()  # a slow line keeps its frame-pool registration fresh
         health = self._link.health()
         name, cell = f"{self.get_name()}: mqtt", self._link.cell.path
-        status = diagnostics.status(name, int(health.level), health.message, health.values, hardware_id=cell)
+        values = dict(health.values)
+        if self._frames.by_handle or self._frames.inline:
+            values.update(frames_by_handle=self._frames.by_handle, frames_inline=self._frames.inline)
+            values["frames_gone_when_read"] = self._frames.gone  # overwritten before their sample/offload was sent
+        status = diagnostics.status(name, int(health.level), health.message, values, hardware_id=cell)
         diagnostics.publish(self, self._diag_pub, [status])
 
     def destroy_node(self) -> None:
         self._link.stop("shutdown")  # retained offline status, then a clean disconnect
+        self._frames.close()
         super().destroy_node()
 
 

@@ -140,6 +140,7 @@ class InferenceNode(Node):
         # not the middleware's to hide; frames the middleware still loses show up as sequence gaps.
         subscriptions = Subscriptions(self, self._alerts, self._diag_pub)
         subscriptions.create(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
+        self._frames.subscribe(self)  # attach to each pool as soon as the driver announces it
         self._load_service = ServiceThread(self, LoadModel, "inference/load_model", self._on_load_model, "model_loader")
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
         self._initial_load = threading.Thread(

@@ -31,6 +31,8 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from qc_contract.preprocess import BAYER_CODES
+
 try:  # optional: present where ROS comes from apt (Jetson), absent with the PyPI wheels
     from cv_bridge import CvBridge as _CvBridge
 except ImportError:  # pragma: no cover - depends on the machine
@@ -80,13 +82,8 @@ MODEL_CHANNEL_ORDER = {
     "16UC1": "BGR",
 }
 
-# ROS bayer pattern -> OpenCV demosaicing code (OpenCV names the pattern by the second row; as cv_bridge does).
-_DEMOSAIC = {
-    "bayer_rggb": cv2.COLOR_BayerBG2BGR,
-    "bayer_bggr": cv2.COLOR_BayerRG2BGR,
-    "bayer_gbrg": cv2.COLOR_BayerGR2BGR,
-    "bayer_grbg": cv2.COLOR_BayerGB2BGR,
-}
+# ROS bayer pattern -> OpenCV demosaicing code: one table, with the preprocessing that demosaics model inputs.
+_DEMOSAIC = BAYER_CODES
 
 
 def encoding_layout(encoding: str) -> tuple[np.dtype, int]:
@@ -228,10 +225,14 @@ def decode_for_model(image: Image) -> tuple[np.ndarray, str]:
 
 
 def pixels_for_model(pixels: np.ndarray, encoding: str) -> tuple[np.ndarray, str]:
-    """(pixels, channel order) for preprocessing, from pixels in `encoding` (a view where possible: bayer mosaics
-    are demosaiced). Also for frames read from the camera driver's shared-memory pool."""
+    """(pixels, channel order) for preprocessing, from pixels in `encoding`, a view (no copy). Bayer mosaics stay
+    raw, their "channel order" the layout ("bayer_rggb", ...): preprocessing demosaics only the model's ROI, with the
+    same result as demosaicing the frame first (qc_contract.preprocess). Also for frames read from the camera
+    driver's shared-memory pool."""
     if encoding.startswith("bayer_"):
-        return to_bgr8(pixels, encoding), "BGR"
+        if encoding[:10] not in BAYER_CODES:
+            raise ImageConversionError(f"unknown bayer encoding {encoding!r}")
+        return pixels, encoding[:10]
     if encoding not in MODEL_CHANNEL_ORDER:
         raise ImageConversionError(
             f"encoding {encoding!r} cannot be scored (supported: {', '.join(MODEL_CHANNEL_ORDER)}, bayer_*)"

@@ -85,6 +85,10 @@ class FrameSource(ABC):
     """
 
     kind: str = ""
+    # Where a source that can capture straight into memory it is given puts its frames (the camera driver's
+    # shared-memory pool slots, FrameSender.reserve): allocate(shape, dtype) -> a writable C-order array, or None
+    # (then a fresh one). Called from the capture thread only, for the frame about to be returned by read().
+    frame_allocator: Callable[[tuple[int, ...], np.dtype], np.ndarray | None] | None = None
 
     @property
     @abstractmethod
@@ -109,6 +113,15 @@ class FrameSource(ABC):
         """True when the source delivers frames at its own pace (a camera stream, a topic, a bag at recorded speed):
         in free run every frame it delivers is a part, read back to back instead of at rate_hz."""
         return False
+
+    def frame_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The array to capture the next frame into: a slot of the frame pool when the driver gives one, else new."""
+        allocate = self.frame_allocator
+        if allocate is not None:
+            target = allocate(tuple(shape), np.dtype(dtype))
+            if target is not None:
+                return target
+        return np.empty(shape, dtype)
 
     def read_for(self, trigger_ns: int) -> Frame:
         """The frame for a part triggered at `trigger_ns` (ROS time); sources that can match or trigger override it."""

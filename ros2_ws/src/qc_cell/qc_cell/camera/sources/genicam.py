@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from qc_cell.camera.sources.base import (
     Warn,
     default_warn,
 )
-from qc_cell.camera.sources.stream import PIXEL_FORMATS, ClockMapper, FrameRing, pixels_from_buffer
+from qc_cell.camera.sources.stream import PIXEL_FORMATS, ClockMapper, FrameRing, finish_pixels, pixels_from_buffer
 
 
 class FeatureError(SourceConfigError):
@@ -288,7 +288,19 @@ class GenICamSource(FrameSource):
             if self._lost:
                 raise self._down()
             raise NoFrameYetError("no frame yet")
-        return frame
+        return self._deliver(frame)
+
+    def _deliver(self, frame: Frame) -> Frame:
+        """The ring holds raw views on the camera's buffers, decoded only for the frames that become parts: the
+        decode's last step writes into the driver's frame-pool slot when it gives one (the frame's one copy on the
+        host after the camera's own), else into a new array where there is anything to do (10/12-bit data)."""
+        raw = frame.image
+        if self.frame_allocator is not None:
+            dtype = PIXEL_FORMATS[self._pixel_format][1].newbyteorder("=")
+            image = finish_pixels(raw, self._pixel_format, self.frame_buffer(raw.shape, dtype))
+        else:
+            image = finish_pixels(raw, self._pixel_format)
+        return frame if image is raw else replace(frame, image=image)
 
     def read_for(self, trigger_ns: int) -> Frame:
         if self._lost:
@@ -307,7 +319,7 @@ class GenICamSource(FrameSource):
                 if self._lost:
                     raise self._down()
                 raise NoMatchingFrameError(f"no frame within {s.trigger_timeout_s:g} s of the software trigger")
-            return frame
+            return self._deliver(frame)
         tolerance = int(s.trigger_tolerance_s * 1e9)
         frame = self.ring.nearest(trigger_ns, tolerance, s.trigger_tolerance_s + s.trigger_timeout_s)
         if frame is None:
@@ -315,7 +327,7 @@ class GenICamSource(FrameSource):
             if self._lost:
                 raise self._down()
             raise NoMatchingFrameError(f"no camera frame within {s.trigger_tolerance_s * 1000:g} ms of the trigger")
-        return frame
+        return self._deliver(frame)
 
     def _grab_loop(self) -> None:
         quiet_since = time.monotonic()
@@ -339,7 +351,7 @@ class GenICamSource(FrameSource):
             quiet_since = time.monotonic()
             pixels, width, height, camera_ns = item
             try:
-                image, encoding = pixels_from_buffer(pixels, width, height, self._pixel_format)
+                image, encoding = pixels_from_buffer(pixels, width, height, self._pixel_format, finish=False)
             except ValueError as exc:
                 self.decode_errors += 1
                 self._warn(f"{self.description}: frame dropped: {exc}")

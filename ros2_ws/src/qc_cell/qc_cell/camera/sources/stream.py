@@ -37,13 +37,14 @@ for _pfnc, _ros in (("RG", "rggb"), ("GR", "grbg"), ("GB", "gbrg"), ("BG", "bggr
 
 
 def pixels_from_buffer(
-    data: bytes | memoryview | np.ndarray, width: int, height: int, pixel_format: str
+    data: bytes | memoryview | np.ndarray, width: int, height: int, pixel_format: str, *, finish: bool = True
 ) -> tuple[np.ndarray, str]:
     """(image, encoding) for one camera buffer in `pixel_format` (unpacked formats only). 10/12-bit data is shifted
     to the top of the 16-bit range (vectorised), so mono16/bayer_*16 mean the same scale whatever the sensor depth.
-    ValueError for a format or size the cell cannot read."""
+    With `finish` False the image is the buffer's raw view (no shift, no copy): finish_pixels() then completes it,
+    into a frame-pool slot where the driver gives one. ValueError for a format or size the cell cannot read."""
     try:
-        encoding, dtype, channels, bits = PIXEL_FORMATS[pixel_format]
+        encoding, dtype, channels, _bits = PIXEL_FORMATS[pixel_format]
     except KeyError:
         raise ValueError(
             f"pixel format {pixel_format!r} is not supported (supported: {', '.join(sorted(PIXEL_FORMATS))})"
@@ -54,11 +55,23 @@ def pixels_from_buffer(
         raise ValueError(f"{pixel_format} buffer of {flat.size} values is too small for {width}x{height}")
     shape = (height, width, channels) if channels > 1 else (height, width)
     image = flat[:needed].reshape(shape)
+    return (finish_pixels(image, pixel_format) if finish else image), encoding
+
+
+def finish_pixels(raw: np.ndarray, pixel_format: str, out: np.ndarray | None = None) -> np.ndarray:
+    """The last step of the decode of a raw view (pixels_from_buffer(finish=False)): 10/12-bit values shifted to
+    the top of 16 bits, byte order native. Into `out` when given (a frame-pool slot: the decode is the only copy of
+    the frame on the host), else a new array, or the view itself where nothing is to be done (8-bit formats)."""
+    _, dtype, _, bits = PIXEL_FORMATS[pixel_format]
+    if out is None:
+        if dtype.itemsize == 2 and bits < 16:
+            return np.left_shift(raw, 16 - bits).astype(np.uint16, copy=False)
+        return raw.astype(np.uint16, copy=False) if dtype.itemsize == 2 else raw
     if dtype.itemsize == 2 and bits < 16:
-        image = np.left_shift(image, 16 - bits).astype(np.uint16, copy=False)
-    elif dtype.itemsize == 2:
-        image = image.astype(np.uint16, copy=False)
-    return image, encoding
+        np.left_shift(raw, 16 - bits, out=out, casting="unsafe")
+    else:
+        np.copyto(out, raw, casting="unsafe")
+    return out
 
 
 class ClockMapper:
