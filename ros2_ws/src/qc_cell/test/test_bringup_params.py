@@ -123,6 +123,14 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("inference", "frame_pool"): True,
         ("camera_driver", "frame_pool_attach_wait_s"): 1.0,  # frame pool announced before its first frame
         ("cloud_bridge", "frame_pool"): True,  # the bridge reads sampled frames from the pool
+        # the latency-aware offload policy (issue 21): its defaults in the base file
+        ("cloud_bridge", "offload_roi"): [0],
+        ("cloud_bridge", "offload_margin_ms"): 20.0,
+        ("cloud_bridge", "offload_prior_rtt_ms"): 100.0,
+        ("cloud_bridge", "offload_prior_bandwidth_mbps"): 5.0,
+        ("cloud_bridge", "offload_min_bandwidth_mbps"): 0.2,
+        ("cloud_bridge", "offload_max_backlog"): 8,
+        ("cloud_bridge", "offload_overload_threshold"): 0.05,
         **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
         **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
         # belt tracking: the demo tracks the sim driver's belt input; production until a belt input is wired: none

@@ -37,7 +37,7 @@ from qc_cell.bridge.settings import from_values
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.frame_transport import FrameReceiver
-from qc_cell.ros.images import decode_bgr8, image_to_array
+from qc_cell.ros.images import image_to_array
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.subscriptions import Subscriptions
