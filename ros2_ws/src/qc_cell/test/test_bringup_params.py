@@ -119,6 +119,7 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("camera_driver", "frame_pool_slots"): 12,
         ("camera_driver", "frame_pool_lease_s"): 2.0,
         ("inference", "frame_pool"): True,
+        ("decision", "bands"): "params",  # the proposed bands of the model package, opt-in (issue 25)
         **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
         **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},
         # belt tracking: the demo tracks the sim driver's belt input; production until a belt input is wired: none

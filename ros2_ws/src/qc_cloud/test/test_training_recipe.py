@@ -160,6 +160,25 @@ def test_band_proposal_meets_targets_or_says_it_cannot():
     assert not bands["feasible"] and "false rejects" in bands["reason"]  # only by rejecting most good parts
 
 
+@pytest.mark.parametrize("pooling", ["max", "gem"])
+def test_head_pooling_is_configurable_and_exports_exactly(pooling, tmp_path):
+    from qc_cloud.training.export import check_parity, export_onnx
+
+    with pytest.raises(ConfigError, match="pooling must be one of"):
+        TrainConfig(pooling="median")
+    assert TrainConfig.preset_config("paper").pooling == "avg"
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", input_size=64, pooling=pooling).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        f = model.feature_map(x)
+        expected = f.amax(dim=(2, 3)) if pooling == "max" else f.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+        assert torch.allclose(model.pooled(x), expected, atol=1e-6)
+        assert (model.pooled(x) >= f.mean(dim=(2, 3)) - 1e-5).all()  # both weigh the strongest cells up
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=64, features=True, fp16=False)
+    assert check_parity(model, path, x.numpy(), fp16=False).max_abs_logit_diff < 1e-4  # raises beyond tolerance
+
+
 def test_manifest_refuses_a_bad_calibration():
     good = Manifest(version="v", sha256="0" * 64, output=Output(calibration=(2.0, -1.0)))
     assert Manifest.from_dict(json.loads(json.dumps(good.to_dict()))).output.calibration == (2.0, -1.0)

@@ -449,6 +449,7 @@ def train(
         input_size=config.input_size,
         weights=Path(config.weights) if config.weights else None,
         dropout=config.dropout,
+        pooling=config.pooling,
     )
     result = Trainer(model, config, dataset, split, preprocessing_for(config), progress=progress, world=world).run()
     if not world.is_main:  # rank 0 exports and packages; the others wait for it and leave
