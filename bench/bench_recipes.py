@@ -163,7 +163,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--only", choices=("surface", "bottle"), help="one benchmark only")
     parser.add_argument(
-        "--methods", default="logistic,paper,adaptive,anomaly", help="comma-separated subset of the methods"
+        "--methods",
+        default="logistic,paper,adaptive,anomaly",
+        help="comma-separated subset of the methods (also: adaptive-max, adaptive-gem)",
     )
     args = parser.parse_args()
     logging.getLogger("qc_cloud").setLevel(logging.WARNING)
@@ -208,6 +210,14 @@ def main() -> int:
                 out = Path(tmp) / f"{product}_adaptive"
                 rows["adaptive (default)"] = run_pipeline("adaptive", adaptive, root, split_path, out)
                 print_table(f"{product}: results so far", rows)
+            for pooling in ("max", "gem"):  # opt-in methods: the adaptive recipe with another head pooling
+                if f"adaptive-{pooling}" in methods:
+                    config = TrainConfig.preset_config(
+                        "adaptive", budget_minutes=args.budget_minutes, pooling=pooling, **common
+                    )
+                    out = Path(tmp) / f"{product}_adaptive_{pooling}"
+                    rows[f"adaptive, {pooling} pooling"] = run_pipeline("adaptive", config, root, split_path, out)
+                    print_table(f"{product}: results so far", rows)
             if "anomaly" in methods:
                 anomaly = TrainConfig.preset_config("adaptive", method="anomaly", **common)
                 out = Path(tmp) / f"{product}_anomaly"

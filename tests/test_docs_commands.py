@@ -316,6 +316,11 @@ RULES: list[Rule] = [
         check_options_against_help(5),
     ),
     Rule(
+        r"OMP_NUM_THREADS=1 nice -n \d+ python -u bench/bench_(recipes|pooling)\.py ",
+        "trains several models on generated data sets for tens of minutes: --help",
+        check_options_against_help_after_env(6),
+    ),
+    Rule(
         r"\(cd ros2_ws && colcon build --metas \.\./colcon\.meta\)$",
         "on a temp copy of the workspace",
         check_colcon_build_with_the_meta,

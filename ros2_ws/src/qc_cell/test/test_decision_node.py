@@ -25,7 +25,7 @@ from qc_cell.ros import qos
 from qc_cell.ros.params import ParameterError
 from qc_cell.ros.time import from_ns, to_ns
 from qc_cell.testing.ros import Graph, ros_graph
-from qc_interfaces.msg import CellKpi, InspectionResult, PartTrigger, ProcessState, QualityDecision
+from qc_interfaces.msg import CellKpi, InspectionResult, ModelInfo, PartTrigger, ProcessState, QualityDecision
 
 MS = 1_000_000
 
@@ -49,7 +49,8 @@ class Cell:
         self.parts_pub.publish(msg)
 
     def result(self, part_id: str, capture_ns: int, p: float, **fields) -> None:
-        msg = InspectionResult(part_id=part_id, defect_probability=p, model_version="m1", **fields)
+        fields.setdefault("model_version", "m1")
+        msg = InspectionResult(part_id=part_id, defect_probability=p, **fields)
         msg.header.stamp = from_ns(capture_ns)
         msg.header.frame_id = "camera"
         self.results_pub.publish(msg)
@@ -258,6 +259,80 @@ def test_thresholds_change_at_run_time_and_bad_changes_are_refused():
         assert not refused.successful
         assert cell.node.get_parameter("reinspect_threshold").value == 0.3
         assert cell.node._engine.config.thresholds.reinspect == 0.3
+
+
+def _activate(cell: Cell, publisher, version: str, reinspect: float, defective: float) -> None:
+    """model/active as the inference node publishes it: the serving model and the bands its package proposes."""
+    msg = ModelInfo(
+        version=version, state=ModelInfo.STATE_ACTIVE, reinspect_threshold=reinspect, defective_threshold=defective
+    )
+    publisher.publish(msg)
+    assert cell.graph.spin_until(lambda: cell.node._bands.active_version == version, 5.0)
+
+
+def test_bands_from_model_judge_each_part_by_its_models_bands_and_bad_bands_are_refused():
+    with decision_cell(bands="from_model") as cell:
+        models = cell.probe.create_publisher(ModelInfo, "model/active", qos.LATCHED)
+        now = cell.now_ns()
+        cell.process_state(now)
+        _activate(cell, models, "m1", 0.2, 0.6)
+        assert cell.node._bands_described == "from_model 0.2/0.6 (model m1)"
+        cell.result("a", now, 0.3)  # m1's bands: re-inspect (Normal under the parameters' 0.5)
+        cell.wait_decisions(1)
+        _activate(cell, models, "m2", math.nan, math.nan)  # a package without proposed bands: the parameters
+        assert "model m2 proposes none" in cell.node._bands_described
+        cell.result("b", now, 0.3, model_version="m2")
+        cell.result("c", now, 0.65)  # scored by m1 before the swap: still m1's bands -> defective
+        _activate(cell, models, "m3", 0.9, 0.4)  # inverted: refused, the parameters apply (fail-safe)
+        assert "invalid bands, refused" in cell.node._bands_described
+        cell.result("d", now, 0.45, model_version="m3")
+        _activate(cell, models, "m4", 0.3, 1.5)  # outside [0, 1]: refused
+        cell.result("e", now, 0.45, model_version="m4")
+        cell.wait_decisions(5)
+        verdicts = {k: d.verdict for k, d in cell.by_part().items()}
+        assert verdicts == {
+            "a": QualityDecision.REINSPECT,
+            "b": QualityDecision.NORMAL,
+            "c": QualityDecision.DEFECTIVE,
+            "d": QualityDecision.NORMAL,
+            "e": QualityDecision.NORMAL,
+        }
+        # A threshold set explicitly at run time wins over the model's bands ...
+        [ok] = _set_parameters(cell, Parameter("defective_threshold", value=0.7))
+        assert ok.successful, ok.reason
+        assert "set explicitly" in cell.node._bands_described
+        cell.result("f", now, 0.65)  # m1 would say defective; the parameters 0.5/0.7 say re-inspect
+        cell.wait_decisions(6)
+        # ... until the source is chosen again.
+        [ok] = _set_parameters(cell, Parameter("bands", value="from_model"))
+        assert ok.successful, ok.reason
+        cell.result("g", now, 0.65)
+        cell.wait_decisions(7)
+        assert cell.by_part()["f"].verdict == QualityDecision.REINSPECT
+        assert cell.by_part()["g"].verdict == QualityDecision.DEFECTIVE
+        [refused] = _set_parameters(cell, Parameter("bands", value="model"))
+        assert not refused.successful
+        assert cell.graph.spin_until(
+            lambda: any(
+                v.key == "bands" and "m4 proposes invalid bands" in v.value
+                for array in cell.diagnostics
+                for status in array.status
+                for v in status.values
+            ),
+            5.0,
+        )
+
+
+def test_with_bands_params_the_models_proposed_bands_are_not_used():
+    with decision_cell() as cell:
+        models = cell.probe.create_publisher(ModelInfo, "model/active", qos.LATCHED)
+        now = cell.now_ns()
+        cell.process_state(now)
+        _activate(cell, models, "m1", 0.2, 0.6)
+        assert cell.node._bands.describe(cell.node._engine.config.thresholds) == "params 0.5/0.8 (bands: params)"
+        cell.result("a", now, 0.3)
+        cell.wait_decisions(1)
+        assert cell.decisions[0].verdict == QualityDecision.NORMAL
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from qc_cell.ros.images import array_to_image, image_to_array
 from qc_cell.ros.params import ParameterError
 from qc_cell.ros.time import from_ns
 from qc_cell.testing.ros import Graph, ros_graph
-from qc_contract.model_manifest import Manifest, Preprocessing
+from qc_contract.model_manifest import DecisionBands, Manifest, Preprocessing
 from qc_interfaces.msg import InspectionResult, ModelInfo, PartFrame
 from qc_interfaces.srv import LoadModel
 
@@ -201,10 +201,12 @@ def test_backpressure_answers_every_frame(tmp_path):
 
 
 def test_no_model_then_load_through_the_service(tmp_path):
-    write_package(tmp_path / "v1", "1.0.0")
+    bands = DecisionBands(0.25, 0.75, True, "validation split (test)")
+    write_package(tmp_path / "v1", "1.0.0", manifest_overrides={"decision_bands": bands})
     with inference_cell(tmp_path, model_path="") as cell:
         info = cell.wait_model(ModelInfo.STATE_NONE)
         assert "model_path is empty" in info.message
+        assert math.isnan(info.reinspect_threshold) and math.isnan(info.defective_threshold)
         cell.frame(part_id="before")
         cell.wait_results(1)
         assert cell.results[0].reason == "no_model"
@@ -212,7 +214,9 @@ def test_no_model_then_load_through_the_service(tmp_path):
         assert not outside.success and "is not a package in the model store" in outside.message, outside.message
         response = cell.load(cell.install(tmp_path / "v1"), "1.0.0")
         assert response.success and response.active_version == "1.0.0", response.message
-        cell.wait_model(ModelInfo.STATE_ACTIVE, "1.0.0")
+        info = cell.wait_model(ModelInfo.STATE_ACTIVE, "1.0.0")
+        # The package's proposed bands travel with model/active (the decision node's bands: from_model).
+        assert (info.reinspect_threshold, info.defective_threshold) == pytest.approx((0.25, 0.75))
         cell.frame(part_id="after")
         cell.wait_results(2)
         assert cell.by_part()["after"].status == InspectionResult.STATUS_OK

@@ -24,11 +24,11 @@ from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER
 from qc_cloud.training.calibration import apply_calibration, fit_calibration, propose_bands, reliability
 from qc_cloud.training.config import TrainConfig, resolve_input_size
 from qc_cloud.training.datasets import load_dataset, read_image
-from qc_cloud.training.errors import ConfigError
+from qc_cloud.training.errors import ConfigError, DatasetError
 from qc_cloud.training.evaluate import OnnxScorer
 from qc_cloud.training.models import build_model, layerwise_groups, unfreeze_top
 from qc_cloud.training.trainer import cosine_factor
-from qc_contract.model_manifest import Manifest, ManifestError, Output
+from qc_contract.model_manifest import DecisionBands, Manifest, ManifestError, Output
 from qc_contract.preprocess import preprocess
 from qc_contract.synthetic import make_generator, write_mvtec_dataset
 from qc_contract.synthetic_surface import DRIFT_PERIOD, SURFACE_DEFECT_TYPES
@@ -160,6 +160,25 @@ def test_band_proposal_meets_targets_or_says_it_cannot():
     assert not bands["feasible"] and "false rejects" in bands["reason"]  # only by rejecting most good parts
 
 
+@pytest.mark.parametrize("pooling", ["max", "gem"])
+def test_head_pooling_is_configurable_and_exports_exactly(pooling, tmp_path):
+    from qc_cloud.training.export import check_parity, export_onnx
+
+    with pytest.raises(ConfigError, match="pooling must be one of"):
+        TrainConfig(pooling="median")
+    assert TrainConfig.preset_config("paper").pooling == "avg"
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", input_size=64, pooling=pooling).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        f = model.feature_map(x)
+        expected = f.amax(dim=(2, 3)) if pooling == "max" else f.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
+        assert torch.allclose(model.pooled(x), expected, atol=1e-6)
+        assert (model.pooled(x) >= f.mean(dim=(2, 3)) - 1e-5).all()  # both weigh the strongest cells up
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=64, features=True, fp16=False)
+    assert check_parity(model, path, x.numpy(), fp16=False).max_abs_logit_diff < 1e-4  # raises beyond tolerance
+
+
 def test_manifest_refuses_a_bad_calibration():
     good = Manifest(version="v", sha256="0" * 64, output=Output(calibration=(2.0, -1.0)))
     assert Manifest.from_dict(json.loads(json.dumps(good.to_dict()))).output.calibration == (2.0, -1.0)
@@ -175,8 +194,22 @@ def test_manifest_refuses_a_bad_calibration():
     assert Manifest.from_dict(old).output.calibration is None
     with pytest.raises(ManifestError, match="schema_version 1 manifest cannot carry"):
         Manifest.from_dict({**good.to_dict(), "schema_version": 1})
-    with pytest.raises(ManifestError, match="unsupported manifest schema_version 3"):
-        Manifest.from_dict({**good.to_dict(), "schema_version": 3})
+    with pytest.raises(ManifestError, match="unsupported manifest schema_version 4"):
+        Manifest.from_dict({**good.to_dict(), "schema_version": 4})
+
+
+def test_manifest_carries_proposed_decision_bands_and_refuses_bad_ones():
+    good = Manifest(version="v", sha256="0" * 64, decision_bands=DecisionBands(0.12, 0.7, True, "validation"))
+    assert Manifest.from_dict(json.loads(json.dumps(good.to_dict()))).decision_bands == good.decision_bands
+    for bad in ((0.7, 0.12), (0.0, 0.5), (0.3, 1.2), (-0.1, 0.5), (float("nan"), 0.5), (0.5, 0.5)):
+        data = good.to_dict()
+        data["decision_bands"].update(reinspect=bad[0], defective=bad[1])
+        with pytest.raises(ManifestError, match="decision_bands must satisfy 0 < reinspect < defective <= 1"):
+            Manifest.from_dict(data)
+    # Schema 3 added them: an older manifest cannot carry them (an older edge refuses the new one by its version).
+    with pytest.raises(ManifestError, match="schema_version 2 manifest cannot carry decision_bands"):
+        Manifest.from_dict({**good.to_dict(), "schema_version": 2})
+    assert Manifest.from_dict({**good.to_dict(), "schema_version": 2, "decision_bands": None}).decision_bands is None
 
 
 # -- end to end: calibration round trip, anomaly model through the cell -----------------------------------
@@ -206,6 +239,11 @@ def test_calibration_round_trip_training_to_edge(bottles, tmp_path):
     assert {"test_ece_before", "test_ece_after", "proposed_bands", "reliability_after"} <= set(cal)
     assert "plots/reliability.png" in (out / "report.md").read_text()
     assert manifest.metrics["proposed_bands"]["target_escape"] == 0.01
+    proposed = cal["proposed_bands"]  # the manifest carries them for the cell (decision bands: from_model)
+    if proposed["low"] is not None:
+        bands = manifest.decision_bands
+        assert (bands.reinspect, bands.defective) == (proposed["low"], proposed["high"])
+        assert bands.feasible == proposed["feasible"]
     assert "6/6" in model.self_test()  # golden scores were written calibrated; the edge reproduces them
     # Every test image: the cell's probability == the training tool's (both calibrated), == the report's score.
     scorer, _ = OnnxScorer.from_package(out)
@@ -242,6 +280,41 @@ def test_anomaly_model_good_parts_only_exports_and_runs_through_the_cell(bottles
     assert 0 <= scores.probabilities[0] <= 1
     picture = render(image, "BGR", True, float(scores.probabilities[0]), manifest.version, manifest.preprocessing, heat)
     assert picture.shape == image.shape and np.abs(picture.astype(int) - image.astype(int)).max() > 0
+
+
+def test_good_parts_only_data_set_trains_the_anomaly_model_and_reports_honestly(bottles, tmp_path):
+    """A new line with no defect images: the classifier refuses the data set (and names the anomaly model), the
+    anomaly model trains, maps its score on held-out good parts, and reports the false-alarm load on good parts,
+    never an AUROC or escape rate it cannot measure."""
+    import shutil
+
+    good = tmp_path / "line" / "good"
+    good.mkdir(parents=True)
+    for i, path in enumerate(sorted(bottles.glob("*/good/*.png"))):
+        shutil.copy(path, good / f"{i:03d}.png")
+    with pytest.raises(DatasetError, match="--method anomaly"):
+        load_dataset(good.parent, progress=False)
+    assert main(["train", "--data", str(good.parent), "--out", str(tmp_path / "clf"), *TINY]) == 2
+    out = tmp_path / "anomaly"
+    assert main(["train", "--data", str(good.parent), "--out", str(out), "--method", "anomaly", *TINY]) == 0
+    report = json.loads((out / "report.json").read_text())
+    split = report["dataset"]["split"]
+    assert all(counts.get("good", 0) > 0 and set(counts) == {"good"} for counts in split.values())
+    test, parts = report["test"], report["good_parts"]
+    assert test["n_defective"] == 0 and test["good_only"] is True
+    assert test["roc_auc"] is None and test["f1"] is None and test["bands"]["defect_escape_rate"] is None
+    assert report["model"]["anomaly"]["image_auroc"] is None and report["model"]["anomaly"]["pixel_auroc"] is None
+    assert parts["no_defects"] and parts["n_val_good"] == split["val"]["good"]
+    assert parts["n_test_good"] == split["test"]["good"] == test["n_good"]
+    assert parts["expected_good_at_or_above_0.5"] == pytest.approx(1 / (parts["n_val_good"] + 1))
+    assert 0.0 <= parts["test_good_reinspect_or_worse"] <= 1.0
+    assert any("No defective images" in c for c in report["caveats"])
+    assert "roc" not in report["plots"] and "score_histogram" in report["plots"]
+    markdown = (out / "report.md").read_text()
+    assert "no defective images" in markdown and "false alarms" in markdown
+    model, manifest = _edge_model(out)
+    assert manifest.output.calibration is not None and manifest.metrics["roc_auc"] is None
+    assert "/" in model.self_test()
 
 
 @pytest.mark.slow

@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# 2 added output.calibration and output.anomaly_map (issue 25). Version 1 manifests (without them) are still
-# read; an edge that knows only version 1 refuses a version 2 manifest by its version, with that reason.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 2 added output.calibration and output.anomaly_map (issue 25), 3 decision_bands. Older manifests (without them)
+# are still read; an edge that knows only an older version refuses a newer manifest by its version, with that reason.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+ADDED_IN = {"calibration": 2, "anomaly_map": 2, "decision_bands": 3}
+NESTED = ("preprocessing", "output", "golden", "decision_bands")  # read into their dataclasses
 MANIFEST_NAME = "manifest.json"
 OUTPUT_SEMANTICS = ("sigmoid_logit", "softmax", "probability")
 COLOR_ORDERS = ("RGB", "BGR")
@@ -75,6 +77,18 @@ class Output:
 
 
 @dataclass(frozen=True)
+class DecisionBands:
+    """The decision bands the training tool proposes for this model (Normal < reinspect <= Re-inspect <
+    defective <= Defective), fitted on the validation split for the targets in `basis`. The decision node uses
+    them with `bands: from_model`; `feasible` says whether the targets were met there."""
+
+    reinspect: float
+    defective: float
+    feasible: bool = False
+    basis: str = ""
+
+
+@dataclass(frozen=True)
 class GoldenItem:
     file: str  # path relative to the package directory
     score: float  # expected defect probability
@@ -95,6 +109,7 @@ class Manifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    decision_bands: DecisionBands | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -128,8 +143,12 @@ class Manifest:
                 f"unsupported manifest schema_version {data.get('schema_version')!r} (this edge reads "
                 f"{list(READABLE_VERSIONS)})"
             )
-        if data.get("schema_version") == 1 and any(k in data.get("output", {}) for k in ("calibration", "anomaly_map")):
-            raise ManifestError("a schema_version 1 manifest cannot carry output.calibration or output.anomaly_map")
+        version = data.get("schema_version")
+        present = [k for k in ("calibration", "anomaly_map") if k in data.get("output", {})]
+        present += ["decision_bands"] if data.get("decision_bands") is not None else []
+        too_new = [k for k in present if ADDED_IN[k] > version]
+        if too_new:
+            raise ManifestError(f"a schema_version {version} manifest cannot carry {', '.join(too_new)}")
         try:
             pre = dict(data.get("preprocessing", {}))
             norm_values = pre.pop("normalization", {})
@@ -143,7 +162,8 @@ class Manifest:
                 out["calibration"] = tuple(float(v) for v in out["calibration"])
             manifest = cls(
                 **{
-                    **{k: v for k, v in data.items() if k not in ("preprocessing", "output", "golden")},
+                    **{k: v for k, v in data.items() if k not in NESTED},
+                    "decision_bands": DecisionBands(**data["decision_bands"]) if data.get("decision_bands") else None,
                     "preprocessing": Preprocessing(**pre, normalization=norm),
                     "output": Output(**out),
                     "golden": tuple(GoldenItem(**g) for g in data.get("golden", ())),
@@ -193,6 +213,16 @@ class Manifest:
                 problems.append("output calibration must be two finite numbers (scale, shift)")
             elif out.calibration[0] <= 0:
                 problems.append("output calibration scale must be > 0")
+        bands = self.decision_bands
+        if bands is not None:
+            values = (bands.reinspect, bands.defective)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values) or not (
+                0.0 < bands.reinspect < bands.defective <= 1.0
+            ):
+                problems.append(
+                    f"decision_bands must satisfy 0 < reinspect < defective <= 1, got {bands.reinspect}, "
+                    f"{bands.defective}"
+                )
         if problems:
             raise ManifestError("invalid manifest: " + "; ".join(problems))
 

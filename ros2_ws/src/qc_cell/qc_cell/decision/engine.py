@@ -112,6 +112,9 @@ class Counters:
 class DecisionEngine:
     def __init__(self, config: DecisionConfig) -> None:
         self.config = config
+        # Per model version, bands that replace config.thresholds for the parts it scored (bands: from_model;
+        # qc_cell.decision.bands). Empty: config.thresholds for every part.
+        self.model_thresholds: dict[str, Thresholds] = {}
         self.counters = Counters()
         self._ledger = PartLedger(int(config.result_deadline_ms * NS_PER_MS), config.remembered_parts)
         self._history = ProcessHistory(int(config.process_max_age_ms * NS_PER_MS), int(config.process_keep_s * 1e9))
@@ -215,7 +218,8 @@ class DecisionEngine:
             self.counters.invalid_probabilities += 1
             verdict, reasons = fail_safe(Reason.INVALID_PROBABILITY, ctx, cfg.policy, cfg.not_inspected_as)
             return self._record(part, verdict, reasons, math.nan, ctx, result)
-        verdict, reasons = decide(p, ctx, cfg.thresholds, cfg.policy)
+        thresholds = self.model_thresholds.get(result.model_version, cfg.thresholds)
+        verdict, reasons = decide(p, ctx, thresholds, cfg.policy)
         return self._record(part, verdict, reasons, p, ctx, result)
 
     def expire(self, now_ns: int) -> list[DecisionRecord]:

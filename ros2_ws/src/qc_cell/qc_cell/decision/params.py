@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qc_cell.decision.bands import BAND_SOURCES
 from qc_cell.decision.engine import DecisionConfig
 from qc_cell.decision.verdict_rule import EscalationPolicy, Thresholds
 from qc_cell.params_spec import NodeParams, Param
@@ -28,6 +29,15 @@ DECISION = NodeParams(
             runtime=True,
         ),
         Param("defective_threshold", 0.8, "p at and above which a part is defective", range=(0.0, 1.0), runtime=True),
+        Param(
+            "bands",
+            "params",
+            "params: the two thresholds above; from_model: the bands the scoring model's package proposes "
+            "(manifest decision_bands, fitted on validation by qc_cloud train; a threshold set at run time wins until "
+            "bands is set again); a model without valid bands gets the thresholds",
+            choices=BAND_SOURCES,
+            runtime=True,
+        ),
         Param("escalate_on_stale", True, "stale or missing process state at capture raises the verdict", runtime=True),
         Param("escalate_on_out_of_spec", True, "out-of-spec process at capture raises the verdict", runtime=True),
         Param(

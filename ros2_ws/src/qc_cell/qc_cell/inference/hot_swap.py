@@ -43,6 +43,7 @@ class ModelState:
     backend: str = ""
     precision: str = ""
     message: str = ""
+    decision_bands: tuple[float, float] | None = None  # (reinspect, defective) its package proposes, if any
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,9 @@ class ModelManager:
             backend=model.backend.name,
             precision=model.backend.precision,
             message=message,
+            decision_bands=(
+                (bands.reinspect, bands.defective) if (bands := model.manifest.decision_bands) is not None else None
+            ),
         )
 
     def _set_state(self, state: ModelState) -> None:

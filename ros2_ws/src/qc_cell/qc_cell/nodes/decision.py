@@ -22,6 +22,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import Header
 
+from qc_cell.decision.bands import ModelBands
 from qc_cell.decision.engine import Counters, DecisionEngine, DecisionRecord, ResultInput
 from qc_cell.decision.kpi import RollingKpi
 from qc_cell.decision.params import DECISION, build_config
@@ -34,7 +35,9 @@ from qc_cell.ros.params import ParameterError, declare_parameters, handle_parame
 from qc_cell.ros.subscriptions import Subscriptions
 from qc_cell.ros.time import from_ns, to_ns
 from qc_contract.vocabulary import Verdict
-from qc_interfaces.msg import CellKpi, InspectionResult, PartTrigger, ProcessState, QualityDecision
+from qc_interfaces.msg import CellKpi, InspectionResult, ModelInfo, PartTrigger, ProcessState, QualityDecision
+
+THRESHOLD_PARAMS = ("reinspect_threshold", "defective_threshold")
 
 
 class DecisionNode(Node):
@@ -51,6 +54,9 @@ class DecisionNode(Node):
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         now_ns = self._now_ns()
         self._engine = DecisionEngine(config)
+        # Which bands judge a part (qc_cell.decision.bands); model/active brings the bands each model proposes.
+        self._bands = ModelBands(p["bands"])
+        self._bands_described: str | None = None
         self._kpi = RollingKpi(p["kpi_window_s"], now_ns)
         self._verdict_totals: Counter[Verdict] = Counter()
         self._counters_at_last_diag = Counters()
@@ -73,6 +79,8 @@ class DecisionNode(Node):
         subscriptions.create(InspectionResult, "inspection/result", self._on_result, qos.EVENTS)
         # LATCHED matches sensor_fusion's publisher, so a (re)started decision node gets the current state at once.
         subscriptions.create(ProcessState, "process/state", self._on_process_state, qos.LATCHED)
+        # LATCHED matches the inference node's publisher: the active model and the bands its package proposes.
+        subscriptions.create(ModelInfo, "model/active", self._on_model, qos.LATCHED)
         # Runs only while parts are pending (cancelled when idle, reset on the next registration).
         self._deadline_timer = self.create_timer(
             p["deadline_check_period_ms"] / 1000.0, self._on_deadline_tick, clock=self._steady
@@ -83,7 +91,7 @@ class DecisionNode(Node):
         self.get_logger().info(
             f"decision ready: normal < {config.thresholds.reinspect} <= reinspect < {config.thresholds.defective} "
             f"<= defective; deadline {config.result_deadline_ms:g} ms; fail-safe parts published as "
-            f"{config.not_inspected_as.name}"
+            f"{config.not_inspected_as.name}; bands: {self._bands.describe(config.thresholds)}"
         )
 
     def _now_ns(self) -> int:
@@ -108,7 +116,13 @@ class DecisionNode(Node):
     def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
         """The new config as a whole (never half of a pair); ValueError refuses the change."""
         config = build_config(values, self._process_keep_s, self._remembered_parts)
+        bands = ModelBands(values["bands"])  # checks the choice before anything changes
         self._engine.reconfigure(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+        if "bands" in changed:  # choosing the source again starts from it: from_model then uses the model's bands
+            self._bands.source, self._bands.explicit = bands.source, False
+        if any(name in changed for name in THRESHOLD_PARAMS):
+            self._bands.explicit = True  # thresholds set at run time win over the model's
+        self._use_bands()
 
     # ---- inputs -------------------------------------------------------------------------------------------
     def _on_part(self, msg: PartTrigger) -> None:
@@ -184,6 +198,22 @@ class DecisionNode(Node):
                 "fail-safe verdict, the result is not used",
                 throttle_duration_sec=1.0,
             )
+
+    def _on_model(self, msg: ModelInfo) -> None:
+        if msg.state != ModelInfo.STATE_ACTIVE or not msg.version:
+            return
+        problem = self._bands.on_model(msg.version, msg.reinspect_threshold, msg.defective_threshold)
+        if problem:
+            self.get_logger().error(problem)
+        self._use_bands()
+
+    def _use_bands(self) -> None:
+        """Hand the per-model bands to the engine and say which bands now apply (when that changed)."""
+        self._engine.model_thresholds = self._bands.model_thresholds()
+        described = self._bands.describe(self._engine.config.thresholds)
+        if described != self._bands_described:
+            self._bands_described = described
+            self.get_logger().info(f"decision bands: {described}")
 
     def _on_process_state(self, msg: ProcessState) -> None:
         ctx = ProcessContext(
@@ -274,6 +304,7 @@ class DecisionNode(Node):
             "process_state_age_s": f"{process_age_s:.3f}",
             "reinspect_threshold": cfg.thresholds.reinspect,
             "defective_threshold": cfg.thresholds.defective,
+            "bands": self._bands.describe(cfg.thresholds),
             "result_deadline_ms": cfg.result_deadline_ms,
             **{f"total_{v.name.lower()}": self._verdict_totals[v] for v in Verdict},
             **vars(counters),

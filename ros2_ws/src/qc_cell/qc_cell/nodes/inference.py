@@ -183,6 +183,7 @@ class InferenceNode(Node):
         )
         msg.state = STATE_CODES[state.state]
         msg.message = state.message
+        msg.reinspect_threshold, msg.defective_threshold = state.decision_bands or (math.nan, math.nan)
         self._model_pub.publish(msg)
 
     # ---- frames -------------------------------------------------------------------------------------

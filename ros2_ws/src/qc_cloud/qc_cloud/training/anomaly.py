@@ -267,6 +267,36 @@ def pixel_auroc(session_map, dataset: Dataset, samples: list[Sample], spec, batc
     return roc_auc(y.astype(np.float32), np.concatenate(scores))
 
 
+GOOD_ONLY_CAVEAT = (
+    "No defective images: how many defects the model catches (escape rate, image and pixel AUROC) cannot be "
+    "measured and is not reported. What is measured is the false-alarm load on held-out good parts. Collect the "
+    "re-inspection station's confirmed defects and re-evaluate (qc_cloud evaluate) before trusting it to reject."
+)
+
+
+def good_parts_check(evaluation, n_val_good: int, config: TrainConfig) -> dict[str, Any]:
+    """What the held-out good test parts say without any defect: how many of them the cell's bands would send to
+    re-inspection or reject (the false-alarm load), against what the mapping predicts. The mapping puts the
+    highest of n validation good scores at 0.5, so a new good part from the same line scores above it with
+    probability 1 / (n + 1) (exchangeability): far more than that on the test split means the validation good
+    parts did not cover the line's variation (too few, or drift)."""
+    labels, scores = evaluation.labels, np.asarray(evaluation.scores)
+    good = scores[labels == 0]
+    low, high = config.decision_low, config.decision_high
+    return {
+        "no_defects": not bool(labels.any()),
+        "n_val_good": n_val_good,
+        "n_test_good": len(good),
+        "expected_good_at_or_above_0.5": 1.0 / (n_val_good + 1),
+        "test_good_at_or_above_0.5": float((good >= 0.5).mean()) if len(good) else None,
+        "test_good_reinspect_or_worse": float((good >= low).mean()) if len(good) else None,
+        "test_good_rejected": float((good >= high).mean()) if len(good) else None,
+        "test_good_score_quantiles": (
+            {q: float(np.quantile(good, float(q))) for q in ("0.5", "0.9", "0.99", "1.0")} if len(good) else {}
+        ),
+    }
+
+
 def train_anomaly(
     config: TrainConfig,
     dataset: Dataset,
@@ -352,6 +382,7 @@ def train_anomaly(
         dataset_info = _dataset_info(dataset, split, config)
         version = config.version or f"patchcore-{config.backbone}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
         image_auroc = evaluation.metrics["roc_auc"]
+        good_only = good_parts_check(evaluation, len(good_scores), config)
         write_manifest(
             staging,
             PackageContents(
@@ -391,16 +422,19 @@ def train_anomaly(
                 "scale_shift": list(scorer.calibration),
                 "n_val": len(good_scores),
                 "test_ece_before": None,
-                "test_ece_after": reliability(evaluation.scores, labels)["ece"],
-                "reliability_after": reliability(evaluation.scores, labels)["bins"],
+                # With good parts only, a reliability diagram would only say that the scores are above 0.
+                "test_ece_after": reliability(evaluation.scores, labels)["ece"] if labels.any() else None,
+                "reliability_after": reliability(evaluation.scores, labels)["bins"] if labels.any() else None,
                 "raw_score_auroc": roc_auc(labels, raw_test),
             },
+            "good_parts": good_only,
             "edge_cost": edge_cost(config.input_size),
             "golden": [asdict(g) for g in golden],
             "caveats": [
                 "Good-parts-only model: it flags what differs from the good parts it has seen, defect or not. "
                 "The [0, 1] mapping puts the worst held-out good part at 0.5."
-            ],
+            ]
+            + ([GOOD_ONLY_CAVEAT] if good_only["no_defects"] else []),
             "training": {
                 **training,
                 "epochs": {},

@@ -58,7 +58,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     config = TrainConfig.from_dict(data["config"])
     if data["architecture"] != config.backbone:
         raise ConfigError(f"checkpoint {path}: architecture {data['architecture']} != configured {config.backbone}")
-    model = build_model(config.backbone, input_size=config.input_size, pretrained=False, dropout=config.dropout)
+    model = build_model(
+        config.backbone, input_size=config.input_size, pretrained=False, dropout=config.dropout, pooling=config.pooling
+    )
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError as exc:

@@ -33,6 +33,7 @@ class SyntheticData:
 
 METHODS = ("classifier", "anomaly")
 CALIBRATIONS = ("platt", "temperature", "none")
+POOLINGS = ("avg", "max", "gem")
 SCHEDULES = ("cosine", "plateau")
 AUTO = 0  # input_size 0: chosen from the data (see resolve_input_size)
 
@@ -68,6 +69,10 @@ class TrainConfig:
     unfreeze_fraction: float = 1.0
     train_batchnorm: bool = False
     dropout: float = 0.2
+    # Global pooling of the last feature map before the head: "avg" (the paper's), "max" or "gem" (generalised
+    # mean, p = 3). A defect of a few pixels covers a few cells of the map; averaging dilutes it with the map's
+    # area (bench/bench_pooling.py).
+    pooling: str = "avg"
     # Loss weight of a defective part on top of the balanced class weights: how much more an escape (a defect
     # passed as good) costs than a false reject. 1 = balanced.
     escape_cost: float = 1.0
@@ -110,6 +115,8 @@ class TrainConfig:
             problems.append("input_size must be 0 (from the data) or within 32..1024")
         if self.method not in METHODS:
             problems.append(f"method must be one of {METHODS}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling must be one of {POOLINGS}")
         if self.calibration not in CALIBRATIONS:
             problems.append(f"calibration must be one of {CALIBRATIONS}")
         if self.phase2_schedule not in SCHEDULES:
@@ -213,6 +220,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's two-phase transfer learning (the tool's defaults before issue 25), kept for comparison.
     "paper": {
         "preset": "paper",
+        "pooling": "avg",
         "input_size": 224,
         "phase1_epochs": 40,
         "phase1_lr": 1e-4,

@@ -152,8 +152,11 @@ def _generic_samples(root: Path) -> list[tuple[Path, int, str]]:
     return found
 
 
-def load_dataset(root: Path | str, *, progress: bool = True) -> Dataset:
-    """Discover, label and check every image under `root`. Raises DatasetError with the reason."""
+def load_dataset(root: Path | str, *, progress: bool = True, good_only_ok: bool = False) -> Dataset:
+    """Discover, label and check every image under `root`. Raises DatasetError with the reason.
+
+    A data set of good images only is refused unless `good_only_ok` (the anomaly model's case: a new line with
+    no defect images yet); one of defective images only is always refused."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"data set folder {root} does not exist")
@@ -165,10 +168,12 @@ def load_dataset(root: Path | str, *, progress: bool = True) -> Dataset:
             "(train/good, test/good, test/<defect>) or class folders (good/, defect/)"
         )
     labels = Counter(label for _, label, _ in found)
-    if len(labels) < 2:
+    if len(labels) < 2 and not (good_only_ok and 0 in labels):
         only = "good" if 0 in labels else "defective"
+        hint = "; with good parts only, train the anomaly model (--method anomaly)" if only == "good" else ""
         raise DatasetError(
             f"{root} holds only {only} images ({len(found)}): a binary classifier needs good and defective images"
+            + hint
         )
     samples, lines, unreadable = [], [], []
     for path, label, defect_type in tqdm(found, desc="checking images", unit="img", disable=not progress):

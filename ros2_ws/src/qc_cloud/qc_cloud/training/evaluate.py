@@ -164,7 +164,7 @@ class Evaluation:
 
 def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, *, low: float, high: float) -> dict[str, Any]:
     labels = np.asarray([s.label for s in samples], dtype=np.float32)
-    return {
+    metrics = {
         "n_images": len(samples),
         "n_good": int((labels == 0).sum()),
         "n_defective": int((labels == 1).sum()),
@@ -174,6 +174,11 @@ def compute_metrics(samples: Sequence[Sample], scores: np.ndarray, *, low: float
         "bands": band_analysis(labels, scores, low, high),
         "per_type": per_type_metrics([s.defect_type for s in samples], scores, low, high),
     }
+    if metrics["n_defective"] == 0:
+        # Good parts only (the anomaly model on a new line): what needs defects cannot be measured; say so
+        # (None, shown as n/a) instead of a 0 or a NaN that reads like a result.
+        metrics.update(precision=None, recall=None, f1=None, roc_auc=None, average_precision=None, good_only=True)
+    return metrics
 
 
 def score_samples(

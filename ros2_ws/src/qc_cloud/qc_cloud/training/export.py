@@ -48,7 +48,7 @@ class _ExportGraph(nn.Module):
         if self.fp16:
             x = x.half()
         fmap = self.model.feature_map(x)
-        logit = self.model.head(fmap.mean(dim=(2, 3)))  # dropout is the identity in inference
+        logit = self.model.head(self.model.pool(fmap))  # dropout is the identity in inference
         if self.fp16:
             logit, fmap = logit.float(), fmap.float()
         return (logit, fmap) if self.features else logit

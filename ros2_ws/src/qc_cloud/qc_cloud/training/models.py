@@ -47,14 +47,24 @@ def backbone_spec(name: str) -> BackboneSpec:
         raise ConfigError(f"unknown backbone {name!r}; one of {sorted(BACKBONES)}") from None
 
 
+GEM_P = 3.0  # generalised-mean pooling exponent (Radenovic et al. 2018): between average (1) and max (inf)
+
+
 class DefectClassifier(nn.Module):
     """EfficientNet feature extractor + dropout + linear head over the globally pooled feature map."""
 
     def __init__(
-        self, base: nn.Module, architecture: str, feature_channels: int, dropout: float, pretrained: bool = False
+        self,
+        base: nn.Module,
+        architecture: str,
+        feature_channels: int,
+        dropout: float,
+        pretrained: bool = False,
+        pooling: str = "avg",
     ) -> None:
         super().__init__()
         self.architecture = architecture
+        self.pooling = pooling  # "avg", "max" or "gem" (p = 3) over the last feature map
         self.pretrained = pretrained  # the base came with trained weights (and batch-norm statistics)
         self.base = base
         self.base._fc = nn.Identity()  # the package's own classifier is replaced by `head`
@@ -64,8 +74,16 @@ class DefectClassifier(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.extract_features(x)  # (N, C, h, w)
 
+    def pool(self, f: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) feature map -> (N, C), by self.pooling (the export graph calls this too)."""
+        if self.pooling == "max":
+            return f.amax(dim=(2, 3))
+        if self.pooling == "gem":
+            return f.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
+        return f.mean(dim=(2, 3))
+
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))  # (N, C)
+        return self.pool(self.feature_map(x))  # (N, C)
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(pooled))  # (N, 1)
@@ -125,6 +143,7 @@ def build_model(
     weights: Path | None = None,
     pretrained: bool = True,
     dropout: float = 0.2,
+    pooling: str = "avg",
 ) -> DefectClassifier:
     """A fresh classifier. `weights` (a backbone state dict) overrides the shipped Lite0 weights; B0 starts
     from scratch without it. `pretrained=False` ignores shipped weights (used when a checkpoint follows)."""
@@ -135,7 +154,7 @@ def build_model(
     else:
         base = _base_lite0(input_size, weights, pretrained)
     has_weights = weights is not None or (pretrained and spec.shipped_weights)
-    return DefectClassifier(base, architecture, spec.feature_channels, dropout, pretrained=has_weights)
+    return DefectClassifier(base, architecture, spec.feature_channels, dropout, pretrained=has_weights, pooling=pooling)
 
 
 def calibrate_batchnorm(model: DefectClassifier, batches: Iterable[torch.Tensor]) -> int:

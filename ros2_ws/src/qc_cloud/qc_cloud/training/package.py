@@ -21,7 +21,7 @@ from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER
 from qc_cloud.training.datasets import GOOD, Dataset, Sample, read_image
 from qc_cloud.training.evaluate import OnnxScorer
 from qc_cloud.training.export import FEATURES_NAME, INPUT_NAME, LOGIT_NAME
-from qc_contract.model_manifest import GoldenItem, Manifest, Output, Preprocessing, sha256_file
+from qc_contract.model_manifest import DecisionBands, GoldenItem, Manifest, Output, Preprocessing, sha256_file
 from qc_contract.preprocess import preprocess
 
 GOLDEN_DIR = "golden"
@@ -39,6 +39,7 @@ class PackageContents:
     classifier_weights: tuple[float, ...] | None  # head weights, when the model has a "features" output
     calibration: tuple[float, float] | None = None  # (scale, shift) of the logit, fitted on the validation split
     anomaly_map: str | None = None  # name of the anomaly model's per-pixel map output
+    decision_bands: DecisionBands | None = None  # proposed on the validation split (the cell: bands: from_model)
 
 
 def pick_golden(samples: Sequence[Sample], per_class: int, seed: int) -> list[Sample]:
@@ -108,6 +109,7 @@ def write_manifest(
         metrics=contents.metrics,
         dataset=contents.dataset,
         training=contents.training,
+        decision_bands=contents.decision_bands,
     )
     manifest.validate()
     manifest.write(package_dir)

@@ -45,7 +45,7 @@ from qc_cloud.training.package import PackageContents, pick_golden, write_golden
 from qc_cloud.training.report import write_report
 from qc_cloud.training.splits import MVTEC_CAVEAT, Split, stratified_split
 from qc_cloud.training.trainer import Trainer
-from qc_contract.model_manifest import MANIFEST_NAME, Manifest, ManifestError, Preprocessing
+from qc_contract.model_manifest import MANIFEST_NAME, DecisionBands, Manifest, ManifestError, Preprocessing
 from qc_contract.preprocess import preprocess
 from qc_contract.synthetic import write_mvtec_dataset
 
@@ -194,10 +194,27 @@ def test_calibration_section(
     return section
 
 
+def decision_bands(proposed: dict[str, Any]) -> DecisionBands | None:
+    """The manifest's decision_bands from the calibration's proposal (None when it could not propose any)."""
+    if proposed.get("low") is None:
+        return None
+    basis = (
+        f"validation split: escape <= {proposed['target_escape']:.1%}, re-inspection <= "
+        f"{proposed['reinspect_budget']:.1%}, false reject <= {proposed['max_false_reject']:.1%}"
+    )
+    if not proposed["feasible"]:
+        basis += f" NOT met ({proposed['reason']})"
+    return DecisionBands(float(proposed["low"]), float(proposed["high"]), bool(proposed["feasible"]), basis)
+
+
 def prepare_split(dataset: Dataset, config: TrainConfig, split_path: Path | None) -> Split:
     if split_path is None:
         return stratified_split(
-            dataset, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
+            dataset,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+            require_defects=config.method != "anomaly",  # the anomaly model learns and calibrates on good parts
         )
     split = Split.load(split_path)
     split.check_matches(dataset)
@@ -344,6 +361,7 @@ def _build_package(
             training={k: v for k, v in (training or {}).items() if k not in ("timings",)},
             classifier_weights=weights,
             calibration=scorer.calibration,
+            decision_bands=decision_bands(cal_section["proposed_bands"]),
         ),
         golden,
         features=config.export_features,
@@ -400,7 +418,7 @@ def train(
     if not world.is_main:
         progress = False
         logging.getLogger("qc_cloud").setLevel(logging.WARNING)
-    dataset = load_dataset(data_root, progress=progress)
+    dataset = load_dataset(data_root, progress=progress, good_only_ok=config.method == "anomaly")
     split = prepare_split(dataset, config, split_path)
     log.info(f"data set {dataset.root} ({dataset.layout} layout): {dataset.counts()}")
     for name, counts in split.counts(dataset).items():
@@ -434,6 +452,7 @@ def train(
         input_size=config.input_size,
         weights=Path(config.weights) if config.weights else None,
         dropout=config.dropout,
+        pooling=config.pooling,
     )
     result = Trainer(model, config, dataset, split, preprocessing_for(config), progress=progress, world=world).run()
     if not world.is_main:  # rank 0 exports and packages; the others wait for it and leave

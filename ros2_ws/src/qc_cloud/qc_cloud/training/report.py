@@ -219,6 +219,16 @@ def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
             f"{parity['max_abs_map_diff']:.1e}",
             f"- training wall time: {_fmt(training['seconds'], 0)} s; command: `{training['command']}`",
         ]
+        good = report.get("good_parts") or {}
+        if good:
+            lines += [
+                f"- held-out good parts (test, {good['n_test_good']}): {_pct(good['test_good_at_or_above_0.5'])} "
+                f"score at or above 0.5 (expected {_pct(good['expected_good_at_or_above_0.5'])} from "
+                f"{good['n_val_good']} validation good parts), {_pct(good['test_good_reinspect_or_worse'])} "
+                f"re-inspected or worse, {_pct(good['test_good_rejected'])} rejected (false alarms)",
+            ]
+            if good["no_defects"]:
+                lines.append("- **no defective images**: escape rate and AUROC cannot be measured (see the caveats)")
     elif training:
         best, cfg = training["best"], training["config"]
         cache = f"on ({cfg['cache_draws']} augmentation draws per image)" if cfg["feature_cache"] else "off"
@@ -316,11 +326,13 @@ def write_report(
     plots_dir = out_dir / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     bands = evaluation.metrics["bands"]
-    written = {
-        "roc": plot_roc(evaluation, plots_dir / "roc.png"),
-        "precision_recall": plot_pr(evaluation, plots_dir / "precision_recall.png"),
-        "score_histogram": plot_histogram(evaluation, plots_dir / "score_histogram.png", bands["low"], bands["high"]),
-    }
+    written = {}
+    if evaluation.metrics["n_defective"] and evaluation.metrics["n_good"]:  # curves need both classes
+        written["roc"] = plot_roc(evaluation, plots_dir / "roc.png")
+        written["precision_recall"] = plot_pr(evaluation, plots_dir / "precision_recall.png")
+    written["score_histogram"] = plot_histogram(
+        evaluation, plots_dir / "score_histogram.png", bands["low"], bands["high"]
+    )
     if history:
         written["training_curves"] = plot_training(history, plots_dir / "training_curves.png")
     if report.get("calibration", {}).get("reliability_after"):

@@ -137,8 +137,15 @@ def _allocate(n: int, val_fraction: float, test_fraction: float) -> tuple[int, i
 
 
 def stratified_split(
-    dataset: Dataset, *, val_fraction: float = 0.15, test_fraction: float = 0.25, seed: int = 0
+    dataset: Dataset,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    require_defects: bool = True,
 ) -> Split:
+    """Stratified by defect type. Every split needs good and defective images, unless not `require_defects`
+    (the anomaly model: every split needs good images; defective ones, where there are any, only evaluate)."""
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DatasetError(f"split fractions val={val_fraction} test={test_fraction} must be > 0 and sum below 1")
     strata: dict[str, list[str]] = defaultdict(list)
@@ -153,10 +160,10 @@ def stratified_split(
     split = Split(seed, val_fraction, test_fraction, dataset.fingerprint, assignment)
     for name in SPLITS:
         labels = {s.label for s in split.samples(dataset, name)}
-        if labels != {0, 1}:
+        if labels != {0, 1} and (require_defects or 0 not in labels):
             raise DatasetError(
                 f"too few images for a stratified split: the {name} split would lack "
-                f"{'defective' if 1 not in labels else 'good'} images "
+                f"{'good' if 0 not in labels else 'defective'} images "
                 f"(per type: {dataset.counts()}; each class needs at least 3 images)"
             )
     return split
