@@ -60,9 +60,12 @@ def test_cell_replays_a_bag_with_ground_truth(tmp_path):
                 data=np.ascontiguousarray(part.image).ravel(),
             )  # fmt: skip
             msg = types[msgtype](
-                header=header, part_id=f"cell1-{i:09d}", sequence=i, source=f"synthetic:11:{i}", encoder_count=-1,
+                header=header, steady_stamp=types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                part_id=f"cell1-{i:09d}", sequence=i, source=f"synthetic:11:{i}", encoder_count=-1,
                 image=image, capture_ok=True, capture_error="", ground_truth=2 if part.label == "defect" else 1,
                 defect_type=part.defect_type or "",
+                # a recorder is not attached to the frame pool: it records the pixels inline
+                pool_frame=types["qc_interfaces/msg/FrameHandle"](pool="", in_pool=False, slot=0, generation=0),
             )  # fmt: skip
             writer.write(connection, stamp, store.serialize_cdr(msg, msgtype))
     overrides = _camera(source="bag", path=str(bag), playback="fast", rate_hz=5.0)
