@@ -264,3 +264,31 @@ def test_retention_deletes_sample_files_no_row_references_any_more(engine, tmp_p
     # a record arriving again with a deleted image writes the file again
     store.samples.put(hashlib.sha256(only_old).hexdigest(), only_old)
     assert path["only_old"].read_bytes() == only_old
+
+
+def test_reconcile_findings_are_stored_once_and_join_the_parts_story(engine, tmp_path):
+    """The edge reconciler's records (issue 17): one row per (cell, id), a redelivery counted, OVERDUE findings
+    queryable for the fleet's check."""
+    store = _store(engine, tmp_path)
+    cell = CELLS[0]
+    now_ns = int((rules.utcnow() - datetime(1970, 1, 1)).total_seconds()) * 10**9
+
+    def finding(seq: int, part_id: str, status: int, outcome: int) -> Message:
+        body = records.reconcile(
+            part_id=part_id, verdict=2, has_verdict=True, lane="reject", status=status, outcome=outcome,
+            terminal_events=0 if outcome < 0 else 1, capture_ns=now_ns, deadline_ns=now_ns + 2 * 10**9,
+        )  # fmt: skip
+        return Message(
+            f"qc/{cell}/reconcile", records.encode(records.envelope(cell, "0badcafe", "reconcile", seq, body))
+        )
+
+    resolved, overdue = finding(1, "p-1", 0, 0), finding(2, "p-2", 1, -1)
+    assert store.write([resolved, overdue]).stored == 2
+    assert store.write([overdue]).stored == 0, "a redelivered finding is counted, not stored twice"
+    assert _count(engine, models.ReconcileFinding) == 2
+    with engine.connect() as conn:
+        rows = conn.execute(select(models.ReconcileFinding.__table__)).mappings().all()
+        assert {(r["part_id"], r["status"], r["outcome"]) for r in rows} == {
+            ("p-1", "RESOLVED", "DONE"),
+            ("p-2", "OVERDUE", None),
+        }

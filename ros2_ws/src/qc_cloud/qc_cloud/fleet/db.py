@@ -150,7 +150,13 @@ def apply_retention(
             dropped["parts_default"] = conn.execute(
                 text("DELETE FROM parts_default WHERE time < :c"), {"c": cutoff}
             ).rowcount
-        for table in (models.Kpi, models.RejectEvent, models.ProcessState, models.VerifyResult):
+        for table in (
+            models.Kpi,
+            models.RejectEvent,
+            models.ProcessState,
+            models.VerifyResult,
+            models.ReconcileFinding,
+        ):
             dropped[table.__tablename__] = conn.execute(table.__table__.delete().where(table.time < cutoff)).rowcount
         s = models.Sample.__table__
         gone = conn.execute(s.delete().where(s.c.time < cutoff).returning(s.c.sha256, s.c.heatmap_sha256)).all()

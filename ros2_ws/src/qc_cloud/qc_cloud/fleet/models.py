@@ -226,6 +226,24 @@ class VerifyResult(Base):
     __table_args__ = (Index("ix_verify_cell_part", "cell", "part_id"),)
 
 
+class ReconcileFinding(Base):
+    """The edge reconciler's finding on one part (reconcile records, issue 17): the fleet's check that every
+    DEFECTIVE / NOT_INSPECTED part got exactly one terminal reject event and every REINSPECT part its divert."""
+
+    __tablename__ = "reconcile_findings"
+    cell: Mapped[str] = mapped_column(String(CELL), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(RID), primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime)  # the part's deadline (capture when none)
+    part_id: Mapped[str] = mapped_column(String(256))
+    verdict: Mapped[str] = mapped_column(String(16))
+    has_verdict: Mapped[bool] = mapped_column(Boolean)
+    lane: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16))  # RESOLVED, OVERDUE, DUPLICATE
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    terminal_events: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_reconcile_cell_part", "cell", "part_id"), Index("ix_reconcile_status", "status"))
+
+
 class Stream(Base):
     __tablename__ = "streams"
     cell: Mapped[str] = mapped_column(String(CELL), primary_key=True)

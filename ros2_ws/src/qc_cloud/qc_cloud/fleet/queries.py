@@ -259,6 +259,7 @@ def part_story(conn: Connection, cell: str, part_id: str) -> dict[str, Any] | No
         select(ps).where(and_(ps.c.cell == cell, ps.c.time <= decided)).order_by(desc(ps.c.time)).limit(1)
     ).first()
     rj, s, v = models.RejectEvent.__table__, models.Sample.__table__, models.VerifyResult.__table__
+    rc = models.ReconcileFinding.__table__
     return {
         "cell": cell,
         "part_id": part_id,
@@ -270,6 +271,9 @@ def part_story(conn: Connection, cell: str, part_id: str) -> dict[str, Any] | No
             for r in conn.execute(select(s).where(and_(s.c.cell == cell, s.c.part_id == part_id)))
         ],
         "verify": [_json(r) for r in conn.execute(select(v).where(and_(v.c.cell == cell, v.c.part_id == part_id)))],
+        "reconcile": [
+            _json(r) for r in conn.execute(select(rc).where(and_(rc.c.cell == cell, rc.c.part_id == part_id)))
+        ],
     }
 
 

@@ -139,6 +139,12 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
             "heatmap_sha256": r.extra.get("heatmap_sha256"),
             "random_sample": bool(b.get("random_sample", False)),
         }
+    if kind == "reconcile":
+        return {
+            **base,
+            "time": _t(b["deadline_time"]) or _t(b["capture_time"]) or received,
+            **{k: b[k] for k in ("part_id", "verdict", "has_verdict", "lane", "status", "outcome", "terminal_events")},
+        }
     if kind == "verify":
         return {
             **base,
@@ -218,6 +224,7 @@ TABLES = {
     "sample": models.Sample,
     "verify_request": models.Sample,
     "verify": models.VerifyResult,
+    "reconcile": models.ReconcileFinding,
 }
 
 

@@ -1,0 +1,1 @@
+"""One module per `qc_cloud` subcommand; each defines register(subparsers) and sets args.func."""

@@ -1,0 +1,326 @@
+"""The read side of the API, without a web framework: each function takes a connection and plain values and
+returns JSON-ready dicts. Every list is paginated (limit/offset, bounded by the caller) and served from an
+index or the hourly rollups, never a full-table scan per request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, desc, func, select
+from sqlalchemy.engine import Connection
+
+from qc_cloud.fleet import models, rollups
+
+PART_COLUMNS = (
+    "cell",
+    "part_id",
+    "record_id",
+    "time",
+    "verdict",
+    "reasons",
+    "defect_probability",
+    "process_anomaly_score",
+    "process_flags",
+    "model_version",
+    "encoder_count",
+    "capture_time",
+    "decision_time",
+    "capture_to_decision_ms",
+    "simulated",
+    "epoch",
+    "seq",
+    "received_at",
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="microseconds") + "Z"
+
+
+def _json(row: Any) -> dict[str, Any]:
+    return {k: iso(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()}
+
+
+def page(items: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
+    return {
+        "items": items,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if len(items) == limit else None,
+    }
+
+
+def fleet(conn: Connection, now: datetime) -> list[dict[str, Any]]:
+    """Every cell: presence, model, yield and parts over the last 24 h (rollups), throughput, last alert."""
+    r = models.PartRollup.__table__
+    since = rollups.hour_of(now - timedelta(hours=23))
+    day = (
+        select(
+            r.c.cell,
+            func.sum(r.c.parts).label("parts"),
+            func.sum(r.c.normal).label("normal"),
+            func.sum(r.c.defective).label("defective"),
+            func.sum(r.c.reinspect).label("reinspect"),
+        )
+        .where(r.c.hour >= since)
+        .group_by(r.c.cell)
+        .subquery()
+    )
+    c, a = models.Cell.__table__, models.Alert.__table__
+    rows = conn.execute(
+        select(
+            c,
+            day.c.parts,
+            day.c.normal,
+            day.c.defective,
+            day.c.reinspect,
+            a.c.time.label("alert_time"),
+            a.c.severity.label("alert_severity"),
+            a.c.code.label("alert_code"),
+            a.c.message.label("alert_message"),
+            a.c.acked_at.label("alert_acked_at"),
+        )
+        .outerjoin(day, day.c.cell == c.c.name)
+        .outerjoin(a, a.c.id == c.c.last_alert_id)
+        .order_by(c.c.name)
+    )
+    out = []
+    for row in rows:
+        m = row._mapping
+        parts = int(m["parts"] or 0)
+        out.append(
+            {
+                "cell": m["name"],
+                "presence": m["presence"],
+                "presence_reason": m["presence_reason"],
+                "presence_time": iso(m["presence_time"]),
+                "last_seen": iso(m["last_seen"]),
+                "model_version": m["model_version"],
+                "model_state": m["model_state"],
+                "parts_24h": parts,
+                "defective_24h": int(m["defective"] or 0),
+                "reinspect_24h": int(m["reinspect"] or 0),
+                "yield_24h": rollups.yield_ratio(int(m["normal"] or 0), parts),
+                "throughput_pps": m["throughput_pps"],
+                "kpi_yield_ratio": m["yield_ratio"],
+                "kpi_time": iso(m["kpi_time"]),
+                "last_alert": None
+                if m["alert_time"] is None
+                else {
+                    "id": m["last_alert_id"],
+                    "time": iso(m["alert_time"]),
+                    "severity": m["alert_severity"],
+                    "code": m["alert_code"],
+                    "message": m["alert_message"],
+                    "acked_at": iso(m["alert_acked_at"]),
+                },
+            }
+        )
+    return out
+
+
+def cell_exists(conn: Connection, cell: str) -> bool:
+    return conn.execute(select(models.Cell.name).where(models.Cell.name == cell)).first() is not None
+
+
+def trend(conn: Connection, cell: str, start: datetime, end: datetime, bucket_hours: int) -> list[dict[str, Any]]:
+    """Parts, verdict counts, yield and mean latency per bucket of `bucket_hours`, from the hourly rollups."""
+    r = models.PartRollup.__table__
+    rows = conn.execute(
+        select(r).where(and_(r.c.cell == cell, r.c.hour >= rollups.hour_of(start), r.c.hour < end)).order_by(r.c.hour)
+    )
+    buckets: dict[datetime, dict[str, Any]] = {}
+    origin = rollups.hour_of(start)
+    for row in rows:
+        m = row._mapping
+        key = origin + timedelta(hours=((m["hour"] - origin) // timedelta(hours=1)) // bucket_hours * bucket_hours)
+        b = buckets.setdefault(
+            key,
+            {
+                "start": key,
+                "parts": 0,
+                "normal": 0,
+                "reinspect": 0,
+                "defective": 0,
+                "not_inspected": 0,
+                "latency_sum_ms": 0.0,
+                "latency_n": 0,
+                "latency_max_ms": 0.0,
+            },
+        )
+        for k in ("parts", "normal", "reinspect", "defective", "not_inspected", "latency_sum_ms", "latency_n"):
+            b[k] += m[k]
+        b["latency_max_ms"] = max(b["latency_max_ms"], m["latency_max_ms"])
+    out = []
+    for b in buckets.values():
+        n = b.pop("latency_n")
+        total = b.pop("latency_sum_ms")
+        out.append(
+            {
+                **b,
+                "start": iso(b["start"]),
+                "yield": rollups.yield_ratio(b["normal"], b["parts"]),
+                "parts_per_s": b["parts"] / (bucket_hours * 3600),
+                "latency_mean_ms": total / n if n else None,
+            }
+        )
+    return out
+
+
+def _range(column, start: datetime | None, end: datetime | None) -> list:
+    clauses = []
+    if start is not None:
+        clauses.append(column >= start)
+    if end is not None:
+        clauses.append(column < end)
+    return clauses
+
+
+def parts(
+    conn: Connection,
+    *,
+    cell: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    verdict: str | None,
+    model_version: str | None,
+    part_id: str | None,
+    limit: int,
+    offset: int,
+) -> list[dict]:
+    p = models.Part.__table__
+    where = _range(p.c.time, start, end)
+    for column, value in (
+        (p.c.cell, cell),
+        (p.c.verdict, verdict),
+        (p.c.model_version, model_version),
+        (p.c.part_id, part_id),
+    ):
+        if value is not None:
+            where.append(column == value)
+    query = select(*[p.c[k] for k in PART_COLUMNS]).where(and_(True, *where))
+    query = query.order_by(desc(p.c.time), p.c.cell, p.c.record_id).limit(limit).offset(offset)
+    return [_json(row) for row in conn.execute(query)]
+
+
+def part_story(conn: Connection, cell: str, part_id: str) -> dict[str, Any] | None:
+    """One part's whole story: the verdict record(s), the process state at decision, what the ejector did,
+    image samples and re-inspection results."""
+    p = models.Part.__table__
+    found = [
+        _json(r)
+        for r in conn.execute(
+            select(*[p.c[k] for k in PART_COLUMNS])
+            .where(and_(p.c.cell == cell, p.c.part_id == part_id))
+            .order_by(p.c.time)
+        )
+    ]
+    if not found:
+        return None
+    decided = datetime.fromisoformat(found[-1]["time"].rstrip("Z"))
+    ps = models.ProcessState.__table__
+    process = conn.execute(
+        select(ps).where(and_(ps.c.cell == cell, ps.c.time <= decided)).order_by(desc(ps.c.time)).limit(1)
+    ).first()
+    rj, s, v = models.RejectEvent.__table__, models.Sample.__table__, models.VerifyResult.__table__
+    return {
+        "cell": cell,
+        "part_id": part_id,
+        "decisions": found,
+        "process": _json(process) if process else None,
+        "rejects": [_json(r) for r in conn.execute(select(rj).where(and_(rj.c.cell == cell, rj.c.part_id == part_id)))],
+        "samples": [
+            {**_json(r), "url": f"/api/v1/samples/{r.sha256}"}
+            for r in conn.execute(select(s).where(and_(s.c.cell == cell, s.c.part_id == part_id)))
+        ],
+        "verify": [_json(r) for r in conn.execute(select(v).where(and_(v.c.cell == cell, v.c.part_id == part_id)))],
+    }
+
+
+def kpis(conn: Connection, cell: str, start, end, limit: int, offset: int) -> list[dict]:
+    k = models.Kpi.__table__
+    query = select(k).where(and_(k.c.cell == cell, *_range(k.c.time, start, end)))
+    return [_json(r) for r in conn.execute(query.order_by(desc(k.c.time)).limit(limit).offset(offset))]
+
+
+def alerts(conn: Connection, *, cell, severity, acked, start, end, limit: int, offset: int) -> list[dict]:
+    a = models.Alert.__table__
+    where = _range(a.c.time, start, end)
+    if cell is not None:
+        where.append(a.c.cell == cell)
+    if severity is not None:
+        where.append(a.c.severity == severity)
+    if acked is not None:
+        where.append(a.c.acked_at.isnot(None) if acked else a.c.acked_at.is_(None))
+    query = select(a).where(and_(True, *where)).order_by(desc(a.c.time), desc(a.c.id)).limit(limit).offset(offset)
+    return [_json(r) for r in conn.execute(query)]
+
+
+def ack_alert(conn: Connection, alert_id: int, by: str, note: str, now: datetime) -> dict | None:
+    a = models.Alert.__table__
+    row = conn.execute(select(a).where(a.c.id == alert_id)).first()
+    if row is None:
+        return None
+    if row.acked_at is None:
+        conn.execute(a.update().where(a.c.id == alert_id).values(acked_at=now, acked_by=by, ack_note=note))
+        row = conn.execute(select(a).where(a.c.id == alert_id)).first()
+    return _json(row)
+
+
+def gaps(conn: Connection, cell, kind, limit: int, offset: int) -> list[dict]:
+    g = models.Gap.__table__
+    where = [c for c in ((g.c.cell == cell) if cell else None, (g.c.kind == kind) if kind else None) if c is not None]
+    query = select(g).where(and_(True, *where)).order_by(g.c.cell, g.c.kind, g.c.epoch, g.c.first_seq)
+    return [
+        {**_json(r), "missing": r.last_seq - r.first_seq + 1} for r in conn.execute(query.limit(limit).offset(offset))
+    ]
+
+
+def streams(conn: Connection, cell, limit: int, offset: int) -> list[dict]:
+    st = models.Stream.__table__
+    query = select(st).where(and_(True, *([st.c.cell == cell] if cell else [])))
+    query = query.order_by(st.c.cell, st.c.kind, st.c.epoch).limit(limit).offset(offset)
+    return [_json(r) for r in conn.execute(query)]
+
+
+def quarantine(conn: Connection, limit: int, offset: int) -> list[dict]:
+    q = models.Quarantine.__table__
+    rows = conn.execute(select(q).order_by(desc(q.c.id)).limit(limit).offset(offset))
+    return [
+        {
+            "id": r.id,
+            "received_at": iso(r.received_at),
+            "topic": r.topic,
+            "reason": r.reason,
+            "size": r.size,
+            "head_hex": bytes(r.payload[:64]).hex(),
+        }
+        for r in rows
+    ]
+
+
+def totals(conn: Connection) -> dict[str, int]:
+    st, q = models.Stream.__table__, models.Quarantine.__table__
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(st.c.records), 0),
+            func.coalesce(func.sum(st.c.duplicates), 0),
+            func.coalesce(func.sum(st.c.missing), 0),
+        )
+    ).one()
+    quarantined = conn.execute(select(func.count()).select_from(q)).scalar_one()
+    return {"records": int(row[0]), "duplicates": int(row[1]), "missing": int(row[2]), "quarantined": quarantined}
+
+
+def export_parts(
+    conn: Connection, start: datetime, end: datetime, cell: str | None, chunk: int = 5000
+) -> Iterator[list]:
+    """Rows of parts in [start, end), oldest first, in chunks (streamed: constant memory)."""
+    p = models.Part.__table__
+    where = [p.c.time >= start, p.c.time < end] + ([p.c.cell == cell] if cell else [])
+    query = select(*[p.c[k] for k in PART_COLUMNS]).where(and_(*where)).order_by(p.c.time, p.c.cell, p.c.record_id)
+    result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query)
+    for rows in result.partitions(chunk):
+        yield [tuple(r) for r in rows]

@@ -1,0 +1,453 @@
+"""Writing one batch of MQTT messages in one transaction: quarantine what the rules refuse, store each record
+once per (cell, id), update hourly rollups, stream counters and gaps, cell presence and state.
+
+The caller (worker.py) acknowledges the batch's messages to the broker only after write() returned: a crash
+or a database outage before that makes the broker redeliver them, and record_ids turns the redelivery into a
+counted duplicate. A TransientError means: nothing was committed, retry the same batch later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from qc_cloud.fleet import db, gaps, models, rollups, rules
+from qc_cloud.fleet.samples import SampleStore
+
+log = logging.getLogger("qc_fleet.store")
+
+
+class TransientError(RuntimeError):
+    """The database could not be reached or the transaction lost a race: nothing was committed, retry."""
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    received_at: datetime | None = None
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    ignored: int = 0
+    status: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> None:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        self.ignored += other.ignored
+        self.status += other.status
+        self.reasons += other.reasons
+
+
+def _t(text: str | None) -> datetime | None:
+    return rules.parse_time(text)
+
+
+def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
+    b = r.body
+    base = {"cell": r.cell, "record_id": b["id"], "time": r.time or received}
+    if kind == "part":
+        return {
+            **base,
+            "epoch": b["epoch"],
+            "seq": b["seq"],
+            "part_id": b["part_id"],
+            "verdict": b["verdict"],
+            "reasons": b["reasons"],
+            "defect_probability": b["defect_probability"],
+            "process_anomaly_score": b["process_anomaly_score"],
+            "process_flags": b["process_flags"],
+            "model_version": b["model_version"],
+            "encoder_count": b["encoder_count"],
+            "capture_time": _t(b["capture_time"]),
+            "decision_time": _t(b["decision_time"]),
+            "capture_to_decision_ms": b["capture_to_decision_ms"],
+            "simulated": b.get("simulated"),
+            "received_at": received,
+        }
+    if kind == "kpi":
+        return {
+            **base,
+            "window_s": b["window_s"],
+            "parts": b["parts"],
+            "verdicts": b["verdicts"],
+            "yield_ratio": b["yield_ratio"],
+            "throughput_pps": b["throughput_pps"],
+            "latency_ms": b["latency_ms"],
+            "reasons": b["reasons"],
+            "total_parts": b["total_parts"],
+        }
+    if kind == "alert":
+        return {
+            **base,
+            "severity": b["severity"],
+            "source": b["source"],
+            "code": b["code"],
+            "message": b["message"][:4096],
+            "part_id": b["part_id"],
+        }
+    if kind == "reject":
+        return {
+            **base,
+            "part_id": b["part_id"],
+            "verdict": b["verdict"],
+            "outcome": b["outcome"],
+            "method": b["method"],
+            "lane": b["lane"],
+            "planned_time": _t(b["planned_time"]),
+            "actual_time": _t(b["actual_time"]),
+            "lateness_ms": b["lateness_ms"],
+            "message": b["message"][:4096],
+        }
+    if kind == "process":
+        return {
+            **base,
+            **{
+                k: b[k]
+                for k in (
+                    "temperature_c",
+                    "pressure_pa",
+                    "vibration_rms",
+                    "anomaly_score",
+                    "flags",
+                    "out_of_spec",
+                    "stale",
+                )
+            },
+        }
+    if kind == "model_status":
+        return {
+            **base,
+            "event": b["event"],
+            "active_version": b["active_version"],
+            "message": b["message"][:4096],
+            **{k: b.get(k) for k in ("state", "version", "reason", "sha256", "backend", "precision")},
+        }
+    if kind in rules.IMAGE_TYPES:
+        return {
+            **base,
+            "kind": kind,
+            "part_id": b["part_id"],
+            "verdict": b["verdict"],
+            "defect_probability": b["defect_probability"],
+            "reasons": b["reasons"],
+            "model_version": b["model_version"],
+            "width": b["width"],
+            "height": b["height"],
+            "sha256": r.extra["sha256"],
+            "size": len(r.image or b""),
+        }
+    if kind == "verify":
+        return {
+            **base,
+            "time": received,
+            "part_id": b["part_id"],
+            "request_id": b["request_id"],
+            "local_verdict": b["local_verdict"],
+            "cloud_verdict": b["cloud_verdict"],
+            "outcome": b["outcome"],
+            "rtt_ms": b["rtt_ms"],
+        }
+    raise ValueError(kind)
+
+
+JSON_COLUMNS = ("reasons", "simulated")
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+TABLES = {
+    "part": models.Part,
+    "kpi": models.Kpi,
+    "alert": models.Alert,
+    "reject": models.RejectEvent,
+    "process": models.ProcessState,
+    "model_status": models.ModelStatus,
+    "sample": models.Sample,
+    "verify_request": models.Sample,
+    "verify": models.VerifyResult,
+}
+
+
+class Store:
+    def __init__(
+        self, engine: Engine, samples: SampleStore, quarantine_max_bytes: int = 64 * 1024, retention_days: int = 365
+    ) -> None:
+        self.engine = engine
+        self.samples = samples
+        self.quarantine_max_bytes = quarantine_max_bytes
+        self.retention_days = retention_days
+        self.postgres = db.is_postgres(engine)
+        self._insert = postgresql.insert if self.postgres else sqlite.insert
+        self._partitions: set[str] = set()
+
+    # ---- the batch -------------------------------------------------------------------------------------
+    def write(self, messages: list[Message]) -> BatchResult:
+        now = rules.utcnow()
+        result = BatchResult()
+        accepted: list[tuple[rules.Record, datetime]] = []
+        refused: list[tuple[Message, str, datetime]] = []
+        for m in messages:
+            received = m.received_at or now
+            try:
+                outcome = rules.classify(m.topic, m.payload)
+            except rules.Refused as exc:
+                refused.append((m, str(exc), received))
+                continue
+            if isinstance(outcome, rules.Ignored):
+                result.ignored += 1
+                continue
+            accepted.append((outcome, received))
+        for record, _ in accepted:
+            if record.image is not None:
+                self.samples.put(record.extra["sha256"], record.image)
+        self._ensure_partitions([r for r, _ in accepted if r.kind == "part"], now)
+        try:
+            with self.engine.begin() as conn:
+                self._write(conn, accepted, refused, now, result)
+        except OperationalError as exc:
+            raise TransientError(f"database: {str(exc.orig or exc).splitlines()[0][:300]}") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated or _is_retryable(exc):
+                raise TransientError(f"database: {str(exc.orig or exc).splitlines()[0][:300]}") from exc
+            if len(messages) == 1:  # a record the database refuses (it passed the rules): quarantine it
+                m = messages[0]
+                reason = f"database refused: {str(exc.orig or exc).splitlines()[0][:300]}"
+                with self.engine.begin() as conn:
+                    self._quarantine(conn, [(m, reason, m.received_at or now)])
+                return BatchResult(quarantined=1, reasons=[reason])
+            log.warning("batch of %d refused by the database (%s): writing one by one", len(messages), exc.orig)
+            total = BatchResult()
+            for m in messages:
+                total.add(self.write([Message(m.topic, m.payload, m.received_at or now)]))
+            return total
+        return result
+
+    def _write(self, conn: Connection, accepted, refused, now: datetime, result: BatchResult) -> None:
+        if refused:
+            self._quarantine(conn, refused)
+            result.quarantined += len(refused)
+            result.reasons += [reason for _, reason, _ in refused]
+        statuses = [(r, t) for r, t in accepted if r.kind == "status"]
+        records = [(r, t) for r, t in accepted if r.kind != "status"]
+        # One copy per (cell, id) within the batch, in key order (the lock order of the unique index).
+        unique: dict[tuple[str, str], tuple[rules.Record, datetime]] = {}
+        dup_counts: dict[tuple[str, str, str], int] = defaultdict(int)
+        for r, t in records:
+            key = (r.cell, r.id)
+            if key in unique:
+                dup_counts[(r.cell, r.kind, r.body["epoch"])] += 1
+            else:
+                unique[key] = (r, t)
+        keys = sorted(unique)
+        new: set[tuple[str, str]] = set()
+        if keys and self.postgres:  # one statement with array parameters: no per-row work in SQLAlchemy
+            rows = conn.exec_driver_sql(
+                "INSERT INTO record_ids (cell, id, kind, received_at) SELECT * FROM unnest("
+                "%(c)s::varchar[], %(i)s::varchar[], %(k)s::varchar[], %(t)s::timestamp[]) "
+                "ON CONFLICT DO NOTHING RETURNING cell, id",
+                {
+                    "c": [c for c, _ in keys],
+                    "i": [i for _, i in keys],
+                    "k": [unique[key][0].kind for key in keys],
+                    "t": [unique[key][1] for key in keys],
+                },
+            )
+            new = {(c, i) for c, i in rows}
+        elif keys:
+            stmt = self._insert(models.RecordId).on_conflict_do_nothing(index_elements=["cell", "id"])
+            rows = conn.execute(
+                stmt.returning(models.RecordId.cell, models.RecordId.id),
+                [
+                    {"cell": c, "id": i, "kind": unique[(c, i)][0].kind, "received_at": unique[(c, i)][1]}
+                    for c, i in keys
+                ],
+            )
+            new = {(c, i) for c, i in rows}
+        for key in keys:
+            if key not in new:
+                r = unique[key][0]
+                dup_counts[(r.cell, r.kind, r.body["epoch"])] += 1
+        fresh = [unique[k] for k in keys if k in new]
+        result.stored += len(fresh)
+        result.duplicates += sum(dup_counts.values())
+        by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r, t in fresh:
+            by_kind[r.kind].append(_row(r.kind, r, t))
+        alert_ids: dict[str, int] = {}
+        for kind, rows in sorted(by_kind.items()):
+            table = TABLES[kind]
+            if kind == "alert":
+                for alert_id, cell in conn.execute(self._insert(table).returning(table.id, table.cell), rows):
+                    alert_ids[cell] = max(alert_id, alert_ids.get(cell, 0))
+            elif kind == "part" and self.postgres:
+                self._copy_parts(conn, rows)
+            else:
+                conn.execute(self._insert(table), rows)
+        self._rollups(conn, by_kind.get("part", []))
+        self._streams(conn, fresh, dup_counts, now)
+        self._cells(conn, fresh, statuses, alert_ids, now)
+        result.status += len(statuses)
+
+    # ---- pieces ----------------------------------------------------------------------------------------
+    def _quarantine(self, conn: Connection, refused) -> None:
+        conn.execute(
+            self._insert(models.Quarantine),
+            [
+                {
+                    "received_at": t,
+                    "topic": m.topic[:1024].replace("\x00", ""),
+                    "reason": reason[:1024].replace("\x00", ""),
+                    "size": len(m.payload),
+                    "payload": m.payload[: self.quarantine_max_bytes],
+                }
+                for m, reason, t in refused
+            ],
+        )
+
+    def _copy_parts(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """PostgreSQL: COPY the new parts (record_ids made them unique: no conflict possible) in this transaction."""
+        columns = list(rows[0])
+        cursor = conn.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY parts ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([_json_text(row[c]) if c in JSON_COLUMNS else row[c] for c in columns])
+
+    def _rollups(self, conn: Connection, part_rows: list[dict[str, Any]]) -> None:
+        increments = rollups.increments(
+            (p["cell"], p["time"], p["verdict"], p["capture_to_decision_ms"]) for p in part_rows
+        )
+        if not increments:
+            return
+        t = models.PartRollup.__table__
+        stmt = self._insert(t)
+        columns = ["parts", "normal", "reinspect", "defective", "not_inspected", "latency_sum_ms", "latency_n"]
+        update_set = {c: t.c[c] + stmt.excluded[c] for c in columns}
+        greatest = func.greatest if self.postgres else func.max  # SQLite's two-argument max() is a scalar
+        update_set["latency_max_ms"] = greatest(t.c.latency_max_ms, stmt.excluded.latency_max_ms)
+        # one statement: the rows are distinct (cell, hour) keys, in key order (the lock order)
+        conn.execute(stmt.values(increments).on_conflict_do_update(index_elements=["cell", "hour"], set_=update_set))
+
+    def _streams(self, conn: Connection, fresh, dup_counts, now: datetime) -> None:
+        seqs: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        for r, _ in fresh:
+            seqs[(r.cell, r.kind, r.body["epoch"])].append(r.body["seq"])
+        streams = models.Stream.__table__
+        for key in sorted(set(seqs) | set(dup_counts)):
+            cell, kind, epoch = key
+            conn.execute(
+                self._insert(streams).on_conflict_do_nothing(index_elements=["cell", "kind", "epoch"]),
+                {
+                    "cell": cell,
+                    "kind": kind,
+                    "epoch": epoch,
+                    "max_seq": 0,
+                    "records": 0,
+                    "duplicates": 0,
+                    "missing": 0,
+                    "last_received": now,
+                },
+            )
+            where = and_(streams.c.cell == cell, streams.c.kind == kind, streams.c.epoch == epoch)
+            query = select(streams.c.max_seq, streams.c.missing).where(where)
+            max_seq, missing = conn.execute(query.with_for_update() if self.postgres else query).one()
+            new_seqs = seqs.get(key, [])
+            values: dict[str, Any] = {"duplicates": streams.c.duplicates + dup_counts.get(key, 0), "last_received": now}
+            if new_seqs:
+                g = models.Gap.__table__
+                gwhere = and_(g.c.cell == cell, g.c.kind == kind, g.c.epoch == epoch)
+                old: list[tuple[int, int]] = []
+                if min(new_seqs) <= max_seq and missing:
+                    old = [(a, b) for a, b in conn.execute(select(g.c.first_seq, g.c.last_seq).where(gwhere))]
+                new_max, new_gaps = gaps.apply(max_seq, old, new_seqs)
+                if new_gaps != sorted(old) or new_max != max_seq:
+                    changed_old = set(old) - set(new_gaps)
+                    added = [x for x in new_gaps if x not in set(old)]
+                    for a, b in changed_old:
+                        conn.execute(g.delete().where(and_(gwhere, g.c.first_seq == a, g.c.last_seq == b)))
+                    if added:
+                        conn.execute(
+                            g.insert(),
+                            [
+                                {
+                                    "cell": cell,
+                                    "kind": kind,
+                                    "epoch": epoch,
+                                    "first_seq": a,
+                                    "last_seq": b,
+                                    "opened_at": now,
+                                }
+                                for a, b in added
+                            ],
+                        )
+                    # old holds every gap of the stream when loaded; else only new ones opened
+                    values["missing"] = gaps.missing(new_gaps) if old else missing + gaps.missing(added)
+                values["max_seq"] = new_max
+                values["records"] = streams.c.records + len(new_seqs)
+            conn.execute(update(streams).where(where).values(**values))
+
+    def _cells(self, conn: Connection, fresh, statuses, alert_ids: dict[str, int], now: datetime) -> None:
+        updates: dict[str, dict[str, Any]] = defaultdict(dict)
+        for r, _ in fresh:
+            u, b = updates[r.cell], r.body
+            if r.kind == "model_status":
+                u["model_version"] = b["active_version"] or u.get("model_version")
+                if b.get("state"):
+                    u["model_state"] = b["state"]
+            elif r.kind == "part" and "model_version" not in u:
+                u["model_version"] = b["model_version"] or None
+            elif r.kind == "kpi":
+                u.update(throughput_pps=b["throughput_pps"], yield_ratio=b["yield_ratio"], kpi_time=r.time)
+        for r, t in statuses:
+            updates[r.cell].update(
+                presence=r.body["state"],
+                presence_reason=r.body.get("reason", ""),
+                presence_time=t,
+                presence_details=r.body.get("details"),
+            )
+        for cell, alert_id in alert_ids.items():
+            updates[cell]["last_alert_id"] = alert_id
+        cells = models.Cell.__table__
+        for cell in sorted(updates):  # one upsert per cell, in name order (the lock order)
+            values = {k: v for k, v in updates[cell].items() if v is not None or k == "presence_details"}
+            stmt = self._insert(cells).values(name=cell, first_seen=now, last_seen=now, **values)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"last_seen": now, **values}))
+
+    def _ensure_partitions(self, parts: list[rules.Record], now: datetime) -> None:
+        if not self.postgres or not parts:
+            return
+        low, high = (now - timedelta(days=self.retention_days)).date(), (now + timedelta(days=31)).date()
+        days: set[date] = set()
+        for r in parts:
+            day = (r.time or now).date()
+            if low <= day <= high:  # outside: the default partition (a cell's clock far off)
+                days.add(day)
+        if days - {d for d in days if db.partition_name(d) in self._partitions}:
+            try:
+                self._partitions = db.ensure_partitions(self.engine, days, self._partitions)
+            except OperationalError as exc:
+                raise TransientError(f"database: {str(exc.orig or exc).splitlines()[0][:300]}") from exc
+
+
+def _is_retryable(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    # serialization failure, deadlock, lock timeout, admin shutdown, connection errors (class 08)
+    return bool(code) and (code in ("40001", "40P01", "55P03", "57P01", "57P02", "57P03") or code.startswith("08"))

@@ -1,0 +1,106 @@
+"""Training-time augmentation of the uint8 image, applied BEFORE qc_contract.preprocess (so the model
+always sees inputs produced by the same preprocessing as the edge).
+
+One affine warp does rotation (± rotation_deg), zoom, horizontal/vertical flips and (where the part allows)
+quarter turns about the image centre; borders are filled by replicating the edge pixels (Keras'
+fill_mode="nearest"). Then photometric changes suited to industrial images: brightness (gain), contrast around
+the image mean, a slight Gaussian blur (focus) and sensor noise, each configurable; off by default in the
+paper's preset (PAPER_AUGMENTATION). Every draw is determined by a NumPy Generator, seeded per (run seed,
+image, draw).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    rotation_deg: float = 10.0  # uniform in [-rotation_deg, +rotation_deg]
+    zoom: float = 0.05  # scale uniform in [1 - zoom, 1 + zoom]
+    hflip: bool = True  # mirror left-right with probability 0.5
+    brightness: tuple[float, float] = (0.8, 1.2)  # multiply pixel values by a uniform factor in this range
+    vflip: bool = True  # mirror top-bottom with probability 0.5
+    rot90: bool = True  # a random quarter turn (square inputs; parts without a fixed orientation)
+    contrast: float = 0.15  # contrast factor uniform in [1 - contrast, 1 + contrast] around the image mean
+    blur_sigma: float = 0.6  # with probability 0.25 a Gaussian blur of sigma uniform in (0, blur_sigma] px
+    noise_std: float = 2.0  # Gaussian noise of std uniform in [0, noise_std] grey levels
+
+    def __post_init__(self) -> None:
+        lo, hi = self.brightness
+        if not (0 <= self.rotation_deg <= 180 and 0 <= self.zoom < 1 and 0 < lo <= hi):
+            raise ValueError(f"invalid augmentation {self}")
+        if not (0 <= self.contrast < 1 and 0 <= self.blur_sigma <= 5 and 0 <= self.noise_std <= 50):
+            raise ValueError(f"invalid augmentation {self}: contrast in [0, 1), blur_sigma 0..5, noise_std 0..50")
+
+    @property
+    def is_identity(self) -> bool:
+        geometric = self.rotation_deg == 0 and self.zoom == 0 and not (self.hflip or self.vflip or self.rot90)
+        photometric = self.brightness == (1.0, 1.0) and self.contrast == 0 and self.blur_sigma == 0
+        return geometric and photometric and self.noise_std == 0
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One random draw applied to an H x W (x C) uint8 image; returns a new uint8 image of the same shape."""
+        h, w = image.shape[:2]
+        angle = rng.uniform(-self.rotation_deg, self.rotation_deg)
+        scale = rng.uniform(1.0 - self.zoom, 1.0 + self.zoom)
+        flip = self.hflip and rng.random() < 0.5
+        factor = rng.uniform(*self.brightness)
+        # The draws of the paper's augmentation come first, so its preset reproduces its earlier runs exactly.
+        vflip = self.vflip and rng.random() < 0.5
+        turns = int(rng.integers(4)) if self.rot90 and h == w else 0
+        contrast = rng.uniform(1 - self.contrast, 1 + self.contrast) if self.contrast else 1.0
+        blur = rng.uniform(0, self.blur_sigma) if self.blur_sigma and rng.random() < 0.25 else 0.0
+        noise = rng.uniform(0, self.noise_std) if self.noise_std else 0.0
+        matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle + 90.0 * turns, scale)
+        if flip or vflip:  # warp(x) = rotate_zoom(mirror(x)): compose the affine matrices
+            sx, sy = (-1.0 if flip else 1.0), (-1.0 if vflip else 1.0)
+            mirror = np.array(
+                [[sx, 0.0, (w - 1.0) if flip else 0.0], [0.0, sy, (h - 1.0) if vflip else 0.0], [0, 0, 1.0]]
+            )
+            matrix = matrix @ mirror
+        out = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if contrast == 1.0 and blur == 0.0 and noise == 0.0:
+            return cv2.convertScaleAbs(out, alpha=factor) if factor != 1.0 else out
+        img = out.astype(np.float32) * np.float32(factor)
+        if contrast != 1.0:
+            mean = img.mean(axis=(0, 1), keepdims=True)
+            img = (img - mean) * np.float32(contrast) + mean
+        if blur > 0.05:
+            img = cv2.GaussianBlur(img, (0, 0), blur)
+        if noise > 0:
+            img += rng.normal(0.0, noise, img.shape).astype(np.float32)
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+
+NO_AUGMENTATION = Augmentation(
+    rotation_deg=0.0,
+    zoom=0.0,
+    hflip=False,
+    brightness=(1.0, 1.0),
+    vflip=False,
+    rot90=False,
+    contrast=0.0,
+    blur_sigma=0.0,
+    noise_std=0.0,
+)
+# The paper's (Keras) augmentation: rotation ±20°, zoom ±10 %, horizontal flip, brightness 0.8-1.2.
+PAPER_AUGMENTATION = Augmentation(
+    rotation_deg=20.0,
+    zoom=0.10,
+    hflip=True,
+    brightness=(0.8, 1.2),
+    vflip=False,
+    rot90=False,
+    contrast=0.0,
+    blur_sigma=0.0,
+    noise_std=0.0,
+)
+
+
+def draw_rng(seed: int, image_index: int, draw: int) -> np.random.Generator:
+    """The generator of one augmentation draw: reproducible and independent of the order images are visited."""
+    return np.random.default_rng([seed, image_index, draw])
