@@ -1,1 +1,0 @@
-"""One module per `qc_cloud` subcommand; each defines register(subparsers) and sets args.func."""
