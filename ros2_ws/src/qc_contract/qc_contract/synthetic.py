@@ -90,6 +90,23 @@ def _polar(geo: _Geometry, width: int, height: int, scale: float) -> tuple[np.nd
     return r_idx, a_idx
 
 
+def check_generator_args(
+    seed: int, width: int, height: int, defect_rate: float, defect_types: Sequence[str], known: Sequence[str]
+) -> None:
+    """The arguments every part generator shares, checked with one wording (ValueError)."""
+    if seed < 0:
+        raise ValueError(f"seed {seed} must be >= 0")
+    if width < 32 or height < 32:
+        raise ValueError(f"image size {width}x{height} too small (at least 32x32)")
+    if not 0.0 <= defect_rate <= 1.0:
+        raise ValueError(f"defect_rate {defect_rate} must be within [0, 1]")
+    unknown = [t for t in defect_types if t not in known]
+    if unknown:
+        raise ValueError(f"unknown defect types {unknown}; known: {list(known)}")
+    if defect_rate > 0 and not defect_types:
+        raise ValueError("defect_rate > 0 needs at least one defect type")
+
+
 class SyntheticPartGenerator:
     """Deterministic, random-access source of bottle images with a controllable defect rate."""
 
@@ -101,17 +118,7 @@ class SyntheticPartGenerator:
         defect_rate: float = 0.2,
         defect_types: Sequence[str] = DEFECT_TYPES,
     ) -> None:
-        if seed < 0:
-            raise ValueError(f"seed {seed} must be >= 0")
-        if width < 32 or height < 32:
-            raise ValueError(f"image size {width}x{height} too small (at least 32x32)")
-        if not 0.0 <= defect_rate <= 1.0:
-            raise ValueError(f"defect_rate {defect_rate} must be within [0, 1]")
-        unknown = [t for t in defect_types if t not in DEFECT_TYPES]
-        if unknown:
-            raise ValueError(f"unknown defect types {unknown}; known: {list(DEFECT_TYPES)}")
-        if defect_rate > 0 and not defect_types:
-            raise ValueError("defect_rate > 0 needs at least one defect type")
+        check_generator_args(seed, width, height, defect_rate, defect_types, DEFECT_TYPES)
         self.seed = int(seed)
         self.width = int(width)
         self.height = int(height)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from qc_contract.synthetic import check_generator_args
+
 SURFACE_DEFECT_TYPES = ("crack", "scratch", "pit", "stain")
 
 _TEXTURE_PAD = 96  # the texture bank is this much larger than the image in each direction
@@ -39,17 +41,7 @@ class SurfacePartGenerator:
         defect_rate: float = 0.2,
         defect_types: Sequence[str] = SURFACE_DEFECT_TYPES,
     ) -> None:
-        if seed < 0:
-            raise ValueError(f"seed {seed} must be >= 0")
-        if width < 32 or height < 32:
-            raise ValueError(f"image size {width}x{height} too small (at least 32x32)")
-        if not 0.0 <= defect_rate <= 1.0:
-            raise ValueError(f"defect_rate {defect_rate} must be within [0, 1]")
-        unknown = [t for t in defect_types if t not in SURFACE_DEFECT_TYPES]
-        if unknown:
-            raise ValueError(f"unknown defect types {unknown}; known: {list(SURFACE_DEFECT_TYPES)}")
-        if defect_rate > 0 and not defect_types:
-            raise ValueError("defect_rate > 0 needs at least one defect type")
+        check_generator_args(seed, width, height, defect_rate, defect_types, SURFACE_DEFECT_TYPES)
         self.seed, self.width, self.height = int(seed), int(width), int(height)
         self.defect_rate = float(defect_rate)
         self.defect_types = tuple(defect_types)
