@@ -292,3 +292,35 @@ def test_reconcile_findings_are_stored_once_and_join_the_parts_story(engine, tmp
             ("p-1", "RESOLVED", "DONE"),
             ("p-2", "OVERDUE", None),
         }
+
+
+def test_a_record_the_store_cannot_file_is_quarantined_and_its_batch_neighbours_stored(engine, tmp_path, monkeypatch):
+    """A store bug on one record (it passed the rules) must not stall ingest: the worker would retry the batch
+    forever. The batch is written one by one, the record at fault quarantined with the reason."""
+    from qc_cloud.fleet import store as store_module
+
+    store = _store(engine, tmp_path)
+    cell = CELLS[0]
+    now_ns = int((rules.utcnow() - datetime(1970, 1, 1)).total_seconds()) * 10**9
+    row = store_module._row
+
+    def faulty_row(kind, record, received):
+        if record.body.get("part_id") == "p-bad":
+            raise KeyError("a column the store does not know")
+        return row(kind, record, received)
+
+    monkeypatch.setattr(store_module, "_row", faulty_row)
+    messages = [
+        _sample(cell, seq, b"\xff\xd8\xff\xe0" + bytes([seq]) * 16, now_ns) for seq in (1, 2, 3)
+    ]  # part ids p-1, p-2, p-3
+    bad_body = records.image_record(
+        part_id="p-bad", verdict=2, defect_probability=0.9, reasons=["visual_defect"], model_version="m-1",
+        capture_ns=now_ns, width=8, height=8, jpeg_b64="/9j/4A==",
+    )  # fmt: skip
+    messages.insert(
+        1, Message(f"qc/{cell}/sample", records.encode(records.envelope(cell, "0badcafe", "sample", 9, bad_body)))
+    )
+    result = store.write(messages)
+    assert (result.stored, result.quarantined) == (3, 1), result
+    assert any("store error: KeyError" in reason for reason in result.reasons), result.reasons
+    assert _count(engine, models.Sample) == 3 and _count(engine, models.Quarantine) == 1

@@ -332,18 +332,25 @@ class Store:
         except DBAPIError as exc:
             if exc.connection_invalidated or _is_retryable(exc):
                 raise TransientError(f"database: {str(exc.orig or exc).splitlines()[0][:300]}") from exc
-            if len(messages) == 1:  # a record the database refuses (it passed the rules): quarantine it
-                m = messages[0]
-                reason = f"database refused: {str(exc.orig or exc).splitlines()[0][:300]}"
-                with self.engine.begin() as conn:
-                    self._quarantine(conn, [(m, reason, m.received_at or now)])
-                return BatchResult(quarantined=1, reasons=[reason])
-            log.warning("batch of %d refused by the database (%s): writing one by one", len(messages), exc.orig)
-            total = BatchResult()
-            for m in messages:
-                total.add(self.write([Message(m.topic, m.payload, m.received_at or now)]))
-            return total
+            return self._one_by_one(messages, f"database refused: {str(exc.orig or exc).splitlines()[0][:300]}", now)
+        except Exception as exc:  # a record the rules passed but the store cannot file (a bug): never stall ingest
+            log.exception("batch of %d: store error", len(messages))
+            return self._one_by_one(messages, f"store error: {type(exc).__name__}: {str(exc)[:300]}", now)
         return result
+
+    def _one_by_one(self, messages: list[Message], reason: str, now: datetime) -> BatchResult:
+        """A batch the store could not write for a non-transient reason: the one record at fault is quarantined
+        with the reason, and the records around it are stored."""
+        if len(messages) == 1:
+            m = messages[0]
+            with self.engine.begin() as conn:
+                self._quarantine(conn, [(m, reason, m.received_at or now)])
+            return BatchResult(quarantined=1, reasons=[reason])
+        log.warning("batch of %d not written (%s): writing one by one", len(messages), reason)
+        total = BatchResult()
+        for m in messages:
+            total.add(self.write([Message(m.topic, m.payload, m.received_at or now)]))
+        return total
 
     def _write(self, conn: Connection, accepted, refused, now: datetime, result: BatchResult) -> None:
         if refused:
