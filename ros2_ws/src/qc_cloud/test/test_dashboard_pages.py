@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ pytest.importorskip("argon2", reason="the dashboard needs requirements/fleet.txt
 
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from qc_cloud.dashboard import accounts, dataset
 from qc_cloud.fleet import models, settings, simulate
@@ -266,6 +267,57 @@ def test_heatmap_random_samples_model_defect_types_and_the_escape_estimate(servi
     assert 0.0 < low < 0.5 < high < 1.0 and review.wilson(0, 0) is None
 
 
+def _verification(part_id: str, seq: int, edge: str, cloud: str | None, outcome: str = "scored") -> Message:
+    now_ns = time.time_ns()
+    body = records.verification(
+        cell=CELL, request_id=f"0badcafe-verify_request-{seq}", part_id=part_id, verifier="w-1", outcome=outcome,
+        reason="" if outcome == "scored" else "deadline_passed", verdict=cloud,
+        defect_probability=None if cloud is None else (0.93 if cloud == "DEFECTIVE" else 0.04), local_verdict=edge,
+        local_defect_probability=0.62, edge_model_version="m-1", model_version="cloud-7", capture_time=None,
+        deadline=None, received_ns=now_ns - 3 * 10**6, answered_ns=now_ns, queue_ms=1.5, service_ms=7.25,
+        batch_size=2, image_bytes=900,
+    )  # fmt: skip
+    return Message(f"qc/{CELL}/verify/verification", records.encode(body))
+
+
+def test_part_page_shows_the_clouds_answer_and_the_cell_page_edge_versus_cloud_agreement(service):
+    """Issue 21: the verifier's verification records next to the part, and agreement per edge band over the
+    chosen window (passed: the cloud also normal; rejected: the cloud also defective)."""
+    part = simulate.part_record(CELL, "0badcafe", 2)["part_id"]
+    others = [simulate.part_record(CELL, "0badcafe", s)["part_id"] for s in range(3, 9)]
+    messages = [
+        _verification(part, 1, "REINSPECT", "DEFECTIVE"),
+        _verification(others[0], 2, "NORMAL", "NORMAL"),
+        _verification(others[1], 3, "NORMAL", "NORMAL"),
+        _verification(others[2], 4, "NORMAL", "DEFECTIVE"),
+        _verification(others[3], 5, "DEFECTIVE", "DEFECTIVE"),
+        _verification(others[4], 6, "REINSPECT", "NORMAL"),
+        _verification(others[5], 7, "REINSPECT", None, outcome="expired"),
+    ]
+    result = Store(service.engine, service.samples).write(messages + messages[:1])  # one redelivered
+    assert (result.stored, result.duplicates) == (7, 1), result.reasons
+    client = TestClient(service.app())
+    login(client, "viewer")
+    page = client.get(f"/parts/{CELL}/{part}").text
+    assert re.search(r'class="v-DEFECTIVE cloud-verdict">DEFECTIVE</span> P 0\.9300', page), page[-3000:]
+    assert re.search(r'class="v-REINSPECT edge-verdict">REINSPECT</span> P 0\.6200', page)
+    assert "cloud-7" in page and "service 7.2 ms (batch 2)" in page
+    page = client.get(f"/cells/{CELL}?hours=1").text
+    table = re.search(r'<table id="cloud-agreement">(.*?)</table>', page, re.S).group(1)
+    rows = {
+        cells[0]: cells[1:]
+        for cells in (re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table))
+        if cells
+    }
+    # band: scored, cloud normal, cloud defective, expired, refused, agreement
+    assert rows["passed"] == ["3", "2", "1", "0", "0", "66.7 %"], rows
+    assert rows["rejected"] == ["1", "0", "1", "0", "0", "100.0 %"], rows
+    assert rows["re-inspect"] == ["2", "1", "1", "1", "0", "cloud defective 50.0 %"], rows
+    assert re.search(r'id="cloud-agreement-overall">75\.0 %<', page), "3 of the 4 decided parts agree"
+    with service.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(models.Verification)).scalar_one() == 7
+
+
 def test_alert_ack_and_live_stream(service):
     client = TestClient(service.app())
     login(client, "operator")
@@ -315,7 +367,7 @@ def test_migrations_0002_and_0003_add_and_remove_only_their_own_tables_and_colum
     tables = set(inspect(engine).get_table_names())
     assert not dashboard & tables and {"parts", "samples", "alerts"} <= tables
     db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision() == "0003"
+    assert db.current_revision(engine) == db.head_revision()  # 0004 and 0005 came later: not pinned here
     columns = {c["name"] for c in inspect(engine).get_columns("samples")}
     assert {"heatmap_sha256", "random_sample"} <= columns and "login_failures" in inspect(engine).get_table_names()
     db.downgrade(engine, "0002")
@@ -324,7 +376,12 @@ def test_migrations_0002_and_0003_add_and_remove_only_their_own_tables_and_colum
     assert "login_failures" not in inspect(engine).get_table_names()
     assert dashboard <= set(inspect(engine).get_table_names())
     db.upgrade(engine)
-    assert db.current_revision(engine) == "0003"
+    assert db.current_revision(engine) == db.head_revision()
+    db.downgrade(engine, "0004")  # 0005 (issue 21) removes its verifications table only
+    tables = set(inspect(engine).get_table_names())
+    assert "verifications" not in tables and {"reconcile_findings", "labels", "login_failures"} <= tables
+    db.upgrade(engine)
+    assert "verifications" in inspect(engine).get_table_names()
     engine.dispose()
 
 

@@ -53,12 +53,20 @@ def service(tmp_path, database_url):
         lateness_ms=1.0,
         message="",
     )
+    verification = records.verification(
+        cell=cell, request_id="0badcafe-verify_request-1", part_id=sample["part_id"], verifier="w1",
+        outcome="scored", reason="", verdict="DEFECTIVE", defect_probability=0.97, local_verdict="DEFECTIVE",
+        local_defect_probability=0.9, edge_model_version="m-1", model_version="cloud-1", capture_time=None,
+        deadline=None, received_ns=10**18, answered_ns=10**18 + 10**7, queue_ms=1.0, service_ms=3.0, batch_size=1,
+        image_bytes=len(JPEG),
+    )  # fmt: skip
     messages += [
         Message(f"qc/{cell}/sample", records.encode(records.envelope(cell, "0badcafe", "sample", 1, sample))),
         Message(f"qc/{cell}/reject", records.encode(records.envelope(cell, "0badcafe", "reject", 1, reject))),
         Message(f"qc/{cell}/alert", records.encode(simulate.alert_record(cell, "0badcafe", 1))),
         Message(f"qc/{cell}/kpi", records.encode(simulate.kpi_record(cell, "0badcafe", 1))),
         Message(f"qc/{cell}/part", b"not json"),
+        Message(f"qc/{cell}/verify/verification", records.encode(verification)),
     ]
     Store(service.engine, service.samples).write(messages)
     yield service
@@ -191,6 +199,7 @@ def test_fleet_trend_parts_story_gaps_and_exports(client, tokens):
     story = client.get(f"/api/v1/parts/{CELLS[0]}/{part_id}", headers=h).json()
     assert story["decisions"][0]["part_id"] == part_id and story["rejects"][0]["outcome"] == "DONE"
     assert client.get(story["samples"][0]["url"], headers=h).content == JPEG
+    assert [(v["verdict"], v["model_version"]) for v in story["verifications"]] == [("DEFECTIVE", "cloud-1")]
     assert client.get("/api/v1/quarantine", headers=h).json()["items"][0]["reason"].startswith("not JSON")
     assert client.get("/api/v1/gaps", headers=h).json()["items"] == []
     now = rules.utcnow()

@@ -55,6 +55,34 @@ def test_the_clouds_own_topics_are_ignored_and_a_sample_keeps_its_jpeg_apart():
     assert got.image == jpeg and got.extra["sha256"] == hashlib.sha256(jpeg).hexdigest()
 
 
+def _verification_body(request_id: str, cell: str = CELL) -> dict:
+    return records.verification(
+        cell=cell, request_id=request_id, part_id="p1", verifier="w1", outcome="scored", reason="",
+        verdict="NORMAL", defect_probability=0.1, local_verdict="REINSPECT", local_defect_probability=0.6,
+        edge_model_version="m", model_version="c", capture_time=None, deadline=None, received_ns=10**18,
+        answered_ns=10**18 + 5 * 10**6, queue_ms=1.0, service_ms=2.0, batch_size=1, image_bytes=10,
+    )  # fmt: skip
+
+
+def test_a_verification_is_keyed_by_its_request_not_by_a_stream():
+    """The cloud verifier's record has no id/epoch/seq: its identity is the request it answers, kept apart from
+    the request record's own id; one without a usable request id is keyed by a hash."""
+    request_id = "0badcafe-verify_request-7"
+    got = rules.classify(f"qc/{CELL}/verify/verification", records.encode(_verification_body(request_id)))
+    assert (got.kind, got.id, got.sequenced) == ("verification", f"verification:{request_id}", False)
+    assert got.time == datetime(2001, 9, 9, 1, 46, 40, 5000), "filed under answered_time"
+    long_id, empty = "r" * 256, ""
+    a = rules.classify(f"qc/{CELL}/verify/verification", records.encode(_verification_body(long_id)))
+    assert a.id.startswith("verification#") and len(a.id) <= 128
+    e1 = rules.classify(f"qc/{CELL}/verify/verification", records.encode(_verification_body(empty)))
+    e2 = rules.classify(f"qc/{CELL}/verify/verification", records.encode(_verification_body(empty)))
+    assert e1.id == e2.id and e1.id.startswith("verification#"), "the same bytes (a redelivery): the same key"
+    with pytest.raises(rules.Refused, match="published on the topic of"):
+        rules.classify("qc/plant1/line1/other/verify/verification", records.encode(_verification_body(request_id)))
+    with pytest.raises(rules.Refused, match="type 'verification' on the part topic"):
+        rules.classify(f"qc/{CELL}/part", records.encode(_verification_body(request_id)))
+
+
 def test_gaps_open_shrink_split_and_close():
     top, open_ = gaps.apply(0, [], [1, 2, 5, 9])
     assert (top, open_) == (9, [(3, 4), (6, 8)])

@@ -324,3 +324,62 @@ def test_a_record_the_store_cannot_file_is_quarantined_and_its_batch_neighbours_
     assert (result.stored, result.quarantined) == (3, 1), result
     assert any("store error: KeyError" in reason for reason in result.reasons), result.reasons
     assert _count(engine, models.Sample) == 3 and _count(engine, models.Quarantine) == 1
+
+
+def _verification(cell: str, request_id: str, part_id: str, *, answered_ns: int, verdict="DEFECTIVE", **kw) -> Message:
+    body = records.verification(
+        cell=cell, request_id=request_id, part_id=part_id, verifier=kw.get("verifier", "w-1"),
+        outcome=kw.get("outcome", "scored"), reason=kw.get("reason", ""), verdict=verdict,
+        defect_probability=0.9 if verdict else None, local_verdict=kw.get("local_verdict", "REINSPECT"),
+        local_defect_probability=0.6, edge_model_version="m-1", model_version="cloud-1", capture_time=None,
+        deadline=None, received_ns=answered_ns - 5 * 10**6, answered_ns=answered_ns, queue_ms=1.0, service_ms=4.0,
+        batch_size=1, image_bytes=1234,
+    )  # fmt: skip
+    return Message(f"qc/{cell}/verify/verification", records.encode(body))
+
+
+def test_verifications_are_stored_once_per_request_and_join_the_parts_story(engine, tmp_path):
+    """The cloud verifier's records (issue 21): no epoch/seq, keyed by (cell, request_id); a redelivery or a
+    second answer to a redelivered request is counted, not stored; no stream or gap is made for them; the
+    part's story carries the cloud's answer; retention drops old ones."""
+    from qc_cloud.fleet import queries
+
+    store = _store(engine, tmp_path)
+    cell = CELLS[0]
+    part = simulate.part_record(cell, "0badcafe", 1)
+    assert store.write([Message(f"qc/{cell}/part", records.encode(part))]).stored == 1
+    now_ns = int((rules.utcnow() - datetime(1970, 1, 1)).total_seconds()) * 10**9
+    request_id = records.record_id("0badcafe", "verify_request", 1)  # the cell's request record id
+    first = _verification(cell, request_id, part["part_id"], answered_ns=now_ns)
+    again = _verification(cell, request_id, part["part_id"], answered_ns=now_ns + 10**6, verifier="w-2")
+    other_cell = _verification(CELLS[1], request_id, part["part_id"], answered_ns=now_ns)
+    result = store.write([first, first, other_cell])
+    assert (result.stored, result.duplicates, result.quarantined) == (2, 1, 0), result.reasons
+    result = store.write([again])  # the same request answered again (redelivered to another worker)
+    assert (result.stored, result.duplicates) == (0, 1)
+    assert _count(engine, models.Verification) == 2
+    with engine.connect() as conn:
+        kinds = conn.execute(select(models.Stream.kind)).scalars().all()
+        assert "verification" not in kinds, "a verification is not a cell stream: no seq, no gaps"
+        story = queries.part_story(conn, cell, part["part_id"])
+    (v,) = story["verifications"]
+    assert (v["request_id"], v["verifier"], v["verdict"], v["local_verdict"]) == (
+        request_id,
+        "w-1",
+        "DEFECTIVE",
+        "REINSPECT",
+    )
+    # a refusal of a request the verifier could not read (no request id) is stored once per record
+    unreadable = _verification(cell, "", "", answered_ns=now_ns, verdict=None, outcome="refused", reason="bad_json")
+    assert store.write([unreadable, unreadable]).stored == 1
+    old = _verification(cell, "0badcafe-verify_request-9", "p-9", answered_ns=now_ns - 40 * 86400 * 10**9)
+    assert store.write([old]).stored == 1
+    dropped = db.apply_retention(engine, rules.utcnow(), retention_days=30, samples=store.samples)
+    assert dropped["verifications"] == 1 and _count(engine, models.Verification) == 3
+
+
+def test_a_verification_whose_cell_disagrees_with_its_topic_is_quarantined(engine, tmp_path):
+    store = _store(engine, tmp_path)
+    m = _verification(CELLS[0], "0badcafe-verify_request-1", "p-1", answered_ns=10**18)
+    result = store.write([Message(f"qc/{CELLS[1]}/verify/verification", m.payload)])
+    assert result.quarantined == 1 and "published on the topic of" in result.reasons[0]

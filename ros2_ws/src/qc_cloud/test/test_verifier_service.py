@@ -19,7 +19,7 @@ from qc_cell.inference.synthetic_models import write_package
 from qc_cloud.verifier.core import VerifierSettings
 from qc_cloud.verifier.model import load_package
 from qc_cloud.verifier.service import ServiceSettings, VerifierService
-from qc_contract import schemas
+from qc_contract import records, schemas
 from qc_contract.broker import broker_config
 
 
@@ -126,3 +126,66 @@ def test_a_killed_verifier_leaves_its_will_and_a_restarted_one_resumes(package, 
             if process.poll() is None:
                 process.kill()
             cloud.close()
+
+
+def test_the_fleet_stores_every_verification_next_to_its_part(package, tmp_path, database_url):
+    """Issue 21 end to end: a real verifier and a real fleet ingest worker on one mosquitto. Every request the
+    verifier handled is stored once (a request the cell sent twice is answered twice, stored once) and joins the
+    part's story, with the cloud's verdict next to the edge's."""
+    pytest.importorskip("sqlalchemy", reason="the fleet service needs requirements/fleet.txt")
+    import time
+
+    from sqlalchemy import func, select
+
+    from qc_cloud.fleet import models, queries, settings, simulate
+    from qc_cloud.fleet.service import FleetService
+    from qc_cloud.fleet.store import Store
+    from qc_cloud.fleet.worker import IngestWorker
+
+    with Mosquitto() as broker:
+        url_file = tmp_path / "db-url"
+        url_file.write_text(database_url + "\n")
+        s = settings.load(
+            None, env={}, data_dir=str(tmp_path / "fleet"), database_url_file=str(url_file), broker_url=broker.url,
+            api=False, bootstrap_tokens=False,
+        )  # fmt: skip
+        fleet = FleetService(s).prepare()
+        ingest = IngestWorker(s, Store(fleet.engine, fleet.samples)).start()
+        verifier = worker(broker, package, "wf")
+        cell = Subscriber("127.0.0.1", broker.port, f"qc/{CELL}/verify/response")
+        try:
+            n = 4
+            for seq in range(1, n + 1):  # the cell's part records, then its requests (one sent twice)
+                part = simulate.part_record(CELL, "0badc0de", seq)
+                part["part_id"] = f"cell3-{seq:08d}"  # verify_requests' part ids
+                cell.publish(f"qc/{CELL}/part", records.encode(part))
+            for seq in (1, 2, 3, 4, 2):
+                cell.publish(request_topic(), request_payload(seq, 200 if seq % 2 else 40))
+
+            def stored() -> int:
+                with fleet.engine.connect() as conn:
+                    return conn.execute(select(func.count()).select_from(models.Verification)).scalar_one()
+
+            assert cell.wait_for(lambda: len(cell.snapshot()) == n + 1, 30), "every request answered"
+            end = time.monotonic() + 30
+            while time.monotonic() < end and (stored() < n or ingest.stats.duplicates < 2):
+                time.sleep(0.1)
+            # duplicates: the repeated request record itself, and the verifier's second verification of it
+            assert (stored(), ingest.stats.duplicates, ingest.stats.quarantined) == (n, 2, 0)
+            with fleet.engine.connect() as conn:
+                story = queries.part_story(conn, CELL, "cell3-00000001")
+                kinds = set(conn.execute(select(models.Stream.kind)).scalars())
+            (v,) = story["verifications"]
+            assert (v["outcome"], v["verdict"], v["local_verdict"], v["verifier"]) == (
+                "scored",
+                "DEFECTIVE",
+                "REINSPECT",
+                "wf",
+            )
+            assert v["request_id"] == records.record_id("0badc0de", "verify_request", 1)
+            assert "verification" not in kinds, "the verifier's records are not a cell stream"
+        finally:
+            cell.close()
+            verifier.stop()
+            ingest.stop()
+            fleet.stop()

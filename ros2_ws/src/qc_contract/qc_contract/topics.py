@@ -23,6 +23,12 @@ STREAM_TOPICS: dict[str, str] = {
     "verify": "verify/result",
 }
 
+# Records the cloud itself publishes below a cell's prefix -> topic. They are not a cell stream: no epoch/seq,
+# each is keyed by its own identity (a verification by the request it answers), so no seq gaps exist for them.
+CLOUD_RECORD_TOPICS: dict[str, str] = {
+    "verification": "verify/verification",
+}
+
 
 @dataclass(frozen=True)
 class CellId:
@@ -75,7 +81,7 @@ class CellId:
     # Cloud verifier -> fleet: one record per request the verifier handled (verification.schema.json).
     @property
     def verify_verification(self) -> str:
-        return self.topic("verify/verification")
+        return self.topic(CLOUD_RECORD_TOPICS["verification"])
 
     def chunk_topic(self, version: str, index: int) -> str:
         return self.topic(f"model/chunk/{version}/{index}")

@@ -242,6 +242,18 @@ def cell_charts(conn: Connection, cell: str, start: datetime, end: datetime) -> 
     }
 
 
+def cloud_agreement(conn: Connection, cell: str, start: datetime, end: datetime) -> dict:
+    """Edge versus cloud over [start, end): the cell's verification records counted per (edge verdict, outcome,
+    cloud verdict) in the database (index on cell, time), the figures by review.cloud_agreement."""
+    v = models.Verification.__table__
+    rows = conn.execute(
+        select(v.c.local_verdict, v.c.outcome, v.c.verdict, func.count())
+        .where(and_(v.c.cell == cell, v.c.time >= start, v.c.time < end))
+        .group_by(v.c.local_verdict, v.c.outcome, v.c.verdict)
+    ).all()
+    return review.cloud_agreement(rows)
+
+
 def recent_parts(conn: Connection, cell: str, limit: int = 20) -> list[dict]:
     return queries.parts(
         conn, cell=cell, start=None, end=None, verdict=None, model_version=None, part_id=None, limit=limit, offset=0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -111,3 +111,36 @@ def agreement(rows: Iterable[tuple[str, str, str, bool]]) -> dict:
         "escape_interval": wilson(random_passed.defective, random_passed.decided),
         "escape_n": random_passed.decided,
     }
+
+
+def cloud_agreement(rows: Iterable[tuple[str | None, str, str | None, int]]) -> dict:
+    """Edge versus cloud (the verifier's verification records, issue 21). rows: (edge verdict, outcome, cloud
+    verdict, count). Per band of the edge's verdict: the parts the cloud scored, its verdicts, the answers that
+    expired or were refused, and the agreement: for passed the share the cloud also found normal, for rejected
+    the share it also found defective; for re-inspect and not inspected (no edge decision to agree with) the
+    share the cloud found defective. `overall` is the agreement over the passed and rejected bands together."""
+    bands: dict[str, Counter] = defaultdict(Counter)
+    for edge, outcome, cloud, n in rows:
+        b = bands[BANDS.get(edge or "", edge or "unknown")]
+        b[outcome] += n  # scored, expired, refused
+        if outcome == "scored":
+            b[{"DEFECTIVE": "defective", "NORMAL": "normal"}.get(cloud or "", "other")] += n
+    out, agree_n, agree_hits = [], 0, 0
+    for band, b in sorted(bands.items()):
+        scored = b["scored"]
+        hits = b["normal"] if band == "passed" else b["defective"] if band == "rejected" else None
+        if hits is not None:
+            agree_n, agree_hits = agree_n + scored, agree_hits + hits
+        out.append(
+            {
+                "band": band,
+                "scored": scored,
+                "cloud_normal": b["normal"],
+                "cloud_defective": b["defective"],
+                "expired": b["expired"],
+                "refused": b["refused"],
+                "agreement": hits / scored if hits is not None and scored else None,
+                "cloud_defective_share": b["defective"] / scored if scored else None,
+            }
+        )
+    return {"bands": out, "overall": agree_hits / agree_n if agree_n else None, "scored": sum(b["scored"] for b in out)}

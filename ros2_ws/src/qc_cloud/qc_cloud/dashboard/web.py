@@ -216,6 +216,7 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
                 raise HTTPException(404, f"no cell {name}")
             charts = data.cell_charts(conn, name, start, end)
             parts = data.recent_parts(conn, name)
+            cloud = data.cloud_agreement(conn, name, start, end)
             fleet_row = next(iter(data.fleet(conn, end, hours, only=name)["cells"]), None)
         return render(
             request,
@@ -227,6 +228,7 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
             charts=charts,
             charts_json=json.dumps(charts),
             parts=parts,
+            cloud=cloud,
             start=start,
             end=end,
         )

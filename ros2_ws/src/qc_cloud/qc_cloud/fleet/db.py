@@ -156,6 +156,7 @@ def apply_retention(
             models.ProcessState,
             models.VerifyResult,
             models.ReconcileFinding,
+            models.Verification,
         ):
             dropped[table.__tablename__] = conn.execute(table.__table__.delete().where(table.time < cutoff)).rowcount
         s = models.Sample.__table__

@@ -244,6 +244,37 @@ class ReconcileFinding(Base):
     __table_args__ = (Index("ix_reconcile_cell_part", "cell", "part_id"), Index("ix_reconcile_status", "status"))
 
 
+class Verification(Base):
+    """What the cloud verifier did with one verify/request (verification records, migration 0005): the cloud's
+    answer next to the edge's. Not a cell stream: keyed by the request it answers (rules.verification_key)."""
+
+    __tablename__ = "verifications"
+    cell: Mapped[str] = mapped_column(String(CELL), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(RID), primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime)  # answered_time
+    request_id: Mapped[str] = mapped_column(String(256))
+    part_id: Mapped[str] = mapped_column(String(256))
+    verifier: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16))  # scored, expired, refused
+    reason: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str | None] = mapped_column(String(16))  # the cloud's
+    defect_probability: Mapped[float | None] = mapped_column(Float)
+    local_verdict: Mapped[str | None] = mapped_column(String(16))  # the edge's, as sent in the request
+    local_defect_probability: Mapped[float | None] = mapped_column(Float)
+    edge_model_version: Mapped[str] = mapped_column(String(256))
+    model_version: Mapped[str] = mapped_column(String(256))
+    received_time: Mapped[datetime | None] = mapped_column(DateTime)
+    deadline: Mapped[datetime | None] = mapped_column(DateTime)
+    queue_ms: Mapped[float | None] = mapped_column(Float)
+    service_ms: Mapped[float | None] = mapped_column(Float)
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    image_bytes: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (
+        Index("ix_verifications_cell_part", "cell", "part_id"),
+        Index("ix_verifications_cell_time", "cell", "time"),
+    )
+
+
 class Stream(Base):
     __tablename__ = "streams"
     cell: Mapped[str] = mapped_column(String(CELL), primary_key=True)

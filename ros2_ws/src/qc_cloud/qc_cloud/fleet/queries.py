@@ -259,7 +259,7 @@ def part_story(conn: Connection, cell: str, part_id: str) -> dict[str, Any] | No
         select(ps).where(and_(ps.c.cell == cell, ps.c.time <= decided)).order_by(desc(ps.c.time)).limit(1)
     ).first()
     rj, s, v = models.RejectEvent.__table__, models.Sample.__table__, models.VerifyResult.__table__
-    rc = models.ReconcileFinding.__table__
+    rc, vf = models.ReconcileFinding.__table__, models.Verification.__table__
     return {
         "cell": cell,
         "part_id": part_id,
@@ -273,6 +273,13 @@ def part_story(conn: Connection, cell: str, part_id: str) -> dict[str, Any] | No
         "verify": [_json(r) for r in conn.execute(select(v).where(and_(v.c.cell == cell, v.c.part_id == part_id)))],
         "reconcile": [
             _json(r) for r in conn.execute(select(rc).where(and_(rc.c.cell == cell, rc.c.part_id == part_id)))
+        ],
+        # the cloud verifier's answers (verification records): the cloud's verdict next to the edge's
+        "verifications": [
+            _json(r)
+            for r in conn.execute(
+                select(vf).where(and_(vf.c.cell == cell, vf.c.part_id == part_id)).order_by(vf.c.time)
+            )
         ],
     }
 

@@ -16,11 +16,14 @@ from typing import Any
 from jsonschema import ValidationError
 
 from qc_contract import schema_check, schemas
-from qc_contract.topics import STREAM_TOPICS
+from qc_contract.topics import CLOUD_RECORD_TOPICS, STREAM_TOPICS
 
 # Topic suffix (below qc/<site>/<line>/<cell>/) -> record type. `status` is presence, not a stream.
-SUFFIX_TYPES = {suffix: kind for kind, suffix in STREAM_TOPICS.items()}
-STREAM_TYPES = tuple(STREAM_TOPICS)
+SUFFIX_TYPES = {suffix: kind for kind, suffix in (*STREAM_TOPICS.items(), *CLOUD_RECORD_TOPICS.items())}
+STREAM_TYPES = tuple(STREAM_TOPICS)  # the cell's streams: <epoch>-<type>-<seq> ids, seq gaps tracked
+# The cloud's own records below a cell's prefix (the verifier's verification): no epoch/seq, keyed by their own
+# identity (verification_key), no seq gaps.
+CLOUD_TYPES = tuple(CLOUD_RECORD_TOPICS)
 IMAGE_TYPES = ("sample", "verify_request")
 # The cloud's own messages to a cell; a subscription to qc/+/+/+/# sees them, ingest ignores them.
 INBOUND_SUFFIXES = ("model/update", "verify/response")
@@ -45,10 +48,16 @@ class Record:
     image: bytes | None = None  # decoded JPEG of sample / verify_request (not kept in body)
     heatmap: bytes | None = None  # decoded greyscale JPEG of a sample's class-activation map (optional)
     extra: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # the identity of a record without an `id` (CLOUD_TYPES)
 
     @property
     def id(self) -> str:
-        return self.body.get("id", "")
+        return self.key or self.body.get("id", "")
+
+    @property
+    def sequenced(self) -> bool:
+        """A cell stream's record (epoch/seq: counted per stream, gaps tracked), not one of the cloud's own."""
+        return self.kind in STREAM_TYPES
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,22 @@ def parse_time(text: str | None) -> datetime | None:
         raise Refused(f"time {text[:40]!r}: {exc}") from None
 
 
+def verification_key(body: dict[str, Any], payload: bytes) -> str:
+    """A verification's identity within its cell: the request it answers, so a redelivered request (answered
+    twice) or a redelivered record is stored once. The request id is the cell's verify_request record id, so
+    the key carries a prefix (record_ids is shared by all kinds); one too long for the id column, or none (a
+    request the verifier could not read), is keyed by a hash (of the request id, else of the record's bytes)."""
+    request_id = body["request_id"]
+    if request_id and len(request_id) <= 100 and request_id.isprintable():
+        return f"verification:{request_id}"
+    return "verification#" + hashlib.sha256(request_id.encode() if request_id else payload).hexdigest()[:64]
+
+
 def record_time(kind: str, body: dict[str, Any]) -> datetime | None:
-    """The time a record is filed under: decision time for parts, capture for images, else `time`."""
+    """The time a record is filed under: decision time for parts, capture for images, the verifier's answer for
+    a verification, else `time`."""
+    if kind == "verification":
+        return parse_time(body["answered_time"])
     if kind == "part":
         return parse_time(body["decision_time"]) or parse_time(body["capture_time"])
     if kind in IMAGE_TYPES or kind in ("reject",):
@@ -165,7 +188,7 @@ def classify(topic: str, payload: bytes) -> Record | Ignored:
                 _check_values(value, 31)
     if body["cell"] != cell:
         raise Refused(f"cell {body['cell']!r} published on the topic of {cell!r}")
-    if kind != "status":
+    if kind in STREAM_TYPES:
         if body["seq"] > MAX_SEQ:
             raise Refused(f"seq {body['seq']} out of range")
         expected = f"{body['epoch']}-{kind}-{body['seq']}"
@@ -177,6 +200,8 @@ def classify(topic: str, payload: bytes) -> Record | Ignored:
         record = Record(kind, cell, body, decision or capture, extra=times)
     else:
         record = Record(kind, cell, body, record_time(kind, body))
+    if kind in CLOUD_TYPES:
+        record.key = verification_key(body, payload)
     if kind in IMAGE_TYPES:
         try:
             record.image = base64.b64decode(body["image_b64"], validate=True)

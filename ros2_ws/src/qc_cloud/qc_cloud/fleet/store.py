@@ -61,7 +61,7 @@ def _t(text: str | None) -> datetime | None:
 
 def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
     b = r.body
-    base = {"cell": r.cell, "record_id": b["id"], "time": r.time or received}
+    base = {"cell": r.cell, "record_id": r.id, "time": r.time or received}
     if kind == "part":
         return dict(zip(PART_COLUMNS, _part_values(r, received), strict=True))
     if kind == "kpi":
@@ -145,6 +145,23 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
             "time": _t(b["deadline_time"]) or _t(b["capture_time"]) or received,
             **{k: b[k] for k in ("part_id", "verdict", "has_verdict", "lane", "status", "outcome", "terminal_events")},
         }
+    if kind == "verification":
+        return {
+            **base,
+            **{
+                k: b[k]
+                for k in ("request_id", "part_id", "verifier", "outcome", "reason", "verdict", "defect_probability")
+            },
+            **{
+                k: b.get(k)
+                for k in ("local_verdict", "local_defect_probability", "queue_ms", "service_ms", "batch_size")
+            },
+            "edge_model_version": b.get("edge_model_version", ""),
+            "model_version": b["model_version"],
+            "received_time": _t(b["received_time"]),
+            "deadline": _t(b.get("deadline")),
+            "image_bytes": b.get("image_bytes", 0),
+        }
     if kind == "verify":
         return {
             **base,
@@ -225,6 +242,7 @@ TABLES = {
     "verify_request": models.Sample,
     "verify": models.VerifyResult,
     "reconcile": models.ReconcileFinding,
+    "verification": models.Verification,
 }
 
 
@@ -360,14 +378,19 @@ class Store:
         statuses = [(r, t) for r, t in accepted if r.kind == "status"]
         records = [(r, t) for r, t in accepted if r.kind != "status"]
         # One copy per (cell, id) within the batch, in key order (the lock order of the unique index).
+        # Duplicates of a cell stream are counted per stream (cell, kind, epoch); the cloud's own records
+        # (verifications) have no stream: theirs are counted in the batch result only.
         unique: dict[tuple[str, str], tuple[rules.Record, datetime]] = {}
         dup_counts: dict[tuple[str, str, str], int] = defaultdict(int)
+        unsequenced_dups = 0
         for r, t in records:
             key = (r.cell, r.id)
-            if key in unique:
+            if key not in unique:
+                unique[key] = (r, t)
+            elif r.sequenced:
                 dup_counts[(r.cell, r.kind, r.body["epoch"])] += 1
             else:
-                unique[key] = (r, t)
+                unsequenced_dups += 1
         keys = sorted(unique)
         new: set[tuple[str, str]] = set()
         if keys and self.postgres:  # one statement with array parameters: no per-row work in SQLAlchemy
@@ -396,10 +419,13 @@ class Store:
         for key in keys:
             if key not in new:
                 r = unique[key][0]
-                dup_counts[(r.cell, r.kind, r.body["epoch"])] += 1
+                if r.sequenced:
+                    dup_counts[(r.cell, r.kind, r.body["epoch"])] += 1
+                else:
+                    unsequenced_dups += 1
         fresh = [unique[k] for k in keys if k in new]
         result.stored += len(fresh)
-        result.duplicates += sum(dup_counts.values())
+        result.duplicates += sum(dup_counts.values()) + unsequenced_dups
         parts: list[tuple] = []
         by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r, t in fresh:
@@ -422,7 +448,7 @@ class Store:
             else:
                 conn.execute(self._insert(table), rows)
         self._rollups(conn, parts)
-        self._streams(conn, fresh, dup_counts, now)
+        self._streams(conn, [(r, t) for r, t in fresh if r.sequenced], dup_counts, now)
         self._cells(conn, fresh, statuses, alert_ids, now)
         result.status += len(statuses)
 
