@@ -138,3 +138,26 @@ def test_the_service_ingests_with_its_own_account(fleet_broker, tmp_path):
         cell_b.close()
     finally:
         service.stop()
+
+
+def test_the_verifier_reads_requests_and_writes_only_answers_and_its_records(fleet_broker):
+    broker, out = fleet_broker
+    verifier = Client(broker.port, "qc-verifier", _password(out, "qc-verifier"))
+    got: list[str] = []
+    verifier.client.on_message = lambda c, u, m: got.append(m.topic)
+    verifier.subscribe("$share/qc-verifier/qc/+/+/+/verify/request")
+    cell_a = Client(broker.port, A, _password(out, A))
+    assert not cell_a.publish(f"qc/{A}/verify/request", b"{}").is_failure
+    end = time.monotonic() + 5
+    while not got and time.monotonic() < end:
+        time.sleep(0.05)
+    assert got == [f"qc/{A}/verify/request"], "the verifier's workers get the cells' requests"
+    assert not verifier.publish(f"qc/{A}/verify/response", b"{}").is_failure
+    assert not verifier.publish(f"qc/{A}/verify/verification", b"{}").is_failure
+    assert not verifier.publish("qc-verifier/w1/status", b"{}").is_failure
+    for topic in (f"qc/{A}/part", f"qc/{A}/model/update"):
+        refused = verifier.publish(topic, b"{}")
+        assert refused.is_failure and refused.value == 0x87, f"the verifier may not publish {topic}: {refused}"
+    assert cell_a.publish(f"qc/{A}/verify/verification", b"{}").is_failure, "a cell cannot forge a verification"
+    for c in (verifier, cell_a):
+        c.close()

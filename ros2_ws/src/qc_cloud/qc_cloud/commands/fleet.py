@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--cells", nargs="+", required=True, help="site/line/cell names")
     b.add_argument("--out", type=Path, required=True, help="folder: passwd, acl, mosquitto-fleet.conf, passwords/")
     b.add_argument("--service-user", default="qc-fleet")
+    b.add_argument("--verifier-user", default="qc-verifier", help="the cloud verifier workers' account")
     b.add_argument("--keep-passwords", action="store_true", help="keep the passwords already in --out/passwords")
     b.set_defaults(func=broker_config_command)
 
@@ -178,7 +179,13 @@ def broker_config_command(args: argparse.Namespace) -> int:
     from qc_cloud.fleet import broker_acl
 
     try:
-        written = broker_acl.write(args.out, args.cells, args.service_user, keep_passwords=args.keep_passwords)
+        written = broker_acl.write(
+            args.out,
+            args.cells,
+            args.service_user,
+            keep_passwords=args.keep_passwords,
+            verifier_user=args.verifier_user,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
