@@ -23,7 +23,7 @@ from qc_cell.ros import qos
 from qc_cell.ros.params import ParameterError
 from qc_cell.ros.time import from_ns, to_ns
 from qc_cell.testing.ros import ros_graph
-from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
+from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, Reconciliation, RejectEvent
 
 MS = 1_000_000
 REPO = Path(__file__).resolve().parents[4]
@@ -254,6 +254,8 @@ def test_a_restarting_journalled_actuator_holds_verdicts_until_active_then_eject
         probe = Probe(graph)
         # The decision node's publisher (PART_RECORDS: transient local, what a journalled actuator subscribes).
         probe.decisions = probe.node.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
+        findings: list[Reconciliation] = []
+        probe.node.create_subscription(Reconciliation, "reject/reconciliation", findings.append, qos.EVENTS)
         _connected(graph, probe)
         now = time.time_ns()
         probe.decide("in_time", QualityDecision.DEFECTIVE, now + 2_000 * MS)  # its command is 2.08 s away
@@ -267,6 +269,15 @@ def test_a_restarting_journalled_actuator_holds_verdicts_until_active_then_eject
         assert graph.spin_until(lambda: "REJECT_MISSED" in probe.codes(), timeout=5.0), probe.codes()
         assert graph.spin_until(lambda: len(probe.events) == 2, timeout=5.0), probe.events
         assert (probe.events[1].part_id, probe.events[1].outcome) == ("in_time", RejectEvent.OUTCOME_DONE)
+        # One CRITICAL for the part that passed during the outage (its MISSED), not RECONCILE_OVERDUE before it (its
+        # deadline had passed before the actuator could act) and a RECONCILE_DUPLICATE_EVENT after.
+        assert graph.spin_until(lambda: {"gone", "in_time"} <= {f.part_id for f in findings}, timeout=5.0), findings
+        graph.spin_until(lambda: False, timeout=0.3)
+        assert [(f.part_id, f.status, f.outcome) for f in findings if f.part_id == "gone"] == [
+            ("gone", Reconciliation.RESOLVED, RejectEvent.OUTCOME_MISSED)
+        ]
+        gone_alerts = [(a.code, a.severity) for a in probe.alerts if a.part_id == "gone"]
+        assert gone_alerts == [("REJECT_MISSED", Alert.CRITICAL)], gone_alerts
 
 
 def test_gpio_driver_without_jetson_gpio_fails_configure_cleanly():
@@ -377,7 +388,6 @@ def test_shipped_params_files_build_the_reject_nodes(name):
 
 
 def test_the_reconciler_reports_each_part_and_alerts_a_part_without_its_reject_event():
-    from qc_interfaces.msg import Reconciliation
 
     with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = _actuator(
