@@ -139,3 +139,16 @@ def test_recovery_does_not_hold_parts_whose_deadline_is_ahead():
     r.recovering(False, 100 * MS)
     assert r.overdue(9_999 * MS) == []
     assert [f.part.part_id for f in r.overdue(10_001 * MS)] == ["ahead"]
+
+
+def test_a_part_the_journal_closed_before_a_restart_is_no_longer_expected():
+    r = Reconciler(late_grace_ns=50 * MS)
+    r.recovering(True, 0)
+    r.expect(_part("done_before", 100 * MS), now_ns=1000 * MS)  # replayed before the journal could be asked
+    r.settled_before("done_before")
+    r.settled_before("unknown")  # nothing expected: nothing happens
+    r.recovering(False, 2000 * MS)
+    assert r.overdue(10_000 * MS) == [], "ejected before the restart: not overdue"
+    again = r.terminal_event("done_before", RejectOutcome.DONE)
+    assert again is not None and again.status is Status.DUPLICATE, "a second ejection is still caught"
+    assert r.counts["settled_before"] == 1 and r.counts["resolved"] == 0

@@ -231,10 +231,18 @@ class RejectActuator(DeviceNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.controller is not None
+        journal = self.controller.journal
+        # Verdicts replayed before the node was configured were expected by the reconciler before the journal could
+        # be asked; those the journal closed before the restart get no new event (the controller ignores them).
+        done_before = [d.part_id for d in self._replayed if journal is not None and journal.is_done(d.part_id)]
         self.controller.arm()  # re-plans or reports (MISSED) what the journal left open
         replayed, self._replayed = self._replayed, []
         for decision in replayed:
             self.controller.on_decision(decision, replayed=True)
+        if self.reconciler is not None:
+            with self._reconcile_lock:
+                for part_id in done_before:
+                    self.reconciler.settled_before(part_id)
         self._end_recovery()
         realtime = self.controller.realtime
         if self._rt_priority > 0 and not realtime.startswith("SCHED_FIFO"):

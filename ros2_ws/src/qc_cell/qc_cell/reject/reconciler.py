@@ -125,6 +125,16 @@ class Reconciler:
         if len(self._released) > self._remembered:
             self._released.popitem(last=False)
 
+    def settled_before(self, part_id: str) -> None:
+        """A part that got its terminal event before this reconciler's time (the actuator's journal knows it, e.g. a
+        verdict the decision node replays to a restarted actuator before it could look it up): no longer expected,
+        and a further event for it is a DUPLICATE."""
+        part = self._open.get(part_id)
+        if part is not None:
+            self.counts["settled_before"] += 1
+            self._settle(part, Status.RESOLVED, NO_OUTCOME, 1)
+            self.counts["resolved"] -= 1  # not resolved here: known from the journal
+
     def terminal_event(self, part_id: str, outcome: int) -> Finding | None:
         """A terminal reject/event for the part: RESOLVED the first time by the deadline, DUPLICATE after it
         was settled; None for a part nobody expected (e.g. a NORMAL part a cloud verdict sent to a lane)."""
