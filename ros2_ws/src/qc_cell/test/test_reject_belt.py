@@ -295,15 +295,23 @@ def test_with_an_encoder_a_restarted_actuator_ejects_a_journalled_part_still_ups
     def count(t: int) -> int:  # 250 mm/s from start, never stopped: the PLC's counter
         return round((t - start) / MS / 4)
 
-    controllers: list[RejectController] = []
+    controllers: list[RejectController] = []  # closed at the end
+    active: list[RejectController] = []  # the one the encoder feed reaches
     stop = threading.Event()
+
+    errors: list[BaseException] = []
 
     def encoder() -> None:  # camera/parts counts every 10 ms, to whichever actuator runs
         i = 0
         while not stop.wait(0.01):
-            if controllers:
-                controllers[-1].on_part(Part(f"s{i}", time.time_ns(), count(time.monotonic_ns())))
-                controllers[-1].tick()
+            current = active[0] if active else None  # the feed survives the switch (no IndexError race)
+            if current is not None:
+                try:
+                    current.on_part(Part(f"s{i}", time.time_ns(), count(time.monotonic_ns())))
+                    current.tick()
+                except Exception as exc:  # reported by the test, not lost with the thread
+                    errors.append(exc)
+                    raise
             i += 1
 
     path = tmp_path / "journal.jsonl"
@@ -311,21 +319,24 @@ def test_with_an_encoder_a_restarted_actuator_ejects_a_journalled_part_still_ups
     first.open()
     first.arm()
     controllers.append(first)
+    active.append(first)
     thread = threading.Thread(target=encoder, daemon=True)
     thread.start()
     try:
         time.sleep(0.05)
         first.on_decision(Decision("p1", DEFECTIVE, time.time_ns(), encoder_count=count(time.monotonic_ns())))
         captured = time.monotonic_ns()
-        first._scheduler.stop()  # SIGKILL: only the journal remains
-        controllers.clear()
+        active.clear()  # SIGKILL: nothing reaches the first actuator any more, only the journal remains
+        time.sleep(0.03)  # (a feed iteration that took it before the switch ends)
+        first._scheduler.stop()
         time.sleep(0.3)  # down for 300 ms: the part (1.2 s to the ejector) is still upstream
         driver, rec = SimDriver(clock_ns=time.monotonic_ns), Recorder()
         second = RejectController(config, driver, rec, journal=EjectionJournal(path))
         second.open()
         controllers.append(second)
         second.arm()
-        assert rec.wait(lambda: len(rec.events) == 1, timeout=5.0), rec.events
+        active.append(second)
+        assert rec.wait(lambda: len(rec.events) == 1, timeout=5.0), (errors, rec.events, second.snapshot())
     finally:
         stop.set()
         thread.join()
