@@ -273,3 +273,77 @@ def test_the_modbus_driver_reads_the_belt_input_and_the_encoder_counter_of_a_rea
             assert not driver.belt_reading().readable
         finally:
             driver.close()
+
+
+def test_with_an_encoder_a_restarted_actuator_ejects_a_journalled_part_still_upstream_at_its_place(tmp_path):
+    """Issue 17 (recovery with belt tracking): the part's encoder count at capture is journalled, the PLC's counter
+    carries on while the actuator is down, so the restarted actuator places the part by counts and ejects it where it
+    is (a running-input belt cannot: docs/reject.md)."""
+    from qc_cell.reject.journal import EjectionJournal
+
+    config = RejectConfig(
+        **{
+            **BASE,
+            "belt_speed_mm_s": 250.0,
+            "belt_source": "encoder",
+            "encoder_ticks_per_mm": 1.0,
+            "belt_stale_ms": 200.0,
+        }
+    )
+    start = time.monotonic_ns()
+
+    def count(t: int) -> int:  # 250 mm/s from start, never stopped: the PLC's counter
+        return round((t - start) / MS / 4)
+
+    controllers: list[RejectController] = []  # closed at the end
+    active: list[RejectController] = []  # the one the encoder feed reaches
+    stop = threading.Event()
+
+    errors: list[BaseException] = []
+
+    def encoder() -> None:  # camera/parts counts every 10 ms, to whichever actuator runs
+        i = 0
+        while not stop.wait(0.01):
+            current = active[0] if active else None  # the feed survives the switch (no IndexError race)
+            if current is not None:
+                try:
+                    current.on_part(Part(f"s{i}", time.time_ns(), count(time.monotonic_ns())))
+                    current.tick()
+                except Exception as exc:  # reported by the test, not lost with the thread
+                    errors.append(exc)
+                    raise
+            i += 1
+
+    path = tmp_path / "journal.jsonl"
+    first = RejectController(config, SimDriver(clock_ns=time.monotonic_ns), Recorder(), journal=EjectionJournal(path))
+    first.open()
+    first.arm()
+    controllers.append(first)
+    active.append(first)
+    thread = threading.Thread(target=encoder, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.05)
+        first.on_decision(Decision("p1", DEFECTIVE, time.time_ns(), encoder_count=count(time.monotonic_ns())))
+        captured = time.monotonic_ns()
+        active.clear()  # SIGKILL: nothing reaches the first actuator any more, only the journal remains
+        time.sleep(0.03)  # (a feed iteration that took it before the switch ends)
+        first._scheduler.stop()
+        time.sleep(0.3)  # down for 300 ms: the part (1.2 s to the ejector) is still upstream
+        driver, rec = SimDriver(clock_ns=time.monotonic_ns), Recorder()
+        second = RejectController(config, driver, rec, journal=EjectionJournal(path))
+        second.open()
+        controllers.append(second)
+        second.arm()
+        active.append(second)
+        assert rec.wait(lambda: len(rec.events) == 1, timeout=5.0), (errors, rec.events, second.snapshot())
+    finally:
+        stop.set()
+        thread.join()
+        for controller in controllers:
+            controller.close()
+    event = rec.events[0]
+    assert (event.part_id, event.outcome) == ("p1", DONE), event
+    (t_on,) = [e.t_ns for e in driver.edges if e.channel == REJECT and e.on]
+    due = captured + 1200 * MS - 10 * MS  # 300 mm at 250 mm/s, command 10 ms (actuator latency) earlier
+    assert abs(t_on - due) < 3 * TOLERANCE, f"fired {(t_on - due) / MS:+.1f} ms from the part's arrival"

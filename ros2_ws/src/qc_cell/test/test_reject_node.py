@@ -19,11 +19,13 @@ from qc_cell.bringup.lifecycle_driver import bring_to_active
 from qc_cell.nodes.arm_server import ArmServer
 from qc_cell.nodes.reject_actuator import EXECUTOR_THREADS, RejectActuator
 from qc_cell.reject import records
+from qc_cell.reject.journal import EjectionJournal
+from qc_cell.reject.records import Part
 from qc_cell.ros import qos
 from qc_cell.ros.params import ParameterError
 from qc_cell.ros.time import from_ns, to_ns
 from qc_cell.testing.ros import ros_graph
-from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, RejectEvent
+from qc_interfaces.msg import Alert, PartTrigger, QualityDecision, Reconciliation, RejectEvent
 
 MS = 1_000_000
 REPO = Path(__file__).resolve().parents[4]
@@ -52,9 +54,10 @@ class Probe:
         self.node.create_subscription(MarkerArray, "reject/markers", self.markers.append, qos.EVENTS)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, qos.DIAGNOSTICS)
 
-    def decide(self, part_id: str, verdict: int, capture_ns: int, encoder: int = -1) -> None:
+    def decide(self, part_id: str, verdict: int, capture_ns: int, encoder: int = -1, decided_ns: int = 0) -> None:
         msg = QualityDecision(part_id=part_id, verdict=verdict, encoder_count=encoder)
         msg.header.stamp = from_ns(capture_ns)
+        msg.decision_stamp = from_ns(decided_ns)
         msg.header.frame_id = "camera"
         self.decisions.publish(msg)
 
@@ -254,6 +257,8 @@ def test_a_restarting_journalled_actuator_holds_verdicts_until_active_then_eject
         probe = Probe(graph)
         # The decision node's publisher (PART_RECORDS: transient local, what a journalled actuator subscribes).
         probe.decisions = probe.node.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
+        findings: list[Reconciliation] = []
+        probe.node.create_subscription(Reconciliation, "reject/reconciliation", findings.append, qos.EVENTS)
         _connected(graph, probe)
         now = time.time_ns()
         probe.decide("in_time", QualityDecision.DEFECTIVE, now + 2_000 * MS)  # its command is 2.08 s away
@@ -267,6 +272,48 @@ def test_a_restarting_journalled_actuator_holds_verdicts_until_active_then_eject
         assert graph.spin_until(lambda: "REJECT_MISSED" in probe.codes(), timeout=5.0), probe.codes()
         assert graph.spin_until(lambda: len(probe.events) == 2, timeout=5.0), probe.events
         assert (probe.events[1].part_id, probe.events[1].outcome) == ("in_time", RejectEvent.OUTCOME_DONE)
+        # One CRITICAL for the part that passed during the outage (its MISSED), not RECONCILE_OVERDUE before it (its
+        # deadline had passed before the actuator could act) and a RECONCILE_DUPLICATE_EVENT after.
+        assert graph.spin_until(lambda: {"gone", "in_time"} <= {f.part_id for f in findings}, timeout=5.0), findings
+        graph.spin_until(lambda: False, timeout=0.3)
+        assert [(f.part_id, f.status, f.outcome) for f in findings if f.part_id == "gone"] == [
+            ("gone", Reconciliation.RESOLVED, RejectEvent.OUTCOME_MISSED)
+        ]
+        gone_alerts = [(a.code, a.severity) for a in probe.alerts if a.part_id == "gone"]
+        assert gone_alerts == [("REJECT_MISSED", Alert.CRITICAL)], gone_alerts
+
+
+def test_a_verdict_replayed_for_a_part_ejected_before_the_restart_is_neither_acted_on_nor_overdue(tmp_path):
+    """The decision node replays its history to a restarted actuator before it is configured (no journal to ask
+    yet): the reconciler must not call a part the journal closed before the restart overdue."""
+    journal_path = tmp_path / "journal.jsonl"
+    before = time.time_ns() - 2_000 * MS
+    journal = EjectionJournal(journal_path)
+    journal.planned(Part("old", before, -1, "camera"), QualityDecision.DEFECTIVE, "reject")
+    journal.done("old")
+    journal.close()
+    with ros_graph(threads=EXECUTOR_THREADS) as graph:
+        node = _actuator(
+            graph,
+            Parameter("journal_path", value=str(journal_path)),
+            Parameter("reconcile_grace_ms", value=100.0),
+        )
+        probe = Probe(graph)
+        probe.decisions = probe.node.create_publisher(QualityDecision, "quality/decision", qos.PART_RECORDS)
+        findings: list[Reconciliation] = []
+        probe.node.create_subscription(Reconciliation, "reject/reconciliation", findings.append, qos.EVENTS)
+        _connected(graph, probe)
+        probe.decide("old", QualityDecision.DEFECTIVE, before, decided_ns=before + 50 * MS)
+        probe.decide("gone", QualityDecision.DEFECTIVE, before + 100 * MS, decided_ns=before + 150 * MS)
+        graph.spin_until(lambda: False, timeout=0.5)
+        node.trigger_configure()
+        node.trigger_activate()
+        assert graph.spin_until(lambda: any(f.part_id == "gone" for f in findings), timeout=5.0), findings
+        graph.spin_until(lambda: False, timeout=0.6)  # the grace after arming (0.1 s) passes
+        assert [e.part_id for e in probe.events] == ["gone"], "the part ejected before the restart is not acted on"
+        assert [(f.part_id, f.status) for f in findings] == [("gone", Reconciliation.RESOLVED)], findings
+        assert not [a for a in probe.alerts if a.part_id == "old"], [(a.code, a.part_id) for a in probe.alerts]
+        assert node.reconciler is not None and node.reconciler.counts["settled_before"] == 1
 
 
 def test_gpio_driver_without_jetson_gpio_fails_configure_cleanly():
@@ -377,7 +424,6 @@ def test_shipped_params_files_build_the_reject_nodes(name):
 
 
 def test_the_reconciler_reports_each_part_and_alerts_a_part_without_its_reject_event():
-    from qc_interfaces.msg import Reconciliation
 
     with ros_graph(threads=EXECUTOR_THREADS) as graph:
         node = _actuator(

@@ -90,3 +90,65 @@ def test_a_part_held_for_a_stopped_belt_is_not_overdue_and_its_deadline_moves_by
         ("during", 4400),
         ("after", 4500),
     ]
+
+
+def test_a_part_that_passed_during_an_actuator_outage_gets_one_terminal_event_and_no_overdue_before_it():
+    """Issue 17: after an actuator restart, a replayed verdict for a part that passed during the outage was OVERDUE
+    (its deadline had passed before the restarted actuator could act), then its MISSED event a DUPLICATE: three
+    alerts for one part. While recovering no deadline passes, and a part learnt after its deadline has the late grace
+    from then: its MISSED event resolves it, one finding."""
+    r = Reconciler(late_grace_ns=50 * MS)
+    r.recovering(True, 0)
+    r.expect(_part("gone", 100 * MS), now_ns=1000 * MS)  # replayed while not armed, due long ago
+    r.expect(_part("registered", 200 * MS, has_verdict=False, verdict=Verdict.NOT_INSPECTED), now_ns=1000 * MS)
+    assert r.overdue(5000 * MS) == [], "nothing is overdue while the actuator is recovering"
+    r.recovering(False, 6000 * MS)  # armed: the backlog is handed to the controller
+    missed = r.terminal_event("gone", RejectOutcome.MISSED)
+    assert missed is not None and missed.status is Status.RESOLVED and missed.outcome == RejectOutcome.MISSED
+    assert r.overdue(6040 * MS) == [], "within the late grace after arming"
+    found = r.overdue(6060 * MS)
+    assert [(f.part.part_id, f.status) for f in found] == [("registered", Status.OVERDUE)], (
+        "a part the armed actuator does not settle within the grace is still overdue"
+    )
+    assert r.counts["duplicate_events"] == 0 and r.counts["overdue"] == 1
+
+
+def test_a_part_learnt_after_its_deadline_by_an_armed_actuator_has_the_late_grace_and_no_more():
+    r = Reconciler(late_grace_ns=50 * MS)
+    r.expect(_part("late", 100 * MS), now_ns=1000 * MS)
+    r.expect(_part("normal", 2000 * MS), now_ns=1000 * MS)
+    assert r.overdue(1040 * MS) == []
+    assert [f.part.part_id for f in r.overdue(1060 * MS)] == ["late"]
+    assert r.overdue(1999 * MS) == [], "a deadline still ahead is not moved"
+    assert [f.part.part_id for f in r.overdue(2001 * MS)] == ["normal"]
+
+
+def test_a_late_part_keeps_its_grace_when_the_belt_restarts():
+    r = Reconciler(late_grace_ns=500 * MS)
+    r.belt_stopped(True, 900 * MS)
+    r.expect(_part("late", 100 * MS), now_ns=1000 * MS)
+    r.belt_stopped(False, 1100 * MS)
+    assert r.overdue(1400 * MS) == [], "the belt restart does not take the late grace away"
+    assert [f.part.part_id for f in r.overdue(1600 * MS)] == ["late"]
+
+
+def test_recovery_does_not_hold_parts_whose_deadline_is_ahead():
+    r = Reconciler(late_grace_ns=50 * MS)
+    r.recovering(True, 0)
+    r.expect(_part("ahead", 10_000 * MS), now_ns=0)
+    r.recovering(False, 100 * MS)
+    assert r.overdue(9_999 * MS) == []
+    assert [f.part.part_id for f in r.overdue(10_001 * MS)] == ["ahead"]
+
+
+def test_a_part_the_journal_closed_before_a_restart_is_no_longer_expected():
+    r = Reconciler(late_grace_ns=50 * MS)
+    r.recovering(True, 0)
+    r.expect(_part("done_before", 100 * MS), now_ns=1000 * MS)  # replayed before the journal could be asked
+    r.settled_before("done_before")
+    r.settled_before("unknown")  # nothing expected: nothing happens
+    r.recovering(False, 2000 * MS)
+    assert r.overdue(10_000 * MS) == [], "ejected before the restart: not overdue"
+    again = r.terminal_event("done_before", RejectOutcome.DONE)
+    assert again is not None and again.status is Status.DUPLICATE, "a second ejection is still caught"
+    assert r.counts["settled_before"] == 1 and r.counts["resolved"] == 0

@@ -20,7 +20,7 @@ from qc_cell.reject.params import ARM_SERVER, arm_spec
 from qc_cell.ros import diagnostics
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
-from qc_cell.ros.time import to_ns
+from qc_cell.ros.time import steady_timer, to_ns
 from qc_interfaces.action import RejectPart
 
 # Several threads: a pick runs in its action goal's execute callback while further goals and cancels arrive.
@@ -39,7 +39,7 @@ class ArmServer(Node):
         self._busy = threading.Lock()  # one part at a time: further goals wait for the arm
         self._counts: Counter[str] = Counter()
         self._diag_pub = diagnostics.create_publisher(self)
-        self.create_timer(1.0, self._publish_diagnostics)
+        steady_timer(self, 1.0, self._publish_diagnostics)
         handle_parameter_changes(self, ARM_SERVER, self._apply_parameters)
         self._server = ActionServer(
             self,

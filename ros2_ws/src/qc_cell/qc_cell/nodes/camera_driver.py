@@ -48,7 +48,7 @@ from qc_cell.ros.lifecycle import DeviceNode
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.subscriptions import Subscriptions
-from qc_cell.ros.time import from_ns, to_ns
+from qc_cell.ros.time import from_ns, steady_timer, to_ns
 from qc_interfaces.msg import Alert, PartFrame, PartTrigger
 
 GROUND_TRUTH = {"good": PartFrame.LABEL_GOOD, "defect": PartFrame.LABEL_DEFECT, None: PartFrame.LABEL_UNKNOWN}
@@ -122,7 +122,7 @@ class CameraDriver(DeviceNode):
                 qos.EVENTS,
                 callback_group=MutuallyExclusiveCallbackGroup(),
             )
-        self.create_timer(self._diag_period, self._publish_diagnostics)
+        steady_timer(self, self._diag_period, self._publish_diagnostics)
         handle_parameter_changes(self, CAMERA_DRIVER, self._apply_parameters)
 
     # ------------------------------------------------------------ parameters

@@ -22,6 +22,7 @@ from qc_cell.bringup.status_listener import CellStatusListener
 from qc_cell.healthcheck import ERROR, OK
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters
+from qc_cell.ros.time import steady_timer
 
 
 class CellManager(Node):
@@ -37,7 +38,7 @@ class CellManager(Node):
         ready_timeout_s = p["ready_timeout_s"]
         self._stop = threading.Event()
         self._status = CellStatusListener(self, self.get_namespace(), [spec.name for spec in specs], self._on_status)
-        self.create_timer(1.0, self._status.tick)
+        steady_timer(self, 1.0, self._status.tick)
         activator = CellActivator(
             self,
             self.get_namespace(),

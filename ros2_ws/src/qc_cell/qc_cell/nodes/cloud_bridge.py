@@ -41,7 +41,7 @@ from qc_cell.ros.images import image_to_array
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.subscriptions import Subscriptions
-from qc_cell.ros.time import from_ns, to_ns
+from qc_cell.ros.time import from_ns, steady_timer, to_ns
 from qc_contract.vocabulary import Severity
 from qc_interfaces.msg import (
     Alert,
@@ -123,9 +123,9 @@ class CloudBridgeNode(Node):
             # inference publishes heatmaps only while someone listens: only when samples leave the cell.
             subscribe(PartFrame, "inspection/heatmap", self._on_heatmap, qos.IMAGE_VIEW)
         handle_parameter_changes(self, CLOUD_BRIDGE, self._apply_parameters)
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
-        self.create_timer(p["status_period_s"], self._link.publish_status)
-        self.create_timer(0.2, self._link.housekeeping)
+        steady_timer(self, p["diagnostics_period_s"], self._publish_diagnostics)
+        steady_timer(self, p["status_period_s"], self._link.publish_status)
+        steady_timer(self, 0.2, self._link.housekeeping)
 
         self._link.start()
         if settings.broker.plaintext_warning:

@@ -35,7 +35,7 @@ from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.service_thread import ServiceThread
 from qc_cell.ros.subscriptions import Subscriptions
-from qc_cell.ros.time import to_ns
+from qc_cell.ros.time import steady_timer, to_ns
 from qc_interfaces.msg import Alert, InspectionResult, ModelInfo, PartFrame
 from qc_interfaces.srv import LoadModel
 
@@ -142,7 +142,7 @@ class InferenceNode(Node):
         subscriptions.create(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
         self._frames.subscribe(self)  # attach to each pool as soon as the driver announces it
         self._load_service = ServiceThread(self, LoadModel, "inference/load_model", self._on_load_model, "model_loader")
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
+        steady_timer(self, p["diagnostics_period_s"], self._publish_diagnostics)
         self._initial_load = threading.Thread(
             target=self._load_initial_model, args=(p["model_path"],), name="inference-initial-load", daemon=True
         )

@@ -20,6 +20,7 @@ from qc_cell.fusion.process_model import ProcessModel
 from qc_cell.ros import qos
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
+from qc_cell.ros.time import steady_timer
 
 
 class ProcessSimulatorNode(Node):
@@ -42,8 +43,8 @@ class ProcessSimulatorNode(Node):
         self._temperature_pub = self.create_publisher(Temperature, "process/temperature", qos.SENSOR_OUTPUT)
         self._pressure_pub = self.create_publisher(FluidPressure, "process/pressure", qos.SENSOR_OUTPUT)
         self._vibration_pub = self.create_publisher(Vector3Stamped, "process/vibration", qos.SENSOR_OUTPUT)
-        self.create_timer(1.0 / rate_hz, self._publish_slow)
-        self.create_timer(1.0 / vibration_rate_hz, self._publish_vibration)
+        steady_timer(self, 1.0 / rate_hz, self._publish_slow)
+        steady_timer(self, 1.0 / vibration_rate_hz, self._publish_vibration)
         self.get_logger().info(f"process simulator: scenario {config.scenario}, seed {config.seed}")
 
     def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:

@@ -63,6 +63,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 EXECUTOR_THREADS = 1
 # Verdicts held while a journalled actuator is not yet active (a restart); beyond, they are reported SKIPPED at once.
 MAX_HELD = 10_000
+RECOVERY_HOLD_NS = 30 * 1_000_000_000  # the reconciler waits at most this for a starting actuator to be armed
 
 
 class _Publisher:
@@ -129,7 +130,8 @@ class RejectActuator(DeviceNode):
         tick_s, diag_s = p["tick_period_s"], p["diagnostics_period_s"]
         self.cell_health = CellHealth(p["heartbeat_nodes"], int(p["heartbeat_stale_s"] * 1e9))
         self._reconcile_grace_ms: float = p["reconcile_grace_ms"]
-        self.reconciler = Reconciler() if self._reconcile_grace_ms > 0 else None
+        grace_ns = int(self._reconcile_grace_ms * 1e6)
+        self.reconciler = Reconciler(late_grace_ns=grace_ns) if self._reconcile_grace_ms > 0 else None
         self._reconcile_lock = threading.Lock()  # events come from the controller's threads
         if self.get_parameter("use_sim_time").value:
             raise ParameterError(
@@ -161,6 +163,12 @@ class RejectActuator(DeviceNode):
         self._journal_path: str = p["journal_path"]
         self._started_ns = self.get_clock().now().nanoseconds
         self._replayed: list[Decision] = []  # verdicts that came before activation (journal): handled on activate
+        # A (re)starting actuator with a journal is recovering until it is first armed (at most RECOVERY_HOLD_NS):
+        # the reconciler judges no deadline meanwhile, so a part that passed during the outage gets its MISSED event
+        # on activation, one CRITICAL alert, and not OVERDUE, then MISSED, then DUPLICATE.
+        self._recovery_until_ns = time.monotonic_ns() + RECOVERY_HOLD_NS if self._journal_path else 0
+        if self.reconciler is not None and self._recovery_until_ns:
+            self.reconciler.recovering(True, time.monotonic_ns())
         self._old_verdicts = 0
         subscriptions.create(QualityDecision, "quality/decision", self._on_decision, qos.PART_RECORDS)
         subscriptions.create(QualityDecision, "quality/cloud_verdict", self._on_cloud_verdict, qos.EVENTS)
@@ -223,10 +231,19 @@ class RejectActuator(DeviceNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.controller is not None
+        journal = self.controller.journal
+        # Verdicts replayed before the node was configured were expected by the reconciler before the journal could
+        # be asked; those the journal closed before the restart get no new event (the controller ignores them).
+        done_before = [d.part_id for d in self._replayed if journal is not None and journal.is_done(d.part_id)]
         self.controller.arm()  # re-plans or reports (MISSED) what the journal left open
         replayed, self._replayed = self._replayed, []
         for decision in replayed:
             self.controller.on_decision(decision, replayed=True)
+        if self.reconciler is not None:
+            with self._reconcile_lock:
+                for part_id in done_before:
+                    self.reconciler.settled_before(part_id)
+        self._end_recovery()
         realtime = self.controller.realtime
         if self._rt_priority > 0 and not realtime.startswith("SCHED_FIFO"):
             self._publisher.alert(
@@ -372,7 +389,7 @@ class RejectActuator(DeviceNode):
             msg.header.frame_id,
         )
         with self._reconcile_lock:
-            findings = self.reconciler.expect(part)
+            findings = self.reconciler.expect(part, now_ns=time.monotonic_ns())
         for finding in findings:
             self._report(finding)
 
@@ -399,10 +416,20 @@ class RejectActuator(DeviceNode):
         if finding is not None:
             self._report(finding)
 
+    def _end_recovery(self) -> None:
+        """Armed once (or held for RECOVERY_HOLD_NS): the reconciler judges deadlines again, those passed meanwhile
+        from now + the grace."""
+        self._recovery_until_ns = 0
+        if self.reconciler is not None:
+            with self._reconcile_lock:
+                self.reconciler.recovering(False, time.monotonic_ns())
+
     def _reconcile_tick(self) -> None:
         if self.reconciler is None:
             return
         now = time.monotonic_ns()
+        if self._recovery_until_ns and now >= self._recovery_until_ns:
+            self._end_recovery()  # never armed: a part nobody acts on must not go unreported
         controller = self.controller
         stopped = controller is not None and controller.belt_stopped(now)
         with self._reconcile_lock:

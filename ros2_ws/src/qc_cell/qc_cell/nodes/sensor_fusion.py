@@ -21,7 +21,7 @@ from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.node_main import run
 from qc_cell.ros.params import ParameterError, declare_parameters, handle_parameter_changes
 from qc_cell.ros.subscriptions import Subscriptions
-from qc_cell.ros.time import from_ns
+from qc_cell.ros.time import from_ns, steady_timer
 from qc_interfaces.msg import ProcessState
 
 
@@ -55,8 +55,8 @@ class SensorFusionNode(Node):
         subscriptions.create(Temperature, "process/temperature", self._on_temperature, qos.SENSOR_INPUT)
         subscriptions.create(FluidPressure, "process/pressure", self._on_pressure, qos.SENSOR_INPUT)
         subscriptions.create(Vector3Stamped, "process/vibration", self._on_vibration, qos.SENSOR_INPUT)
-        self.create_timer(check_period_s, self._on_check)
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
+        steady_timer(self, check_period_s, self._on_check)
+        steady_timer(self, p["diagnostics_period_s"], self._publish_diagnostics)
         self.get_logger().info("sensor fusion ready")
 
     def _now_ns(self) -> int:

@@ -164,5 +164,9 @@ class EjectionJournal:
         """Whether the part got its terminal event, or is planned (a replayed verdict for it is not new)."""
         return part_id in self._done or part_id in self._open
 
+    def is_done(self, part_id: str) -> bool:
+        """Whether the part got its terminal event (journalled, also before a restart)."""
+        return part_id in self._done
+
     def close(self) -> None:
         self._file.close()

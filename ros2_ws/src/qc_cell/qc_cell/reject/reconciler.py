@@ -14,6 +14,13 @@ and confirmation time + a grace, moved later by every time the belt was known to
 - DUPLICATE (after either): a further terminal event for a part already settled (a double actuation, or a report of
   a part already called overdue).
 
+A deadline is not judged before the actuator could act on the part: a part the reconciler learns of after its
+deadline (a verdict replayed to a restarted actuator) has `late_grace_ns` from then to get its event, and while the
+actuator is recovering (started, not armed yet: `recovering`) no deadline passes; when it is armed, parts whose
+deadline passed meanwhile have `late_grace_ns` from then. So a part that passed during an actuator outage gets one
+terminal event (MISSED, the actuator's own CRITICAL alert) and no OVERDUE before it (then a DUPLICATE): one alert,
+not three. A part the armed actuator does not settle within that grace is OVERDUE as before.
+
 A terminal event is every reject/event except the report of a duplicate verdict (it closes nothing). Times are on
 one monotonic clock (the caller's steady clock); the reconciler keeps at most `max_parts` open parts (the oldest is
 reported OVERDUE when it has to make room: never dropped silently).
@@ -63,14 +70,17 @@ class Finding:
 
 
 class Reconciler:
-    def __init__(self, max_parts: int = 20_000, remembered: int = 20_000) -> None:
+    def __init__(self, max_parts: int = 20_000, remembered: int = 20_000, late_grace_ns: int = 0) -> None:
         self.max_parts = max_parts
+        self.late_grace_ns = late_grace_ns
+        self._recovering = False
         self._open: dict[str, Expected] = {}
         self._due: list[tuple[int, str]] = []  # (due, part) min-heap; stale entries skipped
         self._settled: OrderedDict[str, tuple[Expected, int]] = OrderedDict()  # part -> (part, terminal events)
         self._remembered = remembered
         self._released: OrderedDict[str, None] = OrderedDict()  # parts a NORMAL verdict released
         self._nominal_due: dict[str, int] = {}  # open part -> its deadline without the belt stops
+        self._floor: dict[str, int] = {}  # open part -> no deadline before (learnt late, or after a recovery)
         self._stops: deque[tuple[int, int]] = deque(maxlen=1000)  # (stopped, restarted) of the belt, oldest first
         self._stopped_since: int | None = None  # the belt is known to stand since then
         self.counts: Counter[str] = Counter()
@@ -79,9 +89,11 @@ class Reconciler:
     def open_count(self) -> int:
         return len(self._open)
 
-    def expect(self, part: Expected) -> list[Finding]:
+    def expect(self, part: Expected, now_ns: int | None = None) -> list[Finding]:
         """A part that must get a terminal event (registration, or a verdict with a lane: the verdict's lane and
-        deadline replace a registration's). Returns parts reported OVERDUE to make room (normally none)."""
+        deadline replace a registration's). now_ns: when it is learnt, a deadline already passed then (or passing
+        within the late grace) moves to now + late grace. Returns parts reported OVERDUE to make room (normally
+        none)."""
         if part.part_id in self._settled or part.part_id in self._released:
             return []
         known = self._open.get(part.part_id)
@@ -90,7 +102,11 @@ class Reconciler:
         if known is None:
             self.counts["expected"] += 1
         self._nominal_due[part.part_id] = part.due_ns
-        part = replace(part, due_ns=self._after_stops(part.capture_ns, part.due_ns))
+        due = self._after_stops(part.capture_ns, part.due_ns)
+        if now_ns is not None and due < now_ns + self.late_grace_ns:
+            self._floor[part.part_id] = now_ns + self.late_grace_ns
+        due = max(due, self._floor.get(part.part_id, due))
+        part = replace(part, due_ns=due)
         self._open[part.part_id] = part
         heapq.heappush(self._due, (part.due_ns, part.part_id))
         findings = []
@@ -103,9 +119,21 @@ class Reconciler:
         """A verdict that needs no action (NORMAL): the part passes and needs no event."""
         if self._open.pop(part_id, None) is not None:
             self.counts["released"] += 1
+        self._nominal_due.pop(part_id, None)
+        self._floor.pop(part_id, None)
         self._released[part_id] = None
         if len(self._released) > self._remembered:
             self._released.popitem(last=False)
+
+    def settled_before(self, part_id: str) -> None:
+        """A part that got its terminal event before this reconciler's time (the actuator's journal knows it, e.g. a
+        verdict the decision node replays to a restarted actuator before it could look it up): no longer expected,
+        and a further event for it is a DUPLICATE."""
+        part = self._open.get(part_id)
+        if part is not None:
+            self.counts["settled_before"] += 1
+            self._settle(part, Status.RESOLVED, NO_OUTCOME, 1)
+            self.counts["resolved"] -= 1  # not resolved here: known from the journal
 
     def terminal_event(self, part_id: str, outcome: int) -> Finding | None:
         """A terminal reject/event for the part: RESOLVED the first time by the deadline, DUPLICATE after it
@@ -133,9 +161,26 @@ class Reconciler:
             self._stopped_since = None
             for part_id, part in list(self._open.items()):
                 due = self._after_stops(part.capture_ns, self._nominal_due[part_id])
+                due = max(due, self._floor.get(part_id, due))
                 if due != part.due_ns:
                     self._open[part_id] = replace(part, due_ns=due)
                     heapq.heappush(self._due, (due, part_id))
+
+    def recovering(self, recovering: bool, now_ns: int) -> None:
+        """Whether the actuator is recovering (started, not armed yet): no deadline passes meanwhile; when it ends,
+        open parts whose deadline passed (or passes within the late grace) have the late grace from now."""
+        if recovering == self._recovering:
+            return
+        self._recovering = recovering
+        if recovering:
+            return
+        floor = now_ns + self.late_grace_ns
+        for part_id, part in list(self._open.items()):
+            if part.due_ns < floor:
+                self._floor[part_id] = floor
+                self._open[part_id] = replace(part, due_ns=floor)
+                heapq.heappush(self._due, (floor, part_id))
+                self.counts["deadline_after_recovery"] += 1
 
     def _after_stops(self, capture_ns: int, due_ns: int) -> int:
         """A nominal deadline moved by the belt stops between the capture and it (the deadline grows with each)."""
@@ -149,7 +194,9 @@ class Reconciler:
 
     def overdue(self, now_ns: int) -> list[Finding]:
         """Parts whose deadline passed without a terminal event, oldest first (settled OVERDUE). None while the belt
-        is known to stand."""
+        is known to stand, and while the actuator is recovering."""
+        if self._recovering:
+            return []
         if self._stopped_since is not None:
             now_ns = min(now_ns, self._stopped_since)
         findings = []
@@ -163,6 +210,7 @@ class Reconciler:
     def _settle(self, part: Expected, status: Status, outcome: int, events: int) -> Finding:
         del self._open[part.part_id]
         self._nominal_due.pop(part.part_id, None)
+        self._floor.pop(part.part_id, None)
         self._settled[part.part_id] = (part, events)
         if len(self._settled) > self._remembered:
             self._settled.popitem(last=False)

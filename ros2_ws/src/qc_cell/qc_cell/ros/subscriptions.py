@@ -27,6 +27,7 @@ from rclpy.subscription import Subscription
 
 from qc_cell.ros import diagnostics
 from qc_cell.ros.alerts import AlertPublisher
+from qc_cell.ros.time import steady_timer
 from qc_interfaces.msg import Alert
 
 try:  # rclpy from Iron on (Jazzy, Kilted)
@@ -92,7 +93,7 @@ class Subscriptions:
         self._problems: dict[str, Incompatibility] = {}
         self._lock = threading.Lock()
         # Runs only while an incompatibility is known (reset by the event, cancelled when all are cleared).
-        self._recheck = node.create_timer(RECHECK_PERIOD_S, self._on_recheck)
+        self._recheck = steady_timer(node, RECHECK_PERIOD_S, self._on_recheck)
         self._recheck.cancel()
 
     def create(
