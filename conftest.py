@@ -15,3 +15,13 @@ if _worker.startswith("gw") and "QC_TEST_DOMAIN_BASE" not in os.environ:
     os.environ["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) + 1 + int(_worker[2:])) % 233)
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), the system tests (the whole cell as processes, timed by the parts'
+    deadlines) run one after another on one worker, never two at once; unit and node tests fill the other."""
+    import pytest
+
+    for item in items:
+        if item.get_closest_marker("system") is not None:
+            item.add_marker(pytest.mark.xdist_group("system"))
