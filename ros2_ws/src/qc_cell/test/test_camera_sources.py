@@ -539,6 +539,7 @@ def test_genicam_settings_reject_bad_values():
 def test_golden_bayer_and_12_bit_camera_frames_score_identically_at_the_edge_and_in_training():
     """A camera frame goes to the model through the edge (PartFrame image -> decode_for_model -> preprocess) and,
     saved as an image file, through training (decode_image -> preprocess): the model input must be identical."""
+    pytest.importorskip("tqdm", reason="the training side needs the cloud tools (requirements/cloud.txt)")
     from qc_cell.ros.images import array_to_image, decode_for_model
     from qc_cloud.training.datasets import decode_image
     from qc_contract.model_manifest import Preprocessing
