@@ -31,6 +31,11 @@ class KeyFileError(ValueError):
 
 PASSPHRASE_ENV = "QC_SIGNING_KEY_PASSPHRASE"
 
+# What a signed update makes of its model on the cell (the manifest's `role`; absent = live).
+ROLE_LIVE = "live"
+ROLE_SHADOW = "shadow"
+ROLES = (ROLE_LIVE, ROLE_SHADOW)
+
 
 def canonical_bytes(manifest: Mapping[str, Any]) -> bytes:
     unsigned = {k: v for k, v in manifest.items() if k != "signature"}
@@ -185,9 +190,15 @@ def build(
     expires_ns: int = 0,
     targets: list[str] | None = None,
     rollback_from: str = "",
+    role: str = ROLE_LIVE,
 ) -> dict[str, Any]:
     """targets None or empty: every cell. rollback_from: a signed rollback from that exact active version
-    down to `version` (the cell accepts an older version only so)."""
+    down to `version` (the cell accepts an older version only so). role: ROLE_LIVE (the model decides) or
+    ROLE_SHADOW (scored beside the live model, never deciding); signed like every other field."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {ROLES}")
+    if role == ROLE_SHADOW and rollback_from:
+        raise ValueError("a shadow update cannot be a rollback")
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "type": "model_update",
@@ -204,6 +215,8 @@ def build(
         manifest["targets"] = list(targets)
     if rollback_from:
         manifest["rollback_from"] = rollback_from
+    if role != ROLE_LIVE:
+        manifest["role"] = role
     return manifest
 
 
