@@ -152,16 +152,30 @@ def _generic_samples(root: Path) -> list[tuple[Path, int, str]]:
     return found
 
 
+def discover(root: Path) -> tuple[str, list[tuple[Path, int, str]]]:
+    """(layout, [(image path, label, defect type)]) of a data set folder, without reading the images."""
+    layout = detect_layout(root)
+    return layout, (_mvtec_samples(root) if layout == "mvtec" else _generic_samples(root))
+
+
 def load_dataset(root: Path | str, *, progress: bool = True, good_only_ok: bool = False) -> Dataset:
     """Discover, label and check every image under `root`. Raises DatasetError with the reason.
 
     A data set of good images only is refused unless `good_only_ok` (the anomaly model's case: a new line with
-    no defect images yet); one of defective images only is always refused."""
+    no defect images yet); one of defective images only is always refused. A data set version (a folder with
+    version.json, `qc_cloud dataset build`) is verified first (a tampered version is refused) and its training
+    images (data/) are read; its regression set is regression/."""
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"data set folder {root} does not exist")
-    layout = detect_layout(root)
-    found = _mvtec_samples(root) if layout == "mvtec" else _generic_samples(root)
+    if (root / "version.json").is_file():
+        from qc_cloud.training.dataset_versions import VersionError, read_version
+
+        try:
+            root = read_version(root).root / "data"
+        except VersionError as exc:
+            raise DatasetError(str(exc)) from exc
+    layout, found = discover(root)
     if not found:
         raise DatasetError(
             f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}; expected the MVTec AD layout "

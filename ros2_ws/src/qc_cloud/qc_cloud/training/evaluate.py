@@ -10,6 +10,7 @@ Metrics (label 1 = defective is the positive class):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,11 +191,17 @@ def score_samples(
     batch_size: int = 16,
     progress: bool = True,
     desc: str = "evaluating",
+    latencies_ms: list[float] | None = None,
 ) -> np.ndarray:
+    """P(defect) per sample. With `latencies_ms`, the model's time per batch (scorer call only, not image reading
+    or preprocessing) divided by the batch size is appended per batch: with batch_size=1, the latency per image."""
     scores = np.zeros(len(samples), dtype=np.float64)
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress) as bar:
         for inputs, _, chunk in input_batches(dataset, samples, spec, batch_size):
+            start = time.perf_counter()
             scores[chunk] = scorer(inputs)
+            if latencies_ms is not None:
+                latencies_ms.append((time.perf_counter() - start) * 1000.0 / len(chunk))
             bar.update(len(chunk))
     return scores
 
