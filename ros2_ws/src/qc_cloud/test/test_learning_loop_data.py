@@ -218,7 +218,7 @@ def fleet(tmp_path, database_url):
     db.upgrade(engine)
     # (cell verdict code, level, operator answer, defect type): 0 NORMAL, 1 REINSPECT, 2 DEFECTIVE
     plan = []
-    for i, level in enumerate(GOOD_LEVELS[:5]):
+    for level in GOOD_LEVELS[:5]:
         plan.append((0, level, "good", None))  # agreement: not a hard case
     plan.append((1, GOOD_LEVELS[5], "good", None))  # re-inspected: hard
     for level in OLD_DEFECT_LEVELS[:4]:
@@ -279,7 +279,9 @@ def test_version_from_station_labels_records_provenance_and_hard_cases(fleet, tm
     # --cells and --since
     assert main(["dataset", "build", "--from-fleet", "--out", str(tmp_path / "s3"), "--cells", CELLS[0], *where]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 14
-    assert main(["dataset", "build", "--from-fleet", "--out", str(tmp_path / "s4"), "--since", "2999-01-01", *where]) == 2
+    assert (
+        main(["dataset", "build", "--from-fleet", "--out", str(tmp_path / "s4"), "--since", "2999-01-01", *where]) == 2
+    )
     assert "nothing to build" in capsys.readouterr().err
     # a sample whose file is gone from the store: refused, or listed and skipped
     victim = next(i for i in version.images if i["set"] == "data")["sha256"]
@@ -314,7 +316,10 @@ def test_a_worse_candidate_is_blocked_and_a_better_one_promotable(fleet, tmp_pat
     common = ["--current", str(pk["current"]), "--version", vid, "--store", str(store), "--from-fleet", *where]
     common += ["--gate", str(gate)]
     # worse: blocked, exit 3, the blocking figure named with both values
-    assert main(["models", "evaluate-candidate", "--candidate", str(pk["worse"]), *common, "--out", str(tmp_path / "w")]) == 3
+    assert (
+        main(["models", "evaluate-candidate", "--candidate", str(pk["worse"]), *common, "--out", str(tmp_path / "w")])
+        == 3
+    )
     out = capsys.readouterr().out
     assert f"BLOCKED by escape_rate on cell:{CELLS[0]}: candidate 0.5714, current 0.4286" in out
     report = json.loads((tmp_path / "w" / "report.json").read_text())
@@ -338,7 +343,10 @@ def test_a_worse_candidate_is_blocked_and_a_better_one_promotable(fleet, tmp_pat
     assert "PROMOTABLE" in capsys.readouterr().out
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     dim = report["slices"]["regression"]
-    assert dim["current"]["per_type"]["dim"]["escape_rate"] == 1.0 and dim["candidate"]["per_type"]["dim"]["escape_rate"] == 0.0
+    assert (
+        dim["current"]["per_type"]["dim"]["escape_rate"] == 1.0
+        and dim["candidate"]["per_type"]["dim"]["escape_rate"] == 0.0
+    )
     assert report["gate"]["promotable"] and report["gate"]["checks"]
     assert report["models"]["candidate"]["bands"] == {"low": 0.5, "high": 0.8, "basis": "cell defaults"}
     # the same model at the bands its manifest proposes (a cell with bands: from_model runs it so): bands this low
@@ -406,11 +414,15 @@ def test_a_model_trained_on_a_version_is_evaluated_against_the_current_one(tmp_p
     assert main(["train", "--data", str(version.root), "--out", str(tmp_path / "cand"), "--version", "t-2", *tiny]) == 0
     from qc_contract.model_manifest import Manifest
 
-    assert Manifest.load(tmp_path / "cand").dataset["fingerprint"] == load_dataset(version.root, progress=False).fingerprint
+    assert (
+        Manifest.load(tmp_path / "cand").dataset["fingerprint"]
+        == load_dataset(version.root, progress=False).fingerprint
+    )
     write_package(tmp_path / "current", "current-1", gain=-2.0, golden_levels=(40,))  # an inverted model
     (tmp_path / "gate.yaml").write_text("latency_p99_ms: null\n")
-    argv = ["models", "evaluate-candidate", "--candidate", str(tmp_path / "cand"), "--current", str(tmp_path / "current"),
-            "--version", str(version.root), "--gate", str(tmp_path / "gate.yaml"), "--out", str(tmp_path / "r")]  # fmt: skip
+    argv = ["models", "evaluate-candidate", "--candidate", str(tmp_path / "cand"),
+            "--current", str(tmp_path / "current"), "--version", str(version.root),
+            "--gate", str(tmp_path / "gate.yaml"), "--out", str(tmp_path / "r")]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr()
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["slices"]["regression"]["n_images"] == 8

@@ -117,4 +117,3 @@ def evaluate_candidate_main(args: argparse.Namespace) -> int:
     from qc_cloud.training.commandline import run_guarded
 
     return run_guarded("models evaluate-candidate", _evaluate, args)
-

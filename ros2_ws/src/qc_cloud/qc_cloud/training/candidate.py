@@ -360,7 +360,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lat = report["latency"]
     lines.append(
         f"| latency p50 / p99 ms ({lat['current']['backend']}) | {_f(lat['current']['p50_ms'], 2)} / "
-        f"{_f(lat['current']['p99_ms'], 2)} | {_f(lat['candidate']['p50_ms'], 2)} / {_f(lat['candidate']['p99_ms'], 2)} |"
+        f"{_f(lat['current']['p99_ms'], 2)} | {_f(lat['candidate']['p50_ms'], 2)} / "
+        f"{_f(lat['candidate']['p99_ms'], 2)} |"
     )
     lines += ["", f"Data set version: {report['data_set_version'] or 'none'}; production since: "
               f"{report['production_since'] or 'all labelled samples'}.", ""]  # fmt: skip
@@ -380,7 +381,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{_f(k and k['escape_rate'])} |"
             )
         lines.append("")
-    lines += ["## Gate", "", "| slice | figure | current | candidate | tolerance | result |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## Gate",
+        "",
+        "| slice | figure | current | candidate | tolerance | result |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in gate["checks"]:
         lines.append(
             f"| {c['slice']} | {c['figure']} | {_f(c['current'], 4)} | {_f(c['candidate'], 4)} | "

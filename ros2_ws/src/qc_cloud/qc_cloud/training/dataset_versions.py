@@ -108,9 +108,7 @@ class Version:
     def dataset(self, which: str) -> Dataset:
         """The images of one set ("data" or "regression") as a Dataset rooted at the version folder (already
         verified: no second decode)."""
-        samples = tuple(
-            Sample(i["file"], i["label"], i["defect_type"]) for i in self.images if i["set"] == which
-        )
+        samples = tuple(Sample(i["file"], i["label"], i["defect_type"]) for i in self.images if i["set"] == which)
         return Dataset(root=self.root, layout="generic", samples=samples, fingerprint=self.meta["fingerprint"])
 
 
@@ -376,9 +374,7 @@ def plan(sources: Sources, regression_fraction: float = DEFAULT_REGRESSION_FRACT
             which = "data"
             if any(o.regression for o in offers):
                 notes.append(f"{sha[:12]}... was asked for the regression set but a parent trains on it: kept in data")
-        elif any(o.regression for o in offers):
-            which = "regression"
-        elif hard and _in_regression_share(sha, regression_fraction):
+        elif any(o.regression for o in offers) or (hard and _in_regression_share(sha, regression_fraction)):
             which = "regression"
         else:
             which = "data"
