@@ -303,6 +303,16 @@ RULES: list[Rule] = [
         check_options_against_help(4),
     ),
     Rule(
+        r"python -m qc_cloud\.cli models evaluate-candidate ",
+        "needs model packages and a data set version or the fleet database: --help",
+        check_options_against_help(5),
+    ),
+    Rule(
+        r"qc_cloud (dataset build|models evaluate-candidate) ",
+        "needs the fleet database, data set folders and model packages (test_learning_loop_data.py runs them): --help",
+        check_options_against_help(3),
+    ),
+    Rule(
         r"build_trt_engine\.sh ",
         "needs trtexec (TensorRT, Jetson): --help",
         check_options_against_help(1, lambda word: str(REPO / TRT_SCRIPT)),
