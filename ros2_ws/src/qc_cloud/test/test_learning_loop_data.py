@@ -367,6 +367,11 @@ def test_gate_config_and_bad_input(tmp_path, capsys):
     from qc_cloud.training import candidate
 
     assert candidate.load_gate(None) == candidate.DEFAULT_GATE
+    # latency is relative, and blind to sub-millisecond noise; AUC: lower is worse; rates: higher is worse
+    assert candidate._worse("latency_p99_ms", 4.0, 8.5, 1.0) and not candidate._worse("latency_p99_ms", 4.0, 7.9, 1.0)
+    assert not candidate._worse("latency_p99_ms", 0.05, 0.4, 1.0)
+    assert candidate._worse("roc_auc", 0.95, 0.92, 0.02) and not candidate._worse("roc_auc", 0.95, 0.94, 0.02)
+    assert candidate._worse("escape_rate", 0.10, 0.11, 0.0) and not candidate._worse("escape_rate", 0.1, 0.1, 0.0)
     pk = packages(tmp_path / "pkg")
     reg = folder(tmp_path / "reg", goods=GOOD_LEVELS[:3], defects=OLD_DEFECT_LEVELS[:3], seed=9)
     sources = dv.Sources()

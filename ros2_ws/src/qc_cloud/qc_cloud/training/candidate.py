@@ -46,6 +46,9 @@ DEFAULT_GATE: dict[str, float | None] = {
 }
 LOWER_IS_WORSE = {"roc_auc"}
 RELATIVE = {"latency_p99_ms"}
+# A relative latency check ignores differences below this: timer and scheduler noise on a tiny model, not a
+# change a cell's time budget could feel.
+LATENCY_FLOOR_MS = 0.5
 
 
 def load_gate(path: Path | None) -> dict[str, float | None]:
@@ -217,7 +220,7 @@ def slice_figures(s: Slice, scores: dict[str, float], low: float, high: float) -
 
 def _worse(figure: str, current: float, candidate: float, tolerance: float) -> bool:
     if figure in RELATIVE:
-        return candidate > current * (1.0 + tolerance) + 1e-12
+        return candidate > current * (1.0 + tolerance) + 1e-12 and candidate - current > LATENCY_FLOOR_MS
     if figure in LOWER_IS_WORSE:
         return candidate < current - tolerance - 1e-12
     return candidate > current + tolerance + 1e-12
