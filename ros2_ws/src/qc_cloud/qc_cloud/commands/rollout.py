@@ -117,9 +117,7 @@ def _start(args: argparse.Namespace, engine) -> int:
             _, size, sha256, source = pack_package(folder, version, Path(tmp), args.artifact_dir, args.url_base)
             packed[version] = (size, sha256, source)
     stage_manifests = [
-        sign_update(
-            candidate.version, *packed[candidate.version], private_key, plan.expires_in_h, s.cells, role=s.role
-        )
+        sign_update(candidate.version, *packed[candidate.version], private_key, plan.expires_in_h, s.cells, role=s.role)
         for s in stages
     ]
     rollbacks = {
@@ -139,9 +137,7 @@ def _start(args: argparse.Namespace, engine) -> int:
         print(f"dry run: {len(stage_manifests)} stage and {len(rollbacks)} rollback manifests signed, none stored")
         return 0
     with engine.begin() as conn:
-        rollout_id = rollout.create(
-            conn, plan, candidate.version, stages, stage_manifests, rollbacks, _actor(args)
-        )
+        rollout_id = rollout.create(conn, plan, candidate.version, stages, stage_manifests, rollbacks, _actor(args))
     print(f"rollout {rollout_id} of {candidate.version} started ({len(rollbacks)} rollbacks signed)")
     return 0
 
@@ -166,7 +162,9 @@ def _status(args: argparse.Namespace, engine) -> int:
     if args.json:
         print(json.dumps(found, indent=1))
         return 0
-    print(f"rollout {found['id']} ({found['name']}) of {found['candidate_version']}: {found['state']} {found['reason']}")
+    print(
+        f"rollout {found['id']} ({found['name']}) of {found['candidate_version']}: {found['state']} {found['reason']}"
+    )
     print(f"started by {found['created_by']} at {found['created_at']}")
     for s in found["stages"]:
         health = s["health"] or {}
@@ -177,5 +175,7 @@ def _status(args: argparse.Namespace, engine) -> int:
             f"parts, cells {', '.join(s['cells'])}{'  BROKEN: ' + broken if broken else ''}"
         )
     for e in found["events"]:
-        print(f"  {e['time']} {e['actor']}: {e['event']}" + (f" (stage {e['stage']})" if e["stage"] is not None else ""))
+        print(
+            f"  {e['time']} {e['actor']}: {e['event']}" + (f" (stage {e['stage']})" if e["stage"] is not None else "")
+        )
     return 0
