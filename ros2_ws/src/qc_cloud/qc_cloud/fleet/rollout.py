@@ -558,11 +558,10 @@ class Controller:
 
     def _health(self, conn: Connection, row: Any, stage: Any) -> dict[str, Any]:
         rb = models.RolloutRollback.__table__
-        previous = dict(
-            conn.execute(
-                select(rb.c.cell, rb.c.to_version).where(rb.c.rollout_id == row.id, rb.c.cell.in_(stage.cells))
-            )
-        )
+        rows = conn.execute(
+            select(rb.c.cell, rb.c.to_version).where(rb.c.rollout_id == row.id, rb.c.cell.in_(stage.cells))
+        ).all()
+        previous = {cell: version for cell, version in rows}
         plan = row.plan
         return stage_health(
             conn,

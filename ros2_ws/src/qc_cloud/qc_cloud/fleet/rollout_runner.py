@@ -103,7 +103,7 @@ class RolloutRunner:
                 self.last_error = ""
             except Exception as exc:  # database or broker down: the step's transaction rolled back; retry
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("rollout step failed: %s", self.last_error)
+                log.warning("rollout step failed: %s", self.last_error, exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()
