@@ -25,7 +25,7 @@ from qc_cell.bringup.local_broker import Mosquitto, mosquitto_binary
 from qc_cell.inference.model_store import PolicyError
 from qc_cell.inference.synthetic_models import write_package
 from qc_cloud import cli
-from qc_cloud.fleet import broker_acl, db, models, rollout, settings
+from qc_cloud.fleet import broker_acl, models, rollout, settings
 from qc_cloud.fleet.service import FleetService, read_tokens
 from qc_contract import artifact, records, update_manifest
 from qc_contract.model_manifest import Manifest

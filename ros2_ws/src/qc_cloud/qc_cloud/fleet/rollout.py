@@ -440,7 +440,10 @@ def stage_health(
     if len(errors) > max_errors:
         first = errors[0]
         brk(
-            "model_errors", len(errors), max_errors, f"{first.cell}: {first.event} {first.reason or ''} {first.message}"
+            "model_errors",
+            len(errors),
+            max_errors,
+            f"model_errors {len(errors)} > {max_errors:g}: {first.cell} {first.event} {first.reason or ''} {first.message}",
         )
     judged = role == ROLE_LIVE and candidate_fig["parts"] >= min_parts_to_judge
     if judged:
