@@ -443,7 +443,8 @@ def stage_health(
             "model_errors",
             len(errors),
             max_errors,
-            f"model_errors {len(errors)} > {max_errors:g}: {first.cell} {first.event} {first.reason or ''} {first.message}",
+            f"model_errors {len(errors)} > {max_errors:g}: {first.cell} {first.event} "
+            f"{first.reason or ''} {first.message}",
         )
     judged = role == ROLE_LIVE and candidate_fig["parts"] >= min_parts_to_judge
     if judged:
