@@ -200,3 +200,55 @@ def test_the_rollout_tables_upgrade_and_downgrade(database_url):
     db.upgrade(engine)
     assert db.current_revision(engine) == db.head_revision()
     engine.dispose()
+
+
+def test_dashboard_pages_show_the_rollout_and_only_engineers_may_abort(tmp_path, database_url):
+    from fastapi.testclient import TestClient
+    from test_dashboard_pages import PASSWORD, csrf, login
+
+    from qc_cloud.dashboard import accounts
+    from qc_cloud.fleet import settings
+    from qc_cloud.fleet.service import FleetService
+
+    (tmp_path / "db-url").write_text(database_url + "\n")
+    s = settings.load(None, env={}, data_dir=str(tmp_path / "fleet"), database_url_file=str(tmp_path / "db-url"))
+    s.ingest = False
+    service = FleetService(s).start()
+    try:
+        _cells(service.engine, {A: "m-1"})
+        plan = rollout.parse_plan({"name": "to <b>m-2</b>", "stages": [{"name": "canary", "cells": [A]}]})
+        stages = rollout.resolve_stages(plan, {A: "m-1"}, "m-2")
+        with service.engine.begin() as conn:
+            for role in ("operator", "engineer"):
+                accounts.add_user(conn, role, PASSWORD, role)
+            rid = rollout.create(
+                conn,
+                plan,
+                "m-2",
+                stages,
+                [_signed("m-2", [A])],
+                {A: _signed("m-1", [A], rollback_from="m-2")},
+                "user:x",
+            )
+        rollout.Controller(service.engine, lambda cell, manifest: None).step()
+        operator, engineer = TestClient(service.app()), TestClient(service.app())
+        login(operator, "operator")
+        login(engineer, "engineer")
+        listing = operator.get("/rollouts")
+        assert listing.status_code == 200 and f'href="/rollouts/{rid}"' in listing.text
+        assert "to &lt;b&gt;m-2&lt;/b&gt;" in listing.text, "names are escaped"
+        page = operator.get(f"/rollouts/{rid}")
+        assert "stage_started" in page.text and "canary" in page.text and 'id="abort"' not in page.text
+        token = csrf(operator, f"/rollouts/{rid}")
+        assert operator.post(f"/rollouts/{rid}/abort", data={"csrf_token": token}).status_code == 403
+        assert 'id="abort"' in engineer.get(f"/rollouts/{rid}").text
+        assert engineer.post(f"/rollouts/{rid}/abort", data={"csrf_token": "forged"}).status_code == 403
+        token = csrf(engineer, f"/rollouts/{rid}")
+        done = engineer.post(
+            f"/rollouts/{rid}/abort", data={"csrf_token": token, "note": "why"}, follow_redirects=False
+        )
+        assert done.status_code == 303
+        page = engineer.get(f"/rollouts/{rid}").text
+        assert "aborting" in page and "user:engineer" in page and 'id="abort"' not in page
+    finally:
+        service.stop()
