@@ -277,8 +277,10 @@ def test_a_broken_rule_at_the_canary_rolls_back_only_the_canary_and_stops(plant)
     cells = plant.cells
     wait_until(lambda: cells[CANARY].active == NEW, 20, "the canary runs the candidate")
     cells[CANARY].parts(30, NEW, not_inspected_every=4)  # 25 % NOT_INSPECTED vs 2 % before
+    sent = time.monotonic()
     wait_until(lambda: plant.rollout(rid)["state"] == rollout.ROLLED_BACK, 20, "the rollout rolled back")
     wait_until(lambda: cells[CANARY].active == OLD, 20, "the canary back on the previous model")
+    print(f"rollback time: {time.monotonic() - sent:.2f} s from the last bad part sent to the previous model active")
     rollback = cells[CANARY].received[-1]
     assert (rollback["version"], rollback["rollback_from"], rollback["targets"]) == (OLD, NEW, [CANARY])
     assert cells[CANARY].outcomes[-1].accepted, "the cell's own verification accepted the signed rollback"
