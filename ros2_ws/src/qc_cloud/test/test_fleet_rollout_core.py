@@ -6,6 +6,7 @@ publish is a list (the boundary), and every manifest it got is checked with the 
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -252,3 +253,20 @@ def test_dashboard_pages_show_the_rollout_and_only_engineers_may_abort(tmp_path,
         assert "aborting" in page and "user:engineer" in page and 'id="abort"' not in page
     finally:
         service.stop()
+
+
+def test_an_expired_stage_update_is_never_published(database_url):
+    engine = _engine(database_url)
+    _cells(engine, {A: "m-1"})
+    plan = rollout.parse_plan({"stages": [{"name": "canary", "cells": [A]}]})
+    stages = rollout.resolve_stages(plan, {A: "m-1"}, "m-2")
+    source = {"url": "file:///tmp/m-2.tar.gz"}
+    expired = sign_update("m-2", 10, "0" * 64, source, KEY, 1.0, [A], issued_ns=time.time_ns() - 2 * 3600 * 10**9)
+    with engine.begin() as conn:
+        rid = rollout.create(conn, plan, "m-2", stages, [expired], {}, "t")
+    published: list = []
+    rollout.Controller(engine, lambda cell, manifest: published.append(cell)).step()
+    with engine.connect() as conn:
+        found = rollout.get_rollout(conn, rid)
+    assert published == [] and found["state"] == rollout.ABORTED and "expired" in found["reason"]
+    engine.dispose()

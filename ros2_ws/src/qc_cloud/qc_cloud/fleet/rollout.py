@@ -58,6 +58,9 @@ RATE_VERDICT = {"not_inspected_rate": "NOT_INSPECTED", "reinspect_rate": "REINSP
 PLAN_KEYS = {"name", "stages", "rules", "min_parts_to_judge", "baseline_hours", "expires_in_h"}
 STAGE_KEYS = {"name", "role", "cells", "min_parts", "watch_s"}
 MAX_LATENCY_SAMPLES = 200_000
+# Record times are the cells' clocks, the stage's start the service's: candidate parts and model errors count from
+# this long before the stage started (the candidate's parts are told apart by parts.model_version anyway).
+CLOCK_SKEW = timedelta(seconds=120)
 
 
 class PlanError(ValueError):
@@ -405,23 +408,26 @@ def stage_health(
     """The stage's figures (candidate vs the previous model's baseline on the same cells) and the rules broken.
     A shadow stage's live model is unchanged: only its model errors and its part count are judged."""
     p, s, ms = models.Part.__table__, models.Sample.__table__, models.ModelStatus.__table__
+    baseline_until, since = since, since - CLOCK_SKEW
     if role == ROLE_LIVE:
         cand_parts = and_(p.c.cell.in_(cells), p.c.model_version == candidate, p.c.time >= since)
         base_parts = and_(
             or_(*(and_(p.c.cell == c, p.c.model_version == previous.get(c, "")) for c in cells)),
             p.c.time >= baseline_since,
-            p.c.time < since,
+            p.c.time < baseline_until,
         )
         cand_samples = and_(s.c.cell.in_(cells), s.c.model_version == candidate, s.c.time >= since)
         base_samples = and_(
             or_(*(and_(s.c.cell == c, s.c.model_version == previous.get(c, "")) for c in cells)),
             s.c.time >= baseline_since,
-            s.c.time < since,
+            s.c.time < baseline_until,
         )
         candidate_fig = {**_part_figures(conn, cand_parts), **_label_figures(conn, cand_samples)}
         baseline_fig = {**_part_figures(conn, base_parts), **_label_figures(conn, base_samples)}
     else:
-        n = conn.execute(select(func.count()).select_from(p).where(p.c.cell.in_(cells), p.c.time >= since)).scalar()
+        n = conn.execute(
+            select(func.count()).select_from(p).where(p.c.cell.in_(cells), p.c.time >= baseline_until)
+        ).scalar()
         candidate_fig, baseline_fig = {"parts": int(n or 0)}, {}
     errors = conn.execute(
         select(ms.c.cell, ms.c.event, ms.c.reason, ms.c.message).where(
@@ -532,6 +538,13 @@ class Controller:
             stage = stages[idx]
             now = self.now()
             if stage.state == PENDING:
+                expires = rules.parse_time(stage.manifest.get("expires_at"))
+                if expires is not None and expires <= now:
+                    reason = f"stage {stage.name}: its signed update expired at {stage.manifest['expires_at']}"
+                    self._set_rollout(conn, row.id, state=ABORTED, reason=reason)
+                    _event(conn, row.id, CONTROLLER, "expired", idx, name=stage.name)
+                    report.events.append((row.id, "expired"))
+                    return
                 for cell in stage.cells:
                     self.publish(cell, stage.manifest)
                 self._set_stage(conn, row.id, idx, state=WATCHING, started_at=now)
@@ -548,6 +561,8 @@ class Controller:
             elapsed = (now - stage.started_at).total_seconds()
             if health["candidate"]["parts"] < stage.min_parts or elapsed < stage.watch_s:
                 return
+            if stage.role == ROLE_LIVE and not health["judged"]:
+                return  # min_parts < min_parts_to_judge: a live stage passes only once its rates were judged
             self._set_stage(conn, row.id, idx, state=PASSED, finished_at=now)
             _event(conn, row.id, CONTROLLER, "stage_passed", idx, name=stage.name, health=health)
             report.events.append((row.id, "stage_passed"))
