@@ -86,30 +86,13 @@ def publish(args: argparse.Namespace) -> int:
         print(f"error: {exc}")
         return 2
     with tempfile.TemporaryDirectory(prefix="qc-publish-") as tmp:
-        archive = Path(tmp) / f"{package.version}.tar.gz"
-        size, sha256 = artifact.pack(args.package, archive)
-        if args.chunks:
-            count = math.ceil(size / args.chunk_size)
-            source = {"chunks": {"count": count, "chunk_size": args.chunk_size}}
-        else:
-            args.artifact_dir.mkdir(parents=True, exist_ok=True)
-            stored = args.artifact_dir.resolve() / archive.name
-            shutil.copyfile(archive, stored)
-            url = f"{args.url_base.rstrip('/')}/{archive.name}" if args.url_base else stored.as_uri()
-            source = {"url": url}
+        artifact_dir = None if args.chunks else args.artifact_dir
+        archive, size, sha256, source = pack_package(
+            args.package, package.version, Path(tmp), artifact_dir, args.url_base, args.chunk_size
+        )
         issued = time.time_ns()
-        manifest = update_manifest.sign(
-            update_manifest.build(
-                version=package.version,
-                sha256=sha256,
-                size=size,
-                artifact=source,
-                issued_ns=issued,
-                expires_ns=issued + int(args.expires_in_h * 3600e9),
-                targets=targets,
-                rollback_from=args.rollback_from,
-            ),
-            private_key,
+        manifest = sign_update(
+            package.version, size, sha256, source, private_key, args.expires_in_h, targets, args.rollback_from, issued
         )
         payload = json.dumps(manifest, sort_keys=True).encode()
         if args.manifest_out:
@@ -123,6 +106,55 @@ def publish(args: argparse.Namespace) -> int:
         except LinkError as exc:
             print(f"error: {exc}")
             return 2
+
+
+def pack_package(
+    package_dir: Path, version: str, tmp: Path, artifact_dir: Path | None, url_base: str = "", chunk_size: int = 0
+) -> tuple[Path, int, str, dict]:
+    """Pack a checked package into <tmp>/<version>.tar.gz -> (archive, size, sha256, artifact source): with
+    artifact_dir, a copy there referenced by URL (url_base, else file://); without, MQTT chunks of chunk_size."""
+    archive = tmp / f"{version}.tar.gz"
+    size, sha256 = artifact.pack(package_dir, archive)
+    if artifact_dir is None:
+        source: dict = {"chunks": {"count": math.ceil(size / chunk_size), "chunk_size": chunk_size}}
+    else:
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        stored = artifact_dir.resolve() / archive.name
+        shutil.copyfile(archive, stored)
+        source = {"url": f"{url_base.rstrip('/')}/{archive.name}" if url_base else stored.as_uri()}
+    return archive, size, sha256, source
+
+
+def sign_update(
+    version: str,
+    size: int,
+    sha256: str,
+    source: dict,
+    private_key,
+    expires_in_h: float = DEFAULT_EXPIRY_H,
+    targets: list[str] | None = None,
+    rollback_from: str = "",
+    issued_ns: int = 0,
+    role: str = update_manifest.ROLE_LIVE,
+) -> dict:
+    """One signed update manifest (the only place the cloud signs one: publish-model and rollouts)."""
+    if not 0 < expires_in_h <= MAX_EXPIRY_H:
+        raise ValueError(f"expiry {expires_in_h:g} h must be within (0, {MAX_EXPIRY_H:g}]: every manifest expires")
+    issued = issued_ns or time.time_ns()
+    return update_manifest.sign(
+        update_manifest.build(
+            version=version,
+            sha256=sha256,
+            size=size,
+            artifact=source,
+            issued_ns=issued,
+            expires_ns=issued + int(expires_in_h * 3600e9),
+            targets=targets,
+            rollback_from=rollback_from,
+            role=role,
+        ),
+        private_key,
+    )
 
 
 def _targets(args: argparse.Namespace, cell: CellId) -> list[str] | None:

@@ -28,6 +28,7 @@ PERMISSIONS = {
     "label": "operator",
     "ack": "operator",
     "export": "engineer",
+    "rollout": "engineer",  # abort a staged rollout
     "users": "admin",
 }
 USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")

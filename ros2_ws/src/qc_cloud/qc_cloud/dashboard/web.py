@@ -21,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 
 from qc_cloud.dashboard import accounts, data, dataset, review
-from qc_cloud.fleet import queries, rules
+from qc_cloud.fleet import queries, rollout, rules
 from qc_cloud.fleet.samples import SampleStore
 
 HERE = Path(__file__).parent
@@ -410,6 +410,35 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
         return RedirectResponse(
             back if back.startswith("/") and not back.startswith("//") else "/alerts", status_code=303
         )
+
+    @app.get("/rollouts", response_class=HTMLResponse, include_in_schema=False)
+    def rollouts_page(request: Request) -> Response:
+        user = require(request)
+        with engine.connect() as conn:
+            items = rollout.list_rollouts(conn)
+        return render(request, "rollouts.html", user, items=items)
+
+    @app.get("/rollouts/{rollout_id}", response_class=HTMLResponse, include_in_schema=False)
+    def rollout_page(request: Request, rollout_id: int) -> Response:
+        user = require(request)
+        with engine.connect() as conn:
+            found = rollout.get_rollout(conn, min(max(rollout_id, 0), 2**62))
+        if found is None:
+            raise HTTPException(404, f"no rollout {rollout_id}")
+        return render(request, "rollout.html", user, r=found, error=request.query_params.get("error", ""))
+
+    @app.post("/rollouts/{rollout_id}/abort", include_in_schema=False)
+    async def rollout_abort(request: Request, rollout_id: int) -> Response:
+        user = require(request, "rollout")
+        form = await form_of(request, user)
+        try:
+            with engine.begin() as conn:
+                rollout.request_abort(conn, rollout_id, f"user:{user['username']}", str(form.get("note", ""))[:1024])
+        except LookupError:
+            raise HTTPException(404, f"no rollout {rollout_id}") from None
+        except rollout.RolloutError as exc:
+            return RedirectResponse(f"/rollouts/{rollout_id}?error={quote(str(exc))}", status_code=303)
+        return RedirectResponse(f"/rollouts/{rollout_id}", status_code=303)
 
     @app.get("/alerts/stream", include_in_schema=False)
     async def alert_stream(

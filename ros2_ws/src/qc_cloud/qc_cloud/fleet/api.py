@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine, select, text
 from starlette.background import BackgroundTask
 
-from qc_cloud.fleet import auth, models, queries, rules
+from qc_cloud.fleet import auth, models, queries, rollout, rules
 from qc_cloud.fleet.samples import SampleStore
 
 NAME = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -311,6 +311,31 @@ def create_app(engine: Engine, samples: SampleStore, status: Callable[[], dict[s
         if row is None:
             raise HTTPException(404, f"no alert {alert_id}")
         return row
+
+    @app.get("/api/v1/rollouts", tags=["rollouts"])
+    def rollouts(_: Reader, limit: Limit = 100) -> dict:
+        with engine.connect() as conn:
+            return {"rollouts": rollout.list_rollouts(conn, limit)}
+
+    @app.get("/api/v1/rollouts/{rollout_id}", tags=["rollouts"])
+    def rollout_detail(_: Reader, rollout_id: Annotated[int, Path(ge=1, le=2**62)]) -> dict:
+        with engine.connect() as conn:
+            found = rollout.get_rollout(conn, rollout_id)
+        if found is None:
+            raise HTTPException(404, f"no rollout {rollout_id}")
+        return found
+
+    @app.post("/api/v1/rollouts/{rollout_id}/abort", tags=["rollouts"])
+    def rollout_abort(
+        who: Writer, rollout_id: Annotated[int, Path(ge=1, le=2**62)], body: AckBody | None = None
+    ) -> dict:
+        try:
+            with engine.begin() as conn:
+                return rollout.request_abort(conn, rollout_id, f"token:{who}", (body or AckBody()).note)
+        except LookupError:
+            raise HTTPException(404, f"no rollout {rollout_id}") from None
+        except rollout.RolloutError as exc:
+            raise HTTPException(409, str(exc)) from None
 
     @app.get("/api/v1/gaps", tags=["ingest"])
     def gaps(

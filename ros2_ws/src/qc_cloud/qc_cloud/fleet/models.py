@@ -378,3 +378,68 @@ class LoginFailure(Base):
     username: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(DateTime)
     __table_args__ = (Index("ix_login_failures_name_at", "username", "at"),)
+
+
+# --- staged rollouts (migration 0007) ---
+
+
+class Rollout(Base):
+    """A staged rollout of one signed candidate: state running -> completed | rolled_back | aborting -> aborted."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    candidate_version: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[int] = mapped_column(Integer)  # index of the current stage
+    plan: Mapped[dict] = mapped_column(JSON)  # the validated plan (rules, defaults filled in)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    reason: Mapped[str] = mapped_column(String(1024))
+    abort_requested_by: Mapped[str | None] = mapped_column(String(128))
+    __table_args__ = (Index("ix_rollouts_state", "state"),)
+
+
+class RolloutStage(Base):
+    """One stage: its cells (resolved at start), its signed update (targeted at exactly those cells)."""
+
+    __tablename__ = "rollout_stages"
+    rollout_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # shadow | live
+    cells: Mapped[list] = mapped_column(JSON)
+    min_parts: Mapped[int] = mapped_column(Integer)
+    watch_s: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # pending, watching, passed, failed, rolled_back, skipped
+    manifest: Mapped[dict] = mapped_column(JSON)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)  # when its update was published
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    health: Mapped[dict | None] = mapped_column(JSON)  # the last evaluation
+
+
+class RolloutRollback(Base):
+    """A cell's pre-signed rollback (rollback_from = candidate, to the version the cell ran at start)."""
+
+    __tablename__ = "rollout_rollbacks"
+    rollout_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    cell: Mapped[str] = mapped_column(String(CELL), primary_key=True)
+    from_version: Mapped[str] = mapped_column(String(256))
+    to_version: Mapped[str] = mapped_column(String(256))
+    manifest: Mapped[dict] = mapped_column(JSON)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class RolloutEvent(Base):
+    """Every step of a rollout: who (user:<name>, token:<name>, controller), what, when."""
+
+    __tablename__ = "rollout_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(BigId)
+    time: Mapped[datetime] = mapped_column(DateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    event: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict] = mapped_column(JSON)
+    __table_args__ = (Index("ix_rollout_events_rollout", "rollout_id", "id"),)

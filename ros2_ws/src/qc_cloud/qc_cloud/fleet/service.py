@@ -75,6 +75,7 @@ class FleetService:
         self._stop = threading.Event()
         self._upkeep: threading.Thread | None = None
         self.tokens_file: Path | None = None
+        self.rollouts = None  # rollout_runner.RolloutRunner, in the process that ingests
 
     def prepare(self) -> FleetService:
         Path(self.settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,10 @@ class FleetService:
                 self.workers.append(IngestWorker(self.settings, store, i).start())
             self._upkeep = threading.Thread(target=self._upkeep_loop, name="fleet-upkeep", daemon=True)
             self._upkeep.start()
+            if self.settings.rollout_interval_s > 0:
+                from qc_cloud.fleet.rollout_runner import RolloutRunner
+
+                self.rollouts = RolloutRunner(self.settings, self.engine).start()
         return self
 
     def _upkeep_loop(self) -> None:
@@ -123,7 +128,10 @@ class FleetService:
                     "last_error": w.stats.last_error,
                 }
                 for w in self.workers
-            ]
+            ],
+            "rollout_controller": None
+            if self.rollouts is None
+            else {"interval_s": self.rollouts.interval_s, "last_error": self.rollouts.last_error},
         }
 
     def app(self):
@@ -135,6 +143,8 @@ class FleetService:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.rollouts is not None:
+            self.rollouts.stop()
         for worker in self.workers:
             worker.stop()
         self.engine.dispose()

@@ -53,6 +53,9 @@ class FleetSettings:
     retention_days: int = 365
     partition_days_ahead: int = 7
     quarantine_max_bytes: int = 64 * 1024  # raw bytes kept per quarantined message
+    # Staged rollouts (qc_cloud rollout): the controller judges and moves them this often (s); 0 = off. It runs
+    # in the process that ingests (it publishes the stored signed manifests with the service's broker account).
+    rollout_interval_s: float = 10.0
     bootstrap_tokens: bool = True  # first start with no token: create a read and a write token in data_dir
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,6 +86,7 @@ class FleetSettings:
         need(1 <= self.batch_ms <= 10000, f"batch_ms {self.batch_ms}: within [1, 10000] ms")
         need(1 <= self.receive_maximum <= 65535, f"receive_maximum {self.receive_maximum}: within [1, 65535]")
         need(0 <= self.api_port <= 65535, f"api_port {self.api_port}: a TCP port")
+        need(0 <= self.rollout_interval_s <= 3600, f"rollout_interval_s {self.rollout_interval_s}: within [0, 3600]")
         need(1 <= self.retention_days <= 36500, f"retention_days {self.retention_days}: within [1, 36500]")
         if self.share_group == "auto":
             self.share_group = "" if self.ingest_workers == 1 else "qc-fleet"
