@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_model_update import HOUR_NS, KEY, Harness, make_update
 
 from qc_cell.inference.backends import BackendOptions, resolve_backend
 from qc_cell.inference.hot_swap import ModelManager
@@ -19,7 +20,6 @@ from qc_cell.inference.shadow import ShadowBudget, ShadowRunner
 from qc_cell.inference.synthetic_models import expected_probability, uniform_image, write_package
 from qc_contract import update_manifest
 from qc_contract.model_manifest import Manifest
-from test_model_update import HOUR_NS, KEY, Harness, make_update
 
 
 # ---- model store ---------------------------------------------------------------------------------------
@@ -297,9 +297,7 @@ def test_under_load_the_shadow_skips_parts_and_counts_why(tmp_path):
         skipped = sum(v for k, v in counts.items() if k.startswith("skipped_"))
         assert counts.get("scored", 0) + skipped == 40, counts
         assert counts.get("skipped_frames_waiting", 0) + counts.get("skipped_busy", 0) > 0, counts
-        assert all(o.ok for o in live.results) and [o.job.part_id for o in live.results] == [
-            f"b{i}" for i in range(40)
-        ]
+        assert all(o.ok for o in live.results) and [o.job.part_id for o in live.results] == [f"b{i}" for i in range(40)]
     finally:
         live.close()
 
