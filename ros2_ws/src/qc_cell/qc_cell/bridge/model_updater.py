@@ -418,9 +418,12 @@ class ModelUpdater:
 
     def _newest_in_store(self, version: str) -> str:
         """Without the state file (deleted, fresh disk) the floor fails closed on the model store: the newest
-        version recorded there that `version` can be ordered against."""
+        version recorded there that `version` can be ordered against, except the current shadow model (installed
+        by a signed shadow update that moved no floor; a live update of it is its promotion)."""
         try:
-            return self.store.newest_installed(like=version)
+            shadow = self.store.shadow()
+            newest = self.store.newest_installed(like=version, skip=shadow.version if shadow is not None else "")
+            return newest
         except StoreError as exc:
             raise InboundError("state_unreadable", str(exc)) from None
 

@@ -151,11 +151,11 @@ class ModelStore:
     def record(self, version: str) -> InstalledVersion | None:
         return self.records().get(version)
 
-    def newest_installed(self, like: str = "") -> str:
+    def newest_installed(self, like: str = "", skip: str = "") -> str:
         """The highest version (natural order) recorded as installed and still in the store ('' = none); with
         `like`, only among the versions that can be ordered against it (comparable()): the update path's
         replay floor when its own state is missing."""
-        versions = [v for v in self.records() if not like or comparable(v, like)]
+        versions = [v for v in self.records() if (not like or comparable(v, like)) and v != skip]
         return max(versions, key=version_key) if versions else ""
 
     # ---- packages -------------------------------------------------------------------------------

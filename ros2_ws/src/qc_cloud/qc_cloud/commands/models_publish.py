@@ -162,6 +162,7 @@ def _send(args, cell: CellId, manifest: dict, payload: bytes, archive: Path, ret
         if (
             status.get("event") in ("update_accepted", "update_rejected")
             and status.get("version") == manifest["version"]
+            and status.get("role", update_manifest.ROLE_LIVE) == manifest.get("role", update_manifest.ROLE_LIVE)
             and _time_ns(status.get("time")) >= issued - 5_000_000_000
         ):
             verdict.append(status)
