@@ -145,6 +145,9 @@ def test_a_forged_shadow_marker_is_refused(shadow_harness, tmp_path):
     assert h.send(dropped).reason == "bad_signature"
     unknown = update_manifest.sign({**update_manifest.build(**_fields(live)), "role": "canary"}, KEY)
     assert not h.send(unknown).accepted  # not a role the schema knows
+    shadow_rollback = {**update_manifest.build(**_fields(live), rollback_from="1.0.0"), "role": "shadow"}
+    refused = h.send(update_manifest.sign(shadow_rollback, KEY))  # signed, but no shadow is a rollback
+    assert not refused.accepted and refused.reason in ("schema_violation", "rollback_mismatch"), refused
     assert h.shadow_loads == [] and [v for _, v, _ in h.loads] == ["1.0.0"] and h.store.shadow() is None
 
 

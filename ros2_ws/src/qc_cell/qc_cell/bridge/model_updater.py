@@ -253,8 +253,11 @@ class ModelUpdater:
         if url is not None and scheme not in self.settings.fetch.schemes:
             enabled = ", ".join(sorted(self.settings.fetch.schemes)) or "none"
             raise InboundError("scheme_refused", f"artifact URL scheme {scheme!r} is not enabled ({enabled})")
-        if manifest.get("role", ROLE_LIVE) == ROLE_SHADOW and self.load_shadow is None:
-            raise InboundError("shadow_unsupported", "this cell's inference offers no shadow model slot")
+        if manifest.get("role", ROLE_LIVE) == ROLE_SHADOW:
+            if "rollback_from" in manifest:
+                raise InboundError("schema_violation", "a shadow update cannot be a rollback")
+            if self.load_shadow is None:
+                raise InboundError("shadow_unsupported", "this cell's inference offers no shadow model slot")
         self._check_version(manifest)
 
     def _on_chunk(self, version: str, index: int, payload: bytes) -> None:

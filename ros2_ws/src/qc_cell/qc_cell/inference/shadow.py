@@ -169,6 +169,7 @@ class ShadowRunner:
             self.budget.shadow_ms = None  # a new model is measured afresh
         with self._cond:
             self._slot = None
+            self._counts.clear()  # the counts are the current shadow's (model/shadow names its version)
         return previous
 
     def wanted(self) -> bool:
@@ -176,6 +177,7 @@ class ShadowRunner:
         return self._model is not None
 
     def counts(self) -> dict[str, int]:
+        """Parts the current shadow scored (`scored`) and skipped (`skipped_<reason>`) since it was loaded."""
         with self._cond:
             return dict(self._counts)
 
