@@ -231,12 +231,9 @@ class CloudLink:
         self.bridge.send("model_status", record, retain=True)
 
     def on_shadow_score(self, score: ShadowScoreReport) -> None:
-        """One part scored by the shadow model: its own stream (shadow_score), keyed by part and shadow version."""
-        self.bridge.send(
-            "shadow_score",
-            records.shadow_score(**asdict(score)),
-            key=f"{score.part_id}@{score.shadow_version}",
-        )
+        """One part scored by the shadow model: its own stream (shadow_score); inspection/shadow is volatile, so
+        no history is replayed and no key is needed."""
+        self.bridge.send("shadow_score", records.shadow_score(**asdict(score)))
 
     def on_shadow_state(self, state: ShadowStateReport) -> None:
         """The shadow model and its counts on model/status (shadow_state); retained only when the shadow itself
