@@ -43,6 +43,7 @@ def main() -> None:
         done = threading.Event()
         state = {"mode": "off", "expected": 0, "seen": 0}
         submitted: dict[str, int] = {}
+        totals: dict[str, int] = {}
 
         def on_result(outcome) -> None:
             latencies[state["mode"]].append((time.monotonic_ns() - submitted[outcome.job.part_id]) / 1e6)
@@ -70,6 +71,8 @@ def main() -> None:
             if mode == "on" and runner.model is None:
                 assert manager.load_shadow("", "2.0.0").success
             if mode == "off" and runner.model is not None:
+                for key, value in runner.counts().items():  # the counts are per shadow load: keep them
+                    totals[key] = totals.get(key, 0) + value
                 assert manager.load_shadow("", "").success
             state.update(mode=mode, expected=state["seen"] + count)
             done.clear()
@@ -88,7 +91,7 @@ def main() -> None:
             for mode in modes:
                 run_block(mode, args.block, args.interval_ms / 1000, index)
                 index += args.block
-        counts_paced = runner.counts()
+        counts_paced = {k: totals.get(k, 0) + runner.counts().get(k, 0) for k in {*totals, *runner.counts()}}
         for mode in ("off", "on"):
             lat = np.array(latencies[mode])
             p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
