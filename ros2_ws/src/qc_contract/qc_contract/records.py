@@ -255,16 +255,63 @@ def model_state(
 
 
 def update_outcome(
-    *, stamp_ns: int, accepted: bool, version: str, reason: str, detail: str, active_version: str
+    *,
+    stamp_ns: int,
+    accepted: bool,
+    version: str,
+    reason: str,
+    detail: str,
+    active_version: str,
+    role: str = "",
+    shadow_version: str | None = None,
 ) -> dict[str, Any]:
-    """The outcome of one model update manifest, on model/status."""
-    return {
+    """The outcome of one model update manifest, on model/status; `role` (optional): the manifest's role."""
+    body = {
         "time": iso_time(stamp_ns),
         "event": "update_accepted" if accepted else "update_rejected",
         "version": version,
         "reason": reason,
         "message": detail,
         "active_version": active_version,
+    }
+    if role:
+        body["role"] = role
+    if shadow_version is not None:
+        body["shadow_version"] = shadow_version
+    return body
+
+
+def shadow_state(
+    *, stamp_ns: int, active_version: str, shadow_version: str, counts: Mapping[str, int], message: str = ""
+) -> dict[str, Any]:
+    """The cell's shadow model and its scored/skipped counts, on model/status (event shadow_state)."""
+    return {
+        "time": iso_time(stamp_ns),
+        "event": "shadow_state",
+        "active_version": active_version,
+        "shadow_version": shadow_version,
+        "shadow_counts": {str(k): int(v) for k, v in counts.items()},
+        "message": message,
+    }
+
+
+def shadow_score(
+    *,
+    stamp_ns: int,
+    part_id: str,
+    shadow_version: str,
+    live_version: str,
+    defect_probability: float,
+    latency_ms: float,
+) -> dict[str, Any]:
+    """One part scored by the shadow model (schemas/shadow_score.schema.json)."""
+    return {
+        "time": iso_time(stamp_ns),
+        "part_id": part_id,
+        "shadow_version": shadow_version,
+        "live_version": live_version,
+        "defect_probability": min(1.0, max(0.0, float(defect_probability))),
+        "latency_ms": number(latency_ms, 2),
     }
 
 

@@ -21,6 +21,7 @@ STREAM_TOPICS: dict[str, str] = {
     "sample": "sample",
     "verify_request": "verify/request",
     "verify": "verify/result",
+    "shadow_score": "shadow",
 }
 
 # Records the cloud itself publishes below a cell's prefix -> topic. They are not a cell stream: no epoch/seq,

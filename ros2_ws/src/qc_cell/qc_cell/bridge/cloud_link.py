@@ -36,6 +36,8 @@ from qc_cell.bridge.inputs import (
     ProcessReport,
     ReconcileReport,
     RejectReport,
+    ShadowScoreReport,
+    ShadowStateReport,
 )
 from qc_cell.bridge.model_updater import LoadModel, ModelUpdater, UpdateOutcome
 from qc_cell.bridge.outputs import CloudVerdict, Health, HealthLevel, LinkAlert
@@ -46,6 +48,7 @@ from qc_cell.inference.model_store import StoreError
 from qc_contract import records
 from qc_contract.inbound import InboundError
 from qc_contract.model_manifest import Manifest, ManifestError
+from qc_contract.update_manifest import ROLE_SHADOW
 
 REJECTION_REPORTS_PER_WINDOW, REJECTION_REPORT_WINDOW_S = 10, 60.0
 MAX_TEXT = 4096  # longest free text (messages, details) in a record or alert
@@ -63,6 +66,7 @@ class CloudLink:
         alert: Callable[[LinkAlert], None],
         cloud_verdict: Callable[[CloudVerdict], None] | None = None,
         load_model: LoadModel | None = None,
+        load_shadow: LoadModel | None = None,
         log: Log = python_log,
         clock: Clock | None = None,
     ) -> None:
@@ -82,7 +86,9 @@ class CloudLink:
         self.updater: ModelUpdater | None = None
         if settings.updates is not None:
             try:
-                self.updater = ModelUpdater(settings.updates, load_model, report=self._report_update, log=log)
+                self.updater = ModelUpdater(
+                    settings.updates, load_model, report=self._report_update, log=log, load_shadow=load_shadow
+                )
             except (OSError, RuntimeError) as exc:
                 self.bridge.outbox.close()
                 raise CloudLinkError(f"update_dir {settings.updates.update_dir}: {exc}") from exc
@@ -93,6 +99,8 @@ class CloudLink:
         self._last_process: tuple[int, bool, bool] | None = None
         self._last_process_ns = 0
         self._last_model: tuple | None = None
+        self._last_shadow: tuple | None = None
+        self._shadow_version = ""
         self._last_loss_alert_ns: int | None = None
         self._reported_refusals = 0
         self._rejection_reports: deque[int] = deque()
@@ -222,6 +230,28 @@ class CloudLink:
         )
         self.bridge.send("model_status", record, retain=True)
 
+    def on_shadow_score(self, score: ShadowScoreReport) -> None:
+        """One part scored by the shadow model: its own stream (shadow_score); inspection/shadow is volatile, so
+        no history is replayed and no key is needed."""
+        self.bridge.send("shadow_score", records.shadow_score(**asdict(score)))
+
+    def on_shadow_state(self, state: ShadowStateReport) -> None:
+        """The shadow model and its counts on model/status (shadow_state); retained only when the shadow itself
+        changed, so the periodic counts do not replace the retained model_state a late subscriber reads."""
+        key = (state.version, tuple(sorted(state.counts.items())))
+        if key == self._last_shadow:
+            return
+        changed = self._last_shadow is None or self._last_shadow[0] != state.version
+        self._last_shadow, self._shadow_version = key, state.version
+        record = records.shadow_state(
+            stamp_ns=state.stamp_ns,
+            active_version=self._last_model[0] if self._last_model else "",
+            shadow_version=state.version,
+            counts=state.counts,
+            message=state.message[:MAX_TEXT],
+        )
+        self.bridge.send("model_status", record, retain=changed)
+
     def _defect_types(self, version: str) -> tuple[str, ...]:
         """The defect types in the manifest of `version` in the cell's model store (updates on), else ()."""
         if self.updater is None or not version:
@@ -281,11 +311,16 @@ class CloudLink:
                 reason=outcome.reason,
                 detail=outcome.detail[:MAX_TEXT],
                 active_version=outcome.active_version,
+                role=outcome.role if outcome.version else "",
             ),
             retain=True,
         )
-        if outcome.accepted:
-            self._emit_alert(LinkAlert("INFO", "MODEL_UPDATE_ACCEPTED", f"model {outcome.version} is active"))
+        if outcome.accepted and outcome.role == ROLE_SHADOW:
+            text = f"model {outcome.version} runs as the shadow model (scored beside {outcome.active_version})"
+            self._emit_alert(LinkAlert("INFO", "MODEL_UPDATE_ACCEPTED", text[:MAX_TEXT]))
+        elif outcome.accepted:
+            how = " (from the model store, no download)" if outcome.from_store else ""
+            self._emit_alert(LinkAlert("INFO", "MODEL_UPDATE_ACCEPTED", f"model {outcome.version} is active{how}"))
         else:
             text = f"model update {outcome.version or '(unreadable)'} rejected: {outcome.reason}: {outcome.detail}"
             self._emit_alert(LinkAlert("WARN", "MODEL_UPDATE_REJECTED", text[:MAX_TEXT]))

@@ -119,3 +119,25 @@ class ModelReport:
     precision: str
     state: int
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowScoreReport:
+    """One part scored by the shadow model (inspection/shadow)."""
+
+    stamp_ns: int
+    part_id: str
+    shadow_version: str
+    live_version: str
+    defect_probability: float
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowStateReport:
+    """The inference node's shadow model and its scored/skipped counts (model/shadow)."""
+
+    stamp_ns: int
+    version: str
+    counts: dict[str, int]
+    message: str

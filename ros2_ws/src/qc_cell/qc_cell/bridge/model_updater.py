@@ -9,6 +9,12 @@
     rollback also authorises the rollback there) -> inference/load_model of the store's copy -> accepted (state
     persisted) | rejected with a reason (a version that failed to load is discarded from the store again).
 
+Roles (the signed manifest's `role`, absent = live): a shadow update is verified exactly like a live one and
+installed into the store, then handed to inference/load_shadow (scored beside the live model, never deciding);
+it moves neither the version floor nor the active model. A later live update of the same version and artifact
+promotes it, and a signed rollback to a version the store holds, from the same artifact, reuses that copy:
+both skip the download (ModelStore.stored_copy checks the recorded artifact sha256 and the copy's model hash).
+
 A partial download never becomes active: it lives in a temporary file that is deleted on any failure,
 and only a verified, extracted package is renamed into place and handed to load_model.
 
@@ -46,7 +52,7 @@ from qc_contract import artifact, inbound, update_manifest
 from qc_contract.inbound import InboundError
 from qc_contract.model_manifest import Manifest, ManifestError
 from qc_contract.package_paths import check_package_paths
-from qc_contract.update_manifest import compare_versions, version_key
+from qc_contract.update_manifest import ROLE_LIVE, ROLE_SHADOW, compare_versions, version_key
 
 STATE_FILE = "update_state.json"
 QUEUE_SIZE = 64
@@ -76,6 +82,8 @@ class UpdateOutcome:
     reason: str  # "accepted" or the rejection code
     detail: str
     active_version: str
+    role: str = ROLE_LIVE  # the manifest's role (shadow: the version now runs as the cell's shadow model)
+    from_store: bool = False  # installed from the model store's copy, nothing downloaded (promotion, rollback)
 
 
 @dataclass
@@ -101,9 +109,11 @@ class ModelUpdater:
         load_model: LoadModel,
         report: Callable[[UpdateOutcome], None],
         log: Log = python_log,
+        load_shadow: LoadModel | None = None,
     ) -> None:
         self.settings = settings
         self.load_model = load_model
+        self.load_shadow = load_shadow  # inference/load_shadow; None: shadow updates are refused
         self.report = report
         self.log = log
         self.counts: Counter[str] = Counter()  # "accepted", "duplicate", and one per rejection reason
@@ -185,7 +195,7 @@ class ModelUpdater:
             return self._rejected("", rejected)
         version = manifest["version"]
         in_progress = self._chunked is not None and _digest(self._chunked.manifest) == _digest(manifest)
-        if in_progress or _digest(manifest) == self.state.get("manifest_digest"):
+        if in_progress or _digest(manifest) in (self.state.get("manifest_digest"), self.state.get("shadow_digest")):
             self.counts["duplicate"] += 1  # e.g. the retained manifest, redelivered on every reconnect
             return None
         try:
@@ -193,6 +203,13 @@ class ModelUpdater:
         except InboundError as rejected:
             return self._rejected(version, rejected)
         self._abort_chunked(InboundError("superseded", f"a newer manifest ({version}) arrived"))
+        stored = self.store.stored_copy(version, manifest["sha256"])
+        if stored is not None:  # a promotion or a rollback to a version this cell holds: no download
+            try:
+                self._use_stored(manifest, stored)
+            except InboundError as rejected:
+                self._rejected(version, rejected)
+            return None
         temp = self.partial_dir / f"{version}.{secrets.token_hex(4)}.part"
         source = manifest["artifact"]
         if "url" in source:
@@ -236,6 +253,11 @@ class ModelUpdater:
         if url is not None and scheme not in self.settings.fetch.schemes:
             enabled = ", ".join(sorted(self.settings.fetch.schemes)) or "none"
             raise InboundError("scheme_refused", f"artifact URL scheme {scheme!r} is not enabled ({enabled})")
+        if manifest.get("role", ROLE_LIVE) == ROLE_SHADOW:
+            if "rollback_from" in manifest:
+                raise InboundError("schema_violation", "a shadow update cannot be a rollback")
+            if self.load_shadow is None:
+                raise InboundError("shadow_unsupported", "this cell's inference offers no shadow model slot")
         self._check_version(manifest)
 
     def _on_chunk(self, version: str, index: int, payload: bytes) -> None:
@@ -296,13 +318,54 @@ class ModelUpdater:
             os.rename(staging, final)  # atomic: the package appears complete or not at all
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        known = self._known(version)
         installed = self._install_into_store(manifest, package, final)
-        success, message, _ = self.load_model(str(installed), version, package.sha256)
+        self._load(manifest, installed, package, discard=final if not known else None)
+
+    def _known(self, version: str) -> bool:
+        try:
+            return self.store.record(version) is not None
+        except StoreError:
+            return False
+
+    def _use_stored(self, manifest: dict[str, Any], stored: Path) -> None:
+        """The store already holds this version from this very artifact (a shadow being promoted, a rollback
+        target): the signed manifest was checked in full; its package is the store's verified copy."""
+        self.counts["from_store"] += 1
+        try:
+            package = Manifest.load(stored)
+        except ManifestError as exc:
+            raise InboundError("bad_package", f"the store's copy of {manifest['version']}: {exc}") from None
+        if "rollback_from" in manifest:
+            try:
+                self.store.authorise_rollback(manifest["version"], ORIGIN_UPDATE, _digest(manifest))
+            except (StoreError, OSError) as exc:
+                raise InboundError("rollback_refused", f"the rollback could not be recorded: {exc}") from None
+        self._load(manifest, stored, package, discard=None, from_store=True)
+
+    def _load(
+        self, manifest: dict[str, Any], installed: Path, package: Manifest, discard: Path | None, from_store=False
+    ) -> None:
+        """Hand the store's copy to inference (load_model, or load_shadow for a shadow update) and record the
+        outcome. `discard`: the update directory's copy of a version installed just now, removed (with its
+        store entry) if inference refuses it."""
+        version = manifest["version"]
+        shadow = manifest.get("role", ROLE_LIVE) == ROLE_SHADOW
+        load = self.load_shadow if shadow else self.load_model
+        service = "inference/load_shadow" if shadow else "inference/load_model"
+        success, message, _ = load(str(installed), version, package.sha256)
         if not success:
-            shutil.rmtree(final, ignore_errors=True)
-            with contextlib.suppress(StoreError, OSError):
-                self.store.discard(version)
-            raise InboundError("load_failed", f"inference/load_model: {message}")
+            if discard is not None:
+                shutil.rmtree(discard, ignore_errors=True)
+                with contextlib.suppress(StoreError, OSError):
+                    self.store.discard(version)
+            raise InboundError("load_failed", f"{service}: {message}")
+        if shadow:  # the floor stays: a live update of this version (its promotion) must still pass
+            self._save_state({**self.state, "shadow_version": version, "shadow_digest": _digest(manifest)})
+            self.counts["accepted"] += 1
+            self.log("info", f"model update {version} accepted as the shadow model ({message})")
+            self.report(UpdateOutcome(True, version, "accepted", message, self.active_version, ROLE_SHADOW, from_store))
+            return
         # A rollback keeps the floor where it was: the version rolled back from stays refused.
         high_water = (self._high_water() or manifest["rollback_from"]) if "rollback_from" in manifest else version
         self._save_state(
@@ -314,8 +377,11 @@ class ModelUpdater:
             }
         )
         self.counts["accepted"] += 1
-        self.log("info", f"model update {version} accepted and active ({message})")
-        self.report(UpdateOutcome(True, version, "accepted", message, self.active_version or version))
+        how = " from the model store's copy" if from_store else ""
+        self.log("info", f"model update {version} accepted and active{how} ({message})")
+        self.report(
+            UpdateOutcome(True, version, "accepted", message, self.active_version or version, ROLE_LIVE, from_store)
+        )
         self._prune(keep={version, self.active_version})
 
     def _install_into_store(self, manifest: Mapping[str, Any], package: Manifest, final: Path) -> Path:
@@ -326,7 +392,7 @@ class ModelUpdater:
         version, reference = manifest["version"], _digest(manifest)
         try:
             known = self.store.record(version) is not None
-            installed = self.store.install(final, package, ORIGIN_UPDATE, reference)
+            installed = self.store.install(final, package, ORIGIN_UPDATE, reference, manifest["sha256"])
         except (StoreError, ManifestError, OSError) as exc:
             shutil.rmtree(final, ignore_errors=True)
             raise InboundError("load_failed", f"cannot install into the model store: {exc}") from None
@@ -355,9 +421,12 @@ class ModelUpdater:
 
     def _newest_in_store(self, version: str) -> str:
         """Without the state file (deleted, fresh disk) the floor fails closed on the model store: the newest
-        version recorded there that `version` can be ordered against."""
+        version recorded there that `version` can be ordered against, except the current shadow model (installed
+        by a signed shadow update that moved no floor; a live update of it is its promotion)."""
         try:
-            return self.store.newest_installed(like=version)
+            shadow = self.store.shadow()
+            newest = self.store.newest_installed(like=version, skip=shadow.version if shadow is not None else "")
+            return newest
         except StoreError as exc:
             raise InboundError("state_unreadable", str(exc)) from None
 

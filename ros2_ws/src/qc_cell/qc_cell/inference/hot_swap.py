@@ -12,6 +12,11 @@ callback group).
 load_initial() (start-up) is the node's own choice, not a request: the store's active version and its earlier
 good ones, then the params' `model_path`, which is copied into the store (ORIGIN_PARAMS, its manifest's sha256
 checked) once it passed its self-test.
+
+load_shadow() (inference/load_shadow): a version of the store (installed with that sha256; no version order, a
+shadow never decides) brought up and self-tested like a live model, then handed to the ShadowRunner and
+recorded as the store's shadow pointer; an empty path and version clear the shadow. load_initial_shadow() brings
+the recorded shadow back after a restart. A live load of the shadow's version (its promotion) ends the shadow run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from qc_cell.inference.backends import BackendChoice, BackendError, BackendOptio
 from qc_cell.inference.model import LoadedModel, SelfTestError
 from qc_cell.inference.model_store import ORIGIN_PARAMS, ModelStore, StoreError
 from qc_cell.inference.pipeline import InferencePipeline
+from qc_cell.inference.shadow import ShadowRunner
 from qc_contract.model_manifest import MANIFEST_NAME, Manifest, ManifestError
 
 _log = logging.getLogger(__name__)
@@ -66,6 +72,8 @@ class ModelManager:
         store: ModelStore | None = None,
         require_golden_set: bool = False,
         on_state: Callable[[ModelState], None] = lambda state: None,
+        shadow: ShadowRunner | None = None,
+        on_shadow: Callable[[str, str], None] = lambda version, message: None,
     ) -> None:
         self.pipeline = pipeline
         self.choice = choice
@@ -73,6 +81,8 @@ class ModelManager:
         self.store = store
         self.require_golden_set = require_golden_set
         self._on_state = on_state
+        self.shadow = shadow
+        self._on_shadow = on_shadow  # (shadow version, message) after every change of the shadow
         self._load_lock = threading.Lock()
         self.state = ModelState(NONE, message="no model loaded yet")
 
@@ -147,7 +157,82 @@ class ModelManager:
                 message += f"; WARNING: active pointer not updated ({exc}), a restart would load the previous model"
                 _log.error("model store: %s", exc)
         self._set_state(self._serving_state(ACTIVE, message))
+        if self.shadow is not None and self.shadow.version == model.version:  # promoted: the shadow run ends
+            self._replace_shadow(None, f"shadow {model.version} promoted to live")
         return LoadResult(True, message, model.version)
+
+    # ---- shadow -------------------------------------------------------------------------------------
+    def load_shadow(self, path: str, expected_version: str = "", expected_sha256: str = "") -> LoadResult:
+        """inference/load_shadow: bring up a store version as the shadow model; empty path and version clear it."""
+        if self.shadow is None:
+            return LoadResult(False, "this inference node runs no shadow models", self._active())
+        if not self._load_lock.acquire(blocking=False):
+            return LoadResult(False, "another model load is in progress; try again when it finishes", self._active())
+        try:
+            if not path and not expected_version:
+                if self.store is not None:
+                    try:
+                        self.store.clear_shadow()
+                    except (StoreError, OSError) as exc:
+                        return LoadResult(False, f"cannot clear the shadow pointer: {exc}", self._active())
+                self._replace_shadow(None, "shadow model cleared")
+                return LoadResult(True, "shadow model cleared", self._active())
+            return self._load_shadow_locked(path, expected_version, expected_sha256)
+        finally:
+            self._load_lock.release()
+
+    def load_initial_shadow(self) -> LoadResult | None:
+        """Start-up: the shadow the store records (None: there is none). Failing, the pointer stays for the
+        operator to see; the shadow slot stays empty."""
+        if self.shadow is None or self.store is None:
+            return None
+        try:
+            entry = self.store.shadow()
+        except StoreError as exc:
+            return LoadResult(False, str(exc), self._active())
+        if entry is None:
+            return None
+        with self._load_lock:
+            return self._load_shadow_locked("", entry.version, entry.sha256)
+
+    def _load_shadow_locked(self, path: str, expected_version: str, expected_sha256: str) -> LoadResult:
+        shown = path or f"version {expected_version}"
+        model = None
+        try:
+            if self.store is None:
+                raise LoadError("no model store (model_store_dir is empty): a shadow model comes from the store")
+            if not path:
+                path = str(self.store.path(expected_version))
+            if not self.store.contains(_package_dir(path)):
+                raise LoadError(f"{path} is not a package in the model store {self.store.versions_dir}")
+            package_dir, manifest = self._read(path, expected_version, expected_sha256)
+            if manifest.version != package_dir.name:
+                raise LoadError(f"store directory {package_dir.name} holds version {manifest.version}")
+            if manifest.version == self._active():
+                raise LoadError(f"version {manifest.version} is the live model")
+            self.store.check_shadow(manifest.version, manifest.sha256)
+            model, summary = self._bring_up(package_dir, manifest)
+            self.store.set_shadow(manifest)
+        except Exception as exc:
+            if model is not None:
+                model.close()
+            known = isinstance(exc, (LoadError, ManifestError, BackendError, SelfTestError, StoreError))
+            if not known:
+                _log.exception("unexpected error while loading shadow %s", shown)
+            message = f"shadow load of {shown} failed: {exc if known else f'{type(exc).__name__}: {exc}'}"
+            return LoadResult(False, message, self._active())
+        message = f"shadow {model.describe()}; {summary}"
+        self._replace_shadow(model, message)
+        return LoadResult(True, message, self._active())
+
+    def _replace_shadow(self, model, message: str) -> None:
+        previous = self.shadow.set_model(model)
+        if previous is not None:
+            previous.close()
+        try:
+            self._on_shadow(self.shadow.version, message)
+        except Exception:
+            _log.exception("shadow state callback failed")
 
     def _read_from_store(self, path: str, expected_version: str, expected_sha256: str) -> tuple[Path, Manifest]:
         """A load request's package: a version directory of the store that the model policy allows now."""

@@ -7,6 +7,7 @@ restart (or a power cut in the middle of a model update) comes back on the last 
       installed.json  {"seq", "versions": {<version>: {"sha256", "origin", "reference", "seq", "installed_at",
                        "rollback": null | {"by", "reference", "granted_at"}}}}
       active.json   {"version", "sha256", "activated_at", "seq", "history": [older good versions, newest first]}
+      shadow.json   {"version", "sha256", "set_at"}: the shadow model (scored beside the live one, never deciding)
       engines/      TensorRT engine cache (see backends/engine_cache.py)
       .lock         serialises writers across processes (fcntl)
 
@@ -22,7 +23,14 @@ The model policy (check_activation), enforced by inference for every inference/l
 - a version with an unused rollback grant (authorise_rollback: a signed rollback manifest naming exactly that
   version, or the operator's pin) may be loaded; the grant is used up when the version becomes active;
 - otherwise only a fresh install (installed after the active version was activated) that is not older than
-  the active version: a version that was once superseded, or an older one, never comes back by a request alone.
+  the active version: a version that was once superseded, or an older one, never comes back by a request alone;
+- the current shadow version counts as a fresh install (a signed live update promotes it from the store copy),
+  and activating it ends its shadow run (shadow.json removed).
+The shadow pointer (set_shadow / clear_shadow, written by inference after the shadow's self-test, like the
+active pointer) names an installed version with its sha256; it survives restarts, and the shadow version is
+never pruned while it is the shadow. Installs by a signed update keep the update's artifact sha256
+(`artifact_sha256`): a later signed update naming the same version and artifact (a promotion, a rollback) uses the
+stored copy without downloading it again (stored_copy).
 The sequence numbers (`seq`) order installs and activations without trusting the wall clock.
 Plain Python, no ROS.
 """
@@ -47,6 +55,7 @@ from qc_contract.model_manifest import MANIFEST_NAME, Manifest, ManifestError
 from qc_contract.update_manifest import compare_versions, version_key
 
 ACTIVE_NAME = "active.json"
+SHADOW_NAME = "shadow.json"
 INSTALLED_NAME = "installed.json"
 LOCK_NAME = ".lock"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -91,6 +100,14 @@ class InstalledVersion:
     seq: int  # store sequence number of the install
     installed_at: float
     rollback: RollbackGrant | None = None  # an unused authorisation to activate this version although older
+    artifact_sha256: str = ""  # of the signed update's artifact that installed it ("" = not from an update)
+
+
+@dataclass(frozen=True)
+class ShadowEntry:
+    version: str
+    sha256: str  # of the model file
+    set_at: float
 
 
 class ModelStore:
@@ -134,11 +151,11 @@ class ModelStore:
     def record(self, version: str) -> InstalledVersion | None:
         return self.records().get(version)
 
-    def newest_installed(self, like: str = "") -> str:
+    def newest_installed(self, like: str = "", skip: str = "") -> str:
         """The highest version (natural order) recorded as installed and still in the store ('' = none); with
         `like`, only among the versions that can be ordered against it (comparable()): the update path's
         replay floor when its own state is missing."""
-        versions = [v for v in self.records() if not like or comparable(v, like)]
+        versions = [v for v in self.records() if (not like or comparable(v, like)) and v != skip]
         return max(versions, key=version_key) if versions else ""
 
     # ---- packages -------------------------------------------------------------------------------
@@ -155,7 +172,9 @@ class ModelStore:
     def versions(self) -> list[str]:
         return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def install(self, package_dir: Path, manifest: Manifest, origin: str, reference: str = "") -> Path:
+    def install(
+        self, package_dir: Path, manifest: Manifest, origin: str, reference: str = "", artifact_sha256: str = ""
+    ) -> Path:
         """Copy a verified package into versions/<version> (atomically: copy to a temp dir, verify the copy,
         rename) and record who installed it. Re-installing the same version with the same model is a no-op
         (its record, and so its place in the install order, stays); the same version with a different model
@@ -175,8 +194,29 @@ class ModelStore:
                     "installed_at": time.time(),
                     "rollback": None,
                 }
+                if artifact_sha256:
+                    data["versions"][manifest.version]["artifact_sha256"] = artifact_sha256.lower()
                 self._write_installed(data)
             return target
+
+    def stored_copy(self, version: str, artifact_sha256: str) -> Path | None:
+        """The store's copy of `version` if a signed update installed it from exactly this artifact (sha256) and
+        the copy is intact (its manifest and model file as recorded); None means: download it."""
+        try:
+            record = self.record(version)
+        except StoreError:
+            return None
+        if record is None or not record.artifact_sha256 or record.artifact_sha256 != artifact_sha256.lower():
+            return None
+        path = self.path(version)
+        manifest = _read_manifest(path)
+        if manifest is None or manifest.version != version or manifest.sha256 != record.sha256:
+            return None
+        try:
+            manifest.verify_model_file(path)
+        except ManifestError:
+            return None
+        return path
 
     def _install_files(self, package_dir: Path, manifest: Manifest) -> Path:
         target = self.path(manifest.version)
@@ -253,6 +293,8 @@ class ModelStore:
                 data["versions"][manifest.version]["rollback"] = None
             self._write_installed(data)
             entry = ActiveEntry(manifest.version, manifest.sha256, time.time(), tuple(history[: self.keep - 1]), seq)
+            if self._shadow_version() == manifest.version:  # promoted: it decides now, its shadow run ends
+                self._clear_shadow()
             document = {
                 "version": entry.version,
                 "sha256": entry.sha256,
@@ -263,6 +305,54 @@ class ModelStore:
             atomic_write_bytes(self.root / ACTIVE_NAME, (json.dumps(document, indent=2) + "\n").encode())
             self._prune(entry, data)
             return entry
+
+    # ---- shadow pointer ---------------------------------------------------------------------------
+    def shadow(self) -> ShadowEntry | None:
+        path = self.root / SHADOW_NAME
+        try:
+            data = json.loads(path.read_text())
+            return ShadowEntry(str(data["version"]), str(data["sha256"]), float(data.get("set_at", 0.0)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"shadow model pointer {path} unreadable: {exc}") from exc
+
+    def check_shadow(self, version: str, sha256: str) -> InstalledVersion:
+        """The record of `version` if it may run as the shadow: installed here with this model sha256. (A shadow
+        never decides, so no version order applies; the signed update path checked it like a live one.)"""
+        record = self.record(version)
+        if record is None:
+            raise PolicyError(f"version {version} is not in the model store {self.versions_dir}: install it first")
+        if record.sha256 != sha256.lower():
+            raise PolicyError(
+                f"version {version} in the store names model sha256 {record.sha256[:12]}..., not {sha256[:12]}..."
+            )
+        return record
+
+    def set_shadow(self, manifest: Manifest) -> ShadowEntry:
+        """Record the shadow model (after its self-test passed in inference)."""
+        with self._locked():
+            self.check_shadow(manifest.version, manifest.sha256)
+            entry = ShadowEntry(manifest.version, manifest.sha256, time.time())
+            document = {"version": entry.version, "sha256": entry.sha256, "set_at": entry.set_at}
+            atomic_write_bytes(self.root / SHADOW_NAME, (json.dumps(document, indent=2) + "\n").encode())
+            return entry
+
+    def clear_shadow(self) -> None:
+        with self._locked():
+            self._clear_shadow()
+
+    def _clear_shadow(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / SHADOW_NAME).unlink()
+            fsync_dir(self.root)
+
+    def _shadow_version(self) -> str:
+        try:
+            entry = self.shadow()
+        except StoreError:
+            return ""
+        return entry.version if entry is not None else ""
 
     # ---- the model policy -------------------------------------------------------------------------
     def check_activation(self, version: str, sha256: str) -> InstalledVersion:
@@ -283,7 +373,7 @@ class ModelStore:
         if active is None or active.version == version or record.rollback is not None:
             return record
         pin = f"a signed rollback naming {version} or the operator's `python -m qc_cell.tools.model pin {version}`"
-        if record.seq <= active.seq:
+        if record.seq <= active.seq and version != self._shadow_version():
             raise PolicyError(
                 f"version {version} was installed before the active {active.version} was activated: "
                 f"going back to it needs {pin}"
@@ -345,6 +435,8 @@ class ModelStore:
         """Drop versions no longer in the active pointer's history (disk space on the Jetson), except fresh
         installs still waiting to be loaded and versions a rollback to is authorised."""
         keep = {entry.version, *entry.history}
+        if shadow := self._shadow_version():
+            keep.add(shadow)
         for version, raw in data["versions"].items():
             if int(raw.get("seq", 0)) > entry.seq or raw.get("rollback"):
                 keep.add(version)
@@ -383,6 +475,7 @@ def _record(version: str, raw: dict[str, Any]) -> InstalledVersion:
         rollback=RollbackGrant(str(grant["by"]), str(grant.get("reference", "")), float(grant.get("granted_at", 0)))
         if grant
         else None,
+        artifact_sha256=str(raw.get("artifact_sha256", "")),
     )
 
 

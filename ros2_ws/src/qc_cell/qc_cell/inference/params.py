@@ -90,6 +90,27 @@ INFERENCE = NodeParams(
             range=(0.0, 1.0),
             runtime=True,
         ),
+        Param(
+            "shadow_spare_fraction",
+            0.5,
+            "share of the measured spare time per part (mean gap between parts minus the live model's time) a "
+            "shadow model may use; a shadow slower than that skips parts (no_spare_time)",
+            range=(0.05, 1.0),
+        ),
+        Param(
+            "shadow_max_latency_ms",
+            0.0,
+            "a shadow model whose measured time per part exceeds this skips parts (no_spare_time); 0 = only the "
+            "spare-time budget applies",
+            range=(0.0, 60000.0),
+        ),
+        Param(
+            "shadow_report_period_s",
+            10.0,
+            "model/shadow (the shadow model and its scored/skipped counts) is republished this often while a "
+            "shadow model runs",
+            range=(0.5, 3600.0),
+        ),
         Param("diagnostics_period_s", 1.0, "/diagnostics publish period", range=(0.1, 60.0)),
     ),
 )

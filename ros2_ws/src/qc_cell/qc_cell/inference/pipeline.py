@@ -106,6 +106,8 @@ class InferencePipeline:
         on_overlay: Callable[[Outcome], None] | None = None,
         heatmaps_wanted: Callable[[], bool] = lambda: False,
         on_heatmap: Callable[[Outcome], None] | None = None,
+        pixels_wanted: Callable[[], bool] = lambda: False,
+        after_publish: Callable[[Outcome], None] | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         latency_window: int = 1000,
     ) -> None:
@@ -118,6 +120,10 @@ class InferencePipeline:
         self._on_overlay = on_overlay
         self._heatmaps_wanted = heatmaps_wanted  # e.g. the cloud bridge sends heatmaps with its samples
         self._on_heatmap = on_heatmap
+        # After each part's result is published (e.g. the shadow model's offer, inference/shadow.py); with
+        # pixels_wanted, the decoded image stays on the outcome until then.
+        self._pixels_wanted = pixels_wanted
+        self._after_publish = after_publish
         self._clock = clock
         self._queue: deque[FrameJob] = deque()
         self._cond = threading.Condition()
@@ -229,6 +235,7 @@ class InferencePipeline:
             self._heatmaps(outcomes)  # before the results: the bridge pairs a part's map with its verdict
             self._emit(outcomes)
             self._overlay(outcomes)
+            self._after(outcomes)
             _release(jobs)
 
     def _process(self, jobs: list[FrameJob]) -> list[Outcome]:
@@ -271,6 +278,7 @@ class InferencePipeline:
         if self._buffer is None or self._buffer.shape[0] < model.max_batch:
             self._buffer = np.zeros((max(model.max_batch, 1), *model.input_chw), dtype=np.float32)
         keep_images = self._overlay_wanted() or (self._on_heatmap is not None and self._heatmaps_wanted())
+        keep_pixels = keep_images or self._pixels_wanted()
         ready: list[tuple[int, Outcome]] = []
         for i in live:
             job = jobs[i]
@@ -294,7 +302,7 @@ class InferencePipeline:
                 results[i] = outcome
                 continue
             outcome.preprocess_ms = (self._clock() - start) / 1e6
-            if keep_images:
+            if keep_pixels:
                 outcome.image, outcome.channel_order, outcome.preprocessing = image, order, spec
             ready.append((i, outcome))
         if not ready:
@@ -352,8 +360,8 @@ class InferencePipeline:
 
     def _overlay(self, outcomes: list[Outcome]) -> None:
         """One overlay per batch (the newest part): viewers need a live picture, not every frame."""
-        if self._on_overlay is None:
-            return
+        if self._on_overlay is None or (self._pixels_wanted() and not self._overlay_wanted()):
+            return  # pixels kept for the shadow alone draw no overlay nobody watches
         for outcome in reversed(outcomes):
             if outcome.image is not None:
                 try:
@@ -361,6 +369,19 @@ class InferencePipeline:
                 except Exception:
                     _log.exception("overlay failed for part %s", outcome.job.part_id)
                 return
+
+    def _after(self, outcomes: list[Outcome]) -> None:
+        if self._after_publish is None:
+            return
+        for outcome in outcomes:
+            try:
+                self._after_publish(outcome)
+            except Exception:
+                _log.exception("after-publish hook failed for part %s", outcome.job.part_id)
+
+    def queue_depth(self) -> int:
+        """Frames waiting for the live model (cheap; for the shadow's spare-time check)."""
+        return len(self._queue)
 
 
 class SequenceGaps:

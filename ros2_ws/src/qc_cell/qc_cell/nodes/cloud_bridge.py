@@ -30,10 +30,13 @@ from qc_cell.bridge.inputs import (
     ProcessReport,
     ReconcileReport,
     RejectReport,
+    ShadowScoreReport,
+    ShadowStateReport,
 )
 from qc_cell.bridge.outputs import CloudVerdict, LinkAlert
 from qc_cell.bridge.params import CLOUD_BRIDGE
 from qc_cell.bridge.settings import from_values
+from qc_cell.inference.shadow_wire import live_version, parse_state
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.frame_transport import FrameReceiver
@@ -46,6 +49,7 @@ from qc_contract.vocabulary import Severity
 from qc_interfaces.msg import (
     Alert,
     CellKpi,
+    InspectionResult,
     ModelInfo,
     PartFrame,
     ProcessState,
@@ -88,12 +92,14 @@ class CloudBridgeNode(Node):
             self._verdict_pub = self.create_publisher(QualityDecision, "quality/cloud_verdict", qos.EVENTS)
         self._diag_pub = diagnostics.create_publisher(self)
         self._load_client = self.create_client(LoadModel, "inference/load_model")
+        self._shadow_client = self.create_client(LoadModel, "inference/load_shadow")
         try:
             self._link = CloudLink(
                 settings,
                 alert=self._publish_alert,
                 cloud_verdict=self._publish_cloud_verdict,
                 load_model=self._load_model_blocking if settings.updates is not None else None,
+                load_shadow=self._load_shadow_blocking if settings.updates is not None else None,
                 log=self._log,
                 clock=Clock(wall_ns=lambda: self.get_clock().now().nanoseconds),  # parts are stamped by it
             )
@@ -113,6 +119,9 @@ class CloudBridgeNode(Node):
         subscribe(Reconciliation, "reject/reconciliation", self._on_reconcile, qos.EVENTS)
         subscribe(ProcessState, "process/state", self._on_process, qos.LATCHED)
         subscribe(ModelInfo, "model/active", self._on_model, qos.LATCHED)
+        # The shadow model's scores and state (inference/shadow.py): EVENTS and LATCHED, as inference publishes.
+        subscribe(InspectionResult, "inspection/shadow", self._on_shadow_score, qos.EVENTS)
+        subscribe(ModelInfo, "model/shadow", self._on_shadow_state, qos.LATCHED)
         if settings.wants_frames:
             # Only then: every frame is an image, and the bridge must not cost the cell a copy of each.
             subscribe(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
@@ -201,6 +210,24 @@ class CloudBridgeNode(Node):
     def _on_model(self, msg: ModelInfo) -> None:
         self._link.on_model(plain(ModelReport, msg, stamp_ns=to_ns(msg.header.stamp)))
 
+    def _on_shadow_score(self, msg: InspectionResult) -> None:
+        if msg.status != InspectionResult.STATUS_OK or not msg.model_version:
+            return
+        self._link.on_shadow_score(
+            ShadowScoreReport(
+                stamp_ns=self.get_clock().now().nanoseconds,
+                part_id=msg.part_id,
+                shadow_version=msg.model_version,
+                live_version=live_version(msg.backend),
+                defect_probability=float(msg.defect_probability),
+                latency_ms=float(msg.inference_ms),
+            )
+        )
+
+    def _on_shadow_state(self, msg: ModelInfo) -> None:
+        counts, text = parse_state(msg.message)
+        self._link.on_shadow_state(ShadowStateReport(to_ns(msg.header.stamp), msg.version, counts, text))
+
     # -- link -> ROS (any thread: rclpy publishers and loggers are thread-safe) -------------------------
 
     def _publish_cloud_verdict(self, verdict: CloudVerdict) -> None:
@@ -233,21 +260,27 @@ class CloudBridgeNode(Node):
             logger.error(message)
 
     def _load_model_blocking(self, path: str, version: str, sha256: str) -> tuple[bool, str, str]:
+        return self._call_loader(self._load_client, "inference/load_model", path, version, sha256)
+
+    def _load_shadow_blocking(self, path: str, version: str, sha256: str) -> tuple[bool, str, str]:
+        return self._call_loader(self._shadow_client, "inference/load_shadow", path, version, sha256)
+
+    def _call_loader(self, client, name: str, path: str, version: str, sha256: str) -> tuple[bool, str, str]:
         """Called from the updater's worker thread, never from a callback: waiting here blocks no callback."""
         deadline = time.monotonic() + self._load_timeout_s
-        while not self._load_client.service_is_ready():
+        while not client.service_is_ready():
             if time.monotonic() > deadline:
-                return False, "inference/load_model is not available", ""
+                return False, f"{name} is not available", ""
             time.sleep(0.1)
-        future = self._load_client.call_async(LoadModel.Request(path=path, version=version, sha256=sha256))
+        future = client.call_async(LoadModel.Request(path=path, version=version, sha256=sha256))
         while not future.done():
             if time.monotonic() > deadline:
                 future.cancel()
-                return False, f"no answer from inference/load_model within {self._load_timeout_s} s", ""
+                return False, f"no answer from {name} within {self._load_timeout_s} s", ""
             time.sleep(0.05)
         response = future.result()
         if response is None:
-            return False, "inference/load_model call failed", ""
+            return False, f"{name} call failed", ""
         return response.success, response.message, response.active_version
 
     def _publish_diagnostics(self) -> None:

@@ -1,6 +1,7 @@
 """inference node: one InspectionResult per PartFrame (inspection/result), the operator's overlay
 (inspection/overlay, only while subscribed), the active model (model/active, latched), hot model swap
-(inference/load_model) and /diagnostics.
+(inference/load_model) and /diagnostics; a shadow model beside the live one (inference/load_shadow,
+inspection/shadow, model/shadow: nodes/inference_shadow.py).
 
 The work happens in qc_cell.inference: frames are enqueued by the subscription callback and scored by the
 pipeline's worker thread (bounded queue, explicit NOT_INSPECTED backpressure); model loads are served from their
@@ -27,6 +28,7 @@ from qc_cell.inference.hot_swap import ACTIVE, FAILED, LOADING, NONE, ModelManag
 from qc_cell.inference.model_store import ModelStore, StoreError
 from qc_cell.inference.params import INFERENCE
 from qc_cell.inference.pipeline import FrameJob, InferencePipeline, Outcome, SequenceGaps
+from qc_cell.nodes.inference_shadow import ShadowPort
 from qc_cell.ros import diagnostics, qos
 from qc_cell.ros.alerts import AlertPublisher
 from qc_cell.ros.frame_transport import FrameReceiver
@@ -116,6 +118,7 @@ class InferenceNode(Node):
         self._log_handler = _ToRosLogger(self)
         self._core_log.addHandler(self._log_handler)
         self._core_log.setLevel(logging.INFO)
+        self._shadow = ShadowPort(self, p, frames_waiting=lambda: self._pipeline.queue_depth())
         self._pipeline = InferencePipeline(
             self._publish_result,
             queue_size=p["queue_size"],
@@ -124,9 +127,18 @@ class InferenceNode(Node):
             on_overlay=self._publish_overlay,
             heatmaps_wanted=lambda: self._heatmap_pub.get_subscription_count() > 0,
             on_heatmap=self._publish_heatmap,
+            pixels_wanted=self._shadow.runner.wanted,
+            after_publish=self._shadow.runner.offer,  # the shadow's turn comes after the live result is out
         )
         self._manager = ModelManager(
-            self._pipeline, choice, options, store, p["require_golden_set"], on_state=self._publish_model_state
+            self._pipeline,
+            choice,
+            options,
+            store,
+            p["require_golden_set"],
+            on_state=self._publish_model_state,
+            shadow=self._shadow.runner,
+            on_shadow=self._shadow.on_shadow_changed,
         )
         self._sequence = SequenceGaps()
         # Same-host frames come by handle from the camera driver's shared-memory pool (leased here on arrival).
@@ -142,6 +154,7 @@ class InferenceNode(Node):
         subscriptions.create(PartFrame, "camera/frames", self._on_frame, qos.PART_FRAMES)
         self._frames.subscribe(self)  # attach to each pool as soon as the driver announces it
         self._load_service = ServiceThread(self, LoadModel, "inference/load_model", self._on_load_model, "model_loader")
+        self._shadow.attach(self._manager)
         steady_timer(self, p["diagnostics_period_s"], self._publish_diagnostics)
         self._initial_load = threading.Thread(
             target=self._load_initial_model, args=(p["model_path"],), name="inference-initial-load", daemon=True
@@ -153,6 +166,7 @@ class InferenceNode(Node):
         result = self._manager.load_initial(model_path)
         if result.success:
             self.get_logger().info(f"serving {result.message}")
+            self._shadow.load_initial()
         else:
             self.get_logger().error(result.message)
             self._alerts.send(Alert.ERROR, "MODEL_LOAD_FAILED", result.message)
@@ -330,6 +344,7 @@ class InferenceNode(Node):
             "models_swapped_in": stats.swaps,
             "latency_p50_ms": f"{latency[0]:.2f}",
             "latency_p99_ms": f"{latency[1]:.2f}",
+            **self._shadow.diagnostics(),
         }
         message = "; ".join(problems) or f"serving {state.version} on {state.backend}"
         status = diagnostics.status(f"{self.get_name()}: model", level, message, values)
@@ -338,6 +353,7 @@ class InferenceNode(Node):
     def destroy_node(self) -> None:
         self._load_service.close()
         left = self._pipeline.stop()
+        self._shadow.close()
         if left:
             self.get_logger().warning(f"{left} queued frame(s) answered NOT_INSPECTED (shutdown)")
         self._frames.close()

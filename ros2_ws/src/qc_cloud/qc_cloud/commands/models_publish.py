@@ -9,6 +9,11 @@ Every manifest expires (--expires-in-h, default three weeks) and names the cells
 cell it is published to; --targets for site/line/cell patterns (each segment a glob that never crosses '/');
 --all-cells, explicitly, for every cell. --rollback-from VERSION signs a rollback from that exact active
 version down to this package's (older) version: the only way a cell accepts an older model.
+--shadow signs the update with role "shadow": the cell verifies and installs it like a live one but runs it
+beside the live model, scoring parts in spare time without deciding (docs/learning-loop.md, "Shadow runs").
+Publishing the same package again without --shadow promotes it: the artifact is byte-identical (the pack is
+reproducible), so the cell takes its stored copy and downloads nothing; the same holds for a --rollback-from
+to a version the cell still holds.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rollback-from", default="", help="sign a rollback from this exact active version (signed)")
     p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="sign the update with role shadow: the cell scores parts with it beside the live model, never deciding",
+    )
+    p.add_argument(
         "--retain",
         choices=("auto", "yes", "no"),
         default="auto",
@@ -80,6 +90,8 @@ def publish(args: argparse.Namespace) -> int:
         targets = _targets(args, cell)
         if not 0 < args.expires_in_h <= MAX_EXPIRY_H:
             raise ValueError(f"--expires-in-h must be within (0, {MAX_EXPIRY_H:g}]: every manifest expires")
+        if args.shadow and args.rollback_from:
+            raise ValueError("--shadow and --rollback-from exclude each other: a shadow update is no rollback")
         if args.rollback_from and update_manifest.compare_versions(package.version, args.rollback_from) >= 0:
             raise ValueError(f"--rollback-from {args.rollback_from}: a rollback goes to an older version")
     except (ManifestError, ValueError) as exc:
@@ -92,7 +104,8 @@ def publish(args: argparse.Namespace) -> int:
         )
         issued = time.time_ns()
         manifest = sign_update(
-            package.version, size, sha256, source, private_key, args.expires_in_h, targets, args.rollback_from, issued
+            package.version, size, sha256, source, private_key, args.expires_in_h, targets, args.rollback_from, issued,
+            role=update_manifest.ROLE_SHADOW if args.shadow else update_manifest.ROLE_LIVE,
         )
         payload = json.dumps(manifest, sort_keys=True).encode()
         if args.manifest_out:
@@ -181,6 +194,7 @@ def _send(args, cell: CellId, manifest: dict, payload: bytes, archive: Path, ret
         if (
             status.get("event") in ("update_accepted", "update_rejected")
             and status.get("version") == manifest["version"]
+            and status.get("role", update_manifest.ROLE_LIVE) == manifest.get("role", update_manifest.ROLE_LIVE)
             and _time_ns(status.get("time")) >= issued - 5_000_000_000
         ):
             verdict.append(status)

@@ -227,6 +227,35 @@ def create_app(engine: Engine, samples: SampleStore, status: Callable[[], dict[s
             name = cell_of(site, line, cell, conn)
             return queries.page(queries.kpis(conn, name, start, end, limit, offset), limit, offset)
 
+    @app.get("/api/v1/cells/{site}/{line}/{cell}/shadow", tags=["fleet"])
+    def cell_shadow(
+        _: Reader,
+        site: Site,
+        line: Site,
+        cell: Site,
+        version: Annotated[str | None, Query(max_length=256, description="one shadow version (default: all)")] = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        reinspect_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.5,
+        defective_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.8,
+        bins: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> dict:
+        """Shadow runs of a cell: per shadow version, its agreement with the live verdicts (the shadow's score put
+        into the verdict bands given here, by default the decision node's), the score histogram and counts."""
+        if reinspect_threshold > defective_threshold:
+            raise HTTPException(400, "reinspect_threshold must not exceed defective_threshold")
+        start, end = _window(start, end)
+        with engine.connect() as conn:
+            name = cell_of(site, line, cell, conn)
+            items = queries.shadow_report(
+                conn, name, version, start, end, reinspect_threshold, defective_threshold, bins
+            )
+        return {
+            "cell": name,
+            "thresholds": {"reinspect": reinspect_threshold, "defective": defective_threshold},
+            "items": items,
+        }
+
     @app.get("/api/v1/parts", tags=["parts"])
     def parts(
         _: Reader,

@@ -187,6 +187,9 @@ class ModelStatus(Base):
     backend: Mapped[str | None] = mapped_column(String(64))
     precision: Mapped[str | None] = mapped_column(String(32))
     defect_types: Mapped[list | None] = mapped_column(JSON)  # migration 0003: types the model was trained on
+    role: Mapped[str | None] = mapped_column(String(16))  # migration 0006: an update's role (live / shadow)
+    shadow_version: Mapped[str | None] = mapped_column(String(256))  # migration 0006: the cell's shadow model
+    shadow_counts: Mapped[dict | None] = mapped_column(JSON)  # migration 0006: shadow_state's scored/skipped
     __table_args__ = (Index("ix_model_cell_time", "cell", "time"),)
 
 
@@ -242,6 +245,25 @@ class ReconcileFinding(Base):
     outcome: Mapped[str | None] = mapped_column(String(16))
     terminal_events: Mapped[int] = mapped_column(Integer)
     __table_args__ = (Index("ix_reconcile_cell_part", "cell", "part_id"), Index("ix_reconcile_status", "status"))
+
+
+class ShadowScore(Base):
+    """A shadow model's score of one part (shadow_score records, migration 0006): joined with the part's record
+    (cell, part_id) to measure the shadow's agreement with the live verdicts before it decides anything."""
+
+    __tablename__ = "shadow_scores"
+    cell: Mapped[str] = mapped_column(String(CELL), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(RID), primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime)  # when the shadow scored the part
+    part_id: Mapped[str] = mapped_column(String(256))
+    shadow_version: Mapped[str] = mapped_column(String(256))
+    live_version: Mapped[str] = mapped_column(String(256))
+    defect_probability: Mapped[float] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (
+        Index("ix_shadow_cell_version_time", "cell", "shadow_version", "time"),
+        Index("ix_shadow_cell_part", "cell", "part_id"),
+    )
 
 
 class Verification(Base):

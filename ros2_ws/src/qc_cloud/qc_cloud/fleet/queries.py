@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, desc, func, or_, select
+from sqlalchemy import and_, case, desc, func, literal, or_, select
 from sqlalchemy.engine import Connection
 
 from qc_cloud.fleet import models, rollups
@@ -369,3 +369,136 @@ def export_parts(
     result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query)
     for rows in result.partitions(chunk):
         yield [tuple(r) for r in rows]
+
+
+SHADOW_BANDS = ("NORMAL", "REINSPECT", "DEFECTIVE")
+LIVE_VERDICTS = ("NORMAL", "REINSPECT", "DEFECTIVE", "NOT_INSPECTED")
+
+
+def _band(probability, reinspect: float, defective: float):
+    """SQL: the verdict band a probability falls in under the given thresholds (as the decision node's)."""
+    return case(
+        (probability >= defective, "DEFECTIVE"),
+        (probability >= reinspect, "REINSPECT"),
+        else_="NORMAL",
+    )
+
+
+def _bucket(probability, bins: int):
+    """SQL: histogram bin index 0..bins-1 of a probability in [0, 1] (no floor(): SQLite builds may lack it)."""
+    whens = [(probability < (i + 1) / bins, i) for i in range(bins - 1)]
+    return case(*whens, else_=bins - 1) if whens else literal(0)
+
+
+def shadow_report(
+    conn: Connection,
+    cell: str,
+    version: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    reinspect: float,
+    defective: float,
+    bins: int,
+) -> list[dict[str, Any]]:
+    """Per shadow version of `cell` (or only `version`): how many parts it scored, its agreement with the live
+    verdict of the same part (from the part record) and with the live probability's band, the confusion counts
+    (live verdict x shadow band), the histogram of its scores, its latency, and the cell's last reported
+    scored/skipped counts. Aggregated in SQL over the (cell, shadow_version, time) index."""
+    s, p, m = models.ShadowScore.__table__, models.Part.__table__, models.ModelStatus.__table__
+    where = [s.c.cell == cell]
+    if version:
+        where.append(s.c.shadow_version == version)
+    if start is not None:
+        where.append(s.c.time >= start)
+    if end is not None:
+        where.append(s.c.time < end)
+    shadow_band = _band(s.c.defect_probability, reinspect, defective).label("shadow_band")
+    live_band = _band(p.c.defect_probability, reinspect, defective)
+    joined = s.outerjoin(p, and_(p.c.cell == s.c.cell, p.c.part_id == s.c.part_id))
+    rows = conn.execute(
+        select(
+            s.c.shadow_version,
+            p.c.verdict,
+            shadow_band,
+            func.count().label("n"),
+            func.sum(case((p.c.defect_probability.is_(None), 0), (live_band == shadow_band, 1), else_=0)).label(
+                "band_agree"
+            ),
+            func.sum(case((p.c.defect_probability.is_(None), 0), else_=1)).label("band_n"),
+            func.sum(s.c.latency_ms).label("latency_sum"),
+            func.max(s.c.latency_ms).label("latency_max"),
+            func.min(s.c.time).label("first"),
+            func.max(s.c.time).label("last"),
+        )
+        .select_from(joined)
+        .where(*where)
+        .group_by(s.c.shadow_version, p.c.verdict, shadow_band)
+    ).all()
+    bucket = _bucket(s.c.defect_probability, bins).label("bucket")
+    histogram_rows = conn.execute(
+        select(s.c.shadow_version, bucket, func.count()).where(*where).group_by(s.c.shadow_version, bucket)
+    ).all()
+    report: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        r = report.setdefault(
+            row.shadow_version,
+            {
+                "shadow_version": row.shadow_version,
+                "scored": 0,
+                "matched": 0,
+                "agree": 0,
+                "band_n": 0,
+                "band_agree": 0,
+                "confusion": {v: dict.fromkeys(SHADOW_BANDS, 0) for v in LIVE_VERDICTS},
+                "histogram": [0] * bins,
+                "latency_sum": 0.0,
+                "latency_max_ms": None,
+                "first": row.first,
+                "last": row.last,
+            },
+        )
+        r["scored"] += row.n
+        r["band_n"] += row.band_n or 0
+        r["band_agree"] += row.band_agree or 0
+        r["latency_sum"] += row.latency_sum or 0.0
+        if row.latency_max is not None:
+            r["latency_max_ms"] = max(r["latency_max_ms"] or 0.0, row.latency_max)
+        r["first"], r["last"] = min(r["first"], row.first), max(r["last"], row.last)
+        if row.verdict in LIVE_VERDICTS:
+            r["confusion"][row.verdict][row.shadow_band] += row.n
+            if row.verdict != "NOT_INSPECTED":
+                r["matched"] += row.n
+                r["agree"] += row.n if row.verdict == row.shadow_band else 0
+    for shadow_version, index, n in histogram_rows:
+        if shadow_version in report:
+            report[shadow_version]["histogram"][int(index)] += n
+    items = []
+    for shadow_version in sorted(report):
+        r = report[shadow_version]
+        last_state = conn.execute(
+            select(m.c.shadow_counts, m.c.time)
+            .where(m.c.cell == cell, m.c.event == "shadow_state", m.c.shadow_version == shadow_version)
+            .order_by(desc(m.c.time))
+            .limit(1)
+        ).first()
+        items.append(
+            {
+                "shadow_version": shadow_version,
+                "scored": r["scored"],
+                "matched_parts": r["matched"],  # with a live verdict other than NOT_INSPECTED
+                "unmatched": r["scored"] - r["matched"] - sum(r["confusion"]["NOT_INSPECTED"].values()),
+                "agreement": r["agree"] / r["matched"] if r["matched"] else None,
+                "band_agreement": r["band_agree"] / r["band_n"] if r["band_n"] else None,
+                "confusion": r["confusion"],  # live verdict -> shadow band -> parts
+                "histogram": {"bins": bins, "counts": r["histogram"]},
+                "latency_ms": {
+                    "mean": round(r["latency_sum"] / r["scored"], 3) if r["scored"] else None,
+                    "max": r["latency_max_ms"],
+                },
+                "first": iso(r["first"]),
+                "last": iso(r["last"]),
+                "cell_counts": last_state.shadow_counts if last_state is not None else None,
+                "cell_counts_time": iso(last_state.time) if last_state is not None else None,
+            }
+        )
+    return items

@@ -122,6 +122,13 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
             "message": b["message"][:4096],
             **{k: b.get(k) for k in ("state", "version", "reason", "sha256", "backend", "precision")},
             "defect_types": b.get("defect_types"),
+            **{k: b.get(k) for k in ("role", "shadow_version", "shadow_counts")},
+        }
+    if kind == "shadow_score":
+        return {
+            **base,
+            **{k: b[k] for k in ("part_id", "shadow_version", "live_version", "defect_probability")},
+            "latency_ms": b.get("latency_ms"),
         }
     if kind in rules.IMAGE_TYPES:
         return {
@@ -176,7 +183,7 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
     raise ValueError(kind)
 
 
-JSON_COLUMNS = ("reasons", "simulated", "defect_types")
+JSON_COLUMNS = ("reasons", "simulated", "defect_types", "shadow_counts")
 PART_COLUMNS = (
     "cell",
     "record_id",
@@ -243,6 +250,7 @@ TABLES = {
     "verify": models.VerifyResult,
     "reconcile": models.ReconcileFinding,
     "verification": models.Verification,
+    "shadow_score": models.ShadowScore,
 }
 
 
