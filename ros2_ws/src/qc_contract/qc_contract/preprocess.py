@@ -20,9 +20,9 @@ whole image, about 5x faster for a 640x480 frame.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import sys
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
 
 import cv2
@@ -113,7 +113,9 @@ def demosaic(
         raise PreprocessError(f"a bayer mosaic is made of whole 2x2 cells: {width}x{height} has an odd side")
     if roi is None:
         if out is not None and (out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous):
-            raise PreprocessError(f"out must be a contiguous {height}x{width}x3 uint8 array, not {out.shape} {out.dtype}")
+            raise PreprocessError(
+                f"out must be a contiguous {height}x{width}x3 uint8 array, not {out.shape} {out.dtype}"
+            )
         return cv2.cvtColor(_mosaic_uint8(mosaic), code, dst=out)
     x, y, w, h = roi
     if x < 0 or y < 0 or x + w > width or y + h > height or w <= 0 or h <= 0:
