@@ -160,6 +160,30 @@ def test_a_whole_bayer_frame_without_roi_gives_the_model_input_of_the_reference_
             np.testing.assert_array_equal(preprocess(mosaic, spec, layout), reference(saved, spec, "BGR"))
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "spec"),
+    [
+        (3000, 4096, Preprocessing(input_width=224, input_height=224)),  # 12 MP: only the sampled cells demosaiced
+        (2048, 2448, Preprocessing(input_width=320, input_height=256, letterbox=True)),  # 5 MP, letterboxed
+        (720, 1280, Preprocessing(input_width=299, input_height=299)),
+        (1000, 30, Preprocessing(input_width=7, input_height=5)),  # narrow: columns all read, rows sampled
+        (48, 64, Preprocessing(input_width=640, input_height=640)),  # upscaled: the whole frame demosaiced
+    ],
+)
+def test_a_whole_frame_with_stale_pixels_in_the_buffer_still_gives_the_reference_input(height, width, spec):
+    """Only the pixels the resize reads are demosaiced into the thread's buffer: whatever the rest of it holds
+    (filled with noise here), the model input is the reference one, for every pattern."""
+    from qc_contract import preprocess as module
+    from qc_contract.preprocess import BAYER_CODES
+
+    rng = np.random.default_rng(8)
+    mosaic = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    for layout, code in BAYER_CODES.items():
+        module._frame_buffer(height, width)[:] = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        expected = preprocess(cv2.cvtColor(mosaic, code), spec, "BGR")
+        np.testing.assert_array_equal(preprocess(mosaic, spec, layout), expected)
+
+
 def test_the_reused_demosaic_buffer_holds_nothing_of_the_previous_frame():
     """Frame after frame of the same size (the buffer is reused), then another size: each input is its own frame's."""
     from qc_cell.ros.images import to_bgr8

@@ -91,6 +91,23 @@ def _mosaic_uint8(mosaic: np.ndarray) -> np.ndarray:
     return mosaic
 
 
+def _check_mosaic(mosaic: np.ndarray, layout: str) -> int:
+    """The OpenCV demosaicing code of `layout`; PreprocessError for an unknown layout or a mosaic that is not one
+    channel of whole 2x2 cells."""
+    try:
+        code = BAYER_CODES[layout]
+    except KeyError:
+        raise PreprocessError(f"unknown bayer layout {layout!r} (known: {', '.join(BAYER_CODES)})") from None
+    if not isinstance(mosaic, np.ndarray) or mosaic.ndim != 2:
+        raise PreprocessError(f"a bayer mosaic has one channel, not shape {getattr(mosaic, 'shape', None)}")
+    height, width = mosaic.shape
+    if height < 2 or width < 2 or height % 2 or width % 2:
+        raise PreprocessError(f"a bayer mosaic is made of whole 2x2 cells: {width}x{height} has an odd side")
+    if mosaic.dtype not in (np.uint8, np.uint16):
+        raise PreprocessError(f"unsupported bayer mosaic dtype {mosaic.dtype} (uint8 or uint16 expected)")
+    return code
+
+
 def demosaic(
     mosaic: np.ndarray,
     layout: str,
@@ -102,15 +119,8 @@ def demosaic(
     cropping, at the cost of the ROI. A whole frame is written into `out` when given (H x W x 3 uint8, e.g. a
     buffer reused frame after frame: no 3-bytes-per-pixel allocation per frame). A mosaic is made of whole 2x2
     cells: odd sizes are refused."""
-    try:
-        code = BAYER_CODES[layout]
-    except KeyError:
-        raise PreprocessError(f"unknown bayer layout {layout!r} (known: {', '.join(BAYER_CODES)})") from None
-    if not isinstance(mosaic, np.ndarray) or mosaic.ndim != 2:
-        raise PreprocessError(f"a bayer mosaic has one channel, not shape {getattr(mosaic, 'shape', None)}")
+    code = _check_mosaic(mosaic, layout)
     height, width = mosaic.shape
-    if height < 2 or width < 2 or height % 2 or width % 2:
-        raise PreprocessError(f"a bayer mosaic is made of whole 2x2 cells: {width}x{height} has an odd side")
     if roi is None:
         if out is not None and (out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous):
             raise PreprocessError(
@@ -138,14 +148,88 @@ def _frame_buffer(height: int, width: int) -> np.ndarray:
     return buffer
 
 
+def _resize_size(height: int, width: int, spec: Preprocessing) -> tuple[int, int]:
+    """(width, height) the image is resized to: the model input, or the scaled size inside the letterbox."""
+    if not spec.letterbox:
+        return spec.input_width, spec.input_height
+    scale = min(spec.input_width / width, spec.input_height / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _sampled_lines(size: int, out_size: int) -> np.ndarray:
+    """The source lines (rows or columns) OpenCV's INTER_LINEAR resize from `size` to `out_size` reads, computed as
+    OpenCV does (cv::resize: scale = 1 / (out_size / size) in double, f = float((d + 0.5) * scale - 0.5), lines
+    floor(f) and the next, clamped to the image). Sorted, unique."""
+    scale = 1.0 / (out_size / size)
+    centres = np.floor(((np.arange(out_size) + 0.5) * scale - 0.5).astype(np.float32)).astype(np.int64)
+    lines = np.unique(np.concatenate([centres, centres + 1]))
+    return lines[(lines >= 0) & (lines < size)] if lines[0] < 0 or lines[-1] >= size else lines
+
+
+def _cell_groups(lines: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of whole 2x2 cells around `lines` (each group starts on an even line and is of even length, so the
+    groups put side by side keep the Bayer phase, and each line needed has its demosaicing neighbours in its own
+    group). Returns (the source lines of the groups in order, the position of each needed line in them)."""
+    starts = np.maximum(0, (lines - 1) & ~1)
+    ends = np.minimum(size, lines + 2)
+    ends += (ends - starts) & 1  # even length (at the frame's end the length is even already: size is even)
+    groups: list[list[int]] = []
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        if groups and start <= groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], end)
+        else:
+            groups.append([start, end])
+    source = np.concatenate([np.arange(start, end) for start, end in groups])
+    position = np.searchsorted(source, lines)
+    return source, position
+
+
+@lru_cache(maxsize=8)
+def _sampling_plan(height: int, width: int, resize_to: tuple[int, int]) -> tuple[np.ndarray, ...] | None:
+    """For a height x width mosaic resized to `resize_to`: (source rows, source columns, positions of the needed
+    rows / columns in them, flat pixel indices of the needed pixels), or None when the resize reads most of the
+    frame. Computed once per frame size and model input."""
+    rows, cols = _sampled_lines(height, resize_to[1]), _sampled_lines(width, resize_to[0])
+    src_rows, row_pos = _cell_groups(rows, height)
+    src_cols, col_pos = _cell_groups(cols, width)
+    if src_rows.size * src_cols.size * 2 > height * width:
+        return None
+    flat = (rows[:, np.newaxis] * width + cols[np.newaxis, :]).ravel()
+    plan = (src_rows, src_cols, row_pos, col_pos, flat)
+    for array in plan:
+        array.setflags(write=False)
+    return plan
+
+
+_PIXEL = np.dtype((np.void, 3))  # one BGR pixel as a unit: flat indexing per pixel
+
+
+def _demosaic_for_resize(mosaic: np.ndarray, layout: str, resize_to: tuple[int, int]) -> np.ndarray:
+    """A whole frame's BGR for a resize to `resize_to` (width, height), in this thread's reused buffer, with only
+    the pixels that resize reads demosaiced (the rest is stale): the resized image is the same as that of the whole
+    frame demosaiced. A 12 MP frame resized to 224 px reads 448 of its 3000 rows and 448 of its 4096 columns:
+    their 2x2 cells (with the neighbours demosaicing reads) are gathered into one small mosaic (~1100 x 1100),
+    demosaiced in one call and put back in place. The whole frame is demosaiced when the resize reads most of it."""
+    height, width = mosaic.shape
+    buffer = _frame_buffer(height, width)
+    plan = _sampling_plan(height, width, resize_to)
+    if plan is None:
+        return demosaic(mosaic, layout, out=buffer)
+    src_rows, src_cols, row_pos, col_pos, flat = plan
+    compact = np.take(np.take(mosaic, src_rows, axis=0), src_cols, axis=1)
+    bgr = cv2.cvtColor(_mosaic_uint8(compact), BAYER_CODES[layout])
+    needed = np.ascontiguousarray(np.take(np.take(bgr, row_pos, axis=0), col_pos, axis=1))
+    buffer.reshape(-1).view(_PIXEL)[flat] = needed.reshape(-1).view(_PIXEL)
+    return buffer
+
+
 def _resize(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """H x W x C (C = 1 or 3) -> input_height x input_width x C, stretched or letterboxed."""
     h, w, channels = spec.input_height, spec.input_width, image.shape[2]
     if not spec.letterbox:
         resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         return resized.reshape(h, w, channels)
-    scale = min(w / image.shape[1], h / image.shape[0])
-    nw, nh = max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))
+    nw, nh = _resize_size(image.shape[0], image.shape[1], spec)
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, channels)
     out = np.full((h, w, channels), spec.pad_value, dtype=image.dtype)
     top, left = (h - nh) // 2, (w - nw) // 2
@@ -158,7 +242,8 @@ def preprocess_into(image: np.ndarray, spec: Preprocessing, channel_order: str, 
     slot of a preallocated batch). Returns `out`."""
     if channel_order in BAYER_CODES:  # a raw mosaic: demosaiced once, over the ROI only or into a reused buffer
         if spec.roi is None and isinstance(image, np.ndarray) and image.ndim == 2:
-            image = demosaic(image, channel_order, out=_frame_buffer(*image.shape))
+            _check_mosaic(image, channel_order)
+            image = _demosaic_for_resize(image, channel_order, _resize_size(*image.shape, spec))
         else:
             image = demosaic(image, channel_order, spec.roi)
         channel_order, roi = "BGR", None
