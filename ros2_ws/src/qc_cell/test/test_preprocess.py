@@ -163,8 +163,9 @@ def test_a_whole_bayer_frame_without_roi_gives_the_model_input_of_the_reference_
 @pytest.mark.parametrize(
     ("height", "width", "spec"),
     [
-        (3000, 4096, Preprocessing(input_width=224, input_height=224)),  # 12 MP: only the sampled cells demosaiced
-        (2048, 2448, Preprocessing(input_width=320, input_height=256, letterbox=True)),  # 5 MP, letterboxed
+        (3000, 4096, Preprocessing(input_width=224, input_height=224)),  # 12 MP: sampled cells only
+        (3000, 4096, Preprocessing(input_width=224, input_height=160, letterbox=True)),  # 12 MP, letterboxed
+        (2048, 2448, Preprocessing(input_width=320, input_height=256, letterbox=True)),  # 5 MP: whole frame
         (720, 1280, Preprocessing(input_width=299, input_height=299)),
         (1000, 30, Preprocessing(input_width=7, input_height=5)),  # narrow: columns all read, rows sampled
         (48, 64, Preprocessing(input_width=640, input_height=640)),  # upscaled: the whole frame demosaiced

@@ -7,9 +7,10 @@ All vectorised (OpenCV + NumPy); no per-pixel Python.
 Bayer mosaics (a camera's raw frames, channel order "bayer_rggb" etc.) are demosaiced here, and only over the
 ROI (plus a few pixels of margin, the phase of the pattern kept): the same pixels as demosaicing the whole frame
 and cropping, so a model input from a raw frame at the edge is identical to one from the demosaiced frame saved
-for training, without the full-size BGR copy of a 5-12 MP frame. Without a ROI the whole frame is demosaiced
-once, into a buffer the thread reuses frame after frame (no 36 MB allocation per 12 MP frame), then resized as
-any BGR frame. Mosaics have whole 2x2 cells: odd sizes are refused.
+for training, without the full-size BGR copy of a 5-12 MP frame. Without a ROI the frame is demosaiced once, into
+a buffer the thread reuses frame after frame (no 36 MB allocation per 12 MP frame), then resized as any BGR frame;
+when the model input is much smaller than the frame, only the 2x2 cells the resize reads are demosaiced (the
+same model input, bit for bit). Mosaics have whole 2x2 cells: odd sizes are refused.
 
 Speed (the node runs this per part): resizing is per channel, so the colour reordering and the grey ->
 3-channel expansion are done on the small resized image, while it is written out as NCHW planes; and
@@ -187,12 +188,12 @@ def _cell_groups(lines: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=8)
 def _sampling_plan(height: int, width: int, resize_to: tuple[int, int]) -> tuple[np.ndarray, ...] | None:
     """For a height x width mosaic resized to `resize_to`: (source rows, source columns, positions of the needed
-    rows / columns in them, flat pixel indices of the needed pixels), or None when the resize reads most of the
-    frame. Computed once per frame size and model input."""
+    rows / columns in them, flat pixel indices of the needed pixels), or None when the gathered mosaic would be more
+    than 1/_SAMPLED_MAX_SHARE of the frame. Computed once per frame size and model input."""
     rows, cols = _sampled_lines(height, resize_to[1]), _sampled_lines(width, resize_to[0])
     src_rows, row_pos = _cell_groups(rows, height)
     src_cols, col_pos = _cell_groups(cols, width)
-    if src_rows.size * src_cols.size * 2 > height * width:
+    if src_rows.size * src_cols.size * _SAMPLED_MAX_SHARE > height * width:
         return None
     flat = (rows[:, np.newaxis] * width + cols[np.newaxis, :]).ravel()
     plan = (src_rows, src_cols, row_pos, col_pos, flat)
@@ -201,6 +202,10 @@ def _sampling_plan(height: int, width: int, resize_to: tuple[int, int]) -> tuple
     return plan
 
 
+# The gathered mosaic must be at most this fraction of the frame (1/5), else the whole frame is demosaiced: the
+# gather and put-back cost more than they save above that (bench/bench_demosaic.py: 12 MP to 224 px, 10 % of the
+# frame, 8-11 ms against 12-23 ms whole; 5 MP to 224 px, 25 %, no gain).
+_SAMPLED_MAX_SHARE = 5
 _PIXEL = np.dtype((np.void, 3))  # one BGR pixel as a unit: flat indexing per pixel
 
 
@@ -209,7 +214,7 @@ def _demosaic_for_resize(mosaic: np.ndarray, layout: str, resize_to: tuple[int, 
     the pixels that resize reads demosaiced (the rest is stale): the resized image is the same as that of the whole
     frame demosaiced. A 12 MP frame resized to 224 px reads 448 of its 3000 rows and 448 of its 4096 columns:
     their 2x2 cells (with the neighbours demosaicing reads) are gathered into one small mosaic (~1100 x 1100),
-    demosaiced in one call and put back in place. The whole frame is demosaiced when the resize reads most of it."""
+    demosaiced in one call and put back in place. The whole frame is demosaiced when the resize reads much of it."""
     height, width = mosaic.shape
     buffer = _frame_buffer(height, width)
     plan = _sampling_plan(height, width, resize_to)
