@@ -6,7 +6,7 @@ Prints figures; asserts nothing (goals are read off the table, docs/camera.md).
 
     source scripts/env.sh && python bench/bench_image_transport.py [--seconds 5] [--fps 30]
         [--sizes 32x24,640x480,1280x720,1920x1080,2448x2048:mono8,4096x3000:bayer_rggb8]
-        [--configs default,LARGE_DATA,cell,shm,shm_direct]
+        [--configs default,LARGE_DATA,cell,shm,shm_direct] [--stages]
 
 A size is WxH or WxH:encoding (bgr8 by default; mono8 and bayer_* are one byte per pixel).
 
@@ -17,6 +17,14 @@ view). Latency = receive - capture. Both processes run on this machine, so they 
 The floor is serialize_message + deserialize_message of the same PartFrame, back to back in a process of its own
 (rclpy's CDR path, no transport, warm caches). The 32x24 row (2 KB) is the size-independent part of a hop in the
 same run: wake-ups, executors and scheduling on this machine.
+
+--stages also prints, per point, the median ms of each stage of the hop, from timestamps both processes take
+(CLOCK_REALTIME, same host): fill (capture -> PartFrame filled), to_dds_write (-> Fast DDS's source timestamp),
+publish_call (how long publish() blocked), dds_transport (-> the reader's reception timestamp), wake_up (-> rclpy's
+wait returned), executor (-> callback entry) with executor_cpu (the thread's CPU time over it), before_take /
+take / after_take (the executor's own work, rmw take + conversion to Python, the rest), to_pixels (-> the pixels
+in hand). QC_BENCH_EXECUTOR=events spins the subscriber with rclpy's experimental EventsExecutor (no stages: it
+cannot call back with MessageInfo).
 
 Configs (environment of both processes; the caller's own Fast DDS variables are removed first):
 - default: Fast DDS built-in transports (UDPv4 + SHM with its 512 KB default segment, which cannot hold the
