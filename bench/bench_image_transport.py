@@ -6,7 +6,7 @@ Prints figures; asserts nothing (goals are read off the table, docs/camera.md).
 
     source scripts/env.sh && python bench/bench_image_transport.py [--seconds 5] [--fps 30]
         [--sizes 32x24,640x480,1280x720,1920x1080,2448x2048:mono8,4096x3000:bayer_rggb8]
-        [--configs default,LARGE_DATA,cell,shm,shm_direct]
+        [--configs default,LARGE_DATA,cell,shm,shm_direct] [--stages]
 
 A size is WxH or WxH:encoding (bgr8 by default; mono8 and bayer_* are one byte per pixel).
 
@@ -17,6 +17,14 @@ view). Latency = receive - capture. Both processes run on this machine, so they 
 The floor is serialize_message + deserialize_message of the same PartFrame, back to back in a process of its own
 (rclpy's CDR path, no transport, warm caches). The 32x24 row (2 KB) is the size-independent part of a hop in the
 same run: wake-ups, executors and scheduling on this machine.
+
+--stages also prints, per point, the median ms of each stage of the hop, from timestamps both processes take
+(CLOCK_REALTIME, same host): fill (capture -> PartFrame filled), to_dds_write (-> Fast DDS's source timestamp),
+publish_call (how long publish() blocked), dds_transport (-> the reader's reception timestamp), wake_up (-> rclpy's
+wait returned), executor (-> callback entry) with executor_cpu (the thread's CPU time over it), before_take /
+take / after_take (the executor's own work, rmw take + conversion to Python, the rest), to_pixels (-> the pixels
+in hand). QC_BENCH_EXECUTOR=events spins the subscriber with rclpy's experimental EventsExecutor (no stages: it
+cannot call back with MessageInfo).
 
 Configs (environment of both processes; the caller's own Fast DDS variables are removed first):
 - default: Fast DDS built-in transports (UDPv4 + SHM with its 512 KB default segment, which cannot hold the
@@ -87,6 +95,11 @@ _VARIABLES = (
 )
 TOPIC = "bench/frames"  # + a suffix per measured point: a straggler of the previous point never talks to this one
 WARMUP = 10  # first samples dropped: discovery, first-time allocations
+# --stages: the hop cut at the timestamps both processes take (see measure_hop)
+STAGES = (
+    "fill", "to_dds_write", "publish_call", "dds_transport", "wake_up", "executor", "executor_cpu",
+    "before_take", "take", "after_take", "to_pixels",
+)  # fmt: skip
 
 
 def _frames(width: int, height: int, encoding: str = "bgr8") -> list[np.ndarray]:
@@ -135,6 +148,7 @@ def run_publisher(
             return 1
         time.sleep(0.5)  # the subscriber is done with the inline frame (seconds through DDS at 12 MP, loaded)
     next_tick = time.monotonic()
+    stages: list[tuple[int, int, int]] = []  # (sequence, after fill ns, after publish ns): --stages
     for seq in range(count):
         delay = next_tick - time.monotonic()
         if delay > 0:
@@ -158,7 +172,10 @@ def run_publisher(
                 sender.fill(msg, pixels, encoding, msg.header)
             else:
                 msg.image = array_to_image(pixels, encoding, msg.header)
+        filled_ns = time.time_ns()
         pub.publish(msg)
+        stages.append((seq, filled_ns, time.time_ns()))
+    print("RESULT " + json.dumps(stages))
     time.sleep(1.0)  # reliable QoS: give the last samples time to be acknowledged
     if sender is not None:
         if sender.pool_full:
@@ -182,13 +199,15 @@ def run_subscriber(count: int, timeout_s: float, pool: str, topic: str) -> int:
 
     rclpy.init()
     node = rclpy.create_node("bench_image_sub")
-    samples: list[tuple[int, int, int]] = []  # (sequence, capture ns, receive ns)
+    samples: list[tuple[int, ...]] = []  # (sequence, capture, receive, DDS source, DDS reception, callback entry) ns
     receiver = FrameReceiver(node.get_fully_qualified_name()) if pool else None
     if receiver is not None:
         receiver.subscribe(node)  # camera/frame_pool: attached before the first frame, as inference is
     problems: list[str] = []
 
-    def on_frame(msg: PartFrame) -> None:
+    def on_frame(msg: PartFrame, info) -> None:
+        entered, woke, cpu = time.time_ns(), WOKE[0], time.thread_time_ns() - WOKE[1]
+        take_begin, take_end = WOKE[2], WOKE[3]
         if receiver is None:
             received = time.time_ns()
             image_to_array(msg.image)
@@ -210,10 +229,21 @@ def run_subscriber(count: int, timeout_s: float, pool: str, topic: str) -> int:
                 problems.append("measured frame came inline")
         if msg.part_id == "warmup":
             return
-        samples.append((msg.sequence, to_ns(msg.header.stamp), received))
+        samples.append(
+            (msg.sequence, to_ns(msg.header.stamp), received, info["source_timestamp"], info["received_timestamp"],
+             entered, woke, cpu, take_begin, take_end)
+        )  # fmt: skip
 
-    node.create_subscription(PartFrame, topic, on_frame, qos.PART_FRAMES)
-    executor = SingleThreadedExecutor()
+    if os.environ.get("QC_BENCH_EXECUTOR") == "events":  # rclpy's experimental EventsExecutor (Kilted): it fails
+        from rclpy.experimental import EventsExecutor  # on callbacks taking MessageInfo (rclpy 9.1.2), so no stages
+
+        no_info = {"source_timestamp": 0, "received_timestamp": 0}
+        node.create_subscription(PartFrame, topic, lambda msg: on_frame(msg, no_info), qos.PART_FRAMES)
+        executor = EventsExecutor()
+    else:
+        node.create_subscription(PartFrame, topic, on_frame, qos.PART_FRAMES)
+        _time_the_wake_ups()
+        executor = SingleThreadedExecutor()
     executor.add_node(node)
     end = time.monotonic() + timeout_s
     while len(samples) < count and time.monotonic() < end:
@@ -226,6 +256,39 @@ def run_subscriber(count: int, timeout_s: float, pool: str, topic: str) -> int:
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
+
+
+WOKE = [0, 0, 0, 0]  # the executor's last wait returned (ns, CLOCK_REALTIME; thread CPU ns), take began, ended
+
+
+def _time_the_wake_ups() -> None:
+    """Stamp the return of every wait of rclpy's executor (WOKE), to cut "DDS reception -> callback" into the
+    wake-up (rmw's condition variable, the OS) and rclpy's executor work after it. Costs ~1 us a wait."""
+    import types
+
+    import rclpy.executors
+
+    base = rclpy.executors._rclpy
+
+    class TimedWaitSet(base.WaitSet):
+        def wait(self, timeout: int) -> None:
+            super().wait(timeout)
+            WOKE[0], WOKE[1] = time.time_ns(), time.thread_time_ns()
+
+    proxy = types.ModuleType("rclpy_timed_waits")
+    proxy.__dict__.update({k: getattr(base, k) for k in dir(base) if not k.startswith("__")})
+    proxy.WaitSet = TimedWaitSet
+    rclpy.executors._rclpy = proxy
+    take = rclpy.executors.Executor._take_subscription
+
+    def timed_take(self, sub):
+        WOKE[2] = time.time_ns()
+        try:
+            return take(self, sub)
+        finally:
+            WOKE[3] = time.time_ns()
+
+    rclpy.executors.Executor._take_subscription = timed_take
 
 
 # ------------------------------------------------------------------------------------------ orchestration
@@ -310,23 +373,58 @@ def measure_hop(
             *pool,
         ],
         env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         out, _ = sub.communicate(timeout=timeout + 15)
-        pub.wait(timeout=30)
+        pub_out, _ = pub.communicate(timeout=30)
     except subprocess.TimeoutExpired:  # a starved machine: this point gives no figures, the run goes on
         for child in (sub, pub):
             child.kill()
             child.wait()
-        out = ""
+        out = pub_out = ""
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     samples = json.loads(lines[-1][7:]) if lines else []
+    pub_lines = [line for line in (pub_out or "").splitlines() if line.startswith("RESULT ")]
+    published = {seq: (filled, sent) for seq, filled, sent in (json.loads(pub_lines[-1][7:]) if pub_lines else [])}
     kept = [s for s in samples if s[0] >= WARMUP]
-    latencies = [(r - c) / 1e6 for _, c, r in kept]
-    received = [r for _, _, r in kept]
+    latencies = [(s[2] - s[1]) / 1e6 for s in kept]
+    received = [s[2] for s in kept]
+    # Where the hop's time goes (all CLOCK_REALTIME on this host; medians in ms): capture -> the PartFrame filled
+    # (pool write or commit) -> DDS source timestamp (rclpy publish: serialize, rmw write) -> publish() returned;
+    # DDS source -> DDS reception (the transport, incl. Fast DDS's asynchronous writer thread) -> callback entry
+    # (executor wake-up, take, deserialize) -> pixels in hand (lease + view).
+    stage_samples: dict[str, list[float]] = {name: [] for name in STAGES}
+    for seq, capture, got, source, reception, entered, woke, cpu, take_begin, take_end in kept:
+        if seq not in published:
+            continue
+        filled, sent = published[seq]
+        for name, value in zip(
+            STAGES,
+            (
+                filled - capture,
+                source - filled,
+                sent - filled,
+                reception - source,
+                woke - reception,
+                entered - woke,
+                cpu,
+                take_begin - woke,
+                take_end - take_begin,
+                entered - take_end,
+                got - entered,
+            ),
+            strict=True,
+        ):
+            stage_samples[name].append(value / 1e6)
+    stages = {name: statistics.median(v) if v else float("nan") for name, v in stage_samples.items()}
     rate = (len(received) - 1) / ((received[-1] - received[0]) / 1e9) if len(received) > 1 else 0.0
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if latencies else (float("nan"),) * 3
-    return {"p50": p50, "p95": p95, "p99": p99, "rate": rate, "received": len(kept), "sent": count - WARMUP}
+    return {
+        "p50": p50, "p95": p95, "p99": p99, "rate": rate, "received": len(kept), "sent": count - WARMUP,
+        "stages": stages,
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sizes", default="32x24,640x480,1280x720,1920x1080", help="comma-separated WxH or WxH:encoding"
     )
     parser.add_argument("--configs", default="default,LARGE_DATA,cell", help=f"comma-separated of {list(CONFIGS)}")
+    parser.add_argument(
+        "--stages", action="store_true", help="also print the median ms of each stage of the hop (where time goes)"
+    )
     args = parser.parse_args(argv)
     width, height, encoding = _size(args.size)
     if args.role == "pub":
@@ -382,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cell_p50 / r['p50']:8.1f}",
                 flush=True,
             )
+            if args.stages:
+                print(
+                    f"{'':>10} {'stages p50 ms:':>27} " + " ".join(f"{k} {v:.3f}" for k, v in r["stages"].items()),
+                    flush=True,
+                )
     print("goals: at 1280x720 the median hop within 3x the serialize+deserialize floor; shm p50 <= 1.0 ms up to 12 MP;")
     print("       at 12 MP shm at least 20x faster than cell (cell/p50, with cell listed before shm)")
     return 0

@@ -321,3 +321,42 @@ def test_the_inference_pipeline_releases_every_leased_frame_exactly_once(prefix)
         reader.close()
         pool.close()
     assert len(released) == len(set(released)) == 4
+
+
+def test_a_bayer_frame_in_the_pool_is_demosaiced_where_consumed_from_the_slot_itself(prefix):
+    """The consumer's path for a raw mosaic: FrameReceiver gives the mosaic as a view on the slot (no ROS Image, no
+    copy), and preprocessing without a ROI demosaics it once, to the reference model input (the frame demosaiced
+    whole by to_bgr8, as a data set keeps it). A mosaic with an odd side is refused with a clear error."""
+    from qc_cell.ros.frame_transport import FrameReceiver
+    from qc_cell.ros.images import image_description, to_bgr8
+    from qc_contract.model_manifest import Preprocessing
+    from qc_contract.preprocess import PreprocessError, preprocess
+    from qc_interfaces.msg import FrameHandle, PartFrame
+
+    rng = np.random.default_rng(4)
+    pool = FramePool.create(prefix, 4, 300 * 400, lease_s=30.0)
+    receiver = FrameReceiver("/cell/inference")
+    spec = Preprocessing(input_width=32, input_height=24)
+    try:
+        for shape, encoding in (((300, 400), "bayer_grbg8"), ((300, 399), "bayer_rggb8")):
+            mosaic = rng.integers(0, 256, shape, dtype=np.uint8)
+            ref = pool.write(mosaic)
+            msg = PartFrame(part_id="p", capture_ok=True)
+            msg.image = image_description(mosaic, encoding, msg.header)
+            msg.pool_frame = FrameHandle(pool=pool.name, in_pool=True, slot=ref.slot, generation=ref.generation)
+            received = receiver.receive(msg)
+            pixels, order = received.decode()
+            assert order == encoding[:10] and pixels.shape == shape
+            assert np.shares_memory(pixels, np.frombuffer(receiver.reader._pool.mm, np.uint8))  # the slot
+            if shape[1] % 2 == 0:
+                expected = preprocess(to_bgr8(mosaic, encoding), spec, "BGR")
+                np.testing.assert_array_equal(preprocess(pixels, spec, order), expected)
+            else:
+                with pytest.raises(PreprocessError, match="399x300 has an odd side"):
+                    preprocess(pixels, spec, order)
+            assert received.verify() == ""
+            received.release()
+        assert pool.leased() == 0
+    finally:
+        receiver.close()
+        pool.close()

@@ -134,3 +134,94 @@ def test_manifest_round_trip_keeps_the_preprocessing(tmp_path):
     loaded = Manifest.load(tmp_path).preprocessing
     assert loaded == spec
     np.testing.assert_array_equal(preprocess(IMAGES["bgr8"], loaded), preprocess(IMAGES["bgr8"], spec))
+
+
+# ------------------------------------------------------------------------------- whole-frame bayer demosaicing
+
+BAYER_LAYOUTS = ("bayer_rggb", "bayer_bggr", "bayer_gbrg", "bayer_grbg")
+
+
+@pytest.mark.parametrize("layout", BAYER_LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_whole_bayer_frame_without_roi_gives_the_model_input_of_the_reference_demosaic(layout, dtype):
+    """No ROI: the raw mosaic is demosaiced once (into the thread's reused buffer) and gives exactly the input the
+    training side computes from the frame demosaiced by the reference (to_bgr8, what a data set keeps)."""
+    from qc_cell.ros.images import to_bgr8
+
+    rng = np.random.default_rng(5)
+    high = 256 if dtype is np.uint8 else 65536
+    for height, width in ((48, 64), (50, 70), (480, 640), (36, 36)):
+        mosaic = rng.integers(0, high, (height, width), dtype=dtype)
+        encoding = f"{layout}{8 if dtype is np.uint8 else 16}"
+        saved = to_bgr8(mosaic, encoding)
+        for spec in (Preprocessing(input_width=32, input_height=24), Preprocessing(input_width=40, input_height=40,
+                                                                                  letterbox=True)):  # fmt: skip
+            np.testing.assert_array_equal(preprocess(mosaic, spec, layout), preprocess(saved, spec, "BGR"))
+            np.testing.assert_array_equal(preprocess(mosaic, spec, layout), reference(saved, spec, "BGR"))
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "spec"),
+    [
+        (3000, 4096, Preprocessing(input_width=224, input_height=224)),  # 12 MP: sampled cells only
+        (3000, 4096, Preprocessing(input_width=224, input_height=160, letterbox=True)),  # 12 MP, letterboxed
+        (2048, 2448, Preprocessing(input_width=320, input_height=256, letterbox=True)),  # 5 MP: whole frame
+        (720, 1280, Preprocessing(input_width=299, input_height=299)),
+        (1000, 30, Preprocessing(input_width=7, input_height=5)),  # narrow: columns all read, rows sampled
+        (48, 64, Preprocessing(input_width=640, input_height=640)),  # upscaled: the whole frame demosaiced
+    ],
+)
+def test_a_whole_frame_with_stale_pixels_in_the_buffer_still_gives_the_reference_input(height, width, spec):
+    """Only the pixels the resize reads are demosaiced into the thread's buffer: whatever the rest of it holds
+    (filled with noise here), the model input is the reference one, for every pattern."""
+    from qc_contract import preprocess as module
+    from qc_contract.preprocess import BAYER_CODES
+
+    rng = np.random.default_rng(8)
+    mosaic = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    for layout, code in BAYER_CODES.items():
+        module._frame_buffer(height, width)[:] = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        expected = preprocess(cv2.cvtColor(mosaic, code), spec, "BGR")
+        np.testing.assert_array_equal(preprocess(mosaic, spec, layout), expected)
+
+
+def test_the_reused_demosaic_buffer_holds_nothing_of_the_previous_frame():
+    """Frame after frame of the same size (the buffer is reused), then another size: each input is its own frame's."""
+    from qc_cell.ros.images import to_bgr8
+
+    rng = np.random.default_rng(6)
+    spec = Preprocessing(input_width=16, input_height=12)
+    for shape in ((40, 60), (40, 60), (40, 60), (20, 30), (40, 60)):
+        mosaic = rng.integers(0, 256, shape, dtype=np.uint8)
+        expected = preprocess(to_bgr8(mosaic, "bayer_rggb8"), spec, "BGR")
+        np.testing.assert_array_equal(preprocess(mosaic, spec, "bayer_rggb"), expected)
+
+
+def test_demosaic_of_a_whole_frame_equals_opencv_and_writes_into_the_given_buffer():
+    from qc_contract.preprocess import BAYER_CODES, demosaic
+
+    rng = np.random.default_rng(7)
+    mosaic = rng.integers(0, 4096, (30, 44), dtype=np.uint16) << 4  # a 12-bit sensor, at the top of 16 bits
+    out = np.empty((30, 44, 3), np.uint8)
+    for layout, code in BAYER_CODES.items():
+        assert demosaic(mosaic, layout, out=out) is out
+        np.testing.assert_array_equal(out, cv2.cvtColor((mosaic >> 8).astype(np.uint8), code))
+    with pytest.raises(PreprocessError, match="contiguous 30x44x3 uint8"):
+        demosaic(mosaic, "bayer_rggb", out=np.empty((30, 44), np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(49, 64), (48, 65), (1, 64), (47, 63)])
+def test_a_bayer_mosaic_with_an_odd_side_is_refused_clearly(shape):
+    from qc_cell.ros.images import ImageConversionError, to_bgr8
+    from qc_contract.preprocess import demosaic
+
+    mosaic = np.zeros(shape, np.uint8)
+    message = f"whole 2x2 cells: {shape[1]}x{shape[0]} has an odd side"
+    with pytest.raises(PreprocessError, match=message):
+        demosaic(mosaic, "bayer_rggb")
+    with pytest.raises(PreprocessError, match=message):  # with a ROI too
+        demosaic(mosaic, "bayer_rggb", (0, 0, 1, 1))
+    with pytest.raises(PreprocessError, match=message):
+        preprocess(mosaic, Preprocessing(input_width=8, input_height=8), "bayer_gbrg")
+    with pytest.raises(ImageConversionError, match=message):
+        to_bgr8(mosaic, "bayer_rggb8")

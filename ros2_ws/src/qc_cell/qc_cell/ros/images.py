@@ -31,7 +31,7 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from qc_contract.preprocess import BAYER_CODES
+from qc_contract.preprocess import BAYER_CODES, PreprocessError, demosaic
 
 try:  # optional: present where ROS comes from apt (Jetson), absent with the PyPI wheels
     from cv_bridge import CvBridge as _CvBridge
@@ -81,9 +81,6 @@ MODEL_CHANNEL_ORDER = {
     "8UC4": "BGR",
     "16UC1": "BGR",
 }
-
-# ROS bayer pattern -> OpenCV demosaicing code: one table, with the preprocessing that demosaics model inputs.
-_DEMOSAIC = BAYER_CODES
 
 
 def encoding_layout(encoding: str) -> tuple[np.dtype, int]:
@@ -208,8 +205,11 @@ def to_bgr8(pixels: np.ndarray, encoding: str) -> np.ndarray:
         pixels = (pixels >> 8).astype(np.uint8)
     elif pixels.dtype != np.uint8:
         raise ImageConversionError(f"cannot show {encoding} ({pixels.dtype}) as bgr8")
-    if encoding.startswith("bayer_"):
-        return cv2.cvtColor(pixels, _DEMOSAIC[encoding[:10]])
+    if encoding.startswith("bayer_"):  # the preprocessing's demosaic: one implementation (odd sizes refused)
+        try:
+            return demosaic(pixels, encoding[:10])
+        except PreprocessError as exc:
+            raise ImageConversionError(f"{encoding}: {exc}") from exc
     if channels == 1:
         return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
     if channels == 4:
