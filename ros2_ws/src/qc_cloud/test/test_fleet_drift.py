@@ -1,0 +1,194 @@
+"""Drift alerts in the fleet service: the rules (drift.py), the store (drift_store.py, migration 0008) on SQLite and
+a real PostgreSQL, and the drift test of issue 22 through a real mosquitto into the real ingest worker: the
+synthetic generator's lighting changes mid-run -> INPUT_DRIFT within a bounded number of parts; a stable run of the
+same length raises nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytest.importorskip("sqlalchemy", reason="the fleet service needs requirements/fleet.txt")
+
+from sqlalchemy import inspect, select
+
+from qc_cell.bringup.local_broker import Mosquitto, mosquitto_binary
+from qc_cloud.fleet import db, drift, drift_store, models, settings, simulate
+from qc_cloud.fleet.samples import SampleStore
+from qc_cloud.fleet.service import FleetService
+from qc_cloud.fleet.store import Message, Store
+from qc_contract.drift import BINS, Histograms
+
+CELL = "plant1/line1/cell7"
+CHANGE_AT = 500  # the part at which the light changes (after the 300-part line reference and 200 more parts)
+RUN = 800  # parts per run
+DETECTION_BOUND = 100  # INPUT_DRIFT must be raised within this many parts after the change
+
+
+def _counts(**bins) -> dict[str, list[int]]:
+    out = {s: [0] * b.count for s, b in BINS.items()}
+    for stat, (i, n) in bins.items():
+        out[stat][i] = n
+    return out
+
+
+def test_window_sums_the_newest_records_until_enough_parts():
+    recs = [(_counts(brightness=(i, 10)), 10, f"t{i}") for i in range(5)]  # newest first
+    w = drift.window(recs, 25)
+    assert (w.parts, w.records, w.last_time, w.first_time) == (30, 3, "t0", "t2")
+    assert w.counts["brightness"][:4] == [10, 10, 10, 0]
+
+
+def test_episode_opens_at_alert_and_clears_below_watch_only():
+    s = drift.DriftSettings(reference_parts=100, window_parts=100, min_parts=50)
+    ref = _counts(brightness=(8, 100), contrast=(8, 100), sharpness=(8, 100), defect_probability=(1, 100))
+
+    def one(recent_bins: dict, parts: int = 100) -> drift.Assessment:
+        w = drift.Window(_counts(**recent_bins), parts, 1)
+        return drift.assess(ref, 100, {"source": "line"}, w, s)[0]
+
+    moved = one({"brightness": (3, 100), "contrast": (8, 100), "sharpness": (8, 100)})
+    assert moved.code == drift.INPUT_DRIFT and moved.statistic == "brightness" and moved.psi > 0.25
+    assert moved.evidence["recent"]["counts"][3] == 100 and moved.evidence["reference"]["counts"][8] == 100
+    assert drift.transition(False, moved, s) == "open" and drift.transition(True, moved, s) is None
+    same = one({"brightness": (8, 100), "contrast": (8, 100), "sharpness": (8, 100)})
+    assert drift.transition(True, same, s) == "clear" and drift.transition(False, same, s) is None
+    few = one({"brightness": (3, 10)}, parts=10)
+    assert not few.judged and drift.transition(False, few, s) is None, "too few parts: nothing judged"
+    with pytest.raises(ValueError, match="min_parts"):
+        drift.DriftSettings(window_parts=50, min_parts=100)
+    with pytest.raises(settings.SettingsError, match="thresholds"):
+        settings.load(None, env={"QC_FLEET_DRIFT_WATCH_PSI": "0.5"})
+
+
+def _store_run(store: Store, lighting, parts: int, seed: int = 1, start_part: int = 0) -> int | None:
+    """Write a synthetic run's KPI records one by one; the part count at which the first alert appeared."""
+    for topic, payload, n in simulate.drift_kpi_stream(CELL, parts, lighting=lighting, seed=seed):
+        assert store.write([Message(topic, payload)]).stored == 1
+        with store.engine.connect() as conn:
+            if conn.execute(select(models.Alert.id)).first() is not None:
+                return n
+    return None
+
+
+def test_store_raises_one_alert_per_episode_and_clears_it(database_url, tmp_path):
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    store = Store(engine, SampleStore(tmp_path / "samples"))
+
+    def light(i: int) -> float:  # nominal, dimmed from CHANGE_AT, back to nominal from 900
+        return 0.7 if CHANGE_AT <= i < 900 else 1.0
+
+    stream = list(simulate.drift_kpi_stream(CELL, 1300, lighting=light, seed=2))
+    for topic, payload, _ in stream:
+        assert store.write([Message(topic, payload)]).stored == 1
+    with engine.connect() as conn:
+        alerts = conn.execute(select(models.Alert)).all()
+        episodes = conn.execute(select(models.DriftEpisode)).all()
+        ref = conn.execute(select(models.DriftReference)).one()
+    assert [a.code for a in alerts] == ["INPUT_DRIFT"], "one alert for the whole episode (no storm)"
+    assert alerts[0].source == "fleet/drift" and "PSI" in alerts[0].message
+    assert (ref.source, ref.parts, ref.complete) == ("line", 300, True)
+    (episode,) = episodes
+    assert episode.alert_id == alerts[0].id and episode.peak_psi >= 0.25
+    evidence = episode.evidence if isinstance(episode.evidence, dict) else json.loads(episode.evidence)
+    assert evidence["statistic"] in ("brightness", "contrast", "sharpness") and evidence["psi"] >= 0.25
+    assert evidence["recent"]["parts"] >= 100 and evidence["reference"]["parts"] == 300
+    assert len(evidence["recent"]["counts"]) == BINS[evidence["statistic"]].count
+    assert episode.cleared_at is not None, "cleared once the light was back"
+    assert alerts[0].acked_by == "fleet/drift" and alerts[0].ack_note.startswith("cleared")
+    engine.dispose()
+
+
+def test_validation_reference_judges_before_the_line_reference_is_complete(database_url, tmp_path):
+    """A model whose manifest's validation histograms say 'bright parts': a dim line drifts from its first parts."""
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    store = Store(engine, SampleStore(tmp_path / "samples"))
+    validation = Histograms()
+    for _, payload, _ in simulate.drift_kpi_stream(CELL, 200, seed=5):
+        d = json.loads(payload)["distributions"]
+        validation.merge(d["histograms"], d["parts"])
+    with engine.begin() as conn:
+        drift_store.put_validation_reference(conn, store._insert, "m-1", validation.parts, validation.counts, db_now())
+    first = _store_run(store, lambda i: 0.6, 280)  # ends before the line reference (300 parts) is complete
+    assert first is not None and first <= 120, f"validation reference: INPUT_DRIFT after {first} parts"
+    engine.dispose()
+
+
+def db_now():
+    from qc_cloud.fleet import rules
+
+    return rules.utcnow()
+
+
+def test_migration_0008_downgrades_to_0005_and_back(database_url):
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    assert db.current_revision(engine) == db.head_revision()
+    assert {"drift_references", "drift_episodes"} <= set(inspect(engine).get_table_names())
+    db.downgrade(engine, "0005")
+    assert not {"drift_references", "drift_episodes"} & set(inspect(engine).get_table_names())
+    assert "distributions" not in {c["name"] for c in inspect(engine).get_columns("kpis")}
+    db.upgrade(engine)
+    assert "distributions" in {c["name"] for c in inspect(engine).get_columns("kpis")}
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()
+
+
+@pytest.mark.skipif(mosquitto_binary() is None, reason="mosquitto is not installed")
+@pytest.mark.parametrize("run", ["lighting_change", "stable"])
+def test_drift_through_mosquitto_and_the_fleet_worker(tmp_path, postgres_url, run):
+    """The issue's drift test: the cell's KPI records over a real broker into the real worker on PostgreSQL."""
+    (tmp_path / "broker").mkdir()
+    url_file = tmp_path / "db-url"
+    url_file.write_text(postgres_url + "\n")
+    with Mosquitto(workdir=tmp_path / "broker") as broker:
+        s = settings.load(
+            None, env={}, data_dir=str(tmp_path / "fleet"), database_url_file=str(url_file), broker_url=broker.url
+        )
+        s.api = False
+        s.bootstrap_tokens = False
+        service = FleetService(s).start()
+        publisher = simulate.Publisher("127.0.0.1", broker.port)
+        try:
+            change = CHANGE_AT if run == "lighting_change" else RUN + 1
+
+            def light(i: int) -> float:
+                return 0.8 if i >= change else 1.0
+
+            detected, stored = None, 0
+            for topic, payload, n in simulate.drift_kpi_stream(CELL, RUN, lighting=light, seed=3):
+                publisher.publish_all([(topic, payload)])  # one record at a time: detection to the record
+                stored += 1
+                _wait(lambda: sum(w.stats.stored for w in service.workers) >= stored, 30, f"record {stored} stored")
+                with service.engine.connect() as conn:
+                    codes = conn.execute(select(models.Alert.code).where(models.Alert.source == "fleet/drift")).all()
+                if codes and detected is None:
+                    detected = n
+                    assert [c for (c,) in codes] == ["INPUT_DRIFT"]
+            with service.engine.connect() as conn:
+                alerts = conn.execute(select(models.Alert.code, models.Alert.message)).all()
+        finally:
+            publisher.close()
+            service.stop()
+    if run == "stable":
+        assert alerts == [], f"a stable run of {RUN} parts raised {alerts}"
+        print(f"\nstable run: {RUN} parts, no drift alert")
+        return
+    assert detected is not None, f"no INPUT_DRIFT in {RUN - CHANGE_AT} parts after the light changed"
+    after = detected - CHANGE_AT
+    print(f"\nlighting 1.0 -> 0.8 at part {CHANGE_AT}: INPUT_DRIFT after {after} parts ({alerts[0][1]})")
+    assert 0 < after <= DETECTION_BOUND, f"INPUT_DRIFT {after} parts after the change (bound {DETECTION_BOUND})"
+    assert len(alerts) == 1
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.02)
+    assert predicate(), f"timed out waiting for {what}"
