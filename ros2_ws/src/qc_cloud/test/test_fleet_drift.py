@@ -159,11 +159,11 @@ def test_drift_through_mosquitto_and_the_fleet_worker(tmp_path, postgres_url, ru
             def light(i: int) -> float:
                 return 0.8 if i >= change else 1.0
 
-            detected, stored = None, 0
-            for topic, payload, n in simulate.drift_kpi_stream(CELL, RUN, lighting=light, seed=3):
+            detected = None
+            stream = simulate.drift_kpi_stream(CELL, RUN, lighting=light, seed=3)
+            for stored, (topic, payload, n) in enumerate(stream, start=1):
                 publisher.publish_all([(topic, payload)])  # one record at a time: detection to the record
-                stored += 1
-                _wait(lambda: sum(w.stats.stored for w in service.workers) >= stored, 30, f"record {stored} stored")
+                _wait(lambda k=stored: sum(w.stats.stored for w in service.workers) >= k, 30, f"record {stored}")
                 with service.engine.connect() as conn:
                     codes = conn.execute(select(models.Alert.code).where(models.Alert.source == "fleet/drift")).all()
                 if codes and detected is None:

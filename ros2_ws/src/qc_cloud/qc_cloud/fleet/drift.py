@@ -94,7 +94,7 @@ def assess(
             "psi": _round(value),
             "psi_by_statistic": {s: _round(v) for s, v in by_stat.items()},
             "thresholds": {"watch": settings.watch_psi, "alert": settings.alert_psi, "min_parts": settings.min_parts},
-            "bins": {"low": BINS[stat].low, "high": BINS[stat].high, "count": BINS[stat].count, "unit": BINS[stat].unit},
+            "bins": {k: getattr(BINS[stat], k) for k in ("low", "high", "count", "unit")},
             "reference": {**reference_about, "parts": int(reference_parts), "counts": list(reference.get(stat, []))},
             "recent": {
                 "parts": recent.parts,
