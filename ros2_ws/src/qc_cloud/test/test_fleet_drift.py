@@ -112,7 +112,7 @@ def test_validation_reference_judges_before_the_line_reference_is_complete(datab
         d = json.loads(payload)["distributions"]
         validation.merge(d["histograms"], d["parts"])
     with engine.begin() as conn:
-        drift_store.put_validation_reference(conn, store._insert, "m-1", validation.parts, validation.counts, db_now())
+        drift_store.put_validation_reference(conn, "m-1", validation.parts, validation.counts, db_now())
     first = _store_run(store, lambda i: 0.6, 280)  # ends before the line reference (300 parts) is complete
     assert first is not None and first <= 120, f"validation reference: INPUT_DRIFT after {first} parts"
     engine.dispose()

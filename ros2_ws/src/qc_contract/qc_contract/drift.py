@@ -67,8 +67,9 @@ class ImageStats:
 NO_STATS = ImageStats(math.nan, math.nan, math.nan)
 
 
-def image_stats(image: np.ndarray) -> ImageStats:
-    """Brightness, contrast and sharpness of an H x W (grey) or H x W x 3 (BGR) uint8 or float image in 0-255.
+def image_stats(image: np.ndarray, channel_order: str = "BGR") -> ImageStats:
+    """Brightness, contrast and sharpness of an H x W (grey) or H x W x 3 (`channel_order` BGR or RGB) uint8 or
+    float image in 0-255.
 
     ValueError on an empty image or another shape."""
     import cv2  # here: the fleet service uses the histograms and PSI without OpenCV
@@ -80,7 +81,7 @@ def image_stats(image: np.ndarray) -> ImageStats:
     if scale < 1.0:  # downsample first: the colour conversion and the Laplacian then cost almost nothing
         image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY if channel_order == "RGB" else cv2.COLOR_BGR2GRAY)
     grey = np.ascontiguousarray(image.reshape(image.shape[:2]), dtype=np.float32)
     mean, std = cv2.meanStdDev(grey)
     lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=1)

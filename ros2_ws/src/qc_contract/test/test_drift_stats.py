@@ -103,3 +103,20 @@ def test_kpi_record_carries_the_histograms_and_older_records_still_validate():
     assert not schemas.validator("kpi").is_valid(bad), "a histogram of another bin layout is refused"
     with pytest.raises(ValueError, match="bins"):
         records.drift_distributions(model_version="m", parts=1, counts={"brightness": [1]})
+
+
+def test_manifest_drift_reference_is_optional_and_checked():
+    from qc_contract.model_manifest import SCHEMA_VERSION, Manifest, ManifestError
+
+    base = {"schema_version": SCHEMA_VERSION, "version": "1.0.0", "sha256": "a" * 64}
+    assert Manifest.from_dict(base).drift_reference is None
+    assert Manifest.from_dict({**base, "schema_version": 3}).drift_reference is None  # older manifests load
+    h = drift.Histograms()
+    h.add(drift.ImageStats(60.0, 40.0, 2.0), 0.2)
+    counts, parts = h.take()
+    m = Manifest.from_dict({**base, "drift_reference": {"parts": parts, "histograms": counts}})
+    assert m.drift_reference.parts == 1 and Manifest.from_dict(m.to_dict()) == m
+    with pytest.raises(ManifestError, match="cannot carry drift_reference"):
+        Manifest.from_dict({**base, "schema_version": 3, "drift_reference": {"parts": 1, "histograms": counts}})
+    with pytest.raises(ManifestError, match="drift_reference"):
+        Manifest.from_dict({**base, "drift_reference": {"parts": 1, "histograms": {"brightness": [1]}}})

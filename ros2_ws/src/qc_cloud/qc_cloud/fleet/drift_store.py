@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from qc_cloud.fleet import drift, models
@@ -25,11 +26,10 @@ SOURCE = "fleet/drift"
 RECENT_RECORDS = 500  # the window is summed from at most this many newest KPI records
 
 
-def put_validation_reference(
-    conn: Connection, insert, model_version: str, parts: int, histograms: dict, now: datetime
-) -> None:
+def put_validation_reference(conn: Connection, model_version: str, parts: int, histograms: dict, now: datetime) -> None:
     """Store (or replace) a model's validation reference (its manifest's drift_reference block), for every cell."""
     check_layout(histograms)
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     table = models.DriftReference.__table__
     values = {
         "cell": "*",
@@ -75,9 +75,11 @@ def assess_cells(conn: Connection, insert, kpis: list, now: datetime, settings: 
 
 def _grow_line_reference(conn, insert, cell, version, records, now, settings) -> dict[str, Any] | None:
     t = models.DriftReference.__table__
-    row = conn.execute(
-        select(t).where(t.c.cell == cell, t.c.model_version == version, t.c.source == "line")
-    ).mappings().first()
+    row = (
+        conn.execute(select(t).where(t.c.cell == cell, t.c.model_version == version, t.c.source == "line"))
+        .mappings()
+        .first()
+    )
     if row is not None and row["complete"]:
         return dict(row)
     total = Histograms()
@@ -91,9 +93,7 @@ def _grow_line_reference(conn, insert, cell, version, records, now, settings) ->
     values = {"parts": total.parts, "histograms": total.counts, "complete": complete}
     values["completed_at"] = now if complete else None
     if row is None:
-        conn.execute(
-            insert(t).values(cell=cell, model_version=version, source="line", created_at=now, **values)
-        )
+        conn.execute(insert(t).values(cell=cell, model_version=version, source="line", created_at=now, **values))
     else:
         conn.execute(update(t).where(t.c.id == row["id"]).values(**values))
     return {"source": "line", **values}
@@ -101,9 +101,11 @@ def _grow_line_reference(conn, insert, cell, version, records, now, settings) ->
 
 def _validation_reference(conn, version) -> dict[str, Any] | None:
     t = models.DriftReference.__table__
-    row = conn.execute(
-        select(t).where(t.c.cell == "*", t.c.model_version == version, t.c.source == "validation")
-    ).mappings().first()
+    row = (
+        conn.execute(select(t).where(t.c.cell == "*", t.c.model_version == version, t.c.source == "validation"))
+        .mappings()
+        .first()
+    )
     return dict(row) if row is not None else None
 
 
