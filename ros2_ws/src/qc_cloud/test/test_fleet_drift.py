@@ -192,3 +192,33 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.02)
     assert predicate(), f"timed out waiting for {what}"
+
+
+def test_dashboard_shows_the_drift_alert_and_its_evidence(tmp_path):
+    pytest.importorskip("fastapi", reason="the dashboard needs requirements/fleet.txt")
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from qc_cloud.dashboard import accounts
+
+    s = settings.load(None, env={}, data_dir=str(tmp_path / "fleet"), ingest=False, bootstrap_tokens=False)
+    service = FleetService(s).start()
+    try:
+        store = Store(service.engine, service.samples)
+        assert _store_run(store, lambda i: 0.7 if i >= CHANGE_AT else 1.0, RUN) is not None
+        with service.engine.begin() as conn:
+            accounts.add_user(conn, "viewer", "correct horse battery", "viewer")
+        client = TestClient(service.app())
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+        client.post(
+            "/login",
+            data={"username": "viewer", "password": "correct horse battery", "csrf_token": token, "next": "/fleet"},
+        )
+        alerts = client.get("/alerts").text
+        assert "INPUT_DRIFT" in alerts and "PSI" in alerts
+        page = client.get(f"/cells/{CELL}").text
+        table = page[page.index('id="drift-episodes"') :]
+        assert "INPUT_DRIFT" in table and "line (300 parts)" in table and ">open<" in table
+    finally:
+        service.stop()
