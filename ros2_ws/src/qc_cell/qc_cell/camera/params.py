@@ -146,7 +146,8 @@ CAMERA_DRIVER = NodeParams(
 )
 SOURCE_PARAMETERS = (
     "device", "width", "height", "fps", "pixel_format", "read_timeout_s", "pipeline", "path", "loop", "seed",
-    "defect_rate", "lighting", "guid", "offset_x", "offset_y", "binning_x", "binning_y", "exposure", "gain", "trigger_source",
+    "defect_rate", "lighting", "guid", "offset_x", "offset_y", "binning_x", "binning_y", "exposure", "gain",
+    "trigger_source",
     "trigger_activation", "trigger_delay", "trigger_tolerance_s", "trigger_timeout_s", "topic", "playback", "mode",
 )  # fmt: skip
 # CaptureSettings field -> parameter.
