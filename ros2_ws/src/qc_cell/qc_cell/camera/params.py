@@ -60,8 +60,9 @@ CAMERA_DRIVER = NodeParams(
             "lighting",
             1.0,
             "synthetic: scene light / exposure gain on every part (1 = nominal; < 1 a dimmer lamp): a changed light "
-            "for the drift alerts",
+            "for the drift alerts; changeable at runtime",
             range=(0.05, 4.0),
+            runtime=True,
         ),
         Param("guid", "", "aravis/pylon: camera id, serial, user-defined name or IP address ('' = the first)"),
         Param("offset_x", 0, "aravis/pylon: sensor ROI left edge (OffsetX)", range=(0, 16384)),

@@ -27,8 +27,8 @@ CODES = {INPUT_DRIFT: IMAGE_STATS, SCORE_DRIFT: (SCORE_STAT,)}
 @dataclass(frozen=True)
 class DriftSettings:
     reference_parts: int = 300  # the line reference: the first parts a cell runs a model on
-    window_parts: int = 200  # the recent window compared with the reference
-    min_parts: int = 100  # fewer parts in the window (or the reference): nothing is judged
+    window_parts: int = 300  # the recent window compared with the reference
+    min_parts: int = 150  # fewer parts in the window (or the reference): nothing is judged
     watch_psi: float = PSI_WATCH  # an open episode clears below this
     alert_psi: float = PSI_ALERT  # an episode opens at or above this
 

@@ -56,8 +56,8 @@ class FleetSettings:
     # Drift alerts (drift.py, docs/learning-loop.md "Drift alerts"): the line reference's parts, the recent window,
     # the fewest parts judged, and the PSI thresholds (an episode opens at alert, clears below watch).
     drift_reference_parts: int = 300
-    drift_window_parts: int = 200
-    drift_min_parts: int = 100
+    drift_window_parts: int = 300
+    drift_min_parts: int = 150
     drift_watch_psi: float = 0.1
     drift_alert_psi: float = 0.25
     bootstrap_tokens: bool = True  # first start with no token: create a read and a write token in data_dir

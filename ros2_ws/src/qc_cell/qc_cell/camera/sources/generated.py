@@ -47,6 +47,11 @@ class SyntheticSource(FrameSource):
         light = f" lighting={g.lighting:g}" if g.lighting != 1.0 else ""
         return f"synthetic:seed={g.seed} {g.width}x{g.height} defect_rate={g.defect_rate:g}{light}"
 
+    def set_lighting(self, lighting: float) -> None:
+        """Change the scene light from the next part on (the drift tests' changed lamp)."""
+        self._generator.lighting = float(lighting)
+        self._cache = {}  # parts rendered under the old light
+
     @property
     def is_open(self) -> bool:
         return self._open
