@@ -229,3 +229,28 @@ def test_dashboard_shows_the_drift_alert_and_its_evidence(tmp_path):
         assert "INPUT_DRIFT" in table and "line (300 parts)" in table and ">open<" in table
     finally:
         service.stop()
+
+
+def test_fleet_drift_reference_command_stores_the_packages_validation_histograms(tmp_path, capsys):
+    from qc_cloud import cli
+    from qc_contract.model_manifest import DriftReference, Manifest
+
+    h = Histograms()
+    for _, payload, _ in simulate.drift_kpi_stream(CELL, 40, seed=4):
+        d = json.loads(payload)["distributions"]
+        h.merge(d["histograms"], d["parts"])
+    package = tmp_path / "pkg"
+    package.mkdir()
+    Manifest(version="m-7", sha256="0" * 64, drift_reference=DriftReference(h.parts, h.counts)).write(package)
+    data_dir = tmp_path / "fleet"
+    assert cli.main(["fleet-drift-reference", str(package), "--data-dir", str(data_dir)]) == 0
+    assert "40 validation images" in capsys.readouterr().out
+    engine = db.make_engine(f"sqlite:///{data_dir / 'fleet.sqlite3'}")
+    with engine.connect() as conn:
+        row = conn.execute(select(models.DriftReference)).one()
+    assert (row.cell, row.model_version, row.source, row.parts, row.complete) == ("*", "m-7", "validation", 40, True)
+    assert row.histograms == h.counts
+    Manifest(version="m-8", sha256="0" * 64).write(package)  # a package without the block: refused with the reason
+    assert cli.main(["fleet-drift-reference", str(package), "--data-dir", str(data_dir)]) == 1
+    assert "no drift_reference" in capsys.readouterr().err
+    engine.dispose()
