@@ -55,6 +55,9 @@ def test_episode_opens_at_alert_and_clears_below_watch_only():
     assert drift.transition(False, moved, s) == "open" and drift.transition(True, moved, s) is None
     same = one({"brightness": (8, 100), "contrast": (8, 100), "sharpness": (8, 100)})
     assert drift.transition(True, same, s) == "clear" and drift.transition(False, same, s) is None
+    scores = drift.assess(ref, 100, {}, drift.Window(_counts(defect_probability=(15, 100)), 100, 1), s)[1]
+    assert scores.code == drift.SCORE_DRIFT and scores.statistic == "defect_probability" and scores.psi > 0.25
+    assert drift.transition(False, scores, s) == "open"
     few = one({"brightness": (3, 10)}, parts=10)
     assert not few.judged and drift.transition(False, few, s) is None, "too few parts: nothing judged"
     with pytest.raises(ValueError, match="min_parts"):
