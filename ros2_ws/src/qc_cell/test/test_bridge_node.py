@@ -117,7 +117,15 @@ def test_every_input_becomes_a_valid_record_and_presence_is_announced(tmp_path):
             with bridge_cell(tmp_path, broker.url) as cell:
                 assert cell.wait_health(lambda h: h["connected"] == "True"), cell.health()
                 for i in range(5):
-                    cell.publish("quality/decision", decision(f"p{i}", verdict=i % 4))
+                    msg = decision(f"p{i}", verdict=i % 4)
+                    msg.image_brightness, msg.image_contrast, msg.image_sharpness = (
+                        97.0 + i,
+                        30.0,
+                        2.0,
+                    )  # bin 12: [96, 104)
+                    cell.publish("quality/decision", msg)
+                # The KPI after the bridge took the 5 verdicts (another topic: no order between them otherwise).
+                assert cell.graph.spin_until(lambda: len(cloud.snapshot("/part")) >= 5, 10)
                 kpi = CellKpi(window_s=60.0, parts=5, normal=2, reinspect=1, defective=1, not_inspected=1)
                 kpi.yield_ratio, kpi.reason_names, kpi.reason_counts = 0.4, ["visual_normal"], [2]
                 cell.publish("quality/kpi", kpi)
@@ -140,6 +148,10 @@ def test_every_input_becomes_a_valid_record_and_presence_is_announced(tmp_path):
                 assert [p["verdict"] for p in parts] == ["NORMAL", "REINSPECT", "DEFECTIVE", "NOT_INSPECTED", "NORMAL"]
                 assert parts[0]["process_anomaly_score"] is None and parts[0]["cell"] == "plant1/line2/cell3"
                 assert cloud.records("/model/status")[0]["state"] == "ACTIVE"
+                # The drift histograms of the 5 parts ride with the KPI record (qc_contract.drift bins).
+                drift = cloud.records("/kpi")[0]["distributions"]
+                assert drift["parts"] == 5 and drift["histograms"]["brightness"][12] == 5
+                assert drift["histograms"]["contrast"][7] == 5 and drift["histograms"]["sharpness"][16] == 5
                 online = [m for m in cloud.snapshot("/status") if m.json()["state"] == "online"]
                 assert online and online[0].topic == PREFIX + "status"
                 assert cell.wait_health(lambda h: h["outbox_depth"] == "0" and h["acked"] == "10"), cell.health()

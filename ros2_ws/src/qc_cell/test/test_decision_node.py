@@ -105,7 +105,14 @@ def test_parts_with_results_get_one_verdict_each_with_pass_through_fields():
         cell.graph.spin_until(lambda: cell.node._engine.counters.parts_registered == 3, 5.0)
         for i, p in enumerate((0.1, 0.6, 0.95)):
             cell.result(
-                f"p{i}", now - 20 * MS, p, ground_truth=2 if p > 0.5 else 1, defect_type="crack" if p > 0.5 else ""
+                f"p{i}",
+                now - 20 * MS,
+                p,
+                ground_truth=2 if p > 0.5 else 1,
+                defect_type="crack" if p > 0.5 else "",
+                image_brightness=50.0 + i,
+                image_contrast=20.0,
+                image_sharpness=2.5,
             )
         cell.wait_decisions(3)
         cell.graph.spin_for(0.3)
@@ -121,6 +128,12 @@ def test_parts_with_results_get_one_verdict_each_with_pass_through_fields():
             assert 20.0 <= d.capture_to_decision_ms < 10_000.0, i
             assert to_ns(d.decision_stamp) >= now
         assert (decisions["p2"].ground_truth, decisions["p2"].defect_type) == (2, "crack")
+        drift_stats = (
+            decisions["p2"].image_brightness,
+            decisions["p2"].image_contrast,
+            decisions["p2"].image_sharpness,
+        )
+        assert drift_stats == (52.0, 20.0, 2.5), "the drift statistics pass through"
         assert decisions["p0"].process_anomaly_score == pytest.approx(0.1)
 
 

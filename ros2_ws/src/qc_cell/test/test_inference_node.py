@@ -142,6 +142,9 @@ def test_one_result_per_frame_with_scores_timings_and_pass_through(tmp_path):
             assert r.queue_ms >= 0 and r.preprocess_ms > 0 and r.inference_ms > 0
             assert r.ground_truth == (PartFrame.LABEL_DEFECT if level > 150 else PartFrame.LABEL_GOOD)
             assert r.defect_type == ("contamination" if level > 150 else "")
+            # Drift statistics of the frame (qc_contract.drift): a uniform grey image has no contrast or edges.
+            assert r.image_brightness == pytest.approx(level, abs=0.5) and r.image_contrast == pytest.approx(0, abs=0.5)
+            assert r.image_sharpness == pytest.approx(0, abs=0.01)
 
 
 def test_every_bad_input_is_not_inspected_and_the_node_stays_up(tmp_path):

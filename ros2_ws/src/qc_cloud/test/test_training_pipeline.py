@@ -55,6 +55,10 @@ def test_package_manifest_is_what_the_edge_reads(lite0_run):
     assert manifest.training["command"] and manifest.training["config"]["seed"] == 0
     assert set(manifest.metrics) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "defect_escape_rate"}
     assert len(manifest.golden) == 6 and all((out / g.file).is_file() for g in manifest.golden)
+    ref = manifest.drift_reference  # the validation split's histograms (drift alerts, issue 22)
+    n_val = json.loads((out / "report.json").read_text())["calibration"]["n_val"]
+    assert ref is not None and ref.parts == n_val > 0
+    assert all(sum(ref.histograms[s]) == n_val for s in ("brightness", "contrast", "sharpness", "defect_probability"))
 
 
 def test_edge_loads_the_package_and_passes_its_golden_self_test(lite0_run):

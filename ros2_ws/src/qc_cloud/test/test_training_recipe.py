@@ -194,8 +194,10 @@ def test_manifest_refuses_a_bad_calibration():
     assert Manifest.from_dict(old).output.calibration is None
     with pytest.raises(ManifestError, match="schema_version 1 manifest cannot carry"):
         Manifest.from_dict({**good.to_dict(), "schema_version": 1})
-    with pytest.raises(ManifestError, match="unsupported manifest schema_version 4"):
-        Manifest.from_dict({**good.to_dict(), "schema_version": 4})
+    from qc_contract.model_manifest import SCHEMA_VERSION
+
+    with pytest.raises(ManifestError, match=f"unsupported manifest schema_version {SCHEMA_VERSION + 1}"):
+        Manifest.from_dict({**good.to_dict(), "schema_version": SCHEMA_VERSION + 1})
 
 
 def test_manifest_carries_proposed_decision_bands_and_refuses_bad_ones():

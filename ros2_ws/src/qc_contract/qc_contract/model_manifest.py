@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# 2 added output.calibration and output.anomaly_map (issue 25), 3 decision_bands. Older manifests (without them)
-# are still read; an edge that knows only an older version refuses a newer manifest by its version, with that reason.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-ADDED_IN = {"calibration": 2, "anomaly_map": 2, "decision_bands": 3}
-NESTED = ("preprocessing", "output", "golden", "decision_bands")  # read into their dataclasses
+# 2 added output.calibration and output.anomaly_map (issue 25), 3 decision_bands, 4 drift_reference (issue 22).
+# Older manifests (without them) are still read; an edge that knows only an older version refuses a newer manifest by
+# its version, with that reason.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+ADDED_IN = {"calibration": 2, "anomaly_map": 2, "decision_bands": 3, "drift_reference": 4}
+NESTED = ("preprocessing", "output", "golden", "decision_bands", "drift_reference")  # read into their dataclasses
 MANIFEST_NAME = "manifest.json"
 OUTPUT_SEMANTICS = ("sigmoid_logit", "softmax", "probability")
 COLOR_ORDERS = ("RGB", "BGR")
@@ -89,6 +90,16 @@ class DecisionBands:
 
 
 @dataclass(frozen=True)
+class DriftReference:
+    """What the model's validation data looked like (optional, issue 22): fixed-bin histograms (qc_contract.drift.BINS)
+    of the validation images' statistics and of the model's calibrated defect probability on them. The fleet
+    compares the cells' recent parts with it (drift alerts) until a cell's own line reference is complete."""
+
+    parts: int
+    histograms: dict[str, list[int]]
+
+
+@dataclass(frozen=True)
 class GoldenItem:
     file: str  # path relative to the package directory
     score: float  # expected defect probability
@@ -110,6 +121,7 @@ class Manifest:
     dataset: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     decision_bands: DecisionBands | None = None
+    drift_reference: DriftReference | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -145,7 +157,7 @@ class Manifest:
             )
         version = data.get("schema_version")
         present = [k for k in ("calibration", "anomaly_map") if k in data.get("output", {})]
-        present += ["decision_bands"] if data.get("decision_bands") is not None else []
+        present += [k for k in ("decision_bands", "drift_reference") if data.get(k) is not None]
         too_new = [k for k in present if ADDED_IN[k] > version]
         if too_new:
             raise ManifestError(f"a schema_version {version} manifest cannot carry {', '.join(too_new)}")
@@ -164,6 +176,9 @@ class Manifest:
                 **{
                     **{k: v for k, v in data.items() if k not in NESTED},
                     "decision_bands": DecisionBands(**data["decision_bands"]) if data.get("decision_bands") else None,
+                    "drift_reference": (
+                        DriftReference(**data["drift_reference"]) if data.get("drift_reference") else None
+                    ),
                     "preprocessing": Preprocessing(**pre, normalization=norm),
                     "output": Output(**out),
                     "golden": tuple(GoldenItem(**g) for g in data.get("golden", ())),
@@ -223,6 +238,15 @@ class Manifest:
                     f"decision_bands must satisfy 0 < reinspect < defective <= 1, got {bands.reinspect}, "
                     f"{bands.defective}"
                 )
+        if self.drift_reference is not None:
+            from qc_contract.drift import check_layout
+
+            try:
+                check_layout(self.drift_reference.histograms)
+                if self.drift_reference.parts < 0:
+                    raise ValueError("negative parts")
+            except (ValueError, TypeError, AttributeError) as exc:
+                problems.append(f"drift_reference: {exc}")
         if problems:
             raise ManifestError("invalid manifest: " + "; ".join(problems))
 

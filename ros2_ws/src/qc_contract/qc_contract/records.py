@@ -115,7 +115,9 @@ def kpi(
     latency_ms: Mapping[str, float],
     reasons: Mapping[str, int],
     total_parts: int,
+    distributions: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`distributions` (optional, drift_distributions()): histograms of the parts since the previous KPI record."""
     return {
         "time": iso_time(stamp_ns),
         "window_s": number(window_s, 3),
@@ -126,7 +128,19 @@ def kpi(
         "latency_ms": {key: number(value, 2) for key, value in latency_ms.items()},
         "reasons": {str(k): int(v) for k, v in reasons.items()},
         "total_parts": int(total_parts),
+        **({"distributions": dict(distributions)} if distributions else {}),
     }
+
+
+def drift_distributions(*, model_version: str, parts: int, counts: Mapping[str, Iterable[int]]) -> dict[str, Any]:
+    """The KPI record's optional `distributions` block: fixed-bin histograms (qc_contract.drift.BINS) of the
+    per-part image statistics and of the defect probability over the `parts` decided since the previous KPI record
+    (consecutive records do not overlap: the fleet sums them into windows) by model `model_version`."""
+    from qc_contract.drift import check_layout
+
+    histograms = {str(k): [int(v) for v in values] for k, values in counts.items()}
+    check_layout(histograms)
+    return {"model_version": model_version, "parts": int(parts), "histograms": histograms}
 
 
 def alert(*, stamp_ns: int, severity: int, source: str, code: str, message: str, part_id: str) -> dict[str, Any]:

@@ -117,9 +117,15 @@ class SyntheticPartGenerator:
         height: int = 512,
         defect_rate: float = 0.2,
         defect_types: Sequence[str] = DEFECT_TYPES,
+        lighting: float = 1.0,
     ) -> None:
         check_generator_args(seed, width, height, defect_rate, defect_types, DEFECT_TYPES)
+        if not 0.05 <= lighting <= 4.0:
+            raise ValueError(f"lighting {lighting} must be within [0.05, 4] (1 = the nominal light)")
         self.seed = int(seed)
+        # Scene light / exposure gain on top of the per-part variation (1 = nominal): a dimmer lamp, a dirty
+        # diffuser or a changed exposure. Settable between parts (the drift tests change it mid-run).
+        self.lighting = float(lighting)
         self.width = int(width)
         self.height = int(height)
         self.defect_rate = float(defect_rate)
@@ -250,7 +256,7 @@ class SyntheticPartGenerator:
         # Global exposure and a gentle lighting gradient across the field of view (smooth: half resolution).
         xs, ys = _pixel_grid(hw, hh)
         gx, gy = rng.normal(0, 0.08, size=2)
-        gain = rng.uniform(0.85, 1.15)
+        gain = rng.uniform(0.85, 1.15) * self.lighting
         gray *= np.float32(gain) * (1.0 + np.float32(gx / hw) * (xs - hw / 2) + np.float32(gy / hh) * (ys - hh / 2))
         # Sensor noise: shot noise grows with brightness, read noise is constant.
         read, shot = rng.uniform(1.2, 2.5), rng.uniform(0.08, 0.16)

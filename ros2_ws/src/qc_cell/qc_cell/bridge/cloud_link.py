@@ -46,6 +46,7 @@ from qc_cell.bridge.session import Log, python_log
 from qc_cell.bridge.settings import RUNTIME_SETTINGS, CloudLinkSettings
 from qc_cell.inference.model_store import StoreError
 from qc_contract import records
+from qc_contract.drift import Histograms, ImageStats
 from qc_contract.inbound import InboundError
 from qc_contract.model_manifest import Manifest, ManifestError
 from qc_contract.update_manifest import ROLE_SHADOW
@@ -105,6 +106,9 @@ class CloudLink:
         self._reported_refusals = 0
         self._rejection_reports: deque[int] = deque()
         self._started = self._stopped = False
+        # Drift histograms of the parts since the last KPI record, of one model (a new model starts them again).
+        self._drift = Histograms()
+        self._drift_model = ""
         self.images = PartImages(
             settings.sample,
             settings.offload,
@@ -184,6 +188,11 @@ class CloudLink:
         if result.reason == "duplicate":
             self.counts["parts_already_stored"] += 1
             return
+        with self._lock:
+            if part.model_version != self._drift_model:
+                self._drift.take()
+                self._drift_model = part.model_version
+            self._drift.add(ImageStats(*part.image_stats), part.defect_probability)
         if 0 < part.decision_ns < self._started_ns:
             self.counts["parts_recovered"] += 1  # decided while no bridge ran: its frame and deadline are gone
             return
@@ -196,7 +205,12 @@ class CloudLink:
         self.images.on_heatmap(heatmap)
 
     def on_kpi(self, kpi: KpiReport) -> None:
-        self.bridge.send("kpi", records.kpi(**asdict(kpi)))
+        """The KPI record, with the drift histograms of the parts since the previous one (none: no block)."""
+        with self._lock:
+            counts, parts = self._drift.take()
+            model = self._drift_model
+        distributions = records.drift_distributions(model_version=model, parts=parts, counts=counts) if parts else None
+        self.bridge.send("kpi", records.kpi(**asdict(kpi), distributions=distributions))
 
     def on_alert(self, alert: AlertReport) -> None:
         self.bridge.send("alert", records.alert(**asdict(replace(alert, message=alert.message[:MAX_TEXT]))))

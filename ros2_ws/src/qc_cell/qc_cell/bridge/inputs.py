@@ -6,6 +6,8 @@ the message constants' values (their names in qc_contract.records)."""
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ class PartVerdict:
     capture_ns: int
     decision_ns: int
     capture_to_decision_ms: float
+    image_stats: tuple[float, float, float] = (math.nan, math.nan, math.nan)  # drift statistics (QualityDecision)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,14 @@ CAMERA_DRIVER = NodeParams(
         Param("folder_order", "sorted", "folder: image order", choices=ORDERS),
         Param("seed", 0, "synthetic: generator seed; folder: shuffle seed", range=(0, 2**31 - 1)),
         Param("defect_rate", 0.2, "synthetic: share of defective parts", range=(0.0, 1.0)),
+        Param(
+            "lighting",
+            1.0,
+            "synthetic: scene light / exposure gain on every part (1 = nominal; < 1 a dimmer lamp): a changed light "
+            "for the drift alerts; changeable at runtime",
+            range=(0.05, 4.0),
+            runtime=True,
+        ),
         Param("guid", "", "aravis/pylon: camera id, serial, user-defined name or IP address ('' = the first)"),
         Param("offset_x", 0, "aravis/pylon: sensor ROI left edge (OffsetX)", range=(0, 16384)),
         Param("offset_y", 0, "aravis/pylon: sensor ROI top edge (OffsetY)", range=(0, 16384)),
@@ -139,7 +147,8 @@ CAMERA_DRIVER = NodeParams(
 )
 SOURCE_PARAMETERS = (
     "device", "width", "height", "fps", "pixel_format", "read_timeout_s", "pipeline", "path", "loop", "seed",
-    "defect_rate", "guid", "offset_x", "offset_y", "binning_x", "binning_y", "exposure", "gain", "trigger_source",
+    "defect_rate", "lighting", "guid", "offset_x", "offset_y", "binning_x", "binning_y", "exposure", "gain",
+    "trigger_source",
     "trigger_activation", "trigger_delay", "trigger_tolerance_s", "trigger_timeout_s", "topic", "playback", "mode",
 )  # fmt: skip
 # CaptureSettings field -> parameter.

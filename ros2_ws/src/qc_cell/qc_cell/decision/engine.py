@@ -55,6 +55,9 @@ class DecisionConfig:
             )
 
 
+NO_IMAGE_STATS = (math.nan, math.nan, math.nan)
+
+
 class ResultInput(NamedTuple):
     """An InspectionResult, as the engine needs it (a NamedTuple: built once per part on the critical path)."""
 
@@ -68,6 +71,7 @@ class ResultInput(NamedTuple):
     ground_truth: int = 0
     defect_type: str = ""
     wall_ns: int = 0  # the capture's wall stamp when capture_ns is on the steady clock (0: capture_ns is wall time)
+    image_stats: tuple[float, float, float] = NO_IMAGE_STATS  # brightness, contrast, sharpness (qc_contract.drift)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class DecisionRecord:
     ground_truth: int
     defect_type: str
     steady_ns: int = 0  # the capture on the steady clock the engine's deadlines ran on (0: unknown)
+    image_stats: tuple[float, float, float] = NO_IMAGE_STATS  # passed through from the result (drift statistics)
 
     @property
     def fail_safe(self) -> bool:
@@ -261,4 +266,5 @@ class DecisionEngine:
             encoder_count=part.encoder_count,
             ground_truth=result.ground_truth if result else 0,
             defect_type=result.defect_type if result else "",
+            image_stats=result.image_stats if result else NO_IMAGE_STATS,
         )

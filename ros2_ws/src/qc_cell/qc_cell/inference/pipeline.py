@@ -25,6 +25,7 @@ import numpy as np
 from qc_cell.camera.frame_pool import OVERWRITTEN, UNAVAILABLE, FrameGoneError
 from qc_cell.inference.backends import BackendError
 from qc_cell.inference.model import LoadedModel
+from qc_contract.drift import NO_STATS, ImageStats, image_stats
 from qc_contract.model_manifest import Preprocessing
 from qc_contract.preprocess import preprocess_into
 
@@ -79,6 +80,7 @@ class Outcome:
     channel_order: str = "BGR"
     heatmap: np.ndarray | None = None  # CAM over the model input (h, w) in [0, 1], for the overlay
     preprocessing: Preprocessing | None = None  # of the model that scored the part (maps the heatmap back)
+    image_stats: ImageStats = NO_STATS  # drift statistics of the decoded image (qc_contract.drift)
 
 
 @dataclass
@@ -288,6 +290,7 @@ class InferencePipeline:
             try:
                 image, order = job.decode()
                 preprocess_into(image, spec, order, self._buffer[len(ready)])
+                outcome.image_stats = image_stats(image, order)  # before verify(): the pixels were this part's
                 overwritten = job.verify() if job.verify is not None else ""
             except FrameGoneError as exc:  # a shared-memory frame overwritten before use, or its pool gone
                 outcome.ok, outcome.reason, outcome.detail = False, exc.reason, str(exc)

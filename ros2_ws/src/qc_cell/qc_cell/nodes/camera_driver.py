@@ -128,11 +128,13 @@ class CameraDriver(DeviceNode):
     # ------------------------------------------------------------ parameters
 
     def _apply_parameters(self, values: dict[str, Any], changed: dict[str, Any]) -> None:
-        if "rate_hz" in changed:  # the only runtime parameter; range checked against the spec
+        if "rate_hz" in changed:  # runtime parameters (rate_hz, lighting): range checked against the spec
             loop = self.loop
             if loop is not None:
                 loop.set_rate(changed["rate_hz"])
             self.capture = dataclasses.replace(self.capture, rate_hz=changed["rate_hz"])
+        if "lighting" in changed and hasattr(self.source, "set_lighting"):  # the synthetic source's scene light
+            self.source.set_lighting(changed["lighting"])
 
     # ------------------------------------------------------------ lifecycle (cleanup, shutdown, error: DeviceNode)
 

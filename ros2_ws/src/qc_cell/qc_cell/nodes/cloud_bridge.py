@@ -162,6 +162,7 @@ class CloudBridgeNode(Node):
                 reasons=tuple(msg.reasons),
                 capture_ns=to_ns(msg.header.stamp),
                 decision_ns=to_ns(msg.decision_stamp),
+                image_stats=(msg.image_brightness, msg.image_contrast, msg.image_sharpness),
             )
         )
 

@@ -177,6 +177,7 @@ class DecisionNode(Node):
             model_version=msg.model_version,
             ground_truth=msg.ground_truth,
             defect_type=msg.defect_type,
+            image_stats=(msg.image_brightness, msg.image_contrast, msg.image_sharpness),
         )
         try:
             if not self._parts_published:
@@ -257,6 +258,9 @@ class DecisionNode(Node):
             decision_stamp=from_ns(now_ns),
             ground_truth=record.ground_truth,
             defect_type=record.defect_type,
+            image_brightness=record.image_stats[0],
+            image_contrast=record.image_stats[1],
+            image_sharpness=record.image_stats[2],
         )
         self._decision_pub.publish(msg)
         # Bookkeeping after the verdict is out: off the critical path.

@@ -45,6 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--database-url-file")
     t.set_defaults(func=fleet_token)
 
+    d = subparsers.add_parser(
+        "fleet-drift-reference",
+        help="store a model package's validation histograms (manifest drift_reference) as the fleet's drift reference",
+    )
+    d.add_argument("package", help="model package directory (its manifest.json)")
+    d.add_argument("--config", default=os.environ.get("QC_FLEET_SETTINGS_FILE"))
+    d.add_argument("--data-dir")
+    d.add_argument("--database-url-file")
+    d.set_defaults(func=fleet_drift_reference)
+
     b = subparsers.add_parser("broker-config", help="mosquitto password file + ACL: each cell only its own topics")
     b.add_argument("--cells", nargs="+", required=True, help="site/line/cell names")
     b.add_argument("--out", type=Path, required=True, help="folder: passwd, acl, mosquitto-fleet.conf, passwords/")
@@ -173,6 +183,36 @@ def fleet_token(args: argparse.Namespace) -> int:
     count = revoke_token(engine, args.name)
     print(f"revoked {count} token(s) named {args.name}")
     return 0 if count else 1
+
+
+def fleet_drift_reference(args: argparse.Namespace) -> int:
+    """The validation reference of a model for every cell, until a cell's line reference is complete."""
+    if _missing_packages():
+        print(_missing_packages(), file=sys.stderr)
+        return 2
+    from qc_cloud.fleet import db, drift_store, rules
+    from qc_cloud.fleet import settings as settings_module
+    from qc_contract.model_manifest import Manifest, ManifestError
+
+    try:
+        manifest = Manifest.load(args.package)
+        settings = settings_module.load(args.config, data_dir=args.data_dir, database_url_file=args.database_url_file)
+    except (ManifestError, settings_module.SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ref = manifest.drift_reference
+    if ref is None:
+        print(
+            f"error: the manifest of {manifest.version} has no drift_reference (trained before issue 22)",
+            file=sys.stderr,
+        )
+        return 1
+    engine = db.make_engine(settings.resolved_database_url())
+    db.upgrade(engine)
+    with engine.begin() as conn:
+        drift_store.put_validation_reference(conn, manifest.version, ref.parts, ref.histograms, rules.utcnow())
+    print(f"drift reference of {manifest.version}: {ref.parts} validation images")
+    return 0
 
 
 def broker_config_command(args: argparse.Namespace) -> int:

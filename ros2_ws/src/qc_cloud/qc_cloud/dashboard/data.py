@@ -4,6 +4,7 @@ full-table scan per page view)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -416,6 +417,23 @@ def labelled_samples(conn: Connection) -> list[dict]:
         .order_by(lab.c.id)
     )
     return [queries._json(r) for r in rows]
+
+
+# --- drift (fleet/drift_store.py) ---
+
+
+def drift_episodes(conn: Connection, cell: str, limit: int = 5) -> list[dict]:
+    """The cell's latest drift episodes, newest first, with the evidence of the latest assessment."""
+    e = models.DriftEpisode.__table__
+    rows = conn.execute(select(e).where(e.c.cell == cell).order_by(desc(e.c.id)).limit(limit))
+    out = []
+    for r in rows:
+        item = queries._json(r)
+        for key in ("evidence", "last_evidence"):
+            if isinstance(item[key], str):
+                item[key] = json.loads(item[key])
+        out.append(item)
+    return out
 
 
 # --- alerts ---

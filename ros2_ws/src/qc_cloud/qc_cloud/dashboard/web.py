@@ -217,6 +217,7 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
             charts = data.cell_charts(conn, name, start, end)
             parts = data.recent_parts(conn, name)
             cloud = data.cloud_agreement(conn, name, start, end)
+            drift_episodes = data.drift_episodes(conn, name)
             fleet_row = next(iter(data.fleet(conn, end, hours, only=name)["cells"]), None)
         return render(
             request,
@@ -229,6 +230,7 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
             charts_json=json.dumps(charts),
             parts=parts,
             cloud=cloud,
+            drift_episodes=drift_episodes,
             start=start,
             end=end,
         )

@@ -116,6 +116,8 @@ class Kpi(Base):
     latency_ms: Mapped[dict] = mapped_column(JSON)
     reasons: Mapped[dict] = mapped_column(JSON)
     total_parts: Mapped[int] = mapped_column(BigInteger)
+    # The record's optional drift histograms (migration 0008): {"model_version", "parts", "histograms"}.
+    distributions: Mapped[dict | None] = mapped_column(JSON)
     __table_args__ = (Index("ix_kpis_cell_time", "cell", "time"),)
 
 
@@ -465,3 +467,40 @@ class RolloutEvent(Base):
     stage: Mapped[int | None] = mapped_column(Integer)
     detail: Mapped[dict] = mapped_column(JSON)
     __table_args__ = (Index("ix_rollout_events_rollout", "rollout_id", "id"),)
+
+
+class DriftReference(Base):
+    """What a model's inputs and scores looked like when it was judged good (migration 0008): the fixed-bin
+    histograms (qc_contract.drift.BINS) of its validation data (source "validation", cell "*": every cell) or of
+    the first parts a cell ran it on (source "line", collected by the fleet until `parts` reached the target,
+    then `complete`)."""
+
+    __tablename__ = "drift_references"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    cell: Mapped[str] = mapped_column(String(CELL))
+    model_version: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(String(16))  # validation / line
+    parts: Mapped[int] = mapped_column(BigInteger)
+    histograms: Mapped[dict] = mapped_column(JSON)
+    complete: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    __table_args__ = (UniqueConstraint("cell", "model_version", "source", name="uq_drift_references"),)
+
+
+class DriftEpisode(Base):
+    """One drift episode of a cell (migration 0008): opened with one alert when a statistic's PSI reached the
+    alert threshold, cleared when every statistic of its kind was back below the watch threshold."""
+
+    __tablename__ = "drift_episodes"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    cell: Mapped[str] = mapped_column(String(CELL))
+    code: Mapped[str] = mapped_column(String(32))  # INPUT_DRIFT / SCORE_DRIFT
+    model_version: Mapped[str] = mapped_column(String(256))
+    opened_at: Mapped[datetime] = mapped_column(DateTime)
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime)
+    peak_psi: Mapped[float] = mapped_column(Float)
+    evidence: Mapped[dict] = mapped_column(JSON)  # at opening: statistic, PSI, reference vs recent bins, window
+    last_evidence: Mapped[dict] = mapped_column(JSON)  # the latest assessment while open (the clearing one at the end)
+    alert_id: Mapped[int | None] = mapped_column(BigId)
+    __table_args__ = (Index("ix_drift_episodes_cell_code", "cell", "code", "cleared_at"),)

@@ -87,7 +87,13 @@ class FleetService:
     def start(self) -> FleetService:
         self.prepare()
         if self.settings.ingest:
-            store = Store(self.engine, self.samples, self.settings.quarantine_max_bytes, self.settings.retention_days)
+            store = Store(
+                self.engine,
+                self.samples,
+                self.settings.quarantine_max_bytes,
+                self.settings.retention_days,
+                self.settings.drift_settings(),
+            )
             for i in range(self.settings.ingest_workers):
                 self.workers.append(IngestWorker(self.settings, store, i).start())
             self._upkeep = threading.Thread(target=self._upkeep_loop, name="fleet-upkeep", daemon=True)

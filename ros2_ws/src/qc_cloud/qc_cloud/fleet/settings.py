@@ -56,8 +56,26 @@ class FleetSettings:
     # Staged rollouts (qc_cloud rollout): the controller judges and moves them this often (s); 0 = off. It runs
     # in the process that ingests (it publishes the stored signed manifests with the service's broker account).
     rollout_interval_s: float = 10.0
+    # Drift alerts (drift.py, docs/learning-loop.md "Drift alerts"): the line reference's parts, the recent window,
+    # the fewest parts judged, and the PSI thresholds (an episode opens at alert, clears below watch).
+    drift_reference_parts: int = 300
+    drift_window_parts: int = 300
+    drift_min_parts: int = 150
+    drift_watch_psi: float = 0.1
+    drift_alert_psi: float = 0.25
     bootstrap_tokens: bool = True  # first start with no token: create a read and a write token in data_dir
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def drift_settings(self):
+        from qc_cloud.fleet.drift import DriftSettings
+
+        return DriftSettings(
+            reference_parts=self.drift_reference_parts,
+            window_parts=self.drift_window_parts,
+            min_parts=self.drift_min_parts,
+            watch_psi=self.drift_watch_psi,
+            alert_psi=self.drift_alert_psi,
+        )
 
     @property
     def sqlite_path(self) -> Path:
@@ -94,6 +112,10 @@ class FleetSettings:
         need(self.share_group != "" or self.ingest_workers == 1, "several ingest_workers need a share_group")
         need(self.topic_filter.startswith("qc/"), f"topic_filter {self.topic_filter!r}: must start with qc/")
         need(self.api or self.ingest, "api and ingest are both off: nothing to run")
+        try:
+            self.drift_settings()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         url = self.resolved_database_url()
         need(url.startswith(("sqlite", "postgresql")), "database_url: sqlite:/// or postgresql+psycopg:// only")
         return self

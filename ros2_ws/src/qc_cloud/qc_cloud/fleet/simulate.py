@@ -50,6 +50,52 @@ def kpi_record(cell: str, epoch: str, seq: int) -> dict:
     return records.envelope(cell, epoch, "kpi", seq, body)
 
 
+def drift_kpi_stream(
+    cell: str,
+    parts: int,
+    per_record: int = 20,
+    lighting=lambda index: 1.0,
+    seed: int = 0,
+    model: str = "m-1",
+    epoch: str = "0d21f700",
+    start_ns: int = 1_800_000_000 * 10**9,
+    size: int = 128,
+) -> Iterator[tuple[str, bytes, int]]:
+    """KPI records of a cell looking at synthetic parts (qc_contract.synthetic), with the drift histograms the
+    cell's bridge attaches: the image statistics of every part (qc_contract.drift.image_stats) and a stable
+    defect-probability distribution. `lighting(i)` is the generator's lighting for part i (a change mid-run is
+    the drift test's changed light). Yields (topic, payload, parts so far); one record per `per_record` parts,
+    stamped one second per part after `start_ns`."""
+    import numpy as np
+
+    from qc_contract.drift import Histograms, image_stats
+    from qc_contract.synthetic import SyntheticPartGenerator
+
+    generator = SyntheticPartGenerator(seed=seed, width=size, height=size, defect_rate=0.1)
+    scores = np.random.default_rng(seed).beta(1.2, 12.0, size=parts)  # mostly low P(defective)
+    hist = Histograms()
+    seq = 0
+    for i in range(parts):
+        generator.lighting = float(lighting(i))
+        hist.add(image_stats(generator.part(i).image), float(scores[i]))
+        if hist.parts == per_record or i == parts - 1:
+            counts, n = hist.take()
+            seq += 1
+            body = records.kpi(
+                stamp_ns=start_ns + (i + 1) * 10**9,
+                window_s=60.0,
+                parts=n,
+                counts={"NORMAL": n},
+                yield_ratio=1.0,
+                throughput_pps=1.0,
+                latency_ms={"p50": 40.0, "p95": 50.0, "p99": 60.0},
+                reasons={"visual_normal": n},
+                total_parts=i + 1,
+                distributions=records.drift_distributions(model_version=model, parts=n, counts=counts),
+            )
+            yield f"qc/{cell}/kpi", records.encode(records.envelope(cell, epoch, "kpi", seq, body)), i + 1
+
+
 def alert_record(cell: str, epoch: str, seq: int) -> dict:
     body = records.alert(
         stamp_ns=time.time_ns(), severity=1, source="sensor_fusion", code="DRIFT", message="process drift", part_id=""

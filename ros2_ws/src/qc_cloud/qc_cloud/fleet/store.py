@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from qc_cloud.fleet import db, gaps, models, rollups, rules
+from qc_cloud.fleet import db, drift, drift_store, gaps, models, rollups, rules
 from qc_cloud.fleet.samples import SampleStore
 
 log = logging.getLogger("qc_fleet.store")
@@ -75,6 +75,7 @@ def _row(kind: str, r: rules.Record, received: datetime) -> dict[str, Any]:
             "latency_ms": b["latency_ms"],
             "reasons": b["reasons"],
             "total_parts": b["total_parts"],
+            "distributions": b.get("distributions"),
         }
     if kind == "alert":
         return {
@@ -317,9 +318,15 @@ _PG_ROLLUPS = (
 
 class Store:
     def __init__(
-        self, engine: Engine, samples: SampleStore, quarantine_max_bytes: int = 64 * 1024, retention_days: int = 365
+        self,
+        engine: Engine,
+        samples: SampleStore,
+        quarantine_max_bytes: int = 64 * 1024,
+        retention_days: int = 365,
+        drift_settings: drift.DriftSettings | None = None,
     ) -> None:
         self.engine = engine
+        self.drift = drift_settings or drift.DriftSettings()
         self.samples = samples
         self.quarantine_max_bytes = quarantine_max_bytes
         self.retention_days = retention_days
@@ -455,6 +462,10 @@ class Store:
                     alert_ids[cell] = max(alert_id, alert_ids.get(cell, 0))
             else:
                 conn.execute(self._insert(table), rows)
+        kpis = [r for r, _ in fresh if r.kind == "kpi"]
+        if kpis:  # drift episodes of the cells whose KPI records carry histograms (drift_store.py)
+            for cell, alert_id in drift_store.assess_cells(conn, self._insert, kpis, now, self.drift).items():
+                alert_ids[cell] = max(alert_id, alert_ids.get(cell, 0))
         self._rollups(conn, parts)
         self._streams(conn, [(r, t) for r, t in fresh if r.sequenced], dup_counts, now)
         self._cells(conn, fresh, statuses, alert_ids, now)

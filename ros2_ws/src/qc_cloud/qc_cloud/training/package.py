@@ -21,7 +21,15 @@ from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER
 from qc_cloud.training.datasets import GOOD, Dataset, Sample, read_image
 from qc_cloud.training.evaluate import OnnxScorer
 from qc_cloud.training.export import FEATURES_NAME, INPUT_NAME, LOGIT_NAME
-from qc_contract.model_manifest import DecisionBands, GoldenItem, Manifest, Output, Preprocessing, sha256_file
+from qc_contract.model_manifest import (
+    DecisionBands,
+    DriftReference,
+    GoldenItem,
+    Manifest,
+    Output,
+    Preprocessing,
+    sha256_file,
+)
 from qc_contract.preprocess import preprocess
 
 GOLDEN_DIR = "golden"
@@ -40,6 +48,7 @@ class PackageContents:
     calibration: tuple[float, float] | None = None  # (scale, shift) of the logit, fitted on the validation split
     anomaly_map: str | None = None  # name of the anomaly model's per-pixel map output
     decision_bands: DecisionBands | None = None  # proposed on the validation split (the cell: bands: from_model)
+    drift_reference: DriftReference | None = None  # the validation split's histograms (drift alerts)
 
 
 def pick_golden(samples: Sequence[Sample], per_class: int, seed: int) -> list[Sample]:
@@ -110,6 +119,7 @@ def write_manifest(
         dataset=contents.dataset,
         training=contents.training,
         decision_bands=contents.decision_bands,
+        drift_reference=contents.drift_reference,
     )
     manifest.validate()
     manifest.write(package_dir)

@@ -37,6 +37,7 @@ from qc_cloud.training.checkpoint import Checkpoint, save_checkpoint
 from qc_cloud.training.config import AUTO, SyntheticData, TrainConfig, resolve_input_size
 from qc_cloud.training.datasets import GOOD, Dataset, load_dataset, read_image
 from qc_cloud.training.distributed import World
+from qc_cloud.training.drift_reference import validation_reference
 from qc_cloud.training.errors import ConfigError, DatasetError
 from qc_cloud.training.evaluate import Evaluation, OnnxScorer, evaluate, score_samples
 from qc_cloud.training.export import OPSET, check_parity, export_onnx
@@ -45,7 +46,14 @@ from qc_cloud.training.package import PackageContents, pick_golden, write_golden
 from qc_cloud.training.report import write_report
 from qc_cloud.training.splits import MVTEC_CAVEAT, Split, stratified_split
 from qc_cloud.training.trainer import Trainer
-from qc_contract.model_manifest import MANIFEST_NAME, DecisionBands, Manifest, ManifestError, Preprocessing
+from qc_contract.model_manifest import (
+    MANIFEST_NAME,
+    DecisionBands,
+    DriftReference,
+    Manifest,
+    ManifestError,
+    Preprocessing,
+)
 from qc_contract.preprocess import preprocess
 from qc_contract.synthetic import write_mvtec_dataset
 
@@ -156,6 +164,7 @@ def calibrate_scorer(
     scorer.calibration = calibration
     probs = apply_calibration(logits, calibration)
     return {
+        "drift_reference": asdict(validation_reference(dataset, val, probs)),  # manifest drift_reference
         "method": config.calibration,
         "scale_shift": list(calibration) if calibration else None,
         "temperature": (1.0 / calibration[0]) if calibration else None,
@@ -362,6 +371,7 @@ def _build_package(
             classifier_weights=weights,
             calibration=scorer.calibration,
             decision_bands=decision_bands(cal_section["proposed_bands"]),
+            drift_reference=DriftReference(**cal_section["drift_reference"]),
         ),
         golden,
         features=config.export_features,

@@ -33,6 +33,7 @@ class SourceSettings:
     # synthetic (and the folder's shuffle seed)
     seed: int = 0
     defect_rate: float = 0.2
+    lighting: float = 1.0  # synthetic: scene light (qc_contract.synthetic)
     # aravis / pylon (GenICam; width, height, fps and pixel_format above are the sensor's) - see genicam.py
     guid: str = ""
     offset_x: int = 0
@@ -90,7 +91,7 @@ def build_source(settings: SourceSettings, warn: Warn | None = None, node: objec
     if s.kind == "folder":
         return FolderSource(s.path, s.loop, s.folder_order, s.seed, warn)
     if s.kind == "synthetic":
-        return SyntheticSource(s.seed, s.width or 512, s.height or 512, s.defect_rate)
+        return SyntheticSource(s.seed, s.width or 512, s.height or 512, s.defect_rate, lighting=s.lighting)
     if s.kind == "aravis":
         from qc_cell.camera.sources.aravis import AravisSource
 

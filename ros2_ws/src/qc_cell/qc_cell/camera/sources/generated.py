@@ -22,10 +22,18 @@ class SyntheticSource(FrameSource):
     kind = "synthetic"
 
     def __init__(
-        self, seed: int = 0, width: int = 512, height: int = 512, defect_rate: float = 0.2, start_index: int = 0
+        self,
+        seed: int = 0,
+        width: int = 512,
+        height: int = 512,
+        defect_rate: float = 0.2,
+        start_index: int = 0,
+        lighting: float = 1.0,
     ) -> None:
         try:
-            self._generator = SyntheticPartGenerator(seed=seed, width=width, height=height, defect_rate=defect_rate)
+            self._generator = SyntheticPartGenerator(
+                seed=seed, width=width, height=height, defect_rate=defect_rate, lighting=lighting
+            )
         except ValueError as exc:
             raise SourceConfigError(f"synthetic source: {exc}") from exc
         self._next = start_index
@@ -36,7 +44,13 @@ class SyntheticSource(FrameSource):
     @property
     def description(self) -> str:
         g = self._generator
-        return f"synthetic:seed={g.seed} {g.width}x{g.height} defect_rate={g.defect_rate:g}"
+        light = f" lighting={g.lighting:g}" if g.lighting != 1.0 else ""
+        return f"synthetic:seed={g.seed} {g.width}x{g.height} defect_rate={g.defect_rate:g}{light}"
+
+    def set_lighting(self, lighting: float) -> None:
+        """Change the scene light from the next part on (the drift tests' changed lamp)."""
+        self._generator.lighting = float(lighting)
+        self._cache = {}  # parts rendered under the old light
 
     @property
     def is_open(self) -> bool:
