@@ -113,7 +113,7 @@ def test_the_chosen_side_is_trained_and_recorded_in_report_and_manifest(boards, 
 
 @pytest.fixture(scope="module")
 def good_line(tmp_path_factory):
-    src = mvtec_dataset(tmp_path_factory.mktemp("bottles") / "data", n_train_good=10, n_test_good=6, n_per_defect=2)
+    src = mvtec_dataset(tmp_path_factory.mktemp("bottles") / "data", n_train_good=10, n_test_good=6, n_per_defect=3)
     good = tmp_path_factory.mktemp("line") / "good"
     good.mkdir()
     for i, path in enumerate(sorted(src.glob("*/good/*.png"))):
@@ -135,7 +135,8 @@ def test_dataset_check_accepts_a_good_only_set_and_says_what_it_is_for(good_line
 def test_evaluate_on_good_parts_only_reports_auc_as_undefined_and_the_false_alarm_load(good_line, tmp_path):
     src, line = good_line
     package = tmp_path / "model"
-    assert main(["train", "--data", str(src), "--out", str(package), "--input-size", "64", *TINY]) == 0
+    fast = ["--input-size", "64", "--phase1-epochs", "2", "--phase2-epochs", "1"]
+    assert main(["train", "--data", str(src), "--out", str(package), *fast, *TINY]) == 0
     out = tmp_path / "eval"
     assert main(["evaluate", "--package", str(package), "--data", str(line), "--out", str(out), "--no-progress"]) == 0
     report = json.loads((out / "report.json").read_text())
