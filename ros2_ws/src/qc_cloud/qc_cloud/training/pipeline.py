@@ -406,9 +406,10 @@ def _build_package(
 def choose_input_size(config: TrainConfig, dataset: Dataset, split: Split) -> tuple[TrainConfig, dict[str, Any]]:
     """The config with its input side chosen (input_size AUTO), and the record of how it was chosen.
 
-    The classifier searches the candidates on the validation split (training/input_size.py) when the training and
-    validation splits both hold good and defective images; otherwise (the anomaly model, a good-only set, a
-    split without defects, input_size_search off) the side the images suggest is taken, and the record says why."""
+    The classifier scores the candidates with a frozen-feature probe cross-validated over the training and
+    validation images (training/input_size.py) when both splits hold good and defective images; otherwise (the
+    anomaly model, a good-only set, a split without defects, input_size_search off) the side the images suggest
+    is taken, and the record says why."""
     from_images = resolve_input_size(config, sample_image_sizes(dataset))
     sizes = candidate_sizes(from_images, config.input_size_candidates)
     reason = None
@@ -426,12 +427,12 @@ def choose_input_size(config: TrainConfig, dataset: Dataset, split: Split) -> tu
         log.info(f"input size {from_images} x {from_images} px, from the images ({reason})")
         record = {"chosen": from_images, "from_images": from_images, "candidates": [], "skipped": reason}
         return config.replace(input_size=from_images), record
-    log.info(f"input size: searching {sizes} px on the validation split (set input_size to skip)")
+    log.info(f"input size: searching {sizes} px (frozen-feature probe, cross-validated; set input_size to skip)")
     record = search_input_size(
         config, dataset, split, sizes, preprocessing_for=preprocessing_for, build_model=build_model
     )
     record["from_images"] = from_images
-    log.info(f"input size {record['chosen']} x {record['chosen']} px, chosen on the validation split")
+    log.info(f"input size {record['chosen']} x {record['chosen']} px, chosen by the search")
     return config.replace(input_size=record["chosen"]), record
 
 

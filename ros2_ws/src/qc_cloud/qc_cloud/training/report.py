@@ -149,11 +149,11 @@ def _size_search_lines(search: dict[str, Any] | None) -> list[str]:
     if search.get("skipped"):
         return [f"- input size search: not run ({search['skipped']}); {search['chosen']} px from the images"]
     scores = ", ".join(
-        f"{c['input_size']} px AUC {_fmt(c['val_auc'])} (loss {_fmt(c['val_loss'])})" for c in search["candidates"]
+        f"{c['input_size']} px AUC {_fmt(c['cv_auc'])} (loss {_fmt(c['cv_loss'])})" for c in search["candidates"]
     )
     return [
-        f"- input size search on the validation split ({search['val_images']} images; probe on "
-        f"{search['train_images']} training images, {_fmt(search['seconds'], 0)} s): {scores} -> "
+        f"- input size search (frozen-feature probe, {search['folds']}-fold cross-validated over "
+        f"{search['images']} training + validation images, {_fmt(search['seconds'], 0)} s): {scores} -> "
         f"**{search['chosen']} px** (the images suggested {search.get('from_images', '?')} px)"
     ]
 
