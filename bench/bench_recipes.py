@@ -81,6 +81,11 @@ def run_pipeline(name: str, config: TrainConfig, root: Path, split_path: Path, o
     figures = summarize(ev.labels, ev.scores)
     size = run.manifest.preprocessing.input_width
     figures.update(train_s=seconds, input=size, edge_ms=edge_latency_ms(out / "model.onnx", size))
+    search = (run.report.get("training") or {}).get("input_size_search")
+    if search and search.get("candidates"):
+        scores = ", ".join(f"{c['input_size']} px {c['cv_auc']:.3f}" for c in search["candidates"])
+        chosen, seconds = search["chosen"], search["seconds"]
+        print(f"  [{name}] input size search, cross-validated probe AUC: {scores} -> {chosen} px ({seconds} s)")
     if "anomaly" in run.report["model"]:
         figures["pixel_auc"] = run.report["model"]["anomaly"]["pixel_auroc"]
     return figures

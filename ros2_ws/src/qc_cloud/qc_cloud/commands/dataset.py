@@ -71,9 +71,21 @@ def _dataset(args: argparse.Namespace) -> int:
     from qc_cloud.training.datasets import load_dataset
     from qc_cloud.training.splits import MVTEC_CAVEAT, stratified_split
 
-    dataset = load_dataset(args.data, progress=not args.no_progress)
-    split = stratified_split(dataset, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
+    dataset = load_dataset(args.data, progress=not args.no_progress, good_only_ok=True)
+    good_only = all(s.label == 0 for s in dataset.samples)  # label 0: good
+    split = stratified_split(
+        dataset,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        require_defects=not good_only,  # a good-only set splits as the anomaly model splits it
+    )
     print(json.dumps({**dataset.summary(), "split": split.counts(dataset)}, indent=2))
+    if good_only:
+        print(
+            "note: good parts only: `qc_cloud train --method anomaly` trains on it and `qc_cloud evaluate` measures "
+            "the false-alarm load on it; the classifier needs defective images too"
+        )
     if dataset.layout == "mvtec":
         print(f"note: {MVTEC_CAVEAT}")
     if args.split_out:

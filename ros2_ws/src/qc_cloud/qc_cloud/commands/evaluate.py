@@ -32,7 +32,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if not 0 < args.low <= args.high < 1:
         raise ConfigError(f"decision bands need 0 < low <= high < 1 (got {args.low}, {args.high})")
-    dataset = load_dataset(args.data, progress=not args.no_progress)
+    dataset = load_dataset(args.data, progress=not args.no_progress, good_only_ok=True)
     run = evaluate_package(
         args.package,
         dataset,

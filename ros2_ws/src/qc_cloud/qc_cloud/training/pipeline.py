@@ -41,6 +41,7 @@ from qc_cloud.training.drift_reference import validation_reference
 from qc_cloud.training.errors import ConfigError, DatasetError
 from qc_cloud.training.evaluate import Evaluation, OnnxScorer, evaluate, score_samples
 from qc_cloud.training.export import OPSET, check_parity, export_onnx
+from qc_cloud.training.input_size import candidate_sizes, search_input_size
 from qc_cloud.training.models import DefectClassifier, backbone_spec, build_model
 from qc_cloud.training.package import PackageContents, pick_golden, write_golden, write_manifest
 from qc_cloud.training.report import write_report
@@ -412,6 +413,39 @@ def _build_package(
     return report, evaluation
 
 
+def choose_input_size(config: TrainConfig, dataset: Dataset, split: Split) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config with its input side chosen (input_size AUTO), and the record of how it was chosen.
+
+    The classifier scores the candidates with a frozen-feature probe cross-validated over the training and
+    validation images (training/input_size.py) when both splits hold good and defective images; otherwise (the
+    anomaly model, a good-only set, a split without defects, input_size_search off) the side the images suggest
+    is taken, and the record says why."""
+    from_images = resolve_input_size(config, sample_image_sizes(dataset))
+    sizes = candidate_sizes(from_images, config.input_size_candidates)
+    reason = None
+    if not config.input_size_search:
+        reason = "input_size_search is off"
+    elif config.method != "classifier":
+        reason = f"method {config.method}: no defect labels to score sizes on"
+    elif len(sizes) < 2:
+        reason = f"one candidate only ({sizes[0]} px)"
+    else:
+        for part in ("train", "val"):
+            if {s.label for s in split.samples(dataset, part)} != {0, 1}:
+                reason = f"the {part} split lacks good or defective images"
+    if reason is not None:
+        log.info(f"input size {from_images} x {from_images} px, from the images ({reason})")
+        record = {"chosen": from_images, "from_images": from_images, "candidates": [], "skipped": reason}
+        return config.replace(input_size=from_images), record
+    log.info(f"input size: searching {sizes} px (frozen-feature probe, cross-validated; set input_size to skip)")
+    record = search_input_size(
+        config, dataset, split, sizes, preprocessing_for=preprocessing_for, build_model=build_model
+    )
+    record["from_images"] = from_images
+    log.info(f"input size {record['chosen']} x {record['chosen']} px, chosen by the search")
+    return config.replace(input_size=record["chosen"]), record
+
+
 def train(
     config: TrainConfig,
     *,
@@ -437,10 +471,9 @@ def train(
         log.info(f"note: {MVTEC_CAVEAT}")
     if config.threads:
         torch.set_num_threads(config.threads)
+    size_search = None
     if config.input_size == AUTO:
-        size = resolve_input_size(config, sample_image_sizes(dataset))
-        log.info(f"input size {size} x {size} px, chosen from the images (set input_size to override)")
-        config = config.replace(input_size=size)
+        config, size_search = choose_input_size(config, dataset, split)
     torch.manual_seed(config.seed)
     if config.method == "anomaly":
         from qc_cloud.training.anomaly import train_anomaly
@@ -482,6 +515,8 @@ def train(
         "torch": torch.__version__,
     }
     training["processes"] = world.size
+    if size_search is not None:
+        training["input_size_search"] = size_search
     try:
         if checkpoint_path is not None:
             save_checkpoint(
@@ -510,6 +545,14 @@ def check_golden(package_dir: Path, manifest: Manifest, scorer: OnnxScorer) -> l
             )
         results.append({"file": item.file, "expected": item.score, "actual": round(score, 6)})
     return results
+
+
+GOOD_ONLY_EVALUATION = (
+    "Good parts only: without defective images the ROC AUC, average precision, precision, recall, F1 and the "
+    "escape rate are undefined (n/a). What is measured is the false-alarm load: the share of good parts sent to "
+    "re-inspection or rejected at these bands (false reject rate), and the false-positive rate at the threshold "
+    "(1 - specificity)."
+)
 
 
 def evaluate_package(
@@ -541,8 +584,10 @@ def evaluate_package(
                 "include training images and overstate the model. Pass --split split.json."
             )
     labels = {s.label for s in samples}
-    if labels != {0, 1}:
-        raise DatasetError("the images to evaluate must include good and defective parts")
+    if 0 not in labels:  # label 0: good
+        raise DatasetError("the images to evaluate include no good parts: the false-alarm load cannot be measured")
+    if labels == {0}:
+        caveats.append(GOOD_ONLY_EVALUATION)
     evaluation = evaluate(
         scorer, dataset, samples, manifest.preprocessing, low=low, high=high, batch_size=batch_size, progress=progress
     )

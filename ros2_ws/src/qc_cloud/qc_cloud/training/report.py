@@ -142,6 +142,22 @@ def plot_training(history: list[dict[str, Any]], path: Path) -> Path:
 # -- documents ------------------------------------------------------------------------------------------
 
 
+def _size_search_lines(search: dict[str, Any] | None) -> list[str]:
+    """How the input side was chosen (training/input_size.py), every candidate's validation score."""
+    if not search:
+        return []
+    if search.get("skipped"):
+        return [f"- input size search: not run ({search['skipped']}); {search['chosen']} px from the images"]
+    scores = ", ".join(
+        f"{c['input_size']} px AUC {_fmt(c['cv_auc'])} (loss {_fmt(c['cv_loss'])})" for c in search["candidates"]
+    )
+    return [
+        f"- input size search (frozen-feature probe, {search['folds']}-fold cross-validated over "
+        f"{search['images']} training + validation images, {_fmt(search['seconds'], 0)} s): {scores} -> "
+        f"**{search['chosen']} px** (the images suggested {search.get('from_images', '?')} px)"
+    ]
+
+
 def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     test = report["test"]
     bands = test["bands"]
@@ -238,6 +254,7 @@ def _markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
             "## Training",
             "",
             f"- backbone `{model['architecture']}`, input {model['input_size']} px, seed {cfg['seed']}",
+            *_size_search_lines(training.get("input_size_search")),
             f"- Phase I (base frozen, Adam lr {cfg['phase1_lr']}): {training['epochs'].get('1', 0)} epoch(s), "
             f"feature cache {cache}",
             f"- Phase II (top {round(100 * cfg['unfreeze_fraction'])} % of the base's layers unfrozen, "
