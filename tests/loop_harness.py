@@ -80,12 +80,14 @@ class TrainSettings:
     input_size: int = 96
     phase1_epochs: int = 6
     phase2_epochs: int = 1
+    cache_draws: int = 1  # augmentation draws cached per image: the feature cache is most of a tiny run's time
     threads: int = 2
 
     def arguments(self) -> list[str]:
         return [
             "--input-size", str(self.input_size), "--phase1-epochs", str(self.phase1_epochs),
-            "--phase2-epochs", str(self.phase2_epochs), "--threads", str(self.threads), "--no-progress",
+            "--phase2-epochs", str(self.phase2_epochs), "--cache-draws", str(self.cache_draws),
+            "--threads", str(self.threads), "--no-progress",
         ]  # fmt: skip
 
 
@@ -155,9 +157,9 @@ class Station:
             raise RuntimeError(f"login as {username} failed: {r.status_code} {r.headers.get('location')}")
         self.csrf = re.search(r'name="csrf_token" value="([^"]+)"', self.client.get("/fleet").text).group(1)
 
-    def queue(self) -> list[tuple[str, str]]:
-        """(cell/record_id path, part id) of the first page of unlabelled samples, newest first."""
-        text = self.client.get("/review").text
+    def queue(self, order: str = "uncertain") -> list[tuple[str, str]]:
+        """(cell/record_id path, part id) of the first page of unlabelled samples, most uncertain (or newest) first."""
+        text = self.client.get("/review", params={"order": order}).text
         return [
             (path, html.unescape(part))
             for path, part in re.findall(r'href="/review/([^"?]+)\?[^"]*">([^<]+)</a>', text)
@@ -330,16 +332,18 @@ class Plant:
         return None
 
     def fleet_parts(self) -> dict[tuple[str, str], list[dict]]:
-        """Every part record the fleet service stored, read page by page through its HTTP API, keyed by
-        (cell, part id) (a list: a part stored twice would show as two)."""
-        stored: dict[tuple[str, str], list[dict]] = defaultdict(list)
-        offset: int | None = 0
-        while offset is not None:
-            page = self.fleet.get("/api/v1/parts", limit=1000, offset=offset)
+        """Every part record the fleet service stored, read through its HTTP API by keyset pagination (stable while
+        the cells add parts; offset pages would shift and show a record twice), keyed by (cell, part id); a list of
+        distinct records, so a part stored twice shows as two."""
+        stored: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+        cursor: str | None = None
+        while True:
+            page = self.fleet.get("/api/v1/parts", limit=1000, cursor=cursor)
             for item in page["items"]:
-                stored[(item["cell"], item["part_id"])].append(item)
-            offset = page["next_offset"]
-        return stored
+                stored[(item["cell"], item["part_id"])][item["record_id"]] = item
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return {key: list(records.values()) for key, records in stored.items()}
 
 
 VERDICTS = ("NORMAL", "REINSPECT", "DEFECTIVE", "NOT_INSPECTED")
