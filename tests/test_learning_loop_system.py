@@ -44,9 +44,12 @@ NEW_LOOK = "scratch"  # the defect type model A never saw
 KNOWN = ("broken_large", "broken_small", "contamination")
 SIZE = 128  # camera and training images (px): small keeps rendering, inference and training cheap
 CELLS = ["cell1", "cell2"]
-# Parts each cell decides with each model. Env QC_LOOP_PARTS raises it for a steadier figure.
-PARTS = int(os.environ.get("QC_LOOP_PARTS", "100"))
-CAMERA = {"rate_hz": 4.0, "defect_rate": 0.5, "width": SIZE, "height": SIZE}
+# Parts each cell decides with A before the operators label (enough samples of the new look to learn from), and
+# with B after it is installed. QC_LOOP_SCALE scales both for a steadier figure (default 1.0).
+SCALE = float(os.environ.get("QC_LOOP_SCALE", "1"))
+PARTS_A, PARTS_B = int(250 * SCALE), int(150 * SCALE)
+# 80 % defective, a fifth of them scratches: the new look is common enough for a short run to measure.
+CAMERA = {"rate_hz": 5.0, "defect_rate": 0.8, "width": SIZE, "height": SIZE}
 # Samples for the station: every re-inspect/defective verdict and half of all parts at random (the random ones are
 # where escapes show up), no rate limit; small JPEGs at this size.
 BRIDGE = {"sample_enabled": True, "sample_min_interval_s": 0.0, "sample_random_rate": 0.5}
@@ -63,7 +66,7 @@ def test_labels_from_the_station_teach_model_b_the_new_defect_look(tmp_path):
 
     with Plant(tmp_path / "plant", CELLS, model_a, public_key, camera=CAMERA, bridge=BRIDGE) as plant:
         t = time.monotonic()
-        plant.wait_until(lambda: min(plant.parts_by_model("1.0.0").values()) >= PARTS, 600, f"{PARTS} parts with A")
+        plant.wait_until(lambda: min(plant.parts_by_model("1.0.0").values()) >= PARTS_A, 600, f"{PARTS_A} parts with A")
         times["phase_a_s"] = time.monotonic() - t
 
         # Operators label what the station shows.
@@ -92,7 +95,7 @@ def test_labels_from_the_station_teach_model_b_the_new_defect_look(tmp_path):
         times["b_active_s"] = plant.wait_until(
             lambda: min(plant.parts_by_model("1.1.0").values()) >= 1, 300, "the first parts scored by B"
         )
-        plant.wait_until(lambda: min(plant.parts_by_model("1.1.0").values()) >= PARTS, 600, f"{PARTS} parts with B")
+        plant.wait_until(lambda: min(plant.parts_by_model("1.1.0").values()) >= PARTS_B, 600, f"{PARTS_B} parts with B")
         times["phase_b_s"] = time.monotonic() - t
 
         # Every part captured until now: one verdict in the cell, one record in the fleet service.
