@@ -375,6 +375,18 @@ def escape_rates(plant: Plant, stored: Mapping[tuple[str, str], list[dict]]) -> 
     return figures
 
 
+def figures_table(figures: Mapping[str, Mapping[str, dict]]) -> str:
+    """The per-model figures as a Markdown table (for docs/learning-loop.md)."""
+    lines = ["| model | true type | parts | NORMAL | REINSPECT | DEFECTIVE | NOT_INSPECTED | escape / false-reject |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for version, kinds in sorted(figures.items()):
+        for kind, row in kinds.items():
+            rate = row.get("escape_rate", row.get("false_reject_rate"))
+            counts = " | ".join(str(row.get(v, 0)) for v in VERDICTS)
+            lines.append(f"| {version} | {kind} | {row['parts']} | {counts} | {rate:.1%} |")
+    return "\n".join(lines)
+
+
 def one_verdict_per_part(plant: Plant, stored: Mapping[tuple[str, str], list[dict]], until_ns: int) -> dict:
     """Every part each camera captured before `until_ns` (camera/parts stamps): exactly one verdict in the cell
     (quality/decision) and exactly one record in the fleet service, with the same verdict. Returns the counts and
