@@ -25,6 +25,7 @@ class DecisionRecord:
     latency_ms: float
     capture_ns: int
     received_monotonic: float
+    model_version: str = ""  # the model that scored the part ("" when none did)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class CellRecorder:
                 latency_ms=float(msg.capture_to_decision_ms),
                 capture_ns=to_ns(msg.header.stamp),
                 received_monotonic=time.monotonic(),
+                model_version=msg.model_version,
             )
 
     def _on_reject(self, msg: RejectEvent) -> None:
