@@ -16,7 +16,6 @@ pytest.importorskip("sqlalchemy", reason="the fleet service needs requirements/f
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from qc_cloud.commands.models_publish import sign_update
-from qc_cloud.commands.rollout import shadow_summary
 from qc_cloud.fleet import db, models, rollout, rules
 from qc_cloud.fleet.samples import SampleStore
 from qc_cloud.fleet.store import Message, Store
@@ -151,7 +150,7 @@ def test_an_agreeing_shadow_passes_on_its_shadow_scores_not_on_live_parts(setup)
     assert cand["skip_share"] == pytest.approx(6 / 36) and cand["latency_p99_ms"] == 5.0
     assert base["parts"] == 30 and base["latency_p99_ms"] == 20.0
     assert [(c, m.get("role", "live")) for c, m in published] == [(A, "shadow"), (B, "live")], "the canary starts next"
-    assert "agreement 100.0 % on 30 parts" in shadow_summary(cand, base)
+    assert "agreement 100.0 % on 30 parts" in rollout.shadow_summary(cand, base)
 
 
 def test_a_disagreeing_shadow_stops_the_rollout_before_any_cell_runs_it_live(setup):
@@ -232,3 +231,86 @@ def test_bad_shadow_settings_are_refused(plan, message):
     ok = rollout.parse_plan({"stages": [{"cells": [A]}], "rules": {"shadow_latency_p99_ms": {"max_ms": 250}}})
     assert ok.rules["shadow_latency_p99_ms"] == {"max_ratio": 2.0, "max_ms": 250.0}
     assert ok.shadow_bands == {"reinspect": 0.5, "defective": 0.8}
+
+
+def test_the_dashboard_shows_a_cells_shadow_runs_linked_from_the_cell_and_the_rollout(tmp_path, database_url):
+    import html
+    import re
+
+    from fastapi.testclient import TestClient
+    from test_dashboard_pages import PASSWORD, login
+
+    from qc_cloud.dashboard import accounts
+    from qc_cloud.fleet import settings
+    from qc_cloud.fleet.service import FleetService
+
+    (tmp_path / "db-url").write_text(database_url + "\n")
+    s = settings.load(None, env={}, data_dir=str(tmp_path / "fleet"), database_url_file=str(tmp_path / "db-url"))
+    s.ingest = False
+    service = FleetService(s).start()
+    try:
+        now = rules.utcnow()
+        with service.engine.begin() as conn:
+            for name in (A, B):
+                conn.execute(
+                    models.Cell.__table__.insert().values(name=name, first_seen=now, last_seen=now, model_version=LIVE)
+                )
+            accounts.add_user(conn, "viewer", PASSWORD, "viewer")
+        plan = rollout.parse_plan(
+            {
+                "stages": [
+                    {"name": "shadow", "role": "shadow", "cells": [A], "min_parts": 100, "watch_s": 0},
+                    {"name": "canary", "cells": [B]},
+                ]
+            }
+        )
+        stages = rollout.resolve_stages(plan, {A: LIVE, B: LIVE}, CANDIDATE)
+        with service.engine.begin() as conn:
+            rid = rollout.create(
+                conn,
+                plan,
+                CANDIDATE,
+                stages,
+                [_signed(CANDIDATE, st.cells, st.role) for st in stages],
+                {B: _signed(LIVE, [B], rollback_from=CANDIDATE)},
+                "user:t",
+            )
+        controller = rollout.Controller(service.engine, lambda cell, manifest: None)
+        controller.step()
+        line = Line(service.engine, tmp_path)
+        line.run(8, 0.1, 0.12, label="good")  # NORMAL / NORMAL
+        line.run(2, 0.9, 0.3, label="defective")  # DEFECTIVE live, NORMAL shadow: two shadow escapes
+        line.counts(10, 30)
+        controller.step()
+
+        anonymous = TestClient(service.app())
+        page = anonymous.get(f"/cells/{A}/shadow", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"].startswith("/login"), "role-checked"
+        viewer = TestClient(service.app())
+        login(viewer, "viewer")
+        assert 'id="shadow-link"' in viewer.get(f"/cells/{A}").text
+        text = viewer.get(f"/rollouts/{rid}").text
+        assert "Shadow: 10 scored, agreement 80.0 % on 10 parts, skip share 75.0 %" in text
+        assert "Waiting: " in text and "10 of 100 shadow-scored parts" in text
+        link = html.unescape(re.search(r'class="shadow-run-link" href="([^"]+)"', text).group(1))
+        assert link.startswith(f"/cells/{A}/shadow?version={CANDIDATE}&since=")
+        page = viewer.get(link)
+        assert page.status_code == 200, page.text
+        body = page.text
+        assert f"<h2>{CANDIDATE}</h2>" in body and 'class="s-agreement">80.0 %' in body
+        cross = re.search(r'<table class="band-cross">.*?</table>', body, re.S).group(0)
+        rows = {
+            m.group(1): [int(x) for x in re.findall(r"<td[^>]*>(\d+)</td>", m.group(2))]
+            for m in re.finditer(r'<th class="v-(\w+)">\w+</th>(.*?)</tr>', cross, re.S)
+        }
+        assert rows["NORMAL"] == [8, 0, 0] and rows["DEFECTIVE"] == [2, 0, 0] and rows["REINSPECT"] == [0, 0, 0]
+        assert "2 of 2 · 100.0 %" in body and "0 of 2 · 0.0 %" in body, "shadow vs live escapes on labelled parts"
+        counts = [int(n) for n in re.findall(r'<td class="h-n">(\d+)</td>', body)]
+        assert len(counts) == 20 and sum(counts) == 10 and counts[2] == 8 and counts[6] == 2
+        assert "skip share <b>75.0 %" in body
+        assert viewer.get(f"/cells/{A}/shadow?version=9.9.9").text.count('id="no-shadow"') == 1
+        assert viewer.get("/cells/plant1/line1/nope/shadow").status_code == 404
+        assert viewer.get(f"/cells/{A}/shadow?since=yesterday").status_code == 400
+        assert viewer.get(f"/cells/{A}/shadow?reinspect=0.9&defective=0.5").status_code == 400
+    finally:
+        service.stop()

@@ -175,7 +175,7 @@ def _status(args: argparse.Namespace, engine) -> int:
             f"parts, cells {', '.join(s['cells'])}{'  BROKEN: ' + broken if broken else ''}"
         )
         if s["role"] == "shadow" and cand:
-            print("    shadow: " + shadow_summary(cand, health.get("baseline", {})))
+            print("    shadow: " + rollout.shadow_summary(cand, health.get("baseline", {})))
         if s["state"] == "watching" and health.get("waiting"):
             print("    waiting: " + "; ".join(health["waiting"]))
     for e in found["events"]:
@@ -183,23 +183,3 @@ def _status(args: argparse.Namespace, engine) -> int:
             f"  {e['time']} {e['actor']}: {e['event']}" + (f" (stage {e['stage']})" if e["stage"] is not None else "")
         )
     return 0
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f} %"
-
-
-def shadow_summary(cand: dict, base: dict) -> str:
-    """One line of a shadow stage's figures (the rollout status; the dashboard shows the same)."""
-
-    def ms(v) -> str:
-        return "-" if v is None else f"{v:.1f} ms"
-
-    return (
-        f"{cand.get('parts', 0)} scored, agreement {_pct(cand.get('shadow_agreement'))} on "
-        f"{cand.get('matched_parts', 0)} parts, skip share {_pct(cand.get('skip_share'))}, "
-        f"latency p99 {ms(cand.get('latency_p99_ms'))} (live {ms(base.get('latency_p99_ms'))}), "
-        f"{cand.get('labels', 0)} labelled: escape {_pct(cand.get('escape_rate'))} "
-        f"(live {_pct(base.get('escape_rate'))}), "
-        f"false reject {_pct(cand.get('false_reject_rate'))} (live {_pct(base.get('false_reject_rate'))})"
-    )

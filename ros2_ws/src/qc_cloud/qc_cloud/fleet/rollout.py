@@ -868,3 +868,23 @@ def get_rollout(conn: Connection, rollout_id: int) -> dict[str, Any] | None:
             for e in events
         ],
     }
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def shadow_summary(cand: dict, base: dict) -> str:
+    """One line of a shadow stage's figures (the rollout status; the dashboard shows the same)."""
+
+    def ms(v) -> str:
+        return "-" if v is None else f"{v:.1f} ms"
+
+    return (
+        f"{cand.get('parts', 0)} scored, agreement {_pct(cand.get('shadow_agreement'))} on "
+        f"{cand.get('matched_parts', 0)} parts, skip share {_pct(cand.get('skip_share'))}, "
+        f"latency p99 {ms(cand.get('latency_p99_ms'))} (live {ms(base.get('latency_p99_ms'))}), "
+        f"{cand.get('labels', 0)} labelled: escape {_pct(cand.get('escape_rate'))} "
+        f"(live {_pct(base.get('escape_rate'))}), "
+        f"false reject {_pct(cand.get('false_reject_rate'))} (live {_pct(base.get('false_reject_rate'))})"
+    )
