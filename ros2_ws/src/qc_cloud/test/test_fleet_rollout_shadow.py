@@ -314,3 +314,102 @@ def test_the_dashboard_shows_a_cells_shadow_runs_linked_from_the_cell_and_the_ro
         assert viewer.get(f"/cells/{A}/shadow?reinspect=0.9&defective=0.5").status_code == 400
     finally:
         service.stop()
+
+
+def test_the_shadow_runs_page_in_a_browser(tmp_path):
+    """Headless chromium against the service over real HTTP (uvicorn): a viewer follows the links from the cell page
+    and from the rollout's shadow stage and reads the figures the page shows. Screenshot: docs/dashboard/shadow.png."""
+    import os
+    from pathlib import Path
+
+    from qc_cell.bringup.local_broker import Mosquitto, mosquitto_binary
+    from qc_cloud.dashboard import accounts, browser
+    from qc_cloud.fleet.embedded import EmbeddedFleet
+
+    if browser.available() or mosquitto_binary() is None:
+        pytest.skip(browser.available() or "mosquitto is not installed")
+    from selenium.webdriver.common.by import By
+
+    with Mosquitto() as broker:
+        fleet = EmbeddedFleet(tmp_path / "fleet", broker.url, client_id=f"qc-shadow-test-{os.getpid()}")
+        driver = None
+        try:
+            engine = fleet.service.engine
+            now = rules.utcnow()
+            with engine.begin() as conn:
+                for name in (A, B):
+                    conn.execute(
+                        models.Cell.__table__.insert().values(
+                            name=name, first_seen=now, last_seen=now, model_version=LIVE
+                        )
+                    )
+                accounts.add_user(conn, "viewer", "viewer-password", "viewer")
+            plan = rollout.parse_plan(
+                {
+                    "stages": [
+                        {"name": "shadow", "role": "shadow", "cells": [A], "min_parts": 100},
+                        {"name": "canary", "cells": [B]},
+                    ]
+                }
+            )
+            stages = rollout.resolve_stages(plan, {A: LIVE, B: LIVE}, CANDIDATE)
+            with engine.begin() as conn:
+                rid = rollout.create(
+                    conn,
+                    plan,
+                    CANDIDATE,
+                    stages,
+                    [_signed(CANDIDATE, st.cells, st.role) for st in stages],
+                    {B: _signed(LIVE, [B], rollback_from=CANDIDATE)},
+                    "user:t",
+                )
+            controller = rollout.Controller(engine, lambda cell, manifest: None)
+            controller.step()
+            line = Line(engine, tmp_path)
+            line.run(16, 0.1, 0.08)
+            line.run(3, 0.9, 0.92)
+            line.run(1, 0.6, 0.3)
+            line.counts(20, 2)
+            controller.step()
+
+            driver = browser.chromium(1280, 1100)
+
+            def find(css: str, timeout: float = 20.0):
+                end = time.monotonic() + timeout
+                while time.monotonic() < end:
+                    found = driver.find_elements(By.CSS_SELECTOR, css)
+                    if found:
+                        return found[0]
+                    time.sleep(0.1)
+                raise AssertionError(f"timed out after {timeout} s waiting for {css}")
+
+            driver.get(fleet.url + f"/cells/{A}/shadow")
+            assert "/login" in driver.current_url, "a logged-out browser gets the login page"
+            find("#username").send_keys("viewer")
+            find("#password").send_keys("viewer-password")
+            find("#login-button").click()
+            find("#shadow-title")
+            driver.get(fleet.url + f"/cells/{A}")
+            find("#shadow-link").click()
+            assert find(".s-agreement").text == "95.0 %"
+            driver.get(fleet.url + f"/rollouts/{rid}")
+            assert "agreement 95.0 % on 20 parts" in find(".c-shadow").text
+            assert "20 of 100 shadow-scored parts" in find(".c-waiting").text
+            find(".shadow-run-link").click()
+            assert "since=" in driver.current_url and f"version={CANDIDATE}" in driver.current_url
+            cross = find("table.band-cross")
+            cells = [[td.text for td in tr.find_elements(By.CSS_SELECTOR, "td")] for tr in cross.find_elements(
+                By.CSS_SELECTOR, "tbody tr"
+            )]  # fmt: skip
+            assert cells[:3] == [["16", "0", "0"], ["1", "0", "0"], ["0", "0", "3"]], cells
+            bars = driver.find_elements(By.CSS_SELECTOR, "table.histogram .bar")
+            assert len(bars) == 20 and max(b.size["width"] for b in bars) > 0
+            assert "skip share 9.1 %" in find(".s-counts").text
+            if os.environ.get("QC_SCREENSHOTS", "1") != "0":
+                shots = Path(__file__).resolve().parents[4] / "docs" / "dashboard"
+                shots.mkdir(parents=True, exist_ok=True)
+                driver.save_screenshot(str(shots / "shadow.png"))
+        finally:
+            if driver is not None:
+                driver.quit()
+            fleet.stop()

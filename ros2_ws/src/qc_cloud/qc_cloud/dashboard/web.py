@@ -479,6 +479,9 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
             found = rollout.get_rollout(conn, min(max(rollout_id, 0), 2**62))
         if found is None:
             raise HTTPException(404, f"no rollout {rollout_id}")
+        for stage in found["stages"]:  # the scores a shadow stage is judged on: from CLOCK_SKEW before its start
+            started = rules.parse_time(stage["started_at"])
+            stage["judged_since"] = queries.iso(started - rollout.CLOCK_SKEW) if started else None
         return render(request, "rollout.html", user, r=found, error=request.query_params.get("error", ""))
 
     @app.post("/rollouts/{rollout_id}/abort", include_in_schema=False)
