@@ -174,7 +174,9 @@ def test_a_disagreeing_shadow_stops_the_rollout_before_any_cell_runs_it_live(set
     assert "live model was not changed" in alerts[0].message
 
 
-def test_a_shadow_that_skips_almost_every_part_waits_and_says_why(setup):
+def test_a_shadow_that_skips_almost_every_part_waits_and_says_why(setup, database_url, tmp_path, capsys):
+    from qc_cloud import cli
+
     line, start, status, published, _ = setup
     rid, controller = start()
     line.run(30, 0.1, 0.1)
@@ -184,6 +186,12 @@ def test_a_shadow_that_skips_almost_every_part_waits_and_says_why(setup):
     stage = status(rid)["stages"][0]
     assert stage["state"] == rollout.WATCHING and not stage["health"]["judged"] and len(published) == 1
     assert any("skipped 95.0 %" in w for w in stage["health"]["waiting"]), stage["health"]["waiting"]
+    (tmp_path / "db-url").write_text(database_url + "\n")
+    args = ["--data-dir", str(tmp_path / "fleet"), "--database-url-file", str(tmp_path / "db-url")]
+    assert cli.main(["rollout", "status", str(rid), *args]) == 0
+    out = capsys.readouterr().out
+    assert "shadow: 30 scored, agreement 100.0 % on 30 parts, skip share 95.0 %" in out
+    assert "waiting: the shadow skipped 95.0 % of the parts offered" in out
     line.run(10, 0.1, 0.1)
     line.counts(40, 60)  # 60 % skipped: judged
     controller.step()
