@@ -65,7 +65,6 @@ DEFAULT_RULES: dict[str, dict[str, float | None]] = {
     # lowest priority in spare time, so it is a pessimistic figure), and <= max_ms when given
     "shadow_latency_p99_ms": {"max_ratio": 2.0, "max_ms": None},
 }
-SHADOW_RULES = ("shadow_agreement", "shadow_label_errors", "shadow_skip_share", "shadow_latency_p99_ms")
 UNBOUNDED = {"latency_p99_ms", "model_errors", "shadow_latency_p99_ms"}  # thresholds not rates: no 1.0 cap
 DEFAULT_SHADOW_BANDS = {"reinspect": 0.5, "defective": 0.8}  # the decision node's default bands
 RATE_RULES = ("not_inspected_rate", "reinspect_rate", "reject_rate")
