@@ -25,7 +25,7 @@ from qc_cell.bringup.local_broker import Mosquitto, mosquitto_binary
 from qc_cell.inference.model_store import PolicyError
 from qc_cell.inference.synthetic_models import write_package
 from qc_cloud import cli
-from qc_cloud.fleet import broker_acl, models, rollout, settings
+from qc_cloud.fleet import broker_acl, models, rollout, settings, simulate
 from qc_cloud.fleet.service import FleetService, read_tokens
 from qc_contract import artifact, records, update_manifest
 from qc_contract.model_manifest import Manifest
@@ -36,6 +36,7 @@ FETCH = artifact.FetchPolicy(schemes=frozenset({"file"}), read_timeout_s=10.0, d
 CANARY, LINE_MATE, OTHER_LINE = "plant1/line1/cell001", "plant1/line1/cell002", "plant1/line2/cell003"
 CELLS = (CANARY, LINE_MATE, OTHER_LINE)
 OLD, NEW = "m-1", "m-2"
+ENVELOPE = {"schema_version", "type", "cell", "epoch", "seq", "id"}
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -59,7 +60,10 @@ class Cell:
         folder = tmp / name.replace("/", "_")
         keys = {update_manifest.key_id(KEY.public_key()): KEY.public_key()}
         self.updater = ModelUpdater(
-            UpdateSettings(folder / "updates", keys, name, folder / "store", fetch=FETCH), self._load, self._report
+            UpdateSettings(folder / "updates", keys, name, folder / "store", fetch=FETCH),
+            self._load,
+            self._report,
+            load_shadow=self._load_shadow,
         )
         self.updater.start()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
@@ -84,6 +88,51 @@ class Cell:
             return False, str(refused), self.updater.active_version
         self.updater.store.activate(Manifest.load(Path(path)))  # what inference does once the model serves
         return True, f"serving {version}", version
+
+    def _load_shadow(self, path: str, version: str, sha256: str) -> tuple[bool, str, str]:
+        try:
+            self.updater.store.check_shadow(version, sha256)  # what inference checks before loading a shadow
+        except PolicyError as refused:
+            return False, str(refused), self.updater.active_version
+        self.updater.store.set_shadow(Manifest.load(Path(path)))
+        return True, f"shadow {version}", self.updater.active_version
+
+    @property
+    def shadow(self) -> str:
+        entry = self.updater.store.shadow()
+        return entry.version if entry is not None else ""
+
+    def shadow_run(self, n: int, live: str, shadow: str, live_p: float, shadow_p: float) -> None:
+        """n parts decided by the live model (verdict from live_p at the default bands), each followed by the
+        shadow's score, then the shadow's scored/skipped counts, as the inference node and bridge send them."""
+        for _ in range(n):
+            now = time.time_ns()
+            part_id = f"{self.name.rsplit('/', 1)[-1]}-{self.epoch}-{self.seq:06d}"
+            verdict = 2 if live_p >= 0.8 else 1 if live_p >= 0.5 else 0
+            self.send(
+                "part",
+                records.part(
+                    part_id=part_id, verdict=verdict, reasons=["visual_normal"], defect_probability=live_p,
+                    process_anomaly_score=0.0, process_flags=0, model_version=live, encoder_count=self.seq,
+                    capture_ns=now - 40_000_000, decision_ns=now, capture_to_decision_ms=40.0,
+                ),
+            )  # fmt: skip
+            self.send(
+                "shadow_score",
+                records.shadow_score(
+                    stamp_ns=now, part_id=part_id, shadow_version=shadow, live_version=live,
+                    defect_probability=shadow_p, latency_ms=12.0,
+                ),
+            )  # fmt: skip
+        counts = {"scored": n, "skipped_busy": n // 10}
+        self.send("model_status", records.shadow_state(stamp_ns=time.time_ns(), active_version=live,
+                                                       shadow_version=shadow, counts=counts))  # fmt: skip
+
+    def kpis(self, parts: int, model: str) -> None:
+        """KPI records with the drift histograms of `parts` synthetic parts decided by `model`."""
+        for _, payload, _ in simulate.drift_kpi_stream(self.name, parts, model=model, start_ns=time.time_ns()):
+            body = {k: v for k, v in json.loads(payload).items() if k not in ENVELOPE}
+            self.send("kpi", body)
 
     def _report(self, outcome: UpdateOutcome) -> None:
         self.outcomes.append(outcome)
@@ -151,6 +200,9 @@ class Plant:
             broker_username="qc-fleet",
             broker_password_file=str(broker_acl.password_path(out, "qc-fleet")),
             rollout_interval_s=0.2,
+            drift_reference_parts=40,  # the line reference: a cell's first 40 parts on a model
+            drift_window_parts=40,
+            drift_min_parts=20,
         )
         self.service = FleetService(self.settings).start()
         self.cells = {
@@ -321,3 +373,61 @@ def test_abort_through_the_api_rolls_back_every_cell_on_the_candidate(plant):
     abort = [e for e in status["events"] if e["event"] == "abort_requested"]
     assert abort and abort[0]["actor"] == "token:bootstrap-write"
     assert sorted(b["cell"] for b in status["rollbacks"] if b["published_at"]) == [CANARY, LINE_MATE]
+
+
+SHADOW_PLAN = {
+    "name": "m-2 shadow first",
+    "min_parts_to_judge": 20,
+    "stages": [
+        {"name": "shadow", "role": "shadow", "cells": [CANARY], "min_parts": 30, "watch_s": 0},
+        {"name": "canary", "cells": [CANARY], "min_parts": 30, "watch_s": 0},
+        {"name": "fleet", "cells": ["*/*/*"], "min_parts": 30, "watch_s": 0},
+    ],
+}
+
+
+def _line_references(plant) -> dict[tuple[str, str], tuple[int, bool]]:
+    t = models.DriftReference.__table__
+    with plant.service.engine.connect() as conn:
+        rows = conn.execute(select(t.c.cell, t.c.model_version, t.c.parts, t.c.complete).where(t.c.source == "line"))
+        return {(r.cell, r.model_version): (r.parts, r.complete) for r in rows}
+
+
+def test_an_agreeing_shadow_is_promoted_and_the_canary_gets_its_line_reference_on_the_candidate(plant):
+    cells = plant.cells
+    cells[CANARY].kpis(60, OLD)  # the canary's line reference for the model it runs now
+    wait_until(lambda: _line_references(plant).get((CANARY, OLD)) == (40, True), 20, "OLD's line reference")
+    rid = plant.start(SHADOW_PLAN, "shadow-plan.json")
+    wait_until(lambda: cells[CANARY].shadow == NEW, 20, "the candidate loaded as the canary's shadow")
+    assert cells[CANARY].active == OLD and cells[CANARY].received[0]["role"] == "shadow"
+    cells[CANARY].shadow_run(30, OLD, NEW, live_p=0.1, shadow_p=0.15)
+    wait_until(lambda: cells[CANARY].active == NEW, 20, "the candidate promoted live on the canary")
+    found = plant.rollout(rid)
+    shadow = found["stages"][0]["health"]
+    assert (shadow["candidate"]["parts"], shadow["candidate"]["shadow_agreement"]) == (30, 1.0), shadow
+    assert shadow["candidate"]["skip_share"] == pytest.approx(3 / 33) and shadow["broken"] == []
+    assert cells[CANARY].outcomes[-1].from_store, "the promotion took the shadow's stored copy"
+    assert cells[LINE_MATE].received == [] and cells[OTHER_LINE].received == []
+    # At promotion the drift reference of the candidate is this cell's own first parts on it (drift_store keys
+    # the line reference by cell and model version): the canary's KPI records of NEW build (CANARY, NEW).
+    assert (CANARY, NEW) not in _line_references(plant)
+    cells[CANARY].kpis(60, NEW)
+    wait_until(lambda: _line_references(plant).get((CANARY, NEW)) == (40, True), 20, "NEW's line reference")
+    assert _line_references(plant)[(CANARY, OLD)] == (40, True), "the previous model's reference is kept apart"
+
+
+def test_a_disagreeing_shadow_stops_the_rollout_and_no_cell_runs_the_candidate_live(plant):
+    cells = plant.cells
+    rid = plant.start(SHADOW_PLAN, "shadow-plan.json")
+    wait_until(lambda: cells[CANARY].shadow == NEW, 20, "the candidate loaded as the canary's shadow")
+    cells[CANARY].shadow_run(30, OLD, NEW, live_p=0.1, shadow_p=0.6)  # the shadow would re-inspect every part
+    wait_until(lambda: plant.rollout(rid)["state"] == rollout.ROLLED_BACK, 20, "the rollout stopped")
+    found = plant.rollout(rid)
+    assert [b["rule"] for b in found["stages"][0]["health"]["broken"]] == ["shadow_agreement"]
+    assert "rule_broken" in [e["event"] for e in found["events"]]
+    time.sleep(1.0)  # several controller steps: nothing more is published
+    assert [m.get("role") for m in cells[CANARY].received] == ["shadow"] and cells[CANARY].active == OLD
+    assert cells[LINE_MATE].received == [] and cells[OTHER_LINE].received == []
+    with plant.service.engine.connect() as conn:
+        alerts = conn.execute(select(models.Alert.cell, models.Alert.code)).all()
+    assert [tuple(a) for a in alerts] == [(CANARY, rollout.ALERT_CODE)]

@@ -86,7 +86,8 @@ def test_shadow_scores_are_stored_and_reported_per_version(service):
     assert two["confusion"]["REINSPECT"] == {"NORMAL": 1, "REINSPECT": 0, "DEFECTIVE": 0}
     assert two["confusion"]["NOT_INSPECTED"]["REINSPECT"] == 1
     assert two["histogram"] == {"bins": 10, "counts": [1, 1, 1, 0, 0, 1, 0, 0, 0, 2]}
-    assert two["latency_ms"]["mean"] == pytest.approx(3.5)
+    assert two["latency_ms"]["mean"] == pytest.approx(3.5) and two["latency_ms"]["p99"] == pytest.approx(3.5)
+    assert two["labels"]["labelled"] == 0 and two["labels"]["shadow"]["escape_rate"] is None
     assert two["cell_counts"] == {"scored": 7, "skipped_busy": 4}
     one = client.get(
         "/api/v1/cells/plant1/line1/cell001/shadow",

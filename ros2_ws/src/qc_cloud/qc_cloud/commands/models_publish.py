@@ -104,7 +104,15 @@ def publish(args: argparse.Namespace) -> int:
         )
         issued = time.time_ns()
         manifest = sign_update(
-            package.version, size, sha256, source, private_key, args.expires_in_h, targets, args.rollback_from, issued,
+            package.version,
+            size,
+            sha256,
+            source,
+            private_key,
+            args.expires_in_h,
+            targets,
+            args.rollback_from,
+            issued,
             role=update_manifest.ROLE_SHADOW if args.shadow else update_manifest.ROLE_LIVE,
         )
         payload = json.dumps(manifest, sort_keys=True).encode()

@@ -174,6 +174,10 @@ def _status(args: argparse.Namespace, engine) -> int:
             f"  stage {s['idx']} {s['name']} ({s['role']}): {s['state']}, {cand.get('parts', 0)}/{s['min_parts']} "
             f"parts, cells {', '.join(s['cells'])}{'  BROKEN: ' + broken if broken else ''}"
         )
+        if s["role"] == "shadow" and cand:
+            print("    shadow: " + rollout.shadow_summary(cand, health.get("baseline", {})))
+        if s["state"] == "watching" and health.get("waiting"):
+            print("    waiting: " + "; ".join(health["waiting"]))
     for e in found["events"]:
         print(
             f"  {e['time']} {e['actor']}: {e['event']}" + (f" (stage {e['stage']})" if e["stage"] is not None else "")

@@ -55,6 +55,7 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
     templates.env.filters["pct"] = _fmt_pct
     templates.env.filters["t"] = _fmt_time
     templates.env.globals["quote"] = lambda s: quote(str(s), safe="")
+    templates.env.globals["shadow_summary"] = rollout.shadow_summary
     throttle = accounts.LoginThrottle(engine)  # in the database: shared by all API workers
     timings: dict[str, list[float]] = {}
     app.state.dashboard_timings = timings
@@ -233,6 +234,57 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
             drift_episodes=drift_episodes,
             start=start,
             end=end,
+        )
+
+    @app.get("/cells/{site}/{line}/{cell}/shadow", response_class=HTMLResponse, include_in_schema=False)
+    def cell_shadow_page(
+        request: Request,
+        site: str,
+        line: str,
+        cell: str,
+        version: str = "",
+        since: str = "",
+        hours: int = 168,
+        reinspect: float = 0.5,
+        defective: float = 0.8,
+        bins: int = 20,
+    ) -> Response:
+        """The cell's shadow runs: per shadow version the figures of GET /api/v1/cells/.../shadow (the same
+        queries.shadow_report), with the live verdict x shadow band table and the score histogram."""
+        user = require(request)
+        name = cell_name(site, line, cell)
+        if not (0.0 <= reinspect <= defective <= 1.0):
+            raise HTTPException(400, "bands: 0 <= reinspect <= defective <= 1")
+        bins = min(max(bins, 1), 100)
+        end = rules.utcnow()
+        try:
+            start = rules.parse_time(since) if since else end - timedelta(hours=min(max(hours, 1), 24 * 366))
+        except rules.Refused as exc:
+            raise HTTPException(400, f"since: {exc}") from None
+        with engine.connect() as conn:
+            if not queries.cell_exists(conn, name):
+                raise HTTPException(404, f"no cell {name}")
+            items = queries.shadow_report(conn, name, version[:256] or None, start, None, reinspect, defective, bins)
+        for item in items:
+            item["skip_share"] = queries.skip_share(item["cell_counts"])
+            top = max(item["histogram"]["counts"]) or 1
+            item["bars"] = [
+                {"low": i / bins, "high": (i + 1) / bins, "n": n, "width": round(100 * n / top, 1)}
+                for i, n in enumerate(item["histogram"]["counts"])
+            ]
+        return render(
+            request,
+            "shadow.html",
+            user,
+            cell=name,
+            items=items,
+            version=version,
+            start=start,
+            since=since,
+            hours=hours,
+            bands={"reinspect": reinspect, "defective": defective},
+            verdicts=queries.LIVE_VERDICTS,
+            shadow_bands=queries.SHADOW_BANDS,
         )
 
     @app.get("/parts/{site}/{line}/{cell}/{part_id:path}", response_class=HTMLResponse, include_in_schema=False)
@@ -427,6 +479,9 @@ def mount(app: FastAPI, engine: Engine, samples: SampleStore, export_dir: Path, 
             found = rollout.get_rollout(conn, min(max(rollout_id, 0), 2**62))
         if found is None:
             raise HTTPException(404, f"no rollout {rollout_id}")
+        for stage in found["stages"]:  # the scores a shadow stage is judged on: from CLOCK_SKEW before its start
+            started = rules.parse_time(stage["started_at"])
+            stage["judged_since"] = queries.iso(started - rollout.CLOCK_SKEW) if started else None
         return render(request, "rollout.html", user, r=found, error=request.query_params.get("error", ""))
 
     @app.post("/rollouts/{rollout_id}/abort", include_in_schema=False)

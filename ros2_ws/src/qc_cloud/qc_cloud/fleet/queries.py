@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -472,6 +473,15 @@ def shadow_report(
     for shadow_version, index, n in histogram_rows:
         if shadow_version in report:
             report[shadow_version]["histogram"][int(index)] += n
+    latencies: dict[str, list[float]] = {}
+    for shadow_version, latency in conn.execute(
+        select(s.c.shadow_version, s.c.latency_ms)
+        .where(*where, s.c.latency_ms.is_not(None))
+        .order_by(desc(s.c.time))
+        .limit(MAX_SHADOW_LATENCIES)
+    ):
+        latencies.setdefault(shadow_version, []).append(latency)
+    labels = _shadow_label_figures(conn, where, reinspect, defective)
     items = []
     for shadow_version in sorted(report):
         r = report[shadow_version]
@@ -494,7 +504,9 @@ def shadow_report(
                 "latency_ms": {
                     "mean": round(r["latency_sum"] / r["scored"], 3) if r["scored"] else None,
                     "max": r["latency_max_ms"],
+                    "p99": p99(latencies.get(shadow_version, [])),  # of the newest MAX_SHADOW_LATENCIES scores
                 },
+                "labels": labels.get(shadow_version, _label_block([])),
                 "first": iso(r["first"]),
                 "last": iso(r["last"]),
                 "cell_counts": last_state.shadow_counts if last_state is not None else None,
@@ -502,3 +514,132 @@ def shadow_report(
             }
         )
     return items
+
+
+MAX_SHADOW_LATENCIES = 100_000
+
+
+def p99(values: list[float]) -> float | None:
+    """The 99th percentile (nearest rank) of `values`, None for none."""
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, math.ceil(0.99 * len(values)) - 1)]
+
+
+def _rates(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """(label answer, band or verdict) pairs -> escapes (defective called NORMAL), false rejects (good called
+    DEFECTIVE) and their rates, as the promotion gate counts them (training/candidate.py)."""
+    defective = [band for answer, band in pairs if answer == "defective"]
+    good = [band for answer, band in pairs if answer == "good"]
+    escapes, false_rejects = defective.count("NORMAL"), good.count("DEFECTIVE")
+    return {
+        "defective": len(defective),
+        "good": len(good),
+        "escapes": escapes,
+        "false_rejects": false_rejects,
+        "escape_rate": escapes / len(defective) if defective else None,
+        "false_reject_rate": false_rejects / len(good) if good else None,
+    }
+
+
+def _label_block(rows: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """(answer, live verdict, shadow band) per labelled part -> the shadow's and the live model's errors on them."""
+    return {
+        "labelled": len(rows),
+        "shadow": _rates([(answer, band) for answer, _, band in rows]),
+        "live": _rates([(answer, verdict) for answer, verdict, _ in rows]),
+    }
+
+
+def _shadow_label_figures(conn: Connection, where: list, reinspect: float, defective: float) -> dict[str, dict]:
+    """Per shadow version: on the parts it scored that an operator labelled good/defective (current label) and
+    the live model inspected, the shadow's escapes/false rejects (its band) next to the live verdict's."""
+    s, p, lab = models.ShadowScore.__table__, models.Part.__table__, models.Label.__table__
+    rows = conn.execute(
+        select(s.c.shadow_version, s.c.record_id, s.c.defect_probability, p.c.verdict, lab.c.answer)
+        .select_from(
+            s.join(lab, and_(lab.c.cell == s.c.cell, lab.c.part_id == s.c.part_id)).join(
+                p, and_(p.c.cell == s.c.cell, p.c.part_id == s.c.part_id)
+            )
+        )
+        .where(
+            *where,
+            lab.c.current.is_(True),
+            lab.c.answer.in_(("good", "defective")),
+            p.c.verdict.in_(("NORMAL", "REINSPECT", "DEFECTIVE")),
+        )
+    ).all()
+    seen: set[tuple[str, str]] = set()
+    per_version: dict[str, list[tuple[str, str, str]]] = {}
+    for version, record_id, probability, verdict, answer in rows:
+        if (version, record_id) in seen:  # one shadow score counts once, however many samples were labelled
+            continue
+        seen.add((version, record_id))
+        band = "DEFECTIVE" if probability >= defective else "REINSPECT" if probability >= reinspect else "NORMAL"
+        per_version.setdefault(version, []).append((answer, verdict, band))
+    return {version: _label_block(rows) for version, rows in per_version.items()}
+
+
+def skip_share(counts: dict[str, int] | None) -> float | None:
+    """The share of offered parts the shadow skipped, from a shadow_state's counts (scored, skipped_<reason>)."""
+    if not counts:
+        return None
+    skipped = sum(v for k, v in counts.items() if k.startswith("skipped_"))
+    offered = skipped + counts.get("scored", 0)
+    return skipped / offered if offered else None
+
+
+def shadow_stage_figures(
+    conn: Connection, cells: list[str], version: str, start: datetime | None, reinspect: float, defective: float
+) -> dict[str, Any]:
+    """shadow_report of one shadow version over several cells (a rollout's shadow stage): summed counts and
+    confusion, agreement over all matched parts, label errors pooled, latency p99 the worst cell's, skip share
+    from the summed counts of every cell's last shadow_state. `per_cell` keeps each cell's own report."""
+    per_cell = {}
+    for cell in cells:
+        items = shadow_report(conn, cell, version, start, None, reinspect, defective, 10)
+        per_cell[cell] = items[0] if items else None
+    reports = [r for r in per_cell.values() if r is not None]
+    scored = sum(r["scored"] for r in reports)
+    matched = sum(r["matched_parts"] for r in reports)
+    agree = sum(r["confusion"][v][v] for r in reports for v in SHADOW_BANDS)  # live verdict == shadow band
+    counts: dict[str, int] = {}
+    for r in reports:
+        for k, v in (r["cell_counts"] or {}).items():
+            counts[k] = counts.get(k, 0) + int(v)
+    pooled: dict[str, Any] = {"labelled": 0, "shadow": [], "live": []}
+    for r in reports:
+        lab = r["labels"]
+        for side in ("shadow", "live"):
+            pooled[side].append(lab[side])
+        pooled["labelled"] += lab["labelled"]
+
+    def pool(side: str) -> dict[str, Any]:
+        blocks = pooled[side]
+        total = {k: sum(b[k] for b in blocks) for k in ("defective", "good", "escapes", "false_rejects")}
+        total["escape_rate"] = total["escapes"] / total["defective"] if total["defective"] else None
+        total["false_reject_rate"] = total["false_rejects"] / total["good"] if total["good"] else None
+        return total
+
+    p99s = [r["latency_ms"]["p99"] for r in reports if r["latency_ms"]["p99"] is not None]
+    return {
+        "parts": scored,  # shadow-scored parts: what a shadow stage's min_parts counts
+        "matched_parts": matched,
+        "agreement": agree / matched if matched else None,
+        "labels": {"labelled": pooled["labelled"], "shadow": pool("shadow"), "live": pool("live")},
+        "latency_p99_ms": max(p99s) if p99s else None,
+        "cell_counts": counts or None,
+        "skip_share": skip_share(counts),
+        "per_cell": {
+            cell: None
+            if r is None
+            else {
+                "scored": r["scored"],
+                "agreement": r["agreement"],
+                "latency_p99_ms": r["latency_ms"]["p99"],
+                "skip_share": skip_share(r["cell_counts"]),
+            }
+            for cell, r in per_cell.items()
+        },
+    }

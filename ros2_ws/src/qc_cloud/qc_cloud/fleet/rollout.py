@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select
 
-from qc_cloud.fleet import models, rules
+from qc_cloud.fleet import models, queries, rules
 from qc_contract import update_manifest
 from qc_contract.update_manifest import ROLE_LIVE, ROLE_SHADOW, target_matches
 
@@ -52,10 +52,24 @@ DEFAULT_RULES: dict[str, dict[str, float | None]] = {
     "latency_p99_ms": {"max_ratio": 1.5, "max_ms": None},
     # model_status failures on the stage's cells since it started (update_rejected for the candidate, FAILED state)
     "model_errors": {"max": 0},
+    # shadow stages (judged on the candidate's shadow scores, not on live parts): the share of inspected parts
+    # whose shadow band (score put into shadow_bands) equals the live verdict must be >= min
+    "shadow_agreement": {"min": 0.9},
+    # on operator-labelled parts the shadow scored: its escape / false-reject rate (by its band) minus the live
+    # verdicts' on the same parts; judged from min_labels labelled parts on
+    "shadow_label_errors": {"max_escape_increase": 0.0, "max_false_reject_increase": 0.02, "min_labels": 20},
+    # a shadow that skips more than this share of the parts offered (its cells' shadow_state counts) cannot be
+    # judged: the stage waits (never passes), and its status says why; it does not fail
+    "shadow_skip_share": {"max": 0.8},
+    # the shadow's model-call p99 <= the live capture-to-decision p99 of the same cells x max_ratio (it runs at the
+    # lowest priority in spare time, so it is a pessimistic figure), and <= max_ms when given
+    "shadow_latency_p99_ms": {"max_ratio": 2.0, "max_ms": None},
 }
+UNBOUNDED = {"latency_p99_ms", "model_errors", "shadow_latency_p99_ms"}  # thresholds not rates: no 1.0 cap
+DEFAULT_SHADOW_BANDS = {"reinspect": 0.5, "defective": 0.8}  # the decision node's default bands
 RATE_RULES = ("not_inspected_rate", "reinspect_rate", "reject_rate")
 RATE_VERDICT = {"not_inspected_rate": "NOT_INSPECTED", "reinspect_rate": "REINSPECT", "reject_rate": "DEFECTIVE"}
-PLAN_KEYS = {"name", "stages", "rules", "min_parts_to_judge", "baseline_hours", "expires_in_h"}
+PLAN_KEYS = {"name", "stages", "rules", "min_parts_to_judge", "baseline_hours", "expires_in_h", "shadow_bands"}
 STAGE_KEYS = {"name", "role", "cells", "min_parts", "watch_s"}
 MAX_LATENCY_SAMPLES = 200_000
 # Record times are the cells' clocks, the stage's start the service's: candidate parts and model errors count from
@@ -91,6 +105,8 @@ class Plan:
     min_parts_to_judge: int = 50  # rates are judged once a stage has this many candidate parts
     baseline_hours: float = 24.0  # the previous model's parts on the same cells, this far back from the start
     expires_in_h: float = 21 * 24.0  # every signed manifest of the rollout expires
+    # the verdict bands a shadow score is put into to compare it with the live verdict (the cells' bands)
+    shadow_bands: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHADOW_BANDS))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +116,7 @@ class Plan:
             "min_parts_to_judge": self.min_parts_to_judge,
             "baseline_hours": self.baseline_hours,
             "expires_in_h": self.expires_in_h,
+            "shadow_bands": self.shadow_bands,
         }
 
 
@@ -169,9 +186,15 @@ def parse_plan(data: Any, default_name: str = "") -> Plan:
             if key not in DEFAULT_RULES[rule]:
                 raise PlanError(f"rules.{rule}: unknown threshold {key!r}; known: {sorted(DEFAULT_RULES[rule])}")
             if value is not None:
-                high = 1.0 if rule not in ("latency_p99_ms", "model_errors") and key != "min_labels" else 1e9
+                high = 1.0 if rule not in UNBOUNDED and key != "min_labels" else 1e9
                 value = _number(value, f"rules.{rule}.{key}", 0, high)
             merged[rule][key] = value
+    bands_data = data.get("shadow_bands", DEFAULT_SHADOW_BANDS)
+    if not isinstance(bands_data, Mapping) or set(bands_data) != set(DEFAULT_SHADOW_BANDS):
+        raise PlanError("`shadow_bands` must be a mapping {reinspect: P, defective: P} (default 0.5 / 0.8)")
+    shadow_bands = {k: _number(bands_data[k], f"shadow_bands.{k}", 0, 1) for k in DEFAULT_SHADOW_BANDS}
+    if shadow_bands["reinspect"] > shadow_bands["defective"]:
+        raise PlanError("shadow_bands.reinspect must not exceed shadow_bands.defective")
     name = data.get("name", default_name)
     if not isinstance(name, str) or len(name) > 128:
         raise PlanError("`name` must be a string of at most 128 characters")
@@ -182,6 +205,7 @@ def parse_plan(data: Any, default_name: str = "") -> Plan:
         min_parts_to_judge=int(_number(data.get("min_parts_to_judge", 50), "min_parts_to_judge", 1, 1e7, True)),
         baseline_hours=_number(data.get("baseline_hours", 24.0), "baseline_hours", 0.01, 24 * 366),
         expires_in_h=_number(data.get("expires_in_h", 21 * 24.0), "expires_in_h", 0.01, 366 * 24),
+        shadow_bands=shadow_bands,
     )
 
 
@@ -356,11 +380,7 @@ def request_abort(conn: Connection, rollout_id: int, actor: str, note: str = "")
 # ---- health ---------------------------------------------------------------------------------------------------
 
 
-def _p99(values: list[float]) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, math.ceil(0.99 * len(values)) - 1)]
+_p99 = queries.p99
 
 
 def _part_figures(conn: Connection, where) -> dict[str, Any]:
@@ -404,9 +424,13 @@ def stage_health(
     role: str,
     plan_rules: Mapping[str, Mapping[str, float | None]],
     min_parts_to_judge: int,
+    shadow_bands: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The stage's figures (candidate vs the previous model's baseline on the same cells) and the rules broken.
-    A shadow stage's live model is unchanged: only its model errors and its part count are judged."""
+    A live stage is judged on the parts its cells decided with the candidate. A shadow stage's live model is
+    unchanged: it is judged on the candidate's shadow scores (queries.shadow_stage_figures, the figures of the
+    /shadow endpoint) against the live verdicts of the same parts, and on model errors. `waiting` lists why a
+    shadow stage cannot be judged yet (too few shadow scores, a shadow that skips almost every part)."""
     p, s, ms = models.Part.__table__, models.Sample.__table__, models.ModelStatus.__table__
     baseline_until, since = since, since - CLOCK_SKEW
     if role == ROLE_LIVE:
@@ -425,10 +449,28 @@ def stage_health(
         candidate_fig = {**_part_figures(conn, cand_parts), **_label_figures(conn, cand_samples)}
         baseline_fig = {**_part_figures(conn, base_parts), **_label_figures(conn, base_samples)}
     else:
-        n = conn.execute(
-            select(func.count()).select_from(p).where(p.c.cell.in_(cells), p.c.time >= baseline_until)
-        ).scalar()
-        candidate_fig, baseline_fig = {"parts": int(n or 0)}, {}
+        bands = {**DEFAULT_SHADOW_BANDS, **(shadow_bands or {})}
+        shadow = queries.shadow_stage_figures(conn, cells, candidate, since, bands["reinspect"], bands["defective"])
+        candidate_fig = {  # parts = shadow-scored parts: what min_parts and min_parts_to_judge count
+            "parts": shadow["parts"],
+            "matched_parts": shadow["matched_parts"],
+            "shadow_agreement": shadow["agreement"],
+            "labels": shadow["labels"]["labelled"],
+            "escape_rate": shadow["labels"]["shadow"]["escape_rate"],
+            "false_reject_rate": shadow["labels"]["shadow"]["false_reject_rate"],
+            "latency_p99_ms": shadow["latency_p99_ms"],
+            "skip_share": shadow["skip_share"],
+            "cell_counts": shadow["cell_counts"],
+            "per_cell": shadow["per_cell"],
+            "bands": bands,
+        }
+        live = _part_figures(conn, and_(p.c.cell.in_(cells), p.c.time >= since))  # the live model, same window
+        baseline_fig = {
+            "parts": live["parts"],
+            "latency_p99_ms": live["latency_p99_ms"],
+            "escape_rate": shadow["labels"]["live"]["escape_rate"],  # the live verdicts on the same labelled parts
+            "false_reject_rate": shadow["labels"]["live"]["false_reject_rate"],
+        }
     errors = conn.execute(
         select(ms.c.cell, ms.c.event, ms.c.reason, ms.c.message).where(
             ms.c.cell.in_(cells),
@@ -452,7 +494,17 @@ def stage_health(
             f"model_errors {len(errors)} > {max_errors:g}: {first.cell} {first.event} "
             f"{first.reason or ''} {first.message}",
         )
-    judged = role == ROLE_LIVE and candidate_fig["parts"] >= min_parts_to_judge
+    waiting: list[str] = []
+    if role == ROLE_SHADOW:
+        judged = _judge_shadow(candidate_fig, baseline_fig, plan_rules, min_parts_to_judge, brk, waiting)
+        return {
+            "candidate": candidate_fig,
+            "baseline": baseline_fig,
+            "judged": judged,
+            "broken": broken,
+            "waiting": waiting,
+        }
+    judged = candidate_fig["parts"] >= min_parts_to_judge
     if judged:
         for rule in (*RATE_RULES, "label_disagreement"):
             value, base, t = candidate_fig.get(rule), baseline_fig.get(rule), plan_rules[rule]
@@ -484,7 +536,70 @@ def stage_health(
                     base * t["max_ratio"],
                     f"latency p99 {value:.1f} ms vs baseline {base:.1f} ms (x{t['max_ratio']:g} allowed)",
                 )
-    return {"candidate": candidate_fig, "baseline": baseline_fig, "judged": judged, "broken": broken}
+    waiting = [] if judged else [f"{candidate_fig['parts']} candidate parts, {min_parts_to_judge} needed to judge"]
+    return {
+        "candidate": candidate_fig,
+        "baseline": baseline_fig,
+        "judged": judged,
+        "broken": broken,
+        "waiting": waiting,
+    }
+
+
+def _judge_shadow(cand: dict, base: dict, plan_rules: Mapping, min_parts_to_judge: int, brk, waiting: list) -> bool:
+    """The shadow rules on a shadow stage's figures: brk(rule, value, limit, text) for a broken one, a line in
+    `waiting` for what keeps the stage from being judged. True when the rules were judged."""
+    t = plan_rules.get("shadow_skip_share") or DEFAULT_RULES["shadow_skip_share"]
+    skip = cand.get("skip_share")
+    if skip is not None and t.get("max") is not None and skip > t["max"]:
+        waiting.append(
+            f"the shadow skipped {100 * skip:.1f} % of the parts offered (> {100 * t['max']:g} %): too few scores "
+            f"to judge it; the cells have no spare time for it (counts {cand.get('cell_counts')})"
+        )
+    if cand["matched_parts"] < min_parts_to_judge:
+        waiting.append(
+            f"{cand['matched_parts']} shadow-scored parts with a live verdict, {min_parts_to_judge} needed to judge"
+        )
+    if waiting:
+        return False
+    t = plan_rules.get("shadow_agreement") or DEFAULT_RULES["shadow_agreement"]
+    value = cand.get("shadow_agreement")
+    if value is not None and t.get("min") is not None and value < t["min"]:
+        brk(
+            "shadow_agreement",
+            value,
+            t["min"],
+            f"shadow_agreement {value:.4f} < min {t['min']:g} ({cand['matched_parts']} parts)",
+        )
+    t = plan_rules.get("shadow_label_errors") or DEFAULT_RULES["shadow_label_errors"]
+    if cand["labels"] >= (t.get("min_labels") or 0):
+        for figure, key in (("escape_rate", "max_escape_increase"), ("false_reject_rate", "max_false_reject_increase")):
+            value, live = cand.get(figure), base.get(figure)
+            if value is None or live is None or t.get(key) is None:
+                continue
+            if value - live > t[key]:
+                brk(
+                    "shadow_label_errors",
+                    value,
+                    live + t[key],
+                    f"shadow {figure} {value:.4f} vs live {live:.4f} on {cand['labels']} labelled parts "
+                    f"(+{t[key]:g} allowed)",
+                )
+    t = plan_rules.get("shadow_latency_p99_ms") or DEFAULT_RULES["shadow_latency_p99_ms"]
+    value, live = cand.get("latency_p99_ms"), base.get("latency_p99_ms")
+    if value is not None:
+        if t.get("max_ms") is not None and value > t["max_ms"]:
+            text = f"shadow latency p99 {value:.1f} ms > max {t['max_ms']:g} ms"
+            brk("shadow_latency_p99_ms", value, t["max_ms"], text)
+        elif live and t.get("max_ratio") is not None and value > live * t["max_ratio"]:
+            brk(
+                "shadow_latency_p99_ms",
+                value,
+                live * t["max_ratio"],
+                f"shadow latency p99 {value:.1f} ms vs live capture-to-decision p99 {live:.1f} ms "
+                f"(x{t['max_ratio']:g} allowed)",
+            )
+    return True
 
 
 # ---- the controller -----------------------------------------------------------------------------------------
@@ -554,15 +669,20 @@ class Controller:
                 report.events.append((row.id, "stage_started"))
                 return  # judged from the next step on
             health = self._health(conn, row, stage)
+            elapsed = (now - stage.started_at).total_seconds()
+            what = "shadow-scored parts" if stage.role == ROLE_SHADOW else "candidate parts"
+            if health["candidate"]["parts"] < stage.min_parts:
+                health["waiting"].append(f"{health['candidate']['parts']} of {stage.min_parts} {what}")
+            if elapsed < stage.watch_s:
+                health["waiting"].append(f"watch window: {elapsed:.0f} of {stage.watch_s:g} s")
             self._set_stage(conn, row.id, idx, health=health)
             if health["broken"]:
                 self._fail(conn, row, stage, health, report)
                 return
-            elapsed = (now - stage.started_at).total_seconds()
             if health["candidate"]["parts"] < stage.min_parts or elapsed < stage.watch_s:
                 return
-            if stage.role == ROLE_LIVE and not health["judged"]:
-                return  # min_parts < min_parts_to_judge: a live stage passes only once its rates were judged
+            if not health["judged"]:
+                return  # a stage passes only once its rules were judged (min_parts_to_judge; a shadow that scores)
             self._set_stage(conn, row.id, idx, state=PASSED, finished_at=now)
             _event(conn, row.id, CONTROLLER, "stage_passed", idx, name=stage.name, health=health)
             report.events.append((row.id, "stage_passed"))
@@ -592,6 +712,7 @@ class Controller:
             stage.role,
             plan["rules"],
             plan["min_parts_to_judge"],
+            plan.get("shadow_bands"),
         )
 
     def _rollback(self, conn: Connection, rollout_id: int, cells: Iterable[str]) -> list[str]:
@@ -746,3 +867,23 @@ def get_rollout(conn: Connection, rollout_id: int) -> dict[str, Any] | None:
             for e in events
         ],
     }
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def shadow_summary(cand: dict, base: dict) -> str:
+    """One line of a shadow stage's figures (the rollout status; the dashboard shows the same)."""
+
+    def ms(v) -> str:
+        return "-" if v is None else f"{v:.1f} ms"
+
+    return (
+        f"{cand.get('parts', 0)} scored, agreement {_pct(cand.get('shadow_agreement'))} on "
+        f"{cand.get('matched_parts', 0)} parts, skip share {_pct(cand.get('skip_share'))}, "
+        f"latency p99 {ms(cand.get('latency_p99_ms'))} (live {ms(base.get('latency_p99_ms'))}), "
+        f"{cand.get('labels', 0)} labelled: escape {_pct(cand.get('escape_rate'))} "
+        f"(live {_pct(base.get('escape_rate'))}), "
+        f"false reject {_pct(cand.get('false_reject_rate'))} (live {_pct(base.get('false_reject_rate'))})"
+    )
