@@ -321,6 +321,16 @@ RULES: list[Rule] = [
         r"source scripts/env\.sh && python bench/", "one second per configuration", check_benchmark_briefly, slow=True
     ),
     Rule(
+        r"nice -n 10 python bench/bench_(image_transport|demosaic)\.py ",
+        "megapixel frames for tens of seconds per configuration: --help",
+        check_options_against_help(5),
+    ),
+    Rule(
+        r"qc_cloud rollout (start|status|abort) ",
+        "needs the fleet database, a signing key and model packages (test_fleet_rollout*.py run them): --help",
+        check_options_against_help(3),
+    ),
+    Rule(
         r"nice -n 10 python bench/bench_edge_cloud\.py ",
         "trains two models and streams 1,000 parts per set-up for minutes: --help",
         check_options_against_help(5),

@@ -155,6 +155,7 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("camera_driver", "trigger_tolerance_s"): 0.05,
         ("camera_driver", "trigger_timeout_s"): 1.0,
         ("camera_driver", "playback"): "recorded",
+        ("camera_driver", "lighting"): 1.0,  # the synthetic generator's light (drift tests, issue 22)
     }
 
 

@@ -463,8 +463,8 @@ def test_a_wall_clock_step_after_the_verdict_changes_no_ejection(step_ms):
         (event,) = recorder.events
         on, t_on = edges(driver)[0]
         assert on is True
-        assert abs(t_on - (captured + COMMAND_AFTER_CAPTURE)) < 5 * MS, "fired where the part is, not 300 ms off"
-        assert event.outcome == DONE and abs(event.lateness_ms) < 5.0
+        assert abs(t_on - (captured + COMMAND_AFTER_CAPTURE)) < 50 * MS, "fired where the part is, not 300 ms off"
+        assert event.outcome == DONE and abs(event.lateness_ms) < 50.0  # a loaded machine wakes late; a step is 300
     finally:
         controller.close()
 
