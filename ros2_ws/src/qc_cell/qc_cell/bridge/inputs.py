@@ -7,7 +7,6 @@ the message constants' values (their names in qc_contract.records)."""
 from __future__ import annotations
 
 import math
-
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass

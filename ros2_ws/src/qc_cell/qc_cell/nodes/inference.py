@@ -254,7 +254,8 @@ class InferenceNode(Node):
         msg.ground_truth = frame.ground_truth
         msg.defect_type = frame.defect_type
         stats = outcome.image_stats  # drift statistics (qc_contract.drift), NaN when not computed
-        msg.image_brightness, msg.image_contrast, msg.image_sharpness = stats.brightness, stats.contrast, stats.sharpness
+        msg.image_brightness, msg.image_contrast = stats.brightness, stats.contrast
+        msg.image_sharpness = stats.sharpness
         self._result_pub.publish(msg)
         if not outcome.ok:
             self.get_logger().warning(
