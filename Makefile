@@ -33,9 +33,12 @@ test-faults: setup
 # The tests that exercise rclpy (every node test lives in the qc_cell test folder, the system tests in tests/),
 # on ROS 2 Jazzy from PyPI: the closest to Humble's rclpy API that installs here. Not the Dockerfile checks
 # nor the docs commands and requirement resolutions, which do not depend on the ROS distribution, nor the
-# fault-injection runs (the same nodes and APIs as the system tests, ~5 min; `make test` runs them once).
+# fault-injection runs (the same nodes and APIs as the system tests, ~5 min; `make test` runs them once), nor the
+# learning-loop and drift system tests (the plant side's loop, minutes of training and streaming; the cell's parts of
+# them, shadow scoring and image statistics, run in the node tests here).
+LOOP_SYSTEM_TESTS := --ignore=tests/test_learning_loop_system.py --ignore=tests/test_drift_system.py
 JAZZY_TESTS := ros2_ws/src/qc_cell/test tests --ignore=tests/test_docker.py --ignore=tests/test_docs_commands.py \
-	--ignore=tests/test_fault_injection.py --ignore=tests/test_requirements_resolve.py
+	--ignore=tests/test_fault_injection.py --ignore=tests/test_requirements_resolve.py $(LOOP_SYSTEM_TESTS)
 # A shell where scripts/env.sh was sourced already has the default set-up's paths: Jazzy's must not stack on them.
 JAZZY_ENV := unset PYTHONPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH COLCON_PREFIX_PATH VIRTUAL_ENV \
 	ROS_DISTRO FASTDDS_DEFAULT_PROFILES_FILE FASTRTPS_DEFAULT_PROFILES_FILE && export QC_ROS_DISTRO=jazzy && $(ENV)
@@ -50,7 +53,8 @@ test-jazzy:
 # (torch and the training tools never run on the Jetson), nor the checks that do not depend on the interpreter.
 # Skipped, with the reason, where no Python 3.10 exists (setup.sh exits 3).
 PY310_TESTS := ros2_ws/src/qc_contract/test ros2_ws/src/qc_cell/test tests --ignore=tests/test_docker.py \
-	--ignore=tests/test_docs_commands.py --ignore=tests/test_requirements_resolve.py --ignore=tests/test_fault_injection.py
+	--ignore=tests/test_docs_commands.py --ignore=tests/test_requirements_resolve.py --ignore=tests/test_fault_injection.py \
+	$(LOOP_SYSTEM_TESTS)
 PY310_ENV := unset PYTHONPATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH LD_LIBRARY_PATH COLCON_PREFIX_PATH VIRTUAL_ENV \
 	ROS_DISTRO FASTDDS_DEFAULT_PROFILES_FILE FASTRTPS_DEFAULT_PROFILES_FILE && export QC_PYTHON=3.10 && $(ENV)
 test-py310:
