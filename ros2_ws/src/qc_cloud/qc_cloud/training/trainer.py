@@ -158,8 +158,12 @@ class Trainer:
         *,
         progress: bool = True,
         world: World | None = None,
+        budget_spent: float = 0.0,
     ) -> None:
+        """budget_spent: seconds of config.budget_minutes already spent before this training (the input-size
+        search); the phases fit into what is left."""
         self.model, self.config, self.dataset, self.spec = model, config, dataset, spec
+        self.budget_spent = budget_spent
         self.world = world or World()
         self.progress = progress and self.world.is_main
         self.train_samples = split.samples(dataset, "train")
@@ -345,7 +349,7 @@ class Trainer:
         """Seconds of the training budget left (inf without a budget)."""
         if not self.config.budget_minutes:
             return math.inf
-        return self.config.budget_minutes * 60.0 - (time.perf_counter() - self._started)
+        return self.config.budget_minutes * 60.0 - self.budget_spent - (time.perf_counter() - self._started)
 
     def _affordable_draws(self, val_seconds: float) -> int:
         """Augmentation draws of the train cache that fit into CACHE_BUDGET_SHARE of the time budget, measured on
@@ -354,7 +358,7 @@ class Trainer:
         if not cfg.budget_minutes or not self.val_samples:
             return cfg.cache_draws
         per_image = self.world.agree(val_seconds / len(self.val_samples))
-        allowed = CACHE_BUDGET_SHARE * cfg.budget_minutes * 60.0
+        allowed = CACHE_BUDGET_SHARE * max(cfg.budget_minutes * 60.0 - self.budget_spent, 0.0)
         draws = int(max(1, min(cfg.cache_draws, allowed // max(per_image * len(self.train_samples), 1e-9))))
         if draws < cfg.cache_draws:
             log.info(
@@ -393,7 +397,7 @@ class Trainer:
             if epoch == 1 and math.isfinite(left):
                 planned = max(1, min(cfg.phase2_epochs, 1 + int(left // max(seconds, 1e-6))))
                 if planned < cfg.phase2_epochs:
-                    log.info(f"Phase II: {planned} epochs fit into the {cfg.budget_minutes:g}-minute budget")
+                    log.info(f"Phase II: {planned} epochs fit into the budget left")
             if left < seconds or (cosine and epoch >= planned):
                 self.stopped_by = "budget" if left < seconds else "schedule"
                 break
