@@ -21,9 +21,11 @@ recipe makes of each size, so each candidate is scored by the recipe:
   stratified by class, drawn by the seed); a side replaces the default only if the lower CONFIDENCE bound of the
   difference is above 0. Among several such sides the higher AUC wins, a tie the smaller side.
 - Cost: the search's wall time is taken out of the training budget (the final Trainer gets what is left), and
-  recorded; the choice, every candidate's score and difference bound go into the training report and the
-  manifest (`training.input_size_search`). Deterministic for a seed (one thread; the number of Phase II epochs
-  that fit a time share depends on the clock, under torchrun rank 0's clock decides, see distributed.py).
+  recorded. The chosen side's short run is not thrown away: the final training continues it (Phase II from its
+  best checkpoint, a warm restart of the schedule), so only the other candidates' runs cost extra.
+- Record: the choice, every candidate's score and gain bound go into the training report and the manifest
+  (`training.input_size_search`). Deterministic for a seed without a time budget (with one, the number of Phase II
+  epochs that fit a share depends on the clock; under torchrun rank 0's clock decides, see distributed.py).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from qc_cloud.training.datasets import Dataset
 from qc_cloud.training.distributed import World
 from qc_cloud.training.evaluate import roc_auc
 from qc_cloud.training.splits import Split
-from qc_cloud.training.trainer import Trainer
+from qc_cloud.training.trainer import Trainer, TrainResult
 
 log = logging.getLogger("qc_cloud.training")
 
@@ -149,15 +151,18 @@ def search_input_size(
     preprocessing_for: Any,
     build_model: Any,
     world: World | None = None,
-) -> dict[str, Any]:
-    """Score each candidate side by a short run of the recipe, choose by the confidence rule (module docstring);
-    the section the training report and manifest record (`chosen`, `candidates`, `seconds`, ...).
-    Needs good and defective images in both splits (the caller checks)."""
+) -> tuple[dict[str, Any], TrainResult]:
+    """Score each candidate side by a short run of the recipe, choose by the confidence rule (module docstring).
+    Returns the section the training report and manifest record (`chosen`, `candidates`, `seconds`, ...) and the
+    chosen side's short run, which the final training continues (Trainer warm_start): only the other
+    candidates' runs are spent on the search alone. Needs good and defective images in both splits (the caller
+    checks)."""
     world = world or World()
     started = time.perf_counter()
     default = default_size(sizes)
     share = config.input_size_search_share * config.budget_minutes / len(sizes)  # minutes; 0 = no budget
     runs: dict[int, tuple[Any, ...]] = {}
+    results_by_size: dict[int, TrainResult] = {}
     for size in sizes:
         t0 = time.perf_counter()
         short = config.replace(input_size=size, phase2_epochs=min(config.phase2_epochs, SEARCH_PHASE2_EPOCHS))
@@ -176,6 +181,7 @@ def search_input_size(
         logits, labels = validation_logits(result.model, dataset, split, spec, config, world)
         phases = [h.phase for h in result.history]
         runs[size] = (logits, result.best["val_loss"], phases.count(1), phases.count(2), time.perf_counter() - t0)
+        results_by_size[size] = result
         log.info(f"input size {size} px: short run, validation AUC {roc_auc(labels, logits):.4f}")
     results = []
     for size, (logits, loss, p1, p2, seconds) in runs.items():
@@ -183,7 +189,7 @@ def search_input_size(
         results.append(Candidate(size, roc_auc(labels, logits), loss, p1, p2, seconds, gain, lower))
     chosen, reason = choose(results, default)
     log.info(f"input size search: {reason}")
-    return {
+    record = {
         "method": f"short run of the recipe per side (Phase I, then at most {SEARCH_PHASE2_EPOCHS} Phase II epochs, "
         "the same time share each), scored by the validation ROC AUC; another side replaces the default only if "
         f"its AUC gain clears 0 at {CONFIDENCE:.0%} confidence (paired stratified bootstrap, {BOOTSTRAP} resamples)",
@@ -195,4 +201,6 @@ def search_input_size(
         "val_defective": int(labels.sum()),
         "minutes_per_candidate": round(share, 3) if share > 0 else None,
         "seconds": round(world.agree(time.perf_counter() - started), 2),
+        "continued": f"the final training continues the {chosen.input_size} px short run (Phase II, warm restart)",
     }
+    return record, results_by_size[chosen.input_size]

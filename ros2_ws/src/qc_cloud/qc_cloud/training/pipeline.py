@@ -415,8 +415,9 @@ def _build_package(
 
 def choose_input_size(
     config: TrainConfig, dataset: Dataset, split: Split, world: World | None = None
-) -> tuple[TrainConfig, dict[str, Any]]:
-    """The config with its input side chosen (input_size AUTO), and the record of how it was chosen.
+) -> tuple[TrainConfig, dict[str, Any], Any]:
+    """The config with its input side chosen (input_size AUTO), the record of how it was chosen, and the chosen
+    side's short run to continue (a TrainResult; None when the search did not run).
 
     The classifier scores the candidates by a short run of the recipe each, on the validation split, and keeps
     224 unless another side is better beyond the noise (training/input_size.py), when both splits hold good and
@@ -439,14 +440,14 @@ def choose_input_size(
     if reason is not None:
         log.info(f"input size {from_images} x {from_images} px, from the images ({reason})")
         record = {"chosen": from_images, "from_images": from_images, "candidates": [], "skipped": reason}
-        return config.replace(input_size=from_images), record
+        return config.replace(input_size=from_images), record, None
     log.info(f"input size: searching {sizes} px (a short run of the recipe each; set input_size to skip)")
-    record = search_input_size(
+    record, short_run = search_input_size(
         config, dataset, split, sizes, preprocessing_for=preprocessing_for, build_model=build_model, world=world
     )
     record["from_images"] = from_images
     log.info(f"input size {record['chosen']} x {record['chosen']} px, chosen by the search")
-    return config.replace(input_size=record["chosen"]), record
+    return config.replace(input_size=record["chosen"]), record, short_run
 
 
 def train(
@@ -474,9 +475,9 @@ def train(
         log.info(f"note: {MVTEC_CAVEAT}")
     if config.threads:
         torch.set_num_threads(config.threads)
-    size_search = None
+    size_search = short_run = None
     if config.input_size == AUTO:
-        config, size_search = choose_input_size(config, dataset, split, world)
+        config, size_search, short_run = choose_input_size(config, dataset, split, world)
     torch.manual_seed(config.seed)
     if config.method == "anomaly":
         from qc_cloud.training.anomaly import train_anomaly
@@ -493,16 +494,28 @@ def train(
             started=started,
             started_at=started_at,
         )
-    model = build_model(
-        config.backbone,
-        input_size=config.input_size,
-        weights=Path(config.weights) if config.weights else None,
-        dropout=config.dropout,
-        pooling=config.pooling,
+    model = (
+        short_run.model  # the chosen side's short run, continued
+        if short_run is not None
+        else build_model(
+            config.backbone,
+            input_size=config.input_size,
+            weights=Path(config.weights) if config.weights else None,
+            dropout=config.dropout,
+            pooling=config.pooling,
+        )
     )
     spent = (size_search or {}).get("seconds", 0.0) if config.budget_minutes else 0.0  # the search's share
     result = Trainer(
-        model, config, dataset, split, preprocessing_for(config), progress=progress, world=world, budget_spent=spent
+        model,
+        config,
+        dataset,
+        split,
+        preprocessing_for(config),
+        progress=progress,
+        world=world,
+        budget_spent=spent,
+        warm_start=short_run,
     ).run()
     if not world.is_main:  # rank 0 exports and packages; the others wait for it and leave
         world.barrier()

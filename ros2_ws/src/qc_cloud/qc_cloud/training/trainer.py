@@ -159,11 +159,15 @@ class Trainer:
         progress: bool = True,
         world: World | None = None,
         budget_spent: float = 0.0,
+        warm_start: TrainResult | None = None,
     ) -> None:
         """budget_spent: seconds of config.budget_minutes already spent before this training (the input-size
-        search); the phases fit into what is left."""
+        search); the phases fit into what is left. warm_start: a finished shorter run of this model (the input-size
+        search's, `model` is its model): its history and best checkpoint are kept, Phase I is not repeated and
+        Phase II continues from its best checkpoint (a warm restart of the schedule)."""
         self.model, self.config, self.dataset, self.spec = model, config, dataset, spec
         self.budget_spent = budget_spent
+        self.warm_start = warm_start
         self.world = world or World()
         self.progress = progress and self.world.is_main
         self.train_samples = split.samples(dataset, "train")
@@ -176,6 +180,12 @@ class Trainer:
         self.timings: dict[str, float] = {}
         self.stopped_by: str | None = None
         self._started = time.perf_counter()
+        self.phase2_before = 0  # Phase II epochs of the warm start (draw numbers continue after them)
+        if warm_start is not None:
+            self.history = list(warm_start.history)
+            self.best = dict(warm_start.best)
+            self.best_state = copy.deepcopy(warm_start.model.state_dict())
+            self.phase2_before = sum(1 for h in warm_start.history if h.phase == 2)
 
     # -- loss and validation -------------------------------------------------------------------------
 
@@ -378,7 +388,7 @@ class Trainer:
             forward = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
         cosine = cfg.phase2_schedule == "cosine"
         control = _PhaseControl(optimizer, cfg, self.best["val_loss"], cfg.early_stopping_patience, plateau=not cosine)
-        rng = np.random.default_rng([cfg.seed, 2])
+        rng = np.random.default_rng([cfg.seed, 2, self.phase2_before])
         start_phase = time.perf_counter()
         planned = cfg.phase2_epochs  # the cosine's length: cut to what fits into the budget after epoch 1
         for epoch in range(1, cfg.phase2_epochs + 1):
@@ -387,7 +397,8 @@ class Trainer:
                 set_lr(optimizer, base_lrs, cosine_factor(epoch - 1, planned, cfg.warmup_epochs, floor))
             start = time.perf_counter()
             # Draw numbers continue after Phase I's, so Phase II never repeats a cached augmentation.
-            batches = self._fresh_batches(max(cfg.phase1_epochs, cfg.cache_draws) + epoch, rng, frozen_base=False)
+            draw = max(cfg.phase1_epochs, cfg.cache_draws) + self.phase2_before + epoch
+            batches = self._fresh_batches(draw, rng, frozen_base=False)
             train = self._run_epoch(batches, forward, optimizer, f"phase II epoch {epoch}")
             val = self._validate_full()
             seconds = self.world.agree(time.perf_counter() - start)
@@ -419,10 +430,11 @@ class Trainer:
     def run(self) -> TrainResult:
         self._started = time.perf_counter()
         torch.manual_seed(self.config.seed)
-        if not self.model.pretrained and "batchnorm_calibration_s" not in self.timings:
+        warm = self.warm_start is not None
+        if not warm and not self.model.pretrained and "batchnorm_calibration_s" not in self.timings:
             self.calibrate()
         unfrozen = 0
-        if self.config.phase1_epochs:
+        if self.config.phase1_epochs and not warm:
             self.phase1()
         if self.config.phase2_epochs:
             unfrozen = self.phase2()
