@@ -125,9 +125,9 @@ def test_search_picks_the_side_that_keeps_the_defect_and_is_deterministic(boards
 
 def test_search_is_skipped_with_a_reason_when_it_cannot_score(boards):
     _, dataset, split = boards
-    config, record = choose_input_size(TrainConfig(method="anomaly"), dataset, split)
+    config, record, _ = choose_input_size(TrainConfig(method="anomaly"), dataset, split)
     assert config.input_size == record["chosen"] == 128 and "anomaly" in record["skipped"]
-    config, record = choose_input_size(TrainConfig(input_size_search=False), dataset, split)
+    config, record, _ = choose_input_size(TrainConfig(input_size_search=False), dataset, split)
     assert config.input_size == 128 and record["skipped"] == "input_size_search is off"
 
 
@@ -136,7 +136,15 @@ def test_the_chosen_side_is_trained_and_recorded_in_report_and_manifest(boards, 
     root, _, _ = boards
     cfg = tmp_path / "config.json"
     cfg.write_text(
-        json.dumps({"input_size_candidates": [32, 128], "phase1_epochs": 5, "phase2_epochs": 1, "budget_minutes": 2})
+        json.dumps(
+            {
+                "input_size_candidates": [32, 128],
+                "phase1_epochs": 20,
+                "phase2_epochs": 1,
+                "budget_minutes": 2,
+                "val_fraction": 0.35,  # a validation split with enough defective parts for the confidence rule
+            }
+        )
     )
     out = tmp_path / "model"
     assert main(["train", "--data", str(root), "--out", str(out), "--config", str(cfg), *TINY]) == 0
