@@ -28,11 +28,13 @@ from qc_cloud.training.input_size import (
     candidate_sizes,
     choose,
     default_size,
+    least_seconds,
     search_input_size,
 )
 from qc_cloud.training.models import build_model
 from qc_cloud.training.pipeline import choose_input_size, preprocessing_for
 from qc_cloud.training.splits import stratified_split
+from qc_cloud.training.trainer import EpochRecord, TrainResult
 from qc_contract.model_manifest import Manifest
 
 TINY = ["--no-progress", "--threads", "1"]
@@ -103,6 +105,13 @@ def test_paired_bootstrap_tells_a_real_gain_from_noise_and_is_deterministic():
     assert gain > 0 and lower <= 0, (gain, lower)
 
 
+def test_a_side_is_tried_only_if_its_least_cost_fits_the_share():
+    history = [EpochRecord(1, 1, 1e-3, 0.5, 0.5, 0.8, 0.9, 0.1, 1e3), EpochRecord(2, 1, 1e-4, 0.4, 0.4, 1, 1, 20, 5)]
+    run = TrainResult(None, history, {}, {}, {"phase1_feature_cache_s": 10.0, "phase1_epochs_s": 4.0})
+    # cache and first Phase II epoch scale with the input area, Phase I on cached features does not
+    assert least_seconds(run, (320 / 224) ** 2) == pytest.approx(30 * (320 / 224) ** 2 + 4)
+
+
 @pytest.mark.slow
 def test_search_picks_the_side_that_keeps_the_defect_and_is_deterministic(boards):
     _, dataset, split = boards
@@ -141,7 +150,7 @@ def test_the_chosen_side_is_trained_and_recorded_in_report_and_manifest(boards, 
                 "input_size_candidates": [32, 128],
                 "phase1_epochs": 20,
                 "phase2_epochs": 1,
-                "budget_minutes": 2,
+                "budget_minutes": 5,
                 "val_fraction": 0.35,  # a validation split with enough defective parts for the confidence rule
             }
         )
@@ -158,8 +167,8 @@ def test_the_chosen_side_is_trained_and_recorded_in_report_and_manifest(boards, 
     assert "input size search" in (out / "report.md").read_text()
     budget = report["training"]["budget"]  # the search's wall time is taken out of the training budget
     assert budget["input_size_search_s"] == search["seconds"] > 0
-    assert budget["left_for_training_s"] == pytest.approx(120 - search["seconds"], abs=0.02)
-    assert search["minutes_per_candidate"] == pytest.approx(0.3 * 2 / 2)
+    assert budget["left_for_training_s"] == pytest.approx(300 - search["seconds"], abs=0.02)
+    assert search["minutes_per_candidate"] == pytest.approx(0.3 * 5 / 2) and search["not_tried"] == []
     # the chosen side's short run is continued, not repeated: its Phase I epochs are the model's, Phase II goes on
     chosen = next(c for c in search["candidates"] if c["input_size"] == 128)
     assert report["training"]["epochs"]["1"] == chosen["phase1_epochs"]

@@ -21,8 +21,11 @@ recipe makes of each size, so each candidate is scored by the recipe:
   stratified by class, drawn by the seed); a side replaces the default only if the lower CONFIDENCE bound of the
   difference is above 0. Among several such sides the higher AUC wins, a tie the smaller side.
 - Cost: the search's wall time is taken out of the training budget (the final Trainer gets what is left), and
-  recorded. The chosen side's short run is not thrown away: the final training continues it (Phase II from its
-  best checkpoint, a warm restart of the schedule), so only the other candidates' runs cost extra.
+  recorded. The default side runs first; another side is tried only if its short run's least cost (the
+  default's feature cache and first Phase II epoch scaled by the input area, plus its Phase I) fits into what
+  is left of the search's share; otherwise it is recorded as not tried and the default stays.
+  The chosen side's short run is not thrown away: the final training continues it (Phase II from its best
+  checkpoint, a warm restart of the schedule), so only the other candidates' runs cost extra.
 - Record: the choice, every candidate's score and gain bound go into the training report and the manifest
   (`training.input_size_search`). Deterministic for a seed without a time budget (with one, the number of Phase II
   epochs that fit a share depends on the clock; under torchrun rank 0's clock decides, see distributed.py).
@@ -129,6 +132,15 @@ def choose(results: list[Candidate], default: int) -> tuple[Candidate, str]:
     )
 
 
+def least_seconds(run: TrainResult, area_ratio: float) -> float:
+    """The least a short run at another side costs, from the default side's run: its feature cache and first
+    Phase II epoch (which every short run completes, whatever its share) scaled by the input area, plus its
+    Phase I epochs on cached features (which do not depend on the side)."""
+    first_phase2 = next((h.seconds for h in run.history if h.phase == 2), 0.0)
+    per_pixel = run.timings.get("phase1_feature_cache_s", 0.0) + first_phase2
+    return per_pixel * area_ratio + run.timings.get("phase1_epochs_s", 0.0)
+
+
 def validation_logits(model: torch.nn.Module, dataset: Dataset, split: Split, spec: Any, config: Any, world: World):
     """(logits, labels) of the validation split (under torchrun each process scores its share, summed)."""
     samples = split.samples(dataset, "val")
@@ -163,7 +175,15 @@ def search_input_size(
     share = config.input_size_search_share * config.budget_minutes / len(sizes)  # minutes; 0 = no budget
     runs: dict[int, tuple[Any, ...]] = {}
     results_by_size: dict[int, TrainResult] = {}
-    for size in sizes:
+    skipped: list[dict[str, Any]] = []
+    for size in [default, *(s for s in sizes if s != default)]:  # the default first: its run is never wasted
+        if size != default and share > 0:
+            needed = world.agree(least_seconds(results_by_size[default], (size / default) ** 2))
+            left = world.agree(len(sizes) * share * 60.0 - (time.perf_counter() - started))
+            if needed > left:
+                skipped.append({"input_size": size, "least_seconds": round(needed, 1), "share_left_s": round(left, 1)})
+                log.info(f"input size {size} px: not tried, its short run needs ~{needed:.0f} s, {left:.0f} s left")
+                continue
         t0 = time.perf_counter()
         short = config.replace(input_size=size, phase2_epochs=min(config.phase2_epochs, SEARCH_PHASE2_EPOCHS))
         short = short.replace(budget_minutes=share) if share > 0 else short
@@ -184,10 +204,12 @@ def search_input_size(
         results_by_size[size] = result
         log.info(f"input size {size} px: short run, validation AUC {roc_auc(labels, logits):.4f}")
     results = []
-    for size, (logits, loss, p1, p2, seconds) in runs.items():
+    for size, (logits, loss, p1, p2, seconds) in sorted(runs.items()):
         gain, lower = (0.0, 0.0) if size == default else auc_gain_bound(labels, logits, runs[default][0], config.seed)
         results.append(Candidate(size, roc_auc(labels, logits), loss, p1, p2, seconds, gain, lower))
     chosen, reason = choose(results, default)
+    if skipped:
+        reason += f"; not tried for lack of budget: {', '.join(str(k['input_size']) + ' px' for k in skipped)}"
     log.info(f"input size search: {reason}")
     record = {
         "method": f"short run of the recipe per side (Phase I, then at most {SEARCH_PHASE2_EPOCHS} Phase II epochs, "
@@ -195,6 +217,7 @@ def search_input_size(
         f"its AUC gain clears 0 at {CONFIDENCE:.0%} confidence (paired stratified bootstrap, {BOOTSTRAP} resamples)",
         "default": default,
         "candidates": [c.to_dict() for c in results],
+        "not_tried": skipped,
         "chosen": chosen.input_size,
         "reason": reason,
         "val_images": len(labels),
