@@ -83,9 +83,13 @@ def run_pipeline(name: str, config: TrainConfig, root: Path, split_path: Path, o
     figures.update(train_s=seconds, input=size, edge_ms=edge_latency_ms(out / "model.onnx", size))
     search = (run.report.get("training") or {}).get("input_size_search")
     if search and search.get("candidates"):
-        scores = ", ".join(f"{c['input_size']} px {c['cv_auc']:.3f}" for c in search["candidates"])
+        scores = ", ".join(
+            f"{c['input_size']} px {c['val_auc']:.3f} (P2 epochs {c['phase2_epochs']}, gain lower bound "
+            f"{c['auc_gain_lower_bound']:+.3f}, {c['seconds']:.0f} s)"
+            for c in search["candidates"]
+        )
         chosen, seconds = search["chosen"], search["seconds"]
-        print(f"  [{name}] input size search, cross-validated probe AUC: {scores} -> {chosen} px ({seconds} s)")
+        print(f"  [{name}] input size search, short-run validation AUC: {scores} -> {chosen} px ({seconds} s)")
     if "anomaly" in run.report["model"]:
         figures["pixel_auc"] = run.report["model"]["anomaly"]["pixel_auroc"]
     return figures

@@ -1,7 +1,8 @@
-"""Issue 25: the input-size search (the same frozen-feature probe per candidate, cross-validated over the training
-and validation images,
-recorded in the report and the manifest, deterministic for a seed) and good-parts-only data sets accepted by
-`qc_cloud dataset` and `qc_cloud evaluate` (AUC undefined and reported as such; the false-alarm load reported).
+"""Issue 25: the input-size search (a short run of the recipe per candidate side, scored on the validation split;
+224 px, the default, stays unless another side is better beyond the noise by a paired bootstrap of the AUC gain;
+the cost taken out of the budget; recorded in the report and the manifest, deterministic for a seed) and
+good-parts-only data sets accepted by `qc_cloud dataset` and `qc_cloud evaluate` (AUC undefined and reported as
+such; the false-alarm load reported).
 
 The search case is built so one side is clearly better: the defect is a fine checkerboard (period 2 px) that a
 4x bilinear downscale averages away exactly (128 px images -> 32 px input: defective and good parts look the
@@ -21,10 +22,19 @@ from qc_cloud.cli import main
 from qc_cloud.training.config import TrainConfig
 from qc_cloud.training.datasets import load_dataset
 from qc_cloud.training.errors import DatasetError
-from qc_cloud.training.input_size import Candidate, candidate_sizes, choose, search_input_size
+from qc_cloud.training.input_size import (
+    Candidate,
+    auc_gain_bound,
+    candidate_sizes,
+    choose,
+    default_size,
+    least_seconds,
+    search_input_size,
+)
 from qc_cloud.training.models import build_model
 from qc_cloud.training.pipeline import choose_input_size, preprocessing_for
 from qc_cloud.training.splits import stratified_split
+from qc_cloud.training.trainer import EpochRecord, TrainResult
 from qc_contract.model_manifest import Manifest
 
 TINY = ["--no-progress", "--threads", "1"]
@@ -63,34 +73,70 @@ def test_candidates_default_to_224_and_the_image_side_or_the_listed_sides():
     assert config.input_size_candidates == (96, 128) and TrainConfig.from_dict(config.to_dict()) == config
 
 
-def test_choice_takes_the_best_auc_then_the_lower_loss_then_the_smaller_side():
-    a, b, c = Candidate(224, 0.9, 0.4, 0.1, 1), Candidate(320, 0.95, 0.5, 0.1, 1), Candidate(288, 0.95, 0.3, 0.1, 1)
-    assert choose([a, b]).input_size == 320
-    assert choose([a, b, c]).input_size == 288
-    assert choose([Candidate(320, 0.9, 0.3, 1, 1), Candidate(224, 0.9, 0.3, 1, 1)]).input_size == 224
+def test_the_default_224_stays_unless_another_side_clears_the_confidence_rule():
+    assert default_size([224, 320]) == 224 and default_size([96, 128]) == 96
+    base = Candidate(224, 0.90, 0.4)
+    noisy = Candidate(320, 0.95, 0.3, gain=0.05, gain_lower=-0.02)  # better on average, within the noise
+    assert choose([base, noisy], 224)[0].input_size == 224
+    sure, surer = Candidate(320, 0.97, 0.3, gain=0.07, gain_lower=0.01), Candidate(288, 0.98, 0.3, gain_lower=0.02)
+    chosen, reason = choose([base, sure], 224)
+    assert chosen.input_size == 320 and "beat the default 224 px" in reason
+    assert choose([base, sure, surer], 224)[0].input_size == 288  # of the sides that clear it, the best AUC
+    tie = Candidate(256, 0.98, 0.3, gain_lower=0.02)
+    assert choose([base, surer, tie], 224)[0].input_size == 256  # a tie goes to the smaller side
+
+
+def test_paired_bootstrap_tells_a_real_gain_from_noise_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(20), np.zeros(40)]
+    reference = labels + rng.normal(0, 1, 60)
+    jittered = reference + rng.normal(0, 0.3, 60)  # about the same AUC: not a gain
+    better = 3 * labels + rng.normal(0, 1, 60)
+    gain, lower = auc_gain_bound(labels, jittered, reference, seed=0)
+    assert lower < 0, (gain, lower)
+    gain, lower = auc_gain_bound(labels, better, reference, seed=0)
+    assert lower > 0 and gain > 0.2, (gain, lower)
+    assert auc_gain_bound(labels, better, reference, seed=0) == (gain, lower)
+    assert auc_gain_bound(labels, reference, reference, seed=0) == (0.0, 0.0)
+    # the same two scorers on 8 defective + 18 good of those images (the bottle benchmark's validation split):
+    # the gain is carried by two or three defective images, and the rule does not take it for certain
+    few = np.r_[0:8, 20:38]
+    gain, lower = auc_gain_bound(labels[few], better[few], reference[few], seed=0)
+    assert gain > 0 and lower <= 0, (gain, lower)
+
+
+def test_a_side_is_tried_only_if_its_least_cost_fits_the_share():
+    history = [EpochRecord(1, 1, 1e-3, 0.5, 0.5, 0.8, 0.9, 0.1, 1e3), EpochRecord(2, 1, 1e-4, 0.4, 0.4, 1, 1, 20, 5)]
+    run = TrainResult(None, history, {}, {}, {"phase1_feature_cache_s": 10.0, "phase1_epochs_s": 4.0})
+    # cache and first Phase II epoch scale with the input area, Phase I on cached features does not
+    assert least_seconds(run, (320 / 224) ** 2) == pytest.approx(30 * (320 / 224) ** 2 + 4)
 
 
 @pytest.mark.slow
 def test_search_picks_the_side_that_keeps_the_defect_and_is_deterministic(boards):
     _, dataset, split = boards
-    config = TrainConfig(threads=1, batch_size=8, seed=3)
+    # no time budget: the short runs' epochs do not depend on the clock, so two searches agree exactly
+    config = TrainConfig(threads=1, batch_size=8, seed=3, budget_minutes=0, phase1_epochs=20, phase2_epochs=1)
     kinds = {"preprocessing_for": preprocessing_for, "build_model": build_model}
-    runs = [search_input_size(config, dataset, split, [32, 128], **kinds) for _ in range(2)]
-    record = runs[0]
-    scores = {c["input_size"]: c["cv_auc"] for c in record["candidates"]}
-    assert record["chosen"] == 128, record
-    assert scores[128] >= 0.9 and scores[32] <= 0.75, scores
-    n = len(split.samples(dataset, "train")) + len(split.samples(dataset, "val"))
-    assert record["images"] == n and record["folds"] >= 2 and "cross-validated" in record["method"]
+    (record, short_run), (again, _) = (search_input_size(config, dataset, split, [32, 128], **kinds) for _ in range(2))
+    runs = [record, again]
+    scores = {c["input_size"]: c for c in record["candidates"]}
+    assert record["default"] == 32 and record["chosen"] == 128, record
+    assert scores[128]["val_auc"] >= 0.9 and scores[128]["auc_gain_lower_bound"] > 0, scores
+    assert all(c["phase2_epochs"] == 1 for c in record["candidates"]) and "short run" in record["method"]
+    assert record["val_images"] == len(split.samples(dataset, "val"))
+    # the chosen side's short run, returned to be continued
+    assert short_run.best["val_loss"] == pytest.approx(scores[128]["val_loss"], abs=1e-5)
+    assert [h.phase for h in short_run.history][-1] == 2
     strip = [{k: v for k, v in c.items() if k != "seconds"} for r in runs for c in r["candidates"]]
     assert strip[:2] == strip[2:], "same seed, same scores"
 
 
 def test_search_is_skipped_with_a_reason_when_it_cannot_score(boards):
     _, dataset, split = boards
-    config, record = choose_input_size(TrainConfig(method="anomaly"), dataset, split)
+    config, record, _ = choose_input_size(TrainConfig(method="anomaly"), dataset, split)
     assert config.input_size == record["chosen"] == 128 and "anomaly" in record["skipped"]
-    config, record = choose_input_size(TrainConfig(input_size_search=False), dataset, split)
+    config, record, _ = choose_input_size(TrainConfig(input_size_search=False), dataset, split)
     assert config.input_size == 128 and record["skipped"] == "input_size_search is off"
 
 
@@ -98,7 +144,17 @@ def test_search_is_skipped_with_a_reason_when_it_cannot_score(boards):
 def test_the_chosen_side_is_trained_and_recorded_in_report_and_manifest(boards, tmp_path):
     root, _, _ = boards
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"input_size_candidates": [32, 128], "phase1_epochs": 2, "phase2_epochs": 0}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "input_size_candidates": [32, 128],
+                "phase1_epochs": 20,
+                "phase2_epochs": 1,
+                "budget_minutes": 60,  # ample: the epoch bounds end the runs, a loaded machine does not matter
+                "val_fraction": 0.35,  # a validation split with enough defective parts for the confidence rule
+            }
+        )
+    )
     out = tmp_path / "model"
     assert main(["train", "--data", str(root), "--out", str(out), "--config", str(cfg), *TINY]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -109,6 +165,14 @@ def test_the_chosen_side_is_trained_and_recorded_in_report_and_manifest(boards, 
     assert manifest.preprocessing.input_width == 128
     assert manifest.training["input_size_search"]["chosen"] == 128
     assert "input size search" in (out / "report.md").read_text()
+    budget = report["training"]["budget"]  # the search's wall time is taken out of the training budget
+    assert budget["input_size_search_s"] == search["seconds"] > 0
+    assert budget["left_for_training_s"] == pytest.approx(3600 - search["seconds"], abs=0.02)
+    assert search["minutes_per_candidate"] == pytest.approx(0.3 * 60 / 2) and search["not_tried"] == []
+    # the chosen side's short run is continued, not repeated: its Phase I epochs are the model's, Phase II goes on
+    chosen = next(c for c in search["candidates"] if c["input_size"] == 128)
+    assert report["training"]["epochs"]["1"] == chosen["phase1_epochs"]
+    assert report["training"]["epochs"]["2"] > chosen["phase2_epochs"]
 
 
 # -- good-parts-only data sets ------------------------------------------------------------------------------

