@@ -65,6 +65,11 @@ CAMERA = {"rate_hz": 5.0, "defect_rate": 0.8, "width": SIZE, "height": SIZE}
 # where escapes show up), no rate limit; small JPEGs at this size.
 BRIDGE = {"sample_enabled": True, "sample_min_interval_s": 0.0, "sample_random_rate": 0.5}
 TRAIN = TrainSettings(input_size=SIZE, phase1_epochs=40, phase2_epochs=0)
+# The gate at the bands the cells run (demo.yaml: decision `bands: params`, 0.5/0.8; the gate's default is each
+# manifest's bands, as a cell with `bands: from_model` runs it). False-reject tolerance 0.1 instead of 0.02: the
+# slices hold 30-70 good parts (80 % defects), so 0.02 is less than one part.
+GATE_ARGS = ("--bands", "0.5,0.8", "--latency-repeats", "2", "--gate")
+GATE = {"false_reject_rate": 0.1}
 FLEET = {"rollout_interval_s": 1.0}  # the controller's step (default 10 s)
 JUDGE_PARTS = 20  # min_parts_to_judge: a live stage's rates are judged from this many candidate parts on
 # Catching the new look moves DEFECTIVE/REINSPECT verdicts by up to its share of the parts (16 % here): the plan
@@ -130,13 +135,18 @@ def test_labels_from_the_station_teach_model_b_the_new_defect_look(tmp_path, mod
         # A data set version (the station's labels + A's data), model B on it, the gate; the cells keep running A.
         t = time.monotonic()
         store = tmp_path / "versions"
-        version = build_dataset(store, "--from-fleet", "--data-dir", str(plant.fleet_dir), "--from-folder", str(data_a))
+        # A fifth of the hard cases (default: half) join the regression set: most of the new look is training data.
+        version = build_dataset(
+            store, "--from-fleet", "--data-dir", str(plant.fleet_dir), "--from-folder", str(data_a),
+            "--regression-fraction", "0.2",
+        )  # fmt: skip
         model_b = train_model(store / version["id"], tmp_path / "model-b", B, TRAIN)
         times["dataset_and_train_b_s"] = time.monotonic() - t
         t = time.monotonic()
+        (tmp_path / "gate.json").write_text(json.dumps(GATE))
         status, report = evaluate_candidate(
             model_b, model_a["model"], tmp_path / "gate-b", "--version", version["id"], "--store", str(store),
-            "--from-fleet", "--data-dir", str(plant.fleet_dir),
+            "--from-fleet", "--data-dir", str(plant.fleet_dir), *GATE_ARGS, str(tmp_path / "gate.json"),
         )  # fmt: skip
         times["gate_s"] = time.monotonic() - t
         assert status == 0 and not report["gate"]["blocked_by"], f"B blocked: {blocking_figures(report)}"
@@ -264,7 +274,9 @@ def test_a_worse_candidate_is_blocked_and_rolled_back_at_the_canary(tmp_path, mo
     }
     print("\n[loop] bad candidate:", json.dumps(figures, indent=1))
     assert found["state"] == "rolled_back" and canary_stage["state"] == "failed", found
-    assert any(r["rule"] == "reject_rate" for r in canary_stage["health"]["broken"]), canary_stage["health"]
+    # The flipped model moves good parts into the re-inspect or the defective band: a verdict-rate rule breaks.
+    rates = {"reject_rate", "reinspect_rate"}
+    assert {r["rule"] for r in canary_stage["health"]["broken"]} & rates, canary_stage["health"]
     assert alerts and all(a["cell"] == CANARY for a in alerts), f"no ROLLOUT_ROLLED_BACK alert for the canary: {alerts}"
     assert bad_parts["cell2"] == 0 and bad_parts["cell1"] > 0, f"B ran on the wrong cells: {bad_parts}"
     assert set(after) == {A}, f"the canary ran B again after the rollback: {after}"
