@@ -206,7 +206,10 @@ def add_operator(fleet_dir: Path, username: str, password_file: Path) -> None:
 
 
 def label_review_queue(
-    station: Station, truth: Callable[[str, str], tuple[str, str] | None], limit: int = 1000
+    station: Station,
+    truth: Callable[[str, str], tuple[str, str] | None],
+    limit: int = 1000,
+    order: str = "uncertain",
 ) -> Counter:
     """An operator works through the station's queue: for each sample shown, the answer the part's true look
     calls for (truth(cell, part_id) -> ("good", "") or ("defective", type)), until the queue is empty or
@@ -214,7 +217,7 @@ def label_review_queue(
     given: Counter = Counter()
     skipped: set[str] = set()
     while sum(given.values()) < limit:
-        items = [(p, part) for p, part in station.queue() if p not in skipped]
+        items = [(p, part) for p, part in station.queue(order) if p not in skipped]
         if not items:
             break
         for path, part_id in items:

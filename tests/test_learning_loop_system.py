@@ -129,7 +129,9 @@ def test_labels_from_the_station_teach_model_b_the_new_defect_look(tmp_path, mod
         add_operator(plant.fleet_dir, "olga", password)
         station = Station(plant.fleet.url, "olga", "loop-operator-password")
         try:
-            labels = label_review_queue(station, plant.truth, limit=400)
+            # Newest first, not most uncertain first: the new look's escapes are confident NORMAL verdicts, found
+            # among the random samples; the most uncertain ones are parts A already sent to re-inspection.
+            labels = label_review_queue(station, plant.truth, limit=400, order="newest")
         finally:
             station.close()
         times["labelling_s"] = time.monotonic() - t
