@@ -4,7 +4,8 @@ on good parts and three defect types but NOT on scratches (the "new defect look"
 
 1. The loop: operators label through the re-inspection station's pages; `qc_cloud dataset build` makes a data set
    version of the station's labels + A's data; model B is trained on it; `qc_cloud models evaluate-candidate`
-   finds it promotable; `qc_cloud rollout start` runs it shadow on cell1 -> canary cell1 -> every cell. Checks: the
+   judges it (promotable asserted with QC_LOOP_REQUIRE_GATE=1: the tiny B is usually blocked by a part or two, see
+   docs/learning-loop.md); `qc_cloud rollout start` runs it shadow on cell1 -> canary cell1 -> every cell. Checks: the
    shadow's scores reached the fleet, the rollout completed, the escape rate on scratches drops from A to B (fleet
    verdicts joined with the camera's ground truth), every part got exactly one verdict in its cell and one record
    in the fleet, throughout.
