@@ -6,26 +6,25 @@
 - Ground truth: the synthetic camera passes each part's label and defect type through to quality/decision
   (`ground_truth`, `defect_type`); the fleet service does not store them, so figures join the fleet's verdicts
   (HTTP API) with the cells' records by (cell, part id).
-- The loop's steps as small functions the lead swaps for the new pieces once merged:
-  `train_model` (`qc_cloud train`), `label_review_queue` (an operator on the re-inspection station's pages),
-  `export_labels` (`qc_cloud dataset export`; swap: `qc_cloud dataset build`), `build_training_folder`
-  (labels + the earlier data; swap: a data set version), `publish_model` (`qc_cloud publish-model`; swap:
-  `qc_cloud rollout start`), `escape_rates` (figures per model version and defect type).
+- The loop's steps as small functions: `train_model` (`qc_cloud train`), `label_review_queue` (an operator on the
+  re-inspection station's pages), `build_dataset` (`qc_cloud dataset build`), `evaluate_candidate`
+  (`qc_cloud models evaluate-candidate`, the gate), `start_rollout` (`qc_cloud rollout start`; the embedded fleet
+  service's controller runs it), `escape_rates` (figures per model version and defect type).
 Every CLI step runs as a subprocess: the real command, and torch's memory leaves with it.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +42,17 @@ def log(message: str) -> None:
     print(f"[loop {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def qc_cloud(*args: str, timeout: float = 900.0) -> str:
-    """Run `qc_cloud <args>` (python -m qc_cloud.cli) and return its stdout; a failure raises with its output."""
+def qc_cloud_run(*args: str, timeout: float = 900.0) -> subprocess.CompletedProcess:
+    """Run `qc_cloud <args>` (python -m qc_cloud.cli); stdout and stderr captured."""
     cmd = [sys.executable, "-m", "qc_cloud.cli", *args]
-    done = subprocess.run(
+    return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
+
+
+def qc_cloud(*args: str, timeout: float = 900.0) -> str:
+    """Run `qc_cloud <args>` and return its stdout; a failure raises with its output."""
+    done = qc_cloud_run(*args, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(
             f"qc_cloud {' '.join(args[:2])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -99,27 +103,43 @@ def train_model(data: Path, out: Path, version: str, settings: TrainSettings = T
     return out
 
 
-def build_training_folder(out: Path, sources: Iterable[Path]) -> Path:
-    """One generic-layout folder from several (labelled export + the earlier model's data): good/ and one folder per
-    defect type, files copied with their source's name as prefix. The lead swaps in `qc_cloud dataset build`
-    (a fingerprinted, deduplicated data set version with a regression set)."""
-    for source in sources:
-        for folder in sorted(p for p in source.iterdir() if p.is_dir()):
-            target = out / folder.name
-            target.mkdir(parents=True, exist_ok=True)
-            for image in folder.iterdir():
-                if image.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                    shutil.copy2(image, target / f"{source.name}__{image.name}")
+def flipped_folder(source: Path, out: Path) -> Path:
+    """A deliberately wrong data set: `source`'s good parts filed as defective ("defect") and its defective parts as
+    good (a model trained on it is worse than any honest one)."""
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        target = out / ("defect" if folder.name == GOOD else GOOD)
+        target.mkdir(parents=True, exist_ok=True)
+        for image in folder.iterdir():
+            shutil.copy2(image, target / f"{folder.name}__{image.name}")
     return out
 
 
-def export_labels(fleet_dir: Path, out: Path) -> dict:
-    """`qc_cloud dataset export`: the station's labelled samples as a generic-layout folder (manifest.json)."""
-    import json
-
-    result = json.loads(qc_cloud("dataset", "export", "--data-dir", str(fleet_dir), "--out", str(out)))
-    log(f"exported {result['images']} labelled images: {result['counts']}")
+def build_dataset(store: Path, *sources: str) -> dict:
+    """`qc_cloud dataset build --out <store> <sources>`: a data set version; returns its JSON summary."""
+    result = json.loads(qc_cloud("dataset", "build", "--out", str(store), *sources))
+    log(f"data set {result['id']}: {result['counts']}")
     return result
+
+
+def evaluate_candidate(candidate: Path, current: Path, out: Path, *data: str) -> tuple[int, dict]:
+    """`qc_cloud models evaluate-candidate`: (exit status: 0 promotable, 3 blocked, report.json)."""
+    done = qc_cloud_run(
+        "models", "evaluate-candidate", "--candidate", str(candidate), "--current", str(current), "--out", str(out),
+        *data,
+    )  # fmt: skip
+    if done.returncode not in (0, 3):
+        raise RuntimeError(f"evaluate-candidate failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text())
+    log(f"gate on {candidate.name}: exit {done.returncode}, blocked by {blocking_figures(report)}")
+    return done.returncode, report
+
+
+def blocking_figures(report: Mapping) -> list[str]:
+    """The gate's blocking checks as "figure on slice" strings (empty when promotable)."""
+    return [
+        f"{b.get('figure', b)} on {b.get('slice', '?')}" if isinstance(b, Mapping) else str(b)
+        for b in report["gate"]["blocked_by"]
+    ]
 
 
 def make_keys(folder: Path) -> tuple[Path, Path]:
@@ -128,16 +148,20 @@ def make_keys(folder: Path) -> tuple[Path, Path]:
     return folder / "model-signing.key", folder / "model-signing.pub"
 
 
-def publish_model(package: Path, key: Path, broker_url: str, cells: Iterable[str], artifact_dir: Path) -> None:
-    """`qc_cloud publish-model` to each cell (artifact by file:// URL, retained manifest). The lead swaps in
-    `qc_cloud rollout start` (shadow -> canary -> all)."""
-    host, port = urllib.parse.urlsplit(broker_url).hostname, urllib.parse.urlsplit(broker_url).port
-    for cell in cells:
-        qc_cloud(
-            "publish-model", str(package), "--key", str(key), "--artifact-dir", str(artifact_dir),
-            "--broker", f"mqtt://{host}:{port}", "--site", SITE, "--line", LINE, "--cell", cell,
-        )  # fmt: skip
-        log(f"published {package.name} to {cell}")
+def start_rollout(plan: Mapping, folder: Path, package: Path, previous: Path, key: Path, fleet_dir: Path) -> int:
+    """`qc_cloud rollout start` of `package` with `plan` (written as YAML), artifacts in `folder`/artifacts by
+    file:// URL, the fleet service's data folder; returns the rollout id. The service's controller runs it."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.yaml").write_text(yaml.safe_dump(dict(plan), sort_keys=False))
+    out = qc_cloud(
+        "rollout", "start", str(folder / "plan.yaml"), "--package", str(package), "--previous", str(previous),
+        "--key", str(key), "--artifact-dir", str(folder / "artifacts"), "--by", "loop-test",
+        "--data-dir", str(fleet_dir),
+    )  # fmt: skip
+    log(out.strip().replace("\n", "; "))
+    return int(re.search(r"rollout (\d+) of", out).group(1))
 
 
 # --- the re-inspection station, as an operator uses it -----------------------------------------------
@@ -182,7 +206,10 @@ def add_operator(fleet_dir: Path, username: str, password_file: Path) -> None:
 
 
 def label_review_queue(
-    station: Station, truth: Callable[[str, str], tuple[str, str] | None], limit: int = 1000
+    station: Station,
+    truth: Callable[[str, str], tuple[str, str] | None],
+    limit: int = 1000,
+    order: str = "uncertain",
 ) -> Counter:
     """An operator works through the station's queue: for each sample shown, the answer the part's true look
     calls for (truth(cell, part_id) -> ("good", "") or ("defective", type)), until the queue is empty or
@@ -190,7 +217,7 @@ def label_review_queue(
     given: Counter = Counter()
     skipped: set[str] = set()
     while sum(given.values()) < limit:
-        items = [(p, part) for p, part in station.queue() if p not in skipped]
+        items = [(p, part) for p, part in station.queue(order) if p not in skipped]
         if not items:
             break
         for path, part_id in items:
@@ -230,6 +257,7 @@ class Plant:
     public_key: Path
     camera: dict = field(default_factory=dict)  # camera_driver overrides for every cell
     bridge: dict = field(default_factory=dict)  # cloud_bridge overrides for every cell
+    fleet: dict = field(default_factory=dict)  # fleet service settings (e.g. rollout_interval_s)
     handles: list[CellHandle] = field(default_factory=list)
 
     def cell_overrides(self, cell: str, index: int, broker_url: str) -> dict[str, dict]:
@@ -260,7 +288,9 @@ class Plant:
         self.broker = Mosquitto(persistence=True)
         self.broker.__enter__()
         self.fleet_dir = self.root / "fleet"
-        self.fleet = EmbeddedFleet(self.fleet_dir, self.broker.url, client_id=f"qc-loop-fleet-{os.getpid()}")
+        self.fleet = EmbeddedFleet(
+            self.fleet_dir, self.broker.url, client_id=f"qc-loop-fleet-{os.getpid()}", **self.fleet
+        )
         try:
             for index, cell in enumerate(self.cells):
                 # Namespaces unique per test run (the ROS domain is shared by the test session).
