@@ -4,8 +4,8 @@ on good parts and three defect types but NOT on scratches (the "new defect look"
 
 1. The loop: operators label through the re-inspection station's pages; `qc_cloud dataset build` makes a data set
    version of the station's labels + A's data; model B is trained on it; `qc_cloud models evaluate-candidate`
-   judges it (promotable asserted with QC_LOOP_REQUIRE_GATE=1: the tiny B is usually blocked by a part or two, see
-   docs/learning-loop.md); `qc_cloud rollout start` runs it shadow on cell1 -> canary cell1 -> every cell. Checks: the
+   judges it and must find it promotable (the default gate with its paired test; latency not gated on a shared
+   machine); `qc_cloud rollout start` runs it shadow on cell1 -> canary cell1 -> every cell. Checks: the
    shadow's scores reached the fleet, the rollout completed, the escape rate on scratches drops from A to B (fleet
    verdicts joined with the camera's ground truth), every part got exactly one verdict in its cell and one record
    in the fleet, throughout.
@@ -66,20 +66,33 @@ CAMERA = {"rate_hz": 5.0, "defect_rate": 0.8, "width": SIZE, "height": SIZE}
 # where escapes show up), no rate limit; small JPEGs at this size.
 BRIDGE = {"sample_enabled": True, "sample_min_interval_s": 0.0, "sample_random_rate": 0.5}
 TRAIN = TrainSettings(input_size=SIZE, phase1_epochs=40, phase2_epochs=0)
+# B learns a look A's frozen features do not separate (thin scratches at 128 px): one fine-tuning epoch lets it;
+# with the head alone it learnt them in two runs of three.
+TRAIN_B = TrainSettings(input_size=SIZE, phase1_epochs=40, phase2_epochs=1)
 # The gate at the bands the cells run (demo.yaml: decision `bands: params`, 0.5/0.8; the gate's default is each
 # manifest's bands, as a cell with `bands: from_model` runs it). False-reject tolerance 0.1 instead of 0.02: the
 # slices hold 30-70 good parts (80 % defects), so 0.02 is less than one part.
 GATE_ARGS = ("--bands", "0.5,0.8", "--latency-repeats", "2", "--gate")
-GATE = {"false_reject_rate": 0.1}
-# B after a few seconds of training is not reliably better on every gated figure of slices this small (runs differ
-# by a few parts; docs/learning-loop.md): the test asserts B promotable only with QC_LOOP_REQUIRE_GATE=1, else
-# records the gate's verdict and rolls B out either way.
-REQUIRE_GATE = os.environ.get("QC_LOOP_REQUIRE_GATE", "") == "1"
+# The default gate (tolerances and the paired test at significance 0.05), but latency: reported, not gated on a
+# shared test machine (the same architecture and input size; its p99 here is the machine's noise); and, as in the
+# rollout rules below, a re-inspect load that may grow by the new look's share: a B that stops letting scratches
+# through sends some of them to re-inspection instead.
+GATE = {"latency_p99_ms": None, "reinspect_load": 0.2}
+# B must pass the default gate: worse figures block only beyond chance (the paired test), so the part or two by
+# which a few seconds of training differ on slices this small do not. QC_LOOP_REQUIRE_GATE=0 records the
+# verdict and rolls B out either way (to look at a run whose B was blocked).
+REQUIRE_GATE = os.environ.get("QC_LOOP_REQUIRE_GATE", "1") != "0"
 FLEET = {"rollout_interval_s": 1.0}  # the controller's step (default 10 s)
 JUDGE_PARTS = 20  # min_parts_to_judge: a live stage's rates are judged from this many candidate parts on
 # Catching the new look moves DEFECTIVE/REINSPECT verdicts by up to its share of the parts (16 % here): the plan
 # allows that much more, and still stops a model that rejects good parts wholesale (test 2).
-RULES = {"reject_rate": {"max_increase": 0.3}, "reinspect_rate": {"max_increase": 0.3}}
+# The same holds in shadow: a B that catches what A misses disagrees with A's verdicts on up to that share of the
+# parts, so the agreement floor is set below it (the default 0.9 suits a retrain of the same defects).
+RULES = {
+    "reject_rate": {"max_increase": 0.3},
+    "reinspect_rate": {"max_increase": 0.3},
+    "shadow_agreement": {"min": 0.6},
+}
 
 
 def plan(name: str, shadow: bool) -> dict:
@@ -147,7 +160,7 @@ def test_labels_from_the_station_teach_model_b_the_new_defect_look(tmp_path, mod
             store, "--from-fleet", "--data-dir", str(plant.fleet_dir), "--from-folder", str(data_a),
             "--regression-fraction", "0.2",
         )  # fmt: skip
-        model_b = train_model(store / version["id"], tmp_path / "model-b", B, TRAIN)
+        model_b = train_model(store / version["id"], tmp_path / "model-b", B, TRAIN_B)
         times["dataset_and_train_b_s"] = time.monotonic() - t
         t = time.monotonic()
         (tmp_path / "gate.json").write_text(json.dumps(GATE))

@@ -312,7 +312,9 @@ def test_a_worse_candidate_is_blocked_and_a_better_one_promotable(fleet, tmp_pat
     vid = json.loads(capsys.readouterr().out)["id"]
     pk = packages(tmp_path / "pkg")
     gate = tmp_path / "gate.yaml"
-    gate.write_text("# measured on a shared test machine: latency is reported, not gated here\nlatency_p99_ms: null\n")
+    # latency is measured on a shared test machine: reported, not gated here; point estimates (no paired test):
+    # the paired evidence is checked at the end
+    gate.write_text("latency_p99_ms: null\nsignificance: null\n")
     common = ["--current", str(pk["current"]), "--version", vid, "--store", str(store), "--from-fleet", *where]
     common += ["--gate", str(gate)]
     # worse: blocked, exit 3, the blocking figure named with both values
@@ -361,12 +363,27 @@ def test_a_worse_candidate_is_blocked_and_a_better_one_promotable(fleet, tmp_pat
     assert report["models"]["candidate"]["bands"] == {"low": 0.05, "high": 0.1, "basis": "manifest decision_bands"}
     assert ("all", "false_reject_rate") in {(c["slice"], c["figure"]) for c in report["gate"]["blocked_by"]}
     assert main([*argv, "--bands", "0.5,0.8", "--out", str(tmp_path / "d")]) == 0  # --bands overrides both
+    # the default gate asks the paired evidence: the worse model is still blocked where it is worse beyond chance,
+    # but one image's difference on a 7-part slice (escape 4/7 vs 3/7) is within chance, and the report says so
+    gate.write_text("latency_p99_ms: null\n")
+    argv = ["models", "evaluate-candidate", "--candidate", str(pk["worse"]), *common, "--out", str(tmp_path / "e")]
+    assert main(argv) == 3
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    blocked = {(c["slice"], c["figure"]) for c in report["gate"]["blocked_by"]}
+    assert ("all", "roc_auc") in blocked and ("regression", "false_reject_rate") in blocked, blocked
+    (one_image,) = [
+        c for c in report["gate"]["checks"] if (c["slice"], c["figure"]) == (f"cell:{CELLS[0]}", "escape_rate")
+    ]
+    assert one_image["passed"] and one_image["candidate"] > one_image["current"] + one_image["tolerance"]
+    assert one_image["evidence"]["test"] == "mcnemar" and one_image["evidence"]["p"] >= 0.05
+    assert all(c["evidence"]["significant"] for c in report["gate"]["blocked_by"] if "evidence" in c)
+    assert "paired evidence" in (tmp_path / "e" / "report.md").read_text()
 
 
 def test_gate_config_and_bad_input(tmp_path, capsys):
     from qc_cloud.training import candidate
 
-    assert candidate.load_gate(None) == candidate.DEFAULT_GATE
+    assert candidate.load_gate(None) == {**candidate.DEFAULT_GATE, "significance": candidate.DEFAULT_SIGNIFICANCE}
     # latency is relative, and blind to sub-millisecond noise; AUC: lower is worse; rates: higher is worse
     assert candidate._worse("latency_p99_ms", 4.0, 8.5, 1.0) and not candidate._worse("latency_p99_ms", 4.0, 7.9, 1.0)
     assert not candidate._worse("latency_p99_ms", 0.05, 0.4, 1.0)
@@ -383,6 +400,8 @@ def test_gate_config_and_bad_input(tmp_path, capsys):
         ("escape_rate: -1\n", "tolerance >= 0"),
         ("escapes: 0.1\n", "unknown figure 'escapes'"),
         ("[1, 2]\n", "a mapping of figure"),
+        ("significance: 1.5\n", "significance must be a level in (0, 1) or null"),
+        ("significance: true\n", "significance must be a level in (0, 1) or null"),
     ):
         (tmp_path / "gate.yaml").write_text(text)
         assert main([*base, "--gate", str(tmp_path / "gate.yaml")]) == 2
@@ -432,3 +451,17 @@ def test_a_model_trained_on_a_version_is_evaluated_against_the_current_one(tmp_p
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["slices"]["regression"]["n_images"] == 8
     assert report["latency"]["candidate"]["p50_ms"] > 0
+
+
+def test_mcnemar_counts_only_the_images_where_the_models_differ():
+    from qc_cloud.training.paired_stats import mcnemar_worse_p
+
+    cur = np.array([1, 1, 0, 0, 0, 0, 0, 0], dtype=bool)
+    assert mcnemar_worse_p(cur, cur) == (0, 0, 1.0)  # the same events: no evidence either way
+    b, c, p = mcnemar_worse_p(np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool), cur)
+    assert (b, c, p) == (1, 0, 0.5)  # one image more: a coin flip
+    worse = np.ones(8, dtype=bool)
+    b, c, p = mcnemar_worse_p(worse, cur)
+    assert (b, c) == (6, 0) and p == 0.5**6  # six images only the candidate gets wrong: not chance
+    _, _, p_mixed = mcnemar_worse_p(np.array([0, 0, 1, 1, 1, 1, 0, 0], dtype=bool), cur)
+    assert p_mixed > 0.05  # four new errors, two fixed

@@ -24,7 +24,6 @@ from qc_cloud.training.datasets import load_dataset
 from qc_cloud.training.errors import DatasetError
 from qc_cloud.training.input_size import (
     Candidate,
-    auc_gain_bound,
     candidate_sizes,
     choose,
     default_size,
@@ -32,6 +31,7 @@ from qc_cloud.training.input_size import (
     search_input_size,
 )
 from qc_cloud.training.models import build_model
+from qc_cloud.training.paired_stats import auc_gain_bound
 from qc_cloud.training.pipeline import choose_input_size, preprocessing_for
 from qc_cloud.training.splits import stratified_split
 from qc_cloud.training.trainer import EpochRecord, TrainResult

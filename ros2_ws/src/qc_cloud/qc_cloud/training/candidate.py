@@ -11,7 +11,11 @@ slice: defect escape rate, false-reject rate, re-inspect load, ROC AUC, escape r
 latency per image on ONNX Runtime (CPU; batch 1; p50/p99), measured on every image scored.
 
 The gate compares each gated figure, wherever both values exist, and blocks the candidate when it is worse
-than the current model beyond the figure's tolerance (rates and AUC: absolute; latency: relative).
+than the current model beyond the figure's tolerance (rates and AUC: absolute; latency: relative) AND the
+paired evidence says the difference is not chance at the gate's `significance` (rates: exact one-sided McNemar
+test on the images where exactly one model has the event; AUC: paired stratified bootstrap). On the tens of
+labelled parts a cell slice holds, one or two images move a rate by more than any useful tolerance; a gate
+that blocks on them blocks every candidate. `significance: null` gates on the point estimates alone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from qc_cloud.training.dataset_versions import Sources, Version, add_fleet_label
 from qc_cloud.training.datasets import Dataset, Sample
 from qc_cloud.training.errors import ConfigError, DatasetError
 from qc_cloud.training.evaluate import OnnxScorer, compute_metrics, score_samples
+from qc_cloud.training.paired_stats import auc_gain_bound, mcnemar_worse_p
 from qc_contract.model_manifest import Manifest
 
 CELL_DEFAULT_BANDS = (0.5, 0.8)
@@ -44,6 +49,9 @@ DEFAULT_GATE: dict[str, float | None] = {
     "per_type_escape_rate": 0.05,  # absolute, per defect type
     "latency_p99_ms": 1.0,  # relative: up to (1 + x) times the current model's p99
 }
+# One-sided level at which a worse figure counts as more than chance (null in the gate file: point estimates).
+DEFAULT_SIGNIFICANCE = 0.05
+SIGNIFICANCE = "significance"
 LOWER_IS_WORSE = {"roc_auc"}
 RELATIVE = {"latency_p99_ms"}
 # A relative latency check ignores differences below this: timer and scheduler noise on a tiny model, not a
@@ -52,8 +60,9 @@ LATENCY_FLOOR_MS = 0.5
 
 
 def load_gate(path: Path | None) -> dict[str, float | None]:
-    """The gate: DEFAULT_GATE updated by a YAML/JSON mapping figure: tolerance (null = not gated)."""
-    gate = dict(DEFAULT_GATE)
+    """The gate: DEFAULT_GATE updated by a YAML/JSON mapping figure: tolerance (null = not gated), plus
+    `significance` (a level in (0, 1), or null = no test)."""
+    gate = {**DEFAULT_GATE, SIGNIFICANCE: DEFAULT_SIGNIFICANCE}
     if path is None:
         return gate
     import yaml
@@ -65,6 +74,12 @@ def load_gate(path: Path | None) -> dict[str, float | None]:
     if not isinstance(data, dict):
         raise ConfigError(f"gate config {path}: a mapping of figure: tolerance ({', '.join(DEFAULT_GATE)})")
     for key, value in data.items():
+        if key == SIGNIFICANCE:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (number and 0 < value < 1):
+                raise ConfigError(f"gate config {path}: significance must be a level in (0, 1) or null, got {value!r}")
+            gate[key] = None if value is None else float(value)
+            continue
         if key not in DEFAULT_GATE:
             raise ConfigError(f"gate config {path}: unknown figure {key!r} (known: {', '.join(DEFAULT_GATE)})")
         if value is not None and (
@@ -226,24 +241,71 @@ def _worse(figure: str, current: float, candidate: float, tolerance: float) -> b
     return candidate > current + tolerance + 1e-12
 
 
-def gate_checks(report: dict[str, Any], gate: dict[str, float | None]) -> list[dict[str, Any]]:
+def slice_evidence(
+    s: Slice,
+    current: tuple[dict[str, float], float, float],
+    candidate: tuple[dict[str, float], float, float],
+    significance: float | None,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """figure -> is the candidate worse than chance on this slice? Paired per image: McNemar for the rates (each
+    model at its own bands), a stratified bootstrap for the AUC. Empty when significance is None."""
+    if significance is None:
+        return {}
+    labels = np.asarray([x.label for x in s.samples]) == 1
+    types = np.asarray([x.defect_type for x in s.samples])
+    (cur_scores, cur_low, cur_high), (cand_scores, cand_low, cand_high) = current, candidate
+    cur = np.asarray([cur_scores[sha] for sha in s.shas], dtype=np.float64)
+    cand = np.asarray([cand_scores[sha] for sha in s.shas], dtype=np.float64)
+    events = {  # figure -> (the images it is counted on, the event for the current model, for the candidate)
+        "escape_rate": (labels, cur < cur_low, cand < cand_low),
+        "false_reject_rate": (~labels, cur >= cur_high, cand >= cand_high),
+        "reinspect_load": (
+            np.ones_like(labels),
+            (cur >= cur_low) & (cur < cur_high),
+            (cand >= cand_low) & (cand < cand_high),
+        ),
+    }
+    for defect_type in sorted(set(types[labels])):
+        events[f"escape_rate[{defect_type}]"] = (labels & (types == defect_type), cur < cur_low, cand < cand_low)
+    evidence: dict[str, dict[str, Any]] = {}
+    for figure, (on, cur_event, cand_event) in events.items():
+        b, c, p = mcnemar_worse_p(cand_event[on], cur_event[on])
+        evidence[figure] = {"test": "mcnemar", "only_candidate": b, "only_current": c, "p": p,
+                            "significant": p < significance}  # fmt: skip
+    if labels.any() and (~labels).any():
+        drop, bound = auc_gain_bound(labels, cur, cand, seed, confidence=1.0 - significance)
+        evidence["roc_auc"] = {"test": "paired_bootstrap", "drop": drop, "drop_lower_bound": bound,
+                               "significant": bound > 0}  # fmt: skip
+    return evidence
+
+
+def gate_checks(
+    report: dict[str, Any], gate: dict[str, float | None], evidence: dict[str, dict[str, dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
+    """One check per gated figure and slice; a check fails when the figure is worse beyond its tolerance and,
+    where evidence[slice][figure] exists, the paired test says the difference is more than chance."""
     checks = []
+    evidence = evidence or {}
 
     def check(slice_name: str, figure: str, current: float | None, candidate: float | None, gated_as: str) -> None:
         tolerance = gate[gated_as]
         if tolerance is None or current is None or candidate is None:
             return
-        checks.append(
-            {
-                "slice": slice_name,
-                "figure": figure,
-                "current": current,
-                "candidate": candidate,
-                "tolerance": tolerance,
-                "comparison": "relative" if gated_as in RELATIVE else "absolute",
-                "passed": not _worse(gated_as, current, candidate, tolerance),
-            }
-        )
+        worse = _worse(gated_as, current, candidate, tolerance)
+        test = evidence.get(slice_name, {}).get(figure)
+        item = {
+            "slice": slice_name,
+            "figure": figure,
+            "current": current,
+            "candidate": candidate,
+            "tolerance": tolerance,
+            "comparison": "relative" if gated_as in RELATIVE else "absolute",
+            "passed": not (worse and (test is None or test["significant"])),
+        }
+        if test is not None:
+            item["evidence"] = test
+        checks.append(item)
 
     for name, s in report["slices"].items():
         cur, cand = s["current"], s["candidate"]
@@ -302,7 +364,15 @@ def evaluate_candidate(
         "left_out": left_out or {},
         "notes": notes,
     }
+    significance = gate.get(SIGNIFICANCE)
+    evidence = {}
     for s in slices:
+        evidence[s.name] = slice_evidence(
+            s,
+            (models["current"]["scores"], *models["current"]["bands"][:2]),
+            (models["candidate"]["scores"], *models["candidate"]["bands"][:2]),
+            significance,
+        )
         row: dict[str, Any] = {
             "n_images": len(s.samples),
             "n_good": sum(x.label == 0 for x in s.samples),
@@ -320,7 +390,7 @@ def evaluate_candidate(
             notes.append(
                 f"cell(s) {', '.join(others)} report a model other than the current package ({current_version})"
             )
-    checks = gate_checks(report, gate)
+    checks = gate_checks(report, gate, evidence)
     blocked = [c for c in checks if not c["passed"]]
     report["gate"] = {
         "tolerances": gate,
@@ -333,6 +403,15 @@ def evaluate_candidate(
 
 def _f(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _evidence(check: dict[str, Any]) -> str:
+    e = check.get("evidence")
+    if e is None:
+        return ""
+    if e["test"] == "mcnemar":
+        return f"only candidate wrong {e['only_candidate']}, only current {e['only_current']}: p {e['p']:.3f}"
+    return f"AUC drop {e['drop']:.3f}, lower bound {e['drop_lower_bound']:.3f}"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -387,15 +466,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "## Gate",
         "",
-        "| slice | figure | current | candidate | tolerance | result |",
-        "|---|---|---|---|---|---|",
+        f"Significance: {gate['tolerances'].get(SIGNIFICANCE) or 'none (point estimates)'}: a worse figure blocks "
+        "only when the paired test says it is more than chance.",
+        "",
+        "| slice | figure | current | candidate | tolerance | paired evidence | result |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in gate["checks"]:
         lines.append(
             f"| {c['slice']} | {c['figure']} | {_f(c['current'], 4)} | {_f(c['candidate'], 4)} | "
-            f"{c['tolerance']:g} ({c['comparison']}) | {'pass' if c['passed'] else '**BLOCKS**'} |"
+            f"{c['tolerance']:g} ({c['comparison']}) | {_evidence(c)} | {'pass' if c['passed'] else '**BLOCKS**'} |"
         )
-    not_gated = [k for k, v in gate["tolerances"].items() if v is None]
+    not_gated = [k for k, v in gate["tolerances"].items() if v is None and k != SIGNIFICANCE]
     if not_gated:
         lines += ["", f"Not gated: {', '.join(not_gated)}."]
     if report["notes"] or report["left_out"]:

@@ -48,6 +48,7 @@ from qc_cloud.training.batches import input_batches
 from qc_cloud.training.datasets import Dataset
 from qc_cloud.training.distributed import World
 from qc_cloud.training.evaluate import roc_auc
+from qc_cloud.training.paired_stats import BOOTSTRAP, auc_gain_bound
 from qc_cloud.training.splits import Split
 from qc_cloud.training.trainer import Trainer, TrainResult
 
@@ -55,7 +56,6 @@ log = logging.getLogger("qc_cloud.training")
 
 DEFAULT_SIZE = 224  # the backbone's native side: kept unless another side is better beyond the noise
 SEARCH_PHASE2_EPOCHS = 2  # Phase II epochs of a candidate's short run (at most; the time share may cut them)
-BOOTSTRAP = 2000  # resamples of the paired AUC difference
 CONFIDENCE = 0.95  # one-sided: a side replaces the default if P(its AUC gain > 0) clears this
 
 
@@ -92,27 +92,6 @@ def candidate_sizes(from_images: int, listed: tuple[int, ...] = ()) -> list[int]
 def default_size(sizes: list[int]) -> int:
     """The side kept unless another is better beyond the noise: 224 if a candidate, else the smallest."""
     return DEFAULT_SIZE if DEFAULT_SIZE in sizes else min(sizes)
-
-
-def pair_matrix(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """M[i, j] = 1 if defective image i scores above good image j, 1/2 on a tie, else 0 (the AUC is its mean)."""
-    labels = np.asarray(labels) > 0.5
-    pos, neg = np.asarray(scores, dtype=np.float64)[labels], np.asarray(scores, dtype=np.float64)[~labels]
-    return (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
-
-
-def auc_gain_bound(
-    labels: np.ndarray, scores: np.ndarray, reference: np.ndarray, seed: int, *, resamples: int = BOOTSTRAP
-) -> tuple[float, float]:
-    """(AUC(scores) - AUC(reference), its lower CONFIDENCE bound): the same images resampled for both (paired),
-    defective and good parts resampled separately (stratified: every resample has both classes), by the seed."""
-    diff = pair_matrix(labels, scores) - pair_matrix(labels, reference)
-    n_pos, n_neg = diff.shape
-    rng = np.random.default_rng([seed, 25])
-    pos_counts = rng.multinomial(n_pos, np.full(n_pos, 1.0 / n_pos), size=resamples).astype(np.float64)
-    neg_counts = rng.multinomial(n_neg, np.full(n_neg, 1.0 / n_neg), size=resamples).astype(np.float64)
-    gains = np.einsum("bi,ij,bj->b", pos_counts, diff, neg_counts) / (n_pos * n_neg)
-    return float(diff.mean()), float(np.quantile(gains, 1.0 - CONFIDENCE))
 
 
 def choose(results: list[Candidate], default: int) -> tuple[Candidate, str]:
@@ -205,7 +184,11 @@ def search_input_size(
         log.info(f"input size {size} px: short run, validation AUC {roc_auc(labels, logits):.4f}")
     results = []
     for size, (logits, loss, p1, p2, seconds) in sorted(runs.items()):
-        gain, lower = (0.0, 0.0) if size == default else auc_gain_bound(labels, logits, runs[default][0], config.seed)
+        gain, lower = (
+            (0.0, 0.0)
+            if size == default
+            else auc_gain_bound(labels, logits, runs[default][0], config.seed, confidence=CONFIDENCE)
+        )
         results.append(Candidate(size, roc_auc(labels, logits), loss, p1, p2, seconds, gain, lower))
     chosen, reason = choose(results, default)
     if skipped:
