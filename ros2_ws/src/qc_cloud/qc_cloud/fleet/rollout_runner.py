@@ -13,7 +13,6 @@ import time
 
 from qc_cloud.fleet import rollout
 from qc_cloud.fleet.settings import FleetSettings
-from qc_contract.broker import BridgeConfigError, broker_config
 from qc_contract.mqtt_client import connect_properties, create_client
 from qc_contract.topics import CellId
 
@@ -29,18 +28,7 @@ class ManifestPublisher:
     """publish(cell, manifest): retained QoS 1 on the cell's model/update, waiting for a successful PUBACK."""
 
     def __init__(self, settings: FleetSettings) -> None:
-        try:
-            self.broker = broker_config(
-                settings.broker_url,
-                f"{settings.client_id}-rollout",
-                ca_file=settings.broker_ca_file,
-                username=settings.broker_username,
-                password_file=settings.broker_password_file,
-                password_env=settings.broker_password_env,
-                allow_plain_remote=settings.allow_plain_mqtt,
-            )
-        except BridgeConfigError as exc:
-            raise ValueError(f"broker: {exc}") from None
+        self.broker = settings.broker(f"{settings.client_id}-rollout")
         self._acks: dict[int, object] = {}
         self._cond = threading.Condition()
         self._connected = threading.Event()

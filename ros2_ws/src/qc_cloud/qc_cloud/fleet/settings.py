@@ -77,6 +77,24 @@ class FleetSettings:
             alert_psi=self.drift_alert_psi,
         )
 
+    def broker(self, client_id: str):
+        """The broker connection settings (qc_contract.broker) for one of the service's MQTT clients; ValueError
+        with the reason when they are unusable."""
+        from qc_contract.broker import BridgeConfigError, broker_config
+
+        try:
+            return broker_config(
+                self.broker_url,
+                client_id,
+                ca_file=self.broker_ca_file,
+                username=self.broker_username,
+                password_file=self.broker_password_file,
+                password_env=self.broker_password_env,
+                allow_plain_remote=self.allow_plain_mqtt,
+            )
+        except BridgeConfigError as exc:
+            raise ValueError(f"broker: {exc}") from None
+
     @property
     def sqlite_path(self) -> Path:
         return Path(self.data_dir) / "fleet.sqlite3"

@@ -27,7 +27,6 @@ import paho.mqtt.client as mqtt
 
 from qc_cloud.fleet.settings import FleetSettings
 from qc_cloud.fleet.store import BatchResult, Message, Store, TransientError
-from qc_contract.broker import BridgeConfigError, broker_config
 from qc_contract.mqtt_client import connect_properties, create_client
 
 log = logging.getLogger("qc_fleet.ingest")
@@ -72,18 +71,7 @@ class IngestWorker:
         self.store = store
         self.index = index
         self.client_id = f"{settings.client_id}-{index}"
-        try:
-            self.broker = broker_config(
-                settings.broker_url,
-                self.client_id,
-                ca_file=settings.broker_ca_file,
-                username=settings.broker_username,
-                password_file=settings.broker_password_file,
-                password_env=settings.broker_password_env,
-                allow_plain_remote=settings.allow_plain_mqtt,
-            )
-        except BridgeConfigError as exc:
-            raise ValueError(f"broker: {exc}") from None
+        self.broker = settings.broker(self.client_id)
         self.stats = WorkerStats()
         self._queue: queue.SimpleQueue[_Inbound] = queue.SimpleQueue()  # C-implemented: one put per message
         self._generation = 0
