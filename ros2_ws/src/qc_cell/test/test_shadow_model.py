@@ -149,6 +149,13 @@ def test_a_forged_shadow_marker_is_refused(shadow_harness, tmp_path):
     refused = h.send(update_manifest.sign(shadow_rollback, KEY))  # signed, but no shadow is a rollback
     assert not refused.accepted and refused.reason in ("schema_violation", "rollback_mismatch"), refused
     assert h.shadow_loads == [] and [v for _, v, _ in h.loads] == ["1.0.0"] and h.store.shadow() is None
+    # the rollback marker is signed too: added to an older version's update, or moved to another version, refused
+    older, _ = make_update(tmp_path, "0.9.0")
+    assert h.send({**older, "rollback_from": "1.0.0"}).reason == "bad_signature"
+    rollback, _ = make_update(tmp_path, "0.8.0", rollback_from="1.0.0")
+    assert h.send({**rollback, "rollback_from": "1.1.0"}).reason == "bad_signature"
+    assert h.send({k: v for k, v in rollback.items() if k != "rollback_from"}).reason == "bad_signature"
+    assert [v for _, v, _ in h.loads] == ["1.0.0"]
 
 
 def _fields(manifest: dict) -> dict:
