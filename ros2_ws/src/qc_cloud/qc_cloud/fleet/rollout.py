@@ -497,13 +497,21 @@ def stage_health(
     waiting: list[str] = []
     if role == ROLE_SHADOW:
         judged = _judge_shadow(candidate_fig, baseline_fig, plan_rules, min_parts_to_judge, brk, waiting)
-        return {
-            "candidate": candidate_fig,
-            "baseline": baseline_fig,
-            "judged": judged,
-            "broken": broken,
-            "waiting": waiting,
-        }
+    else:
+        judged = _judge_live(candidate_fig, baseline_fig, plan_rules, min_parts_to_judge, brk, waiting)
+    return {
+        "candidate": candidate_fig,
+        "baseline": baseline_fig,
+        "judged": judged,
+        "broken": broken,
+        "waiting": waiting,
+    }
+
+
+def _judge_live(
+    candidate_fig: dict, baseline_fig: dict, plan_rules: Mapping, min_parts_to_judge: int, brk, waiting: list
+) -> bool:
+    """A live stage's rules on the candidate's parts against the baseline; False (waiting) until enough parts."""
     judged = candidate_fig["parts"] >= min_parts_to_judge
     if judged:
         for rule in (*RATE_RULES, "label_disagreement"):
@@ -536,14 +544,9 @@ def stage_health(
                     base * t["max_ratio"],
                     f"latency p99 {value:.1f} ms vs baseline {base:.1f} ms (x{t['max_ratio']:g} allowed)",
                 )
-    waiting = [] if judged else [f"{candidate_fig['parts']} candidate parts, {min_parts_to_judge} needed to judge"]
-    return {
-        "candidate": candidate_fig,
-        "baseline": baseline_fig,
-        "judged": judged,
-        "broken": broken,
-        "waiting": waiting,
-    }
+    if not judged:
+        waiting.append(f"{candidate_fig['parts']} candidate parts, {min_parts_to_judge} needed to judge")
+    return judged
 
 
 def _judge_shadow(cand: dict, base: dict, plan_rules: Mapping, min_parts_to_judge: int, brk, waiting: list) -> bool:
