@@ -7,6 +7,8 @@ CI, benchmarks) never see each other's topics. Subprocesses inherit it through t
 import os
 import random
 
+import pytest
+
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 200)))
 # pytest-xdist workers inherit the controller's domain: each takes its own next to it (domains go up to 232).
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
@@ -17,11 +19,10 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the group into the node id
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`), the system tests (the whole cell as processes, timed by the parts'
     deadlines) run one after another on one worker, never two at once; unit and node tests fill the other."""
-    import pytest
-
     for item in items:
         if item.get_closest_marker("system") is not None:
             item.add_marker(pytest.mark.xdist_group("system"))

@@ -8,6 +8,7 @@ set -uo pipefail
 workers="${QC_TEST_WORKERS:-2}"
 args=()
 [[ "$workers" != 0 ]] && args=(-n "$workers" --dist loadgroup)
+args+=(--durations=30)  # the slowest tests in every log: where the suite's time goes
 python -m pytest "${args[@]}" "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then

@@ -82,6 +82,8 @@ def _intended_changes(deployment: str, state: Path) -> dict[tuple[str, str], obj
             ("reject_actuator", "divert_distance_mm"): 1200.0,
             ("reject_actuator", "modbus_divert_address"): 2,
             ("reject_actuator", "gpio_divert_pin"): 18,
+            # Samples are training data: JPEG q85 artefacts taught models a feature the raw frames lack (issue 22).
+            ("cloud_bridge", "sample_jpeg_quality"): 95,
         }
     )
     if deployment == "demo":  # the demo's state lives in the run's state folder, no longer in /tmp/qc_cell_demo

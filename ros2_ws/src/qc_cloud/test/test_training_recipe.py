@@ -7,9 +7,11 @@ measured by bench/bench_recipes.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,7 @@ from qc_cell.inference.backends import BackendOptions, create_backend
 from qc_cell.inference.model import LoadedModel
 from qc_cell.inference.overlay import render
 from qc_cloud.cli import main
-from qc_cloud.training.augment import PAPER_AUGMENTATION, Augmentation
+from qc_cloud.training.augment import NO_AUGMENTATION, PAPER_AUGMENTATION, Augmentation
 from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER
 from qc_cloud.training.calibration import apply_calibration, fit_calibration, propose_bands, reliability
 from qc_cloud.training.config import TrainConfig, resolve_input_size
@@ -113,9 +115,29 @@ def test_industrial_augmentation_keeps_shape_and_the_paper_draws():
         contrast=0,
         blur_sigma=0,
         noise_std=0,
+        jpeg_prob=0,
     )
     seen = {flips.apply(rng_image, np.random.default_rng(s)).tobytes() for s in range(12)}
     assert rng_image[::-1].tobytes() in seen and rng_image.tobytes() in seen
+
+
+def test_jpeg_recompression_is_a_real_round_trip_within_the_quality_range():
+    # A smooth image (as a part is): JPEG changes it by a few grey levels, not into noise.
+    ramp = np.linspace(0, 255, 64, dtype=np.float32)
+    image = np.dstack([np.add.outer(ramp, ramp) / 2] * 3).astype(np.uint8)
+    only_jpeg = dataclasses.replace(NO_AUGMENTATION, jpeg_prob=1.0, jpeg_quality=(60, 95))
+    out = only_jpeg.apply(image, np.random.default_rng(3))
+    assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
+    candidates = [cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, q])[1], 1) for q in range(60, 96)]
+    assert any(np.array_equal(out, c) for c in candidates), "not a JPEG round trip at a quality in 60..95"
+    grey = only_jpeg.apply(image[:, :, 0], np.random.default_rng(3))
+    assert grey.shape == image.shape[:2]
+    assert not NO_AUGMENTATION.jpeg_prob and not PAPER_AUGMENTATION.jpeg_prob and Augmentation().jpeg_prob > 0
+    for bad in ({"jpeg_prob": 1.5}, {"jpeg_quality": (95, 60)}, {"jpeg_quality": (0, 90)}):
+        with pytest.raises(ValueError, match="jpeg"):
+            Augmentation(**bad)
+    config = TrainConfig.from_dict({"augmentation": {"jpeg_prob": 0.3, "jpeg_quality": [70, 90]}})
+    assert config.augmentation.jpeg_quality == (70, 90) and config.augmentation.jpeg_prob == 0.3
 
 
 def test_discriminative_learning_rates_and_the_cosine_schedule():

@@ -79,7 +79,7 @@ CLOUD_BRIDGE = NodeParams(
         Param(
             "sample_min_interval_s", 10.0, "minimum time between two samples (s)", range=(0.0, 86400.0), runtime=True
         ),
-        Param("sample_jpeg_quality", 85, "sample JPEG quality", range=(10, 100)),
+        Param("sample_jpeg_quality", 95, "sample JPEG quality (samples are training data)", range=(10, 100)),
         Param("sample_max_side", 0, "downscale samples to this longer side (0 = keep)", range=(0, 8192)),
         Param(
             "sample_random_rate",

@@ -40,7 +40,7 @@ class SampleSettings:
     verdicts: tuple[str, ...] = IMAGE_VERDICTS
     bytes_per_hour: int = 20_000_000
     min_interval_s: float = 10.0
-    jpeg_quality: int = 85
+    jpeg_quality: int = 95  # samples are training data: few compression artefacts (docs/learning-loop.md)
     max_side: int = 0  # downscale to this longer side (0 = keep)
     random_rate: float = 0.01  # share of ALL parts (any verdict) sampled at random, marked random_sample
 

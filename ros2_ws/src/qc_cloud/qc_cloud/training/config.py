@@ -177,8 +177,9 @@ class TrainConfig:
         try:
             if isinstance(values.get("augmentation"), dict):
                 aug = dict(values["augmentation"])
-                if "brightness" in aug:
-                    aug["brightness"] = tuple(aug["brightness"])
+                for key in ("brightness", "jpeg_quality"):
+                    if key in aug:
+                        aug[key] = tuple(aug[key])
                 values["augmentation"] = Augmentation(**aug)
             if isinstance(values.get("input_size_candidates"), list):
                 values["input_size_candidates"] = tuple(int(v) for v in values["input_size_candidates"])
