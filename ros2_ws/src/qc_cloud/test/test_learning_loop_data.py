@@ -338,6 +338,7 @@ def test_a_worse_candidate_is_blocked_and_a_better_one_promotable(fleet, tmp_pat
     cell = report["slices"][f"cell:{CELLS[0]}"]
     assert (cell["n_images"], cell["n_good"], cell["n_defective"]) == (14, 7, 7)  # unsure left out
     assert report["left_out"] == {"label answer 'unsure'": 2}
+    assert "the candidate was not trained on a data set version: overlap with the slices not checked" in report["notes"]
     assert report["latency"]["candidate"]["images"] == report["slices"]["all"]["n_images"]  # each image once
     # better: promotable, exit 0; its escape rate on the dim look is lower, nothing else worse
     argv = ["models", "evaluate-candidate", "--candidate", str(pk["better"]), *common, "--out", str(tmp_path / "b")]
@@ -451,6 +452,21 @@ def test_a_model_trained_on_a_version_is_evaluated_against_the_current_one(tmp_p
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["slices"]["regression"]["n_images"] == 8
     assert report["latency"]["candidate"]["p50_ms"] > 0
+    assert Manifest.load(tmp_path / "cand").dataset["version"] == version.id
+    assert f"candidate trained on data set version {version.id}" in report["notes"]
+    # A later version whose regression set holds the candidate's training images (a hard case re-labelled, say):
+    # the gate leaves them out instead of scoring the candidate on what it learnt from.
+    capsys.readouterr()
+    argv = ["dataset", "build", "--out", str(store), "--regression-add", str(train), "--regression-add", str(reg)]
+    assert main(argv) == 0
+    later = json.loads(capsys.readouterr().out)["id"]
+    argv = ["models", "evaluate-candidate", "--candidate", str(tmp_path / "cand"), "--current",
+            str(tmp_path / "current"), "--version", later, "--store", str(store), "--gate", str(tmp_path / "gate.yaml"),
+            "--out", str(tmp_path / "r2")]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr()
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["slices"]["regression"]["n_images"] == 8, report["notes"]
+    assert any(n.endswith("image(s) the candidate was trained on left out of every slice") for n in report["notes"])
 
 
 def test_mcnemar_counts_only_the_images_where_the_models_differ():

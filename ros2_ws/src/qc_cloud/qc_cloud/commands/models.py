@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qc_cloud.training.dataset_versions import Version
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +58,30 @@ def _bands(text: str | None) -> tuple[float, float] | None:
     return low, high
 
 
+def _candidate_training_images(
+    candidate: Path, version: Version | None, store: Path | None
+) -> tuple[set[str], list[str]]:
+    """(sha256 of the images the candidate was trained on, notes): from the data set version its manifest names
+    (dataset.version, written by `qc_cloud train` on a version), found as --version or in --store."""
+    from qc_cloud.training import dataset_versions as dv
+    from qc_contract.model_manifest import Manifest, ManifestError
+
+    try:
+        trained = Manifest.load(candidate).dataset.get("version")
+    except (ManifestError, OSError):
+        return set(), []  # scoring the package reports what is wrong with it
+    if not trained:
+        return set(), ["the candidate was not trained on a data set version: overlap with the slices not checked"]
+    if version is not None and version.id == trained:
+        source = version
+    else:
+        try:
+            source = dv.read_version(dv.resolve_version(trained, store))
+        except dv.VersionError as exc:
+            return set(), [f"the candidate's training version {trained} was not found ({exc}): overlap not checked"]
+    return source.shas("data"), [f"candidate trained on data set version {trained}"]
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from qc_cloud.commands.dataset import fleet_rows, parse_since
     from qc_cloud.training import candidate as core
@@ -78,6 +106,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         left_out = dict(sources.left_out)
         for bad in sources.bad:
             left_out[f"unusable image: {bad['reason']}"] = left_out.get(f"unusable image: {bad['reason']}", 0) + 1
+    trained_on, notes = _candidate_training_images(args.candidate, version, args.store)
     report = core.evaluate_candidate(
         args.candidate,
         args.current,
@@ -90,6 +119,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         cells_running=cells_running,
         left_out=left_out,
         latency_repeats=args.latency_repeats,
+        trained_on=trained_on,
+        notes=notes,
     )
     paths = core.write_report(report, args.out)
     gate_result = report["gate"]

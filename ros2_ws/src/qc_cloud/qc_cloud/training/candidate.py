@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -122,21 +122,31 @@ def production_slices(
 
 
 def build_slices(
-    version: Version | None, production: dict[str, list[tuple[str, int, str]]], samples_dir: Path | None
+    version: Version | None,
+    production: dict[str, list[tuple[str, int, str]]],
+    samples_dir: Path | None,
+    trained_on: Collection[str] = (),
 ) -> tuple[list[Slice], list[str]]:
+    """The slices to score. Images in `trained_on` (sha256: what the candidate learnt from) are left out of every
+    slice: a model scored on its own training images looks better than it is."""
     slices, notes = [], []
     labelled: dict[str, tuple[int, str]] = {}
     regression = version.dataset("regression") if version is not None else None
     if regression is not None:
-        shas = [i["sha256"] for i in version.images if i["set"] == "regression"]
-        if shas:
-            slices.append(Slice("regression", regression, list(regression.samples), shas))
-            labelled.update({sha: (s.label, s.defect_type) for sha, s in zip(shas, regression.samples, strict=True)})
+        pairs = [
+            (i["sha256"], s)
+            for i, s in zip((i for i in version.images if i["set"] == "regression"), regression.samples, strict=True)
+            if i["sha256"] not in trained_on
+        ]
+        if pairs:
+            slices.append(Slice("regression", regression, [s for _, s in pairs], [sha for sha, _ in pairs]))
+            labelled.update({sha: (s.label, s.defect_type) for sha, s in pairs})
         else:
-            notes.append(f"version {version.id} has an empty regression set")
+            notes.append(f"version {version.id} has an empty regression set (after leaving out training images)")
     store = Dataset(root=Path(samples_dir or "."), layout="generic", samples=(), fingerprint="")
     conflicting = 0
     for cell, images in production.items():
+        images = [image for image in images if image[0] not in trained_on]
         if not images:
             continue
         samples = [Sample(f"{sha[:2]}/{sha}.jpg", label, t) for sha, label, t in images]
@@ -154,8 +164,16 @@ def build_slices(
             f"{conflicting} production image(s) carry a label other than their regression-set/other-cell label: "
             "left out of 'all'"
         )
+    if trained_on:
+        offered = {i["sha256"] for i in version.images if i["set"] == "regression"} if version is not None else set()
+        offered.update(image[0] for images in production.values() for image in images)
+        if left := len(offered & set(trained_on)):
+            notes.append(f"{left} image(s) the candidate was trained on left out of every slice")
     if not slices:
-        raise DatasetError("no images to evaluate on: the version's regression set and the production data are empty")
+        raise DatasetError(
+            "no images to evaluate on: the version's regression set and the production data are empty (or all were "
+            "the candidate's training images)"
+        )
     shas = sorted(union)
     slices.append(Slice("all", store, [union[sha] for sha in shas], shas))  # scored through the others
     return slices, notes
@@ -337,9 +355,13 @@ def evaluate_candidate(
     cells_running: dict[str, str | None] | None = None,
     left_out: dict[str, int] | None = None,
     latency_repeats: int = 3,
+    trained_on: Collection[str] = (),
+    notes: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Score both packages on the same slices and apply the gate; the report as a dict."""
-    slices, notes = build_slices(version, production, samples_dir)
+    """Score both packages on the same slices and apply the gate; the report as a dict. `trained_on`: the sha256 of
+    the candidate's training images (left out of every slice); `notes`: the caller's, reported first."""
+    slices, slice_notes = build_slices(version, production, samples_dir, trained_on)
+    notes = [*notes, *slice_notes]
     models: dict[str, Any] = {}
     for role, package in (("current", current), ("candidate", candidate)):
         manifest, scores, latency = score_model(package, slices, latency_repeats)

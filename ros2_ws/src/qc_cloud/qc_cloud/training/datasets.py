@@ -58,6 +58,7 @@ class Dataset:
     layout: str  # one of LAYOUTS
     samples: tuple[Sample, ...]
     fingerprint: str  # sha256 over (path, label, defect type, file sha256) of every sample
+    version: str | None = None  # the data set version (`qc_cloud dataset build`) these images are the data/ of
 
     def counts(self) -> dict[str, int]:
         """Images per defect type ("good" included)."""
@@ -168,13 +169,15 @@ def load_dataset(root: Path | str, *, progress: bool = True, good_only_ok: bool 
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"data set folder {root} does not exist")
+    version_id = None
     if (root / "version.json").is_file():
         from qc_cloud.training.dataset_versions import VersionError, read_version
 
         try:
-            root = read_version(root).root / "data"
+            version = read_version(root)
         except VersionError as exc:
             raise DatasetError(str(exc)) from exc
+        root, version_id = version.root / "data", version.id
     layout, found = discover(root)
     if not found:
         raise DatasetError(
@@ -207,4 +210,4 @@ def load_dataset(root: Path | str, *, progress: bool = True, good_only_ok: bool 
         shown = "; ".join(unreadable[:5]) + (f"; ... and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
         raise DatasetError(f"{len(unreadable)} unreadable image(s) in {root}: {shown}")
     fingerprint = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
-    return Dataset(root=root, layout=layout, samples=tuple(samples), fingerprint=fingerprint)
+    return Dataset(root=root, layout=layout, samples=tuple(samples), fingerprint=fingerprint, version=version_id)

@@ -245,6 +245,8 @@ def _dataset_info(dataset: Dataset, split: Split, config: TrainConfig) -> dict[s
         # station offers them first (Manifest.defect_types; the cell's model_status record carries them).
         "defect_types": sorted(t for t in dataset.counts() if t != GOOD),
     }
+    if dataset.version is not None:  # the gate leaves these images out of its production slices (candidate.py)
+        info["version"] = dataset.version
     if config.synthetic is not None:
         info["synthetic"] = asdict(config.synthetic)
     return info
