@@ -142,7 +142,8 @@ def build_slices(
             slices.append(Slice("regression", regression, [s for _, s in pairs], [sha for sha, _ in pairs]))
             labelled.update({sha: (s.label, s.defect_type) for sha, s in pairs})
         else:
-            notes.append(f"version {version.id} has an empty regression set (after leaving out training images)")
+            after = " after leaving out the candidate's training images" if trained_on else ""
+            notes.append(f"version {version.id} has an empty regression set{after}")
     store = Dataset(root=Path(samples_dir or "."), layout="generic", samples=(), fingerprint="")
     conflicting = 0
     for cell, images in production.items():
