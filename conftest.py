@@ -6,6 +6,7 @@ CI, benchmarks) never see each other's topics. Subprocesses inherit it through t
 
 import os
 import random
+import signal
 
 import pytest
 
@@ -17,6 +18,11 @@ if _worker.startswith("gw") and "QC_TEST_DOMAIN_BASE" not in os.environ:
     os.environ["ROS_DOMAIN_ID"] = str((int(os.environ["ROS_DOMAIN_ID"]) + 1 + int(_worker[2:])) % 233)
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so would every node the
+# tests start (a program keeps an ignored SIGINT ignored): the tests that stop nodes with Ctrl-C need it as a terminal
+# has it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the group into the node id

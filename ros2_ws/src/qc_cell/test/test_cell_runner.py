@@ -5,6 +5,7 @@ kills the nodes at once, without a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -88,9 +89,13 @@ class _Runner:
         return {name: int(pid.rstrip(")")) for name, pid in (line.split(": started (pid ") for line in started)}
 
     def kill(self) -> None:
+        nodes = list(self.node_pids().values())
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait(10)  # its nodes die with it (parent-death signal)
+            self.process.wait(10)  # its nodes die with it (parent-death signal) ...
+        for pid in nodes:  # ... but a stopped one (SIGSTOP) would only act on it once continued: a stopped orphan
+            with contextlib.suppress(ProcessLookupError):  # keeps its DDS shared-memory ports locked machine-wide
+                os.kill(pid, signal.SIGKILL)
 
     def output(self) -> str:
         return "\n".join(self.lines)
