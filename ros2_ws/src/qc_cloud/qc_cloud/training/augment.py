@@ -7,10 +7,8 @@ fill_mode="nearest"). Then photometric changes suited to industrial images: brig
 the image mean, a slight Gaussian blur (focus) and sensor noise, and a JPEG re-compression, each configurable;
 off in the paper's preset (PAPER_AUGMENTATION). The re-compression is there because the learning loop trains on
 the cells' image samples, which travel as JPEG, while the cells score raw frames: without it a model learns JPEG
-artefacts as a feature (measured: a model trained on PNGs sent 43 % of good parts to re-inspection when scored on
-the same images as JPEG q85, and one trained on JPEG samples let 54 % instead of 35 % of a new defect through on
-raw frames). Every draw is determined by a NumPy Generator, seeded per (run seed,
-image, draw).
+artefacts as a feature (figures in docs/training.md, `bench/bench_jpeg_samples.py`). Every draw is determined by a
+NumPy Generator, seeded per (run seed, image, draw).
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ class Augmentation:
     blur_sigma: float = 0.6  # with probability 0.25 a Gaussian blur of sigma uniform in (0, blur_sigma] px
     noise_std: float = 2.0  # Gaussian noise of std uniform in [0, noise_std] grey levels
     jpeg_prob: float = 0.5  # with this probability, JPEG-compressed and decoded again ...
-    jpeg_quality: tuple[int, int] = (60, 95)  # ... at a quality uniform in this range
+    jpeg_quality: tuple[int, int] = (75, 95)  # ... at a quality uniform in this range (samples: 85-95)
 
     def __post_init__(self) -> None:
         lo, hi = self.brightness
