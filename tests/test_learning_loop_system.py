@@ -84,12 +84,15 @@ GATE = {"latency_p99_ms": None, "reinspect_load": 0.2}
 REQUIRE_GATE = os.environ.get("QC_LOOP_REQUIRE_GATE", "") == "1"
 FLEET = {"rollout_interval_s": 1.0}  # the controller's step (default 10 s)
 JUDGE_PARTS = 20  # min_parts_to_judge: a live stage's rates are judged from this many candidate parts on
-# Catching the new look moves DEFECTIVE/REINSPECT verdicts by up to its share of the parts (16 % here): the plan
-# allows that much more, and still stops a model that rejects good parts wholesale (test 2).
-# The same holds in shadow: a B that catches what A misses disagrees with A's verdicts on up to that share of the
+# Catching the new look moves DEFECTIVE/REINSPECT verdicts by up to its share of the parts (16 % here), and a
+# better B is also more decided on the known looks (re-inspect -> defective): on this camera (80 % defects; A
+# rejects ~38 % of the parts) its reject rate may rise towards the defect share. One CI run rolled back a good B at
+# 0.70 over 23 parts (B's rate over all its parts: 0.49) with +0.3 allowed; +0.5 still stops a model that rejects
+# every part (1.0). Re-inspect +0.3 stops a model that sends good parts to re-inspection wholesale (test 2).
+# In shadow, a B that catches what A misses disagrees with A's verdicts on up to the new look's share of the
 # parts, so the agreement floor is set below it (the default 0.9 suits a retrain of the same defects).
 RULES = {
-    "reject_rate": {"max_increase": 0.3},
+    "reject_rate": {"max_increase": 0.5},
     "reinspect_rate": {"max_increase": 0.3},
     "shadow_agreement": {"min": 0.6},
 }
