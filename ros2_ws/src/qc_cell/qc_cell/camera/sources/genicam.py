@@ -146,6 +146,11 @@ class GenICamSource(FrameSource):
         """(pixels, width, height, camera timestamp ns) of the next complete frame; None after timeout_s; counts an
         incomplete frame in self.lost_frames and returns None; SourceUnavailableError when the camera is gone."""
 
+    def _ready_for_trigger(self, timeout_s: float) -> bool:
+        """Whether the camera accepts a frame trigger now (waiting up to timeout_s): a software trigger sent before
+        it does is ignored, and the part gets no frame. True where the SDK cannot tell."""
+        return True
+
     @abstractmethod
     def _check_alive(self) -> None:
         """Raise SourceUnavailableError when the camera no longer answers (called when no frame came for a while)."""
@@ -308,6 +313,9 @@ class GenICamSource(FrameSource):
         s = self.settings
         if s.software_trigger:
             self.ring.clear()  # anything older answers no trigger of ours
+            if not self._ready_for_trigger(s.trigger_timeout_s):
+                self.unanswered_triggers += 1
+                raise NoMatchingFrameError(f"camera not ready for a frame trigger within {s.trigger_timeout_s:g} s")
             try:
                 self.feature(("TriggerSoftware",), None, "software trigger")
             except FeatureError as exc:

@@ -143,6 +143,12 @@ class PylonSource(GenICamSource):
         if self._cam is not None and self._cam.IsGrabbing():
             self._cam.StopGrabbing()
 
+    def _ready_for_trigger(self, timeout_s: float) -> bool:
+        # Right after StartGrabbing (or while the previous exposure is read out) the camera ignores a software
+        # trigger: pylon's own samples wait for it first.
+        pylon, _ = pylon_module()
+        return bool(self._cam.WaitForFrameTriggerReady(int(timeout_s * 1000), pylon.TimeoutHandling_Return))
+
     def _grab(self, timeout_s: float):
         pylon, _ = pylon_module()
         cam = self._cam
