@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from qc_cell.camera.sources.base import SourceConfigError, SourceUnavailableError
+from qc_cell.camera.sources.base import NoMatchingFrameError, SourceConfigError, SourceUnavailableError
 from qc_cell.camera.sources.genicam import GenICamSource
 
 _KINDS = {
@@ -147,7 +147,13 @@ class PylonSource(GenICamSource):
         # Right after StartGrabbing (or while the previous exposure is read out) the camera ignores a software
         # trigger: pylon's own samples wait for it first.
         pylon, _ = pylon_module()
-        return bool(self._cam.WaitForFrameTriggerReady(int(timeout_s * 1000), pylon.TimeoutHandling_Return))
+        cam = self._cam
+        try:
+            return bool(cam.WaitForFrameTriggerReady(int(timeout_s * 1000), pylon.TimeoutHandling_Return))
+        except Exception as exc:  # pypylon raises its own RuntimeException types
+            if cam.IsCameraDeviceRemoved() or not cam.IsGrabbing():
+                raise SourceUnavailableError(f"waiting for frame-trigger ready failed: {exc}") from exc
+            raise NoMatchingFrameError(f"waiting for frame-trigger ready failed: {exc}") from exc
 
     def _grab(self, timeout_s: float):
         pylon, _ = pylon_module()
