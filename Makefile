@@ -7,7 +7,7 @@ ENV := source scripts/env.sh &&
 help:
 	@echo "make setup  - venv + ROS 2 (system or PyPI wheels) + dependencies + colcon build (idempotent)"
 	@echo "make test   - set-up if needed, then ruff and every test (unit, node, system)"
-	@echo "make test-faults - the fault-injection system test at scale: 2,000 parts per fault at 20 parts/s (~1 h)"
+	@echo "make test-faults - the fault-injection system test at scale: 2,000 parts per fault at 20 parts/s (~20 min on 2 cores)"
 	@echo "make test-jazzy - the node and system tests again on ROS 2 Jazzy's rclpy (own venv .venv-jazzy)"
 	@echo "make test-py310 - the edge's tests again on Python 3.10, Humble's on JetPack 6 (own venv .venv-py310)"
 	@echo "make demo   - run the whole cell on synthetic parts with a local broker; prints a report"
