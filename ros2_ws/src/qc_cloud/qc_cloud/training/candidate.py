@@ -131,12 +131,20 @@ def build_slices(
     slice: a model scored on its own training images looks better than it is."""
     slices, notes = [], []
     labelled: dict[str, tuple[int, str]] = {}
+    left_out: set[str] = set()  # the candidate's training images met among the offered ones
+
+    def untrained(sha: str) -> bool:
+        if sha in trained_on:
+            left_out.add(sha)
+            return False
+        return True
+
     regression = version.dataset("regression") if version is not None else None
     if regression is not None:
         pairs = [
             (i["sha256"], s)
             for i, s in zip((i for i in version.images if i["set"] == "regression"), regression.samples, strict=True)
-            if i["sha256"] not in trained_on
+            if untrained(i["sha256"])
         ]
         if pairs:
             slices.append(Slice("regression", regression, [s for _, s in pairs], [sha for sha, _ in pairs]))
@@ -147,7 +155,7 @@ def build_slices(
     store = Dataset(root=Path(samples_dir or "."), layout="generic", samples=(), fingerprint="")
     conflicting = 0
     for cell, images in production.items():
-        images = [image for image in images if image[0] not in trained_on]
+        images = [image for image in images if untrained(image[0])]
         if not images:
             continue
         samples = [Sample(f"{sha[:2]}/{sha}.jpg", label, t) for sha, label, t in images]
@@ -165,11 +173,8 @@ def build_slices(
             f"{conflicting} production image(s) carry a label other than their regression-set/other-cell label: "
             "left out of 'all'"
         )
-    if trained_on:
-        offered = {i["sha256"] for i in version.images if i["set"] == "regression"} if version is not None else set()
-        offered.update(image[0] for images in production.values() for image in images)
-        if left := len(offered & set(trained_on)):
-            notes.append(f"{left} image(s) the candidate was trained on left out of every slice")
+    if left_out:
+        notes.append(f"{len(left_out)} image(s) the candidate was trained on left out of every slice")
     if not slices:
         raise DatasetError(
             "no images to evaluate on: the version's regression set and the production data are empty (or all were "
