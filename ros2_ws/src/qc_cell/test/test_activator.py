@@ -1,5 +1,6 @@
 """The cell activator on a real graph: lifecycle nodes named as the cell's, the readiness signals published by a
-probe. Order (reject actuator, then the camera once the model serves), re-activation after a restart, refusals."""
+probe. Order (reject actuator, then the camera once the model serves and every node has matched its inputs'
+publishers), re-activation after a restart, refusals."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.node import Node
 
 from qc_cell.bringup.activator import CellActivator
 from qc_cell.cell_graph import node
-from qc_cell.ros import qos
+from qc_cell.ros import diagnostics, qos
 from qc_cell.testing.ros import ros_graph
 from qc_interfaces.msg import ModelInfo, ProcessState
 
@@ -27,6 +30,7 @@ class _Managed(LifecycleNode):
         self.refuse = refuse
         self.activated_at: list[float] = []
         self.create_subscription(ModelInfo, "model/active", lambda _: None, qos.LATCHED)  # "listening"
+        _diagnose(self)
 
     def on_configure(self, state) -> TransitionCallbackReturn:
         return TransitionCallbackReturn.FAILURE if self.refuse else TransitionCallbackReturn.SUCCESS
@@ -36,10 +40,28 @@ class _Managed(LifecycleNode):
         return super().on_activate(state)
 
 
-def _plain(graph, name: str):
+def _diagnose(node: Node) -> None:
+    """/diagnostics as a cell node publishes them (with its inputs_matched), every 0.2 s."""
+    publisher = diagnostics.create_publisher(node)
+    name = node.get_fully_qualified_name()
+    node.create_timer(
+        0.2, lambda: diagnostics.publish(node, publisher, [diagnostics.status(name, diagnostics.OK, "ok", {})])
+    )
+
+
+def _plain(graph, name: str, diagnose: bool = True):
     plain = graph.node(name, namespace=NAMESPACE)
     plain.create_subscription(ModelInfo, "model/active", lambda _: None, qos.LATCHED)
+    if diagnose:
+        _diagnose(plain)
     return plain
+
+
+def _report_inputs(publisher, node_name: str, inputs: str) -> None:
+    """A node's /diagnostics saying how many publishers its subscriptions matched (a starved node's lag, staged)."""
+    values = {diagnostics.INPUTS_KEY: inputs}
+    status = diagnostics.status(f"/{NAMESPACE}/{node_name}", diagnostics.OK, "ok", values)
+    publisher.publish(DiagnosticArray(status=[status]))
 
 
 @contextmanager
@@ -74,11 +96,12 @@ def test_camera_is_activated_last_once_the_model_serves_and_again_after_a_restar
         camera = graph.add(_Managed("camera_driver", graph.context))
         reject = graph.add(_Managed("reject_actuator", graph.context))
         _plain(graph, "inference")
-        _plain(graph, "sensor_fusion")
+        _plain(graph, "sensor_fusion", diagnose=False)  # its /diagnostics come from the probe
         graph.node("process_simulator", namespace=NAMESPACE)  # subscribes to nothing, like a free-running camera
         probe = graph.node("probe", namespace=NAMESPACE)
         model_pub = probe.create_publisher(ModelInfo, "model/active", qos.LATCHED)
         process_pub = probe.create_publisher(ProcessState, "process/state", qos.LATCHED)
+        diagnostics_pub = diagnostics.create_publisher(probe)
         events: list[tuple[str, str]] = []
         waits: list[tuple[str, str | None]] = []
         names = ("camera_driver", "inference", "sensor_fusion", "reject_actuator", "process_simulator")
@@ -102,6 +125,16 @@ def test_camera_is_activated_last_once_the_model_serves_and_again_after_a_restar
 
             process_pub.publish(ProcessState(stale=False))
             model_pub.publish(ModelInfo(state=ModelInfo.STATE_ACTIVE, version="v1"))
+            # sensor_fusion has not yet matched the model/active publisher the graph shows: the camera waits.
+            inputs_wait = (
+                "the nodes to match their inputs' publishers (camera_driver held back until then, at most 30 s)"
+            )
+            assert _wait_until(lambda: waits[-1] == ("ready", inputs_wait), timeout=10.0), waits
+            for _ in range(5):
+                _report_inputs(diagnostics_pub, "sensor_fusion", f"/{NAMESPACE}/model/active=0")
+                time.sleep(0.2)
+            assert not camera.activated_at, "the camera must wait until every node has matched its inputs"
+            _report_inputs(diagnostics_pub, "sensor_fusion", f"/{NAMESPACE}/model/active=1")
             camera_active = ("camera_driver", "active")
             # Wait for the activator's own report, not for on_activate: the activator confirms the state after the
             # transition, and a cleanup before that (seen under load) is a node changed under it, rightly reported.

@@ -13,6 +13,7 @@ from qc_cell.nodes.arm_server import EXECUTOR_THREADS, ArmServer
 from qc_cell.nodes.reject_actuator import RejectActuator
 from qc_cell.reject.arm_model import ArmPlan, ArmSpec, ReferenceArm
 from qc_cell.ros import qos
+from qc_cell.ros.arm_client import READY_HOLD_S, ActionArmTransport
 from qc_cell.ros.time import from_ns, to_ns
 from qc_cell.testing.ros import ros_graph
 from qc_interfaces.msg import Alert, QualityDecision, RejectEvent
@@ -119,6 +120,26 @@ def test_without_an_arm_server_parts_fail_and_the_fault_is_alerted():
         assert event.outcome == RejectEvent.OUTCOME_FAILED
         assert "action server is not available" in event.message
         assert graph.spin_until(lambda: "REJECT_DRIVER_FAULT" in [a.code for a in cell.alerts], timeout=5.0)
+
+
+def test_a_server_missing_for_a_moment_still_counts_until_it_has_been_gone_a_while():
+    class Flickering:  # the action client's view of the graph, scripted
+        def __init__(self) -> None:
+            self.answers = [True, False, False, False]
+
+        def server_is_ready(self) -> bool:
+            return self.answers.pop(0)
+
+    now = [100.0]
+    with ros_graph() as graph:
+        transport = ActionArmTransport(graph.node("arm_client", namespace="no_arm_here"), clock=lambda: now[0])
+        assert not transport.ready(), "never seen: not ready"
+        transport._client = Flickering()
+        assert transport.ready()
+        now[0] += 0.01
+        assert transport.ready(), "missing 10 ms after it was seen: a flicker, still ready"
+        now[0] += READY_HOLD_S
+        assert not transport.ready(), "missing for longer: gone"
 
 
 # ------------------------------------------------------------------ motion model

@@ -52,6 +52,11 @@ class Cell:
     def wait_health(self, predicate, timeout: float = 10.0) -> bool:
         return self.graph.spin_until(lambda: bool(self.diagnostics) and predicate(self.diagnostics[-1]), timeout)
 
+    def wait_matched(self, topic: str, timeout: float = 10.0) -> bool:
+        """The probe's publisher has matched the bridge's subscription (the bridge seeing the publisher is not
+        enough: a message published before the writer matched the reader is lost)."""
+        return self.graph.spin_until(lambda: self.pubs[topic].get_subscription_count() > 0, timeout)
+
 
 @contextmanager
 def bridge_cell(tmp_path, broker_url: str, **params) -> Iterator[Cell]:
@@ -92,7 +97,7 @@ def bridge_cell(tmp_path, broker_url: str, **params) -> Iterator[Cell]:
                     cell.diagnostics.append({**values, "_level": status.level[0], "_message": status.message})
 
         probe.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DIAGNOSTICS)
-        assert graph.spin_until(lambda: node.count_publishers("quality/decision") > 0, 5.0)
+        assert cell.wait_matched("quality/decision")
         yield cell
 
 
@@ -332,7 +337,7 @@ def test_sample_channel_sends_jpegs_within_the_byte_budget(tmp_path):
             with bridge_cell(
                 tmp_path, broker.url, sample_enabled=True, sample_bytes_per_hour=6000, sample_min_interval_s=0.0
             ) as cell:
-                assert cell.graph.spin_until(lambda: cell.node.count_publishers("camera/frames") > 0, 5.0)
+                assert cell.wait_matched("camera/frames")
                 for i in range(4):
                     cell.publish("camera/frames", _frame(f"d{i}"))
                     cell.graph.spin_for(0.1)
@@ -402,7 +407,7 @@ def test_the_bridge_reads_sampled_frames_from_the_camera_drivers_pool_in_another
                 announce.publish(FrameHandle(pool=pool))
                 name = cell.node.get_fully_qualified_name()
                 assert cell.graph.spin_until(lambda: cell.node._frames.reader.pool == pool, 10.0)
-                assert cell.graph.spin_until(lambda: cell.node.count_publishers("camera/frames") > 0, 5.0)
+                assert cell.wait_matched("camera/frames")
                 cell.publish("camera/frames", by_handle("d1", write(90)))
                 cell.graph.spin_for(0.1)
                 cell.publish("quality/decision", decision("d1", QualityDecision.DEFECTIVE, 0.95))
@@ -434,12 +439,13 @@ def test_reinspection_offload_uses_only_a_verdict_within_the_deadline(tmp_path):
             with bridge_cell(
                 tmp_path, broker.url, offload_enabled=True, offload_slack_ms=1500.0, offload_late_grace_s=1.0
             ) as cell:
-                assert cell.graph.spin_until(lambda: cell.node.count_publishers("camera/frames") > 0, 5.0)
+                assert cell.wait_matched("camera/frames")
                 for part_id in ("fast", "slow", "silent"):
                     cell.publish("camera/frames", _frame(part_id))
                     cell.graph.spin_for(0.05)
                     cell.publish("quality/decision", decision(part_id, QualityDecision.REINSPECT, 0.6))
-                assert cell.graph.spin_until(lambda: len(cloud.snapshot("/verify/request")) == 3, 10)
+                sent = cell.graph.spin_until(lambda: len(cloud.snapshot("/verify/request")) == 3, 10)
+                assert sent, cloud.records("/verify/result")  # a part not sent says why in its result
                 requests = {r["part_id"]: r for r in cloud.records("/verify/request")}
                 for request in requests.values():
                     schemas.validator("verify_request").validate(request)

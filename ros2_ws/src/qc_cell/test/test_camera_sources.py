@@ -294,10 +294,13 @@ def test_aravis_lost_packets_and_frames_in_diagnostics(gv_camera):
         source.open()
         try:
             deadline = time.monotonic() + 20.0
-            # until frames were both lost and grabbed: the first frames may all be lost (the loop once stopped
-            # after two lost frames, before the first good one arrived)
+            # until frames were both lost and grabbed and the stream counted a missing packet: the first frames
+            # may all be lost (once it stopped after two lost frames, before the first good one), and frames lost
+            # while the stream starts count no packet (once: 2 lost, 1 grabbed, 0 missing packets)
             while time.monotonic() < deadline and (
-                source.stats()["lost_frames"] < 2 or source.stats()["frames_grabbed"] == 0
+                source.stats()["lost_frames"] < 2
+                or source.stats()["frames_grabbed"] == 0
+                or source.stats()["missing_packets"] == 0
             ):
                 with contextlib.suppress(NoFrameYetError):
                     source.read()

@@ -168,7 +168,9 @@ def test_parts_without_results_get_not_inspected_at_their_deadline_by_the_timer(
         cell.part("lost0", now - 50 * MS, encoder_count=7)
         cell.part("lost1", now, encoder_count=8)
         cell.graph.spin_for(0.1)
-        assert cell.decisions == [], "verdict before the deadline"
+        early, checked_at = list(cell.decisions), cell.now_ns()
+        if checked_at < now + 150 * MS:  # still before lost0's deadline (a loaded machine may be past it by now)
+            assert early == [], "verdict before the deadline"
         decisions = cell.wait_decisions(2, timeout=10.0)
         assert [d.part_id for d in decisions] == ["lost0", "lost1"]  # in deadline order
         for d in decisions:

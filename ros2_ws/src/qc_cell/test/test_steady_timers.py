@@ -59,7 +59,10 @@ def test_a_node_keeps_its_timers_on_steady_time():
 
 CHILD = textwrap.dedent(
     """
-    import struct, sys, time
+    import faulthandler, struct, sys, time
+    # A hang (once in a clean-clone CI run: the child did not end within 90 s) prints every thread's stack and
+    # exits, so the failure says where it hung.
+    faulthandler.dump_traceback_later(60, exit=True)
     from rclpy.parameter import Parameter
     from qc_cell.nodes.sensor_fusion import SensorFusionNode
     from qc_cell.testing.ros import ros_graph

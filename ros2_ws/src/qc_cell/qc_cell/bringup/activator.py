@@ -4,7 +4,10 @@
 2. Activate the lifecycle nodes that are not part sources (the reject actuator); one that refuses is reported and
    retried, and does not hold the cell back.
 3. Wait (bounded) until the model serves and the process signals are fresh, so that the first parts are judged like
-   every other: not NOT_INSPECTED for want of a model, nor escalated as process_unknown.
+   every other: not NOT_INSPECTED for want of a model, nor escalated as process_unknown; and until every node (and
+   the activator's own node) has matched the publishers the graph shows on the cell topics it subscribes
+   (`inputs_matched` in its /diagnostics): a node seen in the graph may not have matched a writer yet (endpoint
+   discovery in a starved process lags by seconds), and a part published before that is lost to it.
 4. Activate the part sources (the camera driver): parts that entered earlier would miss their records.
 
 Then poll every node's state: one that came back after a respawn (unconfigured) is activated again. Used in-process
@@ -16,17 +19,20 @@ cell_manager can say why no parts flow yet (qc_cell.bringup.cell_status).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import State
 from rclpy.node import Node
 
 from qc_cell.bringup import params_file
 from qc_cell.bringup.lifecycle_driver import LifecycleClient, LifecycleError
 from qc_cell.cell_graph import NodeSpec
-from qc_cell.ros import qos
+from qc_cell.healthcheck import owner
+from qc_cell.ros import diagnostics, qos
 from qc_interfaces.msg import ModelInfo, ProcessState
 
 EventSink = Callable[[str, str, str], None]  # (node name, event, detail)
@@ -69,8 +75,12 @@ class CellActivator:
         self._model_active = threading.Event()
         self._process_fresh = threading.Event()
         self._model_note = ""  # why no model serves yet, from model/active
+        # Per node: its subscriptions' matched publishers by topic, from its latest /diagnostics that says.
+        self._inputs: dict[str, dict[str, int]] = {}
+        self._heard: set[str] = set()  # nodes whose /diagnostics came (a Humble node's never say inputs_matched)
         node.create_subscription(ModelInfo, "model/active", self._on_model, qos.LATCHED)
         node.create_subscription(ProcessState, "process/state", self._on_process, qos.LATCHED)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos.DIAGNOSTICS)
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop` is set. Never raises for a node that misbehaves: that is reported through on_event."""
@@ -171,7 +181,51 @@ class CellActivator:
                 self._on_event(
                     "activator", "not_ready", f"{what}: not within {self._ready_timeout_s:.0f}s; parts start"
                 )
+        self._wait_for_inputs(stop, end, sources)  # last, right before the release: earlier reports may be stale
         self._on_waiting("ready", None, "")
+
+    def _wait_for_inputs(self, stop: threading.Event, end: float, sources: Sequence[str]) -> None:
+        while not stop.is_set():
+            unmatched = self._unmatched_inputs()
+            if not unmatched:
+                return
+            if time.monotonic() >= end:
+                detail = f"inputs not matched within {self._ready_timeout_s:.0f}s: {'; '.join(unmatched)}; parts start"
+                self._on_event("activator", "not_ready", detail)
+                return
+            why = "; ".join(unmatched[:4]) + (f" and {len(unmatched) - 4} more" if len(unmatched) > 4 else "")
+            text = f"the nodes to match their inputs' publishers{held(sources, self._ready_timeout_s)}"
+            self._on_waiting("ready", text, why)
+            stop.wait(0.1)
+
+    def _unmatched_inputs(self) -> list[str]:
+        """'node: topic matched/expected' for every subscription that has matched fewer publishers than the graph
+        shows (the activator's own node too); 'node: no /diagnostics yet' for a node not heard from (simulators,
+        which may publish none, excepted)."""
+        ours = diagnostics.matched_inputs(self._node)
+        reports = {**self._inputs, **({self._node.get_name(): ours} if ours is not None else {})}
+        missing = [f"{s.name}: no /diagnostics yet" for s in self._specs if not (s.simulator or s.name in self._heard)]
+        expected: dict[str, int] = {}
+        for name, counts in reports.items():
+            for topic, matched in counts.items():
+                if topic not in expected:
+                    expected[topic] = self._node.count_publishers(topic)
+                if matched < expected[topic]:
+                    missing.append(f"{name}: {topic} {matched}/{expected[topic]}")
+        return missing
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        names = [spec.name for spec in self._specs]
+        for status in msg.status:
+            name = owner(status.name, self._namespace, names)
+            if name is None:
+                continue
+            self._heard.add(name)
+            for value in status.values:
+                if value.key == diagnostics.INPUTS_KEY:
+                    # A value that does not parse: the node is heard, its inputs are not waited for.
+                    with contextlib.suppress(ValueError):
+                        self._inputs[name] = diagnostics.parse_inputs(value.value)
 
     def _on_model(self, msg: ModelInfo) -> None:
         # A failed swap that names a version keeps the previous model serving.

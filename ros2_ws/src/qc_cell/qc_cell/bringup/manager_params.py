@@ -12,7 +12,7 @@ CELL_MANAGER = NodeParams(
         Param(
             "ready_timeout_s",
             20.0,
-            "longest wait for the model and fresh process signals before the part source starts",
+            "longest wait for the model, fresh process signals and matched inputs before the part source starts",
             range=(0.0, 600.0),
         ),
     ),

@@ -6,7 +6,9 @@ ArmTransport. The arm, or the reference `arm_server`, serves the action.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,15 +30,29 @@ class ArmGoal:
         self.cancel_requested = False
 
 
+# A server seen this recently still counts as ready: the graph can report a present server as missing for a moment
+# (seen on Humble under load: a part failed "not available" 10 ms after its server was ready, its neighbour's goal
+# went through). A server really gone fails the goal sent to it by the driver's result timeout, reported.
+READY_HOLD_S = 1.0
+
+
 class ActionArmTransport:
     """The robot_arm driver's ArmTransport over the `reject_part` action (resolved in the node's namespace)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, clock: Callable[[], float] = time.monotonic) -> None:
         self._client: ActionClient | None = ActionClient(node, RejectPart, "reject_part")
         self._lock = threading.Lock()
+        self._clock = clock
+        self._seen_ready = -math.inf
 
     def ready(self) -> bool:
-        return self._client is not None and self._client.server_is_ready()
+        if self._client is None:
+            return False
+        now = self._clock()
+        if self._client.server_is_ready():
+            self._seen_ready = now
+            return True
+        return now - self._seen_ready < READY_HOLD_S
 
     def send(
         self, job: ArmJob, on_feedback: Callable[[str, float], None], on_result: Callable[[bool, str], None]

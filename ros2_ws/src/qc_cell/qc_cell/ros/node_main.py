@@ -34,9 +34,21 @@ def make_executor(threads: int = 1, context: Context | None = None) -> Executor:
     return SingleThreadedExecutor(context=context)
 
 
+# Set by a stop signal. Its KeyboardInterrupt can be raised inside Python code that rclpy's C++ calls back into
+# (building a taken message), which rclpy turns into a RuntimeError ("Unable to convert call argument") or swallows:
+# the flag, not the exception, says that the process is stopping.
+STOP_REQUESTED = threading.Event()
+
+
 def stop_like_ctrl_c(signum: int, frame: object) -> None:
     """SIGTERM handler (systemd, docker stop, launch's escalation): the same clean shutdown as Ctrl-C."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the shutdown itself
+    STOP_REQUESTED.set()
+    raise KeyboardInterrupt
+
+
+def _ctrl_c(signum: int, frame: object) -> None:
+    STOP_REQUESTED.set()
     raise KeyboardInterrupt
 
 
@@ -53,6 +65,7 @@ def run(node_factory: Callable[[], Node], args: list[str] | None = None, threads
         # and waited again, forever: 3 of 118 SIGTERMs; with a Python handler chained to rclpy's, the clean-up here
         # still raced that thread and hung under load).
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+        signal.signal(signal.SIGINT, _ctrl_c)
         options = WITHOUT_RCLPY_SIGNAL_HANDLERS
     rclpy.init(args=args if args is not None else sys.argv, **options)
     node = None
@@ -60,7 +73,7 @@ def run(node_factory: Callable[[], Node], args: list[str] | None = None, threads
         node = node_factory()
         executor = make_executor(threads)
         executor.add_node(node)
-        while rclpy.ok():
+        while rclpy.ok() and not STOP_REQUESTED.is_set():
             executor.spin_once(timeout_sec=SIGNAL_CHECK_S)
         return 0
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -70,9 +83,10 @@ def run(node_factory: Callable[[], Node], args: list[str] | None = None, threads
         rclpy.logging.get_logger("qc_cell").fatal(f"bad parameters: {exc}")
         return 2
     except Exception:
-        if rclpy.ok():
+        if rclpy.ok() and not STOP_REQUESTED.is_set():
             raise
-        # A callback that raced the shutdown (e.g. publishing after SIGTERM): shutting down anyway.
+        # A callback that raced the shutdown (e.g. publishing after SIGTERM, or a stop signal raised while rclpy
+        # built a message): shutting down anyway.
         return 0
     finally:
         if node is not None:
