@@ -178,3 +178,18 @@ def test_cli_rejects_unknown_defect_types(tmp_path, capsys):
         cli_main(["--out", str(tmp_path), "--defect-types", "scratch,dent"])
     assert exit_info.value.code == 2
     assert "unknown defect types ['dent']" in capsys.readouterr().err
+
+
+def test_write_mvtec_dataset_crops_the_frames(tmp_path):
+    """`crop` writes only a region of each rendered frame (and mask): the same pixels as the whole frame's."""
+    kwargs = {"n_train_good": 1, "n_test_good": 1, "n_test_per_defect": 1, "width": 96, "height": 64, "seed": 4}
+    whole = write_mvtec_dataset(tmp_path / "whole", **kwargs, defect_types=("scratch",))
+    crop = write_mvtec_dataset(tmp_path / "crop", **kwargs, defect_types=("scratch",), crop=(16, 0, 64, 64))
+    for name in ("train/good/000.png", "test/scratch/000.png", "ground_truth/scratch/000_mask.png"):
+        full = cv2.imread(str(whole / name), cv2.IMREAD_UNCHANGED)
+        part = cv2.imread(str(crop / name), cv2.IMREAD_UNCHANGED)
+        assert part.shape[:2] == (64, 64) and np.array_equal(part, full[0:64, 16:80])
+    assert json.loads((crop / "synthetic.json").read_text())["crop"] == [16, 0, 64, 64]
+    assert "crop" not in json.loads((whole / "synthetic.json").read_text())
+    with pytest.raises(ValueError, match="not inside"):
+        write_mvtec_dataset(tmp_path / "bad", **kwargs, crop=(40, 0, 64, 64))

@@ -300,3 +300,27 @@ def test_kept_synthetic_data_must_match_the_recipe(tmp_path):
     other = TrainConfig.from_dict({**config.to_dict(), "synthetic": {**config.to_dict()["synthetic"], "seed": 1}})
     with pytest.raises(ConfigError, match="seed: 0 != 1"), resolved_data(other, None, tmp_path / "syn"):
         pass
+
+
+def test_roi_and_synthetic_crop_from_a_config_file(tmp_path):
+    """`roi` becomes the manifest preprocessing's crop; `synthetic.crop` writes only that region of each frame, and
+    a kept set written with a crop is reused by the same recipe (JSON lists against the config's tuples)."""
+    from qc_cloud.training.config import SyntheticData
+    from qc_cloud.training.pipeline import preprocessing_for, resolved_data
+
+    synthetic = {"n_train_good": 2, "n_test_good": 2, "n_test_per_defect": 1, "width": 64, "height": 48}
+    path = tmp_path / "cfg.json"
+    path.write_text(
+        json.dumps({"input_size": 32, "roi": [8, 0, 48, 48], "synthetic": {**synthetic, "crop": [8, 0, 48, 48]}})
+    )
+    config = TrainConfig.load(path)
+    assert config.roi == (8, 0, 48, 48) and config.synthetic.crop == (8, 0, 48, 48)
+    assert preprocessing_for(config).roi == (8, 0, 48, 48)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config  # as train_config.json
+    for _ in range(2):  # generated, then reused
+        with resolved_data(config, None, tmp_path / "syn") as root:
+            assert cv2.imread(str(root / "train" / "good" / "000.png")).shape == (48, 48, 3)
+    with pytest.raises(ConfigError, match="not inside the 64x48 frame"):
+        SyntheticData(**synthetic, crop=(20, 0, 48, 48))
+    with pytest.raises(ConfigError, match="roi must be"):
+        TrainConfig(roi=(0, 0, 0, 10))

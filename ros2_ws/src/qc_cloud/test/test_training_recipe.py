@@ -7,6 +7,7 @@ measured by bench/bench_recipes.py."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import itertools
 import json
@@ -17,12 +18,13 @@ import pytest
 import torch
 from training_data import mvtec_dataset
 
+from qc_cell.bridge.sampler import encode_jpeg
 from qc_cell.inference.backends import BackendOptions, create_backend
 from qc_cell.inference.model import LoadedModel
 from qc_cell.inference.overlay import render
 from qc_cloud.cli import main
 from qc_cloud.training.augment import NO_AUGMENTATION, PAPER_AUGMENTATION, Augmentation
-from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER
+from qc_cloud.training.batches import IMAGE_CHANNEL_ORDER, offloaded_image
 from qc_cloud.training.calibration import apply_calibration, fit_calibration, propose_bands, reliability
 from qc_cloud.training.config import TrainConfig, resolve_input_size
 from qc_cloud.training.datasets import load_dataset, read_image
@@ -30,7 +32,7 @@ from qc_cloud.training.errors import ConfigError, DatasetError
 from qc_cloud.training.evaluate import OnnxScorer
 from qc_cloud.training.models import build_model, layerwise_groups, unfreeze_top
 from qc_cloud.training.trainer import cosine_factor
-from qc_contract.model_manifest import DecisionBands, Manifest, ManifestError, Output
+from qc_contract.model_manifest import DecisionBands, Manifest, ManifestError, Output, Preprocessing
 from qc_contract.preprocess import preprocess
 from qc_contract.synthetic import make_generator, write_mvtec_dataset
 from qc_contract.synthetic_surface import DRIFT_PERIOD, SURFACE_DEFECT_TYPES
@@ -140,6 +142,24 @@ def test_jpeg_recompression_is_a_real_round_trip_within_the_quality_range():
     assert config.augmentation.jpeg_quality == (70, 90) and config.augmentation.jpeg_prob == 0.3
 
 
+def test_a_verifier_model_can_learn_the_jpeg_of_images_offloaded_at_its_input_side():
+    """jpeg_at_input: the round trip is made on the region reduced as the bridge reduces an offloaded image, so
+    the training input is what a verifier scores (the bridge's encoder, decoded, then preprocess)."""
+    rng_image = np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)
+    spec = Preprocessing(input_width=32, input_height=32, roi=(40, 10, 80, 60))
+    at_input = dataclasses.replace(NO_AUGMENTATION, jpeg_prob=1.0, jpeg_quality=(80, 80), jpeg_at_input=1.0)
+    reduced = at_input.apply(rng_image, np.random.default_rng(1), reduce=lambda im: offloaded_image(im, spec))
+    sent, width, height = encode_jpeg(rng_image[10:70, 40:120], 80, 32, interpolation=cv2.INTER_LINEAR)
+    received = cv2.imdecode(np.frombuffer(base64.b64decode(sent), np.uint8), cv2.IMREAD_COLOR)
+    assert (width, height) == (32, 24) and np.array_equal(reduced, received), "what the verifier receives"
+    # Without a reduce (or at share 0) the round trip stays at the source size.
+    assert at_input.apply(rng_image, np.random.default_rng(1)).shape == rng_image.shape
+    source = dataclasses.replace(at_input, jpeg_at_input=0.0)
+    assert source.apply(rng_image, np.random.default_rng(1), reduce=lambda im: im[:8]).shape == rng_image.shape
+    with pytest.raises(ValueError, match="jpeg_at_input"):
+        Augmentation(jpeg_at_input=1.5)
+
+
 def test_discriminative_learning_rates_and_the_cosine_schedule():
     with torch.no_grad():
         model = build_model("efficientnet_lite0", input_size=64)
@@ -180,6 +200,12 @@ def test_band_proposal_meets_targets_or_says_it_cannot():
     overlapping = rng.uniform(0, 1, 1000)
     bands = propose_bands(overlapping, labels, target_escape=0.01, reinspect_budget=0.05)
     assert not bands["feasible"] and "false rejects" in bands["reason"]  # only by rejecting most good parts
+    assert bands["escape_first"]["false_reject_rate"] > 0.5 and bands["escape_first"]["escape_rate"] <= 0.01
+    # proposed instead: what a line can run, both budgets kept, the least escape within them
+    assert bands["reinspect_share"] <= 0.05 and bands["false_reject_rate"] <= 0.05 and bands["escape_rate"] > 0.01
+    assert 0 < bands["low"] < bands["high"] <= 1 and f"escape {bands['escape_rate']:.1%}" in bands["reason"]
+    looser = propose_bands(overlapping, labels, target_escape=0.01, reinspect_budget=0.3, max_false_reject=0.2)
+    assert looser["escape_rate"] < bands["escape_rate"], "larger budgets buy a lower escape"
 
 
 @pytest.mark.parametrize("pooling", ["max", "gem"])

@@ -125,6 +125,15 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     @property
+    def applicable_bands(self) -> DecisionBands | None:
+        """The proposed bands a cell applies by itself (decision `bands: from_model`) and the promotion gate judges
+        the model at: only bands that met their targets on the validation split. Bands that miss them (e.g. an
+        escape target reached only by rejecting most good parts) stay in the manifest and the report for people
+        to read; they are never applied automatically (the cell keeps its own thresholds)."""
+        bands = self.decision_bands
+        return bands if bands is not None and bands.feasible else None
+
+    @property
     def defect_types(self) -> tuple[str, ...]:
         """The defect types the model was trained on (the data set's class folders other than good), as
         `qc_cloud train` writes them into dataset.defect_types (older packages: the keys of dataset.per_type other

@@ -242,6 +242,17 @@ def _resize(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
     return out
 
 
+def fit_longer_side(image: np.ndarray, side: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """The image with its longer side reduced to `side` (aspect kept; unchanged when it fits or side is 0). With
+    INTER_LINEAR, as _resize() scales a model's input: how an image offloaded to a verifier is reduced
+    (qc_cell.bridge), and so how its training reduces the images it JPEG-compresses at that size."""
+    height, width = image.shape[:2]
+    if not side or max(height, width) <= side:
+        return image
+    scale = side / max(height, width)
+    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=interpolation)
+
+
 def preprocess_into(image: np.ndarray, spec: Preprocessing, channel_order: str, out: np.ndarray) -> np.ndarray:
     """Preprocess one image into `out`, a writable float32 (3, input_height, input_width) array (e.g. one
     slot of a preallocated batch). Returns `out`."""

@@ -436,6 +436,14 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
+def check_crop(crop: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
+    """(x, y, width, height) as ints, or ValueError when the region is not inside the width x height frame."""
+    x, y, w, h = (int(v) for v in crop)
+    if x < 0 or y < 0 or w < 1 or h < 1 or x + w > width or y + h > height:
+        raise ValueError(f"crop {list(crop)} is not inside the {width}x{height} frame")
+    return x, y, w, h
+
+
 def write_mvtec_dataset(
     root: Path,
     *,
@@ -447,6 +455,7 @@ def write_mvtec_dataset(
     seed: int = 0,
     defect_types: Sequence[str] | None = None,
     product: str = "bottle",
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Path:
     """Write an MVTec-AD-layout data set and return its root:
 
@@ -459,6 +468,8 @@ def write_mvtec_dataset(
     Every image is a different part (disjoint index ranges of one generator). `product` picks the generator:
     "bottle" (this module, easy) or "surface" (qc_contract.synthetic_surface: the harder benchmark with fine,
     low-contrast defects on textured grey parts and lighting drift). Class imbalance comes from the counts.
+    `crop` (x, y, width, height): only that region of each rendered frame (and mask) is written, e.g. the part's
+    region a cell crops out of its frames.
     """
     if product not in PRODUCTS:
         raise ValueError(f"unknown product {product!r}; known: {list(PRODUCTS)}")
@@ -466,6 +477,8 @@ def write_mvtec_dataset(
     for name, n in counts.items():
         if n < 0:
             raise ValueError(f"{name} = {n} must be >= 0")
+    if crop is not None:
+        check_crop(crop, width, height)
     generator = make_generator(
         product, seed=seed, width=width, height=height, defect_rate=0.0, defect_types=defect_types
     )
@@ -482,9 +495,14 @@ def write_mvtec_dataset(
         for i in range(n):
             part = generator.part_with(index, defect_type)
             index += 1
-            _write_png(folder / f"{i:0{digits}d}.png", part.image)
+            image, mask = part.image, part.mask
+            if crop is not None:
+                x, y, w, h = crop
+                image = image[y : y + h, x : x + w]
+                mask = mask[y : y + h, x : x + w] if mask is not None else None
+            _write_png(folder / f"{i:0{digits}d}.png", image)
             if mask_dir is not None:
-                _write_png(mask_dir / f"{i:0{digits}d}_mask.png", part.mask)
+                _write_png(mask_dir / f"{i:0{digits}d}_mask.png", mask)
 
     write_split(root / "train" / "good", n_train_good, None)
     write_split(root / "test" / "good", n_test_good, None)
@@ -498,6 +516,8 @@ def write_mvtec_dataset(
         "height": height,
         **counts,
     }
+    if crop is not None:  # only then: sets written before the key existed read the same
+        meta["crop"] = list(crop)
     meta["defect_types"] = list(generator.defect_types)
     (root / "synthetic.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root

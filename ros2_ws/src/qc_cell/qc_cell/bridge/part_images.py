@@ -92,8 +92,8 @@ class PartImages:
         frame = self._frames.pop(part.part_id, None)
         heatmap = self._heatmaps.pop(part.part_id, None)
         if self.offload_settings.enabled:
-            self.policy.observe_part(part.verdict, tuple(part.reasons))
-            if self.policy.candidate(part.verdict, tuple(part.reasons)):
+            self.policy.observe_part(part.verdict, tuple(part.reasons), part.defect_probability)
+            if self.policy.candidate(part.verdict, tuple(part.reasons), part.defect_probability):
                 self._offload(part, frame)
         sample = self.sample_settings
         if not sample.enabled:
@@ -172,7 +172,13 @@ class PartImages:
         height, width = image.shape[:2]
         slack_ms = (deadline - self._clock.wall_ns()) / 1e6
         decision = self.policy.decide(
-            part.verdict, tuple(part.reasons), slack_ms, width, height, self.offload.pending_count
+            part.verdict,
+            tuple(part.reasons),
+            slack_ms,
+            width,
+            height,
+            self.offload.pending_count,
+            probability=part.defect_probability,
         )
         if not decision.send:
             self._result(part.part_id, "", part.verdict, None, "not_sent", None, self._policy_record(decision))
@@ -182,7 +188,7 @@ class PartImages:
             x, y, w, h = plan.roi
             image = image[y : y + h, x : x + w]
         try:
-            jpeg = encode_jpeg(image, plan.quality, plan.max_side)
+            jpeg = encode_jpeg(image, plan.quality, plan.max_side, interpolation=cv2.INTER_LINEAR)  # for the model
         except (ValueError, cv2.error) as exc:
             self.counts["image_errors"] += 1
             self._log("warn", f"cannot encode the image of {part.part_id}: {exc}")

@@ -10,6 +10,8 @@ from collections import deque
 import cv2
 import numpy as np
 
+from qc_contract.preprocess import fit_longer_side
+
 HOUR_NS = 3_600_000_000_000
 
 
@@ -39,13 +41,15 @@ class ByteBudget:
         return self._total
 
 
-def encode_jpeg(image: np.ndarray, quality: int, max_side: int = 0) -> tuple[str, int, int]:
-    """(base64 JPEG, width, height); downscaled so the longer side is at most max_side (0 = keep)."""
+def encode_jpeg(
+    image: np.ndarray, quality: int, max_side: int = 0, interpolation: int = cv2.INTER_AREA
+) -> tuple[str, int, int]:
+    """(base64 JPEG, width, height); downscaled so the longer side is at most max_side (0 = keep). INTER_AREA
+    suits people (samples); an image for a model is downscaled as the model's own preprocessing would
+    (INTER_LINEAR), as its training reduces the images it JPEG-compresses at that size (augmentation
+    `jpeg_at_input`)."""
+    image = fit_longer_side(image, max_side, interpolation)
     height, width = image.shape[:2]
-    if max_side and max(height, width) > max_side:
-        scale = max_side / max(height, width)
-        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), cv2.INTER_AREA)
-        height, width = image.shape[:2]
     ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise ValueError("JPEG encoding failed")

@@ -297,7 +297,7 @@ class ModelManager:
             precision=model.backend.precision,
             message=message,
             decision_bands=(
-                (bands.reinspect, bands.defective) if (bands := model.manifest.decision_bands) is not None else None
+                (bands.reinspect, bands.defective) if (bands := model.manifest.applicable_bands) is not None else None
             ),
         )
 

@@ -7,12 +7,16 @@ fill_mode="nearest"). Then photometric changes suited to industrial images: brig
 the image mean, a slight Gaussian blur (focus) and sensor noise, and a JPEG re-compression, each configurable;
 off in the paper's preset (PAPER_AUGMENTATION). The re-compression is there because the learning loop trains on
 the cells' image samples, which travel as JPEG, while the cells score raw frames: without it a model learns JPEG
-artefacts as a feature (figures in docs/training.md, `bench/bench_jpeg_samples.py`). Every draw is determined by a
+artefacts as a feature (figures in docs/training.md, `bench/bench_jpeg_samples.py`). A verifier model also gets
+images the cells offload: the region already reduced to the model's input side, then JPEG-compressed, whose
+artefacts at that scale it never sees when every round trip is at the source size (`jpeg_at_input`: that share of
+the round trips is made on the image reduced as the cell's bridge reduces it). Every draw is determined by a
 NumPy Generator, seeded per (run seed, image, draw).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -32,6 +36,7 @@ class Augmentation:
     noise_std: float = 2.0  # Gaussian noise of std uniform in [0, noise_std] grey levels
     jpeg_prob: float = 0.5  # with this probability, JPEG-compressed and decoded again ...
     jpeg_quality: tuple[int, int] = (75, 95)  # ... at a quality uniform in this range (samples: 85-95)
+    jpeg_at_input: float = 0.0  # share of the round trips made on the image reduced to the model's input side
 
     def __post_init__(self) -> None:
         lo, hi = self.brightness
@@ -42,6 +47,8 @@ class Augmentation:
         q_lo, q_hi = self.jpeg_quality
         if not (0 <= self.jpeg_prob <= 1 and 1 <= q_lo <= q_hi <= 100):
             raise ValueError(f"invalid augmentation {self}: jpeg_prob in [0, 1], 1 <= jpeg_quality low <= high <= 100")
+        if not 0 <= self.jpeg_at_input <= 1:
+            raise ValueError(f"invalid augmentation {self}: jpeg_at_input in [0, 1]")
 
     @property
     def is_identity(self) -> bool:
@@ -49,8 +56,14 @@ class Augmentation:
         photometric = self.brightness == (1.0, 1.0) and self.contrast == 0 and self.blur_sigma == 0
         return geometric and photometric and self.noise_std == 0 and self.jpeg_prob == 0
 
-    def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One random draw applied to an H x W (x C) uint8 image; returns a new uint8 image of the same shape."""
+    def apply(
+        self,
+        image: np.ndarray,
+        rng: np.random.Generator,
+        reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """One random draw applied to an H x W (x C) uint8 image; returns a new uint8 image of the same shape, or
+        of reduce's when a JPEG round trip at the input side was drawn (`jpeg_at_input`, only with `reduce`)."""
         h, w = image.shape[:2]
         angle = rng.uniform(-self.rotation_deg, self.rotation_deg)
         scale = rng.uniform(1.0 - self.zoom, 1.0 + self.zoom)
@@ -72,9 +85,10 @@ class Augmentation:
         out = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         # Drawn last (and only when enabled), so the presets without it reproduce their earlier runs exactly.
         quality = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)) if self._jpeg(rng) else 0
+        at_input = bool(quality and self.jpeg_at_input and rng.random() < self.jpeg_at_input and reduce is not None)
         if contrast == 1.0 and blur == 0.0 and noise == 0.0:
             out = cv2.convertScaleAbs(out, alpha=factor) if factor != 1.0 else out
-            return _jpeg_round_trip(out, quality) if quality else out
+            return _jpeg_round_trip(reduce(out) if at_input else out, quality) if quality else out
         img = out.astype(np.float32) * np.float32(factor)
         if contrast != 1.0:
             mean = img.mean(axis=(0, 1), keepdims=True)
@@ -84,7 +98,7 @@ class Augmentation:
         if noise > 0:
             img += rng.normal(0.0, noise, img.shape).astype(np.float32)
         out = np.clip(img, 0, 255).astype(np.uint8)
-        return _jpeg_round_trip(out, quality) if quality else out
+        return _jpeg_round_trip(reduce(out) if at_input else out, quality) if quality else out
 
     def _jpeg(self, rng: np.random.Generator) -> bool:
         return self.jpeg_prob > 0 and rng.random() < self.jpeg_prob

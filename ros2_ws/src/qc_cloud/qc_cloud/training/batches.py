@@ -6,6 +6,7 @@ Every tensor the model sees in training, evaluation, export checks and golden sc
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from qc_cloud.training.augment import Augmentation, draw_rng
 from qc_cloud.training.datasets import Dataset, Sample
 from qc_contract.model_manifest import Preprocessing
-from qc_contract.preprocess import preprocess
+from qc_contract.preprocess import fit_longer_side, preprocess
 
 # Images are read with OpenCV, so they are BGR; preprocess() reorders to the model's colour order.
 IMAGE_CHANNEL_ORDER = "BGR"
@@ -29,8 +30,25 @@ def model_input(
     """(1, 3, h, w) float32 for one sample; augmented when `augmentation` and `rng` are given."""
     image = dataset.image(sample)
     if augmentation is not None and rng is not None and not augmentation.is_identity:
-        image = augmentation.apply(image, rng)
+        reduced: list[bool] = []
+
+        def reduce(full: np.ndarray) -> np.ndarray:
+            reduced.append(True)
+            return offloaded_image(full, spec)
+
+        image = augmentation.apply(image, rng, reduce=reduce)
+        if reduced:  # the region is cut out already
+            spec = dataclasses.replace(spec, roi=None)
     return preprocess(image, spec, IMAGE_CHANNEL_ORDER)
+
+
+def offloaded_image(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """The image as a cell's bridge offloads it to a verifier with this preprocessing: the region, its longer side
+    reduced to the model's input side (qc_cell.bridge.part_images)."""
+    if spec.roi is not None:
+        x, y, w, h = spec.roi
+        image = image[y : y + h, x : x + w]
+    return fit_longer_side(image, max(spec.input_width, spec.input_height))
 
 
 def input_batches(

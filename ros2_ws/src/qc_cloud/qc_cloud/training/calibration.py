@@ -129,6 +129,46 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
     return {"ece": float(ece) if len(p) else None, "bins": rows}
 
 
+def _band_figures(p: np.ndarray, y: np.ndarray, low: float, high: float) -> dict[str, float]:
+    normal, reinspect = p < low, (p >= low) & (p < high)
+    return {
+        "low": round(low, 6),
+        "high": round(high, 6),
+        "escape_rate": float((normal & y).sum() / max(y.sum(), 1)),
+        "reinspect_share": float(reinspect.sum() / len(p)),
+        "false_reject_rate": float(((p >= high) & ~y).sum() / max((~y).sum(), 1)),
+    }
+
+
+def _escape_first(p: np.ndarray, y: np.ndarray, target_escape: float, reinspect_budget: float) -> tuple[float, float]:
+    """low = the highest threshold whose escape rate is <= target_escape; high = the highest threshold above low
+    whose re-inspection share is <= the budget (as few good parts as possible rejected outright)."""
+    defects = np.sort(p[y])
+    allowed = math.floor(target_escape * len(defects) + 1e-9)  # defective parts that may fall below low
+    low = float(defects[allowed]) if allowed < len(defects) else 1.0
+    low = min(max(low, 1e-6), 1.0 - 1e-6)
+    above = np.sort(p[p >= low])
+    room = math.floor(reinspect_budget * len(p) + 1e-9)  # parts that may fall into [low, high)
+    # The (room+1)-th score from low up: [low, high) then holds `room` parts at most.
+    high = 1.0 if room >= len(above) else float(above[room])
+    return low, min(max(high, low + 1e-6), 1.0)
+
+
+def _within_budgets(
+    p: np.ndarray, y: np.ndarray, reinspect_budget: float, max_false_reject: float
+) -> tuple[float, float]:
+    """The bands with the least escape that keep both budgets: high just above the good score that only
+    max_false_reject of the good parts reach; low as far down as the re-inspection budget allows below high."""
+    goods = np.sort(p[~y])[::-1]
+    allowed = math.floor(max_false_reject * len(goods) + 1e-9)  # good parts that may reach high
+    high = 1.0 if allowed >= len(goods) else min(float(goods[allowed]) + 1e-6, 1.0)
+    below = np.sort(p[p < high])[::-1]
+    room = math.floor(reinspect_budget * len(p) + 1e-9)
+    low = high if room == 0 or not len(below) else float(below[min(room, len(below)) - 1])
+    low = min(max(low, 1e-6), high - 1e-6)
+    return low, high
+
+
 def propose_bands(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -139,48 +179,42 @@ def propose_bands(
 ) -> dict[str, Any]:
     """Band thresholds (low, high) for the cell: Normal < low <= Re-inspect < high <= Defective.
 
-    low  = the highest threshold whose escape rate (defective parts below it) is <= target_escape;
-    high = the highest threshold above low whose re-inspection share (parts in [low, high)) is <= the budget,
-           so as few good parts as possible are rejected outright.
-    `feasible` says whether the targets hold on these scores, the false reject rate (good parts at or above
-    high) included: without that limit any model "meets" the first two by rejecting nearly everything. When the
-    model cannot, `reason` says which target fails instead of pretending."""
+    First the escape target: low = the highest threshold whose escape rate (defective parts below it) is <=
+    target_escape, high = the highest threshold above low whose re-inspection share (parts in [low, high)) is <=
+    the budget. `feasible` when these also keep the false reject rate (good parts at or above high) within its
+    limit: without that limit any model "meets" the first two by rejecting nearly everything. When they do not,
+    the proposal is instead the bands that keep the re-inspection and false-reject budgets with the least escape
+    (what a line can run), `feasible` false and `reason` saying the escape the model reaches; the escape-first
+    bands and what they would cost are kept under `escape_first`."""
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1) > 0.5
-    n, defects = len(p), np.sort(p[y])
-    if n == 0 or len(defects) == 0 or y.all():
+    if len(p) == 0 or not y.any() or y.all():
         return {"low": None, "high": None, "feasible": False, "reason": "needs good and defective parts"}
-    allowed = math.floor(target_escape * len(defects) + 1e-9)  # defective parts that may fall below low
-    low = float(defects[allowed]) if allowed < len(defects) else 1.0
-    low = min(max(low, 1e-6), 1.0 - 1e-6)
-    above = np.sort(p[p >= low])
-    room = math.floor(reinspect_budget * n + 1e-9)  # parts that may fall into [low, high)
-    # The (room+1)-th score from low up: [low, high) then holds `room` parts at most.
-    high = 1.0 if room >= len(above) else float(above[room])
-    high = min(max(high, low + 1e-6), 1.0)
-    normal, reinspect = p < low, (p >= low) & (p < high)
-    escape = float((normal & y).sum() / len(defects))
-    share = float(reinspect.sum() / n)
-    false_reject = float(((p >= high) & ~y).sum() / max((~y).sum(), 1))
-    failing = []
-    if escape > target_escape + 1e-12:
-        failing.append(f"escape {escape:.1%} > {target_escape:.1%}")
-    if share > reinspect_budget + 1e-12:
-        failing.append(f"re-inspection {share:.1%} > {reinspect_budget:.1%}")
-    if false_reject > max_false_reject + 1e-12:
-        failing.append(f"false rejects {false_reject:.1%} > {max_false_reject:.1%}")
-    feasible = not failing
-    return {
-        "low": round(low, 6),
-        "high": round(high, 6),
-        "escape_rate": escape,
-        "reinspect_share": share,
-        "false_reject_rate": false_reject,
+    targets = {
         "target_escape": target_escape,
         "reinspect_budget": reinspect_budget,
         "max_false_reject": max_false_reject,
-        "feasible": bool(feasible),
-        "reason": None
-        if feasible
-        else "the model cannot meet the targets on the validation split with these bands: " + "; ".join(failing),
+    }
+    first = _band_figures(p, y, *_escape_first(p, y, target_escape, reinspect_budget))
+    failing = []
+    if first["escape_rate"] > target_escape + 1e-12:  # ties at low
+        failing.append(f"escape {first['escape_rate']:.1%} > {target_escape:.1%}")
+    if first["reinspect_share"] > reinspect_budget + 1e-12:
+        failing.append(f"re-inspection {first['reinspect_share']:.1%} > {reinspect_budget:.1%}")
+    if first["false_reject_rate"] > max_false_reject + 1e-12:
+        failing.append(f"false rejects {first['false_reject_rate']:.1%} > {max_false_reject:.1%}")
+    if not failing:
+        return {**first, **targets, "feasible": True, "reason": None}
+    budgets = _band_figures(p, y, *_within_budgets(p, y, reinspect_budget, max_false_reject))
+    return {
+        **budgets,
+        **targets,
+        "feasible": False,
+        "reason": (
+            f"the model cannot meet the targets on the validation split: escape {target_escape:.1%} needs "
+            + "; ".join(failing)
+            + f". Proposed instead, within the re-inspection and false-reject budgets: escape "
+            f"{budgets['escape_rate']:.1%}"
+        ),
+        "escape_first": first,
     }

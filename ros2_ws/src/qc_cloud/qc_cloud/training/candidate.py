@@ -6,9 +6,10 @@ The candidate package and the package the cells run now are scored on the same i
   time the sample was taken);
 - all of them together.
 Each model is applied at its own decision bands, as a cell with `bands: from_model` runs it: the manifest's
-`decision_bands` when present, else the cell defaults 0.5/0.8; `bands` overrides both. Figures per model and
-slice: defect escape rate, false-reject rate, re-inspect load, ROC AUC, escape rate per defect type; per model:
-latency per image on ONNX Runtime (CPU; batch 1; p50/p99), measured on every image scored.
+`decision_bands` when present and feasible (Manifest.applicable_bands), else the cell defaults 0.5/0.8;
+`bands` overrides both. Figures per model and slice: defect escape rate, false-reject rate, re-inspect load,
+ROC AUC, escape rate per defect type; per model: latency per image on ONNX Runtime (CPU; batch 1; p50/p99),
+measured on every image scored.
 
 The gate compares each gated figure, wherever both values exist, and blocks the candidate when it is worse
 than the current model beyond the figure's tolerance (rates and AUC: absolute; latency: relative) AND the
@@ -188,8 +189,8 @@ def build_slices(
 def model_bands(manifest: Manifest, override: tuple[float, float] | None) -> tuple[float, float, str]:
     if override is not None:
         return override[0], override[1], "--bands"
-    if manifest.decision_bands is not None:
-        return manifest.decision_bands.reinspect, manifest.decision_bands.defective, "manifest decision_bands"
+    if (bands := manifest.applicable_bands) is not None:
+        return bands.reinspect, bands.defective, "manifest decision_bands"
     return CELL_DEFAULT_BANDS[0], CELL_DEFAULT_BANDS[1], "cell defaults"
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from qc_cloud.training.augment import PAPER_AUGMENTATION, Augmentation
 from qc_cloud.training.errors import ConfigError
 from qc_cloud.training.models import BACKBONES
+from qc_contract.synthetic import check_crop
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,16 @@ class SyntheticData:
     height: int = 512
     seed: int = 0
     product: str = "bottle"  # "bottle" (easy) or "surface" (the harder benchmark: fine defects on texture)
+    # x, y, width, height: write only this region of each rendered frame (and mask), e.g. the part's region a
+    # cell crops out of its frames and sends to the cloud verifier; None = the whole frame
+    crop: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop is not None:
+            try:
+                object.__setattr__(self, "crop", check_crop(self.crop, self.width, self.height))
+            except ValueError as exc:
+                raise ConfigError(f"synthetic {exc}") from exc
 
 
 METHODS = ("classifier", "anomaly")
@@ -54,6 +65,9 @@ class TrainConfig:
     input_size_search: bool = True
     input_size_candidates: tuple[int, ...] = ()
     input_size_search_share: float = 0.3  # share of budget_minutes the search may take (split between candidates)
+    # x, y, width, height of the part in each image: the model sees only this region (the preprocessing crops it,
+    # in training and at the edge alike; stored in the manifest's preprocessing). None = the whole image.
+    roi: tuple[int, int, int, int] | None = None
     batch_size: int = 16
     seed: int = 0
     val_fraction: float = 0.15
@@ -159,6 +173,8 @@ class TrainConfig:
             problems.append("decision bands need 0 < decision_low <= decision_high < 1")
         if self.golden_per_class < 0:
             problems.append("golden_per_class must be >= 0")
+        if self.roi is not None and (len(self.roi) != 4 or min(self.roi[:2]) < 0 or min(self.roi[2:]) < 1):
+            problems.append("roi must be [x, y, width, height] with x, y >= 0 and width, height >= 1")
         if problems:
             raise ConfigError("invalid training configuration: " + "; ".join(problems))
 
@@ -184,7 +200,12 @@ class TrainConfig:
             if isinstance(values.get("input_size_candidates"), list):
                 values["input_size_candidates"] = tuple(int(v) for v in values["input_size_candidates"])
             if isinstance(values.get("synthetic"), dict):
-                values["synthetic"] = SyntheticData(**values["synthetic"])
+                synthetic = dict(values["synthetic"])
+                if isinstance(synthetic.get("crop"), list):
+                    synthetic["crop"] = tuple(int(v) for v in synthetic["crop"])
+                values["synthetic"] = SyntheticData(**synthetic)
+            if isinstance(values.get("roi"), list):
+                values["roi"] = tuple(int(v) for v in values["roi"])
             return cls(**values)
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):

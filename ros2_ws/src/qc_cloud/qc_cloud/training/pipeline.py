@@ -90,6 +90,7 @@ def preprocessing_for(config: TrainConfig) -> Preprocessing:
         input_width=config.input_size,
         color_order="RGB",
         normalization=spec.normalization,
+        roi=config.roi,
     )
 
 
@@ -121,6 +122,7 @@ def resolved_data(config: TrainConfig, data: Path | None, keep_data: Path | None
                 height=syn.height,
                 seed=syn.seed,
                 product=syn.product,
+                crop=syn.crop,
             )
         yield root
 
@@ -131,7 +133,9 @@ def _check_synthetic_recipe(recipe: Path, syn: SyntheticData) -> None:
         written = json.loads(recipe.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read {recipe}: {exc}") from exc
-    wanted = asdict(syn)
+    wanted = json.loads(json.dumps(asdict(syn)))  # tuples as the JSON file holds them (lists)
+    if wanted.get("crop") is None:
+        wanted.pop("crop", None)  # sets written before the key existed are whole frames
     differs = {k: (written.get(k), v) for k, v in wanted.items() if written.get(k) != v}
     if differs:
         changes = ", ".join(f"{k}: {old} != {new}" for k, (old, new) in differs.items())

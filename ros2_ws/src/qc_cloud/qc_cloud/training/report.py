@@ -331,6 +331,13 @@ def _calibration_lines(cal: dict[str, Any] | None, cost: dict[str, Any] | None) 
             )
         if bands.get("reason"):
             lines.append(f"- {bands['reason']}")
+        first = bands.get("escape_first")
+        if first:
+            lines.append(
+                f"- meeting the escape target instead would take bands low {first['low']:.4f} / high "
+                f"{first['high']:.4f}: re-inspect {_pct(first['reinspect_share'])}, false reject "
+                f"{_pct(first['false_reject_rate'])}"
+            )
         lines.append(
             "- to use them, set the decision node's `reinspect_threshold` / `defective_threshold` to these values"
         )
