@@ -4,25 +4,33 @@ emulated network conditions, with the paper's columns (docs/edge-cloud.md).
     nice -n 10 python bench/bench_edge_cloud.py [--parts 1000] [--rate 20] [--work DIR]
 
 What runs, and what is real:
-- Models: the edge model (efficientnet_lite0 at 128 px on the whole 1280x720 frame) and the bigger cloud model
-  (efficientnet_lite0 at 224 px on the part's 720x720 region) are trained by `qc_cloud train` at small scale
-  from bench/edge_cloud/{edge,cloud}_model.json (CPU, nice 10; cached in --work and reused while the config is
-  unchanged). Both are loaded with the edge's package/manifest/backend code.
+- Models: the edge model (efficientnet_lite0 at 224 px on the part's region, ROI (280, 0, 720, 720) of the
+  1280x720 frame, cropped by its own preprocessing as a cell configures it; the bench takes the region from its
+  manifest) and the bigger cloud model
+  (efficientnet_lite0 at 288 px, trained on 720x720 crops of 1280x720 renders at that ROI, the images the
+  verifier receives, with JPEG 60-95 in its augmentation) are trained by `qc_cloud train` with the adaptive recipe
+  and a few minutes' budget from bench/edge_cloud/{edge,cloud}_model.json (CPU, one thread, nice 10; cached in
+  --work by the config's digest and reused while it is unchanged). Both are loaded with the edge's
+  package/manifest/backend code.
 - Stream: --parts parts from the synthetic generator at 1280x720 (seed 1000: none of them was trained on),
-  30 % defective, all defect types (scratches are a few pixels wide: the 128-px edge model loses them). Every
+  30 % defective, all defect types (scratches are a few pixels wide: the edge model loses some). Every
   part is scored by the edge model once beforehand; its measured inference time is its edge latency.
 - Cloud: a real mosquitto, `qc_cloud verifier` as a process (shared subscription, dynamic batching, deadline
-  rule), and the edge's MQTT connection through a DelayProxy (half the round trip each way, +-10 % jitter,
+  rule), and the edge's MQTT connection through a DelayProxy (half the round trip each way, +-5 % jitter,
   rate-limited uplink). Parts are captured at --rate parts/s; each has --slack-ms from capture to its deadline.
 - Edge-only: verdict = edge P(defect) >= 0.5 at its edge latency.
 - Cloud-only: every part's region (720x720, JPEG 90) goes to the verifier at capture; its verdict is used if it
   arrives before the deadline, else the edge's verdict is taken at the deadline (a counted fallback).
-- Collaborative: parts the edge finds uncertain (P in [--band-low, --band-high)) are candidates; the bridge's
+- Collaborative: parts the edge finds uncertain (P in [--band-low, --band-high): by default the edge model's own
+  decision_bands, fitted on its validation split, when they met its targets) are candidates, and so are the
+  NORMAL parts among the --second-opinion-share (5 %) it passed with the highest P (second opinions against
+  escapes: at ~1.6 kB an offloaded image, ~0.07 kB per part more); the bridge's
   OffloadPolicy (qc_cell.bridge.offload) decides per part from the measured link whether it can be answered in
-  time, and as what image (region scaled to the cloud model's 224 px, JPEG 90/75/60). A cloud verdict in time
+  time, and as what image (region scaled to the cloud model's input side, JPEG 90/75/60). A cloud verdict in time
   replaces the edge's; otherwise the edge's verdict, published at its edge latency, stands.
 - Bytes to the cloud per part: everything the edge's connection sent through the proxy (MQTT framing, PUBACKs and
   pings included), divided by the parts.
+- Per part and run (truth, edge P and latency, sent, the cloud's verdict and when): --work/parts.json.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,16 +61,15 @@ from qc_cell.testing.netem import DelayProxy  # noqa: E402
 from qc_cloud.verifier.model import load_package  # noqa: E402
 from qc_contract import records  # noqa: E402
 from qc_contract.broker import broker_config  # noqa: E402
+from qc_contract.model_manifest import DecisionBands, Manifest  # noqa: E402
 from qc_contract.mqtt_client import connect_properties, create_client  # noqa: E402
-from qc_contract.preprocess import preprocess  # noqa: E402
+from qc_contract.preprocess import fit_longer_side, preprocess  # noqa: E402
 from qc_contract.synthetic import SyntheticPartGenerator  # noqa: E402
 from qc_contract.topics import CellId  # noqa: E402
 from qc_contract.vocabulary import Verdict  # noqa: E402
 
 CELL = CellId("bench", "line1", "cell1")
 CONFIGS = REPO / "bench" / "edge_cloud"
-ROI = (280, 0, 720, 720)  # the part's region in the 1280x720 frame (the bottle is centred)
-CLOUD_SIDE = 224
 CONDITIONS = (  # (name, RTT ms, uplink Mbit/s)
     ("RTT 10 ms, 20 Mbit/s", 10, 20.0),
     ("RTT 50 ms, 20 Mbit/s", 50, 20.0),
@@ -73,7 +81,7 @@ CONDITIONS = (  # (name, RTT ms, uplink Mbit/s)
 # -- models ------------------------------------------------------------------------------------------------
 
 
-def trained_package(name: str, work: Path) -> Path:
+def trained_package(name: str, work: Path, threads: int = 1) -> Path:
     """Train with `qc_cloud train` (nice 10) unless the package for this exact config is already in work/."""
     config = CONFIGS / f"{name}_model.json"
     digest = hashlib.sha256(config.read_bytes()).hexdigest()[:12]
@@ -82,10 +90,11 @@ def trained_package(name: str, work: Path) -> Path:
         print(f"{name} model: reusing {out}", flush=True)
         return out
     cmd = ["nice", "-n", "10", sys.executable, "-m", "qc_cloud.cli", "train", "--config", str(config)]
-    cmd += ["--out", str(out), "--keep-data", str(work / f"data-{name}-{digest}"), "--no-progress", "--threads", "2"]
+    cmd += ["--out", str(out), "--keep-data", str(work / f"data-{name}-{digest}"), "--no-progress"]
+    cmd += ["--threads", str(threads)]
     print(f"{name} model: training ({' '.join(cmd[3:])})", flush=True)
     start = time.monotonic()
-    subprocess.run(cmd, check=True, env=_env())
+    subprocess.run(cmd, check=True, env={**_env(), "OMP_NUM_THREADS": str(threads)})
     print(f"{name} model: trained in {time.monotonic() - start:.0f} s", flush=True)
     return out
 
@@ -104,17 +113,17 @@ class Part:
     defective: bool
     edge_p: float
     edge_ms: float
-    small: np.ndarray  # the region scaled to the cloud model's side (what the policy encodes)
+    small: np.ndarray  # the region scaled to the cloud model's input side (what the policy encodes)
     full_jpeg: bytes  # the region at full resolution, JPEG 90 (what cloud-only sends)
     full_encode_ms: float
 
 
-def make_stream(n: int, edge_dir: Path, seed: int) -> list[Part]:
+def make_stream(n: int, edge_dir: Path, seed: int, cloud_side: int, roi: tuple[int, int, int, int]) -> list[Part]:
     scorer, line = load_package(edge_dir, backend="onnxruntime", max_batch=1, threads=1)
     print(f"edge model: {line}", flush=True)
     spec = scorer.preprocessing
     generator = SyntheticPartGenerator(seed=seed, width=1280, height=720, defect_rate=0.3)
-    x, y, w, h = ROI
+    x, y, w, h = roi
     parts = []
     for i in range(n):
         part = generator.part(i)
@@ -127,7 +136,7 @@ def make_stream(n: int, edge_dir: Path, seed: int) -> list[Part]:
         ok, jpeg = cv2.imencode(".jpg", region, [cv2.IMWRITE_JPEG_QUALITY, 90])
         encode_ms = (time.perf_counter() - start) * 1e3
         assert ok
-        small = cv2.resize(region, (CLOUD_SIDE, CLOUD_SIDE), interpolation=cv2.INTER_AREA)
+        small = fit_longer_side(region, cloud_side)  # as the bridge reduces an offloaded image
         parts.append(Part(i, part.label == "defect", float(p[0]), edge_ms, small, jpeg.tobytes(), encode_ms))
         if (i + 1) % 200 == 0:
             print(f"  stream: {i + 1}/{n} parts generated and scored on the edge", flush=True)
@@ -144,6 +153,9 @@ class Outcome:
     latency_ms: float
     by_cloud: bool = False
     fallback: bool = False
+    sent: bool = False  # the part's image went to the cloud
+    answer_ms: float | None = None  # capture -> the cloud's answer (in time or not); None: no answer
+    cloud_positive: bool | None = None  # the cloud's verdict, whether in time or not
 
 
 @dataclass
@@ -212,9 +224,15 @@ class EdgeLink:
 def networked(kind: str, parts: list[Part], broker: Mosquitto, rtt_ms: float, mbps: float, args) -> Run:
     proxy = DelayProxy.round_trip(broker.port, rtt_ms, jitter_ms=rtt_ms * 0.05, up_bps=mbps * 1e6, seed=7)
     link = EdgeLink(proxy.port)
-    policy = OffloadPolicy(
-        PolicySettings(roi=ROI, cloud_side=CLOUD_SIDE, prior_rtt_ms=100.0, prior_bandwidth_mbps=5.0, margin_ms=10.0)
+    settings = PolicySettings(
+        roi=args.roi,
+        cloud_side=args.cloud_side,
+        prior_rtt_ms=100.0,
+        prior_bandwidth_mbps=5.0,
+        margin_ms=10.0,
+        second_opinion_share=args.second_opinion_share,
     )
+    policy = OffloadPolicy(settings)
     bytes_before = proxy.bytes[True]
     slack_ns = int(args.slack_ms * 1e6)
     sent: dict[int, tuple[str, float, int]] = {}  # part -> (request id, sent mono, wire bytes)
@@ -228,24 +246,26 @@ def networked(kind: str, parts: list[Part], broker: Mosquitto, rtt_ms: float, mb
         if kind == "cloud-only":
             ready = capture_mono + part.full_encode_ms / 1e3
             _sleep_until(ready)
-            request_id, wire = link.send(part, part.full_jpeg, ROI[2], ROI[3], capture_ns, deadline_ns)
+            request_id, wire = link.send(part, part.full_jpeg, args.roi[2], args.roi[3], capture_ns, deadline_ns)
             sent[part.index] = (request_id, time.monotonic(), wire)
             continue
         ready = capture_mono + part.edge_ms / 1e3
         _sleep_until(ready)
         _learn(link, policy, pending_answers)
-        if not args.band_low <= part.edge_p < args.band_high:
+        verdict, reasons = edge_verdict(part.edge_p, args.band_low, args.band_high)
+        policy.observe_part(verdict, reasons, part.edge_p)
+        if not policy.candidate(verdict, reasons, part.edge_p):
             continue
         slack_ms = (deadline_ns - time.time_ns()) / 1e6
         # As the bridge's tracker: a request counts as unanswered until its answer or deadline + 2 s (late grace).
         grace = args.slack_ms / 1e3 + 2.0
         pending_answers[:] = [(r, w) for r, w in pending_answers if time.monotonic() - link.sent_at[r] < grace]
         in_flight = len(pending_answers)
-        decision = policy.decide(Verdict.REINSPECT, ("visual_reinspect",), slack_ms, 1280, 720, in_flight)
+        decision = policy.decide(verdict, reasons, slack_ms, 1280, 720, in_flight, probability=part.edge_p)
         if not decision.send:
             continue
         plan = decision.plan
-        image = part.small if (plan.width, plan.height) == (CLOUD_SIDE, CLOUD_SIDE) else _resize(part, plan)
+        image = part.small if (plan.width, plan.height) == part.small.shape[1::-1] else _resize(part, plan)
         _, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, plan.quality])
         policy.observe_jpeg(plan.quality, plan.width * plan.height, len(jpeg))
         request_id, wire = link.send(part, jpeg.tobytes(), plan.width, plan.height, capture_ns, deadline_ns)
@@ -267,17 +287,30 @@ def networked(kind: str, parts: list[Part], broker: Mosquitto, rtt_ms: float, mb
             continue
         request_id, _, _ = sent[part.index]
         arrival, data = link.answers.get(request_id, (math.inf, {}))
-        if arrival <= deadline_mono and data.get("outcome", "scored") == "scored":
-            outcomes.append(Outcome(data["verdict"] == "DEFECTIVE", (arrival - capture_mono) * 1e3, by_cloud=True))
+        answer_ms = (arrival - capture_mono) * 1e3 if math.isfinite(arrival) else None
+        scored = data.get("outcome", "scored") == "scored" and "verdict" in data
+        cloud = data["verdict"] == "DEFECTIVE" if scored else None
+        seen = {"sent": True, "answer_ms": answer_ms, "cloud_positive": cloud}
+        if arrival <= deadline_mono and scored:
+            outcomes.append(Outcome(cloud, answer_ms, by_cloud=True, **seen))
             decided_by_cloud += 1
             continue
         late += 1
         if kind == "cloud-only":  # the edge's verdict, taken when the cloud's time is up
-            outcomes.append(Outcome(edge.positive, args.slack_ms, fallback=True))
+            outcomes.append(Outcome(edge.positive, args.slack_ms, fallback=True, **seen))
         else:  # the local verdict was published at the edge latency and stands
-            outcomes.append(Outcome(edge.positive, edge.latency_ms, fallback=True))
+            outcomes.append(Outcome(edge.positive, edge.latency_ms, fallback=True, **seen))
     run = Run(kind, outcomes, bytes_up, len(sent), late, dict(policy.counts))
     return run
+
+
+def edge_verdict(p: float, band_low: float, band_high: float) -> tuple[int, tuple[str, ...]]:
+    """The cell's verdict from the edge's P(defect) and the band (no process context in this bench)."""
+    if p >= band_high:
+        return Verdict.DEFECTIVE, ("visual_defective",)
+    if p >= band_low:
+        return Verdict.REINSPECT, ("visual_reinspect",)
+    return Verdict.NORMAL, ("visual_normal",)
 
 
 def _learn(link: EdgeLink, policy: OffloadPolicy, pending: list[tuple[str, int]]) -> None:
@@ -291,7 +324,7 @@ def _learn(link: EdgeLink, policy: OffloadPolicy, pending: list[tuple[str, int]]
 
 
 def _resize(part: Part, plan) -> np.ndarray:
-    return cv2.resize(part.small, (plan.width, plan.height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(part.small, (plan.width, plan.height), interpolation=cv2.INTER_LINEAR)
 
 
 def _sleep_until(t: float) -> None:
@@ -327,6 +360,20 @@ def metrics(run: Run, parts: list[Part], slack_ms: float) -> dict:
     }
 
 
+def paired(right_a: Sequence[bool], right_b: Sequence[bool]) -> str:
+    """Two set-ups on the same parts: how many parts only one of them got right, the exact two-sided McNemar p
+    (is the difference more than chance?) and a 95 % interval of the accuracy difference a - b (paired Wald)."""
+    only_a = sum(a and not b for a, b in zip(right_a, right_b, strict=True))
+    only_b = sum(b and not a for a, b in zip(right_a, right_b, strict=True))
+    n, discordant = len(right_a), only_a + only_b
+    tail = sum(math.comb(discordant, k) for k in range(min(only_a, only_b) + 1)) / 2**discordant
+    diff = (only_a - only_b) / n
+    half = 1.96 * math.sqrt(max(0.0, discordant - (only_a - only_b) ** 2 / n)) / n
+    p = min(1.0, 2 * tail)
+    return (f"right only in the first {only_a}, only in the second {only_b}; McNemar exact p = {p:.2f}; "
+            f"accuracy difference {diff:+.3f} (95 % interval {diff - half:+.3f} to {diff + half:+.3f})")  # fmt: skip
+
+
 def print_table(title: str, rows: list[tuple[str, dict]]) -> None:
     print(f"\n### {title}\n")
     print("| set-up | accuracy | precision | recall | F1 | p50 ms | p99 ms | bytes/part | by cloud | cloud late "
@@ -345,23 +392,63 @@ def main() -> int:
     ap.add_argument("--parts", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=20.0, help="parts per second")
     ap.add_argument("--slack-ms", type=float, default=400.0, help="capture -> deadline of a cloud verdict")
-    ap.add_argument("--band-low", type=float, default=0.3, help="edge P(defect) from which a part is a candidate")
-    ap.add_argument("--band-high", type=float, default=0.8, help="edge P(defect) from which the edge is sure")
+    ap.add_argument(
+        "--band-low",
+        type=float,
+        help="edge P(defect) from which a part is a candidate for the cloud "
+        "(default: the edge model's decision_bands.reinspect when they met its targets, else 0.3)",
+    )
+    ap.add_argument(
+        "--band-high",
+        type=float,
+        help="edge P(defect) from which the edge is sure it is defective "
+        "(default: the edge model's decision_bands.defective when they met its targets, else 0.8)",
+    )
+    ap.add_argument(
+        "--second-opinion-share",
+        type=float,
+        default=0.05,
+        help="collaborative: share of the NORMAL parts the edge was least sure of also sent to the cloud "
+        "(offload_second_opinion_share; 0 = only the band's parts)",
+    )
     ap.add_argument("--seed", type=int, default=1000, help="stream seed (training used 0)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/qc_bench_edge_cloud"), help="models and data cache")
     ap.add_argument("--conditions", default="all", help="comma-separated indices into the conditions, or all")
+    ap.add_argument("--train-threads", type=int, default=1, help="torch/OMP threads when a model is trained")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    edge_dir, cloud_dir = trained_package("edge", args.work), trained_package("cloud", args.work)
-    for name, d in (("edge", edge_dir), ("cloud", cloud_dir)):
-        m = json.loads((d / "manifest.json").read_text())["metrics"]
+    edge_dir = trained_package("edge", args.work, args.train_threads)
+    cloud_dir = trained_package("cloud", args.work, args.train_threads)
+    packages = {"edge": edge_dir, "cloud": cloud_dir}
+    manifests = {name: Manifest.load(d) for name, d in packages.items()}
+    for name, manifest in manifests.items():
+        m = manifest.metrics
         print(f"{name} model test split: accuracy {m['accuracy']:.3f} F1 {m['f1']:.3f} ROC AUC {m['roc_auc']:.3f}")
-    parts = make_stream(args.parts, edge_dir, args.seed)
+    # The collaborative set-up's candidates are the parts the edge model's own bands send to re-inspection.
+    # The edge model's own bands (fitted on its validation split for the targets in its config) when they met the
+    # targets there; otherwise a fixed [0.3, 0.8).
+    edge_manifest = manifests["edge"]
+    bands = edge_manifest.applicable_bands  # the rule a cell with `bands: from_model` applies
+    if bands is None:
+        proposed = edge_manifest.decision_bands
+        print(f"edge model's bands not used ({proposed.basis if proposed else 'none proposed'}): [0.3, 0.8)")
+        bands = DecisionBands(0.3, 0.8, basis="fixed")
+    args.band_low = bands.reinspect if args.band_low is None else args.band_low
+    args.band_high = bands.defective if args.band_high is None else args.band_high
+    print(f"re-inspect band [{args.band_low:.3f}, {args.band_high:.3f}) {bands.basis}", flush=True)
+    args.cloud_side = manifests["cloud"].preprocessing.input_width  # what the policy scales the region to
+    args.roi = edge_manifest.preprocessing.roi  # the part's region in the frame, as the edge model crops it
+    crop = manifests["cloud"].training.get("config", {}).get("synthetic", {}).get("crop")
+    if args.roi is None or list(args.roi) != list(crop or []):
+        raise SystemExit(f"the cloud model was trained on crop {crop}, the edge model's region is {args.roi}: "
+                         "set both configs' region alike (bench/edge_cloud)")  # fmt: skip
+    parts = make_stream(args.parts, edge_dir, args.seed, args.cloud_side, args.roi)
     print(f"stream: {len(parts)} parts, {sum(p.defective for p in parts)} defective; "
           f"edge latency p50 {np.median([p.edge_ms for p in parts]):.1f} ms; "
           f"cloud-only image {np.mean([len(p.full_jpeg) for p in parts]) / 1e3:.0f} kB", flush=True)  # fmt: skip
     baseline = metrics(edge_only(parts), parts, args.slack_ms)
     chosen = CONDITIONS if args.conditions == "all" else [CONDITIONS[int(i)] for i in args.conditions.split(",")]
+    per_part: dict[str, list[dict]] = {}
     with Mosquitto() as broker:
         log = open(args.work / "verifier.log", "w")  # noqa: SIM115 - closed below
         cmd = ["nice", "-n", "10", sys.executable, "-m", "qc_cloud.cli", "verifier", "--model", str(cloud_dir)]
@@ -372,17 +459,27 @@ def main() -> int:
             _wait_for_line(args.work / "verifier.log", "serving", verifier)
             for title, rtt, mbps in chosen:
                 rows = [("edge-only", baseline)]
+                runs: dict[str, Run] = {}
                 for kind in ("cloud-only", "collaborative"):
                     print(f"running {kind} at {title} ...", flush=True)
-                    run = networked(kind, parts, broker, rtt, mbps, args)
+                    run = runs[kind] = networked(kind, parts, broker, rtt, mbps, args)
                     rows.append((kind, metrics(run, parts, args.slack_ms)))
+                    per_part[f"{title} / {kind}"] = [asdict(o) for o in run.outcomes]
                     if run.decisions:
                         print(f"  policy decisions: {run.decisions}", flush=True)
                 print_table(title, rows)
+                right = {kind: [o.positive == p.defective for o, p in zip(runs[kind].outcomes, parts, strict=True)]
+                         for kind in runs}  # fmt: skip
+                comparison = paired(right["collaborative"], right["cloud-only"])
+                print(f"\ncollaborative vs cloud-only, same parts: {comparison}")
         finally:
             verifier.terminate()
             verifier.wait(30)
             log.close()
+    parts_file = args.work / "parts.json"  # per part and run: truth, edge P, what the cloud said and when
+    truth = [{"index": p.index, "defective": p.defective, "edge_p": p.edge_p, "edge_ms": p.edge_ms} for p in parts]
+    parts_file.write_text(json.dumps({"parts": truth, "runs": per_part}) + "\n")
+    print(f"\nper-part outcomes: {parts_file}")
     print("\nverifier load (last report):")
     for line in (args.work / "verifier.log").read_text().splitlines()[-3:]:
         print(" ", line[:400])

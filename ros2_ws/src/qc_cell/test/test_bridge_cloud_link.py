@@ -337,6 +337,31 @@ def test_a_cloud_verdict_counts_only_before_the_deadline_and_every_request_gets_
         assert (health["offload_used"], health["offload_late"], health["offload_no_response"]) == (1, 1, 1)
 
 
+def test_second_opinions_send_the_normal_parts_the_edge_was_least_sure_of(tmp_path):
+    offload = OffloadSettings(
+        enabled=True, slack_ms=1000.0, min_remaining_ms=0.0, second_opinion_share=0.1, max_backlog=100
+    )
+    with cloud_link(tmp_path, offload=offload) as link:
+        core, clock = link.core, link.time
+        for i in range(60):  # normal parts at P 0.000 .. 0.059: the last tenth are the least sure
+            core.on_frame(image(f"n{i}"))
+            core.on_part(replace(part(f"n{i}", NORMAL, decided_ns=clock.wall), defect_probability=0.001 * i))
+        sent = [r["part_id"] for r in link.stored("verify_request")]
+        assert sent == [f"n{i}" for i in range(49, 60)], sent  # from the 50th normal part on, each a new high
+        core.on_frame(image("unsure"))
+        core.on_part(replace(part("unsure", NORMAL, decided_ns=clock.wall), defect_probability=0.2))
+        request = {r["part_id"]: r["id"] for r in link.stored("verify_request")}
+        assert "unsure" in request
+        clock.advance(100 * MS)
+        core.on_message(CELL.verify_response, _response(request["unsure"], "unsure", "DEFECTIVE"))
+        assert [v.part_id for v in link.verdicts] == ["unsure"], "the cloud's DEFECTIVE in time goes to the actuator"
+        result = next(r for r in link.stored("verify") if r["part_id"] == "unsure")
+        schemas.validator("verify").validate(result)
+        assert (result["local_verdict"], result["outcome"], result["cloud_verdict"]) == ("NORMAL", "used", "DEFECTIVE")
+        assert result["policy"]["reason"] == "send_second_opinion"
+        assert link.health()["offload_policy_send_second_opinion"] == len(request)
+
+
 def _same_verdict(got: list[CloudVerdict], want: CloudVerdict) -> bool:
     """CloudVerdict equality with NaN probabilities (NaN != NaN)."""
     return len(got) == 1 and replace(got[0], defect_probability=0.0) == replace(want, defect_probability=0.0)

@@ -133,6 +133,7 @@ def _added_since(deployment: str, state: Path) -> dict[tuple[str, str], object]:
         ("cloud_bridge", "offload_min_bandwidth_mbps"): 0.2,
         ("cloud_bridge", "offload_max_backlog"): 8,
         ("cloud_bridge", "offload_overload_threshold"): 0.05,
+        ("cloud_bridge", "offload_second_opinion_share"): 0.0,  # second opinions on NORMAL parts: off
         ("decision", "bands"): "params",  # the proposed bands of the model package, opt-in (issue 25)
         **{("reject_actuator", f"gpio_{name}_pin"): -1 for name in STATION_INPUTS},
         **{("reject_actuator", f"modbus_{name}_address"): -1 for name in STATION_INPUTS},

@@ -60,6 +60,34 @@ def test_only_reinspect_parts_and_under_overload_uninspected_parts_are_candidate
     assert d.send and d.reason == "send_overload"
 
 
+def test_second_opinions_go_to_the_normal_parts_the_edge_was_least_sure_of():
+    p = policy(second_opinion_share=0.1, max_backlog=8)
+    normal = (Verdict.NORMAL, ("visual_normal",))
+
+    def offered(probability: float, backlog: int = 0):
+        p.observe_part(*normal, probability)
+        return p.decide(*normal, 1000, *FRAME, backlog, now_s=0.0, probability=probability)
+
+    # Not before SECOND_OPINION_MIN normal parts were seen (no basis for "the least sure" yet).
+    assert [offered(0.001 * i).reason for i in range(49)] == ["not_candidate"] * 49
+    for i in range(49, 100):
+        offered(0.001 * i)  # 100 normal parts at P 0.000 .. 0.099
+    assert not p.candidate(*normal, 0.05) and p.candidate(*normal, 0.095)
+    d = offered(0.097)  # among the top tenth
+    assert d.send and d.reason == "send_second_opinion" and d.record(p.link_figures())["reason"] == d.reason
+    assert offered(0.02).reason == "not_candidate"
+    assert not p.candidate(Verdict.DEFECTIVE, ("visual_defective",), 0.99)  # the edge's own rejects stay local
+    # Never the link's last places: from half max_backlog on, only parts the edge could not decide are sent.
+    assert offered(0.098, backlog=4).reason == "outbox_backlog"
+    assert decide(p, 1000, backlog=4).send
+    assert not p.candidate(*normal, float("nan"))
+    # The default: none.
+    q = policy()
+    for i in range(100):
+        q.observe_part(*normal, 0.001 * i)
+    assert not q.candidate(*normal, 0.099)
+
+
 def test_a_backed_up_link_sends_nothing_more():
     p = policy(max_backlog=3)
     assert decide(p, 1000, backlog=2).send
@@ -102,6 +130,8 @@ def test_bad_settings_are_refused():
         PolicySettings(roi=(0, 0, 0, 10))
     with pytest.raises(ValueError, match="quality"):
         PolicySettings(quality_ladder=())
+    with pytest.raises(ValueError, match="second opinion"):
+        PolicySettings(second_opinion_share=0.8)
 
 
 def test_round_trips_that_vary_for_another_reason_do_not_pass_for_a_slow_link():

@@ -186,6 +186,22 @@ def test_a_cloud_verdict_too_late_leaves_the_local_action(cell):
     assert rec.wait(lambda: len(edges(driver, DIVERT)) == 2) and edges(driver, REJECT) == []
 
 
+def test_a_cloud_second_opinion_ejects_a_passed_part_while_it_can_reach_the_lane(cell):
+    controller, driver, rec = cell(**DIVERTING)
+    capture = time.time_ns()  # reject command at +80 ms
+    controller.on_decision(Decision("passed", NORMAL, capture))
+    controller.on_cloud_verdict(Decision("passed", DEFECTIVE, capture))  # a second opinion (offload of a NORMAL)
+    late = time.time_ns() - 250 * MS  # its reject command 170 ms past
+    controller.on_decision(Decision("gone", NORMAL, late))
+    controller.on_cloud_verdict(Decision("gone", DEFECTIVE, late))
+    assert rec.wait(lambda: len(rec.events) == 2, timeout=2.0), rec.events
+    events = rec.by_part()
+    assert (events["passed"].outcome, events["passed"].lane, events["passed"].verdict) == (DONE, REJECT, DEFECTIVE)
+    assert "cloud re-inspection verdict DEFECTIVE" in events["passed"].message
+    assert (events["gone"].outcome, events["gone"].lane) == (LATE, REJECT), "reported, not silently passed"
+    assert rec.wait(lambda: len(edges(driver, REJECT)) == 2) and edges(driver, DIVERT) == []
+
+
 @pytest.mark.parametrize("gap_ms", [0, 8])
 def test_close_parts_merge_into_one_continuous_pulse(cell, gap_ms):
     """Parts 10 ms apart overlap (20 ms pulses); parts 25 ms apart leave a 5 ms gap, bridged when the

@@ -137,6 +137,11 @@ class OffloadTracker:
 # Verdict reasons that mean "the edge could not inspect this part in time" (overload): such parts are offloaded
 # when the edge is overloaded, so they get a cloud verdict instead of NOT_INSPECTED.
 OVERLOAD_REASONS = ("queue_full", "no_result", "late_result")
+# Second opinions (second_opinion_share > 0): the NORMAL parts the edge passed with the highest P(defect), judged
+# against the last SECOND_OPINION_WINDOW normal parts, once SECOND_OPINION_MIN of them were seen. A defect the edge
+# passes (an escape, the costly error) scores there more often than anywhere else in its normal parts.
+SECOND_OPINION_WINDOW = 500
+SECOND_OPINION_MIN = 50
 BASE64_OVERHEAD = 4 / 3
 RECORD_OVERHEAD_BYTES = 600  # envelope and metadata of a verify request around the image
 
@@ -155,6 +160,7 @@ class PolicySettings:
     overload_threshold: float = 0.05  # share of recent parts the edge could not inspect: above = overloaded
     fit_window: int = 64
     probe_interval_s: float = 10.0  # when nothing fits: one request this often anyway, to measure the link again
+    second_opinion_share: float = 0.0  # top share of the NORMAL parts by P(defect) also sent (0 = none)
 
     def __post_init__(self) -> None:
         if not self.quality_ladder or not all(1 <= q <= 100 for q in self.quality_ladder):
@@ -163,6 +169,8 @@ class PolicySettings:
             raise ValueError(f"offload ROI {self.roi}: x, y >= 0 and width, height >= 1")
         if self.prior_bandwidth_mbps <= 0 or self.prior_rtt_ms < 0 or self.cloud_side < 0:
             raise ValueError("offload priors: bandwidth > 0, round trip >= 0, cloud side >= 0")
+        if not 0.0 <= self.second_opinion_share <= 0.5:
+            raise ValueError(f"offload second opinion share {self.second_opinion_share}: within 0..0.5")
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,9 @@ class ImagePlan:
 @dataclass(frozen=True)
 class Decision:
     send: bool
-    reason: str  # sent: send_reinspect, send_overload, probe; kept: not_candidate, no_slack, slow_link, outbox_backlog
+    # sent: send_reinspect, send_overload, send_second_opinion, probe; kept: not_candidate, no_slack, slow_link,
+    # outbox_backlog
+    reason: str
     plan: ImagePlan | None
     slack_ms: float
     estimate_ms: float | None
@@ -255,14 +265,22 @@ class OffloadPolicy:
         self.counts: Counter[str] = Counter()
         self._bytes_per_pixel: dict[int, float] = {q: 0.25 * (q / 75) ** 2 for q in settings.quality_ladder}
         self._overload: deque[bool] = deque(maxlen=100)
+        self._normal_p: deque[float] = deque(maxlen=SECOND_OPINION_WINDOW)  # P(defect) of recent NORMAL parts
+        self._second_opinion_from = math.inf  # P(defect) from which a NORMAL part gets one (set by observe_part)
         self._last_answer_s = self._last_probe_s = float("-inf")  # no answer yet: a probe may go at once
         self._lock = threading.Lock()
 
     # -- what the policy learns -----------------------------------------------------------------------
 
-    def observe_part(self, verdict: int, reasons: tuple[str, ...]) -> None:
+    def observe_part(self, verdict: int, reasons: tuple[str, ...], probability: float = math.nan) -> None:
         with self._lock:
             self._overload.append(any(r in OVERLOAD_REASONS for r in reasons))
+            if verdict == Verdict.NORMAL and math.isfinite(probability) and self.s.second_opinion_share > 0:
+                recent = self._normal_p
+                recent.append(probability)
+                if len(recent) >= SECOND_OPINION_MIN:  # the top second_opinion_share of the window, once per part
+                    rank = min(len(recent) - 1, int(len(recent) * (1.0 - self.s.second_opinion_share)))
+                    self._second_opinion_from = sorted(recent)[rank]
 
     def observe_jpeg(self, quality: int, pixels: int, jpeg_bytes: int) -> None:
         if pixels > 0 and quality in self._bytes_per_pixel:
@@ -300,11 +318,20 @@ class OffloadPolicy:
         wire = int(jpeg * BASE64_OVERHEAD + RECORD_OVERHEAD_BYTES)
         return ImagePlan(roi, side if side and max(w, h) >= side else 0, quality, w, h, wire)
 
-    def candidate(self, verdict: int, reasons: tuple[str, ...]) -> bool:
-        """Worth decoding the frame for: a re-inspect part, or one the overloaded edge could not inspect."""
+    def candidate(self, verdict: int, reasons: tuple[str, ...], probability: float = math.nan) -> bool:
+        """Worth decoding the frame for: a re-inspect part, one the overloaded edge could not inspect, or a normal
+        part for a second opinion (call observe_part first)."""
+        with self._lock:
+            return self._why(verdict, reasons, probability) is not None
+
+    def _why(self, verdict: int, reasons: tuple[str, ...], probability: float) -> str | None:
         if verdict == Verdict.REINSPECT:
-            return True
-        return verdict == Verdict.NOT_INSPECTED and any(r in OVERLOAD_REASONS for r in reasons) and self.overloaded
+            return "send_reinspect"
+        if verdict == Verdict.NOT_INSPECTED and any(r in OVERLOAD_REASONS for r in reasons) and self.overloaded:
+            return "send_overload"
+        if verdict == Verdict.NORMAL and probability >= self._second_opinion_from:  # NaN compares False
+            return "send_second_opinion"
+        return None
 
     def decide(
         self,
@@ -315,18 +342,18 @@ class OffloadPolicy:
         frame_h: int,
         backlog: int,
         now_s: float | None = None,
+        probability: float = math.nan,
     ) -> Decision:
         """slack_ms: time left until the part's deadline; backlog: requests sent and not yet answered;
-        now_s: monotonic seconds (for the probes)."""
+        now_s: monotonic seconds (for the probes); probability: the edge's P(defect) (second opinions)."""
         now_s = time.monotonic() if now_s is None else now_s
         with self._lock:
-            if verdict == Verdict.REINSPECT:
-                why = "send_reinspect"
-            elif verdict == Verdict.NOT_INSPECTED and any(r in OVERLOAD_REASONS for r in reasons) and self.overloaded:
-                why = "send_overload"
-            else:
+            why = self._why(verdict, reasons, probability)
+            if why is None:
                 return self._count(Decision(False, "not_candidate", None, slack_ms, None))
-            if backlog >= self.s.max_backlog:
+            second_opinion = why == "send_second_opinion"
+            # A second opinion never takes the link's last places from the parts the edge could not decide.
+            if backlog >= (max(1, self.s.max_backlog // 2) if second_opinion else self.s.max_backlog):
                 return self._count(Decision(False, "outbox_backlog", None, slack_ms, None))
             too_slow = self.link.measured >= 4 and self.link.bandwidth_mbps < self.s.min_bandwidth_mbps
             for quality in self.s.quality_ladder:
@@ -336,7 +363,8 @@ class OffloadPolicy:
                     return self._count(Decision(True, why, plan, slack_ms, estimate))
             # Nothing fits. Now and then one is sent anyway (smallest image), so that a link that got better is
             # measured again: the part's local verdict stands whatever happens to it.
-            if now_s - max(self._last_answer_s, self._last_probe_s) > self.s.probe_interval_s and backlog == 0:
+            idle = now_s - max(self._last_answer_s, self._last_probe_s) > self.s.probe_interval_s
+            if idle and backlog == 0 and not second_opinion:
                 self._last_probe_s = now_s
                 return self._count(Decision(True, "probe", plan, slack_ms, estimate))
             no_slack = self.link.base_ms + self.s.margin_ms > slack_ms and not too_slow

@@ -124,6 +124,13 @@ CLOUD_BRIDGE = NodeParams(
             "share of recent parts the edge could not inspect above which those parts are offloaded too",
             range=(0.0, 1.0),
         ),
+        Param(
+            "offload_second_opinion_share",
+            0.0,
+            "share of the NORMAL parts, those the edge passed with the highest defect probability, also offloaded "
+            "for a second opinion against escapes (0 = none; at most half the link's backlog)",
+            range=(0.0, 0.5),
+        ),
         Param("max_verify_response_bytes", 4096, "largest verify response", range=(256, MB)),
         Param("frame_buffer", 16, "recent frames kept for samples/offload", range=(1, 1000)),
         Param(

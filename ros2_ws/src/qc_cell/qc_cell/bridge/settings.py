@@ -70,6 +70,7 @@ class OffloadSettings:
     min_bandwidth_mbps: float = 0.2
     max_backlog: int = 8
     overload_threshold: float = 0.05
+    second_opinion_share: float = 0.0  # top share of the NORMAL parts by P(defect) also offloaded
 
     def policy(self):
         from qc_cell.bridge.offload import PolicySettings
@@ -85,6 +86,7 @@ class OffloadSettings:
             min_bandwidth_mbps=self.min_bandwidth_mbps,
             max_backlog=self.max_backlog,
             overload_threshold=self.overload_threshold,
+            second_opinion_share=self.second_opinion_share,
         )
 
 
@@ -229,6 +231,7 @@ def from_values(v: Mapping[str, Any]) -> CloudLinkSettings:
             min_bandwidth_mbps=v["offload_min_bandwidth_mbps"],
             max_backlog=v["offload_max_backlog"],
             overload_threshold=v["offload_overload_threshold"],
+            second_opinion_share=v["offload_second_opinion_share"],
         ),
     )
 
