@@ -37,7 +37,9 @@ from qc_cell.bringup.cell_runner import CellRunner  # noqa: E402
 from qc_cell.bringup.params_file import load as load_params  # noqa: E402
 from qc_cell.bringup.recorder import CellRecorder  # noqa: E402
 from qc_cell.ros import qos  # noqa: E402
+from qc_cell.ros.time import to_ns  # noqa: E402
 from qc_contract.synthetic import SyntheticPartGenerator  # noqa: E402
+from qc_interfaces.msg import InspectionResult  # noqa: E402
 
 MODEL = REPO / "models" / "default"
 PARAMS = REPO / "params" / "demo.yaml"
@@ -105,6 +107,13 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str, fra
                     transport.update({kv.key: kv.value for kv in status.values if kv.key.startswith("frames_")})
 
         runner.observer.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, qos.DIAGNOSTICS)
+        stages: dict[str, tuple[float, ...]] = {}  # part id -> the inference node's own timings, result arrival
+
+        def on_result(msg: InspectionResult) -> None:
+            arrived = (time.time_ns() - to_ns(msg.header.stamp)) / 1e6
+            stages[msg.part_id] = (msg.queue_ms, msg.preprocess_ms, msg.inference_ms, arrived)
+
+        runner.observer.create_subscription(InspectionResult, "inspection/result", on_result, qos.EVENTS)
         try:
             deadline = time.monotonic() + seconds * 4 + 60
             cpu_start = wall_start = None
@@ -129,6 +138,10 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str, fra
     latencies = [d.latency_ms for d in scored]
     span = (decisions[-1].received_monotonic - decisions[0].received_monotonic) if len(decisions) > 1 else 0
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if latencies else (float("nan"),) * 3
+    timed = np.array([stages[d.part_id] for d in scored if d.part_id in stages]).reshape(-1, 4)
+    # Medians of the inference node's own figures (frame received -> preprocessing, preprocessing, model) and of
+    # capture -> result at the bench: what that leaves is the frame's hop in and the result's hop out.
+    queue, pre, model, arrived = np.median(timed, axis=0) if len(timed) else (float("nan"),) * 4
     return {
         "parts": len(decisions),
         "not_inspected": len(decisions) - len(scored),
@@ -139,6 +152,7 @@ def run_cell(width: int, height: int, rate: float, seconds: float, tag: str, fra
         "scored_rate": (len(scored) - 1) / span if span and scored else float("nan"),
         "cpu_pct": sum(cpu_by_node.values()) if cpu_by_node else float("nan"),
         "cpu_by_node": cpu_by_node,
+        "stages": {"queue": queue, "preprocess": pre, "model": model, "result_at_bench": arrived},
         "by_handle": transport.get("frames_by_handle", "?"),
         "inline": transport.get("frames_inline", "?"),
     }
@@ -148,7 +162,9 @@ def cpu_line(r: dict) -> str:
     return (
         "    cpu % by node: "
         + ", ".join(f"{name} {pct:.0f}" for name, pct in sorted(r["cpu_by_node"].items()))
-        + f"; frames at inference: {r['by_handle']} by handle, {r['inline']} inline"
+        + f"; frames at inference: {r['by_handle']} by handle, {r['inline']} inline\n"
+        + "    p50 ms from the results: "
+        + ", ".join(f"{name} {ms:.2f}" for name, ms in r["stages"].items())
     )
 
 

@@ -25,6 +25,31 @@ def test_statistics_of_known_images():
     assert blurred.sharpness < c.sharpness - 1.0, "blur lowers the sharpness"
 
 
+def _area_reduced_stats(image: np.ndarray) -> drift.ImageStats:
+    """The statistics on the whole frame area-reduced to STATS_SIDE (what image_stats thins first)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = drift.STATS_SIDE / max(h, w)
+    return drift.image_stats(cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA))
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (2448, 2048), (4096, 3000)])
+def test_a_large_frame_thinned_first_gives_the_statistics_of_the_whole_frame_within_a_fraction_of_a_bin(size):
+    g = SyntheticPartGenerator(seed=5, width=size[0], height=size[1])
+    for i in range(3):
+        image = g.part(i).image
+        fast, whole = drift.image_stats(image), _area_reduced_stats(image)
+        for stat in drift.IMAGE_STATS:
+            bins = drift.BINS[stat]
+            width = (bins.high - bins.low) / bins.count
+            assert abs(getattr(fast, stat) - getattr(whole, stat)) < 0.25 * width, (stat, fast, whole)
+    # A Bayer mosaic (R 200, G 100, B 40 sites) thinned keeps every colour site: not one channel's level.
+    mosaic = np.full((size[1], size[0]), 100, np.uint8)
+    mosaic[0::2, 0::2], mosaic[1::2, 1::2] = 200, 40
+    assert drift.image_stats(mosaic).brightness == pytest.approx(110.0, abs=2.0)
+
+
 def test_statistics_refuse_what_is_not_an_image():
     for bad in (np.zeros((0, 5), np.uint8), np.zeros((4, 4, 2), np.uint8), np.zeros(7, np.uint8)):
         with pytest.raises(ValueError, match="image_stats"):
