@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from qc_cloud.dashboard import browser
+from qc_cloud.dashboard.browser import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.system]
 if browser.available():
@@ -38,16 +39,6 @@ PARAMS = REPO / "params" / "demo.yaml"
 SHOTS = REPO / "docs" / "dashboard"
 PASSWORD = "dashboard-test-pw"
 PARTS = 160
-
-
-def wait_for(condition, timeout: float = 60.0, what: str = "condition", step: float = 0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Browser:

@@ -1,13 +1,12 @@
 """System tests of the learning loop on synthetic data (issue 22, "Tests"): cells as processes on one real mosquitto
 and one fleet service (embedded `qc_cloud serve`, its rollout controller every second), a tiny model A trained here
-on good parts and three defect types but NOT on scratches (the "new defect look").
+on good parts and three defect types but NOT on contamination (the "new defect look": a new supplier's dirt).
 
 1. The loop: operators label through the re-inspection station's pages; `qc_cloud dataset build` makes a data set
    version of the station's labels + A's data; model B is trained on it; `qc_cloud models evaluate-candidate`
-   judges it (the default gate with its paired test; latency not gated on a shared machine; promotable asserted
-   with QC_LOOP_REQUIRE_GATE=1, see below); `qc_cloud rollout start` runs it shadow on cell1 -> canary cell1 ->
-   every cell. Checks: the
-   shadow's scores reached the fleet, the rollout completed, the escape rate on scratches drops from A to B (fleet
+   judges it (the default gate with its paired test; latency not gated on a shared machine): B must be
+   promotable; `qc_cloud rollout start` runs it shadow on cell1 -> canary cell1 -> every cell. Checks: the
+   shadow's scores reached the fleet, the rollout completed, the escape rate on the new look drops from A to B (fleet
    verdicts joined with the camera's ground truth), every part got exactly one verdict in its cell and one record
    in the fleet, throughout.
 2. A bad candidate (trained on flipped labels): the gate blocks it (exit 3, the blocking figures named); started
@@ -51,8 +50,12 @@ from loop_harness import (
 
 pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-NEW_LOOK = "scratch"  # the defect type model A never saw
-KNOWN = ("broken_large", "broken_small", "contamination")
+# The defect type model A never saw. Not the thin scratch (it was until 2026-12-06): the tiny head on frozen
+# 128-px features learns it weakly from ~60 labels (offline, 60 held-out scratches: A lets 47-50 % through, B
+# 30-33 %; live B 37.5 %, 42.9 % and once 55.6 % against A's 53 %), so "the escapes drop" was a coin toss on
+# the backbone, not a check of the loop. Contamination the same head learns (offline: A 20 % escapes, B 1.7 %).
+NEW_LOOK = "contamination"
+KNOWN = ("broken_large", "broken_small", "scratch")
 SIZE = 128  # camera and training images (px): small keeps rendering, inference and training cheap
 CELLS = ["cell1", "cell2"]
 CANARY = f"{SITE}/{LINE}/cell1"
@@ -61,7 +64,7 @@ A, B = "1.0.0", "1.1.0"
 # with B after the rollout. QC_LOOP_SCALE scales both for a steadier figure (default 1.0).
 SCALE = float(os.environ.get("QC_LOOP_SCALE", "1"))
 PARTS_A, PARTS_B = int(250 * SCALE), int(150 * SCALE)
-# 80 % defective, a fifth of them scratches: the new look is common enough for a short run to measure.
+# 80 % defective, a quarter of them the new look: common enough for a short run to measure.
 CAMERA = {"rate_hz": 5.0, "defect_rate": 0.8, "width": SIZE, "height": SIZE}
 # Samples for the station: every re-inspect/defective verdict and half of all parts at random (the random ones are
 # where escapes show up), no rate limit; small JPEGs at this size.
@@ -75,26 +78,32 @@ TRAIN = TrainSettings(input_size=SIZE, phase1_epochs=40, phase2_epochs=0)
 GATE_ARGS = ("--bands", "0.5,0.8", "--latency-repeats", "2", "--gate")
 # The default gate (tolerances and the paired test at significance 0.05), but latency: reported, not gated on a
 # shared test machine (the same architecture and input size; its p99 here is the machine's noise); and, as in the
-# rollout rules below, a re-inspect load that may grow by the new look's share: a B that stops letting scratches
-# through sends some of them to re-inspection instead.
+# rollout rules below, a re-inspect load that may grow by the new look's share: a B that stops letting the new
+# look through sends some of it to re-inspection instead.
 GATE = {"latency_p99_ms": None, "reinspect_load": 0.2}
-# The gate's verdict on B is recorded; QC_LOOP_REQUIRE_GATE=1 asserts it. With the paired test B passed in two
-# of three runs; in the third, one epoch of fine-tuning on ~50 scratch images left B worse than A on escapes
-# overall beyond chance (issue 22's note): a few seconds of training are not reliably better.
-REQUIRE_GATE = os.environ.get("QC_LOOP_REQUIRE_GATE", "") == "1"
+# B must pass the gate (issue 22, step 4). QC_LOOP_REQUIRE_GATE=0 records the verdict and rolls a blocked B out
+# anyway, to see the rest of the loop while a training change is investigated.
+REQUIRE_GATE = os.environ.get("QC_LOOP_REQUIRE_GATE", "1") != "0"
 FLEET = {"rollout_interval_s": 1.0}  # the controller's step (default 10 s)
 JUDGE_PARTS = 20  # min_parts_to_judge: a live stage's rates are judged from this many candidate parts on
-# Catching the new look moves DEFECTIVE/REINSPECT verdicts by up to its share of the parts (16 % here), and a
+# Catching the new look moves DEFECTIVE/REINSPECT verdicts by up to its share of the parts (20 % here), and a
 # better B is also more decided on the known looks (re-inspect -> defective): on this camera (80 % defects; A
-# rejects ~38 % of the parts) its reject rate may rise towards the defect share. One CI run rolled back a good B at
-# 0.70 over 23 parts (B's rate over all its parts: 0.49) with +0.3 allowed; +0.5 still stops a model that rejects
-# every part (1.0). Re-inspect +0.3 stops a model that sends good parts to re-inspection wholesale (test 2).
+# rejects well under 80 % of the parts) its reject rate may rise towards the defect share. One CI run rolled
+# back a good B at 0.70 over 23 parts (B's rate over all its parts: 0.49) with +0.3 allowed; +0.5 still stops a
+# model that rejects every part (1.0). Re-inspect +0.3 stops a model that sends good parts to re-inspection
+# wholesale (test 2).
 # In shadow, a B that catches what A misses disagrees with A's verdicts on up to the new look's share of the
-# parts, so the agreement floor is set below it (the default 0.9 suits a retrain of the same defects).
+# parts (20 %), and B also decides many parts A sent to re-inspection (A re-inspects a third of the known looks),
+# so the agreement floor is well below the default 0.9 (which suits a retrain of the same defects): a CI run
+# rolled a good B back in shadow at 0.57 over 21 parts with 0.6; a model that disagrees wholesale stays far below.
+# Latency: as in the gate, not judged against the baseline on a shared test machine: a live stage judged from 20
+# parts has the slowest of them as its p99 (a CI run rolled a good B back at 102.9 ms vs A's 66.4 ms, x1.5
+# allowed; same architecture and input size). An absolute ceiling still stops a model that stalls the cell.
 RULES = {
+    "latency_p99_ms": {"max_ratio": None, "max_ms": 2000.0},
     "reject_rate": {"max_increase": 0.5},
     "reinspect_rate": {"max_increase": 0.3},
-    "shadow_agreement": {"min": 0.6},
+    "shadow_agreement": {"min": 0.4},
 }
 
 
@@ -109,7 +118,7 @@ def plan(name: str, shadow: bool) -> dict:
 
 @pytest.fixture(scope="module")
 def model_a(tmp_path_factory):
-    """Keys, A's data (no scratches) and model A, shared by both tests."""
+    """Keys, A's data (no contamination) and model A, shared by both tests."""
     root = tmp_path_factory.mktemp("loop-a")
     t = time.monotonic()
     key, public_key = make_keys(root / "keys")

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from qc_cloud.dashboard import browser
+from qc_cloud.dashboard.browser import wait_for
 
 pytestmark = [pytest.mark.slow]
 if browser.available():
@@ -28,16 +28,6 @@ sys.path.insert(0, str(REPO / "ros2_ws" / "src" / "qc_cloud" / "test"))
 from test_fleet_rollout_core import A, _cells, _signed  # noqa: E402
 
 PASSWORD = "rollout-browser-pw"
-
-
-def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_an_engineer_follows_and_aborts_a_rollout_and_a_viewer_cannot(tmp_path):

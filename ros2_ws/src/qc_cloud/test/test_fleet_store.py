@@ -259,8 +259,17 @@ def test_retention_deletes_sample_files_no_row_references_any_more(engine, tmp_p
     assert path["new_heatmap"].exists(), "a heatmap a young row references stays"
     assert path["shared"].exists() and path["only_new"].exists(), "still referenced by a younger row"
     assert path["touched"].exists(), "unreferenced but written within the grace period: kept for now"
-    assert db.collect_sample_files(engine, store.samples, {path["touched"].stem}, grace_s=0) == 1
-    assert not path["touched"].exists()
+    # The daily sweep offers every file on disk: the one spared above once its grace is over, an orphan no row
+    # ever referenced (a crash before its batch committed) and a writer's dead partial file; referenced ones stay.
+    orphan = store.samples.put(hashlib.sha256(b"orphan").hexdigest(), b"orphan")
+    partial = orphan.parent / ".tmp-dead"
+    partial.write_bytes(b"half")
+    for stale in (path["touched"], orphan, partial):
+        os.utime(stale, (an_hour_ago, an_hour_ago))
+    dropped = db.apply_retention(engine, now, retention_days=30, samples=store.samples, sweep_files=True)
+    assert (dropped["sample_files"], dropped["sample_temporaries"]) == (2, 1), dropped
+    assert not path["touched"].exists() and not orphan.exists() and not partial.exists()
+    assert all(path[name].exists() for name in ("shared", "only_new", "new_heatmap")), "still referenced"
     # a record arriving again with a deleted image writes the file again
     store.samples.put(hashlib.sha256(only_old).hexdigest(), only_old)
     assert path["only_old"].read_bytes() == only_old

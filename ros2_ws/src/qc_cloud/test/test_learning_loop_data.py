@@ -352,18 +352,26 @@ def test_a_worse_candidate_is_blocked_and_a_better_one_promotable(fleet, tmp_pat
     )
     assert report["gate"]["promotable"] and report["gate"]["checks"]
     assert report["models"]["candidate"]["bands"] == {"low": 0.5, "high": 0.8, "basis": "cell defaults"}
+
     # the same model at the bands its manifest proposes (a cell with bands: from_model runs it so): bands this low
-    # reject good parts, and the gate says so; the report names the manifest's bands
-    write_package(
-        tmp_path / "pkg" / "banded", "banded-1", gain=6.0, bias=4.0, golden_levels=(40,),
-        manifest_overrides={"decision_bands": DecisionBands(reinspect=0.05, defective=0.1, feasible=True)},
-    )  # fmt: skip
-    argv = ["models", "evaluate-candidate", "--candidate", str(tmp_path / "pkg" / "banded"), *common]
+    # reject good parts, and the gate says so; the report names the manifest's bands. Bands that missed their
+    # targets (feasible false) are not applied: that model is judged at the cell defaults.
+    def banded(name: str, feasible: bool) -> list[str]:
+        bands = DecisionBands(reinspect=0.05, defective=0.1, feasible=feasible)
+        package = tmp_path / "pkg" / name
+        write_package(package, f"{name}-1", gain=6.0, bias=4.0, golden_levels=(40,),
+                      manifest_overrides={"decision_bands": bands})  # fmt: skip
+        return ["models", "evaluate-candidate", "--candidate", str(package), *common]
+
+    argv = banded("banded", feasible=True)
     assert main([*argv, "--out", str(tmp_path / "c")]) == 3
     report = json.loads((tmp_path / "c" / "report.json").read_text())
     assert report["models"]["candidate"]["bands"] == {"low": 0.05, "high": 0.1, "basis": "manifest decision_bands"}
     assert ("all", "false_reject_rate") in {(c["slice"], c["figure"]) for c in report["gate"]["blocked_by"]}
     assert main([*argv, "--bands", "0.5,0.8", "--out", str(tmp_path / "d")]) == 0  # --bands overrides both
+    assert main([*banded("missed", feasible=False), "--out", str(tmp_path / "m")]) == 0
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["models"]["candidate"]["bands"] == {"low": 0.5, "high": 0.8, "basis": "cell defaults"}
     # the default gate asks the paired evidence: the worse model is still blocked where it is worse beyond chance,
     # but one image's difference on a 7-part slice (escape 4/7 vs 3/7) is within chance, and the report says so
     gate.write_text("latency_p99_ms: null\n")

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def chromium(width: int = 1280, height: int = 900):
@@ -41,3 +46,21 @@ def available() -> str | None:
     if not (shutil.which("chromium") or shutil.which("chromium-browser")) or not shutil.which("chromedriver"):
         return "chromium / chromedriver are not installed (scripts/setup.sh: apt chromium chromium-driver)"
     return None
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "condition", step: float = 0.2) -> T:
+    """condition()'s first truthy value within timeout s, else AssertionError naming `what`. A page that re-renders
+    an element between finding it and reading it (stale), or has not rendered it yet, counts as not yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except (StaleElementReferenceException, NoSuchElementException):
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)

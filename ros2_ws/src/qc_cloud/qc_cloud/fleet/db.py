@@ -125,12 +125,19 @@ def ensure_partitions(engine: Engine, days: set[date], known: set[str] | None = 
 
 
 def apply_retention(
-    engine: Engine, now: datetime, retention_days: int, samples: SampleStore | None = None, grace_s: float = 3600.0
+    engine: Engine,
+    now: datetime,
+    retention_days: int,
+    samples: SampleStore | None = None,
+    grace_s: float = 3600.0,
+    sweep_files: bool = False,
 ) -> dict[str, int]:
     """Drop what is older than the retention period: whole `parts` partitions on PostgreSQL (and rows of the
     default partition), rows by time elsewhere. With `samples`, also the image files that no row references
     any more once the expired sample rows are gone (files are content-addressed: one file may serve several
-    rows, of which only some expired). Returns what was dropped."""
+    rows, of which only some expired); with `sweep_files`, every file on disk is such a candidate (the files
+    spared by an earlier pass's grace period, or orphaned by a crash) and dead partial writes go. Returns what
+    was dropped."""
     cutoff = now - timedelta(days=retention_days)
     dropped: dict[str, int] = {}
     expired_images: set[str] = set()
@@ -170,6 +177,9 @@ def apply_retention(
             models.RecordId.__table__.delete().where(models.RecordId.received_at < cutoff)
         ).rowcount
     if samples is not None:  # after the commit: only rows that are really gone release their files
+        if sweep_files:
+            expired_images |= samples.digests()
+            dropped["sample_temporaries"] = samples.remove_stale_temporaries(grace_s)
         dropped["sample_files"] = collect_sample_files(engine, samples, expired_images, grace_s)
     return dropped
 

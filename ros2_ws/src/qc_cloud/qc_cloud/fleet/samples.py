@@ -1,7 +1,9 @@
 """Content-addressed image files, outside the database: <root>/<sha[:2]>/<sha>.jpg, written atomically (a
 redelivered sample rewrites nothing), read back by hash. Retention (db.apply_retention) deletes a file once no
 row references it any more; put() refreshes an existing file's mtime so that a file a new record is about to
-reference is never taken by a retention pass running at the same time (discard() spares recent files)."""
+reference is never taken by a retention pass running at the same time (discard() spares recent files). A daily
+sweep (db.apply_retention(sweep_files=True)) offers every file on disk, so a file that was spared, or orphaned by
+a crash between a row's delete and its file's (or before a batch's commit), is taken later."""
 
 from __future__ import annotations
 
@@ -49,6 +51,22 @@ class SampleStore:
             return self.path(sha256).read_bytes()
         except (OSError, ValueError):
             return None
+
+    def digests(self) -> set[str]:
+        """The SHA-256 digests of every image file on disk."""
+        return {f.stem for f in self.root.glob("??/*.jpg") if _SHA.match(f.stem)}
+
+    def remove_stale_temporaries(self, grace_s: float = 3600.0) -> int:
+        """Delete partial files left by a writer that died mid-write (older than grace_s). Returns how many."""
+        removed = 0
+        for tmp in self.root.glob("??/.tmp-*"):
+            try:
+                if time.time() - tmp.stat().st_mtime >= grace_s:
+                    tmp.unlink()
+                    removed += 1
+            except OSError:  # a writer finished (renamed it) or another pass took it
+                continue
+        return removed
 
     def discard(self, sha256: str, grace_s: float = 3600.0) -> bool:
         """Delete the file of an image no row references any more, unless it was written or touched within the

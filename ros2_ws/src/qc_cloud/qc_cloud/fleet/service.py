@@ -107,12 +107,20 @@ class FleetService:
     def _upkeep_loop(self) -> None:
         from datetime import timedelta
 
+        passes = 0
         while not self._stop.is_set():
             now = rules.utcnow()
             try:
                 days = {(now + timedelta(days=d)).date() for d in range(-1, self.settings.partition_days_ahead + 1)}
                 db.ensure_partitions(self.engine, days)
-                dropped = db.apply_retention(self.engine, now, self.settings.retention_days, self.samples)
+                dropped = db.apply_retention(
+                    self.engine,
+                    now,
+                    self.settings.retention_days,
+                    self.samples,
+                    sweep_files=passes % 24 == 0,  # every file on disk: once a day (a listing of the whole store)
+                )
+                passes += 1
                 if any(dropped.values()):
                     log.info("retention (%d days): dropped %s", self.settings.retention_days, dropped)
             except Exception as exc:  # the database may be down: ingest retries on its own
