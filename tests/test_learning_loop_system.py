@@ -96,11 +96,12 @@ JUDGE_PARTS = 20  # min_parts_to_judge: a live stage's rates are judged from thi
 # parts (20 %), and B also decides many parts A sent to re-inspection (A re-inspects a third of the known looks),
 # so the agreement floor is well below the default 0.9 (which suits a retrain of the same defects): a CI run
 # rolled a good B back in shadow at 0.57 over 21 parts with 0.6; a model that disagrees wholesale stays far below.
-# Latency: as in the gate, not judged against the baseline on a shared test machine: a live stage judged from 20
-# parts has the slowest of them as its p99 (a CI run rolled a good B back at 102.9 ms vs A's 66.4 ms, x1.5
-# allowed; same architecture and input size). An absolute ceiling still stops a model that stalls the cell.
+# Latency, live and shadow: as in the gate, not judged against the baseline on a shared test machine: a stage
+# judged from 20 parts has the slowest of them as its p99 (a CI run rolled a good B back at 102.9 ms vs A's
+# 66.4 ms, x1.5 allowed; same architecture and input size). An absolute ceiling still stops a model that stalls.
 RULES = {
     "latency_p99_ms": {"max_ratio": None, "max_ms": 2000.0},
+    "shadow_latency_p99_ms": {"max_ratio": None, "max_ms": 2000.0},
     "reject_rate": {"max_increase": 0.5},
     "reinspect_rate": {"max_increase": 0.3},
     "shadow_agreement": {"min": 0.4},
