@@ -103,3 +103,50 @@ def test_a_node_stops_cleanly_on_ctrl_c_and_sigterm(signum):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: _stop_an_idle_node(signum), range(8)))
     assert all(code == 0 for code, _ in results), results
+
+
+# A stop signal that arrives while rclpy's C++ calls back into Python (building a taken message) raises its
+# KeyboardInterrupt there, and pybind11 hands it on as a RuntimeError. The timer below does what that looks like,
+# deterministically: the real handler runs, and its KeyboardInterrupt comes out as RuntimeError.
+CONVERTING_NODE = """
+import signal
+from rclpy.node import Node
+from qc_cell.ros.node_main import run
+
+class Converting(Node):
+    def __init__(self):
+        super().__init__("converting")
+        self.create_timer(0.05, self._tick)
+
+    def _tick(self):
+        try:
+            if {stop}:
+                signal.raise_signal(signal.{signum})
+        except KeyboardInterrupt:
+            pass
+        raise RuntimeError("Unable to convert call argument to Python object")
+
+raise SystemExit(run(Converting))
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_inside_a_message_conversion_is_a_clean_stop(signum):
+    node = subprocess.run(
+        [sys.executable, "-c", CONVERTING_NODE.format(stop=True, signum=signum)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert node.returncode == 0, node.stderr
+
+
+def test_the_same_error_without_a_stop_signal_is_not_hidden():
+    node = subprocess.run(
+        [sys.executable, "-c", CONVERTING_NODE.format(stop=False, signum="SIGTERM")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert node.returncode != 0
+    assert "Unable to convert call argument" in node.stderr
