@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 
 from qc_cell.bridge.offload import OffloadPolicy, PolicySettings  # noqa: E402
 from qc_cell.bringup.local_broker import Mosquitto  # noqa: E402
+from qc_cell.decision.verdict_rule import EscalationPolicy, ProcessContext, Thresholds, decide  # noqa: E402
 from qc_cell.testing.netem import DelayProxy  # noqa: E402
 from qc_cloud.verifier.model import load_package  # noqa: E402
 from qc_contract import records  # noqa: E402
@@ -304,13 +305,14 @@ def networked(kind: str, parts: list[Part], broker: Mosquitto, rtt_ms: float, mb
     return run
 
 
+# No process signals in this bench: every part's process context is known and within spec.
+IN_SPEC = ProcessContext(anomaly_score=0.0, flags=0, out_of_spec=False, stale=False)
+
+
 def edge_verdict(p: float, band_low: float, band_high: float) -> tuple[int, tuple[str, ...]]:
-    """The cell's verdict from the edge's P(defect) and the band (no process context in this bench)."""
-    if p >= band_high:
-        return Verdict.DEFECTIVE, ("visual_defective",)
-    if p >= band_low:
-        return Verdict.REINSPECT, ("visual_reinspect",)
-    return Verdict.NORMAL, ("visual_normal",)
+    """The cell's verdict from the edge's P(defect) and the band: the decision node's own rule."""
+    verdict, reasons = decide(p, IN_SPEC, Thresholds(band_low, band_high), EscalationPolicy())
+    return int(verdict), tuple(reasons)
 
 
 def _learn(link: EdgeLink, policy: OffloadPolicy, pending: list[tuple[str, int]]) -> None:
